@@ -1,0 +1,68 @@
+"""The client's side of the contrastive phase: views of the public data and the loss.
+
+The client builds its logits from what the server returned (S^n and log α^n, or the sums
+U and q) and its own anchor Z^n, which never has to pass through the server's math
+(DESIGN §2.1: "the client computes the logits itself").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fedmuscle_secure.losses import (
+    leave_one_out,
+    muscle_loss_from_server,
+    muscle_sum_loss,
+    pairwise_infonce_loss,
+)
+from fedmuscle_secure.messages import PeerSums, PeerTerms
+
+
+def random_affine_view(x: torch.Tensor, generator: torch.Generator, *, size: int,
+                       max_rotate_deg: float = 12.0, max_shift: float = 0.12,
+                       scale_range: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """A random affine view of each image (§8.1: per-client random affine views helped).
+
+    Images are first resized to the model's input size so the warp does not lose the
+    little resolution 8×8 digits have.
+    """
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    n = x.shape[0]
+    u = torch.rand(n, 4, generator=generator)
+    angle = (u[:, 0] * 2 - 1) * math.radians(max_rotate_deg)
+    scale = scale_range[0] + u[:, 1] * (scale_range[1] - scale_range[0])
+    tx, ty = (u[:, 2] * 2 - 1) * max_shift, (u[:, 3] * 2 - 1) * max_shift
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def contrastive_loss(method: str, anchor: torch.Tensor, reply: PeerTerms | PeerSums, index: int,
+                     *, tau: float, gamma: float, released: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the batch's anchors for the server's reply at batch ``index``.
+
+    ``tau``/``gamma`` are used by the sum form only (uniform temperature, §2.2); the exact
+    and pairwise forms receive S^n already scaled by 1/τ_{n,m}. ``released`` is the (B, d)
+    matrix this client sent for the batch: what leave-one-out must subtract from a sum
+    that includes the client itself.
+    """
+    if method == "muscle":
+        assert isinstance(reply, PeerTerms)
+        return muscle_loss_from_server(anchor, reply.scaled_peers[index],
+                                       reply.log_alpha_pairs[index])
+    if method == "pairwise":
+        assert isinstance(reply, PeerTerms)
+        s = reply.scaled_peers[index]
+        return pairwise_infonce_loss(anchor, s, torch.ones(s.shape[0], dtype=s.dtype))
+    if method == "muscle_sum":
+        assert isinstance(reply, PeerSums)
+        u, q = reply.peer_sum[index], reply.peer_sq_norm_sum[index]
+        if reply.includes_self:
+            u, q = leave_one_out(u, q, released)
+        return muscle_sum_loss(anchor, u, q, tau=tau, gamma=gamma)
+    raise ValueError(f"no contrastive loss for method {method!r}")

@@ -1,0 +1,220 @@
+"""The client state machine (DESIGN §2, Algorithm 1 from one client's side).
+
+It takes a message and returns messages; it does no I/O, so the in-process simulator and a
+network transport drive the same object. Stages: ``IDLE`` (between rounds) →
+``AWAIT_REPLY`` (a release is out, waiting for S^n/α^n or sums) → ``IDLE`` after its
+``RoundReport``. A message that does not fit the stage or the exchange raises
+:class:`ProtocolError` naming the peer and the stage.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
+from fedmuscle_secure.client.local_update import evaluate, local_update
+from fedmuscle_secure.data.tasks import Task
+from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.messages import (
+    Message,
+    PeerSums,
+    PeerTerms,
+    Representations,
+    RoundPlan,
+    RoundReport,
+)
+from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.seeding import derive_seed
+
+SERVER = "server"
+
+
+class ClientStage(enum.Enum):
+    IDLE = "idle"
+    AWAIT_REPLY = "await_reply"
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    x: torch.Tensor
+    targets: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a client needs to know about the experiment (from the config)."""
+
+    method: str
+    local_epochs: int
+    local_batch_size: int
+    lr: float
+    cl_lr: float
+    weight_decay: float
+    augment: bool
+    tau: float          # uniform temperature (sum form only)
+    gamma: float        # uniform γ (sum form only)
+    seed: int
+
+
+class FedMuscleClient:
+    """One organization's side: LocalUpdate, release Z^n, one step per server reply."""
+
+    def __init__(self, name: str, model: ClientModel, task: Task, *, train: LabelledData,
+                 val: LabelledData, test: LabelledData, public_x: torch.Tensor,
+                 settings: ClientSettings) -> None:
+        self.name = name
+        self.model = model
+        self.task = task
+        self.train, self.val, self.test = train, val, test
+        self.public_x = public_x
+        self.settings = settings
+        self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                               weight_decay=settings.weight_decay)
+        # Own optimizer state for the contrastive phase (§8.1: sharing Adam state hurt).
+        self.cl_optimizer = torch.optim.Adam(model.encoder_parameters(), lr=settings.cl_lr,
+                                             weight_decay=settings.weight_decay)
+        self.stage = ClientStage.IDLE
+        self.round = 0  # last completed round
+        self._plan: RoundPlan | None = None
+        self._exchange: tuple[int, int | None] | None = None
+        self._pending: torch.Tensor | None = None   # per_batch: anchor with its graph
+        self._released: torch.Tensor | None = None  # what was sent, (nb, B, d)
+        self._views: torch.Generator | None = None
+        self._metrics: dict[str, float] = {}
+        self._cl_losses: list[float] = []
+
+    # -- entry point -------------------------------------------------------------------
+    def handle(self, msg: Message) -> list[Message]:
+        """Process one message from the server; return the messages to send back."""
+        if isinstance(msg, RoundPlan):
+            return self._on_round_plan(msg)
+        if isinstance(msg, (PeerTerms, PeerSums)):
+            return self._on_reply(msg)
+        raise ProtocolError(SERVER, self.stage.value,
+                            f"client {self.name!r} cannot accept a {type(msg).__name__}")
+
+    # -- handlers ----------------------------------------------------------------------
+    def _on_round_plan(self, plan: RoundPlan) -> list[Message]:
+        self._expect(ClientStage.IDLE, plan)
+        if plan.client != self.name or plan.round != self.round + 1:
+            raise ProtocolError(SERVER, self.stage.value,
+                                f"expected the plan of round {self.round + 1} for {self.name!r}, "
+                                f"got round {plan.round} for {plan.client!r}")
+        r = plan.round
+        task_loss = self._local_update(r)
+        self._metrics = {"task_loss": task_loss, **self.evaluate()}
+        self._cl_losses = []
+        if self.settings.method == "local":
+            return [self._report(r)]
+        self._plan = plan
+        self._views = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, r, "views"))
+        torch.manual_seed(derive_seed(self.settings.seed, self.name, r, "cl-modules"))
+        return [self._release(0, 0 if plan.exchange == "per_batch" else None)]
+
+    def _on_reply(self, reply: PeerTerms | PeerSums) -> list[Message]:
+        self._expect(ClientStage.AWAIT_REPLY, reply)
+        assert self._plan is not None and self._exchange is not None
+        if (reply.client, reply.round, reply.epoch, reply.batch) != (
+                self.name, self._plan.round, *self._exchange):
+            raise ProtocolError(SERVER, self.stage.value,
+                                f"reply for exchange (round {reply.round}, epoch {reply.epoch}, "
+                                f"batch {reply.batch}) but {self.name!r} waits for round "
+                                f"{self._plan.round}, epoch/batch {self._exchange}")
+        epoch, batch = self._exchange
+        batches = self._plan.batches[epoch]
+        if batch is not None:  # per_batch: the anchor was computed at release time
+            self._step(self._pending, reply, 0)
+            self._pending = None
+            nxt = (epoch, batch + 1) if batch + 1 < batches.shape[0] else (epoch + 1, 0)
+        else:                  # per_epoch: recompute each anchor with the current encoder
+            for b in range(batches.shape[0]):
+                self._step(self._anchor(batches[b]), reply, b)
+            nxt = (epoch + 1, None)
+        if nxt[0] < self._plan.batches.shape[0]:
+            return [self._release(*nxt)]
+        return [self._report(self._plan.round)]
+
+    # -- pieces ------------------------------------------------------------------------
+    def _expect(self, stage: ClientStage, msg: Message) -> None:
+        if self.stage is not stage:
+            raise ProtocolError(SERVER, self.stage.value,
+                                f"{type(msg).__name__} arrived while {self.name!r} is in stage "
+                                f"{self.stage.value!r}; expected stage {stage.value!r}")
+
+    def _local_update(self, label: int | str) -> float:
+        gen = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, label, "local"))
+        torch.manual_seed(derive_seed(self.settings.seed, self.name, label, "local-modules"))
+        return local_update(self.model, self.task_optimizer, self.task, self.train.x,
+                            self.train.targets, epochs=self.settings.local_epochs,
+                            batch_size=self.settings.local_batch_size, generator=gen)
+
+    def _anchor(self, idx: torch.Tensor) -> torch.Tensor:
+        self.model.train()
+        x = self.public_x[idx]
+        if self.settings.augment:
+            assert self._views is not None
+            x = random_affine_view(x, self._views, size=self.model.image_size)
+        return self.model.represent(x)
+
+    def _release(self, epoch: int, batch: int | None) -> Representations:
+        assert self._plan is not None
+        batches = self._plan.batches[epoch]
+        if batch is not None:
+            self._pending = self._anchor(batches[batch])
+            z = self._pending.detach().unsqueeze(0)
+        else:
+            self.model.eval()
+            with torch.no_grad():
+                z = torch.stack([self.model.represent(self.public_x[idx]) for idx in batches])
+        self._released = z.float().contiguous()
+        self._exchange = (epoch, batch)
+        self.stage = ClientStage.AWAIT_REPLY
+        return Representations(self.name, self._plan.round, epoch, batch, self._released)
+
+    def _step(self, anchor: torch.Tensor, reply: PeerTerms | PeerSums, index: int) -> None:
+        assert self._released is not None
+        loss = contrastive_loss(self.settings.method, anchor, reply, index,
+                                tau=self.settings.tau, gamma=self.settings.gamma,
+                                released=self._released[index])
+        self.cl_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.cl_optimizer.step()
+        self._cl_losses.append(float(loss.detach()))
+
+    def _report(self, r: int) -> RoundReport:
+        self.stage = ClientStage.IDLE
+        self.round = r
+        self._plan, self._exchange, self._released = None, None, None
+        cl = self._cl_losses
+        metrics = dict(self._metrics)
+        metrics["cl_loss"] = sum(cl) / len(cl) if cl else float("nan")
+        metrics["cl_steps"] = float(len(cl))
+        return RoundReport(self.name, r, metrics)
+
+    # -- outside the round loop --------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        return {"val_metric": evaluate(self.model, self.task, self.val.x, self.val.targets),
+                "test_metric": evaluate(self.model, self.task, self.test.x, self.test.targets)}
+
+    def finish(self) -> dict[str, float]:
+        """The closing LocalUpdate (§8.1: heads must match their encoders) and evaluation."""
+        if self.stage is not ClientStage.IDLE:
+            raise ProtocolError(SERVER, self.stage.value, f"{self.name!r} cannot finish mid-round")
+        task_loss = self._local_update("final")
+        return {"task_loss": task_loss, **self.evaluate()}
+
+    def state_dict(self) -> dict:
+        if self.stage is not ClientStage.IDLE:
+            raise ProtocolError(SERVER, self.stage.value, "checkpoints are taken between rounds")
+        return {"round": self.round, "model": self.model.state_dict(),
+                "task_optimizer": self.task_optimizer.state_dict(),
+                "cl_optimizer": self.cl_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round = int(state["round"])
+        self.model.load_state_dict(state["model"])
+        self.task_optimizer.load_state_dict(state["task_optimizer"])
+        self.cl_optimizer.load_state_dict(state["cl_optimizer"])

@@ -1,0 +1,212 @@
+"""Typed experiment configuration (DESIGN §7), loaded from YAML.
+
+Every validation error becomes a :class:`ConfigError` naming the dotted field path
+(``clients.2.model``) and what was expected, and the CLI exits with code 2 on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedmuscle_secure.errors import ConfigError
+
+METHODS = ("muscle", "muscle_sum", "pairwise", "local")
+"""``muscle``: exact Muscle loss (§2.1); ``muscle_sum``: sum form (§2.2);
+``pairwise``: pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Public / test / private split of one labelled image dataset (DESIGN §8)."""
+
+    dataset: Literal["digits", "cifar10", "cifar100", "image_folder"] = "digits"
+    path: str | None = None
+    image_size: int | None = Field(default=None, gt=0)
+    public_size: int = Field(default=900, gt=0)
+    test_size: int = Field(default=300, gt=0)
+    shard_size: int | None = Field(default=None, gt=1)
+    partition: Literal["dirichlet", "classes", "iid"] = "dirichlet"
+    dirichlet_alpha: float = Field(default=1.0, gt=0)
+    classes_per_client: int | None = Field(default=None, gt=0)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+
+
+class ProjectionConfig(_Strict):
+    """Projection head from backbone features to the shared width d."""
+
+    kind: Literal["mlp", "linear"] = "mlp"
+    hidden: int = Field(default=256, gt=0)
+
+
+class ClientConfig(_Strict):
+    """One organization: its own timm architecture, task and training knobs."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    image_size: int = Field(default=16, gt=0)
+    task: str
+    projection: ProjectionConfig = ProjectionConfig()
+    lr: float | None = Field(default=None, gt=0)
+    cl_lr: float | None = Field(default=None, gt=0)
+
+
+class TrainingConfig(_Strict):
+    """Algorithm 1's loop sizes and the two optimizers (task and contrastive)."""
+
+    rounds: int = Field(default=10, gt=0)
+    local_epochs: int = Field(default=5, gt=0)
+    cl_epochs: int = Field(default=1, gt=0)
+    local_batch_size: int = Field(default=32, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    cl_lr: float = Field(default=3e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    augment: bool = True
+    final_local_update: bool = True
+
+
+class MuscleConfig(_Strict):
+    """Contrastive-phase settings (DESIGN §2, §2.1, §2.2)."""
+
+    method: Literal["muscle", "muscle_sum", "pairwise", "local"] = "muscle"
+    num_selected: int = Field(default=3, gt=0, description="M, peers per client")
+    batch_size: int = Field(default=64, gt=1, description="B, public rows per batch")
+    dim: int = Field(default=64, gt=0, description="d, shared representation width")
+    temperature: float | list[list[float]] = 0.2
+    temperature_prime: float | list[list[float]] = 0.15
+    exchange: Literal["per_batch", "per_epoch"] = "per_batch"
+    broadcast_chunk: int | None = Field(default=None, gt=0)
+
+
+class ServerConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ExperimentConfig(_Strict):
+    """The whole experiment: one YAML file."""
+
+    name: str = Field(default="digits", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    clients: list[ClientConfig] = Field(min_length=2)
+    training: TrainingConfig = TrainingConfig()
+    muscle: MuscleConfig = MuscleConfig()
+    protection: Literal["plain"] = "plain"
+    server: ServerConfig = ServerConfig()
+    compare_local: bool = True
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ExperimentConfig":
+        seen: set[str] = set()
+        for i, c in enumerate(self.clients):
+            if c.name in seen:
+                raise ValueError(f"clients.{i}.name: duplicate client name {c.name!r}")
+            seen.add(c.name)
+        return self
+
+    def with_overrides(self, **changes: Any) -> "ExperimentConfig":
+        """A copy with dotted-path overrides, validated like a fresh config."""
+        raw = self.model_dump(mode="json")
+        for dotted, value in changes.items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[int(p)] if isinstance(node, list) else node[p]
+            node[leaf] = value
+        return parse_config(raw)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def parse_config(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
+    """Validate a mapping into an :class:`ExperimentConfig` and check cross-field rules."""
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"]
+        field = _loc(err["loc"])
+        if msg.startswith("Value error, ") and ":" in msg:
+            field, _, msg = msg[len("Value error, "):].partition(": ")
+        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+        raise ConfigError(field, f"{msg}; got {err.get('input')!r}{more}") from None
+    check_semantics(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("<config>", f"config file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("<config>", f"{p} is not valid YAML: {exc}") from None
+    return parse_config(raw, source=str(p))
+
+
+def check_semantics(cfg: ExperimentConfig) -> None:
+    """Rules that span fields: sizes, model and task names, temperatures, data paths."""
+    import timm
+
+    from fedmuscle_secure.data.tasks import TASK_NAMES
+    from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
+
+    n = len(cfg.clients)
+    for i, c in enumerate(cfg.clients):
+        if not timm.is_model(c.model):
+            raise ConfigError(
+                f"clients.{i}.model",
+                f"unknown timm model {c.model!r}; expected a name from timm.list_models()",
+            )
+        if c.task not in TASK_NAMES:
+            raise ConfigError(
+                f"clients.{i}.task", f"unknown task {c.task!r}; expected one of {list(TASK_NAMES)}"
+            )
+    m = cfg.muscle
+    if m.method != "local" and m.num_selected >= n:
+        raise ConfigError(
+            "muscle.num_selected",
+            f"M={m.num_selected} must be smaller than the number of clients N={n} (M <= N-1)",
+        )
+    if m.batch_size > cfg.data.public_size:
+        raise ConfigError(
+            "muscle.batch_size",
+            f"B={m.batch_size} is larger than the public set (data.public_size="
+            f"{cfg.data.public_size})",
+        )
+    tau = pair_matrix(m.temperature, n, "muscle.temperature")
+    tau_p = pair_matrix(m.temperature_prime, n, "muscle.temperature_prime")
+    gamma_from_temperatures(tau, tau_p)
+    if m.method == "muscle_sum" and (
+        not isinstance(m.temperature, (int, float)) or not isinstance(m.temperature_prime, (int, float))
+    ):
+        raise ConfigError(
+            "muscle.temperature",
+            "the sum form (§2.2) needs one uniform temperature and temperature_prime (scalars)",
+        )
+    d = cfg.data
+    if d.dataset != "digits":
+        if d.path is None:
+            raise ConfigError("data.path", f"dataset {d.dataset!r} needs a path to its files")
+        if not Path(d.path).exists():
+            raise ConfigError("data.path", f"{d.path!r} does not exist")
+    if d.partition == "classes" and d.classes_per_client is None:
+        raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (every default spelled out), for the run directory."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,65 @@
+"""One small exception hierarchy (CONVENTIONS "Errors").
+
+Every message names the field, file, peer or stage at fault and what was expected,
+so a user can fix the input without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FedMuscleError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(FedMuscleError):
+    """A configuration value is missing, malformed or inconsistent.
+
+    ``field`` is the dotted path of the offending value (``clients.2.model``).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class DataError(FedMuscleError):
+    """A data file is missing or does not have the expected layout.
+
+    ``path`` names the file (or folder) at fault.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
+
+
+class ProtocolError(FedMuscleError):
+    """A protocol message arrived that the receiving state machine cannot accept.
+
+    ``peer`` is the sender's id, ``stage`` the receiver's current stage.
+    """
+
+    def __init__(self, peer: str, stage: str, message: str) -> None:
+        self.peer = peer
+        self.stage = stage
+        super().__init__(f"peer {peer!r}, stage {stage!r}: {message}")
+
+
+class CheckpointError(FedMuscleError):
+    """A checkpoint cannot be read or does not match the run it should resume."""
+
+
+class RunInterrupted(FedMuscleError):
+    """A run stopped before its last round; its run directory can be resumed."""
+
+
+class EncodingError(FedMuscleError):
+    """A value cannot be fixed-point encoded without overflow (DESIGN §4.1)."""
+
+
+class PrivacyBudgetExceeded(FedMuscleError):
+    """A release would take a client past its configured (epsilon, delta) budget."""
+
+
+class IdentityError(FedMuscleError):
+    """A peer's identity (key, signature, certificate) does not verify."""

@@ -1,0 +1,154 @@
+"""``run``: one experiment end to end (DESIGN §7) — FedMuscle and its local reference.
+
+Both methods run on the same splits, model initialisations and seeds; the run directory
+gets a checkpoint after every round, so ``--resume`` continues where a crash stopped and
+ends with exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fedmuscle_secure.config import ExperimentConfig, dump_config
+from fedmuscle_secure.data import FederatedSplit, federated_split
+from fedmuscle_secure.data.source import load_dataset
+from fedmuscle_secure.errors import CheckpointError, RunInterrupted
+from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.simulator import Federation, build_federation, run_round
+from fedmuscle_secure.summary import client_table, write_summary
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``run_experiment`` returns: the run directory and final metrics per method."""
+
+    run_dir: Path
+    final: dict[str, dict[str, float]]       # method -> client -> final test metric
+    rows: list[dict[str, Any]]
+
+
+def make_split(cfg: ExperimentConfig) -> FederatedSplit:
+    x, y = load_dataset(cfg.data)
+    d = cfg.data
+    return federated_split(
+        x, y, num_clients=len(cfg.clients), public_size=d.public_size, test_size=d.test_size,
+        shard_size=d.shard_size, partition=d.partition, dirichlet_alpha=d.dirichlet_alpha,
+        classes_per_client=d.classes_per_client, val_fraction=d.val_fraction, seed=cfg.seed)
+
+
+def methods_of(cfg: ExperimentConfig) -> list[str]:
+    m = cfg.muscle.method
+    return [m, "local"] if cfg.compare_local and m != "local" else [m]
+
+
+def _row(method: str, r: int | str, cfg: ExperimentConfig, name: str, fed: Federation,
+         metrics: dict[str, float]) -> dict[str, Any]:
+    client = fed.clients[name]
+    spec = next(c for c in cfg.clients if c.name == name)
+    return {"method": method, "round": r, "client": name, "model": spec.model, "task": spec.task,
+            "metric": client.task.metric, **metrics}
+
+
+def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: RunDir, *,
+               resume: bool, progress: bool, prior_rows: list[dict[str, Any]],
+               stop_after: int | None = None) -> list[dict[str, Any]]:
+    """Rounds 1..R of one method, checkpointing each; returns its metric rows.
+
+    ``metrics.csv`` is rewritten after every round with ``prior_rows`` (earlier methods)
+    and this method's rows so far. ``stop_after`` raises :class:`RunInterrupted` after that
+    round, as a crash would (used to test ``--resume``).
+    """
+    fed = build_federation(cfg, split, method)
+    rows: list[dict[str, Any]] = []
+    start = 1
+    if resume and (ck := run.latest_checkpoint(method)) is not None:
+        r0, state = ck
+        for name, cstate in state["clients"].items():
+            fed.clients[name].load_state_dict(cstate)
+        fed.server.load_state_dict(state["server"])
+        rows = list(state["rows"])
+        start = r0 + 1
+        run.event("resume", method=method, from_round=r0)
+        if state.get("finished"):
+            return rows
+    rounds = cfg.training.rounds
+    bar = tqdm(total=rounds, initial=start - 1, desc=f"{method:>10}", disable=not progress,
+               dynamic_ncols=True, leave=True)
+    for r in range(start, rounds + 1):
+        bar.set_postfix_str(f"round {r}: local update + contrastive phase")
+        t0 = time.perf_counter()
+        per_client = run_round(fed, r, on_phase=lambda p: bar.set_postfix_str(f"round {r}: {p}"))
+        for name, m in per_client.items():
+            rows.append(_row(method, r, cfg, name, fed, m))
+        bar.set_postfix_str(" ".join(f"{n}={m['test_metric']:.3f}" for n, m in per_client.items()))
+        bar.update(1)
+        run.event("round_end", method=method, round=r, seconds=time.perf_counter() - t0,
+                  selection=fed.server.last_selection, metrics=per_client)
+        _checkpoint(run, method, r, fed, rows, finished=False)
+        run.write_metrics(prior_rows + rows)
+        if stop_after is not None and r >= stop_after and r < rounds:
+            bar.close()
+            raise RunInterrupted(f"{method}: stopped after round {r} (stop_after)")
+    bar.set_postfix_str("final local update")
+    for name, client in fed.clients.items():
+        t0 = time.perf_counter()
+        m = client.finish()
+        m.update(bytes_sent=0.0, bytes_received=0.0, wall_time_s=time.perf_counter() - t0)
+        rows.append(_row(method, "final", cfg, name, fed, m))
+    bar.close()
+    _checkpoint(run, method, rounds + 1, fed, rows, finished=True)
+    return rows
+
+
+def _checkpoint(run: RunDir, method: str, r: int, fed: Federation, rows: list[dict[str, Any]],
+                finished: bool) -> None:
+    state = {"clients": {n: c.state_dict() for n, c in fed.clients.items()},
+             "server": fed.server.state_dict(), "rows": rows, "finished": finished}
+    run.save_checkpoint(method, r, state)
+
+
+def config_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False,
+                   progress: bool = True, stop_after: int | None = None) -> RunResult:
+    """Run every method of ``cfg`` into ``out`` and write the summary (Δ over local, §2.4)."""
+    run = RunDir(out)
+    resolved = dump_config(cfg)
+    if resume:
+        if not run.config.is_file():
+            raise CheckpointError(f"{run.root}: nothing to resume (no config.resolved.yaml)")
+        if run.config.read_text() != resolved:
+            raise CheckpointError(f"{run.config}: the config differs from the one this run was "
+                                  "started with; resume with the same config")
+    elif run.root.exists() and any(run.root.iterdir()):
+        raise CheckpointError(f"{run.root} already holds a run; pass --resume to continue it or "
+                              "choose another --out")
+    run.create()
+    run.config.write_text(resolved)
+    split = make_split(cfg)
+    run.event("run_start" if not resume else "run_resume", seed=cfg.seed,
+              config_sha256=config_digest(resolved), split=split.summary(),
+              numpy=np.__version__)
+    rows: list[dict[str, Any]] = []
+    for method in methods_of(cfg):
+        rows = [r for r in rows if r["method"] != method]
+        rows += run_method(cfg, split, method, run, resume=resume, progress=progress,
+                           prior_rows=rows, stop_after=stop_after)
+        run.write_metrics(rows)
+    final = {m: {r["client"]: float(r["test_metric"]) for r in rows
+                 if r["method"] == m and r["round"] == "final"} for m in methods_of(cfg)}
+    write_summary(run.summary, cfg, rows)
+    run.event("run_end", final=final)
+    return RunResult(run.root, final, rows)
+
+
+__all__ = ["RunResult", "run_experiment", "make_split", "client_table"]

@@ -1,0 +1,97 @@
+"""Typed protocol messages between client and server state machines (DESIGN §2, §3).
+
+Frozen dataclasses, one per kind; tensors are plain CPU tensors so any transport (the
+in-process simulator, later gRPC) can serialize them as dtype/shape/bytes. Every message
+names its client (the sender for client→server, the recipient for server→client) and the
+exchange it belongs to: (round, epoch, batch), with ``batch = None`` for a whole-epoch
+exchange (``per_epoch``). Representation-carrying tensors have a leading batch axis of
+length ``nb`` (1 in ``per_batch`` mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Union
+
+import torch
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Server → client: start round r; the public batches of every CL epoch.
+
+    ``batches``: (T, nb, B) int64 public indices, drawn from the server's round seed so
+    every client encodes the same rows in the same order.
+    """
+
+    client: str
+    round: int
+    exchange: str
+    batches: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Representations:
+    """Client → server: Z^n for one exchange, (nb, B, d) float32 unit-norm rows."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    z: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PeerTerms:
+    """Server → client: S^n (nb, M, B, d) and log α^n as pairwise matrices (nb, P, B, B).
+
+    ``peers`` names Q_n for each of the nb batches. For the pairwise-InfoNCE baseline
+    ``log_alpha_pairs`` has P = 0.
+    """
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peers: tuple[tuple[str, ...], ...]
+    scaled_peers: torch.Tensor
+    log_alpha_pairs: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PeerSums:
+    """Server → client: U (nb, B, d) and q (nb, B) over the aggregation group (§2.2).
+
+    ``includes_self`` is true when the group contains the recipient (secure aggregation
+    sums over all survivors), so the client subtracts its own contribution.
+    """
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peer_sum: torch.Tensor
+    peer_sq_norm_sum: torch.Tensor
+    includes_self: bool
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """Client → server: the round is done on this client, with its metrics."""
+
+    client: str
+    round: int
+    metrics: dict[str, float]
+
+
+Message = Union[RoundPlan, Representations, PeerTerms, PeerSums, RoundReport]
+
+
+def payload_bytes(msg: Message) -> int:
+    """Bytes of tensor payload a message carries (what a wire format must move)."""
+    total = 0
+    for f in fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+    return total

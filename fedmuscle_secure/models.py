@@ -1,0 +1,106 @@
+"""A client's model θ^n = {w^n, φ^n} (DESIGN §2).
+
+The encoder w^n is any timm backbone (``pretrained=False``: nothing is downloaded) whose
+pooled features of width h_n go through a projection head to the shared width d and are
+L2-normalised; the task head φ^n reads the backbone features directly, so the contrastive
+phase shapes the representation the task head uses without forcing the task into d.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedmuscle_secure.errors import ConfigError
+
+
+def create_backbone(
+    name: str, *, in_chans: int, image_size: int, kwargs: dict[str, Any] | None = None,
+    field: str = "model",
+) -> nn.Module:
+    """A timm backbone with its classifier removed (``num_classes=0`` → pooled features).
+
+    ``img_size`` is passed only to architectures whose constructor takes it (ViTs, Mixers);
+    convolutional nets adapt to any input size through global pooling.
+    """
+    if not timm.is_model(name):
+        raise ConfigError(field, f"unknown timm model {name!r}; expected a name from timm.list_models()")
+    kw = dict(kwargs or {})
+    kw.update(pretrained=False, in_chans=in_chans, num_classes=0)
+    try:
+        try:
+            model = timm.create_model(name, img_size=image_size, **kw)
+        except TypeError:  # this architecture has no img_size argument
+            model = timm.create_model(name, **kw)
+    except Exception as exc:  # timm raises many kinds on bad kwargs; name the field
+        raise ConfigError(field, f"timm could not build {name!r} with {kwargs or {}}: {exc}") from None
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            out = model(torch.zeros(2, in_chans, image_size, image_size))
+            model.train(was)
+    except Exception as exc:
+        raise ConfigError(
+            field, f"{name!r} cannot run on {in_chans}x{image_size}x{image_size} inputs: {exc}"
+        ) from None
+    if out.ndim != 2:
+        raise ConfigError(field, f"{name!r} returned features of shape {tuple(out.shape)}, expected (N, h)")
+    return model
+
+
+def projection_head(kind: str, in_features: int, hidden: int, dim: int) -> nn.Module:
+    """MLP (Linear-ReLU-Linear) or linear projection to the shared width d (§8.1: MLP is better)."""
+    if kind == "linear":
+        return nn.Linear(in_features, dim)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+
+class ClientModel(nn.Module):
+    """Backbone → (projection → L2 norm) for the shared space, and → task head for the task."""
+
+    def __init__(
+        self, backbone: nn.Module, *, image_size: int, dim: int, num_outputs: int,
+        projection: str = "mlp", hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.image_size = image_size
+        width = int(getattr(backbone, "num_features"))
+        self.projection = projection_head(projection, width, hidden, dim)
+        self.head = nn.Linear(width, num_outputs)
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._resize(x))
+
+    def represent(self, x: torch.Tensor) -> torch.Tensor:
+        """z = normalize(projection(features(x))): unit-norm rows of width d."""
+        return F.normalize(self.projection(self.features(x)), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """w^n: what the contrastive phase updates (backbone and projection)."""
+        return [*self.backbone.parameters(), *self.projection.parameters()]
+
+
+def build_client_model(
+    *, model: str, model_kwargs: dict[str, Any], in_chans: int, image_size: int, dim: int,
+    num_outputs: int, projection: str, hidden: int, field: str,
+) -> ClientModel:
+    backbone = create_backbone(model, in_chans=in_chans, image_size=image_size,
+                               kwargs=model_kwargs, field=field)
+    return ClientModel(backbone, image_size=image_size, dim=dim, num_outputs=num_outputs,
+                       projection=projection, hidden=hidden)
+

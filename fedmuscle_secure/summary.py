@@ -1,0 +1,121 @@
+"""Per-client results and Δ over local training (DESIGN §2.4).
+
+Δ(%) = mean over clients of 100·(metric_method − metric_local)/metric_local. Because one
+weak client can dominate a relative mean, the table also gives the mean absolute gain in
+points and wins/losses against local, so no one reads noise as a result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedmuscle_secure.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Final metrics of one method against the local reference, per client."""
+
+    method: str
+    clients: list[dict[str, Any]]   # name, model, task, metric, local, method, gain_points, rel_pct
+    delta_pct: float
+    mean_gain_points: float
+    wins: int
+    losses: int
+    ties: int
+
+
+def compare_to_local(method: str, final: dict[str, dict[str, float]],
+                     meta: dict[str, dict[str, str]]) -> Comparison:
+    """Compare ``final[method]`` to ``final['local']`` client by client."""
+    local, ours = final["local"], final[method]
+    rows = []
+    for name in ours:
+        lo, me = local[name], ours[name]
+        rows.append({"client": name, **meta[name], "local": lo, "method": me,
+                     "gain_points": 100.0 * (me - lo),
+                     "rel_pct": 100.0 * (me - lo) / lo if lo > 0 else float("nan")})
+    n = max(len(rows), 1)
+    return Comparison(
+        method=method, clients=rows,
+        delta_pct=sum(r["rel_pct"] for r in rows) / n,
+        mean_gain_points=sum(r["gain_points"] for r in rows) / n,
+        wins=sum(r["method"] > r["local"] for r in rows),
+        losses=sum(r["method"] < r["local"] for r in rows),
+        ties=sum(r["method"] == r["local"] for r in rows))
+
+
+def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["round"] == "final":
+            out.setdefault(r["method"], {})[r["client"]] = float(r["test_metric"])
+    return out
+
+
+def client_table(cmp: Comparison) -> str:
+    """Markdown table of one comparison (also printed at the end of ``run``)."""
+    lines = [f"| client | model | task | metric | local | {cmp.method} | gain (points) | rel. (%) |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in cmp.clients:
+        lines.append(f"| {r['client']} | {r['model']} | {r['task']} | {r['metric']} | "
+                     f"{100 * r['local']:.2f} | {100 * r['method']:.2f} | {r['gain_points']:+.2f} | "
+                     f"{r['rel_pct']:+.2f} |")
+    lines.append("")
+    lines.append(f"**Δ = {cmp.delta_pct:+.2f} %** (mean relative gain over local training); "
+                 f"mean absolute gain {cmp.mean_gain_points:+.2f} points; "
+                 f"wins/losses/ties vs local: {cmp.wins}/{cmp.losses}/{cmp.ties}")
+    return "\n".join(lines)
+
+
+def _comm_table(rows: list[dict[str, Any]]) -> str:
+    per: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["round"] == "final":
+            continue
+        acc = per.setdefault(f"{r['method']}|{r['client']}", {"sent": 0.0, "recv": 0.0, "time": 0.0, "n": 0})
+        acc["sent"] += float(r["bytes_sent"])
+        acc["recv"] += float(r["bytes_received"])
+        acc["time"] += float(r["wall_time_s"])
+        acc["n"] += 1
+    lines = ["| method | client | MB sent / round | MB received / round | compute s / round |",
+             "|---|---|---:|---:|---:|"]
+    for key, a in per.items():
+        m, c = key.split("|")
+        n = max(a["n"], 1)
+        lines.append(f"| {m} | {c} | {a['sent'] / n / 1e6:.3f} | {a['recv'] / n / 1e6:.3f} | "
+                     f"{a['time'] / n:.2f} |")
+    return "\n".join(lines)
+
+
+def comparisons(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[Comparison]:
+    final = final_metrics(rows)
+    meta = {c.name: {"model": c.model, "task": c.task} for c in cfg.clients}
+    for r in rows:
+        if r["round"] == "final":
+            meta[r["client"]]["metric"] = r["metric"]
+    if "local" not in final:
+        return []
+    return [compare_to_local(m, final, meta) for m in final if m != "local"]
+
+
+def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
+    """Write ``summary.md``: the per-client table, Δ, and communication per round."""
+    parts = [f"# Run summary: {cfg.name} (seed {cfg.seed})", "",
+             f"Method `{cfg.muscle.method}`, exchange `{cfg.muscle.exchange}`, protection "
+             f"`{cfg.protection}`, N = {len(cfg.clients)}, M = {cfg.muscle.num_selected}, "
+             f"B = {cfg.muscle.batch_size}, d = {cfg.muscle.dim}, R = {cfg.training.rounds}, "
+             f"E = {cfg.training.local_epochs}, T = {cfg.training.cl_epochs}.", "",
+             "Final test metric of every client after the closing LocalUpdate (DESIGN §2.4).", ""]
+    for cmp in comparisons(cfg, rows):
+        parts += [client_table(cmp), ""]
+    if not comparisons(cfg, rows):
+        final = final_metrics(rows)
+        for m, per in final.items():
+            parts += [f"{m}: " + ", ".join(f"{c}={100 * v:.2f}" for c, v in per.items()), ""]
+    parts += ["## Communication and compute", "", _comm_table(rows), ""]
+    text = "\n".join(parts)
+    path.write_text(text)
+    return text

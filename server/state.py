@@ -1,0 +1,189 @@
+"""The server state machine (DESIGN §2, §3): plans rounds, collects releases, replies.
+
+No I/O: ``start_round`` and ``handle`` return the messages to send. Stages: ``IDLE``
+(between rounds) → ``COLLECTING`` (waiting for every active client's release of the
+current exchange, then for their round reports) → ``IDLE``. The math of a reply is the
+batched torch code of :mod:`server.computation`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.messages import (
+    Message,
+    PeerSums,
+    PeerTerms,
+    Representations,
+    RoundPlan,
+    RoundReport,
+)
+from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
+from fedmuscle_secure.seeding import derive_seed
+from fedmuscle_secure.server.selection import select_peers, selection_tensor
+
+
+class ServerStage(enum.Enum):
+    IDLE = "idle"
+    COLLECTING = "collecting"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    method: str
+    exchange: str
+    num_selected: int
+    batch_size: int
+    public_size: int
+    cl_epochs: int
+    inv_tau: torch.Tensor  # (N, N) 1/τ per pair, in client order
+    gamma: torch.Tensor    # (N, N) γ per pair
+    seed: int
+    device: torch.device
+
+
+class FedMuscleServer:
+    """Coordinates one round at a time over the active clients."""
+
+    def __init__(self, clients: list[str], settings: ServerSettings) -> None:
+        self.clients = list(clients)
+        self.index = {c: i for i, c in enumerate(self.clients)}
+        self.settings = settings
+        self.active: list[str] = list(clients)
+        self.stage = ServerStage.IDLE
+        self.round = 0
+        self._plan: torch.Tensor | None = None
+        self._pending: dict[str, Representations] = {}
+        self.reports: dict[str, RoundReport] = {}
+        self.last_selection: dict[str, list[str]] = {}
+
+    # -- rounds -----------------------------------------------------------------------
+    def round_seed(self, r: int) -> int:
+        return derive_seed(self.settings.seed, "server", r)
+
+    def public_batches(self, r: int) -> torch.Tensor:
+        """(T, nb, B) public indices of round r; every client encodes the same rows."""
+        s = self.settings
+        nb = s.public_size // s.batch_size
+        out = []
+        for t in range(s.cl_epochs):
+            g = torch.Generator().manual_seed(derive_seed(self.round_seed(r), "batches", t))
+            out.append(torch.randperm(s.public_size, generator=g)[: nb * s.batch_size].view(nb, -1))
+        return torch.stack(out)
+
+    def start_round(self, r: int) -> list[Message]:
+        if self.stage is not ServerStage.IDLE:
+            raise ProtocolError("server", self.stage.value, f"round {r} started before round "
+                                f"{self.round + 1} finished")
+        if r != self.round + 1:
+            raise ProtocolError("server", self.stage.value, f"expected round {self.round + 1}, got {r}")
+        self._plan = self.public_batches(r)
+        self._pending, self.reports = {}, {}
+        self.stage = ServerStage.COLLECTING
+        return [RoundPlan(c, r, self.settings.exchange, self._plan) for c in self.active]
+
+    @property
+    def round_complete(self) -> bool:
+        return self.stage is ServerStage.IDLE and self.round > 0
+
+    # -- messages ---------------------------------------------------------------------
+    def handle(self, msg: Message) -> list[Message]:
+        sender = getattr(msg, "client", "?")
+        if sender not in self.active:
+            raise ProtocolError(sender, self.stage.value, "message from a client that is not active "
+                                f"in this federation (active: {self.active})")
+        if self.stage is not ServerStage.COLLECTING:
+            raise ProtocolError(sender, self.stage.value, f"{type(msg).__name__} arrived between rounds")
+        if isinstance(msg, Representations):
+            return self._on_representations(msg)
+        if isinstance(msg, RoundReport):
+            return self._on_report(msg)
+        raise ProtocolError(sender, self.stage.value, f"server cannot accept a {type(msg).__name__}")
+
+    def _on_representations(self, msg: Representations) -> list[Message]:
+        r = self.round + 1
+        if msg.round != r:
+            raise ProtocolError(msg.client, self.stage.value, f"release for round {msg.round} during round {r}")
+        if msg.client in self._pending:
+            raise ProtocolError(msg.client, self.stage.value, "duplicate release for exchange "
+                                f"(epoch {msg.epoch}, batch {msg.batch})")
+        first = next(iter(self._pending.values()), None)
+        if first is not None and (first.epoch, first.batch) != (msg.epoch, msg.batch):
+            raise ProtocolError(msg.client, self.stage.value,
+                                f"release for (epoch {msg.epoch}, batch {msg.batch}) while collecting "
+                                f"(epoch {first.epoch}, batch {first.batch})")
+        self._check_shape(msg)
+        self._pending[msg.client] = msg
+        if len(self._pending) < len(self.active):
+            return []
+        replies = self._reply(msg.epoch, msg.batch)
+        self._pending = {}
+        return replies
+
+    def _check_shape(self, msg: Representations) -> None:
+        assert self._plan is not None
+        nb = 1 if msg.batch is not None else self._plan.shape[1]
+        z = msg.z
+        if z.ndim != 3 or z.shape[0] != nb or z.shape[1] != self.settings.batch_size \
+                or z.dtype != torch.float32 or not torch.isfinite(z).all():
+            raise ProtocolError(msg.client, self.stage.value,
+                                f"representations must be finite float32 of shape (nb={nb}, "
+                                f"B={self.settings.batch_size}, d); got {z.dtype} {tuple(z.shape)}")
+
+    def _reply(self, epoch: int, batch: int | None) -> list[Message]:
+        """Everyone's release is in: compute every client's reply in batched torch."""
+        s = self.settings
+        order = self.active
+        z = torch.stack([self._pending[c].z for c in order], dim=0)  # (N, nb, B, d)
+        idx = torch.tensor([self.index[c] for c in order])
+        inv_tau, gamma = s.inv_tau[idx][:, idx], s.gamma[idx][:, idx]
+        nb = z.shape[1]
+        sels, per_batch = [], []
+        for b in range(nb):
+            g = torch.Generator().manual_seed(
+                derive_seed(self.round_seed(self.round + 1), "peers", epoch, batch if batch is not None else b))
+            chosen = select_peers(list(range(len(order))), s.num_selected, g)
+            sel = selection_tensor(chosen, list(range(len(order))))
+            sels.append(sel)
+            if s.method == "muscle_sum":
+                per_batch.append(peer_sums(z[:, b], membership_matrix(sel, len(order)), device=s.device))
+            else:
+                per_batch.append(peer_terms(z[:, b], sel, inv_tau, gamma, device=s.device,
+                                            with_alpha=s.method == "muscle"))
+        self.last_selection = {order[n]: [order[m] for m in sels[0][n].tolist()] for n in range(len(order))}
+        out: list[Message] = []
+        r = self.round + 1
+        for n, c in enumerate(order):
+            peers = tuple(tuple(order[m] for m in sel[n].tolist()) for sel in sels)
+            if s.method == "muscle_sum":
+                u = torch.stack([pb[0][n] for pb in per_batch])
+                q = torch.stack([pb[1][n] for pb in per_batch])
+                out.append(PeerSums(c, r, epoch, batch, u, q, includes_self=False))
+            else:
+                sp = torch.stack([pb.scaled_peers[n] for pb in per_batch])
+                la = torch.stack([pb.log_alpha_pairs[n] for pb in per_batch])
+                out.append(PeerTerms(c, r, epoch, batch, peers, sp, la))
+        return out
+
+    def _on_report(self, msg: RoundReport) -> list[Message]:
+        if msg.round != self.round + 1 or msg.client in self.reports:
+            raise ProtocolError(msg.client, self.stage.value,
+                                f"unexpected report for round {msg.round} (expecting round "
+                                f"{self.round + 1}, once per client)")
+        self.reports[msg.client] = msg
+        if len(self.reports) == len(self.active):
+            self.round += 1
+            self.stage = ServerStage.IDLE
+            self._plan = None
+        return []
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "active": list(self.active)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round = int(state["round"])
+        self.active = list(state["active"])
