@@ -15,7 +15,9 @@ def load_dataset(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         return load_digits_images()
     assert cfg.path is not None  # checked by config validation
     if cfg.dataset in ("cifar10", "cifar100"):
-        xs, ys = zip(*(load_cifar(cfg.path, variant=cfg.dataset, split=s) for s in ("train", "test")))
+        xs, ys = zip(
+            *(load_cifar(cfg.path, variant=cfg.dataset, split=s) for s in ("train", "test"))
+        )
         return np.concatenate(xs), np.concatenate(ys)
     x, y, _ = load_image_folder(cfg.path, image_size=cfg.image_size or 32)
     return x, y

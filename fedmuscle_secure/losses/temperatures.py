@@ -45,8 +45,7 @@ def gamma_from_temperatures(tau: Tensor, tau_prime: Tensor) -> Tensor:
     check_positive(tau_prime, "temperature_prime")
     if tau.shape != tau_prime.shape:
         raise ValueError(
-            f"tau_prime: expected the shape of tau {tuple(tau.shape)}, "
-            f"got {tuple(tau_prime.shape)}"
+            f"tau_prime: expected the shape of tau {tuple(tau.shape)}, got {tuple(tau_prime.shape)}"
         )
     return 1.0 / tau_prime - 1.0 / tau
 

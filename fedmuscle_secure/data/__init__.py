@@ -1,0 +1,22 @@
+"""Data layer (DESIGN §8): the embedded digits data, real-dataset loaders, the
+federated split into public / test / private shards, and the client tasks."""
+
+from fedmuscle_secure.data.digits import load_digits_images
+from fedmuscle_secure.data.loaders import load_cifar, load_image_folder
+from fedmuscle_secure.data.splits import PARTITIONS, FederatedSplit, Shard, federated_split
+from fedmuscle_secure.data.tasks import TASK_NAMES, Task, accuracy, get_task, micro_f1
+
+__all__ = [
+    "PARTITIONS",
+    "TASK_NAMES",
+    "FederatedSplit",
+    "Shard",
+    "Task",
+    "accuracy",
+    "federated_split",
+    "get_task",
+    "load_cifar",
+    "load_digits_images",
+    "load_image_folder",
+    "micro_f1",
+]

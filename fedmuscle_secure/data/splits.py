@@ -1,0 +1,409 @@
+"""Federated split of one labelled image array (DESIGN §8).
+
+One array becomes three disjoint parts:
+
+* a **test** split, stratified by class, used only for the final evaluation;
+* an unlabelled **public** set (labels dropped) on which the contrastive phase runs;
+* the **private pool**, cut into one shard per client, each shard again cut into a
+  train part and a held-out validation part (for tuning; never the test split).
+
+Private shards are non-IID on purpose (the Muscle setting): ``partition="dirichlet"``
+gives label skew with per-client class proportions drawn from Dir(alpha)
+(Hsu et al., 2019, "Measuring the effects of non-identical data distribution");
+``partition="classes"`` gives each client a fixed number of classes; ``"iid"`` is the
+control. Everything is drawn from ``np.random.default_rng(seed)``: this is an
+experiment seed (CONVENTIONS "Randomness"), recorded in the run directory, never
+used for masks, keys or DP noise.
+
+No sample index ever lands in two parts: every draw removes what it takes from the
+pool it draws from, and the tests check disjointness on an array whose samples are
+all distinct.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmuscle_secure.errors import ConfigError
+
+PARTITIONS: tuple[str, ...] = ("dirichlet", "classes", "iid")
+
+# A client needs at least this many training samples (one batch statistic, one
+# step of a contrastive pair); fewer is an unusable shard, so the split refuses it.
+MIN_TRAIN_PER_CLIENT = 2
+
+
+@dataclass(frozen=True, eq=False)
+class Shard:
+    """One client's private data (arrays are never shared between shards).
+
+    ``y_train``/``y_val`` hold the *original* class labels; a client's task maps them
+    to its own targets (``fedmuscle_secure.data.tasks``).
+    """
+
+    x_train: np.ndarray  # float32 (n, C, H, W) in [0, 1]
+    y_train: np.ndarray  # int64 (n,)
+    x_val: np.ndarray  # float32 (n_val, C, H, W)
+    y_val: np.ndarray  # int64 (n_val,)
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedSplit:
+    """The output of :func:`federated_split`: public, test and per-client shards."""
+
+    public_x: np.ndarray  # float32 (n_pub, C, H, W); labels deliberately dropped
+    test_x: np.ndarray  # float32 (n_test, C, H, W)
+    test_y: np.ndarray  # int64 (n_test,) original labels
+    shards: tuple[Shard, ...]
+    num_classes: int  # number of original classes
+
+    def summary(self) -> dict:
+        """Sizes and per-shard label histograms, JSON-serialisable (for events.jsonl)."""
+
+        def hist(y: np.ndarray) -> list[int]:
+            return np.bincount(y, minlength=self.num_classes).astype(int).tolist()
+
+        return {
+            "num_classes": int(self.num_classes),
+            "public_size": len(self.public_x),
+            "test_size": len(self.test_x),
+            "test_label_histogram": hist(self.test_y),
+            "num_clients": len(self.shards),
+            "shards": [
+                {
+                    "client": k,
+                    "train_size": len(s.y_train),
+                    "val_size": len(s.y_val),
+                    "train_label_histogram": hist(s.y_train),
+                    "val_label_histogram": hist(s.y_val),
+                }
+                for k, s in enumerate(self.shards)
+            ],
+        }
+
+
+def federated_split(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_clients: int,
+    public_size: int,
+    test_size: int,
+    shard_size: int | None,
+    partition: str,
+    dirichlet_alpha: float = 1.0,
+    classes_per_client: int | None = None,
+    val_fraction: float = 0.2,
+    seed: int,
+) -> FederatedSplit:
+    """Split ``(x, y)`` into test, public and ``num_clients`` disjoint private shards.
+
+    Order of draws: the test split first (stratified by class, largest-remainder
+    allocation), then the public set uniformly from what is left; the remainder is
+    the private pool. ``shard_size=None`` splits the pool into equal parts (for
+    ``"classes"``: the largest equal size every client's classes can supply).
+
+    ``partition="dirichlet"``: client k draws ``p_k ~ Dir(alpha·1)`` over the classes
+    and its ``shard_size`` samples get per-class counts ``~ Multinomial(shard_size,
+    p_k)``, without replacement from the pool; where a class runs out, the excess is
+    re-drawn over the client's classes that still have samples, in proportion to
+    ``p_k`` (clients are served in order, so with ``shard_size=None`` the last client
+    takes what is left and is the least skewed). ``partition="classes"``: client k
+    holds classes ``(k·c + j) mod num_classes`` for ``j < c = classes_per_client``,
+    so consecutive clients rotate through all classes, with an equal number of
+    samples per class. ``partition="iid"``: uniform equal parts.
+
+    Each shard is then shuffled and its first ``round(val_fraction·n)`` samples (at
+    least 1 when ``val_fraction > 0``; Python's ``round``) become the validation part.
+
+    Raises ``ConfigError`` naming the ``data.*`` field when a value is invalid or a
+    size exceeds what the dataset holds; ``ValueError`` when ``x``/``y`` are malformed.
+    """
+    x, y = _check_arrays(x, y)
+    num_classes = int(y.max()) + 1
+    _check_config(
+        n=len(y),
+        num_classes=num_classes,
+        num_clients=num_clients,
+        public_size=public_size,
+        test_size=test_size,
+        shard_size=shard_size,
+        partition=partition,
+        dirichlet_alpha=dirichlet_alpha,
+        classes_per_client=classes_per_client,
+        val_fraction=val_fraction,
+    )
+    rng = np.random.default_rng(seed)
+
+    test_idx = _stratified_sample(y, np.arange(len(y)), test_size, num_classes, rng)
+    rest = np.setdiff1d(np.arange(len(y)), test_idx, assume_unique=True)
+    public_idx = rng.choice(rest, size=public_size, replace=False)
+    pool = np.setdiff1d(rest, public_idx, assume_unique=True)
+
+    if partition == "iid":
+        shard_idx = _iid_shards(pool, num_clients, shard_size, rng)
+    elif partition == "dirichlet":
+        shard_idx = _dirichlet_shards(
+            y, pool, num_clients, shard_size, dirichlet_alpha, num_classes, rng
+        )
+    else:
+        assert classes_per_client is not None  # checked in _check_config
+        shard_idx = _class_shards(
+            y, pool, num_clients, shard_size, classes_per_client, num_classes, rng
+        )
+
+    shards = []
+    for idx in shard_idx:
+        idx = rng.permutation(idx)
+        n_val = _val_count(len(idx), val_fraction)
+        if len(idx) - n_val < MIN_TRAIN_PER_CLIENT:
+            raise ConfigError(
+                "data.shard_size",
+                f"a client shard of {len(idx)} samples leaves {len(idx) - n_val} for "
+                f"training after validation (val_fraction={val_fraction}); expected at "
+                f"least {MIN_TRAIN_PER_CLIENT}: raise data.shard_size or lower "
+                "data.public_size / data.test_size / data.num_clients",
+            )
+        val, train = idx[:n_val], idx[n_val:]
+        shards.append(Shard(x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val]))
+
+    test_idx = rng.permutation(test_idx)
+    return FederatedSplit(
+        public_x=x[public_idx],
+        test_x=x[test_idx],
+        test_y=y[test_idx],
+        shards=tuple(shards),
+        num_classes=num_classes,
+    )
+
+
+def _check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 4:
+        raise ValueError(f"x: expected an image array of shape (N, C, H, W), got {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"y: expected labels of shape ({len(x)},), got {y.shape}")
+    if len(y) == 0:
+        raise ValueError("x: expected at least one sample, got 0")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y: expected integer class labels, got dtype {y.dtype}")
+    if int(y.min()) < 0:
+        raise ValueError(f"y: expected labels >= 0, got {int(y.min())}")
+    return x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)
+
+
+def _check_config(
+    *,
+    n: int,
+    num_classes: int,
+    num_clients: int,
+    public_size: int,
+    test_size: int,
+    shard_size: int | None,
+    partition: str,
+    dirichlet_alpha: float,
+    classes_per_client: int | None,
+    val_fraction: float,
+) -> None:
+    if partition not in PARTITIONS:
+        raise ConfigError(
+            "data.partition", f"unknown partition {partition!r}; expected one of {PARTITIONS}"
+        )
+    if not _is_int(num_clients) or num_clients < 1:
+        raise ConfigError("data.num_clients", f"expected an integer >= 1, got {num_clients!r}")
+    for field, value in (("data.public_size", public_size), ("data.test_size", test_size)):
+        if not _is_int(value) or value < 0:
+            raise ConfigError(field, f"expected an integer >= 0, got {value!r}")
+    if test_size > n:
+        raise ConfigError("data.test_size", f"{test_size} exceeds the {n} samples available")
+    if public_size > n - test_size:
+        raise ConfigError(
+            "data.public_size",
+            f"{public_size} exceeds the {n - test_size} samples left after a test split "
+            f"of {test_size} (dataset holds {n})",
+        )
+    pool = n - test_size - public_size
+    if shard_size is not None:
+        if not _is_int(shard_size) or shard_size < 1:
+            raise ConfigError(
+                "data.shard_size", f"expected an integer >= 1 or null, got {shard_size!r}"
+            )
+        if shard_size * num_clients > pool:
+            raise ConfigError(
+                "data.shard_size",
+                f"{num_clients} clients x {shard_size} samples = {shard_size * num_clients} "
+                f"exceeds the private pool of {pool} (dataset {n} - test {test_size} - "
+                f"public {public_size})",
+            )
+    elif pool // num_clients < 1:
+        raise ConfigError(
+            "data.num_clients",
+            f"the private pool of {pool} samples cannot give each of {num_clients} clients a shard",
+        )
+    if not (isinstance(val_fraction, int | float) and 0.0 <= val_fraction < 1.0):
+        raise ConfigError("data.val_fraction", f"expected a number in [0, 1), got {val_fraction!r}")
+    if partition == "dirichlet" and not (
+        isinstance(dirichlet_alpha, int | float)
+        and math.isfinite(dirichlet_alpha)
+        and dirichlet_alpha > 0
+    ):
+        raise ConfigError(
+            "data.dirichlet_alpha", f"expected a finite number > 0, got {dirichlet_alpha!r}"
+        )
+    if partition == "classes":
+        if classes_per_client is None:
+            raise ConfigError(
+                "data.classes_per_client", "required when data.partition is 'classes'"
+            )
+        if not _is_int(classes_per_client) or not 1 <= classes_per_client <= num_classes:
+            raise ConfigError(
+                "data.classes_per_client",
+                f"expected an integer in [1, {num_classes}], got {classes_per_client!r}",
+            )
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _val_count(n: int, val_fraction: float) -> int:
+    if val_fraction <= 0:
+        return 0
+    return max(1, round(val_fraction * n))
+
+
+def _stratified_sample(
+    y: np.ndarray, idx: np.ndarray, size: int, num_classes: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw ``size`` of ``idx`` with per-class counts proportional to class frequency.
+
+    Largest-remainder allocation, ties broken at random, so the counts sum to ``size``
+    exactly and never exceed what a class holds.
+    """
+    if size == 0:
+        return np.empty(0, dtype=np.int64)
+    counts = np.bincount(y[idx], minlength=num_classes)
+    quota = counts * size / counts.sum()
+    take = np.floor(quota).astype(np.int64)
+    short = size - int(take.sum())
+    if short:
+        # Tie-break by a random key so no class is favoured systematically.
+        order = np.lexsort((rng.random(num_classes), -(quota - take)))
+        room = order[take[order] < counts[order]]
+        take[room[:short]] += 1
+    parts = [
+        rng.choice(idx[y[idx] == c], size=int(take[c]), replace=False)
+        for c in range(num_classes)
+        if take[c]
+    ]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def _iid_shards(
+    pool: np.ndarray, k: int, shard_size: int | None, rng: np.random.Generator
+) -> list[np.ndarray]:
+    size = len(pool) // k if shard_size is None else shard_size
+    perm = rng.permutation(pool)
+    return [perm[i * size : (i + 1) * size] for i in range(k)]
+
+
+def _dirichlet_shards(
+    y: np.ndarray,
+    pool: np.ndarray,
+    k: int,
+    shard_size: int | None,
+    alpha: float,
+    num_classes: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    size = len(pool) // k if shard_size is None else shard_size
+    by_class = [list(rng.permutation(pool[y[pool] == c])) for c in range(num_classes)]
+    shards = []
+    for _ in range(k):
+        p = rng.dirichlet(np.full(num_classes, float(alpha)))
+        want = rng.multinomial(size, p)
+        avail = np.array([len(b) for b in by_class])
+        take = np.minimum(want, avail)
+        while (missing := size - int(take.sum())) > 0:
+            room = avail - take
+            # Prefer the client's own proportions; a tiny floor keeps classes whose
+            # p underflowed to 0 reachable, so the loop always terminates (the pool
+            # holds >= k * size samples, checked before).
+            w = (p + 1e-12) * (room > 0)
+            extra = rng.multinomial(missing, w / w.sum())
+            take += np.minimum(extra, room)
+        shards.append(_pop(by_class, take))
+    return shards
+
+
+def _class_shards(
+    y: np.ndarray,
+    pool: np.ndarray,
+    k: int,
+    shard_size: int | None,
+    cpc: int,
+    num_classes: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    owned = [[(i * cpc + j) % num_classes for j in range(cpc)] for i in range(k)]
+    holders = np.bincount(np.concatenate(owned), minlength=num_classes)
+    by_class = [list(rng.permutation(pool[y[pool] == c])) for c in range(num_classes)]
+    avail = np.array([len(b) for b in by_class])
+    if shard_size is None:
+        per_class = min(int(avail[c] // holders[c]) for c in range(num_classes) if holders[c])
+        size = cpc * min(per_class, (len(pool) // k) // cpc)
+        if size == 0:
+            raise ConfigError(
+                "data.classes_per_client",
+                f"the private pool cannot give each of {k} clients samples of all its "
+                f"{cpc} classes (class counts in the pool: {avail.tolist()}); lower "
+                "data.num_clients or data.public_size / data.test_size",
+            )
+    else:
+        size = shard_size
+        if size < cpc:
+            raise ConfigError(
+                "data.shard_size",
+                f"{size} samples cannot cover {cpc} classes per client; expected "
+                f"data.shard_size >= data.classes_per_client",
+            )
+    shards = []
+    for i in range(k):
+        cls = owned[i]
+        take = np.zeros(num_classes, dtype=np.int64)
+        base, extra = divmod(size, cpc)
+        for j, c in enumerate(cls):
+            take[c] = base + (1 if j < extra else 0)
+        left = np.array([len(b) for b in by_class])
+        take = np.minimum(take, left)
+        # Move what a class cannot supply to the client's other classes.
+        for c in cls:
+            missing = size - int(take.sum())
+            if missing <= 0:
+                break
+            take[c] += min(missing, int(left[c] - take[c]))
+        if int(take.sum()) < size or int(take[cls].min()) == 0:
+            raise ConfigError(
+                "data.shard_size",
+                f"client {i} holds classes {cls}, which cannot supply {size} samples "
+                f"with at least one of each from the private pool (left per class: "
+                f"{left.tolist()}): lower "
+                "data.shard_size or raise data.classes_per_client",
+            )
+        shards.append(_pop(by_class, take))
+    return shards
+
+
+def _pop(by_class: list[list[int]], take: np.ndarray) -> np.ndarray:
+    """Remove ``take[c]`` indices from each class list and return them (no reuse)."""
+    out: list[int] = []
+    for c, t in enumerate(take):
+        t = int(t)
+        if t:
+            out.extend(by_class[c][-t:])
+            del by_class[c][-t:]
+    return np.asarray(out, dtype=np.int64)

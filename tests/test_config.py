@@ -1,0 +1,76 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedmuscle_secure.cli import main
+from fedmuscle_secure.config import load_config, parse_config
+from fedmuscle_secure.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT = REPO / "configs" / "digits.yaml"
+
+
+def _raw():
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def test_shipped_default_config_is_valid_and_heterogeneous():
+    cfg = load_config(DEFAULT)
+    assert len({c.model for c in cfg.clients}) >= 3
+    assert len({c.task for c in cfg.clients}) >= 3
+    assert cfg.muscle.temperature != cfg.muscle.temperature_prime  # gamma != 0 (§2.1)
+
+
+BAD = [
+    ("unknown model", lambda r: r["clients"][1].update(model="resnet_does_not_exist"), "clients.1.model"),
+    ("M >= N", lambda r: r["muscle"].update(num_selected=len(r["clients"])), "muscle.num_selected"),
+    ("B > public", lambda r: r["muscle"].update(batch_size=r["data"]["public_size"] + 1), "muscle.batch_size"),
+    ("tau <= 0", lambda r: r["muscle"].update(temperature=0.0), "muscle.temperature"),
+    ("tau' < 0", lambda r: r["muscle"].update(temperature_prime=-0.1), "muscle.temperature_prime"),
+    ("unknown task", lambda r: r["clients"][0].update(task="segmentation"), "clients.0.task"),
+    ("missing data path", lambda r: r["data"].update(dataset="cifar10", path="/nonexistent/cifar"), "data.path"),
+    ("no data path", lambda r: r["data"].update(dataset="image_folder"), "data.path"),
+    ("unknown key", lambda r: r["training"].update(roundz=3), "training.roundz"),
+    ("wrong type", lambda r: r["training"].update(rounds="many"), "training.rounds"),
+    ("duplicate client", lambda r: r["clients"][1].update(name=r["clients"][0]["name"]), "clients.1.name"),
+]
+
+
+@pytest.mark.parametrize("label,mutate,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_names_the_field(label, mutate, field):
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(raw)
+    assert exc.value.field == field
+    assert field in str(exc.value)
+
+
+@pytest.mark.parametrize("label,mutate,field", BAD[:7], ids=[b[0] for b in BAD[:7]])
+def test_cli_exits_2_on_bad_config(tmp_path, capsys, label, mutate, field):
+    raw = _raw()
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert field in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_console_script_exit_code_and_missing_file(tmp_path):
+    exe = Path(sys.executable).parent / "fedmuscle-secure"
+    res = subprocess.run([str(exe), "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "nope.yaml" in res.stderr
+
+
+def test_overrides_are_validated():
+    cfg = load_config(DEFAULT)
+    assert cfg.with_overrides(seed=5).seed == 5
+    with pytest.raises(ConfigError) as exc:
+        cfg.with_overrides(**{"muscle.batch_size": 100000})
+    assert exc.value.field == "muscle.batch_size"

@@ -1,0 +1,27 @@
+"""A tiny experiment config for end-to-end tests (seconds on 2 cores)."""
+
+from fedmuscle_secure.config import parse_config
+
+
+def tiny_config(**over):
+    raw = {
+        "name": "tiny",
+        "seed": 7,
+        "data": {"public_size": 96, "test_size": 60, "shard_size": 40, "val_fraction": 0.25},
+        "clients": [
+            {"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
+            {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
+            {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
+             "projection": {"kind": "linear"}},
+        ],
+        "training": {"rounds": 3, "local_epochs": 1, "local_batch_size": 16},
+        "muscle": {"method": "muscle", "num_selected": 2, "batch_size": 32, "dim": 16},
+        "server": {"device": "cpu"},
+    }
+    for dotted, value in over.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return parse_config(raw)
