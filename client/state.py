@@ -13,9 +13,9 @@ import enum
 from dataclasses import dataclass
 
 import torch
-
 from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
 from fedmuscle_secure.client.local_update import evaluate, local_update
+
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (

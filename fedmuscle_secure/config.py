@@ -103,7 +103,7 @@ class ExperimentConfig(_Strict):
     compare_local: bool = True
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "ExperimentConfig":
+    def _unique_names(self) -> ExperimentConfig:
         seen: set[str] = set()
         for i, c in enumerate(self.clients):
             if c.name in seen:
@@ -111,7 +111,7 @@ class ExperimentConfig(_Strict):
             seen.add(c.name)
         return self
 
-    def with_overrides(self, **changes: Any) -> "ExperimentConfig":
+    def with_overrides(self, **changes: Any) -> ExperimentConfig:
         """A copy with dotted-path overrides, validated like a fresh config."""
         raw = self.model_dump(mode="json")
         for dotted, value in changes.items():

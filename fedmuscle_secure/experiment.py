@@ -84,7 +84,7 @@ def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: R
     for r in range(start, rounds + 1):
         bar.set_postfix_str(f"round {r}: local update + contrastive phase")
         t0 = time.perf_counter()
-        per_client = run_round(fed, r, on_phase=lambda p: bar.set_postfix_str(f"round {r}: {p}"))
+        per_client = run_round(fed, r, on_phase=lambda p, r=r: bar.set_postfix_str(f"round {r}: {p}"))
         for name, m in per_client.items():
             rows.append(_row(method, r, cfg, name, fed, m))
         bar.set_postfix_str(" ".join(f"{n}={m['test_metric']:.3f}" for n, m in per_client.items()))
@@ -151,4 +151,4 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
     return RunResult(run.root, final, rows)
 
 
-__all__ = ["RunResult", "run_experiment", "make_split", "client_table"]
+__all__ = ["RunResult", "client_table", "make_split", "run_experiment"]

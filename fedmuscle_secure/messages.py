@@ -11,7 +11,6 @@ length ``nb`` (1 in ``per_batch`` mode).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Union
 
 import torch
 
@@ -84,7 +83,7 @@ class RoundReport:
     metrics: dict[str, float]
 
 
-Message = Union[RoundPlan, Representations, PeerTerms, PeerSums, RoundReport]
+Message = RoundPlan | Representations | PeerTerms | PeerSums | RoundReport
 
 
 def payload_bytes(msg: Message) -> int:

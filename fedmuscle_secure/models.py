@@ -21,8 +21,10 @@ from fedmuscle_secure.errors import ConfigError
 def create_backbone(
     name: str, *, in_chans: int, image_size: int, kwargs: dict[str, Any] | None = None,
     field: str = "model",
-) -> nn.Module:
-    """A timm backbone with its classifier removed (``num_classes=0`` → pooled features).
+) -> tuple[nn.Module, int]:
+    """A timm backbone with its classifier removed (``num_classes=0`` → pooled features),
+    and the width of those features, measured on a probe batch (``num_features`` is not
+    always the output width: MobileNetV3's head adds a wider layer after pooling).
 
     ``img_size`` is passed only to architectures whose constructor takes it (ViTs, Mixers);
     convolutional nets adapt to any input size through global pooling.
@@ -36,7 +38,7 @@ def create_backbone(
             model = timm.create_model(name, img_size=image_size, **kw)
         except TypeError:  # this architecture has no img_size argument
             model = timm.create_model(name, **kw)
-    except Exception as exc:  # timm raises many kinds on bad kwargs; name the field
+    except Exception as exc:  # noqa: BLE001 - timm raises many kinds on bad kwargs; name the field
         raise ConfigError(field, f"timm could not build {name!r} with {kwargs or {}}: {exc}") from None
     try:
         with torch.no_grad():
@@ -44,13 +46,13 @@ def create_backbone(
             model.eval()
             out = model(torch.zeros(2, in_chans, image_size, image_size))
             model.train(was)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure on the probe batch is a config error
         raise ConfigError(
             field, f"{name!r} cannot run on {in_chans}x{image_size}x{image_size} inputs: {exc}"
         ) from None
     if out.ndim != 2:
         raise ConfigError(field, f"{name!r} returned features of shape {tuple(out.shape)}, expected (N, h)")
-    return model
+    return model, int(out.shape[1])
 
 
 def projection_head(kind: str, in_features: int, hidden: int, dim: int) -> nn.Module:
@@ -64,13 +66,12 @@ class ClientModel(nn.Module):
     """Backbone → (projection → L2 norm) for the shared space, and → task head for the task."""
 
     def __init__(
-        self, backbone: nn.Module, *, image_size: int, dim: int, num_outputs: int,
+        self, backbone: nn.Module, *, width: int, image_size: int, dim: int, num_outputs: int,
         projection: str = "mlp", hidden: int = 256,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.image_size = image_size
-        width = int(getattr(backbone, "num_features"))
         self.projection = projection_head(projection, width, hidden, dim)
         self.head = nn.Linear(width, num_outputs)
 
@@ -99,8 +100,8 @@ def build_client_model(
     *, model: str, model_kwargs: dict[str, Any], in_chans: int, image_size: int, dim: int,
     num_outputs: int, projection: str, hidden: int, field: str,
 ) -> ClientModel:
-    backbone = create_backbone(model, in_chans=in_chans, image_size=image_size,
-                               kwargs=model_kwargs, field=field)
-    return ClientModel(backbone, image_size=image_size, dim=dim, num_outputs=num_outputs,
+    backbone, width = create_backbone(model, in_chans=in_chans, image_size=image_size,
+                                      kwargs=model_kwargs, field=field)
+    return ClientModel(backbone, width=width, image_size=image_size, dim=dim, num_outputs=num_outputs,
                        projection=projection, hidden=hidden)
 

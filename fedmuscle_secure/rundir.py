@@ -86,7 +86,7 @@ class RunDir:
         try:
             # Our own file, written by save_checkpoint; weights_only refuses arbitrary objects.
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint, named
             raise CheckpointError(f"{path}: cannot read checkpoint ({exc}); delete it to fall "
                                   "back to the previous one") from None
         return int(path.stem.split("-")[1]), state

@@ -20,8 +20,8 @@ from fedmuscle_secure.data import FederatedSplit, get_task
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
 from fedmuscle_secure.messages import Message, RoundReport, payload_bytes
 from fedmuscle_secure.models import build_client_model
-from fedmuscle_secure.server.computation import resolve_device
 from fedmuscle_secure.seeding import derive_seed
+from fedmuscle_secure.server.computation import resolve_device
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
 
 

@@ -103,15 +103,16 @@ def comparisons(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[Compa
 
 def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     """Write ``summary.md``: the per-client table, Δ, and communication per round."""
-    parts = [f"# Run summary: {cfg.name} (seed {cfg.seed})", "",
-             f"Method `{cfg.muscle.method}`, exchange `{cfg.muscle.exchange}`, protection "
-             f"`{cfg.protection}`, N = {len(cfg.clients)}, M = {cfg.muscle.num_selected}, "
-             f"B = {cfg.muscle.batch_size}, d = {cfg.muscle.dim}, R = {cfg.training.rounds}, "
-             f"E = {cfg.training.local_epochs}, T = {cfg.training.cl_epochs}.", "",
+    setting = (f"Method `{cfg.muscle.method}`, exchange `{cfg.muscle.exchange}`, protection "
+               f"`{cfg.protection}`, N = {len(cfg.clients)}, M = {cfg.muscle.num_selected}, "
+               f"B = {cfg.muscle.batch_size}, d = {cfg.muscle.dim}, R = {cfg.training.rounds}, "
+               f"E = {cfg.training.local_epochs}, T = {cfg.training.cl_epochs}.")
+    parts = [f"# Run summary: {cfg.name} (seed {cfg.seed})", "", setting, "",
              "Final test metric of every client after the closing LocalUpdate (DESIGN §2.4).", ""]
-    for cmp in comparisons(cfg, rows):
+    cmps = comparisons(cfg, rows)
+    for cmp in cmps:
         parts += [client_table(cmp), ""]
-    if not comparisons(cfg, rows):
+    if not cmps:
         final = final_metrics(rows)
         for m, per in final.items():
             parts += [f"{m}: " + ", ".join(f"{c}={100 * v:.2f}" for c, v in per.items()), ""]

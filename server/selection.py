@@ -6,9 +6,7 @@ directory), so every run with the same seed selects the same peers; it is not a 
 
 from __future__ import annotations
 
-
 import torch
-
 
 
 def select_peers(active: list[int], num_selected: int, generator: torch.Generator) -> dict[int, list[int]]:

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass
 
 import torch
+from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
+from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
@@ -22,9 +24,7 @@ from fedmuscle_secure.messages import (
     RoundPlan,
     RoundReport,
 )
-from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
 from fedmuscle_secure.seeding import derive_seed
-from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 
 class ServerStage(enum.Enum):

@@ -2,10 +2,10 @@ import csv
 import json
 
 import pytest
+from tiny import tiny_config
 
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
 from fedmuscle_secure.experiment import run_experiment
-from tiny import tiny_config
 
 
 def _rows(path):
@@ -23,11 +23,12 @@ def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(tmp_path, exc
     assert not (tmp_path / "cut" / "summary.md").exists()
     resumed = run_experiment(cfg, tmp_path / "cut", resume=True, progress=False)
     assert resumed.final == full.final
-    key = lambda r: (r["method"], r["round"], r["client"])  # noqa: E731
+    key = lambda r: (r["method"], r["round"], r["client"])
     a = {key(r): (r["test_metric"], r["cl_loss"], r["task_loss"]) for r in _rows(tmp_path / "full" / "metrics.csv")}
     b = {key(r): (r["test_metric"], r["cl_loss"], r["task_loss"]) for r in _rows(tmp_path / "cut" / "metrics.csv")}
     assert a == b
-    events = [json.loads(line)["event"] for line in open(tmp_path / "cut" / "events.jsonl")]
+    with open(tmp_path / "cut" / "events.jsonl") as fh:
+        events = [json.loads(line)["event"] for line in fh]
     assert "resume" in events and events[-1] == "run_end"
 
 

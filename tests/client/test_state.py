@@ -1,11 +1,11 @@
 import pytest
 import torch
+from tiny import tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.experiment import make_split
 from fedmuscle_secure.messages import PeerTerms, Representations, RoundPlan, RoundReport
 from fedmuscle_secure.simulator import build_federation, run_round
-from tiny import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_round_runs_with_both_granularities(setup, exchange, method):
     fed = _fed(setup, method, exchange)
     out = run_round(fed, 1)
     nb = 96 // 32
-    for name, m in out.items():
+    for m in out.values():
         assert m["cl_steps"] == nb
         # bytes sent: Z^n as float32, B x d per batch, whatever the granularity
         assert m["bytes_sent"] == nb * 32 * 16 * 4
