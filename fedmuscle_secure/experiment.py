@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config
@@ -137,7 +138,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
     split = make_split(cfg)
     run.event("run_start" if not resume else "run_resume", seed=cfg.seed,
               config_sha256=config_digest(resolved), split=split.summary(),
-              numpy=np.__version__)
+              torch=torch.__version__, numpy=np.__version__, torch_threads=torch.get_num_threads())
     rows: list[dict[str, Any]] = []
     for method in methods_of(cfg):
         rows = [r for r in rows if r["method"] != method]

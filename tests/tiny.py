@@ -23,5 +23,5 @@ def tiny_config(**over):
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node[p]
-        node[leaf] = value
+        node[leaf] = value  # a top-level key ("data", "clients") replaces the whole section
     return parse_config(raw)
