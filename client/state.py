@@ -107,7 +107,7 @@ class FedMuscleClient:
         task_loss = self._local_update(r)
         self._metrics = {"task_loss": task_loss, **self.evaluate()}
         self._cl_losses = []
-        if self.settings.method == "local":
+        if self.settings.method == "local" or plan.batches.shape[0] == 0:
             return [self._report(r)]
         self._plan = plan
         self._views = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, r, "views"))
@@ -176,6 +176,8 @@ class FedMuscleClient:
 
     def _step(self, anchor: torch.Tensor, reply: PeerTerms | PeerSums, index: int) -> None:
         assert self._released is not None
+        if not reply.peers[index]:  # every peer has left the federation: nothing to align to
+            return
         loss = contrastive_loss(self.settings.method, anchor, reply, index,
                                 tau=self.settings.tau, gamma=self.settings.gamma,
                                 released=self._released[index])

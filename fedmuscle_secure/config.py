@@ -85,6 +85,39 @@ class MuscleConfig(_Strict):
     broadcast_chunk: int | None = Field(default=None, gt=0)
 
 
+class RepresentationNoiseConfig(_Strict):
+    """Client-level DP on released representations (DESIGN §5.1): a noise multiplier σ,
+    or a target ε over the whole run from which σ is calibrated."""
+
+    enabled: bool = False
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    target_epsilon: float | None = Field(default=None, gt=0)
+
+
+class DpSgdConfig(_Strict):
+    """Record-level DP-SGD in LocalUpdate (DESIGN §5.2), with Opacus."""
+
+    enabled: bool = False
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    target_epsilon: float | None = Field(default=None, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    expected_batch_size: int = Field(default=32, gt=0)
+
+
+class BudgetConfig(_Strict):
+    """Per-client (ε, δ) budgets; a client refuses any step that would exceed one (§5.3)."""
+
+    record_epsilon: float | None = Field(default=None, gt=0)
+    client_epsilon: float | None = Field(default=None, gt=0)
+
+
+class PrivacyConfig(_Strict):
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    representation_noise: RepresentationNoiseConfig = RepresentationNoiseConfig()
+    dp_sgd: DpSgdConfig = DpSgdConfig()
+    budget: BudgetConfig = BudgetConfig()
+
+
 class ServerConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -100,6 +133,7 @@ class ExperimentConfig(_Strict):
     muscle: MuscleConfig = MuscleConfig()
     protection: Literal["plain"] = "plain"
     server: ServerConfig = ServerConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     compare_local: bool = True
 
     @model_validator(mode="after")
@@ -203,6 +237,11 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             raise ConfigError("data.path", f"dataset {d.dataset!r} needs a path to its files")
         if not Path(d.path).exists():
             raise ConfigError("data.path", f"{d.path!r} does not exist")
+    for key, mech in (("representation_noise", cfg.privacy.representation_noise),
+                      ("dp_sgd", cfg.privacy.dp_sgd)):
+        if mech.enabled and (mech.noise_multiplier is None) == (mech.target_epsilon is None):
+            raise ConfigError(f"privacy.{key}",
+                              "enabled: give exactly one of noise_multiplier or target_epsilon")
     if d.partition == "classes" and d.classes_per_client is None:
         raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
 

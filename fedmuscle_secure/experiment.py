@@ -85,7 +85,14 @@ def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: R
     for r in range(start, rounds + 1):
         bar.set_postfix_str(f"round {r}: local update + contrastive phase")
         t0 = time.perf_counter()
-        per_client = run_round(fed, r, on_phase=lambda p, r=r: bar.set_postfix_str(f"round {r}: {p}"))
+        last = [""]
+
+        def on_phase(p: str, r: int = r, last: list[str] = last) -> None:
+            if p != last[0]:  # one update per phase, not per message
+                last[0] = p
+                bar.set_postfix_str(f"round {r}: {p}")
+
+        per_client = run_round(fed, r, on_phase=on_phase)
         for name, m in per_client.items():
             rows.append(_row(method, r, cfg, name, fed, m))
         bar.set_postfix_str(" ".join(f"{n}={m['test_metric']:.3f}" for n, m in per_client.items()))

@@ -69,6 +69,7 @@ class PeerSums:
     round: int
     epoch: int
     batch: int | None
+    peers: tuple[tuple[str, ...], ...]
     peer_sum: torch.Tensor
     peer_sq_norm_sum: torch.Tensor
     includes_self: bool
@@ -83,7 +84,17 @@ class RoundReport:
     metrics: dict[str, float]
 
 
-Message = RoundPlan | Representations | PeerTerms | PeerSums | RoundReport
+@dataclass(frozen=True)
+class Leave:
+    """Client → server: the client leaves the federation for good (e.g. its privacy budget
+    would be exceeded by its next release, DESIGN §5.3); the others continue without it."""
+
+    client: str
+    round: int
+    reason: str
+
+
+Message = RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave
 
 
 def payload_bytes(msg: Message) -> int:

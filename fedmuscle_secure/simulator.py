@@ -18,7 +18,7 @@ from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, Label
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.data import FederatedSplit, get_task
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
-from fedmuscle_secure.messages import Message, RoundReport, payload_bytes
+from fedmuscle_secure.messages import Message, RoundPlan, RoundReport, payload_bytes
 from fedmuscle_secure.models import build_client_model
 from fedmuscle_secure.seeding import derive_seed
 from fedmuscle_secure.server.computation import resolve_device
@@ -74,6 +74,13 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str) 
     return Federation(server, clients, method)
 
 
+def _phase(msg: Message) -> str:
+    if isinstance(msg, RoundPlan):
+        return f"local update ({msg.client})"
+    where = "whole epoch" if msg.batch is None else f"batch {msg.batch + 1}"
+    return f"contrastive epoch {msg.epoch + 1}, {where}"
+
+
 def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, float]]:
     """Drive one round to completion; per-client metrics plus bytes and wall time."""
     stats = {c: {"bytes_sent": 0.0, "bytes_received": 0.0, "wall_time_s": 0.0} for c in fed.clients}
@@ -84,7 +91,7 @@ def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, flo
         client = fed.clients[msg.client]
         stats[msg.client]["bytes_received"] += payload_bytes(msg)
         if on_phase is not None:
-            on_phase(f"{type(msg).__name__} → {msg.client}")
+            on_phase(_phase(msg))
         t0 = time.perf_counter()
         replies = client.handle(msg)
         stats[msg.client]["wall_time_s"] += time.perf_counter() - t0

@@ -17,6 +17,7 @@ from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
+    Leave,
     Message,
     PeerSums,
     PeerTerms,
@@ -60,6 +61,7 @@ class FedMuscleServer:
         self._pending: dict[str, Representations] = {}
         self.reports: dict[str, RoundReport] = {}
         self.last_selection: dict[str, list[str]] = {}
+        self.departures: list[dict[str, object]] = []  # who left, in which round, why
 
     # -- rounds -----------------------------------------------------------------------
     def round_seed(self, r: int) -> int:
@@ -82,6 +84,8 @@ class FedMuscleServer:
         if r != self.round + 1:
             raise ProtocolError("server", self.stage.value, f"expected round {self.round + 1}, got {r}")
         self._plan = self.public_batches(r)
+        if len(self.active) < 2:  # nobody to align with: LocalUpdate only
+            self._plan = self._plan[:0]
         self._pending, self.reports = {}, {}
         self.stage = ServerStage.COLLECTING
         return [RoundPlan(c, r, self.settings.exchange, self._plan) for c in self.active]
@@ -102,6 +106,8 @@ class FedMuscleServer:
             return self._on_representations(msg)
         if isinstance(msg, RoundReport):
             return self._on_report(msg)
+        if isinstance(msg, Leave):
+            return self._on_leave(msg)
         raise ProtocolError(sender, self.stage.value, f"server cannot accept a {type(msg).__name__}")
 
     def _on_representations(self, msg: Representations) -> list[Message]:
@@ -118,11 +124,27 @@ class FedMuscleServer:
                                 f"(epoch {first.epoch}, batch {first.batch})")
         self._check_shape(msg)
         self._pending[msg.client] = msg
-        if len(self._pending) < len(self.active):
+        return self._maybe_reply()
+
+    def _maybe_reply(self) -> list[Message]:
+        """Reply once every active client that still owes a release has sent it."""
+        owing = [c for c in self.active if c not in self.reports]
+        if not self._pending or any(c not in self._pending for c in owing):
             return []
-        replies = self._reply(msg.epoch, msg.batch)
+        first = next(iter(self._pending.values()))
+        replies = self._reply(first.epoch, first.batch)
         self._pending = {}
         return replies
+
+    def _on_leave(self, msg: Leave) -> list[Message]:
+        """A client leaves for good: drop it and finish whatever was waiting on it."""
+        self.active.remove(msg.client)
+        self._pending.pop(msg.client, None)
+        self.reports.pop(msg.client, None)
+        self.departures.append({"client": msg.client, "round": msg.round, "reason": msg.reason})
+        out = self._maybe_reply()
+        self._maybe_finish_round()
+        return out
 
     def _check_shape(self, msg: Representations) -> None:
         assert self._plan is not None
@@ -137,7 +159,8 @@ class FedMuscleServer:
     def _reply(self, epoch: int, batch: int | None) -> list[Message]:
         """Everyone's release is in: compute every client's reply in batched torch."""
         s = self.settings
-        order = self.active
+        order = [c for c in self.active if c in self._pending]
+        m_eff = min(s.num_selected, len(order) - 1)  # fewer peers once clients have left
         z = torch.stack([self._pending[c].z for c in order], dim=0)  # (N, nb, B, d)
         idx = torch.tensor([self.index[c] for c in order])
         inv_tau, gamma = s.inv_tau[idx][:, idx], s.gamma[idx][:, idx]
@@ -146,7 +169,7 @@ class FedMuscleServer:
         for b in range(nb):
             g = torch.Generator().manual_seed(
                 derive_seed(self.round_seed(self.round + 1), "peers", epoch, batch if batch is not None else b))
-            chosen = select_peers(list(range(len(order))), s.num_selected, g)
+            chosen = select_peers(list(range(len(order))), m_eff, g)
             sel = selection_tensor(chosen, list(range(len(order))))
             sels.append(sel)
             if s.method == "muscle_sum":
@@ -162,7 +185,7 @@ class FedMuscleServer:
             if s.method == "muscle_sum":
                 u = torch.stack([pb[0][n] for pb in per_batch])
                 q = torch.stack([pb[1][n] for pb in per_batch])
-                out.append(PeerSums(c, r, epoch, batch, u, q, includes_self=False))
+                out.append(PeerSums(c, r, epoch, batch, peers, u, q, includes_self=False))
             else:
                 sp = torch.stack([pb.scaled_peers[n] for pb in per_batch])
                 la = torch.stack([pb.log_alpha_pairs[n] for pb in per_batch])
@@ -175,15 +198,21 @@ class FedMuscleServer:
                                 f"unexpected report for round {msg.round} (expecting round "
                                 f"{self.round + 1}, once per client)")
         self.reports[msg.client] = msg
-        if len(self.reports) == len(self.active):
+        out = self._maybe_reply()  # a client that finished owes no more releases
+        self._maybe_finish_round()
+        return out
+
+    def _maybe_finish_round(self) -> None:
+        if self.stage is ServerStage.COLLECTING and all(c in self.reports for c in self.active):
             self.round += 1
             self.stage = ServerStage.IDLE
             self._plan = None
-        return []
 
     def state_dict(self) -> dict:
-        return {"round": self.round, "active": list(self.active)}
+        return {"round": self.round, "active": list(self.active),
+                "departures": [dict(d) for d in self.departures]}
 
     def load_state_dict(self, state: dict) -> None:
         self.round = int(state["round"])
         self.active = list(state["active"])
+        self.departures = [dict(d) for d in state.get("departures", [])]

@@ -82,3 +82,28 @@ def test_round_runs_with_both_granularities(setup, exchange, method):
         assert m["bytes_sent"] == nb * 32 * 16 * 4
         assert m["cl_loss"] == m["cl_loss"]  # not NaN
     assert fed.server.round == 1 and all(c.round == 1 for c in fed.clients.values())
+
+
+def test_a_client_that_leaves_mid_round_does_not_stop_the_others(setup):
+    from fedmuscle_secure.messages import Leave
+
+    fed = _fed(setup)
+    c = fed.clients["c"]
+    real = c.handle
+    calls = {"n": 0}
+
+    def leave_after_first_step(msg):
+        calls["n"] += 1
+        if calls["n"] == 2:  # its first reply arrives: it leaves instead of releasing again
+            return [Leave("c", msg.round, "test: budget")]
+        return real(msg)
+
+    c.handle = leave_after_first_step
+    out = run_round(fed, 1)
+    assert set(out) == {"a", "b"}
+    assert fed.server.active == ["a", "b"]
+    assert fed.server.departures == [{"client": "c", "round": 1, "reason": "test: budget"}]
+    assert all(m["cl_steps"] == 96 // 32 for m in out.values())
+    # the next round runs with the two that are left (M drops from 2 to 1)
+    out2 = run_round(fed, 2)
+    assert set(out2) == {"a", "b"} and fed.server.last_selection == {"a": ["b"], "b": ["a"]}
