@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
 from fedmuscle_secure.client.local_update import evaluate, local_update
 
 from fedmuscle_secure.data.tasks import Task
-from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError
 from fedmuscle_secure.messages import (
+    Leave,
     Message,
     PeerSums,
     PeerTerms,
@@ -29,12 +31,17 @@ from fedmuscle_secure.messages import (
 from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.seeding import derive_seed
 
+if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting) only where DP is configured
+    from fedmuscle_secure.client.dp_sgd import DPSGDTrainer
+    from fedmuscle_secure.client.privacy import ClientPrivacy
+
 SERVER = "server"
 
 
 class ClientStage(enum.Enum):
     IDLE = "idle"
     AWAIT_REPLY = "await_reply"
+    LEFT = "left"
 
 
 @dataclass(frozen=True)
@@ -64,13 +71,17 @@ class FedMuscleClient:
 
     def __init__(self, name: str, model: ClientModel, task: Task, *, train: LabelledData,
                  val: LabelledData, test: LabelledData, public_x: torch.Tensor,
-                 settings: ClientSettings) -> None:
+                 settings: ClientSettings, privacy: ClientPrivacy | None = None,
+                 dpsgd: DPSGDTrainer | None = None) -> None:
         self.name = name
         self.model = model
         self.task = task
         self.train, self.val, self.test = train, val, test
         self.public_x = public_x
         self.settings = settings
+        self.privacy = privacy
+        self.dpsgd = dpsgd  # record-level DP-SGD replaces the plain LocalUpdate when set
+        self.left: dict | None = None  # {"round", "reason"} once the client has left
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                                weight_decay=settings.weight_decay)
         # Own optimizer state for the contrastive phase (§8.1: sharing Adam state hurt).
@@ -104,7 +115,10 @@ class FedMuscleClient:
                                 f"expected the plan of round {self.round + 1} for {self.name!r}, "
                                 f"got round {plan.round} for {plan.client!r}")
         r = plan.round
-        task_loss = self._local_update(r)
+        try:
+            task_loss = self._local_update(r)
+        except PrivacyBudgetExceeded as exc:
+            return [self._leave(r, str(exc))]
         self._metrics = {"task_loss": task_loss, **self.evaluate()}
         self._cl_losses = []
         if self.settings.method == "local" or plan.batches.shape[0] == 0:
@@ -112,6 +126,8 @@ class FedMuscleClient:
         self._plan = plan
         self._views = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, r, "views"))
         torch.manual_seed(derive_seed(self.settings.seed, self.name, r, "cl-modules"))
+        if self.dpsgd is not None:  # public data only: no per-sample gradients here
+            self.dpsgd.disable_per_sample_hooks()
         return [self._release(0, 0 if plan.exchange == "per_batch" else None)]
 
     def _on_reply(self, reply: PeerTerms | PeerSums) -> list[Message]:
@@ -138,6 +154,17 @@ class FedMuscleClient:
         return [self._report(self._plan.round)]
 
     # -- pieces ------------------------------------------------------------------------
+    def _leave(self, r: int, reason: str) -> Leave:
+        """Leave the federation cleanly (DESIGN §5.3: never exceed the budget)."""
+        if self.privacy is not None:
+            self.privacy.leave(r, reason)
+        if self.dpsgd is not None:
+            self.dpsgd.enable_per_sample_hooks()
+        self.stage = ClientStage.LEFT
+        self.left = {"round": r, "reason": reason}
+        self._plan, self._exchange, self._released, self._pending = None, None, None, None
+        return Leave(self.name, r, reason)
+
     def _expect(self, stage: ClientStage, msg: Message) -> None:
         if self.stage is not stage:
             raise ProtocolError(SERVER, self.stage.value,
@@ -145,8 +172,18 @@ class FedMuscleClient:
                                 f"{self.stage.value!r}; expected stage {stage.value!r}")
 
     def _local_update(self, label: int | str) -> float:
-        gen = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, label, "local"))
+        """LocalUpdate; under DP-SGD the accountant is asked first (may raise
+        :class:`PrivacyBudgetExceeded`) and the steps taken are recorded after."""
+        r = self.round + 1 if label == "final" else int(label)
         torch.manual_seed(derive_seed(self.settings.seed, self.name, label, "local-modules"))
+        if self.dpsgd is not None:
+            assert self.privacy is not None
+            steps = self.settings.local_epochs * self.dpsgd.steps_per_epoch
+            self.privacy.admit_local_update(r, steps, self.dpsgd.sample_rate)
+            loss, taken = self.dpsgd.run(self.settings.local_epochs)
+            self.privacy.record_local_update(r, taken, self.dpsgd.sample_rate)
+            return loss
+        gen = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, label, "local"))
         return local_update(self.model, self.task_optimizer, self.task, self.train.x,
                             self.train.targets, epochs=self.settings.local_epochs,
                             batch_size=self.settings.local_batch_size, generator=gen)
@@ -159,8 +196,9 @@ class FedMuscleClient:
             x = random_affine_view(x, self._views, size=self.model.image_size)
         return self.model.represent(x)
 
-    def _release(self, epoch: int, batch: int | None) -> Representations:
+    def _release(self, epoch: int, batch: int | None) -> Representations | Leave:
         assert self._plan is not None
+        r = self._plan.round
         batches = self._plan.batches[epoch]
         if batch is not None:
             self._pending = self._anchor(batches[batch])
@@ -169,10 +207,16 @@ class FedMuscleClient:
             self.model.eval()
             with torch.no_grad():
                 z = torch.stack([self.model.represent(self.public_x[idx]) for idx in batches])
-        self._released = z.float().contiguous()
+        z = z.float().contiguous()
+        if self.privacy is not None:
+            try:
+                z = self.privacy.release(r, (epoch, batch), z, recipient=SERVER)
+            except PrivacyBudgetExceeded as exc:
+                return self._leave(r, str(exc))
+        self._released = z
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
-        return Representations(self.name, self._plan.round, epoch, batch, self._released)
+        return Representations(self.name, r, epoch, batch, self._released)
 
     def _step(self, anchor: torch.Tensor, reply: PeerTerms | PeerSums, index: int) -> None:
         assert self._released is not None
@@ -190,8 +234,13 @@ class FedMuscleClient:
         self.stage = ClientStage.IDLE
         self.round = r
         self._plan, self._exchange, self._released = None, None, None
+        if self.dpsgd is not None:
+            self.dpsgd.enable_per_sample_hooks()
         cl = self._cl_losses
         metrics = dict(self._metrics)
+        if self.privacy is not None:
+            eps = self.privacy.end_round(r)
+            metrics["eps_record"], metrics["eps_client"] = eps["record"], eps["client"]
         metrics["cl_loss"] = sum(cl) / len(cl) if cl else float("nan")
         metrics["cl_steps"] = float(len(cl))
         return RoundReport(self.name, r, metrics)
@@ -202,21 +251,45 @@ class FedMuscleClient:
                 "test_metric": evaluate(self.model, self.task, self.test.x, self.test.targets)}
 
     def finish(self) -> dict[str, float]:
-        """The closing LocalUpdate (§8.1: heads must match their encoders) and evaluation."""
-        if self.stage is not ClientStage.IDLE:
+        """The closing LocalUpdate (§8.1: heads must match their encoders) and evaluation.
+
+        A client that left the federation, or whose record-level budget cannot pay for
+        the closing LocalUpdate, is evaluated as it stands.
+        """
+        if self.stage is ClientStage.AWAIT_REPLY:
             raise ProtocolError(SERVER, self.stage.value, f"{self.name!r} cannot finish mid-round")
-        task_loss = self._local_update("final")
-        return {"task_loss": task_loss, **self.evaluate()}
+        task_loss = float("nan")
+        if self.stage is ClientStage.IDLE:
+            try:
+                task_loss = self._local_update("final")
+            except PrivacyBudgetExceeded:
+                pass  # the refusal is in the ledger; keep the model as it is
+        out = {"task_loss": task_loss, **self.evaluate()}
+        if self.privacy is not None:
+            eps = self.privacy.end_round(self.round + 1)
+            out["eps_record"], out["eps_client"] = eps["record"], eps["client"]
+        return out
 
     def state_dict(self) -> dict:
-        if self.stage is not ClientStage.IDLE:
+        if self.stage is ClientStage.AWAIT_REPLY:
             raise ProtocolError(SERVER, self.stage.value, "checkpoints are taken between rounds")
-        return {"round": self.round, "model": self.model.state_dict(),
-                "task_optimizer": self.task_optimizer.state_dict(),
-                "cl_optimizer": self.cl_optimizer.state_dict()}
+        state = {"round": self.round, "model": self.model.state_dict(),
+                 "task_optimizer": self.task_optimizer.state_dict(),
+                 "cl_optimizer": self.cl_optimizer.state_dict(), "left": self.left}
+        if self.privacy is not None:
+            state["privacy"] = self.privacy.state_dict()
+        if self.dpsgd is not None:
+            state["dpsgd"] = self.dpsgd.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.round = int(state["round"])
         self.model.load_state_dict(state["model"])
         self.task_optimizer.load_state_dict(state["task_optimizer"])
         self.cl_optimizer.load_state_dict(state["cl_optimizer"])
+        self.left = state.get("left")
+        self.stage = ClientStage.LEFT if self.left else ClientStage.IDLE
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state["privacy"])
+        if self.dpsgd is not None:
+            self.dpsgd.load_state_dict(state["dpsgd"])

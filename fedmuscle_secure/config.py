@@ -45,6 +45,13 @@ class ProjectionConfig(_Strict):
     hidden: int = Field(default=256, gt=0)
 
 
+class BudgetConfig(_Strict):
+    """Per-client (ε, δ) budgets; a client refuses any step that would exceed one (§5.3)."""
+
+    record_epsilon: float | None = Field(default=None, gt=0)
+    client_epsilon: float | None = Field(default=None, gt=0)
+
+
 class ClientConfig(_Strict):
     """One organization: its own timm architecture, task and training knobs."""
 
@@ -56,6 +63,7 @@ class ClientConfig(_Strict):
     projection: ProjectionConfig = ProjectionConfig()
     lr: float | None = Field(default=None, gt=0)
     cl_lr: float | None = Field(default=None, gt=0)
+    budget: BudgetConfig | None = None  # this client's own budget (default: privacy.budget)
 
 
 class TrainingConfig(_Strict):
@@ -102,13 +110,6 @@ class DpSgdConfig(_Strict):
     target_epsilon: float | None = Field(default=None, gt=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     expected_batch_size: int = Field(default=32, gt=0)
-
-
-class BudgetConfig(_Strict):
-    """Per-client (ε, δ) budgets; a client refuses any step that would exceed one (§5.3)."""
-
-    record_epsilon: float | None = Field(default=None, gt=0)
-    client_epsilon: float | None = Field(default=None, gt=0)
 
 
 class PrivacyConfig(_Strict):

@@ -63,3 +63,17 @@ class PrivacyBudgetExceeded(FedMuscleError):
 
 class IdentityError(FedMuscleError):
     """A peer's identity (key, signature, certificate) does not verify."""
+
+
+class LedgerError(FedMuscleError):
+    """A privacy ledger or receipt log does not verify, or cannot be written (DESIGN §5.3, §5.4).
+
+    ``kind`` names the failure (``malformed``, ``edited``, ``deleted``, ``reordered``,
+    ``signature``, ``locked``, ``io``), ``seq`` the entry at fault when one is known.
+    """
+
+    def __init__(self, kind: str, seq: int | None, message: str) -> None:
+        self.kind = kind
+        self.seq = seq
+        where = f" at seq {seq}" if seq is not None else ""
+        super().__init__(f"ledger {kind}{where}: {message}")

@@ -66,7 +66,18 @@ def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: R
     and this method's rows so far. ``stop_after`` raises :class:`RunInterrupted` after that
     round, as a crash would (used to test ``--resume``).
     """
-    fed = build_federation(cfg, split, method)
+    main = methods_of(cfg)[0]
+    fed = build_federation(cfg, split, method, record_dir=run.root if method == main else None)
+    try:
+        return _run_rounds(cfg, fed, method, run, resume=resume, progress=progress,
+                           prior_rows=prior_rows, stop_after=stop_after)
+    finally:
+        fed.close()
+
+
+def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir, *, resume: bool,
+                progress: bool, prior_rows: list[dict[str, Any]],
+                stop_after: int | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     start = 1
     if resume and (ck := run.latest_checkpoint(method)) is not None:
@@ -95,10 +106,13 @@ def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: R
         per_client = run_round(fed, r, on_phase=on_phase)
         for name, m in per_client.items():
             rows.append(_row(method, r, cfg, name, fed, m))
-        bar.set_postfix_str(" ".join(f"{n}={m['test_metric']:.3f}" for n, m in per_client.items()))
+        bar.set_postfix_str(_progress_line(per_client))
         bar.update(1)
         run.event("round_end", method=method, round=r, seconds=time.perf_counter() - t0,
                   selection=fed.server.last_selection, metrics=per_client)
+        for d in fed.server.departures:
+            if d["round"] == r:
+                run.event("client_left", method=method, **d)
         _checkpoint(run, method, r, fed, rows, finished=False)
         run.write_metrics(prior_rows + rows)
         if stop_after is not None and r >= stop_after and r < rounds:
@@ -109,10 +123,28 @@ def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: R
         t0 = time.perf_counter()
         m = client.finish()
         m.update(bytes_sent=0.0, bytes_received=0.0, wall_time_s=time.perf_counter() - t0)
+        if client.privacy is not None:
+            ps = client.privacy.settings
+            m.update(releases=client.privacy.releases, sigma_record=ps.dpsgd_sigma,
+                     sigma_client=ps.representation_sigma)
+        if client.left is not None:
+            m.update(left_round=client.left["round"], left_reason=client.left["reason"])
         rows.append(_row(method, "final", cfg, name, fed, m))
     bar.close()
     _checkpoint(run, method, rounds + 1, fed, rows, finished=True)
     return rows
+
+
+def _progress_line(per_client: dict[str, dict[str, float]]) -> str:
+    """Per client: task metric, and ε (record-level / client-level) when DP is on."""
+    parts = []
+    for n, m in per_client.items():
+        text = f"{n}={m['test_metric']:.3f}"
+        eps = [f"{k[4:]} {m[k]:.2f}" for k in ("eps_record", "eps_client") if m.get(k)]
+        if eps:
+            text += " (ε " + ", ".join(eps) + ")"
+        parts.append(text)
+    return " ".join(parts)
 
 
 def _checkpoint(run: RunDir, method: str, r: int, fed: Federation, rows: list[dict[str, Any]],

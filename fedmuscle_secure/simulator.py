@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,8 +19,15 @@ from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, Label
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.data import FederatedSplit, get_task
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
-from fedmuscle_secure.messages import Message, RoundPlan, RoundReport, payload_bytes
+from fedmuscle_secure.messages import (
+    Message,
+    Representations,
+    RoundPlan,
+    RoundReport,
+    payload_bytes,
+)
 from fedmuscle_secure.models import build_client_model
+from fedmuscle_secure.privacy_setup import calibrate, dp_enabled, identity_key
 from fedmuscle_secure.seeding import derive_seed
 from fedmuscle_secure.server.computation import resolve_device
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
@@ -30,17 +38,31 @@ class Federation:
     server: FedMuscleServer
     clients: dict[str, FedMuscleClient]
     method: str
+    receipts: object | None = None   # the server's ReceiptLog when ledgers are written
+    calibration: object | None = None
+    ledgers: dict[str, object] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Release the ledgers' and the receipt log's file locks."""
+        for ledger in self.ledgers.values():
+            ledger.close()
+        if self.receipts is not None:
+            self.receipts.close()
 
 
 def _labelled(task, x: np.ndarray, y: np.ndarray) -> LabelledData:
     return LabelledData(torch.from_numpy(np.ascontiguousarray(x)), task.targets(y))
 
 
-def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str) -> Federation:
+def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
+                     record_dir: Path | None = None) -> Federation:
     """Clients (models initialised from the experiment seed) and the server for ``method``.
 
     Every method of one experiment starts from identical models, data and seeds, so the
     local-training reference differs from FedMuscle only by the contrastive phase.
+    With ``record_dir``, every client keeps its signed ledger in ``record_dir/ledger/``
+    (identity keys in ``record_dir/keys/``) and the server its receipt log
+    (``record_dir/receipts.jsonl``), DESIGN §5.3–5.4.
     """
     n = len(cfg.clients)
     tau = pair_matrix(cfg.muscle.temperature, n, "muscle.temperature").to(torch.float32)
@@ -50,6 +72,11 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str) 
     public_x = torch.from_numpy(np.ascontiguousarray(split.public_x))
     in_chans = int(split.public_x.shape[1])
     clients: dict[str, FedMuscleClient] = {}
+    calibration = None
+    if dp_enabled(cfg):
+        calibration = calibrate(cfg, {c.name: len(split.shards[i].y_train)
+                                      for i, c in enumerate(cfg.clients)})
+    ledgers: dict[str, object] = {}
     for i, c in enumerate(cfg.clients):
         task = get_task(c.task, split.num_classes)
         torch.manual_seed(derive_seed(cfg.seed, c.name, "init"))
@@ -57,21 +84,91 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str) 
             model=c.model, model_kwargs=c.model_kwargs, in_chans=in_chans, image_size=c.image_size,
             dim=cfg.muscle.dim, num_outputs=task.num_outputs, projection=c.projection.kind,
             hidden=c.projection.hidden, field=f"clients.{i}.model")
+        if calibration is not None and calibration.dpsgd_sigma:
+            from fedmuscle_secure.client.dp_sgd import make_private_model
+
+            model = make_private_model(model, client=c.name)  # BatchNorm → GroupNorm etc.
         shard = split.shards[i]
+        train = _labelled(task, shard.x_train, shard.y_train)
+        privacy, dpsgd = None, None
+        if record_dir is not None or calibration is not None:
+            privacy, dpsgd, ledger = _client_privacy(cfg, c.name, model, task, train,
+                                                     calibration, record_dir, method)
+            if ledger is not None:
+                ledgers[c.name] = ledger
         settings = ClientSettings(
             method=method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
             lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
             augment=tr.augment, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]), seed=cfg.seed)
         clients[c.name] = FedMuscleClient(
-            c.name, model, task, train=_labelled(task, shard.x_train, shard.y_train),
-            val=_labelled(task, shard.x_val, shard.y_val),
-            test=_labelled(task, split.test_x, split.test_y), public_x=public_x, settings=settings)
+            c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
+            test=_labelled(task, split.test_x, split.test_y), public_x=public_x, settings=settings,
+            privacy=privacy, dpsgd=dpsgd)
     server = FedMuscleServer(list(clients), ServerSettings(
         method=method, exchange=cfg.muscle.exchange, num_selected=cfg.muscle.num_selected,
         batch_size=cfg.muscle.batch_size, public_size=int(public_x.shape[0]),
         cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
         device=resolve_device(cfg.server.device)))
-    return Federation(server, clients, method)
+    receipts = None
+    if record_dir is not None:
+        from fedmuscle_secure.ledger import ReceiptLog
+
+        receipts = ReceiptLog.open(record_dir / "receipts.jsonl")
+    return Federation(server, clients, method, receipts, calibration, ledgers)
+
+
+def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: LabelledData,
+                    calibration, record_dir: Path | None, method: str):
+    """The client's accountants and ledger, and its DP-SGD trainer when configured."""
+    from fedmuscle_secure.client.privacy import ClientPrivacy, PrivacySettings
+
+    p = cfg.privacy
+    spec = next(c for c in cfg.clients if c.name == name)
+    budget = spec.budget or p.budget
+    dpsgd_sigma = calibration.dpsgd_sigma.get(name) if calibration is not None else None
+    rep_sigma = calibration.representation_sigma if calibration is not None else None
+    settings = PrivacySettings(
+        delta=p.delta, representation_sigma=rep_sigma if method != "local" else None,
+        dpsgd_sigma=dpsgd_sigma, max_grad_norm=p.dp_sgd.max_grad_norm,
+        record_budget=budget.record_epsilon, client_budget=budget.client_epsilon)
+    ledger = None
+    if record_dir is not None:
+        from cryptography.hazmat.primitives import serialization
+
+        from fedmuscle_secure.ledger import Ledger
+
+        key = identity_key(record_dir / "keys", name)
+        (record_dir / "ledger").mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.open(record_dir / "ledger" / f"{name}.jsonl", client=name, signing_key=key)
+        if not ledger.entries:
+            pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+            ledger.append("genesis", {
+                "client": name, "public_key": pem.decode(), "delta": p.delta, "method": method,
+                "protection": cfg.protection,
+                "budget": {"record": budget.record_epsilon, "client": budget.client_epsilon},
+                "noise_multiplier": {"record": dpsgd_sigma, "client": settings.representation_sigma},
+                "max_grad_norm": p.dp_sgd.max_grad_norm if dpsgd_sigma else None})
+    dpsgd = None
+    if dpsgd_sigma is not None:
+        from fedmuscle_secure.client.dp_sgd import DPSGDConfig, DPSGDTrainer, recommended_grad_sample_mode
+        from fedmuscle_secure.dp.noise import csprng_normal
+
+        config = DPSGDConfig(noise_multiplier=dpsgd_sigma, max_grad_norm=p.dp_sgd.max_grad_norm,
+                             expected_batch_size=p.dp_sgd.expected_batch_size,
+                             grad_sample_mode=recommended_grad_sample_mode(model))
+        dpsgd = DPSGDTrainer(model, task, train.x, train.targets, lr=spec.lr or cfg.training.lr,
+                             weight_decay=cfg.training.weight_decay, config=config,
+                             noise_fn=lambda shape, std: csprng_normal(shape, std=std))
+    return ClientPrivacy(name, settings, ledger), dpsgd, ledger
+
+
+def _receipt(fed: Federation, msg: Representations) -> None:
+    """The server side's receipt of a payload, digested as it arrived (§5.4)."""
+    from fedmuscle_secure.ledger import payload_digest
+
+    digest, size = payload_digest(msg.z)
+    fed.receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)
 
 
 def _phase(msg: Message) -> str:
@@ -97,6 +194,8 @@ def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, flo
         stats[msg.client]["wall_time_s"] += time.perf_counter() - t0
         for rep in replies:
             stats[rep.client]["bytes_sent"] += payload_bytes(rep)
+            if fed.receipts is not None and isinstance(rep, Representations):
+                _receipt(fed, rep)
             if isinstance(rep, RoundReport):
                 reports[rep.client] = rep
             queue.extend(fed.server.handle(rep))

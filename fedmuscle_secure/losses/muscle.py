@@ -142,8 +142,9 @@ def _numerator(similarities: Tensor, log_alpha_pairs: Tensor) -> Tensor:
     return positive
 
 
-def _factorized_log_denominator(similarities: Tensor, log_alpha_pairs: Tensor) -> Tensor:
-    """log Σ_j exp(logit[i, j]) for M ≤ 3 by contracting pairwise kernels (float64).
+def _factorized_log_denominator(similarities: Tensor, log_alpha_pairs: Tensor) -> tuple[Tensor, Tensor]:
+    """log Σ_j exp(logit[i, j]) for M ≤ 3 by contracting pairwise kernels (float64), and a
+    mask of the anchors whose contraction underflowed (their value is then a lower bound).
 
     ``similarities`` is A (M, B, B) with A_k = anchor @ S_kᵀ. Each factor is shifted by its
     own (detached) max before exp, so every kernel lies in (0, 1]; the shifts are added
@@ -151,7 +152,8 @@ def _factorized_log_denominator(similarities: Tensor, log_alpha_pairs: Tensor) -
     """
     m = similarities.shape[0]
     if m == 1:
-        return torch.logsumexp(similarities[0], dim=1)
+        return torch.logsumexp(similarities[0], dim=1), similarities.new_zeros(
+            similarities.shape[1], dtype=torch.bool)
     row_shift = similarities.detach().amax(dim=2, keepdim=True)  # (M, B, 1)
     anchor_kernels = torch.exp(similarities - row_shift)  # E_k[i, a]
     pair_shift = log_alpha_pairs.detach().amax(dim=(1, 2), keepdim=True)  # (P, 1, 1)
@@ -168,7 +170,12 @@ def _factorized_log_denominator(similarities: Tensor, log_alpha_pairs: Tensor) -
         per_b = torch.matmul(per_c, k23.T)  # T[i,a,b] = Σ_c X[i,a,c] K23[b,c]
         per_a = torch.bmm(per_b * k12, e2[:, :, None]).squeeze(2)  # Σ_b T K12[a,b] E2[i,b]
         total = (e1 * per_a).sum(dim=1)
-    return torch.log(total) + row_shift.sum(dim=0).squeeze(1) + pair_shift.sum()
+    # A row whose every tuple sits > ~700 nats below the product of the factors' maxima
+    # underflows to 0 even in float64; clamp so its gradient stays finite (zero), and let
+    # the caller recompute it in log space.
+    tiny = torch.finfo(total.dtype).tiny
+    return torch.log(total.clamp_min(tiny)) + row_shift.sum(dim=0).squeeze(1) + pair_shift.sum(), \
+        total.detach() <= tiny
 
 
 def muscle_loss_from_server(
@@ -193,9 +200,17 @@ def muscle_loss_from_server(
     anchor64 = anchor.to(torch.float64)
     similarities = torch.matmul(anchor64, scaled_peers.to(torch.float64).transpose(1, 2))
     log_alpha64 = log_alpha_pairs.to(torch.float64)
-    losses = _factorized_log_denominator(similarities, log_alpha64) - _numerator(
-        similarities, log_alpha64
-    )
+    log_den, underflow = _factorized_log_denominator(similarities, log_alpha64)
+    if bool(underflow.any()):
+        # Far outside the paper's range (e.g. noisy, non-unit peers under DP noise): redo the
+        # affected anchors exactly in log space (broadcast form), a few rows at a time.
+        rows = underflow.nonzero().squeeze(1)
+        log_alpha = log_alpha_tensor(log_alpha64, m, anchor.shape[0])
+        step = max(1, (1 << 22) // max(1, anchor.shape[0] ** m))
+        exact = torch.cat([_broadcast_log_denominator(similarities[:, rows[i:i + step]], log_alpha)
+                           for i in range(0, rows.numel(), step)])
+        log_den = log_den.index_put((rows,), exact)
+    losses = log_den - _numerator(similarities, log_alpha64)
     return reduce_per_anchor(losses.to(anchor.dtype), reduction)
 
 

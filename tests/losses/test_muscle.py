@@ -159,13 +159,36 @@ def test_factorized_survives_where_float32_kernel_products_underflow():
     scaled, log_alpha = server_side_terms(peers, tau, gamma)
     expected = muscle_loss_enumerate(anchor, scaled, log_alpha)
     similarities32 = anchor.float() @ scaled.float().transpose(1, 2)
-    naive32 = _factorized_log_denominator(similarities32, log_alpha.float())
-    assert torch.isinf(naive32).all(), "case too mild to show the float32 underflow"
+    _, underflow32 = _factorized_log_denominator(similarities32, log_alpha.float())
+    assert underflow32.all(), "case too mild to show the float32 underflow"
     got = muscle_loss_from_server(
         anchor.float(), scaled.float(), log_alpha.float(), reduction="none"
     )
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_factorized_falls_back_to_log_space_where_even_float64_underflows(m):
+    # The same construction, far sharper (τ = 0.002, γ ≈ 1249): tuples sit > e^-745 below
+    # the factors' maxima, so the float64 contraction itself underflows (as with the huge,
+    # non-unit rows DP noise produces). The affected anchors must be recomputed exactly and
+    # their gradients stay finite.
+    from fedmuscle_secure.losses.muscle import _factorized_log_denominator
+
+    b = 4
+    anchor = torch.ones(b, 1, dtype=F64, requires_grad=True)
+    peers = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=F64).reshape(1, b, 1).repeat(m, 1, 1)
+    gamma = gamma_from_temperatures(
+        torch.full((m, m), 1.0, dtype=F64), torch.full((m, m), 0.0008, dtype=F64)
+    )
+    scaled, log_alpha = server_side_terms(peers, torch.full((m,), 0.002, dtype=F64), gamma)
+    _, underflow = _factorized_log_denominator(anchor.detach() @ scaled.transpose(1, 2), log_alpha)
+    assert underflow.any(), "case too mild to show the float64 underflow"
+    got = muscle_loss_from_server(anchor, scaled, log_alpha, reduction="none")
+    torch.testing.assert_close(got.detach(), muscle_loss_enumerate(anchor.detach(), scaled, log_alpha))
+    got.sum().backward()
+    assert torch.isfinite(anchor.grad).all()
 
 
 @pytest.mark.parametrize("method", ["factorized", "broadcast"])

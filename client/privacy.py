@@ -1,0 +1,157 @@
+"""A client's privacy officer: accountants, budgets, the release pipeline and the ledger.
+
+DESIGN §5. Every release goes through :meth:`ClientPrivacy.release`, the one place that
+owns the order clip → noise (→ encode → mask in the protected modes): it asks the
+accountant first, refuses (and records the refusal) when the release would exceed the
+client-level budget, and otherwise records the mechanism, the egress digest and the new ε
+in the client's signed, hash-chained ledger. DP-SGD steps of LocalUpdate are recorded the
+same way under the record-level guarantee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedmuscle_secure.dp.accounting import DpEventRecord, PrivacyAccountant
+from fedmuscle_secure.dp.noise import gaussian_release, representation_sensitivity
+from fedmuscle_secure.errors import PrivacyBudgetExceeded
+from fedmuscle_secure.ledger import Ledger, payload_digest
+
+RECORD, CLIENT = "record", "client"
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    delta: float
+    representation_sigma: float | None   # None: representation noise off
+    dpsgd_sigma: float | None            # None: no DP-SGD
+    max_grad_norm: float
+    record_budget: float | None
+    client_budget: float | None
+
+
+class ClientPrivacy:
+    """Accounting and egress records of one client (both guarantees, DESIGN §5.3)."""
+
+    def __init__(self, client: str, settings: PrivacySettings, ledger: Ledger | None) -> None:
+        self.client = client
+        self.settings = settings
+        self.ledger = ledger
+        self.accountants = {RECORD: PrivacyAccountant(guarantee=RECORD, delta=settings.delta),
+                            CLIENT: PrivacyAccountant(guarantee=CLIENT, delta=settings.delta)}
+        self.releases = 0
+        self.clipped_rows = 0
+
+    def _budget(self, guarantee: str) -> float | None:
+        return self.settings.record_budget if guarantee == RECORD else self.settings.client_budget
+
+    def _log(self, kind: str, body: dict) -> None:
+        if self.ledger is not None:
+            self.ledger.append(kind, body)
+
+    def _admit(self, round_: int, event: DpEventRecord, what: str) -> None:
+        """Ask the accountant before acting; record a refusal and raise if over budget."""
+        acc = self.accountants[event.guarantee]
+        budget = self._budget(event.guarantee)
+        try:
+            acc.check_budget(event, budget)
+        except PrivacyBudgetExceeded as exc:
+            after = acc.report_if(event).epsilon
+            self._log("refusal", {"round": round_, "guarantee": event.guarantee, "what": what,
+                                  "epsilon_after": after, "budget": budget,
+                                  "delta": self.settings.delta, "reason": str(exc)})
+            raise
+
+    def _record(self, round_: int, exchange: list | None, event: DpEventRecord) -> None:
+        self.accountants[event.guarantee].record(event)
+        self._log("dp_event", {"round": round_, "exchange": exchange, **event.to_dict()})
+
+    # -- record level: DP-SGD in LocalUpdate -------------------------------------------
+    def dpsgd_event(self, steps: int, sample_rate: float) -> DpEventRecord:
+        assert self.settings.dpsgd_sigma is not None
+        return DpEventRecord(guarantee=RECORD, mechanism="poisson_gaussian",
+                             noise_multiplier=self.settings.dpsgd_sigma, sample_rate=sample_rate,
+                             steps=steps, sensitivity=self.settings.max_grad_norm,
+                             neighbouring="add_remove_record")
+
+    def admit_local_update(self, round_: int, steps: int, sample_rate: float) -> None:
+        if self.settings.dpsgd_sigma is not None:
+            self._admit(round_, self.dpsgd_event(steps, sample_rate), "local update (DP-SGD)")
+
+    def record_local_update(self, round_: int, steps: int, sample_rate: float) -> None:
+        if self.settings.dpsgd_sigma is not None and steps > 0:
+            self._record(round_, None, self.dpsgd_event(steps, sample_rate))
+
+    # -- client level: representation releases ----------------------------------------
+    def release(self, round_: int, exchange: tuple[int, int | None], z: torch.Tensor,
+                recipient: str) -> torch.Tensor:
+        """clip → noise → (record) the payload that leaves the client; (nb, B, d) in and out.
+
+        Raises :class:`PrivacyBudgetExceeded` (after recording the refusal) instead of
+        releasing anything that would take the client past its client-level budget.
+        """
+        nb, rows = int(z.shape[0]), int(z.shape[1])
+        sigma = self.settings.representation_sigma
+        ex = [exchange[0], exchange[1]]
+        if sigma is not None:
+            event = DpEventRecord(guarantee=CLIENT, mechanism="gaussian", noise_multiplier=sigma,
+                                  sample_rate=1.0, steps=nb,
+                                  sensitivity=representation_sensitivity(rows),
+                                  neighbouring="replace_client_dataset")
+            self._admit(round_, event, f"release of {nb}x{rows} representations")
+            z, clipped = gaussian_release(z, noise_multiplier=sigma)
+            self.clipped_rows += clipped
+            self._record(round_, ex, event)
+        payload = z.float().contiguous()
+        digest, size = payload_digest(payload)
+        self._log("egress", {"round": round_, "exchange": ex, "recipient": recipient,
+                             "sha256": digest, "bytes": size})
+        self.releases += 1
+        return payload
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def epsilons(self) -> dict[str, float]:
+        return {g: acc.report().epsilon for g, acc in self.accountants.items()}
+
+    def end_round(self, round_: int) -> dict[str, float]:
+        """Record ε at δ for both guarantees after this round; returns them."""
+        out = {}
+        for g, acc in self.accountants.items():
+            rep = acc.report()
+            out[g] = rep.epsilon
+            if acc.events:
+                self._log("epsilon", {"round": round_, "guarantee": g, "delta": rep.delta,
+                                      "epsilon_rdp": rep.epsilon_rdp, "epsilon_prv": rep.epsilon_prv,
+                                      "accountant": rep.accountant, "budget": self._budget(g)})
+        return out
+
+    def leave(self, round_: int, reason: str) -> None:
+        self._log("leave", {"round": round_, "reason": reason})
+
+    def state_dict(self) -> dict:
+        return {"accountants": {g: a.state_dict() for g, a in self.accountants.items()},
+                "releases": self.releases, "clipped_rows": self.clipped_rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the accountants. With a ledger, the ledger is the source of truth: its
+        events are replayed, so releases made after the checkpoint (by a run that then
+        crashed) still count against the budget — they did leave the building."""
+        self.clipped_rows = int(state["clipped_rows"])
+        if self.ledger is None:
+            for g, acc in self.accountants.items():
+                acc.load_state_dict(state["accountants"][g])
+            self.releases = int(state["releases"])
+            return
+        self.accountants = {g: PrivacyAccountant(guarantee=g, delta=self.settings.delta)
+                            for g in (RECORD, CLIENT)}
+        self.releases = 0
+        fields = set(DpEventRecord.__dataclass_fields__)
+        for entry in self.ledger.entries:
+            if entry["kind"] == "dp_event":
+                body = {k: v for k, v in entry["body"].items() if k in fields}
+                event = DpEventRecord.from_dict(body)
+                self.accountants[event.guarantee].record(event)
+            elif entry["kind"] == "egress":
+                self.releases += 1

@@ -1,0 +1,151 @@
+"""Gaussian noise from a CSPRNG, row clipping and the representation release (DESIGN §5.1).
+
+DP noise must not be predictable from anything an adversary could learn (the experiment
+seed is written to the run directory), so it never comes from ``random``, numpy or torch
+generators (CONVENTIONS "Randomness"). Each call of :func:`csprng_normal` draws a fresh
+256-bit ChaCha20 key and a fresh 16-byte nonce from ``os.urandom``, encrypts zeros to get
+the keystream (one call per tensor), reads it as 64-bit words, keeps the top 53 bits of
+each as a uniform in (0, 1] and turns pairs of uniforms into normals with Box–Muller.
+
+A fresh key per call keeps the function stateless: no key lingers in memory, and forked
+workers (data loaders, multiprocessing) cannot share a key stream.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+__all__ = [
+    "clip_rows",
+    "csprng_normal",
+    "gaussian_release",
+    "representation_sensitivity",
+]
+
+_KEY_BYTES = 32      # ChaCha20 key
+_NONCE_BYTES = 16    # cryptography's ChaCha20 "nonce": 4-byte block counter || 12-byte nonce
+_MANTISSA_BITS = 53  # float64 resolution of a uniform in (0, 1)
+
+
+def _chacha20_words(count: int) -> np.ndarray:
+    """``count`` uniformly random uint64 words from one fresh ChaCha20 keystream."""
+    key = os.urandom(_KEY_BYTES)
+    nonce = os.urandom(_NONCE_BYTES)
+    encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+    stream = encryptor.update(bytes(8 * count))  # keystream XOR zeros = keystream
+    return np.frombuffer(stream, dtype="<u8", count=count)
+
+
+def _uniform_open(words: np.ndarray) -> np.ndarray:
+    """53-bit uniforms that are never 0: the top 53 bits k of a word map to (k + 1) / 2^53,
+    every value exact in float64, so log(u) in Box–Muller is always finite.
+
+    The grid is (0, 1]: a midpoint grid (k + 1/2) / 2^53, open at both ends, would need a
+    54th bit, and its top point rounds to 1 anyway. u = 1 (probability 2^-53) is radius 0,
+    a legitimate normal sample.
+    """
+    k = (words >> np.uint64(64 - _MANTISSA_BITS)).astype(np.float64)
+    return (k + 1.0) * (2.0 ** -_MANTISSA_BITS)
+
+
+def _check_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError as exc:
+        raise ValueError(f"shape must be a tuple of non-negative ints, got {shape!r}") from exc
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0
+               for n in dims):
+        raise ValueError(f"shape must be a tuple of non-negative ints, got {shape!r}")
+    return tuple(int(n) for n in dims)
+
+
+def csprng_normal(
+    shape: tuple[int, ...] | torch.Size,
+    *,
+    std: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """I.i.d. N(0, std²) samples of ``shape`` from OS entropy (DESIGN §5.1).
+
+    The normals are computed in float64 (Box–Muller on 53-bit uniforms, so the largest
+    magnitude is √(2·53·ln 2) ≈ 8.57 std), scaled by ``std`` and only then cast to ``dtype``.
+    ``std == 0`` returns zeros without drawing entropy; a negative or non-finite ``std``
+    raises :class:`ValueError`.
+    """
+    dims = _check_shape(shape)
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std):
+        raise ValueError(f"std must be a finite number, got {std!r}")
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
+    n = math.prod(dims)
+    if std == 0 or n == 0:
+        return torch.zeros(dims, dtype=dtype, device=device)
+
+    pairs = (n + 1) // 2
+    u = _uniform_open(_chacha20_words(2 * pairs))
+    radius = np.sqrt(-2.0 * np.log(u[:pairs]))
+    angle = (2.0 * math.pi) * u[pairs:]
+    normals = np.empty(2 * pairs, dtype=np.float64)
+    normals[:pairs] = radius * np.cos(angle)
+    normals[pairs:] = radius * np.sin(angle)
+    normals = normals[:n] * float(std)
+    return torch.from_numpy(normals).reshape(dims).to(device=device, dtype=dtype)
+
+
+def representation_sensitivity(rows: int) -> float:
+    """Frobenius sensitivity 2√B of a released batch of B unit-norm rows (DESIGN §5.1).
+
+    One client replacing its whole private dataset can move each row anywhere on the unit
+    sphere, i.e. by at most 2 in norm; over B rows that is at most √(B·2²) = 2√B.
+    """
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+        raise ValueError(f"rows must be a positive int, got {rows!r}")
+    return 2.0 * math.sqrt(int(rows))
+
+
+def clip_rows(z: torch.Tensor, max_norm: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Scale every row (last dimension) of ``z`` to L2 norm at most ``max_norm``.
+
+    Returns the clipped tensor and how many rows had a norm above ``max_norm·(1 + 1e-6)``
+    (rows already normalised by the encoder sit at norm 1 up to rounding: not counted).
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) \
+            or not math.isfinite(max_norm) or max_norm <= 0:
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
+    if not z.is_floating_point():
+        raise ValueError(f"z must be a floating point tensor, got {z.dtype}")
+    if z.dim() < 1:
+        raise ValueError("z must have at least one dimension (the row)")
+    norms = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    clipped = int((norms > max_norm * (1 + 1e-6)).sum().item())
+    # max_norm / 0 = inf for an all-zero row; the clamp turns that into "leave it".
+    scale = (max_norm / norms).clamp(max=1.0)
+    return z * scale, clipped
+
+
+def gaussian_release(z: torch.Tensor, *, noise_multiplier: float) -> tuple[torch.Tensor, int]:
+    """Clip rows to norm 1, then add N(0, (σ·2√B)²) per coordinate (DESIGN §5.1).
+
+    ``z`` is (nb, B, d): nb batches of B rows. Each batch is one Gaussian mechanism with
+    sensitivity 2√B and noise multiplier σ, so a call is ``nb`` accountant steps
+    (``DpEventRecord(mechanism="gaussian", steps=nb, ...)``). Returns (noisy, number of
+    rows that were clipped).
+    """
+    if z.dim() != 3:
+        raise ValueError(f"z must be (batches, rows, dim), got shape {tuple(z.shape)}")
+    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)) \
+            or not math.isfinite(noise_multiplier) or noise_multiplier <= 0:
+        raise ValueError(f"noise_multiplier must be a finite number > 0, got {noise_multiplier!r}")
+    rows = int(z.shape[1])
+    clipped_z, clipped = clip_rows(z, 1.0)
+    std = float(noise_multiplier) * representation_sensitivity(rows)
+    noise = csprng_normal(z.shape, std=std, dtype=z.dtype, device=z.device)
+    return clipped_z + noise, clipped

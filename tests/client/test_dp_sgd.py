@@ -1,0 +1,365 @@
+"""DP-SGD in LocalUpdate (DESIGN §5.2): exact per-sample gradients for every shipped
+architecture, Poisson-sampled noisy training, the caller's noise source, clipping, the
+contrastive phase around it, and refusal of models Opacus cannot train privately."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
+from timm.models.resnet import BasicBlock
+from torch import nn
+
+from fedmuscle_secure.client.dp_sgd import (
+    DPSGDConfig,
+    DPSGDTrainer,
+    make_private_model,
+    per_sample_gradient_error,
+    recommended_grad_sample_mode,
+    urandom_gaussian,
+)
+from fedmuscle_secure.data.tasks import get_task
+from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.models import ClientModel, build_client_model
+
+# the architectures of configs/digits.yaml
+SHIPPED = {
+    "resnet10t": {},
+    "mobilenetv3_small_050": {},
+    "vit_tiny_patch16_224": {"patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3},
+    "regnetx_002": {},
+}
+TASK = get_task("digit10")
+
+
+def _build(name: str) -> ClientModel:
+    torch.manual_seed(0)
+    return build_client_model(model=name, model_kwargs=SHIPPED[name], in_chans=1, image_size=16,
+                              dim=16, num_outputs=10, projection="mlp", hidden=32, field="x")
+
+
+@pytest.fixture(scope="module")
+def private_models() -> dict[str, ClientModel]:
+    """One private form per architecture; tests deep-copy before they train."""
+    return {name: make_private_model(_build(name), client=name) for name in SHIPPED}
+
+
+def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    return x, TASK.targets(torch.randint(0, 10, (n,), generator=g))
+
+
+def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+# ---------------------------------------------------------------- per-sample gradients
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_per_sample_gradients_equal_single_sample_gradients(name, private_models):
+    """The oracle: each sample's gradient computed alone, against Opacus's per-sample
+    gradients of the whole batch, with the real task loss, on the returned model."""
+    model = copy.deepcopy(private_models[name]).train()
+    mode = recommended_grad_sample_mode(model)
+    x, y = _data(4, seed=1)
+    params = [p for n, p in model.named_parameters() if not n.startswith("projection.")]
+    singles = []
+    for i in range(len(x)):
+        model.zero_grad(set_to_none=True)
+        TASK.loss(model(x[i:i + 1]), y[i:i + 1]).backward()
+        singles.append(_flat([p.grad for p in params]))
+    model.zero_grad(set_to_none=True)
+    wrapper = GradSampleModule if mode == "hooks" else GradSampleModuleExpandedWeights
+    gsm = wrapper(model, batch_first=True, loss_reduction="mean")
+    TASK.loss(gsm(x), y).backward()
+    assert all(p.grad_sample is not None for p in params)
+    for i, single in enumerate(singles):
+        per_sample = _flat([p.grad_sample[i] for p in params])
+        assert torch.linalg.vector_norm(per_sample - single) <= 1e-4 * torch.linalg.vector_norm(single)
+
+
+def test_timm_inplace_residual_breaks_hooks_and_is_detected(private_models):
+    """DESIGN §5.2's pitfall: the unpatched timm BasicBlock (``x += shortcut``) breaks
+    ``hooks``; the probe notices it and recommends ``ew``, which is exact."""
+    model = copy.deepcopy(private_models["resnet10t"])
+    assert recommended_grad_sample_mode(model) == "hooks"  # patched blocks
+    for m in model.modules():
+        if isinstance(m, BasicBlock):
+            m.__class__ = BasicBlock  # back to timm's in-place forward
+    del model._dp_grad_sample_mode
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    try:
+        err = per_sample_gradient_error(model, x, grad_sample_mode="hooks")
+    except RuntimeError:  # torch refuses the in-place write on a hooked output
+        err = math.inf
+    assert err > 1e-3
+    assert per_sample_gradient_error(model, x, grad_sample_mode="ew") < 1e-9
+    assert recommended_grad_sample_mode(model) == "ew"
+
+
+def test_make_private_model_replaces_batch_norm_keeps_activation_and_input():
+    original = _build("regnetx_002")
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    private = make_private_model(original, client="lab-d")
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in private.modules())
+    assert not any(getattr(m, "inplace", False) for m in private.modules())
+    # BatchNormAct2d carried the ReLU: it must survive as GroupNorm → drop → act
+    assert sum(isinstance(m, nn.ReLU) for m in private.modules()) == \
+        sum(isinstance(m, nn.ReLU) for m in original.modules())
+    assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # untouched
+    assert private.represent(torch.rand(2, 1, 8, 8)).shape == (2, 16)
+
+
+# ---------------------------------------------------------------- refusal
+
+
+class _BatchStatsNorm(nn.BatchNorm2d):
+    """A BatchNorm subclass: ``ModuleValidator`` matches types exactly and would miss it."""
+
+
+class _BatchMix(nn.Module):
+    """Parameterised, buffer-free, but mixes the samples of a batch."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x - x.mean(0, keepdim=True))
+
+
+def _custom_model(layer: nn.Module) -> ClientModel:
+    backbone = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), layer, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return ClientModel(backbone, width=8, image_size=16, dim=16, num_outputs=10, hidden=32)
+
+
+def test_unsupported_batch_statistics_layer_is_refused_naming_client_and_layer():
+    with pytest.raises(ConfigError) as info:
+        make_private_model(_custom_model(_BatchStatsNorm(8)), client="bank-b")
+    msg = str(info.value)
+    assert info.value.field == "client bank-b"
+    assert "backbone.1" in msg and "_BatchStatsNorm" in msg
+    assert "batch statistics" in msg and "another architecture" in msg
+
+
+def test_layer_with_wrong_per_sample_gradients_is_refused():
+    with pytest.raises(ConfigError) as info:
+        make_private_model(_custom_model(_BatchMix(8)), client="lab-c")
+    assert info.value.field == "client lab-c"
+    assert "hooks" in str(info.value) and "ew" in str(info.value)
+
+
+# ---------------------------------------------------------------- training
+
+
+def _contrastive_step(model: ClientModel) -> None:
+    """What the contrastive phase does: any loss on represent(public x), own optimizer."""
+    encoder = model.encoder_parameters()
+    before = [p.detach().clone() for p in encoder]
+    opt = torch.optim.Adam(encoder, lr=1e-2)
+    opt.zero_grad()
+    model.represent(torch.rand(8, 1, 8, 8))[:, 0].sum().backward()
+    opt.step()
+    assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, encoder))
+
+
+def _trainer(model: ClientModel, n: int, batch: int, **kwargs) -> DPSGDTrainer:
+    x, y = _data(n)
+    config = DPSGDConfig(noise_multiplier=kwargs.pop("sigma", 1.0), max_grad_norm=kwargs.pop("c", 1.0),
+                         expected_batch_size=batch,
+                         grad_sample_mode=recommended_grad_sample_mode(model))
+    return DPSGDTrainer(model, TASK, x, y, lr=kwargs.pop("lr", 1e-3), weight_decay=1e-4,
+                        config=config, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_two_epochs_then_a_contrastive_step(name, private_models):
+    model = copy.deepcopy(private_models[name])
+    trainer = _trainer(model, 60, 32)
+    assert trainer.steps_per_epoch == round(1 / trainer.sample_rate) == 2  # ceil(60 / 32)
+    loss, steps = trainer.run(2)
+    assert steps == 2 * trainer.steps_per_epoch
+    assert math.isfinite(loss)
+    # run() leaves the per-sample hooks off: the contrastive phase needs nothing else
+    assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
+    _contrastive_step(model)
+
+
+@pytest.mark.parametrize("name", ["regnetx_002", "vit_tiny_patch16_224"])  # hooks / functorch
+def test_dp_epoch_contrastive_step_dp_epoch(name, private_models):
+    model = copy.deepcopy(private_models[name])
+    trainer = _trainer(model, 30, 15)
+    trainer.run(1)
+    trainer.disable_per_sample_hooks()
+    _contrastive_step(model)
+    trainer.enable_per_sample_hooks()
+    before = model.head.weight.detach().clone()
+    loss, steps = trainer.run(1)
+    assert steps == trainer.steps_per_epoch and math.isfinite(loss)
+    assert not torch.equal(before, model.head.weight)
+
+
+def test_noise_comes_from_noise_fn_with_std_sigma_c(private_models):
+    model = copy.deepcopy(private_models["vit_tiny_patch16_224"])
+    calls: list[tuple[tuple[int, ...], float]] = []
+
+    def noise_fn(shape: tuple[int, ...], std: float) -> torch.Tensor:
+        calls.append((shape, std))
+        return torch.zeros(shape, dtype=torch.float64)
+
+    x, y = _data(20)
+    sigma, c = 1.3, 0.7
+    trainer = DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=0.0, noise_fn=noise_fn,
+                           config=DPSGDConfig(sigma, c, expected_batch_size=10))
+    _, steps = trainer.run(1)
+    trained = [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("projection.")]
+    assert [s for s, _ in calls] == trained * steps
+    assert all(std == pytest.approx(sigma * c) for _, std in calls)
+
+
+def test_noise_is_added(private_models):
+    """A huge 'noise' moves the weights the other way than σ = 0 does."""
+    x, y = _data(20)
+    moved = {}
+    for label, fn in (("zero", lambda s, std: torch.zeros(s)), ("huge", lambda s, std: torch.full(s, 1e6))):
+        model = copy.deepcopy(private_models["regnetx_002"])
+        head_before = model.head.bias.detach().clone()
+        DPSGDTrainer(model, TASK, x, y, lr=0.1, weight_decay=0.0, noise_fn=fn,
+                     config=DPSGDConfig(1.0, 1.0, expected_batch_size=20)).run(1)
+        moved[label] = model.head.bias.detach() - head_before
+    # Adam moves every coordinate by ≈ -lr·sign(grad): +1e6 noise makes that -lr everywhere
+    assert torch.allclose(moved["huge"], torch.full_like(moved["huge"], -0.1), atol=1e-3)
+    assert not torch.allclose(moved["zero"], moved["huge"])
+
+
+@pytest.mark.parametrize("identical_rows", [False, True])
+def test_clipping_bounds_the_summed_gradient(identical_rows, private_models, monkeypatch):
+    """σ = 0: the optimizer sees Σ_i clip_C(g_i) / B_expected, so ‖·‖ · B_expected ≤ C · |batch|.
+    With identical rows every g_i is the same vector, longer than C, so the bound is met
+    with equality: each sample really is clipped to exactly C, not the batch as a whole."""
+    model = copy.deepcopy(private_models["vit_tiny_patch16_224"])
+    x, y = _data(40)
+    if identical_rows:
+        x, y = x[:1].expand(40, -1, -1, -1).clone(), y[:1].expand(40).clone()
+    c = 1e-3
+    trainer = DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=0.0,
+                           config=DPSGDConfig(0.0, c, expected_batch_size=20))
+    batch_sizes: list[int] = []
+    model.register_forward_hook(lambda m, inp, out: batch_sizes.append(inp[0].shape[0]))
+    norms: list[float] = []
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        norms.append(float(torch.linalg.vector_norm(_flat([p.grad for g in self.param_groups
+                                                           for p in g["params"]]))))
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    _, steps = trainer.run(2)
+    assert len(norms) == steps
+    nonzero = [n for n in norms if n > 0]  # empty batches leave a zero gradient
+    assert len(nonzero) == len(batch_sizes) > 0
+    for norm, batch in zip(nonzero, batch_sizes):
+        summed = norm * trainer.expected_batch_size
+        assert summed <= c * batch * (1 + 1e-4)
+        if identical_rows:
+            assert summed == pytest.approx(c * batch, rel=1e-3)
+
+
+def test_empty_poisson_batches_are_noise_only_steps(private_models):
+    model = copy.deepcopy(private_models["regnetx_002"])
+    x, y = _data(4)
+    calls: list[tuple[int, ...]] = []
+
+    def noise_fn(shape, std):
+        calls.append(shape)
+        return torch.zeros(shape)
+
+    trainer = DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=0.0, noise_fn=noise_fn,
+                           config=DPSGDConfig(1.0, 1.0, expected_batch_size=1))
+    trainer._sampler = [[], [0, 2], []]  # force empty batches (normally ~1/3 of them here)
+    per_step = len([p for n, p in model.named_parameters() if not n.startswith("projection.")])
+    loss, steps = trainer.run(2)
+    assert steps == 6 and len(calls) == 6 * per_step and math.isfinite(loss)
+
+
+def test_real_poisson_sampler_with_frequent_empty_batches_runs(private_models):
+    model = copy.deepcopy(private_models["vit_tiny_patch16_224"])
+    x, y = _data(3)
+    trainer = DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=0.0,
+                           config=DPSGDConfig(1.0, 1.0, expected_batch_size=1))
+    assert trainer.sample_rate == pytest.approx(1 / 3)
+    _, steps = trainer.run(4)
+    assert steps == 4 * trainer.steps_per_epoch == 12
+
+
+def test_sampling_is_not_seeded_from_the_experiment_seed(private_models):
+    x, y = _data(60)
+    drawn = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = copy.deepcopy(private_models["vit_tiny_patch16_224"])
+        rows: list[torch.Tensor] = []
+        model.register_forward_hook(lambda m, inp, out: rows.append(inp[0].sum((1, 2, 3))))
+        DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=0.0,
+                     config=DPSGDConfig(1.0, 1.0, expected_batch_size=30)).run(1)
+        drawn.append(torch.cat(rows))
+    assert drawn[0].shape != drawn[1].shape or not torch.equal(drawn[0], drawn[1])
+
+
+def test_default_noise_is_gaussian_from_os_entropy():
+    torch.manual_seed(0)
+    a = urandom_gaussian((100_000,), 2.0)
+    torch.manual_seed(0)
+    b = urandom_gaussian((100_000,), 2.0)
+    assert not torch.equal(a, b)
+    assert abs(float(a.mean())) < 0.05 and float(a.std()) == pytest.approx(2.0, rel=0.02)
+    assert urandom_gaussian((3, 5), 1.0).shape == (3, 5) and urandom_gaussian((7,), 1.0).shape == (7,)
+
+
+def test_state_dict_round_trip(private_models):
+    x, y = _data(20)
+    cfg = DPSGDConfig(1.0, 1.0, expected_batch_size=10)
+    a = DPSGDTrainer(copy.deepcopy(private_models["regnetx_002"]), TASK, x, y, lr=1e-3,
+                     weight_decay=0.0, config=cfg)
+    a.run(1)
+    state = a.state_dict()
+    b = DPSGDTrainer(copy.deepcopy(private_models["regnetx_002"]), TASK, x, y, lr=1e-3,
+                     weight_decay=0.0, config=cfg)
+    b.load_state_dict(state)
+    sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
+    b.run(1)
+
+
+@pytest.mark.parametrize("field,kwargs", [
+    ("dp_sgd.noise_multiplier", {"noise_multiplier": -1.0}),
+    ("dp_sgd.max_grad_norm", {"max_grad_norm": 0.0}),
+    ("dp_sgd.expected_batch_size", {"expected_batch_size": 0}),
+    ("dp_sgd.grad_sample_mode", {"grad_sample_mode": "ghost"}),
+])
+def test_config_is_validated(field, kwargs):
+    base = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": 8}
+    with pytest.raises(ConfigError) as info:
+        DPSGDConfig(**{**base, **kwargs})
+    assert info.value.field == field
+
+
+def test_trainer_requires_a_private_model_and_an_exact_mode(private_models):
+    x, y = _data(10)
+    cfg = DPSGDConfig(1.0, 1.0, expected_batch_size=5)
+    with pytest.raises(ConfigError, match="make_private_model"):
+        DPSGDTrainer(_build("vit_tiny_patch16_224"), TASK, x, y, lr=1e-3, weight_decay=0.0, config=cfg)
+    vit = copy.deepcopy(private_models["vit_tiny_patch16_224"])  # cls_token: no ExpandedWeights
+    with pytest.raises(ConfigError) as info:
+        DPSGDTrainer(vit, TASK, x, y, lr=1e-3, weight_decay=0.0,
+                     config=DPSGDConfig(1.0, 1.0, expected_batch_size=5, grad_sample_mode="ew"))
+    assert info.value.field == "dp_sgd.grad_sample_mode" and "'hooks'" in str(info.value)
