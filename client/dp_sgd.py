@@ -52,7 +52,7 @@ GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew")
 _PROBE_RTOL = 1e-6  # the probe runs in float64: a real in-place bug is O(1) wrong
 _MODE_ATTR = "_dp_grad_sample_mode"
 # Opacus hooks the root module, whose input never requires grad: torch warns on every run
-_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module"
 _PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -66,6 +66,8 @@ def urandom_gaussian(shape: tuple[int, ...], std: float) -> torch.Tensor:
     seed, never torch's global generator (CONVENTIONS "Randomness").
     """
     n = math.prod(shape)
+    if n == 0:
+        return torch.zeros(shape, dtype=torch.float64)
     pairs = (n + 1) // 2
     bits = torch.frombuffer(bytearray(os.urandom(16 * pairs)), dtype=torch.int64)
     u = ((bits & ((1 << 53) - 1)).to(torch.float64) + 1.0) * 2.0 ** -53  # in (0, 1]
@@ -177,8 +179,9 @@ def _problems(model: nn.Module) -> list[str]:
         reasons = found.setdefault(f"{name or '<model>'} ({type(m).__name__})", [])
         trainable = any(p.requires_grad for p in m.parameters(recurse=False))
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            reasons.append("keeps batch statistics, so a sample's output depends on the other "
-                           "samples of its batch, and it is no BatchNorm type GroupNorm can replace")
+            reasons.append("keeps batch statistics, so a sample's output depends on the "
+                           "other samples of its batch, and it is no BatchNorm type GroupNorm "
+                           "can replace")
         elif trainable and any(True for _ in m.buffers(recurse=False)):
             reasons.append("trainable layer with buffers (state that is not privatized)")
         if trainable and type(m) in ModuleValidator.VALIDATORS:
@@ -193,7 +196,8 @@ def _probe_batch(model: ClientModel) -> torch.Tensor:
     conv = next((m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)), None)
     chans = conv.in_channels if conv is not None else 3
     g = torch.Generator().manual_seed(0)  # a probe of the architecture: no data, no secret
-    return torch.randn(3, chans, model.image_size, model.image_size, generator=g, dtype=torch.float64)
+    size = model.image_size
+    return torch.randn(3, chans, size, size, generator=g, dtype=torch.float64)
 
 
 def per_sample_gradient_error(model: ClientModel, x: torch.Tensor, *, grad_sample_mode: str,
@@ -218,15 +222,14 @@ def _gradient_mismatch(model: ClientModel, x: torch.Tensor, mode: str,
     if loss_fn is None:
         w = torch.randn(probe.head.out_features, generator=torch.Generator().manual_seed(1),
                         dtype=x.dtype)
-        loss_fn = lambda out, rows: (out * w).sum(-1).mean()  # noqa: E731
+        loss_fn = lambda out, rows: (out * w).sum(-1).mean()
     named = [(n, p) for n, p in probe.named_parameters()
              if p.requires_grad and not n.startswith("projection.")]
     singles = []
     for i in range(x.shape[0]):
         probe.zero_grad(set_to_none=True)
         loss_fn(probe(x[i:i + 1]), slice(i, i + 1)).backward()
-        singles.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                        for _, p in named])
+        singles.append([None if p.grad is None else p.grad.detach().clone() for _, p in named])
     probe.zero_grad(set_to_none=True)
     gsm_class = GradSampleModule if mode == "hooks" else GradSampleModuleExpandedWeights
     gsm = gsm_class(probe, batch_first=True, loss_reduction="mean")
@@ -236,10 +239,14 @@ def _gradient_mismatch(model: ClientModel, x: torch.Tensor, mode: str,
             loss_fn(gsm(x), slice(0, x.shape[0])).backward()
         worst, off = 0.0, set()
         for i, single in enumerate(singles):
-            ref = float(torch.sqrt(sum((b ** 2).sum() for b in single))) or 1e-30
+            ref = math.sqrt(sum(float((b ** 2).sum()) for b in single if b is not None))
+            ref = ref or 1e-30
             total = 0.0
             for (name, p), b in zip(named, single):
                 gs = getattr(p, "grad_sample", None)
+                if b is None and gs is None:  # a parameter the task forward does not use
+                    continue
+                b = torch.zeros_like(p) if b is None else b
                 d = math.inf if gs is None else float(((gs[i] - b) ** 2).sum())
                 total += d
                 if math.sqrt(d) > _PROBE_RTOL * ref:
@@ -327,14 +334,13 @@ class DPSGDConfig:
     grad_sample_mode: str = "hooks"  # or "ew"; see recommended_grad_sample_mode
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise ConfigError("dp_sgd.noise_multiplier", f"expected a number >= 0, got {self.noise_multiplier!r}")
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise ConfigError("dp_sgd.max_grad_norm", f"expected a number > 0, got {self.max_grad_norm!r}")
-        if isinstance(self.expected_batch_size, bool) or not isinstance(self.expected_batch_size, int) \
-                or self.expected_batch_size < 1:
-            raise ConfigError("dp_sgd.expected_batch_size",
-                              f"expected an integer >= 1, got {self.expected_batch_size!r}")
+        sigma, c, b = self.noise_multiplier, self.max_grad_norm, self.expected_batch_size
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ConfigError("dp_sgd.noise_multiplier", f"expected a number >= 0, got {sigma!r}")
+        if not (math.isfinite(c) and c > 0):
+            raise ConfigError("dp_sgd.max_grad_norm", f"expected a number > 0, got {c!r}")
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError("dp_sgd.expected_batch_size", f"expected an integer >= 1, got {b!r}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError("dp_sgd.grad_sample_mode",
                               f"expected one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}")
@@ -355,8 +361,9 @@ class DPSGDTrainer:
                  lr: float, weight_decay: float, config: DPSGDConfig,
                  noise_fn: NoiseFn | None = None) -> None:
         if x.shape[0] == 0 or x.shape[0] != targets.shape[0]:
-            raise ConfigError("dp_sgd", f"expected a non-empty private shard with one target per "
-                                        f"row, got {x.shape[0]} rows and {targets.shape[0]} targets")
+            raise ConfigError("dp_sgd", f"expected a non-empty private shard with one target "
+                                        f"per row, got {x.shape[0]} rows and "
+                                        f"{targets.shape[0]} targets")
         recommended = getattr(model, _MODE_ATTR, None)
         if recommended is None:
             raise ConfigError("dp_sgd", "the model must come from make_private_model() (it makes "
@@ -380,11 +387,11 @@ class DPSGDTrainer:
         with warnings.catch_warnings():  # "Secure RNG turned off": our noise is noise_fn's
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             self._engine = PrivacyEngine(accountant="rdp")
+        adam = torch.optim.Adam(self._params, lr=lr, weight_decay=weight_decay)
         self._module, self._optimizer, self._loader = self._engine.make_private(
-            module=model, optimizer=torch.optim.Adam(self._params, lr=lr, weight_decay=weight_decay),
-            data_loader=loader, noise_multiplier=config.noise_multiplier,
-            max_grad_norm=config.max_grad_norm, poisson_sampling=True,
-            grad_sample_mode=config.grad_sample_mode)
+            module=model, optimizer=adam, data_loader=loader,
+            noise_multiplier=config.noise_multiplier, max_grad_norm=config.max_grad_norm,
+            poisson_sampling=True, grad_sample_mode=config.grad_sample_mode)
         _install_noise_fn(self._optimizer, noise_fn if noise_fn is not None else urandom_gaussian)
         self._sampler = self._loader.batch_sampler
         self.sample_rate: float = float(self._sampler.sample_rate)

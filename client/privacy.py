@@ -124,7 +124,8 @@ class ClientPrivacy:
             if acc.events:
                 self._log("epsilon", {"round": round_, "guarantee": g, "delta": rep.delta,
                                       "epsilon_rdp": rep.epsilon_rdp, "epsilon_prv": rep.epsilon_prv,
-                                      "accountant": rep.accountant, "budget": self._budget(g)})
+                                      "rdp_order": rep.rdp_order, "accountant": rep.accountant,
+                                      "budget": self._budget(g)})
         return out
 
     def leave(self, round_: int, reason: str) -> None:
