@@ -85,3 +85,25 @@ def test_client_over_budget_leaves_and_the_others_continue(tmp_path):
     events = [json.loads(line)["event"] for line in (res.run_dir / "events.jsonl").read_text().splitlines()]
     assert "client_left" in events
     assert main_audit([str(res.run_dir)]) == 0
+
+
+@pytest.mark.slow
+def test_record_level_budget_stops_dp_sgd_before_it_is_exceeded(tmp_path):
+    from fedmuscle_secure.config import parse_config
+
+    cfg = tiny_config(**{"training.rounds": 3, "compare_local": False, "privacy": {
+        "delta": 1e-5, "dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "expected_batch_size": 8}}})
+    raw = cfg.model_dump(mode="json")
+    # client a: 30 train rows, q = 1/4, 4 steps per LocalUpdate; room for two LocalUpdates, not three
+    ev = DpEventRecord(guarantee="record", mechanism="poisson_gaussian", noise_multiplier=1.0,
+                       sample_rate=0.25, steps=4, sensitivity=1.0, neighbouring="add_remove_record")
+    raw["clients"][0]["budget"] = {"record_epsilon": (independent_epsilon([ev] * 2, 1e-5)
+                                                      + independent_epsilon([ev] * 3, 1e-5)) / 2}
+    res = run_experiment(parse_config(raw), tmp_path / "run", progress=False)
+    final_a = next(r for r in _rows(res.run_dir / "metrics.csv") if r["round"] == "final" and r["client"] == "a")
+    assert final_a["left_round"] == "3"
+    assert float(final_a["eps_record"]) <= raw["clients"][0]["budget"]["record_epsilon"]
+    kinds = [e["kind"] for e in _entries(res.run_dir / "ledger" / "a.jsonl")]
+    assert sum(k == "dp_event" for k in kinds) == 2 and kinds.index("refusal") < kinds.index("leave")
+    assert {r["client"] for r in _rows(res.run_dir / "metrics.csv") if r["round"] == "3"} == {"b", "c"}
+    assert main_audit([str(res.run_dir)]) == 0
