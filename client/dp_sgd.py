@@ -53,6 +53,8 @@ _PROBE_RTOL = 1e-6  # the probe runs in float64: a real in-place bug is O(1) wro
 _MODE_ATTR = "_dp_grad_sample_mode"
 # Opacus hooks the root module, whose input never requires grad: torch warns on every run
 _HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module"
+# functorch (vmap, used for the ViT's cls_token/pos_embed) lacks a CPU attention batching rule
+_VMAP_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
 _PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -419,6 +421,7 @@ class DPSGDTrainer:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_HOOK_WARNING)
+                warnings.filterwarnings("ignore", message=_VMAP_WARNING)
                 for _ in range(epochs):
                     total, seen = 0.0, 0
                     for idx in self._sampler:
