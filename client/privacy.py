@@ -55,6 +55,8 @@ class ClientPrivacy:
         """Ask the accountant before acting; record a refusal and raise if over budget."""
         acc = self.accountants[event.guarantee]
         budget = self._budget(event.guarantee)
+        if budget is None:
+            return
         try:
             acc.check_budget(event, budget)
         except PrivacyBudgetExceeded as exc:
@@ -65,7 +67,7 @@ class ClientPrivacy:
             raise
 
     def _record(self, round_: int, exchange: list | None, event: DpEventRecord) -> None:
-        self.accountants[event.guarantee].record(event)
+        self.accountants[event.guarantee].record_event(event)
         self._log("dp_event", {"round": round_, "exchange": exchange, **event.to_dict()})
 
     # -- record level: DP-SGD in LocalUpdate -------------------------------------------

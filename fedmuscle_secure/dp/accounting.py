@@ -302,6 +302,13 @@ def _report_cached(events: tuple, delta: float) -> EpsilonReport:
                          delta=delta, accountant=ACCOUNTANT_NAME, rdp_order=order)
 
 
+@lru_cache(maxsize=256)
+def _rdp_report_cached(events: tuple, delta: float) -> EpsilonReport:
+    eps_rdp, order = _rdp_epsilon(opacus_history(events), delta)
+    return EpsilonReport(epsilon_rdp=eps_rdp, epsilon_prv=None, delta=delta,
+                         accountant=ACCOUNTANT_NAME, rdp_order=order)
+
+
 def compute_epsilon_report(events: Sequence[DpEventRecord], delta: float) -> EpsilonReport:
     """ε of ``events`` composed, at ``delta``, on fresh Opacus RDP and PRV accountants.
     ε is 0.0 (and PRV None) with no events."""
@@ -426,6 +433,15 @@ class PrivacyAccountant:
             raise ConfigError(f"{field}.guarantee", f"this accountant keeps the "
                               f"{self._guarantee!r} guarantee, got a {event.guarantee!r} event")
 
+    def record_event(self, event: DpEventRecord) -> None:
+        """Append ``event`` after checking its RDP ε can be computed; the hot path of a
+        release, where the (slower, numerical) PRV bound is not needed: :meth:`report`
+        gives both when the round ends."""
+        self._admit(event)
+        events = self._events + (event,)
+        _rdp_report_cached(events, self._delta)
+        self._events = events
+
     def record(self, event: DpEventRecord) -> EpsilonReport:
         """Append ``event`` and return the ε of everything recorded, event included."""
         self._admit(event)
@@ -444,13 +460,17 @@ class PrivacyAccountant:
         return compute_epsilon_report(self._events + (event,), self._delta)
 
     def check_budget(self, event: DpEventRecord, budget_epsilon: float | None) -> EpsilonReport:
-        """The report after ``event``; raises :class:`PrivacyBudgetExceeded` if its ε would
-        exceed ``budget_epsilon`` (None: no budget). Records nothing."""
+        """The RDP report after ``event`` (``epsilon_prv`` is None here); raises
+        :class:`PrivacyBudgetExceeded` if its ε would exceed ``budget_epsilon`` (None: no
+        budget). Records nothing."""
         if budget_epsilon is not None and not (
                 _is_real(budget_epsilon) and math.isfinite(budget_epsilon) and budget_epsilon > 0):
             raise ConfigError("budget_epsilon",
                               f"expected a finite number > 0 or None, got {budget_epsilon!r}")
-        report = self.report_if(event)
+        # Budgets are enforced on the RDP bound (the reported ε); the PRV estimate is not
+        # needed to decide, and costs far more than the release it would guard.
+        self._admit(event)
+        report = _rdp_report_cached(self._events + (event,), self._delta)
         if budget_epsilon is not None and report.epsilon > budget_epsilon:
             raise PrivacyBudgetExceeded(
                 f"{self._guarantee}-level ε would reach {report.epsilon:.4g} after this "

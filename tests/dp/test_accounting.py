@@ -376,3 +376,15 @@ def test_calibration_unreachable_target_names_target_epsilon():
             calibrate_noise_multiplier(target_epsilon=1e-4, delta=1e-10, sample_rate=1.0,
                                        steps=10**6, epsilon_tolerance=1e-5)
     assert info.value.field == "target_epsilon"
+
+
+def test_record_event_is_record_without_the_report():
+    a = PrivacyAccountant(guarantee="record", delta=1e-5)
+    b = PrivacyAccountant(guarantee="record", delta=1e-5)
+    for e in (dpsgd(1.1, 0.25, 10), dpsgd(0.9, 0.25, 20)):
+        a.record(e)
+        b.record_event(e)
+    assert a.events == b.events and a.report() == b.report()
+    with pytest.raises(ConfigError):
+        b.record_event(release(2.0, 14))  # wrong guarantee: validated, nothing appended
+    assert len(b.events) == 2
