@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from fedmuscle_secure.client.privacy import ClientPrivacy
+
 from fedmuscle_secure.config import load_config
 from fedmuscle_secure.experiment import make_split
 from fedmuscle_secure.simulator import build_federation, run_round
-
 
 PRIVACY_SECONDS = [0.0]
 

@@ -151,7 +151,11 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
                 "max_grad_norm": p.dp_sgd.max_grad_norm if dpsgd_sigma else None})
     dpsgd = None
     if dpsgd_sigma is not None:
-        from fedmuscle_secure.client.dp_sgd import DPSGDConfig, DPSGDTrainer, recommended_grad_sample_mode
+        from fedmuscle_secure.client.dp_sgd import (
+            DPSGDConfig,
+            DPSGDTrainer,
+            recommended_grad_sample_mode,
+        )
         from fedmuscle_secure.dp.noise import csprng_normal
 
         config = DPSGDConfig(noise_multiplier=dpsgd_sigma, max_grad_norm=p.dp_sgd.max_grad_norm,

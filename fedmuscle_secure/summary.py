@@ -100,13 +100,13 @@ def _privacy_table(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     finals = [r for r in rows if r["round"] == "final" and r.get("eps_record") is not None]
     if not finals:
         return ""
-    lines = [f"## Privacy (δ = {p.delta:g})", "",
-             "Record-level ε: DP-SGD in LocalUpdate, with respect to one private record. "
-             "Client-level ε: noise on released representations, with respect to a client's "
-             "whole dataset. 0 means the mechanism is off (no guarantee of that kind, not a "
-             "perfect one). Recomputable from the ledgers with `fedmuscle-secure audit`.", "",
-             "| method | client | ε record-level | σ DP-SGD | ε client-level | σ representations "
-             "| releases | left the federation |",
+    explain = ("Record-level ε: DP-SGD in LocalUpdate, with respect to one private record. "
+               "Client-level ε: noise on released representations, with respect to a client's "
+               "whole dataset. 0 means the mechanism is off (no guarantee of that kind, not a "
+               "perfect one). Recomputable from the ledgers with `fedmuscle-secure audit`.")
+    header = ("| method | client | ε record-level | σ DP-SGD | ε client-level | σ representations "
+              "| releases | left the federation |")
+    lines = [f"## Privacy (δ = {p.delta:g})", "", explain, "", header,
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in finals:
         left = (f"round {r['left_round']}: {r['left_reason']}"

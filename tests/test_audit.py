@@ -16,8 +16,8 @@ from fedmuscle_secure.audit import (
     _fail,
     audit_ledger,
     audit_run,
-    main_audit,
 )
+from fedmuscle_secure.audit_cli import main_audit
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.identity import (
     generate_identity,

@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import tiny_config
 
 from fedmuscle_secure.experiment import run_experiment
-from tiny import tiny_config
 
 
 def _write_cifar10(root, per_file=40):
