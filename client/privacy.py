@@ -114,9 +114,6 @@ class ClientPrivacy:
         return payload
 
     # -- bookkeeping -------------------------------------------------------------------
-    def epsilons(self) -> dict[str, float]:
-        return {g: acc.report().epsilon for g, acc in self.accountants.items()}
-
     def end_round(self, round_: int) -> dict[str, float]:
         """Record ε at δ for both guarantees after this round; returns them."""
         out = {}
@@ -150,11 +147,9 @@ class ClientPrivacy:
         self.accountants = {g: PrivacyAccountant(guarantee=g, delta=self.settings.delta)
                             for g in (RECORD, CLIENT)}
         self.releases = 0
-        fields = set(DpEventRecord.__dataclass_fields__)
         for entry in self.ledger.entries:
-            if entry["kind"] == "dp_event":
-                body = {k: v for k, v in entry["body"].items() if k in fields}
-                event = DpEventRecord.from_dict(body)
-                self.accountants[event.guarantee].record(event)
+            if entry["kind"] == "dp_event":  # from_dict ignores round and exchange
+                event = DpEventRecord.from_dict(entry["body"])
+                self.accountants[event.guarantee].record_event(event)
             elif entry["kind"] == "egress":
                 self.releases += 1

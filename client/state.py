@@ -80,7 +80,9 @@ class FedMuscleClient:
         self.public_x = public_x
         self.settings = settings
         self.privacy = privacy
-        self.dpsgd = dpsgd  # record-level DP-SGD replaces the plain LocalUpdate when set
+        # Record-level DP-SGD replaces the plain LocalUpdate when set; its per-sample hooks
+        # are on only inside DPSGDTrainer.run, so the contrastive phase pays nothing for them.
+        self.dpsgd = dpsgd
         self.left: dict | None = None  # {"round", "reason"} once the client has left
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                                weight_decay=settings.weight_decay)
@@ -126,8 +128,6 @@ class FedMuscleClient:
         self._plan = plan
         self._views = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, r, "views"))
         torch.manual_seed(derive_seed(self.settings.seed, self.name, r, "cl-modules"))
-        if self.dpsgd is not None:  # public data only: no per-sample gradients here
-            self.dpsgd.disable_per_sample_hooks()
         return [self._release(0, 0 if plan.exchange == "per_batch" else None)]
 
     def _on_reply(self, reply: PeerTerms | PeerSums) -> list[Message]:
@@ -158,8 +158,6 @@ class FedMuscleClient:
         """Leave the federation cleanly (DESIGN §5.3: never exceed the budget)."""
         if self.privacy is not None:
             self.privacy.leave(r, reason)
-        if self.dpsgd is not None:
-            self.dpsgd.enable_per_sample_hooks()
         self.stage = ClientStage.LEFT
         self.left = {"round": r, "reason": reason}
         self._plan, self._exchange, self._released, self._pending = None, None, None, None
@@ -234,8 +232,6 @@ class FedMuscleClient:
         self.stage = ClientStage.IDLE
         self.round = r
         self._plan, self._exchange, self._released = None, None, None
-        if self.dpsgd is not None:
-            self.dpsgd.enable_per_sample_hooks()
         cl = self._cl_losses
         metrics = dict(self._metrics)
         if self.privacy is not None:

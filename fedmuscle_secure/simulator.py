@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +39,12 @@ class Federation:
     clients: dict[str, FedMuscleClient]
     method: str
     receipts: object | None = None   # the server's ReceiptLog when ledgers are written
-    calibration: object | None = None
-    ledgers: dict[str, object] = field(default_factory=dict)
 
     def close(self) -> None:
         """Release the ledgers' and the receipt log's file locks."""
-        for ledger in self.ledgers.values():
-            ledger.close()
+        for client in self.clients.values():
+            if client.privacy is not None and client.privacy.ledger is not None:
+                client.privacy.ledger.close()
         if self.receipts is not None:
             self.receipts.close()
 
@@ -76,7 +75,6 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
     if dp_enabled(cfg):
         calibration = calibrate(cfg, {c.name: len(split.shards[i].y_train)
                                       for i, c in enumerate(cfg.clients)})
-    ledgers: dict[str, object] = {}
     for i, c in enumerate(cfg.clients):
         task = get_task(c.task, split.num_classes)
         torch.manual_seed(derive_seed(cfg.seed, c.name, "init"))
@@ -92,10 +90,8 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         train = _labelled(task, shard.x_train, shard.y_train)
         privacy, dpsgd = None, None
         if record_dir is not None or calibration is not None:
-            privacy, dpsgd, ledger = _client_privacy(cfg, c.name, model, task, train,
-                                                     calibration, record_dir, method)
-            if ledger is not None:
-                ledgers[c.name] = ledger
+            privacy, dpsgd = _client_privacy(cfg, c.name, model, task, train, calibration,
+                                             record_dir, method)
         settings = ClientSettings(
             method=method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
             lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
@@ -114,7 +110,7 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         from fedmuscle_secure.ledger import ReceiptLog
 
         receipts = ReceiptLog.open(record_dir / "receipts.jsonl")
-    return Federation(server, clients, method, receipts, calibration, ledgers)
+    return Federation(server, clients, method, receipts)
 
 
 def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: LabelledData,
@@ -133,18 +129,15 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
         record_budget=budget.record_epsilon, client_budget=budget.client_epsilon)
     ledger = None
     if record_dir is not None:
-        from cryptography.hazmat.primitives import serialization
-
+        from fedmuscle_secure.identity import public_pem
         from fedmuscle_secure.ledger import Ledger
 
         key = identity_key(record_dir / "keys", name)
         (record_dir / "ledger").mkdir(parents=True, exist_ok=True)
         ledger = Ledger.open(record_dir / "ledger" / f"{name}.jsonl", client=name, signing_key=key)
         if not ledger.entries:
-            pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo)
             ledger.append("genesis", {
-                "client": name, "public_key": pem.decode(), "delta": p.delta, "method": method,
+                "client": name, "public_key": public_pem(key), "delta": p.delta, "method": method,
                 "protection": cfg.protection,
                 "budget": {"record": budget.record_epsilon, "client": budget.client_epsilon},
                 "noise_multiplier": {"record": dpsgd_sigma, "client": settings.representation_sigma},
@@ -164,7 +157,7 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
         dpsgd = DPSGDTrainer(model, task, train.x, train.targets, lr=spec.lr or cfg.training.lr,
                              weight_decay=cfg.training.weight_decay, config=config,
                              noise_fn=lambda shape, std: csprng_normal(shape, std=std))
-    return ClientPrivacy(name, settings, ledger), dpsgd, ledger
+    return ClientPrivacy(name, settings, ledger), dpsgd
 
 
 def _receipt(fed: Federation, msg: Representations) -> None:

@@ -35,8 +35,7 @@ def test_dp_sgd_run_reports_epsilon_per_round_and_audits(tmp_path):
     ledger = _entries(res.run_dir / "ledger" / "a.jsonl")
     kinds = [e["kind"] for e in ledger]
     assert kinds[0] == "genesis" and "dp_event" in kinds and "egress" in kinds
-    events = [DpEventRecord.from_dict({k: v for k, v in e["body"].items() if k not in ("round", "exchange")})
-              for e in ledger if e["kind"] == "dp_event"]
+    events = [DpEventRecord.from_dict(e["body"]) for e in ledger if e["kind"] == "dp_event"]
     last = [e for e in ledger if e["kind"] == "epsilon"][-1]["body"]
     assert last["epsilon_rdp"] == pytest.approx(independent_epsilon(events, 1e-5), rel=0.02)
     summary = (res.run_dir / "summary.md").read_text()
