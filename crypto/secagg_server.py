@@ -1,0 +1,246 @@
+"""The server's side of one secure-aggregation instance (DESIGN §3, §4.2).
+
+No I/O: :meth:`SecAggServer.receive` takes a client message and returns the messages to
+send; :meth:`close_stage` is what the transport calls when a stage's deadline passes
+(the clients that did not answer by then have dropped and stay out for the rest of the
+instance). A stage advances by itself once every expected client has answered.
+
+Sets (Bonawitz et al.): U1 advertised keys, U2 sent encrypted shares, U3 sent masked inputs
+(the survivors), U4 revealed shares. Any set smaller than the threshold t aborts the
+instance with :class:`SecAggAborted`; nothing is unmasked then. Messages are rejected with
+:class:`ProtocolError` when they belong to another instance, arrive for a stage that has
+not started, repeat, or are malformed; a message from a client that already missed its
+stage (a dropped client answering late) is ignored and recorded in :attr:`ignored`.
+
+The unmasking itself is one batched int64 computation on ``device`` (CPU or CUDA): the
+stacked masked inputs are summed and the reconstructed masks, stacked with their ±1
+coefficients, subtracted; int64 addition wraps mod 2^64, which is the group operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fedmuscle_secure.crypto import _hazmat as hz
+from fedmuscle_secure.crypto.secagg_client import pair_sign
+from fedmuscle_secure.crypto.secagg_messages import (
+    ORDER,
+    STAGE_OF,
+    AdvertiseKeys,
+    ClientToServer,
+    EncryptedShares,
+    KeyBook,
+    MaskedInput,
+    SecAggSetup,
+    SecAggStage,
+    ServerToClient,
+    ShareInbox,
+    UnmaskRequest,
+    UnmaskShares,
+    frozen_map,
+)
+from fedmuscle_secure.crypto.shamir import PRIME_256, int_to_bytes32, reconstruct
+
+from fedmuscle_secure.errors import IdentityError, ProtocolError
+
+
+class SecAggAborted(ProtocolError):
+    """Fewer than t clients reached a stage: the instance ends and nothing is unmasked."""
+
+
+def unmask_sum(masked: torch.Tensor, masks: torch.Tensor, coefficients: torch.Tensor, *,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Σ masked − Σ_k c_k · mask_k in Z_(2^64), batched: (S, L), (K, L), (K,) int64 → (L,)."""
+    dev = torch.device(device)
+    total = masked.to(dev).sum(dim=0)
+    if masks.shape[0]:
+        total = total - (coefficients.to(dev).unsqueeze(1) * masks.to(dev)).sum(dim=0)
+    return total.cpu()
+
+
+class SecAggServer:
+    """One instance over ``participants`` (in share order) with threshold ``threshold``."""
+
+    def __init__(self, participants: list[str] | tuple[str, ...], threshold: int, vector_length: int, *,
+                 identities: Mapping[str, Ed25519PublicKey] | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        n = len(participants)
+        if len(set(participants)) != n or not 2 <= threshold <= n:
+            raise ValueError(f"need distinct participants and 2 <= threshold <= {n}; got "
+                             f"{list(participants)}, threshold {threshold}")
+        self.participants = tuple(participants)
+        self.threshold = threshold
+        self.vector_length = vector_length
+        self.instance_id = hz.fresh_instance_id()
+        self.identities = dict(identities) if identities is not None else None
+        self.device = device
+        self.stage = SecAggStage.ADVERTISE_KEYS
+        self.adverts: dict[str, AdvertiseKeys] = {}
+        self.shares: dict[str, EncryptedShares] = {}
+        self.masked: dict[str, MaskedInput] = {}
+        self.unmasks: dict[str, UnmaskShares] = {}
+        self.dropped_at: dict[str, str] = {}   # client → stage it dropped at
+        self.ignored: list[tuple[str, str]] = []  # (sender, message type) answered late
+        self.result: torch.Tensor | None = None
+        self.abort_reason: str | None = None
+
+    # -- sets --------------------------------------------------------------------------
+    @property
+    def survivors(self) -> tuple[str, ...]:
+        """U3: the clients whose masked inputs are in the sum."""
+        return tuple(p for p in self.participants if p in self.masked)
+
+    def _expected(self) -> tuple[str, ...]:
+        prev = {SecAggStage.ADVERTISE_KEYS: self.participants, SecAggStage.SHARE_KEYS: self.adverts,
+                SecAggStage.MASKED_INPUT: self.shares, SecAggStage.UNMASK: self.masked}[self.stage]
+        return tuple(p for p in self.participants if p in prev)
+
+    def _received(self) -> dict:
+        return {SecAggStage.ADVERTISE_KEYS: self.adverts, SecAggStage.SHARE_KEYS: self.shares,
+                SecAggStage.MASKED_INPUT: self.masked, SecAggStage.UNMASK: self.unmasks}[self.stage]
+
+    # -- driving -----------------------------------------------------------------------
+    def start(self) -> list[SecAggSetup]:
+        return [SecAggSetup(p, self.instance_id, self.participants, self.threshold, self.vector_length)
+                for p in self.participants]
+
+    def receive(self, msg: ClientToServer) -> list[ServerToClient]:
+        sender = getattr(msg, "sender", "?")
+        stage = self.stage.value
+        if sender not in self.participants:
+            raise ProtocolError(sender, stage, "message from a client outside this instance's group")
+        if getattr(msg, "instance_id", None) != self.instance_id:
+            raise ProtocolError(sender, stage, f"{type(msg).__name__} belongs to another instance "
+                                "(a replay?)")
+        msg_stage = STAGE_OF.get(type(msg))
+        if msg_stage is None:
+            raise ProtocolError(sender, stage, f"the server cannot accept a {type(msg).__name__}")
+        if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED) or ORDER.index(msg_stage) < ORDER.index(self.stage):
+            return self._late(msg, msg_stage)
+        if msg_stage is not self.stage:
+            raise ProtocolError(sender, stage, f"{type(msg).__name__} (stage {msg_stage.value!r}) "
+                                f"arrived during stage {stage!r}")
+        if sender not in self._expected():
+            self.ignored.append((sender, type(msg).__name__))  # dropped earlier: stays out
+            return []
+        if sender in self._received():
+            raise ProtocolError(sender, stage, f"duplicate {type(msg).__name__}")
+        self._accept(msg)
+        if all(p in self._received() for p in self._expected()):
+            return self._advance()
+        return []
+
+    def _late(self, msg: ClientToServer, msg_stage: SecAggStage) -> list[ServerToClient]:
+        store = {SecAggStage.ADVERTISE_KEYS: self.adverts, SecAggStage.SHARE_KEYS: self.shares,
+                 SecAggStage.MASKED_INPUT: self.masked, SecAggStage.UNMASK: self.unmasks}[msg_stage]
+        if msg.sender in store:
+            raise ProtocolError(msg.sender, self.stage.value, f"duplicate {type(msg).__name__}")
+        self.ignored.append((msg.sender, type(msg).__name__))
+        return []
+
+    def close_stage(self) -> list[ServerToClient]:
+        """The stage's deadline passed: whoever has not answered has dropped."""
+        if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED):
+            return []
+        return self._advance()
+
+    def drop(self, client: str) -> list[ServerToClient]:
+        """``client`` announced it leaves (e.g. its privacy budget is spent): it is treated as
+        dropped at the current stage; the stage advances if it was the last one awaited."""
+        if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED) or client not in self._expected() \
+                or client in self._received():
+            return []
+        self.dropped_at[client] = self.stage.value
+        got = self._received()
+        if all(p in got or p in self.dropped_at for p in self._expected()):
+            return self._advance()
+        return []
+
+    # -- per-stage acceptance ------------------------------------------------------------
+    def _accept(self, msg: ClientToServer) -> None:
+        s, stage = msg.sender, self.stage.value
+        if isinstance(msg, AdvertiseKeys):
+            if self.identities is not None:
+                try:
+                    hz.verify_advert(self.identities[s], msg.signature, msg.instance_id, s,
+                                     msg.cipher_public, msg.mask_public)
+                except (IdentityError, KeyError) as exc:
+                    raise ProtocolError(s, stage, f"bad key advertisement: {exc}") from None
+            self.adverts[s] = msg
+        elif isinstance(msg, EncryptedShares):
+            want = {p for p in self.adverts if p != s}
+            if set(msg.ciphertexts) != want:
+                raise ProtocolError(s, stage, f"encrypted shares must be addressed to exactly "
+                                    f"{sorted(want)}, got {sorted(msg.ciphertexts)}")
+            self.shares[s] = msg
+        elif isinstance(msg, MaskedInput):
+            if msg.masked.dtype != torch.int64 or tuple(msg.masked.shape) != (self.vector_length,):
+                raise ProtocolError(s, stage, f"masked input must be int64 of shape "
+                                    f"({self.vector_length},), got {msg.masked.dtype} {tuple(msg.masked.shape)}")
+            self.masked[s] = msg
+        elif isinstance(msg, UnmaskShares):
+            survivors, dropped = set(self.survivors), set(self.shares) - set(self.masked)
+            if set(msg.seed_shares) != survivors or set(msg.key_shares) != dropped:
+                raise ProtocolError(s, stage, "unmask shares must cover exactly the survivors' seeds "
+                                    "and the dropped clients' mask keys")
+            for y in [*msg.seed_shares.values(), *msg.key_shares.values()]:
+                if not (isinstance(y, int) and 0 <= y < PRIME_256):
+                    raise ProtocolError(s, stage, "a revealed share is not a field element")
+            self.unmasks[s] = msg
+
+    def _advance(self) -> list[ServerToClient]:
+        got = self._received()
+        for p in self._expected():
+            if p not in got:
+                self.dropped_at.setdefault(p, self.stage.value)
+        if len(got) < self.threshold:
+            self.abort_reason = (f"only {len(got)} of {len(self._expected())} clients completed stage "
+                                 f"{self.stage.value!r}; the threshold is {self.threshold}")
+            self.stage = SecAggStage.ABORTED
+            raise SecAggAborted("server", self.stage.value, self.abort_reason)
+        if self.stage is SecAggStage.ADVERTISE_KEYS:
+            self.stage = SecAggStage.SHARE_KEYS
+            adverts = tuple(self.adverts[p] for p in self.participants if p in self.adverts)
+            return [KeyBook(p, self.instance_id, adverts) for p in self._expected()]
+        if self.stage is SecAggStage.SHARE_KEYS:
+            self.stage = SecAggStage.MASKED_INPUT
+            holders = self._expected()
+            return [ShareInbox(p, self.instance_id, frozen_map(
+                {s: self.shares[s].ciphertexts[p] for s in holders if s != p})) for p in holders]
+        if self.stage is SecAggStage.MASKED_INPUT:
+            self.stage = SecAggStage.UNMASK
+            survivors = self.survivors
+            dropped = tuple(p for p in self.participants if p in self.shares and p not in self.masked)
+            return [UnmaskRequest(p, self.instance_id, survivors, dropped) for p in survivors]
+        self.result = self._unmask()
+        self.stage = SecAggStage.DONE
+        return []
+
+    def _x(self, client: str) -> int:
+        return self.participants.index(client) + 1
+
+    def _secret(self, owner: str, kind: str) -> bytes:
+        field = "seed_shares" if kind == "seed" else "key_shares"
+        points = [(self._x(h), getattr(u, field)[owner]) for h, u in self.unmasks.items()]
+        return int_to_bytes32(reconstruct(points, threshold=self.threshold))
+
+    def _unmask(self) -> torch.Tensor:
+        survivors = self.survivors
+        dropped = [p for p in self.participants if p in self.shares and p not in self.masked]
+        n = self.vector_length
+        masks, coef = [], []
+        for s in survivors:
+            masks.append(hz.mask_stream(self._secret(s, "seed"), n))
+            coef.append(1)
+        for d in dropped:
+            key = hz.AgreementKey.from_private_bytes(self._secret(d, "key"))
+            for s in survivors:  # s added pair_sign(s, d) · PRG(s_sd); take it out
+                seed = hz.pair_mask_seed(key, self.adverts[s].mask_public, instance_id=self.instance_id,
+                                         me=d, peer=s)
+                masks.append(hz.mask_stream(seed, n))
+                coef.append(pair_sign(s, d))
+        stacked = torch.stack([self.masked[s].masked for s in survivors])
+        return unmask_sum(stacked, torch.stack(masks) if masks else torch.zeros(0, n, dtype=torch.int64),
+                          torch.tensor(coef, dtype=torch.int64), device=self.device)
