@@ -14,11 +14,13 @@ import torch.nn.functional as F
 
 from fedmuscle_secure.losses import (
     leave_one_out,
+    leave_one_out_terms,
     muscle_loss_from_server,
     muscle_sum_loss,
+    muscle_sum_loss_from_terms,
     pairwise_infonce_loss,
 )
-from fedmuscle_secure.messages import PeerSums, PeerTerms
+from fedmuscle_secure.messages import PeerSums, PeerTerms, SumTerms
 
 
 def random_affine_view(x: torch.Tensor, generator: torch.Generator, *, size: int,
@@ -42,15 +44,23 @@ def random_affine_view(x: torch.Tensor, generator: torch.Generator, *, size: int
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def contrastive_loss(method: str, anchor: torch.Tensor, reply: PeerTerms | PeerSums, index: int,
-                     *, tau: float, gamma: float, released: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(method: str, anchor: torch.Tensor, reply: PeerTerms | PeerSums | SumTerms,
+                     index: int, *, tau: float, gamma: float, released: torch.Tensor,
+                     released_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss over the batch's anchors for the server's reply at batch ``index``.
 
     ``tau``/``gamma`` are used by the sum form only (uniform temperature, §2.2); the exact
     and pairwise forms receive S^n already scaled by 1/τ_{n,m}. ``released`` is the (B, d)
     matrix this client sent for the batch: what leave-one-out must subtract from a sum
-    that includes the client itself.
+    that includes the client itself (under ``secagg`` with its q contribution
+    ``released_sq_norm``, (B,)).
     """
+    if isinstance(reply, SumTerms):
+        s, la = reply.scaled_sum[index], reply.log_alpha[index]
+        if reply.includes_self:
+            assert released_sq_norm is not None
+            s, la = leave_one_out_terms(s, la, released, released_sq_norm, tau=tau, gamma=gamma)
+        return muscle_sum_loss_from_terms(anchor, s, la)
     if method == "muscle":
         assert isinstance(reply, PeerTerms)
         return muscle_loss_from_server(anchor, reply.scaled_peers[index],

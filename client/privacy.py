@@ -10,12 +10,13 @@ same way under the record-level guarantee.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from fedmuscle_secure.dp.accounting import DpEventRecord, PrivacyAccountant
-from fedmuscle_secure.dp.noise import gaussian_release, representation_sensitivity
+from fedmuscle_secure.dp.noise import clip_rows, gaussian_release, representation_sensitivity
 from fedmuscle_secure.errors import PrivacyBudgetExceeded
 from fedmuscle_secure.ledger import Ledger, payload_digest
 
@@ -66,9 +67,10 @@ class ClientPrivacy:
                                   "delta": self.settings.delta, "reason": str(exc)})
             raise
 
-    def _record(self, round_: int, exchange: list | None, event: DpEventRecord) -> None:
+    def _record(self, round_: int, exchange: list | None, event: DpEventRecord,
+                **extra: object) -> None:
         self.accountants[event.guarantee].record_event(event)
-        self._log("dp_event", {"round": round_, "exchange": exchange, **event.to_dict()})
+        self._log("dp_event", {"round": round_, "exchange": exchange, **event.to_dict(), **extra})
 
     # -- record level: DP-SGD in LocalUpdate -------------------------------------------
     def dpsgd_event(self, steps: int, sample_rate: float) -> DpEventRecord:
@@ -113,6 +115,57 @@ class ClientPrivacy:
         self.releases += 1
         return payload
 
+    # -- client level under secagg: distributed noise (DESIGN §5.1) ---------------------
+    def secure_release(self, round_: int, exchange: tuple[int, int | None], z: torch.Tensor, *,
+                       threshold: int, t_collude: int) -> tuple[torch.Tensor, DpEventRecord | None]:
+        """clip → this client's share of the distributed noise; (nb, B, d) in and out.
+
+        Any sum the server can unmask has at least ``threshold`` inputs, of which at most
+        ``t_collude`` may come from clients that collude (and subtract their own noise).
+        Each client therefore adds noise multiplier σ/√(t − t_collude): the guaranteed
+        remainder, (t − t_collude) shares, carries the target σ whatever the drops, and that
+        σ is what the accountant records. The release is admitted here (may raise
+        :class:`PrivacyBudgetExceeded`, recording the refusal) and recorded by
+        :meth:`record_secure_release` once the masked input exists, the point from which the
+        server can learn a sum that contains it.
+        """
+        z, clipped = clip_rows(z, 1.0)
+        self.clipped_rows += clipped
+        sigma = self.settings.representation_sigma
+        if sigma is None:
+            return z, None
+        nb, rows = int(z.shape[0]), int(z.shape[1])
+        event = DpEventRecord(guarantee=CLIENT, mechanism="gaussian", noise_multiplier=sigma,
+                              sample_rate=1.0, steps=nb, sensitivity=representation_sensitivity(rows),
+                              neighbouring="replace_client_dataset")
+        self._admit(round_, event, f"secure-sum release of {nb}x{rows} representations")
+        noisy, _ = gaussian_release(z, noise_multiplier=share_noise_multiplier(sigma, threshold, t_collude))
+        return noisy, event
+
+    def record_secure_release(self, round_: int, exchange: tuple[int, int | None],
+                              event: DpEventRecord | None, masked: torch.Tensor, *, group: int,
+                              threshold: int, t_collude: int, clipped_values: int) -> None:
+        """Record the release of a masked input (dp_event with the guaranteed σ, egress)."""
+        ex = [exchange[0], exchange[1]]
+        if event is not None:
+            self._record(round_, ex, event, distributed_noise={
+                "share_noise_multiplier": share_noise_multiplier(event.noise_multiplier, threshold,
+                                                                 t_collude),
+                "threshold": threshold, "t_collude": t_collude, "group": group})
+        digest, size = payload_digest(masked)
+        self._log("egress", {"round": round_, "exchange": ex, "recipient": "server",
+                             "protection": "secagg", "server_learns": f"sum over >= {threshold} of "
+                             f"{group} clients", "clipped_values": clipped_values,
+                             "sha256": digest, "bytes": size})
+        self.releases += 1
+
+    def abort_exchange(self, round_: int, exchange: tuple[int, int | None], reason: str,
+                       released: bool) -> None:
+        """The secure exchange ended without a sum; a release already recorded for it stays
+        counted (the client cannot see from its side whether others unmasked it)."""
+        self._log("abort", {"round": round_, "exchange": [exchange[0], exchange[1]],
+                            "reason": reason, "masked_input_sent": released})
+
     # -- bookkeeping -------------------------------------------------------------------
     def end_round(self, round_: int) -> dict[str, float]:
         """Record ε at δ for both guarantees after this round; returns them."""
@@ -153,3 +206,10 @@ class ClientPrivacy:
                 self.accountants[event.guarantee].record_event(event)
             elif entry["kind"] == "egress":
                 self.releases += 1
+
+
+def share_noise_multiplier(sigma: float, threshold: int, t_collude: int) -> float:
+    """Per-client noise multiplier so that any t − t_collude shares sum to variance σ²."""
+    if not 0 <= t_collude < threshold:
+        raise ValueError(f"t_collude={t_collude} must be in [0, threshold={threshold})")
+    return sigma / math.sqrt(threshold - t_collude)

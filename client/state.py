@@ -20,6 +20,7 @@ from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError
 from fedmuscle_secure.messages import (
+    ExchangeAborted,
     Leave,
     Message,
     PeerSums,
@@ -27,6 +28,8 @@ from fedmuscle_secure.messages import (
     Representations,
     RoundPlan,
     RoundReport,
+    SecAggEnvelope,
+    SumTerms,
 )
 from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.seeding import derive_seed
@@ -34,6 +37,7 @@ from fedmuscle_secure.seeding import derive_seed
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting) only where DP is configured
     from fedmuscle_secure.client.dp_sgd import DPSGDTrainer
     from fedmuscle_secure.client.privacy import ClientPrivacy
+    from fedmuscle_secure.client.secure_exchange import OwnContribution, SecureExchangeClient
 
 SERVER = "server"
 
@@ -72,7 +76,8 @@ class FedMuscleClient:
     def __init__(self, name: str, model: ClientModel, task: Task, *, train: LabelledData,
                  val: LabelledData, test: LabelledData, public_x: torch.Tensor,
                  settings: ClientSettings, privacy: ClientPrivacy | None = None,
-                 dpsgd: DPSGDTrainer | None = None) -> None:
+                 dpsgd: DPSGDTrainer | None = None,
+                 secure: SecureExchangeClient | None = None) -> None:
         self.name = name
         self.model = model
         self.task = task
@@ -83,6 +88,8 @@ class FedMuscleClient:
         # Record-level DP-SGD replaces the plain LocalUpdate when set; its per-sample hooks
         # are on only inside DPSGDTrainer.run, so the contrastive phase pays nothing for them.
         self.dpsgd = dpsgd
+        self.secure = secure  # protection: secagg — releases go through secure sums only
+        self._own: OwnContribution | None = None
         self.left: dict | None = None  # {"round", "reason"} once the client has left
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                                weight_decay=settings.weight_decay)
@@ -102,9 +109,15 @@ class FedMuscleClient:
     # -- entry point -------------------------------------------------------------------
     def handle(self, msg: Message) -> list[Message]:
         """Process one message from the server; return the messages to send back."""
+        if self.stage is ClientStage.LEFT:
+            return []  # a client that left answers nothing (the server already dropped it)
         if isinstance(msg, RoundPlan):
             return self._on_round_plan(msg)
-        if isinstance(msg, (PeerTerms, PeerSums)):
+        if self.secure is not None and isinstance(msg, (SumTerms, ExchangeAborted)):
+            return self._on_reply(msg)
+        if self.secure is not None and isinstance(msg, SecAggEnvelope):
+            return self._on_secagg(msg)
+        if self.secure is None and isinstance(msg, (PeerTerms, PeerSums)):
             return self._on_reply(msg)
         raise ProtocolError(SERVER, self.stage.value,
                             f"client {self.name!r} cannot accept a {type(msg).__name__}")
@@ -128,30 +141,64 @@ class FedMuscleClient:
         self._plan = plan
         self._views = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, r, "views"))
         torch.manual_seed(derive_seed(self.settings.seed, self.name, r, "cl-modules"))
-        return [self._release(0, 0 if plan.exchange == "per_batch" else None)]
+        first = (0, 0 if plan.exchange == "per_batch" else None)
+        if self.secure is not None:  # wait for the server's setup of the first secure exchange
+            self._exchange = first
+            self.stage = ClientStage.AWAIT_REPLY
+            return []
+        return [self._release(*first)]
 
-    def _on_reply(self, reply: PeerTerms | PeerSums) -> list[Message]:
+    def _on_secagg(self, env: SecAggEnvelope) -> list[Message]:
+        """A stage of the current exchange's secure sum (DESIGN §4.2)."""
+        self._expect(ClientStage.AWAIT_REPLY, env)
+        assert self._plan is not None and self._exchange is not None and self.secure is not None
+        self._check_exchange(env)
+        if env.encoding is None:
+            return [self.secure.handle(env)]
+        epoch, batch = self._exchange
+        try:
+            advert, self._own = self.secure.begin(env, self._representations(epoch, batch))
+        except PrivacyBudgetExceeded as exc:
+            return [self._leave(self._plan.round, str(exc))]
+        self._released = self._own.z
+        return [advert]
+
+    def _check_exchange(self, msg: Message) -> None:
+        assert self._plan is not None and self._exchange is not None
+        if (msg.client, msg.round, msg.epoch, msg.batch) != (self.name, self._plan.round, *self._exchange):
+            raise ProtocolError(SERVER, self.stage.value,
+                                f"{type(msg).__name__} for exchange (round {msg.round}, epoch "
+                                f"{msg.epoch}, batch {msg.batch}) but {self.name!r} is in round "
+                                f"{self._plan.round}, epoch/batch {self._exchange}")
+
+    def _on_reply(self, reply: PeerTerms | PeerSums | SumTerms | ExchangeAborted) -> list[Message]:
         self._expect(ClientStage.AWAIT_REPLY, reply)
         assert self._plan is not None and self._exchange is not None
-        if (reply.client, reply.round, reply.epoch, reply.batch) != (
-                self.name, self._plan.round, *self._exchange):
-            raise ProtocolError(SERVER, self.stage.value,
-                                f"reply for exchange (round {reply.round}, epoch {reply.epoch}, "
-                                f"batch {reply.batch}) but {self.name!r} waits for round "
-                                f"{self._plan.round}, epoch/batch {self._exchange}")
+        self._check_exchange(reply)
         epoch, batch = self._exchange
         batches = self._plan.batches[epoch]
+        aborted = isinstance(reply, ExchangeAborted)
+        if aborted and self.privacy is not None:
+            sent = self.secure is not None and self.secure.masked_sent
+            self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
         if batch is not None:  # per_batch: the anchor was computed at release time
-            self._step(self._pending, reply, 0)
+            if not aborted:
+                self._step(self._pending, reply, 0)
             self._pending = None
             nxt = (epoch, batch + 1) if batch + 1 < batches.shape[0] else (epoch + 1, 0)
         else:                  # per_epoch: recompute each anchor with the current encoder
-            for b in range(batches.shape[0]):
+            for b in range(batches.shape[0] if not aborted else 0):
                 self._step(self._anchor(batches[b]), reply, b)
             nxt = (epoch + 1, None)
-        if nxt[0] < self._plan.batches.shape[0]:
-            return [self._release(*nxt)]
-        return [self._report(self._plan.round)]
+        if self.secure is not None:
+            self.secure.end()
+            self._own = None
+        if nxt[0] >= self._plan.batches.shape[0]:
+            return [self._report(self._plan.round)]
+        if self.secure is not None:  # the server sends the next exchange's setup
+            self._exchange = nxt
+            return []
+        return [self._release(*nxt)]
 
     # -- pieces ------------------------------------------------------------------------
     def _leave(self, r: int, reason: str) -> Leave:
@@ -194,9 +241,9 @@ class FedMuscleClient:
             x = random_affine_view(x, self._views, size=self.model.image_size)
         return self.model.represent(x)
 
-    def _release(self, epoch: int, batch: int | None) -> Representations | Leave:
+    def _representations(self, epoch: int, batch: int | None) -> torch.Tensor:
+        """Z^n of one exchange, (nb, B, d); per_batch keeps the anchor's graph for the step."""
         assert self._plan is not None
-        r = self._plan.round
         batches = self._plan.batches[epoch]
         if batch is not None:
             self._pending = self._anchor(batches[batch])
@@ -205,7 +252,12 @@ class FedMuscleClient:
             self.model.eval()
             with torch.no_grad():
                 z = torch.stack([self.model.represent(self.public_x[idx]) for idx in batches])
-        z = z.float().contiguous()
+        return z.float().contiguous()
+
+    def _release(self, epoch: int, batch: int | None) -> Representations | Leave:
+        assert self._plan is not None
+        r = self._plan.round
+        z = self._representations(epoch, batch)
         if self.privacy is not None:
             try:
                 z = self.privacy.release(r, (epoch, batch), z, recipient=SERVER)
@@ -218,11 +270,13 @@ class FedMuscleClient:
 
     def _step(self, anchor: torch.Tensor, reply: PeerTerms | PeerSums, index: int) -> None:
         assert self._released is not None
-        if not reply.peers[index]:  # every peer has left the federation: nothing to align to
+        group = reply.group if isinstance(reply, SumTerms) else reply.peers[index]
+        if not group:  # every peer has left the federation: nothing to align to
             return
+        own_q = self._own.sq_norm[index] if self._own is not None else None
         loss = contrastive_loss(self.settings.method, anchor, reply, index,
                                 tau=self.settings.tau, gamma=self.settings.gamma,
-                                released=self._released[index])
+                                released=self._released[index], released_sq_norm=own_q)
         self.cl_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.cl_optimizer.step()

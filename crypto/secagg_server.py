@@ -122,13 +122,14 @@ class SecAggServer:
         if msg_stage is not self.stage:
             raise ProtocolError(sender, stage, f"{type(msg).__name__} (stage {msg_stage.value!r}) "
                                 f"arrived during stage {stage!r}")
-        if sender not in self._expected():
-            self.ignored.append((sender, type(msg).__name__))  # dropped earlier: stays out
-            return []
+        if sender not in self._expected() or sender in self.dropped_at:
+            self.ignored.append((sender, type(msg).__name__))  # dropped (earlier, or announced
+            return []                                          # via drop()): stays out
         if sender in self._received():
             raise ProtocolError(sender, stage, f"duplicate {type(msg).__name__}")
         self._accept(msg)
-        if all(p in self._received() for p in self._expected()):
+        got = self._received()
+        if all(p in got or p in self.dropped_at for p in self._expected()):
             return self._advance()
         return []
 

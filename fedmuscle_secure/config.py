@@ -119,6 +119,19 @@ class PrivacyConfig(_Strict):
     budget: BudgetConfig = BudgetConfig()
 
 
+class SecAggConfig(_Strict):
+    """Secure aggregation (DESIGN §4.1, §4.2, §5.1 distributed noise)."""
+
+    threshold: int | None = Field(default=None, ge=2, description="t of the Shamir sharing; "
+                                  "default a majority of the clients, floor(N/2)+1")
+    t_collude: int | None = Field(default=None, ge=0, description="clients that may collude with "
+                                  "the server when sizing the distributed DP noise; default t-1")
+    clip: float | None = Field(default=None, gt=0, description="per-coordinate clip before the "
+                               "fixed-point encoding; default 1 + 10 sd of the noise share")
+    frac_bits: int | None = Field(default=None, ge=1, description="fixed-point fractional bits; "
+                                  "default the largest for which the group sum cannot overflow")
+
+
 class ServerConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -132,7 +145,8 @@ class ExperimentConfig(_Strict):
     clients: list[ClientConfig] = Field(min_length=2)
     training: TrainingConfig = TrainingConfig()
     muscle: MuscleConfig = MuscleConfig()
-    protection: Literal["plain"] = "plain"
+    protection: Literal["plain", "secagg"] = "plain"
+    secagg: SecAggConfig = SecAggConfig()
     server: ServerConfig = ServerConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     compare_local: bool = True
@@ -243,8 +257,41 @@ def check_semantics(cfg: ExperimentConfig) -> None:
         if mech.enabled and (mech.noise_multiplier is None) == (mech.target_epsilon is None):
             raise ConfigError(f"privacy.{key}",
                               "enabled: give exactly one of noise_multiplier or target_epsilon")
+    _check_secagg(cfg)
     if d.partition == "classes" and d.classes_per_client is None:
         raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
+
+
+def default_threshold(n: int) -> int:
+    """Default secagg threshold: a majority of the N configured clients, at least 2."""
+    return max(2, n // 2 + 1)
+
+
+def _check_secagg(cfg: ExperimentConfig) -> None:
+    if cfg.protection != "secagg":
+        return
+    n = len(cfg.clients)
+    if cfg.muscle.method not in ("muscle_sum", "local"):
+        raise ConfigError("muscle.method", f"protection 'secagg' reveals only sums, so it trains "
+                          f"the sum form: set muscle.method to 'muscle_sum' (got {cfg.muscle.method!r})")
+    if n < 3:
+        raise ConfigError("clients", f"protection 'secagg' needs at least 3 clients (with 2, each "
+                          f"would learn the other's release from the sum); got {n}")
+    s = cfg.secagg
+    t = s.threshold if s.threshold is not None else default_threshold(n)
+    if t > n:
+        raise ConfigError("secagg.threshold", f"t={t} exceeds the number of clients N={n}")
+    if s.t_collude is not None and s.t_collude >= t:
+        raise ConfigError("secagg.t_collude", f"must be smaller than the threshold t={t} "
+                          f"(got {s.t_collude}); t or more colluders can unmask anyway")
+    if s.frac_bits is not None:
+        from fedmuscle_secure.crypto.encoding import FixedPointCodec
+        from fedmuscle_secure.errors import EncodingError
+
+        try:
+            FixedPointCodec(clip=s.clip or 1.0, frac_bits=s.frac_bits, num_clients=n)
+        except EncodingError as exc:
+            raise ConfigError("secagg.frac_bits", str(exc)) from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -113,6 +113,10 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
         for d in fed.server.departures:
             if d["round"] == r:
                 run.event("client_left", method=method, **d)
+        if fed.server.settings.secure is not None:
+            for e in fed.server.settings.secure.events:
+                if e["round"] == r:
+                    run.event(e["event"], method=method, **{k: v for k, v in e.items() if k != "event"})
         _checkpoint(run, method, r, fed, rows, finished=False)
         run.write_metrics(prior_rows + rows)
         if stop_after is not None and r >= stop_after and r < rounds:

@@ -94,11 +94,58 @@ class Leave:
     reason: str
 
 
-Message = RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave
+@dataclass(frozen=True)
+class SecAggEnvelope:
+    """One secure-aggregation stage message (DESIGN §4.2) of exchange (round, epoch, batch),
+    either direction; ``client`` is the client end. The setup also carries the public
+    :class:`~fedmuscle_secure.crypto.sum_encoding.SumEncoding` of the exchange."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    body: object
+    encoding: object | None = None
+
+
+@dataclass(frozen=True)
+class SumTerms:
+    """Server → client under ``secagg``: the §2.2 terms from the unmasked group sums,
+    S = U/τ (nb, B, d) and log α = −(γ/2)(||U||² − q) (nb, B). The group is every survivor,
+    the recipient included, so the client applies the leave-one-out correction."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    group: tuple[str, ...]
+    scaled_sum: torch.Tensor
+    log_alpha: torch.Tensor
+    includes_self: bool = True
+
+
+@dataclass(frozen=True)
+class ExchangeAborted:
+    """Server → client: the secure exchange (round, epoch, batch) ended without a sum
+    (fewer than t clients reached a stage); the client skips its step and goes on."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    reason: str
+
+
+Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | SecAggEnvelope
+           | SumTerms | ExchangeAborted)
 
 
 def payload_bytes(msg: Message) -> int:
     """Bytes of tensor payload a message carries (what a wire format must move)."""
+    if isinstance(msg, SecAggEnvelope):
+        from fedmuscle_secure.crypto.secagg_messages import secagg_payload_bytes
+
+        return secagg_payload_bytes(msg.body)
     total = 0
     for f in fields(msg):
         value = getattr(msg, f.name)

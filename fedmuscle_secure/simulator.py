@@ -24,6 +24,7 @@ from fedmuscle_secure.messages import (
     Representations,
     RoundPlan,
     RoundReport,
+    SecAggEnvelope,
     payload_bytes,
 )
 from fedmuscle_secure.models import build_client_model
@@ -71,6 +72,8 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
     public_x = torch.from_numpy(np.ascontiguousarray(split.public_x))
     in_chans = int(split.public_x.shape[1])
     clients: dict[str, FedMuscleClient] = {}
+    secure = cfg.protection == "secagg" and method == "muscle_sum"
+    identities = _identities(cfg, record_dir) if secure else {}
     calibration = None
     if dp_enabled(cfg):
         calibration = calibrate(cfg, {c.name: len(split.shards[i].y_train)
@@ -92,6 +95,9 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         if record_dir is not None or calibration is not None:
             privacy, dpsgd = _client_privacy(cfg, c.name, model, task, train, calibration,
                                              record_dir, method)
+        secure_client = None
+        if secure:
+            secure_client = _secure_client(cfg, c.name, identities, calibration, privacy)
         settings = ClientSettings(
             method=method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
             lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
@@ -99,18 +105,53 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         clients[c.name] = FedMuscleClient(
             c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
             test=_labelled(task, split.test_x, split.test_y), public_x=public_x, settings=settings,
-            privacy=privacy, dpsgd=dpsgd)
+            privacy=privacy, dpsgd=dpsgd, secure=secure_client)
+    secure_server = None
+    if secure:
+        from fedmuscle_secure.server.secure_exchange import SecureExchanges
+
+        params = next(iter(clients.values())).secure.params
+        secure_server = SecureExchanges(
+            threshold=params.threshold, identities={k: v.public_key() for k, v in identities.items()},
+            encoding_for=params.encoding, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]),
+            device=resolve_device(cfg.server.device))
     server = FedMuscleServer(list(clients), ServerSettings(
         method=method, exchange=cfg.muscle.exchange, num_selected=cfg.muscle.num_selected,
         batch_size=cfg.muscle.batch_size, public_size=int(public_x.shape[0]),
         cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
-        device=resolve_device(cfg.server.device)))
+        device=resolve_device(cfg.server.device), secure=secure_server))
     receipts = None
     if record_dir is not None:
         from fedmuscle_secure.ledger import ReceiptLog
 
         receipts = ReceiptLog.open(record_dir / "receipts.jsonl")
     return Federation(server, clients, method, receipts)
+
+
+def _identities(cfg: ExperimentConfig, record_dir: Path | None) -> dict:
+    """Every organisation's Ed25519 identity (signs its secagg key advertisements and its
+    ledger): from ``record_dir/keys`` when the run keeps records, else made in memory."""
+    from fedmuscle_secure.identity import generate_identity
+
+    if record_dir is None:
+        return {c.name: generate_identity() for c in cfg.clients}
+    return {c.name: identity_key(record_dir / "keys", c.name) for c in cfg.clients}
+
+
+def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibration, privacy):
+    from fedmuscle_secure.client.secure_exchange import SecureExchangeClient
+    from fedmuscle_secure.config import ConfigError
+    from fedmuscle_secure.errors import EncodingError
+    from fedmuscle_secure.secagg_setup import secagg_parameters
+
+    sigma = calibration.representation_sigma if calibration is not None else None
+    params = secagg_parameters(cfg, sigma)
+    try:
+        params.encoding(cfg.data.public_size // cfg.muscle.batch_size, len(cfg.clients))
+    except EncodingError as exc:
+        raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
+    peers = {k: v.public_key() for k, v in identities.items() if k != name}
+    return SecureExchangeClient(name, identities[name], peers, params, privacy)
 
 
 def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: LabelledData,
@@ -160,12 +201,19 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
     return ClientPrivacy(name, settings, ledger), dpsgd
 
 
-def _receipt(fed: Federation, msg: Representations) -> None:
+def _receipt(fed: Federation, msg: Representations | SecAggEnvelope) -> None:
     """The server side's receipt of a payload, digested as it arrived (§5.4)."""
     from fedmuscle_secure.ledger import payload_digest
 
-    digest, size = payload_digest(msg.z)
+    digest, size = payload_digest(msg.z if isinstance(msg, Representations) else msg.body.masked)
     fed.receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)
+
+
+def _carries_release(msg: Message) -> bool:
+    from fedmuscle_secure.crypto.secagg_messages import MaskedInput
+
+    return isinstance(msg, Representations) or (isinstance(msg, SecAggEnvelope)
+                                                and isinstance(msg.body, MaskedInput))
 
 
 def _phase(msg: Message) -> str:
@@ -191,7 +239,7 @@ def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, flo
         stats[msg.client]["wall_time_s"] += time.perf_counter() - t0
         for rep in replies:
             stats[rep.client]["bytes_sent"] += payload_bytes(rep)
-            if fed.receipts is not None and isinstance(rep, Representations):
+            if fed.receipts is not None and _carries_release(rep):
                 _receipt(fed, rep)
             if isinstance(rep, RoundReport):
                 reports[rep.client] = rep

@@ -84,3 +84,14 @@ def membership_matrix(selection: torch.Tensor, n: int) -> torch.Tensor:
     w = torch.zeros(n, n)
     w.scatter_(1, selection, 1.0)
     return w
+
+
+def sum_form_terms(u: torch.Tensor, q: torch.Tensor, *, tau: float, gamma: float,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """S = U/τ and log α = −(γ/2)(||U||² − q) of §2.2 from group sums, batched over the
+    exchange's nb batches: U (nb, B, d), q (nb, B) → ((nb, B, d), (nb, B)), float64."""
+    dev = torch.device(device)
+    u = u.to(dev, torch.float64)
+    q = q.to(dev, torch.float64)
+    log_alpha = -0.5 * gamma * ((u * u).sum(-1) - q)
+    return (u / tau).cpu(), log_alpha.cpu()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
+from fedmuscle_secure.server.secure_exchange import SecureExchanges
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.errors import ProtocolError
@@ -24,6 +25,7 @@ from fedmuscle_secure.messages import (
     Representations,
     RoundPlan,
     RoundReport,
+    SecAggEnvelope,
 )
 from fedmuscle_secure.seeding import derive_seed
 
@@ -45,6 +47,7 @@ class ServerSettings:
     gamma: torch.Tensor    # (N, N) γ per pair
     seed: int
     device: torch.device
+    secure: SecureExchanges | None = None  # protection: secagg (DESIGN §4.2)
 
 
 class FedMuscleServer:
@@ -88,7 +91,10 @@ class FedMuscleServer:
             self._plan = self._plan[:0]
         self._pending, self.reports = {}, {}
         self.stage = ServerStage.COLLECTING
-        return [RoundPlan(c, r, self.settings.exchange, self._plan) for c in self.active]
+        plans: list[Message] = [RoundPlan(c, r, self.settings.exchange, self._plan) for c in self.active]
+        if self.settings.secure is not None:
+            plans += self.settings.secure.start_round(r, self._plan, self.settings.exchange, self.active)
+        return plans
 
     @property
     def round_complete(self) -> bool:
@@ -102,7 +108,9 @@ class FedMuscleServer:
                                 f"in this federation (active: {self.active})")
         if self.stage is not ServerStage.COLLECTING:
             raise ProtocolError(sender, self.stage.value, f"{type(msg).__name__} arrived between rounds")
-        if isinstance(msg, Representations):
+        if isinstance(msg, SecAggEnvelope) and self.settings.secure is not None:
+            return self.settings.secure.handle(msg, self.active)
+        if isinstance(msg, Representations) and self.settings.secure is None:
             return self._on_representations(msg)
         if isinstance(msg, RoundReport):
             return self._on_report(msg)
@@ -143,6 +151,8 @@ class FedMuscleServer:
         self.reports.pop(msg.client, None)
         self.departures.append({"client": msg.client, "round": msg.round, "reason": msg.reason})
         out = self._maybe_reply()
+        if self.settings.secure is not None:
+            out += self.settings.secure.drop(msg.client, self.active)
         self._maybe_finish_round()
         return out
 

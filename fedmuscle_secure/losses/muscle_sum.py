@@ -22,7 +22,7 @@ from torch import Tensor
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.losses.muscle import check_reduction, reduce_per_anchor
 
-__all__ = ["leave_one_out", "muscle_sum_loss"]
+__all__ = ["leave_one_out", "leave_one_out_terms", "muscle_sum_loss", "muscle_sum_loss_from_terms"]
 
 
 def _check_sum_inputs(anchor: Tensor, peer_sum: Tensor, peer_sq_norm_sum: Tensor) -> None:
@@ -74,3 +74,29 @@ def leave_one_out(peer_sum: Tensor, peer_sq_norm_sum: Tensor, own: Tensor) -> tu
         raise ValueError(f"own: expected shape (B, d), got {tuple(own.shape)}")
     _check_sum_inputs(own, peer_sum, peer_sq_norm_sum)
     return peer_sum - own, peer_sq_norm_sum - (own * own).sum(dim=1)
+
+
+def muscle_sum_loss_from_terms(anchor: Tensor, scaled_sum: Tensor, log_alpha: Tensor, *,
+                               reduction: str = "mean") -> Tensor:
+    """The same loss from the server's terms S = U/τ (B, d) and log α (B,) (§2.2, §3)."""
+    check_reduction(reduction)
+    _check_sum_inputs(anchor, scaled_sum, log_alpha)
+    logits = anchor @ scaled_sum.T.to(anchor.dtype) + log_alpha.to(anchor.dtype)[None, :]
+    losses = torch.logsumexp(logits, dim=1) - logits.diagonal()
+    return reduce_per_anchor(losses, reduction)
+
+
+def leave_one_out_terms(scaled_sum: Tensor, log_alpha: Tensor, own: Tensor, own_sq_norm: Tensor, *,
+                        tau: float, gamma: float) -> tuple[Tensor, Tensor]:
+    """Leave-one-out on the terms: client n removes its own contribution (``own`` (B, d) to U,
+    ``own_sq_norm`` (B,) to q) from S and log α computed over a group that includes it.
+
+    With U = τS: ||U − z||² − (q − q_n) = (||U||² − q) − 2U·z + ||z||² + q_n, so
+    S' = S − z/τ and log α' = log α + (γ/2)(2U·z − ||z||² − q_n).
+    """
+    _check_sum_inputs(own, scaled_sum, log_alpha)
+    u = scaled_sum * tau
+    own = own.to(scaled_sum.dtype)
+    correction = 0.5 * gamma * (2 * (u * own).sum(dim=1) - (own * own).sum(dim=1)
+                                - own_sq_norm.to(scaled_sum.dtype))
+    return scaled_sum - own / tau, log_alpha + correction

@@ -1,0 +1,104 @@
+"""A client's side of the secure exchanges under ``protection: secagg`` (DESIGN §4.2, §5.1).
+
+Owned by :class:`~fedmuscle_secure.client.state.FedMuscleClient`; one pipeline owns the
+order clip → noise share → encode → mask: :meth:`SecureExchangeClient.begin` takes the
+batch's representations, privatizes and encodes them, and starts a fresh
+:class:`SecAggClient` (new keys and seed) for the instance; :meth:`handle` forwards the
+later stages. The release is recorded in the ledger when the masked input is produced,
+the point from which the server can learn a sum that contains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from fedmuscle_secure.crypto.secagg_client import SecAggClient
+from fedmuscle_secure.crypto.secagg_messages import MaskedInput, SecAggSetup
+
+from fedmuscle_secure.dp.noise import clip_rows
+from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.messages import SecAggEnvelope
+from fedmuscle_secure.secagg_setup import SecAggParameters
+
+if TYPE_CHECKING:
+    from fedmuscle_secure.client.privacy import ClientPrivacy
+
+SERVER = "server"
+
+
+@dataclass(frozen=True)
+class OwnContribution:
+    """What this client put into the group sum (decoded), for leave-one-out."""
+
+    z: torch.Tensor        # (nb, B, d) float64
+    sq_norm: torch.Tensor  # (nb, B) float64
+
+
+class SecureExchangeClient:
+    def __init__(self, name: str, identity: Ed25519PrivateKey,
+                 peer_identities: Mapping[str, Ed25519PublicKey], params: SecAggParameters,
+                 privacy: ClientPrivacy | None) -> None:
+        self.name = name
+        self._identity = identity
+        self._peers = dict(peer_identities)
+        self.params = params
+        self.privacy = privacy
+        self._seen: set[bytes] = set()       # instance ids: a replayed setup is refused
+        self.instance: SecAggClient | None = None
+        self._event = None
+        self._clipped = 0
+        self.masked_sent = False
+        self.clipped_values = 0              # over the run, reported in the ledger per release
+
+    def begin(self, env: SecAggEnvelope, z: torch.Tensor) -> tuple[SecAggEnvelope, OwnContribution]:
+        """Start the instance of ``env`` (a setup) with representations ``z`` (nb, B, d)."""
+        setup = env.body
+        assert isinstance(setup, SecAggSetup)
+        nb = int(z.shape[0])
+        expected = self.params.encoding(nb, len(setup.participants))
+        if env.encoding != expected or setup.threshold != self.params.threshold:
+            raise ProtocolError(SERVER, "setup", f"the server's encoding {env.encoding} or threshold "
+                                f"{setup.threshold} differ from this client's {expected}, t="
+                                f"{self.params.threshold} (configs out of sync?)")
+        ex = (env.epoch, env.batch)
+        if self.privacy is not None:  # may raise PrivacyBudgetExceeded (refusal recorded)
+            z, self._event = self.privacy.secure_release(
+                env.round, ex, z, threshold=self.params.threshold, t_collude=self.params.t_collude)
+        else:
+            z, self._event = clip_rows(z, 1.0)[0], None
+        z = z.to(torch.float64)
+        if self._event is not None:  # public expectation: the realised norms are not accounted
+            q = torch.full(z.shape[:2], self.params.expected_sq_norm, dtype=torch.float64)
+        else:
+            q = (z * z).sum(-1)
+        vector, self._clipped = expected.encode(z, q)
+        self.clipped_values += self._clipped
+        own_z, own_q = expected.decode(vector)
+        self.instance = SecAggClient(self.name, self._identity, self._peers, setup, vector,
+                                     seen_instances=self._seen)
+        self.masked_sent = False
+        return self._wrap(env, self.instance.advertise()), OwnContribution(own_z, own_q)
+
+    def handle(self, env: SecAggEnvelope) -> SecAggEnvelope:
+        if self.instance is None:
+            raise ProtocolError(SERVER, "idle", f"{type(env.body).__name__} before any setup")
+        reply = self.instance.handle(env.body)
+        if isinstance(reply, MaskedInput):
+            self.masked_sent = True
+            if self.privacy is not None:
+                self.privacy.record_secure_release(
+                    env.round, (env.epoch, env.batch), self._event, reply.masked,
+                    group=len(self.instance.participants), threshold=self.params.threshold,
+                    t_collude=self.params.t_collude, clipped_values=self._clipped)
+        return self._wrap(env, reply)
+
+    def end(self) -> None:
+        """The exchange is over (sum received or aborted): forget the instance."""
+        self.instance, self._event = None, None
+
+    def _wrap(self, env: SecAggEnvelope, body: object) -> SecAggEnvelope:
+        return SecAggEnvelope(self.name, env.round, env.epoch, env.batch, body)
