@@ -168,7 +168,7 @@ class FedMuscleClient:
         if (msg.client, msg.round, msg.epoch, msg.batch) != (self.name, self._plan.round, *self._exchange):
             raise ProtocolError(SERVER, self.stage.value,
                                 f"{type(msg).__name__} for exchange (round {msg.round}, epoch "
-                                f"{msg.epoch}, batch {msg.batch}) but {self.name!r} is in round "
+                                f"{msg.epoch}, batch {msg.batch}) but {self.name!r} waits for round "
                                 f"{self._plan.round}, epoch/batch {self._exchange}")
 
     def _on_reply(self, reply: PeerTerms | PeerSums | SumTerms | ExchangeAborted) -> list[Message]:

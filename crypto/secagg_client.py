@@ -210,7 +210,8 @@ class SecAggClient:
                 continue
             seed = hz.pair_mask_seed(self._mask_key, self._adverts[peer].mask_public,
                                      instance_id=self.instance_id, me=self.name, peer=peer)
-            masked += pair_sign(self.name, peer) * hz.mask_stream(seed, self._vector.numel())
+            stream = hz.mask_stream(seed, self._vector.numel())
+            masked.add_(stream) if pair_sign(self.name, peer) > 0 else masked.sub_(stream)
         self._vector = None  # the plaintext input is not needed any more
         self.stage = SecAggStage.MASKED_INPUT
         return MaskedInput(self.name, self.instance_id, masked)

@@ -199,8 +199,8 @@ class SecAggServer:
         if len(got) < self.threshold:
             self.abort_reason = (f"only {len(got)} of {len(self._expected())} clients completed stage "
                                  f"{self.stage.value!r}; the threshold is {self.threshold}")
-            self.stage = SecAggStage.ABORTED
-            raise SecAggAborted("server", self.stage.value, self.abort_reason)
+            failed, self.stage = self.stage.value, SecAggStage.ABORTED
+            raise SecAggAborted("server", failed, self.abort_reason)  # .stage: the stage that failed
         if self.stage is SecAggStage.ADVERTISE_KEYS:
             self.stage = SecAggStage.SHARE_KEYS
             adverts = tuple(self.adverts[p] for p in self.participants if p in self.adverts)
