@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_loss.py
 	$(PY) bench/bench_privacy.py
+	$(PY) bench/bench_secagg.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmuscle_secure crypto server client tests bench
