@@ -53,6 +53,7 @@ class SecureExchangeClient:
         self._clipped = 0
         self.masked_sent = False
         self.clipped_values = 0              # over the run, reported in the ledger per release
+        self.aborted = 0                     # exchanges that ended without a sum
 
     def begin(self, env: SecAggEnvelope, z: torch.Tensor) -> tuple[SecAggEnvelope, OwnContribution]:
         """Start the instance of ``env`` (a setup) with representations ``z`` (nb, B, d)."""

@@ -90,6 +90,7 @@ class FedMuscleClient:
         self.dpsgd = dpsgd
         self.secure = secure  # protection: secagg — releases go through secure sums only
         self._own: OwnContribution | None = None
+        self._aborted_before = self._clipped_before = 0  # secagg counters at the last report
         self.left: dict | None = None  # {"round", "reason"} once the client has left
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                                weight_decay=settings.weight_decay)
@@ -178,6 +179,8 @@ class FedMuscleClient:
         epoch, batch = self._exchange
         batches = self._plan.batches[epoch]
         aborted = isinstance(reply, ExchangeAborted)
+        if aborted and self.secure is not None:
+            self.secure.aborted += 1
         if aborted and self.privacy is not None:
             sent = self.secure is not None and self.secure.masked_sent
             self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
@@ -291,6 +294,10 @@ class FedMuscleClient:
         if self.privacy is not None:
             eps = self.privacy.end_round(r)
             metrics["eps_record"], metrics["eps_client"] = eps["record"], eps["client"]
+        if self.secure is not None:
+            metrics["secagg_aborted"] = float(self.secure.aborted - self._aborted_before)
+            metrics["clipped_values"] = float(self.secure.clipped_values - self._clipped_before)
+            self._aborted_before, self._clipped_before = self.secure.aborted, self.secure.clipped_values
         metrics["cl_loss"] = sum(cl) / len(cl) if cl else float("nan")
         metrics["cl_steps"] = float(len(cl))
         return RoundReport(self.name, r, metrics)

@@ -22,6 +22,7 @@ METRIC_COLUMNS = [
     "method", "round", "client", "model", "task", "metric", "test_metric", "val_metric",
     "task_loss", "cl_loss", "cl_steps", "bytes_sent", "bytes_received", "wall_time_s",
     "eps_record", "eps_client", "sigma_record", "sigma_client", "releases", "left_round", "left_reason",
+    "secagg_aborted", "clipped_values",
 ]
 KEEP_CHECKPOINTS = 2
 

@@ -127,6 +127,29 @@ def _privacy_table(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _secagg_section(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
+    """What the server could see under secure aggregation, and what went wrong."""
+    from fedmuscle_secure.config import default_threshold
+
+    n = len(cfg.clients)
+    t = cfg.secagg.threshold or default_threshold(n)
+    tc = cfg.secagg.t_collude if cfg.secagg.t_collude is not None else t - 1
+    lines = ["## Secure aggregation", "",
+             (f"The server saw only the sum over the surviving clients of their fixed-point, "
+             f"pairwise-masked releases, one instance per exchange (threshold t = {t} of {n}; "
+             f"distributed noise sized for t_collude = {tc}). Per client over the run:"), "",
+             "| client | exchanges aborted | values clipped by the encoding |", "|---|---:|---:|"]
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        if r["round"] != "final" and r["method"] == cfg.muscle.method:
+            agg = per.setdefault(r["client"], [0.0, 0.0])
+            agg[0] += float(r.get("secagg_aborted") or 0)
+            agg[1] += float(r.get("clipped_values") or 0)
+    for c, (aborted, clipped) in per.items():
+        lines.append(f"| {c} | {aborted:.0f} | {clipped:.0f} |")
+    return "\n".join(lines)
+
+
 def comparisons(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[Comparison]:
     final = final_metrics(rows)
     meta = {c.name: {"model": c.model, "task": c.task} for c in cfg.clients}
@@ -141,7 +164,8 @@ def comparisons(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[Compa
 def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     """Write ``summary.md``: the per-client table, Δ, and communication per round."""
     setting = (f"Method `{cfg.muscle.method}`, exchange `{cfg.muscle.exchange}`, protection "
-               f"`{cfg.protection}`, N = {len(cfg.clients)}, M = {cfg.muscle.num_selected}, "
+               f"`{cfg.protection}`, N = {len(cfg.clients)}, "
+               f"{'group = every surviving client' if cfg.protection == 'secagg' else f'M = {cfg.muscle.num_selected}'}, "
                f"B = {cfg.muscle.batch_size}, d = {cfg.muscle.dim}, R = {cfg.training.rounds}, "
                f"E = {cfg.training.local_epochs}, T = {cfg.training.cl_epochs}.")
     parts = [f"# Run summary: {cfg.name} (seed {cfg.seed})", "", setting, "",
@@ -156,6 +180,8 @@ def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]])
     privacy = _privacy_table(cfg, rows)
     if privacy:
         parts += [privacy, ""]
+    if cfg.protection == "secagg":
+        parts += [_secagg_section(cfg, rows), ""]
     parts += ["## Communication and compute", "", _comm_table(rows), ""]
     text = "\n".join(parts)
     path.write_text(text)

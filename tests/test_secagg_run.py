@@ -112,6 +112,22 @@ def test_share_noise_multiplier_arithmetic():
         share_noise_multiplier(1.0, 3, 3)
 
 
+def test_distributed_shares_sum_to_the_target_variance():
+    """t − t_collude clients' noise shares (from the CSPRNG release path) add up to the
+    target variance (σ·2√B)²: 4·10⁵ coordinates per share, 5-sd tolerance on the variance."""
+    from fedmuscle_secure.dp.noise import gaussian_release
+
+    sigma, t, tc, rows, dim = 1.5, 5, 2, 16, 25_000
+    share = share_noise_multiplier(sigma, t, tc)
+    zero = torch.zeros(1, rows, dim, dtype=torch.float64)
+    total = sum(gaussian_release(zero, noise_multiplier=share)[0] for _ in range(t - tc))
+    target = (sigma * 2 * math.sqrt(rows)) ** 2
+    n = total.numel()
+    assert float(total.var()) == pytest.approx(target, rel=5 * math.sqrt(2 / n))
+    one = gaussian_release(zero, noise_multiplier=share)[0]
+    assert float(one.var()) == pytest.approx(target / (t - tc), rel=5 * math.sqrt(2 / n))
+
+
 @pytest.mark.slow
 def test_secagg_dp_run_ledgers_record_guaranteed_noise_and_audit(tmp_path):
     sigma = 3.0
@@ -166,6 +182,10 @@ def test_abort_when_fewer_than_t_remain_is_recorded_without_release(tmp_path):
     c_entries = [json.loads(line) for line in (tmp_path / "run" / "ledger" / "c.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in c_entries if e["kind"] in ("refusal", "leave")] == ["refusal", "leave"]
     assert not audit_run(tmp_path / "run").failures
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in summary.split("## Secure aggregation")[1].splitlines()
+            if line.startswith("| ") and not line.startswith("| client")}
+    assert int(rows["a"].split("|")[2]) == len([e for e in aborted if e["stage"] in ("advertise_keys", "setup")])
 
 
 @pytest.mark.parametrize("over,field", [
