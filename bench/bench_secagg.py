@@ -19,6 +19,7 @@ pays per round. Target: secagg round ≤ 1.3× plain; ours ≥ 2× faster than F
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -209,10 +210,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).parent))
     cfg = load_config(args.config)
-    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), load average at start "
+          f"{os.getloadavg()[0]:.2f}")
     exchange_table(cfg, args.repeats)
     if not args.skip_round:
         round_table(cfg, args.round_repeats)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
