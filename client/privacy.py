@@ -11,7 +11,9 @@ same way under the record-level guarantee.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -90,7 +92,7 @@ class ClientPrivacy:
 
     # -- client level: representation releases ----------------------------------------
     def release(self, round_: int, exchange: tuple[int, int | None], z: torch.Tensor,
-                recipient: str) -> torch.Tensor:
+                recipient: str, protect: Callable[[torch.Tensor], Any] | None = None) -> Any:
         """clip → noise → (record) the payload that leaves the client; (nb, B, d) in and out.
 
         Raises :class:`PrivacyBudgetExceeded` (after recording the refusal) instead of
@@ -109,7 +111,9 @@ class ClientPrivacy:
             self.clipped_rows += clipped
             self._record(round_, ex, event)
         payload = z.float().contiguous()
-        digest, size = payload_digest(payload)
+        if protect is not None:  # ckks: what leaves is the ciphertext (its bytes are digested)
+            payload = protect(payload)
+        digest, size = payload_digest(*(payload.payload_parts() if protect is not None else [payload]))
         self._log("egress", {"round": round_, "exchange": ex, "recipient": recipient,
                              "sha256": digest, "bytes": size})
         self.releases += 1

@@ -20,6 +20,10 @@ from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError
 from fedmuscle_secure.messages import (
+    EncryptedPeers,
+    EncryptedRepresentations,
+    EncryptedSums,
+    EncryptedSumTerms,
     ExchangeAborted,
     Leave,
     Message,
@@ -35,6 +39,7 @@ from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.seeding import derive_seed
 
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting) only where DP is configured
+    from fedmuscle_secure.client.ckks_exchange import CkksClient
     from fedmuscle_secure.client.dp_sgd import DPSGDTrainer
     from fedmuscle_secure.client.privacy import ClientPrivacy
     from fedmuscle_secure.client.secure_exchange import OwnContribution, SecureExchangeClient
@@ -77,7 +82,7 @@ class FedMuscleClient:
                  val: LabelledData, test: LabelledData, public_x: torch.Tensor,
                  settings: ClientSettings, privacy: ClientPrivacy | None = None,
                  dpsgd: DPSGDTrainer | None = None,
-                 secure: SecureExchangeClient | None = None) -> None:
+                 secure: SecureExchangeClient | None = None, ckks: CkksClient | None = None) -> None:
         self.name = name
         self.model = model
         self.task = task
@@ -89,6 +94,7 @@ class FedMuscleClient:
         # are on only inside DPSGDTrainer.run, so the contrastive phase pays nothing for them.
         self.dpsgd = dpsgd
         self.secure = secure  # protection: secagg — releases go through secure sums only
+        self.ckks = ckks      # protection: ckks — releases leave encrypted
         self._own: OwnContribution | None = None
         self._aborted_before = self._clipped_before = 0  # secagg counters at the last report
         self.left: dict | None = None  # {"round", "reason"} once the client has left
@@ -118,8 +124,11 @@ class FedMuscleClient:
             return self._on_reply(msg)
         if self.secure is not None and isinstance(msg, SecAggEnvelope):
             return self._on_secagg(msg)
-        if self.secure is None and isinstance(msg, (PeerTerms, PeerSums)):
+        if self.secure is None and self.ckks is None and isinstance(msg, (PeerTerms, PeerSums)):
             return self._on_reply(msg)
+        if self.ckks is not None and isinstance(msg, (EncryptedSumTerms, EncryptedSums, EncryptedPeers)):
+            self._expect(ClientStage.AWAIT_REPLY, msg)
+            return self._on_reply(self.ckks.open(msg, gamma_uniform=self.settings.gamma))
         raise ProtocolError(SERVER, self.stage.value,
                             f"client {self.name!r} cannot accept a {type(msg).__name__}")
 
@@ -261,25 +270,34 @@ class FedMuscleClient:
         assert self._plan is not None
         r = self._plan.round
         z = self._representations(epoch, batch)
+        protect = None
+        if self.ckks is not None:
+            ckks = self.ckks
+            protect = lambda zz: ckks.protect(r, epoch, batch, zz)
         if self.privacy is not None:
             try:
-                z = self.privacy.release(r, (epoch, batch), z, recipient=SERVER)
+                out = self.privacy.release(r, (epoch, batch), z, recipient=SERVER, protect=protect)
             except PrivacyBudgetExceeded as exc:
                 return self._leave(r, str(exc))
-        self._released = z
+        else:
+            out = protect(z) if protect is not None else z
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
+        if isinstance(out, EncryptedRepresentations):
+            self._released = None  # the sum form under ckks excludes the client: no leave-one-out
+            return out
+        self._released = out
         return Representations(self.name, r, epoch, batch, self._released)
 
-    def _step(self, anchor: torch.Tensor, reply: PeerTerms | PeerSums, index: int) -> None:
-        assert self._released is not None
+    def _step(self, anchor: torch.Tensor, reply: PeerTerms | PeerSums | SumTerms, index: int) -> None:
         group = reply.group if isinstance(reply, SumTerms) else reply.peers[index]
         if not group:  # every peer has left the federation: nothing to align to
             return
         own_q = self._own.sq_norm[index] if self._own is not None else None
         loss = contrastive_loss(self.settings.method, anchor, reply, index,
                                 tau=self.settings.tau, gamma=self.settings.gamma,
-                                released=self._released[index], released_sq_norm=own_q)
+                                released=self._released[index] if self._released is not None else None,
+                                released_sq_norm=own_q)
         self.cl_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.cl_optimizer.step()

@@ -132,6 +132,17 @@ class SecAggConfig(_Strict):
                                   "default the largest for which the group sum cannot overflow")
 
 
+class CkksConfig(_Strict):
+    """CKKS homomorphic encryption with TenSEAL (DESIGN §4.3); validated before any data is
+    encrypted (slots, depth, SEAL's 128-bit security bound)."""
+
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: list[int] = [60, 40, 60]
+    global_scale_bits: int = 40
+    galois_keys: bool = Field(default=True, description="the server computes Enc(log α) itself "
+                              "(rotations); off: it returns Enc(U), Enc(q) and the client does")
+
+
 class ServerConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -145,8 +156,9 @@ class ExperimentConfig(_Strict):
     clients: list[ClientConfig] = Field(min_length=2)
     training: TrainingConfig = TrainingConfig()
     muscle: MuscleConfig = MuscleConfig()
-    protection: Literal["plain", "secagg"] = "plain"
+    protection: Literal["plain", "secagg", "ckks"] = "plain"
     secagg: SecAggConfig = SecAggConfig()
+    ckks: CkksConfig = CkksConfig()
     server: ServerConfig = ServerConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     compare_local: bool = True
@@ -258,6 +270,7 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"privacy.{key}",
                               "enabled: give exactly one of noise_multiplier or target_epsilon")
     _check_secagg(cfg)
+    _check_ckks(cfg)
     if d.partition == "classes" and d.classes_per_client is None:
         raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
 
@@ -292,6 +305,28 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
             FixedPointCodec(clip=s.clip or 1.0, frac_bits=s.frac_bits, num_clients=n)
         except EncodingError as exc:
             raise ConfigError("secagg.frac_bits", str(exc)) from None
+
+
+def ckks_parameters(cfg: ExperimentConfig):
+    from fedmuscle_secure.crypto.ckks import CkksParameters
+
+    c = cfg.ckks
+    return CkksParameters(poly_modulus_degree=c.poly_modulus_degree,
+                          coeff_mod_bit_sizes=tuple(c.coeff_mod_bit_sizes),
+                          global_scale_bits=c.global_scale_bits, galois_keys=c.galois_keys)
+
+
+def _check_ckks(cfg: ExperimentConfig) -> None:
+    """One row (padded to a power of two) must fit a ciphertext; the sum form needs depth 1;
+    the largest value is ||U||² over M unit rows (noise off) — with representation noise the
+    bound is checked when the noise is known (the federation's set-up)."""
+    if cfg.protection != "ckks":
+        return
+    if cfg.muscle.method not in ("muscle", "muscle_sum", "pairwise", "local"):
+        raise ConfigError("muscle.method", f"unsupported under ckks: {cfg.muscle.method!r}")
+    d_pad = 1 << (cfg.muscle.dim - 1).bit_length()
+    m = cfg.muscle.num_selected
+    ckks_parameters(cfg).validate(packed_length=d_pad, depth=1, max_abs_value=float(m * m))
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -136,8 +136,75 @@ class ExchangeAborted:
     reason: str
 
 
+@dataclass(frozen=True)
+class EncryptedRepresentations:
+    """Client → server under ``ckks`` (DESIGN §4.3): Enc(Z^n) for each of the exchange's nb
+    batches (:class:`~fedmuscle_secure.crypto.ckks.EncryptedMatrix`, rows packed many per
+    ciphertext) and Enc(q^n), the per-row squared norms (sum form only, else empty)."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    z: tuple
+    sq_norms: tuple
+
+    def payload_parts(self) -> list[bytes]:
+        """The ciphertext bytes in a fixed order: what the egress and receipt digests cover."""
+        return [c for enc in (*self.z, *self.sq_norms) for c in enc.ciphertexts]
+
+
+@dataclass(frozen=True)
+class EncryptedSumTerms:
+    """Server → client under ``ckks``, sum form with Galois keys: per batch Enc(S^n) = Enc(U/τ)
+    over the selected peers Q_n and Enc(||U_k||² − q_k) at each row's first slot."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peers: tuple[tuple[str, ...], ...]
+    scaled_sum: tuple
+    sq_norm_minus: tuple
+
+
+@dataclass(frozen=True)
+class EncryptedSums:
+    """Server → client under ``ckks``, sum form without Galois keys: per batch Enc(U), Enc(q)."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peers: tuple[tuple[str, ...], ...]
+    peer_sum: tuple
+    peer_sq_norm_sum: tuple
+
+
+@dataclass(frozen=True)
+class EncryptedPeers:
+    """Server → client under ``ckks``, exact Muscle / pairwise: per batch, the selected peers'
+    Enc(Z^m), m ∈ Q_n, routed unchanged (the server cannot read them; client n can)."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peers: tuple[tuple[str, ...], ...]
+    matrices: tuple
+
+
+ENCRYPTED = (EncryptedRepresentations, EncryptedSumTerms, EncryptedSums, EncryptedPeers)
+
 Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | SecAggEnvelope
-           | SumTerms | ExchangeAborted)
+           | SumTerms | ExchangeAborted | EncryptedRepresentations | EncryptedSumTerms | EncryptedSums
+           | EncryptedPeers)
+
+
+def _encrypted_bytes(value: object) -> int:
+    if isinstance(value, tuple):
+        return sum(_encrypted_bytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0))
 
 
 def payload_bytes(msg: Message) -> int:
@@ -146,6 +213,8 @@ def payload_bytes(msg: Message) -> int:
         from fedmuscle_secure.crypto.secagg_messages import secagg_payload_bytes
 
         return secagg_payload_bytes(msg.body)
+    if isinstance(msg, ENCRYPTED):
+        return sum(_encrypted_bytes(getattr(msg, f.name)) for f in fields(msg))
     total = 0
     for f in fields(msg):
         value = getattr(msg, f.name)

@@ -20,6 +20,7 @@ from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.data import FederatedSplit, get_task
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
 from fedmuscle_secure.messages import (
+    EncryptedRepresentations,
     Message,
     Representations,
     RoundPlan,
@@ -74,6 +75,7 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
     clients: dict[str, FedMuscleClient] = {}
     secure = cfg.protection == "secagg" and method == "muscle_sum"
     identities = _identities(cfg, record_dir) if secure else {}
+    provisioned = _provision_ckks(cfg) if cfg.protection == "ckks" and method != "local" else None
     calibration = None
     if dp_enabled(cfg):
         calibration = calibrate(cfg, {c.name: len(split.shards[i].y_train)
@@ -105,7 +107,8 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         clients[c.name] = FedMuscleClient(
             c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
             test=_labelled(task, split.test_x, split.test_y), public_x=public_x, settings=settings,
-            privacy=privacy, dpsgd=dpsgd, secure=secure_client)
+            privacy=privacy, dpsgd=dpsgd, secure=secure_client,
+            ckks=_ckks_client(cfg, c.name, method, provisioned, tau, gamma) if provisioned else None)
     secure_server = None
     if secure:
         from fedmuscle_secure.server.secure_exchange import SecureExchanges
@@ -119,13 +122,54 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         method=method, exchange=cfg.muscle.exchange, num_selected=cfg.muscle.num_selected,
         batch_size=cfg.muscle.batch_size, public_size=int(public_x.shape[0]),
         cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
-        device=resolve_device(cfg.server.device), secure=secure_server))
+        device=resolve_device(cfg.server.device), secure=secure_server,
+        ckks=_ckks_server(cfg, provisioned, float(tau[0, 1])) if provisioned else None))
     receipts = None
     if record_dir is not None:
         from fedmuscle_secure.ledger import ReceiptLog
 
         receipts = ReceiptLog.open(record_dir / "receipts.jsonl")
     return Federation(server, clients, method, receipts)
+
+
+def _provision_ckks(cfg: ExperimentConfig) -> tuple:
+    """The provisioning step (DESIGN §4.3): one CKKS context for the federation. Clients get
+    its bytes with the secret key, the server a public copy without it; both travel as
+    bytes, as they would between organisations."""
+    from fedmuscle_secure.config import ckks_parameters
+    from fedmuscle_secure.crypto.ckks import SecretContext
+
+    params = ckks_parameters(cfg)
+    sigma = None
+    if cfg.privacy.representation_noise.enabled:
+        sigma = calibrate(cfg, {c.name: 1 for c in cfg.clients}).representation_sigma
+    if sigma is not None:  # noisy rows: ||U||² of M rows with 6-sd noise per coordinate
+        from fedmuscle_secure.dp.noise import representation_sensitivity
+
+        std = sigma * representation_sensitivity(cfg.muscle.batch_size)
+        m = cfg.muscle.num_selected
+        d_pad = 1 << (cfg.muscle.dim - 1).bit_length()
+        params.validate(packed_length=d_pad, depth=1,
+                        max_abs_value=(m * (1 + 6 * std * cfg.muscle.dim ** 0.5)) ** 2)
+    secret = SecretContext.create(params)
+    return params, secret.serialize(), secret.to_public().serialize()
+
+
+def _ckks_client(cfg: ExperimentConfig, name: str, method: str, provisioned: tuple, tau, gamma):
+    from fedmuscle_secure.client.ckks_exchange import CkksClient
+    from fedmuscle_secure.crypto.ckks import SecretContext
+
+    params, secret_bytes, _ = provisioned
+    return CkksClient(name, SecretContext.from_bytes(secret_bytes, params), method=method,
+                      clients=[c.name for c in cfg.clients], tau=tau, gamma=gamma)
+
+
+def _ckks_server(cfg: ExperimentConfig, provisioned: tuple, tau: float):
+    from fedmuscle_secure.crypto.ckks import PublicContext
+    from fedmuscle_secure.server.ckks_exchange import CkksServerSide
+
+    params, _, public_bytes = provisioned
+    return CkksServerSide(PublicContext.from_bytes(public_bytes, params), tau, cfg.ckks.galois_keys)
 
 
 def _identities(cfg: ExperimentConfig, record_dir: Path | None) -> dict:
@@ -205,14 +249,17 @@ def _receipt(fed: Federation, msg: Representations | SecAggEnvelope) -> None:
     """The server side's receipt of a payload, digested as it arrived (§5.4)."""
     from fedmuscle_secure.ledger import payload_digest
 
-    digest, size = payload_digest(msg.z if isinstance(msg, Representations) else msg.body.masked)
+    if isinstance(msg, EncryptedRepresentations):
+        digest, size = payload_digest(*msg.payload_parts())
+    else:
+        digest, size = payload_digest(msg.z if isinstance(msg, Representations) else msg.body.masked)
     fed.receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)
 
 
 def _carries_release(msg: Message) -> bool:
     from fedmuscle_secure.crypto.secagg_messages import MaskedInput
 
-    return isinstance(msg, Representations) or (isinstance(msg, SecAggEnvelope)
+    return isinstance(msg, (Representations, EncryptedRepresentations)) or (isinstance(msg, SecAggEnvelope)
                                                 and isinstance(msg.body, MaskedInput))
 
 

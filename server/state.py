@@ -12,12 +12,14 @@ import enum
 from dataclasses import dataclass
 
 import torch
+from fedmuscle_secure.server.ckks_exchange import CkksServerSide, ckks_replies
 from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
 from fedmuscle_secure.server.secure_exchange import SecureExchanges
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
+    EncryptedRepresentations,
     Leave,
     Message,
     PeerSums,
@@ -48,6 +50,7 @@ class ServerSettings:
     seed: int
     device: torch.device
     secure: SecureExchanges | None = None  # protection: secagg (DESIGN §4.2)
+    ckks: CkksServerSide | None = None      # protection: ckks (DESIGN §4.3)
 
 
 class FedMuscleServer:
@@ -110,7 +113,10 @@ class FedMuscleServer:
             raise ProtocolError(sender, self.stage.value, f"{type(msg).__name__} arrived between rounds")
         if isinstance(msg, SecAggEnvelope) and self.settings.secure is not None:
             return self.settings.secure.handle(msg, self.active)
-        if isinstance(msg, Representations) and self.settings.secure is None:
+        if isinstance(msg, Representations) and self.settings.secure is None \
+                and self.settings.ckks is None:
+            return self._on_representations(msg)
+        if isinstance(msg, EncryptedRepresentations) and self.settings.ckks is not None:
             return self._on_representations(msg)
         if isinstance(msg, RoundReport):
             return self._on_report(msg)
@@ -118,7 +124,7 @@ class FedMuscleServer:
             return self._on_leave(msg)
         raise ProtocolError(sender, self.stage.value, f"server cannot accept a {type(msg).__name__}")
 
-    def _on_representations(self, msg: Representations) -> list[Message]:
+    def _on_representations(self, msg: Representations | EncryptedRepresentations) -> list[Message]:
         r = self.round + 1
         if msg.round != r:
             raise ProtocolError(msg.client, self.stage.value, f"release for round {msg.round} during round {r}")
@@ -156,9 +162,18 @@ class FedMuscleServer:
         self._maybe_finish_round()
         return out
 
-    def _check_shape(self, msg: Representations) -> None:
+    def _check_shape(self, msg: Representations | EncryptedRepresentations) -> None:
         assert self._plan is not None
         nb = 1 if msg.batch is not None else self._plan.shape[1]
+        if isinstance(msg, EncryptedRepresentations):
+            want_q = nb if self.settings.method == "muscle_sum" else 0
+            shapes = {enc.shape[0] for enc in (*msg.z, *msg.sq_norms)}
+            if len(msg.z) != nb or len(msg.sq_norms) != want_q or shapes != {self.settings.batch_size}:
+                raise ProtocolError(msg.client, self.stage.value,
+                                    f"encrypted release must hold nb={nb} matrices of B="
+                                    f"{self.settings.batch_size} rows and {want_q} squared-norm "
+                                    f"vectors; got {len(msg.z)} and {len(msg.sq_norms)}")
+            return
         z = msg.z
         if z.ndim != 3 or z.shape[0] != nb or z.shape[1] != self.settings.batch_size \
                 or z.dtype != torch.float32 or not torch.isfinite(z).all():
@@ -171,10 +186,11 @@ class FedMuscleServer:
         s = self.settings
         order = [c for c in self.active if c in self._pending]
         m_eff = min(s.num_selected, len(order) - 1)  # fewer peers once clients have left
-        z = torch.stack([self._pending[c].z for c in order], dim=0)  # (N, nb, B, d)
+        if s.ckks is None:
+            z = torch.stack([self._pending[c].z for c in order], dim=0)  # (N, nb, B, d)
         idx = torch.tensor([self.index[c] for c in order])
         inv_tau, gamma = s.inv_tau[idx][:, idx], s.gamma[idx][:, idx]
-        nb = z.shape[1]
+        nb = 1 if batch is not None else int(self._plan.shape[1])
         sels, per_batch = [], []
         for b in range(nb):
             g = torch.Generator().manual_seed(
@@ -182,14 +198,18 @@ class FedMuscleServer:
             chosen = select_peers(list(range(len(order))), m_eff, g)
             sel = selection_tensor(chosen, list(range(len(order))))
             sels.append(sel)
+            if s.ckks is not None:
+                continue
             if s.method == "muscle_sum":
                 per_batch.append(peer_sums(z[:, b], membership_matrix(sel, len(order)), device=s.device))
             else:
                 per_batch.append(peer_terms(z[:, b], sel, inv_tau, gamma, device=s.device,
                                             with_alpha=s.method == "muscle"))
         self.last_selection = {order[n]: [order[m] for m in sels[0][n].tolist()] for n in range(len(order))}
-        out: list[Message] = []
         r = self.round + 1
+        if s.ckks is not None:
+            return ckks_replies(s.ckks, s.method, r, epoch, batch, order, self._pending, sels)
+        out: list[Message] = []
         for n, c in enumerate(order):
             peers = tuple(tuple(order[m] for m in sel[n].tolist()) for sel in sels)
             if s.method == "muscle_sum":
