@@ -60,6 +60,7 @@ def primitives(cfg, repeats: int) -> None:
     qs = [encrypt_row_values(secret, (z * z).sum(1), cols=d) for z in zs]
     u = add(public, encs)
     q = add(public, qs)
+    r = sq_norm_minus(public, u, q)
     rows = [
         ("encrypt Z (client)", lambda: encrypt_matrix(secret, zs[0]), b * d),
         ("encrypt q (client)", lambda: encrypt_row_values(secret, (zs[0] ** 2).sum(1), cols=d), b),
@@ -67,7 +68,7 @@ def primitives(cfg, repeats: int) -> None:
         ("scale by 1/τ (server)", lambda: scale(public, u, 5.0), b * d),
         ("||U||² − q (server)", lambda: sq_norm_minus(public, u, q), b * d),
         ("decrypt S (client)", lambda: decrypt_matrix(secret, encs[0]), b * d),
-        ("decrypt ||U||² − q (client)", lambda: decrypt_row_values(secret, sq_norm_minus(public, u, q)), b),
+        ("decrypt ||U||² − q (client)", lambda: decrypt_row_values(secret, r), b),
     ]
     print(f"\n== CKKS primitives, N = {params.poly_modulus_degree}, moduli {params.coeff_mod_bit_sizes}, "
           f"scale 2^{params.global_scale_bits}, B = {b}, d = {d}, medians of {repeats} ==")
