@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedmuscle_secure.audit_cli import add_audit_parser
 
     add_audit_parser(sub)
+    from fedmuscle_secure.provision_cli import add_provision_parser
+
+    add_provision_parser(sub)
     return p
 
 

@@ -1,0 +1,188 @@
+"""The ``provision`` subcommand: PKI for the mutual-TLS deployment (DESIGN §6).
+
+The work is :mod:`fedmuscle_secure.provision`; this module parses arguments and prints.
+Errors propagate to :func:`fedmuscle_secure.cli.main`, which maps them to the exit codes
+(0 ok, 1 failure, 2 bad usage or configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from fedmuscle_secure import provision as pki
+from fedmuscle_secure.errors import ConfigError
+
+#: ``--reason`` values: RFC 5280 CRLReason names, as ``x509.ReasonFlags`` spells them.
+REASONS = ("unspecified", "keyCompromise", "affiliationChanged", "superseded",
+           "cessationOfOperation", "privilegeWithdrawn")
+
+
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer number of days, got {text!r}")
+    return value
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """``provision init``: CA, server and organization certificates, CRL, clients.yaml."""
+    project = pki.load_project(args.project)
+    out = pki.init_ca_dir(project, args.out, days=args.days, force=args.force)
+    print(f"CA directory: {out}")
+    print(f"  CA:      {out / 'ca' / 'ca.crt'}  (key ca/ca.key: keep it offline)")
+    print(f"  server:  {out / 'server' / 'server.crt'}  hosts "
+          + ", ".join(str(h.value) for h in project.server_hosts))
+    for org in project.organizations:
+        print(f"  org:     {out / 'orgs' / org.name / (org.name + '.crt')}  -> {org.client_id}")
+    print(f"  CRL:     {out / pki.CRL_FILE};  subject -> client id: {out / pki.CLIENTS_FILE}")
+    return 0
+
+
+def cmd_csr(args: argparse.Namespace) -> int:
+    """``provision csr``: an organization's own key and certificate signing request."""
+    files = pki.make_csr(args.org, args.out, force=args.force)
+    print(f"key (keep it here, mode 0600): {files.key_path}")
+    print(f"CSR (send it to the CA operator): {files.csr_path}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """``provision sign``: the CA operator issues a certificate for a CSR."""
+    signed = pki.sign_csr(args.ca, args.csr, args.client_id, days=args.days,
+                          cert_out=args.cert_out)
+    print(f"signed {signed.org!r} as client {signed.client_id!r}, serial {signed.serial:x}")
+    print(f"  certificate: {signed.cert_path}")
+    print(f"  send back:   {signed.delivered_path}  (with {Path(args.ca) / 'ca' / 'ca.crt'})")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """``provision revoke``: add an organization's certificate to the CRL."""
+    cert = pki.revoke(args.ca, args.org, reason=x509.ReasonFlags(args.reason))
+    print(f"revoked {args.org!r} serial {cert.serial_number:x} ({args.reason}); "
+          f"CRL {Path(args.ca) / pki.CRL_FILE} re-signed: reload it on the server")
+    return 0
+
+
+def cmd_crl(args: argparse.Namespace) -> int:
+    """``provision crl``: re-sign the CRL before its next update (it must never go stale)."""
+    crl = pki.refresh_crl(args.ca, days=args.days)
+    print(f"{Path(args.ca) / pki.CRL_FILE}: {sum(1 for _ in crl)} revoked, next update "
+          f"{crl.next_update_utc.isoformat() if crl.next_update_utc else '-'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``provision list``: organizations, serials, validity and revocation status."""
+    rows = pki.list_certificates(args.ca)
+    if args.json:
+        print(json.dumps({"ca_dir": str(args.ca), "orgs": [asdict(r) for r in rows]}, indent=2))
+        return 0
+    header = ["org", "client id", "serial", "not before", "not after", "status"]
+    body = [[r.org, r.client_id or "-", r.serial[:16] + ("…" if len(r.serial) > 16 else ""),
+             r.not_before[:19], r.not_after[:19],
+             r.status + (f" {r.revoked_at[:19]} ({r.reason})" if r.revoked_at else "")
+             + ("" if r.current else " [archived]")] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+    for line in [header, *body]:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``provision verify``: what the server decides about a certificate (its client id)."""
+    if not args.cert.is_file():
+        raise ConfigError("CERT", f"{args.cert} does not exist; expected a PEM or DER certificate")
+    client_id = pki.load_trust(args.ca).verify_peer(args.cert.read_bytes())
+    print(client_id)
+    return 0
+
+
+def add_provision_parser(subparsers: Any) -> None:
+    """Register ``provision`` and its subcommands on the CLI (``cli.build_parser``)."""
+    p = subparsers.add_parser(
+        "provision", help="PKI for mutual TLS: CA, server/org certificates, CSRs, revocation",
+        description="Create and manage the PKI of a cross-silo deployment (DESIGN §6): a CA, "
+                    "the server's certificate, one certificate per organization (made here, or "
+                    "signed from the organization's own CSR), a signed CRL and the map from "
+                    "certificate subject (CN) to client id that the server enforces. Keys are "
+                    "ECDSA P-256, signatures SHA-256 (accepted by gRPC/BoringSSL everywhere).")
+    sub = p.add_subparsers(dest="provision_command", required=True, metavar="ACTION")
+    ca_help = "CA directory made by 'provision init'"
+
+    s = sub.add_parser("init", help="create a CA directory from project.yaml",
+                       description="Create DIR/ca (ca.key 0600, ca.crt), DIR/server, "
+                                   "DIR/orgs/<org>/ (key 0600 + certificate per organization), "
+                                   "DIR/crl.pem (empty, signed) and DIR/clients.yaml from a "
+                                   "project.yaml: name, server {name, hosts}, organizations "
+                                   "[{name, client_id}], optional validity_days {ca, server, "
+                                   "org, crl} (defaults 3650, 365, 365, 30).")
+    s.add_argument("--project", type=Path, required=True, help="the federation's project.yaml")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="CA directory to create")
+    s.add_argument("--days", type=_days, default=None,
+                   help="validity of the server and organization certificates (overrides "
+                        "validity_days.server / .org)")
+    s.add_argument("--force", action="store_true",
+                   help="replace the CA, server, org, CRL and client files of an existing DIR")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("csr", help="(organization) make your own key and a CSR",
+                       description="Write DIR/NAME.key (mode 0600; it never leaves DIR) and "
+                                   "DIR/NAME.csr, the request to send to the CA operator.")
+    s.add_argument("--org", required=True, metavar="NAME", help="organization name (the CN)")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="the org's key folder")
+    s.add_argument("--force", action="store_true", help="replace an existing NAME.key")
+    s.set_defaults(func=cmd_csr)
+
+    s = sub.add_parser("sign", help="(CA operator) issue a certificate for an org's CSR",
+                       description="Check the CSR's signature and CN, issue a clientAuth "
+                                   "certificate, write DIR/orgs/<org>/<org>.crt, map the CN to "
+                                   "--client-id in clients.yaml and deliver a copy (--cert-out).")
+    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--csr", type=Path, required=True, metavar="FILE", help="the org's CSR")
+    s.add_argument("--client-id", required=True, metavar="ID", help="client id of the org")
+    s.add_argument("--days", type=_days, default=None,
+                   help="validity (default: validity_days.org of the project)")
+    s.add_argument("--cert-out", type=Path, default=None, metavar="FILE",
+                   help="where to deliver the certificate (default: <org>.crt beside the CSR)")
+    s.set_defaults(func=cmd_sign)
+
+    s = sub.add_parser("revoke", help="revoke an organization's certificate (re-signs the CRL)",
+                       description="Add ORG's current certificate serial to DIR/crl.pem, "
+                                   "re-signed with a fresh next update. The server refuses the "
+                                   "certificate once it reloads the CRL.")
+    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("org", metavar="ORG", help="organization name")
+    s.add_argument("--reason", choices=REASONS, default="unspecified", help="CRL reason code")
+    s.set_defaults(func=cmd_revoke)
+
+    s = sub.add_parser("crl", help="re-sign the CRL with a new next update",
+                       description="The server refuses every peer once the CRL's next update "
+                                   "has passed; run this (e.g. from cron) before that.")
+    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--days", type=_days, default=None,
+                   help="days until next update (default: validity_days.crl)")
+    s.set_defaults(func=cmd_crl)
+
+    s = sub.add_parser("list", help="organization certificates, serials, validity, status",
+                       description="Every organization certificate (current and archived) "
+                                   "with its client id, serial, validity and revocation status.")
+    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--json", action="store_true", help="print {ca_dir, orgs: [...]} as JSON")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("verify", help="check a peer certificate as the server will",
+                       description="Print the client id of CERT, or fail (exit 1) naming why "
+                                   "the server would refuse it.")
+    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("cert", type=Path, metavar="CERT", help="certificate, PEM or DER")
+    s.set_defaults(func=cmd_verify)
