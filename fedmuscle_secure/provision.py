@@ -21,37 +21,56 @@ A CA directory (``provision init --out DIR``)::
     clients.yaml                    certificate subject CN -> client id
     project.resolved.yaml           the project as provisioned (name, hosts, validity)
 
-The server needs only ``ca/ca.crt``, ``crl.pem``, ``clients.yaml`` and ``server/``:
-:func:`load_trust` never reads the CA key. gRPC checks the chain in the handshake;
-:meth:`Trust.verify_peer` then maps the peer certificate to a client id and refuses
-expired, revoked, unknown or mis-used certificates (raise, never return a bool).
-The command line is :mod:`fedmuscle_secure.provision_cli`.
+The server needs only ``ca/ca.crt``, ``crl.pem``, ``clients.yaml`` and ``server/``; what it
+does with them at run time (:class:`~fedmuscle_secure.tls_trust.Trust`,
+:func:`~fedmuscle_secure.tls_trust.load_trust`) is :mod:`fedmuscle_secure.tls_trust`.
+Reading and validating ``project.yaml`` is :mod:`fedmuscle_secure.provision_project`.
+Both modules' public names are re-exported here. The command line is
+:mod:`fedmuscle_secure.provision_cli`.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedmuscle_secure.errors import ConfigError, DataError, IdentityError
-from fedmuscle_secure.identity import _write_atomic, check_client_name
+from fedmuscle_secure.errors import ConfigError, IdentityError
+from fedmuscle_secure.identity import _write_atomic
+from fedmuscle_secure.provision_project import (  # noqa: F401 - re-exported
+    Organization,
+    Project,
+    ValidityDays,
+    _check_org,
+    load_project,
+    parse_project,
+)
+from fedmuscle_secure.tls_trust import (
+    CLIENTS_FILE,
+    CRL_FILE,
+    Trust,
+    _attr,
+    _cert_file,
+    _load_crl,
+    _now,
+    _pem,
+    _read,
+    _read_clients,
+    _revocation,
+    _window,
+    load_trust,
+)
 
 __all__ = [
     "Authority", "CertStatus", "CsrFiles", "Project", "SignedCert", "Trust", "Usage",
@@ -63,14 +82,10 @@ __all__ = [
 #: ``not_valid_before`` is back-dated by this much so a peer whose clock is a little behind
 #: the CA's does not see a fresh certificate as "not yet valid".
 CLOCK_SKEW = timedelta(minutes=5)
-CLIENTS_FILE = "clients.yaml"
-CRL_FILE = "crl.pem"
 RESOLVED_PROJECT = "project.resolved.yaml"
 #: What ``init --force`` replaces in an existing directory; anything else there is left alone.
 _MANAGED = ("ca", "server", "orgs", CRL_FILE, CLIENTS_FILE, RESOLVED_PROJECT)
 _HASH = hashes.SHA256
-_EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
-              ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
 
 
 class Usage(enum.Enum):
@@ -78,14 +93,6 @@ class Usage(enum.Enum):
 
     SERVER = "server"
     CLIENT = "client"
-
-
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware (UTC)")
-    return now
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -98,19 +105,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _pem(obj: x509.Certificate | x509.CertificateRevocationList
-         | x509.CertificateSigningRequest) -> bytes:
-    return obj.public_bytes(serialization.Encoding.PEM)
-
-
 def _subject(common_name: str, federation: str | None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation)] if federation else []
     return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
-    values = name.get_attributes_for_oid(oid)
-    return str(values[0].value) if len(values) == 1 else None
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -207,207 +204,7 @@ def _build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: in
     return builder.sign(ca.key, _HASH())
 
 
-# --- project.yaml ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ValidityDays:
-    """Validity in days of the CA, server and organization certificates, and of each CRL."""
-
-    ca: int = 3650
-    server: int = 365
-    org: int = 365
-    crl: int = 30
-
-
-@dataclass(frozen=True)
-class Organization:
-    """One member of the federation: its certificate CN and the client id it trains as."""
-
-    name: str
-    client_id: str
-
-
-@dataclass(frozen=True)
-class Project:
-    """The federation ``project.yaml`` describes (validated by :func:`parse_project`)."""
-
-    name: str
-    server_name: str
-    server_hosts: tuple[x509.GeneralName, ...]
-    organizations: tuple[Organization, ...]
-    validity: ValidityDays
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved project as plain YAML-able data (``project.resolved.yaml``)."""
-        return {"name": self.name,
-                "server": {"name": self.server_name,
-                           "hosts": [str(h.value) for h in self.server_hosts]},
-                "organizations": [{"name": o.name, "client_id": o.client_id}
-                                  for o in self.organizations],
-                "validity_days": dict(self.validity.__dict__)}
-
-
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_KEYS = {"<root>": {"name", "server", "organizations", "validity_days"},
-         "server": {"name", "hosts"}, "validity_days": set(ValidityDays.__dataclass_fields__)}
-
-
-def _host(host: Any) -> x509.GeneralName | str:
-    """A SAN for ``host`` (IP address or DNS name), or the problem with it."""
-    if not isinstance(host, str) or not host:
-        return f"expected a DNS name or IP address string, got {host!r}"
-    if ":" in host or all(c.isdigit() or c == "." for c in host):
-        try:
-            return x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            return f"{host!r} is not a valid IPv4/IPv6 address"
-    labels = host.rstrip(".").split(".")
-    if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels) \
-            or labels[-1].isdigit():
-        return (f"{host!r} is neither an IP address nor a DNS name (labels of 1-63 letters, "
-                "digits and inner hyphens, separated by dots)")
-    return x509.DNSName(host.rstrip("."))
-
-
-def _name_problem(value: Any, limit: int = 64) -> str | None:
-    if not isinstance(value, str) or not value.strip():
-        return f"expected a non-empty string, got {value!r}"
-    return f"{value!r} is longer than {limit} characters (X.509 name limit)" \
-        if len(value) > limit else None
-
-
-def _parse_orgs(raw: Any, problems: list[tuple[str, str]]) -> list[Organization]:
-    if not isinstance(raw, list) or not raw:
-        problems.append(("organizations", (f"expected a non-empty list of {{name, client_id}}, "
-                                          f"got {raw!r}")))
-        return []
-    orgs, seen = [], {"name": {}, "client_id": {}}
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != {"name", "client_id"}:
-            problems.append((f"organizations.{i}", (f"expected a mapping with exactly 'name' "
-                                                   f"and 'client_id', got {item!r}")))
-            continue
-        ok = True
-        for key in ("name", "client_id"):
-            value = item[key]
-            try:
-                if not isinstance(value, str):
-                    raise ConfigError(key, f"expected a string, got {value!r}")
-                _check_org(value, key)
-            except ConfigError as exc:
-                problems.append((f"organizations.{i}.{key}", str(exc).split(": ", 1)[1]))
-                ok = False
-                continue
-            if value in seen[key]:
-                problems.append((f"organizations.{i}.{key}", (f"duplicate {key} {value!r} "
-                                 f"(also organizations.{seen[key][value]}.{key})")))
-                ok = False
-            seen[key].setdefault(value, i)
-        if ok:
-            orgs.append(Organization(item["name"], item["client_id"]))
-    return orgs
-
-
-def parse_project(raw: Any, *, source: str = "project.yaml") -> Project:
-    """Validate a project mapping, collecting every problem; raise one :class:`ConfigError`.
-
-    Its ``field`` is the first problem's dotted path; its message lists them all, each
-    with what was expected (CONVENTIONS "validators that collect and explain").
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")
-    problems: list[tuple[str, str]] = []
-    sections = {"<root>": raw, "server": raw.get("server"),
-                "validity_days": raw.get("validity_days")}
-    for where, allowed in _KEYS.items():
-        section = sections[where]
-        for key in sorted(set(section) - allowed) if isinstance(section, dict) else ():
-            path = key if where == "<root>" else f"{where}.{key}"
-            problems.append((path, f"unknown field; expected one of {sorted(allowed)}"))
-    if (p := _name_problem(raw.get("name"), 60)) is not None:
-        problems.append(("name", p))
-    server, hosts = raw.get("server"), []
-    if not isinstance(server, dict):
-        problems.append(("server", f"expected a mapping {{name, hosts}}, got {server!r}"))
-        server = {}
-    elif (p := _name_problem(server.get("name"))) is not None:
-        problems.append(("server.name", p))
-    raw_hosts = server.get("hosts") if server else []
-    if not isinstance(raw_hosts, list) or not raw_hosts:
-        if server:
-            problems.append(("server.hosts", ("expected a non-empty list of DNS names and/or IP "
-                                             f"addresses, got {raw_hosts!r}")))
-        raw_hosts = []
-    for i, host in enumerate(raw_hosts):
-        san = _host(host)
-        if isinstance(san, str):
-            problems.append((f"server.hosts.{i}", san))
-        elif san in hosts:
-            problems.append((f"server.hosts.{i}", f"duplicate host {host!r}"))
-        else:
-            hosts.append(san)
-    orgs = _parse_orgs(raw.get("organizations"), problems)
-    vraw = raw.get("validity_days") or {}
-    if not isinstance(vraw, dict):
-        problems.append(("validity_days", (f"expected a mapping {{ca, server, org, crl}} of "
-                                          f"days, got {vraw!r}")))
-        vraw = {}
-    vals = {}
-    for key in ValidityDays.__dataclass_fields__:
-        value = vraw.get(key, getattr(ValidityDays, key))
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            problems.append((f"validity_days.{key}", (f"expected a positive integer number of "
-                                                     f"days, got {value!r}")))
-        else:
-            vals[key] = value
-    for key in ("server", "org"):
-        if key in vals and vals[key] > vals.get("ca", vals[key]):
-            problems.append((f"validity_days.{key}", (f"{vals[key]} days exceeds validity_days.ca "
-                             f"({vals['ca']}); expected a certificate that expires before its CA")))
-    if problems:
-        field, first = problems[0]
-        more = "".join(f"\n  {f}: {m}" for f, m in problems[1:])
-        extra = f" (and {len(problems) - 1} more problem(s):{more})" if more else ""
-        exc = ConfigError(field, f"{first} [in {source}]{extra}")
-        exc.problems = problems  # type: ignore[attr-defined]
-        raise exc
-    return Project(raw["name"], server["name"], tuple(hosts), tuple(orgs), ValidityDays(**vals))
-
-
-def load_project(path: str | os.PathLike) -> Project:
-    """Read and validate ``project.yaml``; errors name the file and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("--project", f"{path} does not exist; expected a project.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError("--project", f"{path} is not valid YAML: {exc}") from None
-    return parse_project(raw, source=str(path))
-
-
 # --- files of a CA directory -----------------------------------------------------------
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise IdentityError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
-
-
-def _load_cert(data: bytes, source: str) -> x509.Certificate:
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise IdentityError(f"{source}: not a PEM or DER X.509 certificate ({exc})") from None
-
-
-def _cert_file(path: Path, what: str) -> x509.Certificate:
-    return _load_cert(_read(path, what), str(path))
 
 
 def load_authority(ca_dir: str | os.PathLike) -> Authority:
@@ -422,30 +219,6 @@ def load_authority(ca_dir: str | os.PathLike) -> Authority:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         raise IdentityError(f"{key_path}: expected the ECDSA key of {ca_dir / 'ca' / 'ca.crt'}")
     return Authority(key, cert)
-
-
-def _load_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
-    path = ca_dir / CRL_FILE
-    try:
-        crl = x509.load_pem_x509_crl(_read(path, "CRL"))
-    except ValueError as exc:
-        raise IdentityError(f"{path}: not a PEM CRL ({exc})") from None
-    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
-        raise IdentityError(f"{path}: CRL is not signed by the CA {ca_cert.subject.rfc4514_string()}")
-    return crl
-
-
-def _read_clients(ca_dir: Path) -> dict[str, str]:
-    path = ca_dir / CLIENTS_FILE
-    try:
-        raw = yaml.safe_load(_read(path, "client map"))
-    except yaml.YAMLError as exc:
-        raise DataError(str(path), f"not valid YAML: {exc}") from None
-    clients = raw.get("clients") if isinstance(raw, dict) else None
-    if not isinstance(clients, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in clients.items()):
-        raise DataError(str(path), "expected a mapping 'clients: {<subject CN>: <client id>}'")
-    return clients
 
 
 def _write_clients(ca_dir: Path, clients: Mapping[str, str]) -> None:
@@ -542,16 +315,6 @@ class CsrFiles:
 
     key_path: Path
     csr_path: Path
-
-
-def _check_org(org: str, field: str) -> str:
-    try:
-        check_client_name(org)
-    except IdentityError as exc:
-        raise ConfigError(field, str(exc)) from None
-    if len(org) > 64:
-        raise ConfigError(field, f"{org!r} is longer than 64 characters (X.509 CN limit)")
-    return org
 
 
 def make_csr(org: str, out: str | os.PathLike, *, force: bool = False) -> CsrFiles:
@@ -693,26 +456,6 @@ def refresh_crl(ca_dir: str | os.PathLike, *, days: int | None = None,
     return _resign_crl(ca_dir, load_authority(ca_dir), [], days, _now(now))
 
 
-def _revocation(crl: x509.CertificateRevocationList, serial: int) -> tuple[datetime, str] | None:
-    entry = crl.get_revoked_certificate_by_serial_number(serial)
-    if entry is None:
-        return None
-    try:
-        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
-    except x509.ExtensionNotFound:
-        reason = "unspecified"
-    return entry.revocation_date_utc, reason
-
-
-def _window(cert: x509.Certificate, now: datetime) -> tuple[str, str] | None:
-    """``(status, detail)`` when ``now`` is outside the certificate's validity, else None."""
-    if now < cert.not_valid_before_utc:
-        return "not yet valid", f"not yet valid (from {cert.not_valid_before_utc.isoformat()})"
-    if now > cert.not_valid_after_utc:
-        return "expired", f"expired on {cert.not_valid_after_utc.isoformat()}"
-    return None
-
-
 @dataclass(frozen=True)
 class CertStatus:
     """One organization certificate as ``provision list`` shows it."""
@@ -754,73 +497,3 @@ def list_certificates(ca_dir: str | os.PathLike, *,
                 reason=revoked[1] if revoked else None, current=path == current,
                 path=str(path)))
     return rows
-
-
-@dataclass(frozen=True)
-class Trust:
-    """What the server trusts: CA certificate, its CRL and the subject CN -> client id map."""
-
-    ca_cert: x509.Certificate
-    crl: x509.CertificateRevocationList
-    clients: Mapping[str, str]
-    source: Path
-
-    @property
-    def ca_pem(self) -> bytes:
-        """The CA certificate as PEM (``grpc.ssl_server_credentials(root_certificates=...)``)."""
-        return _pem(self.ca_cert)
-
-    def verify_peer(self, cert: bytes | str | x509.Certificate, *,
-                    now: datetime | None = None) -> str:
-        """The client id of a peer certificate (PEM or DER), or raise :class:`IdentityError`.
-
-        Call it with ``context.auth_context()["x509_pem_cert"][0]`` in a gRPC servicer.
-        Refuses, naming the reason: not signed by our CA, expired / not yet valid, revoked
-        (in the CRL, or the CRL itself is stale), a CA certificate or no clientAuth EKU,
-        and a subject CN with no client id (DESIGN §6: unknown or revoked identities).
-        """
-        now = _now(now)
-        if isinstance(cert, str):
-            cert = cert.encode("ascii", errors="replace")
-        if not isinstance(cert, x509.Certificate):
-            cert = _load_cert(cert, "peer certificate")
-        cn = _attr(cert.subject, NameOID.COMMON_NAME)
-        who = f"peer certificate CN={cn!r} serial {cert.serial_number:x}"
-        ca_name = self.ca_cert.subject.rfc4514_string()
-        try:
-            cert.verify_directly_issued_by(self.ca_cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise IdentityError(f"{who}: not signed by our CA {ca_name} (issuer "
-                                f"{cert.issuer.rfc4514_string()})") from None
-        if (window := _window(cert, now)) is not None:
-            raise IdentityError(f"{who}: {window[1]}")
-        next_update = self.crl.next_update_utc
-        if next_update is None or now > next_update:
-            raise IdentityError(f"{self.source / CRL_FILE}: CRL is stale (next update was "
-                                f"{next_update}); refusing every peer until the CA re-signs "
-                                "it (fedmuscle-secure provision crl)")
-        if (revoked := _revocation(self.crl, cert.serial_number)) is not None:
-            raise IdentityError(f"{who}: revoked on {revoked[0].isoformat()} "
-                                f"(reason {revoked[1]}) by {self.source / CRL_FILE}")
-        ext = {type(e.value): e.value for e in cert.extensions}
-        bc, eku = ext.get(x509.BasicConstraints), list(ext.get(x509.ExtendedKeyUsage, []))
-        if bc is not None and bc.ca:
-            raise IdentityError(f"{who}: is a CA certificate; expected a leaf with EKU clientAuth")
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-            got = ", ".join(_EKU_NAMES.get(o, o.dotted_string) for o in eku) or "none"
-            raise IdentityError(f"{who}: wrong EKU ({got}); expected clientAuth")
-        if cn is None or cn not in self.clients:
-            raise IdentityError(f"{who}: unknown subject {cert.subject.rfc4514_string()!r}: "
-                                f"no client id for it in {self.source / CLIENTS_FILE}")
-        return self.clients[cn]
-
-
-def load_trust(ca_dir: str | os.PathLike) -> Trust:
-    """Read ``ca/ca.crt``, ``crl.pem`` (signature checked) and ``clients.yaml``; no CA key.
-
-    Reload it (call again) to pick up a revocation: the returned object is immutable.
-    """
-    ca_dir = Path(ca_dir)
-    ca_cert = _cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
-    return Trust(ca_cert, _load_crl(ca_dir, ca_cert),
-                 MappingProxyType(dict(_read_clients(ca_dir))), ca_dir)

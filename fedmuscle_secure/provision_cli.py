@@ -1,6 +1,8 @@
 """The ``provision`` subcommand: PKI for the mutual-TLS deployment (DESIGN §6).
 
-The work is :mod:`fedmuscle_secure.provision`; this module parses arguments and prints.
+The work is :mod:`fedmuscle_secure.provision` (with :mod:`~fedmuscle_secure.provision_project`
+for project.yaml and :mod:`~fedmuscle_secure.tls_trust` for ``verify``); this module parses
+arguments and prints.
 Errors propagate to :func:`fedmuscle_secure.cli.main`, which maps them to the exit codes
 (0 ok, 1 failure, 2 bad usage or configuration).
 """
@@ -17,6 +19,8 @@ from cryptography import x509
 
 from fedmuscle_secure import provision as pki
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.provision_project import load_project
+from fedmuscle_secure.tls_trust import CLIENTS_FILE, CRL_FILE, load_trust
 
 #: ``--reason`` values: RFC 5280 CRLReason names, as ``x509.ReasonFlags`` spells them.
 REASONS = ("unspecified", "keyCompromise", "affiliationChanged", "superseded",
@@ -35,7 +39,7 @@ def _days(text: str) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """``provision init``: CA, server and organization certificates, CRL, clients.yaml."""
-    project = pki.load_project(args.project)
+    project = load_project(args.project)
     out = pki.init_ca_dir(project, args.out, days=args.days, force=args.force)
     print(f"CA directory: {out}")
     print(f"  CA:      {out / 'ca' / 'ca.crt'}  (key ca/ca.key: keep it offline)")
@@ -43,7 +47,7 @@ def cmd_init(args: argparse.Namespace) -> int:
           + ", ".join(str(h.value) for h in project.server_hosts))
     for org in project.organizations:
         print(f"  org:     {out / 'orgs' / org.name / (org.name + '.crt')}  -> {org.client_id}")
-    print(f"  CRL:     {out / pki.CRL_FILE};  subject -> client id: {out / pki.CLIENTS_FILE}")
+    print(f"  CRL:     {out / CRL_FILE};  subject -> client id: {out / CLIENTS_FILE}")
     return 0
 
 
@@ -69,14 +73,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     """``provision revoke``: add an organization's certificate to the CRL."""
     cert = pki.revoke(args.ca, args.org, reason=x509.ReasonFlags(args.reason))
     print(f"revoked {args.org!r} serial {cert.serial_number:x} ({args.reason}); "
-          f"CRL {Path(args.ca) / pki.CRL_FILE} re-signed: reload it on the server")
+          f"CRL {Path(args.ca) / CRL_FILE} re-signed: reload it on the server")
     return 0
 
 
 def cmd_crl(args: argparse.Namespace) -> int:
     """``provision crl``: re-sign the CRL before its next update (it must never go stale)."""
     crl = pki.refresh_crl(args.ca, days=args.days)
-    print(f"{Path(args.ca) / pki.CRL_FILE}: {sum(1 for _ in crl)} revoked, next update "
+    print(f"{Path(args.ca) / CRL_FILE}: {sum(1 for _ in crl)} revoked, next update "
           f"{crl.next_update_utc.isoformat() if crl.next_update_utc else '-'}")
     return 0
 
@@ -102,7 +106,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """``provision verify``: what the server decides about a certificate (its client id)."""
     if not args.cert.is_file():
         raise ConfigError("CERT", f"{args.cert} does not exist; expected a PEM or DER certificate")
-    client_id = pki.load_trust(args.ca).verify_peer(args.cert.read_bytes())
+    client_id = load_trust(args.ca).verify_peer(args.cert.read_bytes())
     print(client_id)
     return 0
 
