@@ -25,6 +25,7 @@ from fedmuscle_secure.messages import (
     EncryptedSums,
     EncryptedSumTerms,
     ExchangeAborted,
+    Finish,
     Leave,
     Message,
     PeerSums,
@@ -116,6 +117,8 @@ class FedMuscleClient:
     # -- entry point -------------------------------------------------------------------
     def handle(self, msg: Message) -> list[Message]:
         """Process one message from the server; return the messages to send back."""
+        if isinstance(msg, Finish):
+            return [self._on_finish(msg)]
         if self.stage is ClientStage.LEFT:
             return []  # a client that left answers nothing (the server already dropped it)
         if isinstance(msg, RoundPlan):
@@ -133,6 +136,20 @@ class FedMuscleClient:
                             f"client {self.name!r} cannot accept a {type(msg).__name__}")
 
     # -- handlers ----------------------------------------------------------------------
+    def _on_finish(self, msg: Finish) -> RoundReport:
+        """After the last round (DESIGN §6): :meth:`finish`, reported as round ``msg.round``.
+        A client that left answers too: it is evaluated as it stands, like in ``run``."""
+        if msg.client != self.name or msg.round != self.round + 1 and self.left is None:
+            raise ProtocolError(SERVER, self.stage.value,
+                                f"expected Finish of round {self.round + 1} for {self.name!r}, "
+                                f"got round {msg.round} for {msg.client!r}")
+        metrics = self.finish()
+        if self.privacy is not None:
+            metrics["releases"] = float(self.privacy.releases)
+        if self.left is not None:
+            metrics["left_round"] = float(self.left["round"])
+        return RoundReport(self.name, msg.round, metrics)
+
     def _on_round_plan(self, plan: RoundPlan) -> list[Message]:
         self._expect(ClientStage.IDLE, plan)
         if plan.client != self.name or plan.round != self.round + 1:

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedmuscle_secure.provision_cli import add_provision_parser
 
     add_provision_parser(sub)
+    from fedmuscle_secure.deploy_cli import add_deploy_parsers
+
+    add_deploy_parsers(sub)
     return p
 
 

@@ -95,6 +95,16 @@ class Leave:
 
 
 @dataclass(frozen=True)
+class Finish:
+    """Server → client after the last round (DESIGN §6): run the closing LocalUpdate and
+    evaluation (:meth:`FedMuscleClient.finish`) and answer with a :class:`RoundReport` of
+    ``round`` (R + 1, the "final" row). The simulator calls ``finish`` directly instead."""
+
+    client: str
+    round: int
+
+
+@dataclass(frozen=True)
 class SecAggEnvelope:
     """One secure-aggregation stage message (DESIGN §4.2) of exchange (round, epoch, batch),
     either direction; ``client`` is the client end. The setup also carries the public
@@ -196,7 +206,8 @@ class EncryptedPeers:
 
 ENCRYPTED = (EncryptedRepresentations, EncryptedSumTerms, EncryptedSums, EncryptedPeers)
 
-Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | SecAggEnvelope
+Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | Finish
+           | SecAggEnvelope
            | SumTerms | ExchangeAborted | EncryptedRepresentations | EncryptedSumTerms | EncryptedSums
            | EncryptedPeers)
 

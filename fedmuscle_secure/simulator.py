@@ -55,6 +55,111 @@ def _labelled(task, x: np.ndarray, y: np.ndarray) -> LabelledData:
     return LabelledData(torch.from_numpy(np.ascontiguousarray(x)), task.targets(y))
 
 
+@dataclass(frozen=True)
+class FederationSetup:
+    """What the server side and every client side share, derived once from the config:
+    the temperature matrices, the public set, the secagg identities, the CKKS provisioning
+    and the DP calibration (DESIGN §6: the deployment builds each side from these alone)."""
+
+    tau: torch.Tensor
+    gamma: torch.Tensor
+    public_x: torch.Tensor
+    in_chans: int
+    secure: bool
+    identities: dict
+    provisioned: tuple | None
+    calibration: object | None
+
+
+def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
+                     record_dir: Path | None = None, identities: dict | None = None,
+                     ) -> FederationSetup:
+    """The shared pieces of :func:`build_federation`; ``identities`` overrides where the
+    organisations' Ed25519 identities come from (a deployment passes the ones it holds)."""
+    n = len(cfg.clients)
+    tau = pair_matrix(cfg.muscle.temperature, n, "muscle.temperature").to(torch.float32)
+    tau_p = pair_matrix(cfg.muscle.temperature_prime, n, "muscle.temperature_prime").to(torch.float32)
+    secure = cfg.protection == "secagg" and method == "muscle_sum"
+    if identities is None:
+        identities = _identities(cfg, record_dir) if secure else {}
+    calibration = None
+    if dp_enabled(cfg):
+        calibration = calibrate(cfg, {c.name: len(split.shards[i].y_train)
+                                      for i, c in enumerate(cfg.clients)})
+    return FederationSetup(
+        tau=tau, gamma=gamma_from_temperatures(tau, tau_p),
+        public_x=torch.from_numpy(np.ascontiguousarray(split.public_x)),
+        in_chans=int(split.public_x.shape[1]), secure=secure, identities=identities,
+        provisioned=_provision_ckks(cfg) if cfg.protection == "ckks" and method != "local" else None,
+        calibration=calibration)
+
+
+def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name: str,
+                 setup: FederationSetup, record_dir: Path | None = None) -> FedMuscleClient:
+    """One organisation's :class:`FedMuscleClient` (model initialised from the experiment
+    seed and its name, so it is the same object in the simulator and in a deployment)."""
+    i = next((k for k, c in enumerate(cfg.clients) if c.name == name), None)
+    if i is None:
+        from fedmuscle_secure.errors import ConfigError
+
+        raise ConfigError("clients", f"no client named {name!r}; expected one of "
+                                     f"{[c.name for c in cfg.clients]}")
+    c, tr = cfg.clients[i], cfg.training
+    tau, gamma, calibration = setup.tau, setup.gamma, setup.calibration
+    task = get_task(c.task, split.num_classes)
+    torch.manual_seed(derive_seed(cfg.seed, c.name, "init"))
+    model = build_client_model(
+        model=c.model, model_kwargs=c.model_kwargs, in_chans=setup.in_chans, image_size=c.image_size,
+        dim=cfg.muscle.dim, num_outputs=task.num_outputs, projection=c.projection.kind,
+        hidden=c.projection.hidden, field=f"clients.{i}.model")
+    if calibration is not None and calibration.dpsgd_sigma:
+        from fedmuscle_secure.client.dp_sgd import make_private_model
+
+        model = make_private_model(model, client=c.name)  # BatchNorm → GroupNorm etc.
+    shard = split.shards[i]
+    train = _labelled(task, shard.x_train, shard.y_train)
+    privacy, dpsgd = None, None
+    if record_dir is not None or calibration is not None:
+        privacy, dpsgd = _client_privacy(cfg, c.name, model, task, train, calibration,
+                                         record_dir, method)
+    secure_client = None
+    if setup.secure:
+        secure_client = _secure_client(cfg, c.name, setup.identities, calibration, privacy)
+    settings = ClientSettings(
+        method=method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
+        lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
+        augment=tr.augment, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]), seed=cfg.seed)
+    return FedMuscleClient(
+        c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
+        test=_labelled(task, split.test_x, split.test_y), public_x=setup.public_x, settings=settings,
+        privacy=privacy, dpsgd=dpsgd, secure=secure_client,
+        ckks=_ckks_client(cfg, c.name, method, setup.provisioned, tau, gamma)
+        if setup.provisioned else None)
+
+
+def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> FedMuscleServer:
+    """The :class:`FedMuscleServer` of ``method`` over every configured client."""
+    tau, gamma = setup.tau, setup.gamma
+    secure_server = None
+    if setup.secure:
+        from fedmuscle_secure.secagg_setup import secagg_parameters
+        from fedmuscle_secure.server.secure_exchange import SecureExchanges
+
+        cal = setup.calibration
+        params = secagg_parameters(cfg, cal.representation_sigma if cal is not None else None)
+        secure_server = SecureExchanges(
+            threshold=params.threshold,
+            identities={k: _public(v) for k, v in setup.identities.items()},
+            encoding_for=params.encoding, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]),
+            device=resolve_device(cfg.server.device))
+    return FedMuscleServer([c.name for c in cfg.clients], ServerSettings(
+        method=method, exchange=cfg.muscle.exchange, num_selected=cfg.muscle.num_selected,
+        batch_size=cfg.muscle.batch_size, public_size=int(setup.public_x.shape[0]),
+        cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
+        device=resolve_device(cfg.server.device), secure=secure_server,
+        ckks=_ckks_server(cfg, setup.provisioned, float(tau[0, 1])) if setup.provisioned else None))
+
+
 def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
                      record_dir: Path | None = None) -> Federation:
     """Clients (models initialised from the experiment seed) and the server for ``method``.
@@ -63,73 +168,24 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
     local-training reference differs from FedMuscle only by the contrastive phase.
     With ``record_dir``, every client keeps its signed ledger in ``record_dir/ledger/``
     (identity keys in ``record_dir/keys/``) and the server its receipt log
-    (``record_dir/receipts.jsonl``), DESIGN §5.3–5.4.
+    (``record_dir/receipts.jsonl``), DESIGN §5.3–5.4. The gRPC deployment (DESIGN §6)
+    builds the same objects one side at a time with :func:`build_server` and
+    :func:`build_client`.
     """
-    n = len(cfg.clients)
-    tau = pair_matrix(cfg.muscle.temperature, n, "muscle.temperature").to(torch.float32)
-    tau_p = pair_matrix(cfg.muscle.temperature_prime, n, "muscle.temperature_prime").to(torch.float32)
-    gamma = gamma_from_temperatures(tau, tau_p)
-    tr = cfg.training
-    public_x = torch.from_numpy(np.ascontiguousarray(split.public_x))
-    in_chans = int(split.public_x.shape[1])
-    clients: dict[str, FedMuscleClient] = {}
-    secure = cfg.protection == "secagg" and method == "muscle_sum"
-    identities = _identities(cfg, record_dir) if secure else {}
-    provisioned = _provision_ckks(cfg) if cfg.protection == "ckks" and method != "local" else None
-    calibration = None
-    if dp_enabled(cfg):
-        calibration = calibrate(cfg, {c.name: len(split.shards[i].y_train)
-                                      for i, c in enumerate(cfg.clients)})
-    for i, c in enumerate(cfg.clients):
-        task = get_task(c.task, split.num_classes)
-        torch.manual_seed(derive_seed(cfg.seed, c.name, "init"))
-        model = build_client_model(
-            model=c.model, model_kwargs=c.model_kwargs, in_chans=in_chans, image_size=c.image_size,
-            dim=cfg.muscle.dim, num_outputs=task.num_outputs, projection=c.projection.kind,
-            hidden=c.projection.hidden, field=f"clients.{i}.model")
-        if calibration is not None and calibration.dpsgd_sigma:
-            from fedmuscle_secure.client.dp_sgd import make_private_model
+    setup = federation_setup(cfg, split, method, record_dir)
+    clients = {c.name: build_client(cfg, split, method, c.name, setup, record_dir)
+               for c in cfg.clients}
+    server = build_server(cfg, method, setup)
+    return Federation(server, clients, method, open_receipts(record_dir))
 
-            model = make_private_model(model, client=c.name)  # BatchNorm → GroupNorm etc.
-        shard = split.shards[i]
-        train = _labelled(task, shard.x_train, shard.y_train)
-        privacy, dpsgd = None, None
-        if record_dir is not None or calibration is not None:
-            privacy, dpsgd = _client_privacy(cfg, c.name, model, task, train, calibration,
-                                             record_dir, method)
-        secure_client = None
-        if secure:
-            secure_client = _secure_client(cfg, c.name, identities, calibration, privacy)
-        settings = ClientSettings(
-            method=method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
-            lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
-            augment=tr.augment, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]), seed=cfg.seed)
-        clients[c.name] = FedMuscleClient(
-            c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
-            test=_labelled(task, split.test_x, split.test_y), public_x=public_x, settings=settings,
-            privacy=privacy, dpsgd=dpsgd, secure=secure_client,
-            ckks=_ckks_client(cfg, c.name, method, provisioned, tau, gamma) if provisioned else None)
-    secure_server = None
-    if secure:
-        from fedmuscle_secure.server.secure_exchange import SecureExchanges
 
-        params = next(iter(clients.values())).secure.params
-        secure_server = SecureExchanges(
-            threshold=params.threshold, identities={k: v.public_key() for k, v in identities.items()},
-            encoding_for=params.encoding, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]),
-            device=resolve_device(cfg.server.device))
-    server = FedMuscleServer(list(clients), ServerSettings(
-        method=method, exchange=cfg.muscle.exchange, num_selected=cfg.muscle.num_selected,
-        batch_size=cfg.muscle.batch_size, public_size=int(public_x.shape[0]),
-        cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
-        device=resolve_device(cfg.server.device), secure=secure_server,
-        ckks=_ckks_server(cfg, provisioned, float(tau[0, 1])) if provisioned else None))
-    receipts = None
-    if record_dir is not None:
-        from fedmuscle_secure.ledger import ReceiptLog
+def open_receipts(record_dir: Path | None):
+    """The server's receipt log in ``record_dir`` (DESIGN §5.4), or None without one."""
+    if record_dir is None:
+        return None
+    from fedmuscle_secure.ledger import ReceiptLog
 
-        receipts = ReceiptLog.open(record_dir / "receipts.jsonl")
-    return Federation(server, clients, method, receipts)
+    return ReceiptLog.open(record_dir / "receipts.jsonl")
 
 
 def _provision_ckks(cfg: ExperimentConfig) -> tuple:
@@ -182,6 +238,14 @@ def _identities(cfg: ExperimentConfig, record_dir: Path | None) -> dict:
     return {c.name: identity_key(record_dir / "keys", c.name) for c in cfg.clients}
 
 
+def _public(key):
+    """The Ed25519 public key of an identity given as a private or a public key (a
+    deployment holds only its own private key and its peers' public keys, DESIGN §6)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+
+
 def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibration, privacy):
     from fedmuscle_secure.client.secure_exchange import SecureExchangeClient
     from fedmuscle_secure.config import ConfigError
@@ -194,7 +258,7 @@ def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibrati
         params.encoding(cfg.data.public_size // cfg.muscle.batch_size, len(cfg.clients))
     except EncodingError as exc:
         raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
-    peers = {k: v.public_key() for k, v in identities.items() if k != name}
+    peers = {k: _public(v) for k, v in identities.items() if k != name}
     return SecureExchangeClient(name, identities[name], peers, params, privacy)
 
 

@@ -50,6 +50,7 @@ from fedmuscle_secure.messages import (
     EncryptedSums,
     EncryptedSumTerms,
     ExchangeAborted,
+    Finish,
     Leave,
     Message,
     PeerSums,
@@ -326,6 +327,7 @@ _SPECS: dict[type, dict[str, _Kind]] = {
                "includes_self": SCALAR},
     RoundReport: {"client": IDENTITY, "round": SCALAR, "metrics": METRICS},
     Leave: {"client": IDENTITY, "round": SCALAR, "reason": SCALAR},
+    Finish: {"client": IDENTITY, "round": SCALAR},
     ExchangeAborted: {**_EXCHANGE, "reason": SCALAR},
     SecAggEnvelope: {**_EXCHANGE, "body": _Kind(_set_body, _get_body),
                      "encoding": _Kind(_set_encoding, _get_encoding)},
@@ -363,7 +365,7 @@ _ENVELOPE = {RoundPlan: "round_plan", Representations: "representations",
              RoundReport: "round_report", Leave: "leave", ExchangeAborted: "exchange_aborted",
              SecAggEnvelope: "secagg", EncryptedRepresentations: "encrypted_representations",
              EncryptedSumTerms: "encrypted_sum_terms", EncryptedSums: "encrypted_sums",
-             EncryptedPeers: "encrypted_peers"}
+             EncryptedPeers: "encrypted_peers", Finish: "finish"}
 _ENVELOPE_TYPE = {field: cls for cls, field in _ENVELOPE.items()}
 
 _LIBRARY_ERRORS = (TypeError, ValueError, AttributeError, OverflowError)

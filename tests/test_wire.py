@@ -59,6 +59,7 @@ from fedmuscle_secure.messages import (
     EncryptedSums,
     EncryptedSumTerms,
     ExchangeAborted,
+    Finish,
     Leave,
     PeerSums,
     PeerTerms,
@@ -135,6 +136,7 @@ PLAIN = {
     "round_report": RoundReport("c1", 9, {"val_metric": 0.8125, "cl_loss": float("nan"),
                                           "eps_record": math.inf, "cl_steps": 12.0}),
     "round_report_empty": RoundReport("c1", 0, {}),
+    "finish": Finish("c2", 4),
     "leave": Leave("c3", 4, "privacy budget (epsilon 8.0) would be exceeded"),
     "exchange_aborted": ExchangeAborted("c1", 2, 1, None, "only 1 of 3 clients reached unmask"),
 }
@@ -520,7 +522,7 @@ def test_every_message_kind_has_an_envelope_field():
     """One Envelope oneof field per protocol message (and nothing else in the oneof)."""
     oneof = pb.Envelope.DESCRIPTOR.oneofs_by_name["message"]
     kinds = {type(m) for m in (*PLAIN.values(), *CKKS.values())} | {SecAggEnvelope}
-    assert len(oneof.fields) == len(kinds) == 13
+    assert len(oneof.fields) == len(kinds) == 14
 
 
 def test_decode_never_unpickles(monkeypatch):

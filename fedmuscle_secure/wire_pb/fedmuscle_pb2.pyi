@@ -406,8 +406,16 @@ class EncryptedPeers(_message.Message):
     matrices: _containers.RepeatedCompositeFieldContainer[EncryptedMatrices]
     def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Names, _Mapping]]] = ..., matrices: _Optional[_Iterable[_Union[EncryptedMatrices, _Mapping]]] = ...) -> None: ...
 
+class Finish(_message.Message):
+    __slots__ = ("client", "round")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    round: int
+    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("round_plan", "representations", "peer_terms", "peer_sums", "sum_terms", "round_report", "leave", "exchange_aborted", "secagg", "encrypted_representations", "encrypted_sum_terms", "encrypted_sums", "encrypted_peers")
+    __slots__ = ("round_plan", "representations", "peer_terms", "peer_sums", "sum_terms", "round_report", "leave", "exchange_aborted", "secagg", "encrypted_representations", "encrypted_sum_terms", "encrypted_sums", "encrypted_peers", "finish")
     ROUND_PLAN_FIELD_NUMBER: _ClassVar[int]
     REPRESENTATIONS_FIELD_NUMBER: _ClassVar[int]
     PEER_TERMS_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +429,7 @@ class Envelope(_message.Message):
     ENCRYPTED_SUM_TERMS_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_SUMS_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_PEERS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
     round_plan: RoundPlan
     representations: Representations
     peer_terms: PeerTerms
@@ -434,7 +443,8 @@ class Envelope(_message.Message):
     encrypted_sum_terms: EncryptedSumTerms
     encrypted_sums: EncryptedSums
     encrypted_peers: EncryptedPeers
-    def __init__(self, round_plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., representations: _Optional[_Union[Representations, _Mapping]] = ..., peer_terms: _Optional[_Union[PeerTerms, _Mapping]] = ..., peer_sums: _Optional[_Union[PeerSums, _Mapping]] = ..., sum_terms: _Optional[_Union[SumTerms, _Mapping]] = ..., round_report: _Optional[_Union[RoundReport, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., exchange_aborted: _Optional[_Union[ExchangeAborted, _Mapping]] = ..., secagg: _Optional[_Union[SecAggEnvelope, _Mapping]] = ..., encrypted_representations: _Optional[_Union[EncryptedRepresentations, _Mapping]] = ..., encrypted_sum_terms: _Optional[_Union[EncryptedSumTerms, _Mapping]] = ..., encrypted_sums: _Optional[_Union[EncryptedSums, _Mapping]] = ..., encrypted_peers: _Optional[_Union[EncryptedPeers, _Mapping]] = ...) -> None: ...
+    finish: Finish
+    def __init__(self, round_plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., representations: _Optional[_Union[Representations, _Mapping]] = ..., peer_terms: _Optional[_Union[PeerTerms, _Mapping]] = ..., peer_sums: _Optional[_Union[PeerSums, _Mapping]] = ..., sum_terms: _Optional[_Union[SumTerms, _Mapping]] = ..., round_report: _Optional[_Union[RoundReport, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., exchange_aborted: _Optional[_Union[ExchangeAborted, _Mapping]] = ..., secagg: _Optional[_Union[SecAggEnvelope, _Mapping]] = ..., encrypted_representations: _Optional[_Union[EncryptedRepresentations, _Mapping]] = ..., encrypted_sum_terms: _Optional[_Union[EncryptedSumTerms, _Mapping]] = ..., encrypted_sums: _Optional[_Union[EncryptedSums, _Mapping]] = ..., encrypted_peers: _Optional[_Union[EncryptedPeers, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("stream_id", "index", "total", "data", "sha256_of_whole")

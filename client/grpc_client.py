@@ -1,0 +1,170 @@
+"""The gRPC + mutual-TLS client of one organisation (DESIGN §6).
+
+It builds exactly the :class:`FedMuscleClient` the simulator builds for that organisation
+(same split, seeds and model initialisation: :func:`~fedmuscle_secure.simulator.build_client`),
+connects with its provisioned key and certificate, opens ``FedMuscle.Exchange`` and loops:
+reassemble → decode → ``client.handle`` → encode → chunk → send. No protocol logic lives
+here. The signed ledger is written in the client's own run directory (``ledger/``), as in
+simulation. Until the server answers, the connection is retried with exponential backoff
+(:class:`RetrySettings`); once the exchange has started a failure ends the run (the server
+has already dropped this client).
+
+Certificates (``--certs DIR``, the layout of ``fedmuscle-secure provision init``):
+``ca/ca.crt``, ``orgs/<org>/<org>.key`` and ``.crt``; the client id is the organisation's
+entry in ``clients.yaml`` (else the organisation name). Under ``secagg`` the Ed25519
+identities come from ``DIR/identities``: this organisation's ``<id>.key`` and every peer's
+``<id>.pub``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import yaml
+
+from fedmuscle_secure.config import ExperimentConfig, dump_config
+from fedmuscle_secure.errors import FedMuscleError, IdentityError
+from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
+from fedmuscle_secure.messages import Finish, RoundReport
+from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
+
+log = logging.getLogger("fedmuscle_secure.client")
+_CLOSE = object()
+
+
+class ConnectionFailed(FedMuscleError):
+    """The server could not be reached, or refused or ended this client's stream."""
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Exponential backoff while the server is not up: ``initial_s`` doubling (× ``factor``)
+    up to ``max_s`` between attempts, for at most ``deadline_s`` in all."""
+
+    initial_s: float = 0.5
+    factor: float = 2.0
+    max_s: float = 10.0
+    deadline_s: float = 300.0
+
+
+def client_id_of(certs: Path, org: str) -> str:
+    """The client id the server maps ``org``'s certificate to (``clients.yaml``)."""
+    path = certs / "clients.yaml"
+    if path.is_file():
+        raw = yaml.safe_load(path.read_text()) or {}
+        return str((raw.get("clients") or {}).get(org, org))
+    return org
+
+
+def _identities(cfg: ExperimentConfig, certs: Path, name: str, out: Path) -> dict | None:
+    """Own Ed25519 private identity and the peers' public ones (secagg only); the own key is
+    also the ledger's signing key (copied into ``out/keys``, as the simulator keeps it)."""
+    if not (cfg.protection == "secagg" and cfg.muscle.method == "muscle_sum"):
+        return None
+    from fedmuscle_secure.identity import load_private, load_public, save_identity
+
+    folder = certs / "identities"
+    own = load_private(folder / f"{name}.key")
+    if not (out / "keys" / f"{name}.key").is_file():
+        save_identity(own, out / "keys", name)
+    return {c.name: own if c.name == name else load_public(folder / f"{c.name}.pub")
+            for c in cfg.clients}
+
+
+def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
+                 retry: RetrySettings) -> grpc.Channel:
+    """A mutual-TLS channel to ``target``, once it is ready (exponential backoff)."""
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca" / "ca.crt").read_bytes(),
+        private_key=(certs / "orgs" / org / f"{org}.key").read_bytes(),
+        certificate_chain=(certs / "orgs" / org / f"{org}.crt").read_bytes())
+    channel = grpc.secure_channel(target, creds, options=options.channel_options(server=False))
+    t_end, wait = time.monotonic() + retry.deadline_s, retry.initial_s
+    while True:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=wait)
+            return channel
+        except grpc.FutureTimeoutError:
+            if time.monotonic() >= t_end:
+                channel.close()
+                raise ConnectionFailed(f"server {target} not reachable within "
+                                       f"{retry.deadline_s:g} s") from None
+            log.info("server %s not ready; retrying in %.1f s", target, wait)
+            time.sleep(min(wait, max(0.0, t_end - time.monotonic())))
+            wait = min(wait * retry.factor, retry.max_s)
+
+
+def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, out: str | Path,
+               *, options: TransportOptions | None = None,
+               retry: RetrySettings | None = None) -> dict[str, float]:
+    """Take part in the federation as ``org``; returns the final metrics (after Finish)."""
+    from fedmuscle_secure.experiment import make_split, methods_of
+    from fedmuscle_secure.simulator import build_client, federation_setup
+
+    options, retry = options or TransportOptions(), retry or RetrySettings()
+    certs, run = Path(certs), RunDir(out)
+    name = client_id_of(certs, org)
+    run.create()
+    run.config.write_text(dump_config(cfg))
+    method = methods_of(cfg)[0]
+    split = make_split(cfg)
+    setup = federation_setup(cfg, split, method, record_dir=run.root,
+                             identities=_identities(cfg, certs, name, run.root))
+    client = build_client(cfg, split, method, name, setup, record_dir=run.root)
+    try:
+        channel = open_channel(certs, org, target, options, retry)
+        final = _exchange(client, channel, name, options, run)
+    finally:
+        if client.privacy is not None and client.privacy.ledger is not None:
+            client.privacy.ledger.close()
+    run.event("run_end", client=name, final=final)
+    return final
+
+
+def _exchange(client, channel: grpc.Channel, name: str, options: TransportOptions,
+              run: RunDir) -> dict[str, float]:
+    sending: queue.Queue = queue.Queue()
+    counter = itertools.count()
+
+    def requests():
+        while (msg := sending.get()) is not _CLOSE:
+            yield from outbound(msg, name, counter, options)
+
+    inbound, final = Inbound(options), None
+    responses = rpc.FedMuscleStub(channel).Exchange(requests())
+    run.event("connected", client=name)
+    try:
+        for piece in responses:
+            msg = inbound.add(piece)
+            if msg is None:
+                continue
+            t0 = time.perf_counter()
+            replies = client.handle(msg)
+            if isinstance(msg, RoundReport | Finish) or any(isinstance(r, RoundReport)
+                                                           for r in replies):
+                log.info("%s: %s done in %.2f s", name, type(msg).__name__,
+                         time.perf_counter() - t0)
+            for rep in replies:
+                sending.put(rep)
+            if isinstance(msg, Finish):
+                final = dict(replies[0].metrics)
+                sending.put(_CLOSE)  # half-close: the run is over for this client
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            raise IdentityError(f"server refused {name!r}: {detail}") from None
+        raise ConnectionFailed(f"stream to the server failed ({code}): {detail}") from None
+    finally:
+        sending.put(_CLOSE)
+        channel.close()
+    if final is None:
+        raise ConnectionFailed(f"the server closed the stream of {name!r} before Finish")
+    return final

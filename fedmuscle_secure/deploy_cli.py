@@ -1,0 +1,107 @@
+"""The ``server`` and ``client`` subcommands: the gRPC + mutual-TLS deployment (DESIGN §6).
+
+The work is :mod:`fedmuscle_secure.server.grpc_server` and
+:mod:`fedmuscle_secure.client.grpc_client`; this module parses arguments. Errors propagate
+to :func:`fedmuscle_secure.cli.main` (exit 0 ok, 1 failure, 2 bad usage or configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from fedmuscle_secure.grpc_transport import TransportOptions
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    d = TransportOptions()
+    p.add_argument("--config", type=Path, required=True, help="experiment YAML config")
+    p.add_argument("--certs", type=Path, required=True,
+                   help="directory made by `fedmuscle-secure provision init`")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                   help="gRPC send/receive limit per chunk message (default: %(default)s)")
+    p.add_argument("--max-chunk-bytes", type=int, default=d.max_chunk_bytes,
+                   help="payload bytes per chunk when sending (default: %(default)s)")
+    p.add_argument("--max-payload-bytes", type=int, default=d.max_payload_bytes,
+                   help="largest reassembled message accepted (default: %(default)s)")
+    p.add_argument("--keepalive-ms", type=int, default=d.keepalive_time_ms,
+                   help="HTTP/2 keep-alive ping interval (default: %(default)s)")
+    p.add_argument("--keepalive-timeout-ms", type=int, default=d.keepalive_timeout_ms,
+                   help="keep-alive ping timeout (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _prepare(args: argparse.Namespace):
+    import torch
+
+    from fedmuscle_secure.config import load_config
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = TransportOptions(
+        max_message_bytes=args.max_message_bytes, max_chunk_bytes=args.max_chunk_bytes,
+        max_payload_bytes=args.max_payload_bytes, keepalive_time_ms=args.keepalive_ms,
+        keepalive_timeout_ms=args.keepalive_timeout_ms)
+    return load_config(args.config), options
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from fedmuscle_secure.server.grpc_server import ServeSettings, serve
+
+    cfg, options = _prepare(args)
+    rows = serve(cfg, args.certs, args.listen, args.out, options=options,
+                 settings=ServeSettings(connect_timeout_s=args.connect_timeout,
+                                        round_timeout_s=args.round_timeout))
+    final = {r["client"]: r.get("test_metric") for r in rows if r["round"] == "final"}
+    print(json.dumps(final) if args.json else f"Run directory: {args.out}\nfinal: {final}")
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from fedmuscle_secure.client.grpc_client import RetrySettings, run_client
+
+    cfg, options = _prepare(args)
+    retry = RetrySettings(initial_s=args.retry_initial, max_s=args.retry_max,
+                          deadline_s=args.retry_deadline)
+    final = run_client(cfg, args.org, args.certs, args.server, args.out, options=options,
+                       retry=retry)
+    print(json.dumps(final) if args.json else f"{args.org}: {final}")
+    return 0
+
+
+def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "server", help="run the federation's server over gRPC with mutual TLS",
+        description="Serve one experiment config to its clients over gRPC with mutual TLS "
+                    "(DESIGN §6). Waits for every configured client, runs the rounds, sends "
+                    "each client Finish and writes the run directory (metrics.csv, "
+                    "events.jsonl, summary.md, checkpoints/).")
+    _add_common(s)
+    s.add_argument("--listen", required=True, help="HOST:PORT to listen on (port 0: any)")
+    s.add_argument("--connect-timeout", type=float, default=300.0,
+                   help="seconds to wait for every client to connect (default: %(default)s)")
+    s.add_argument("--round-timeout", type=float, default=3600.0,
+                   help="seconds one round may take (default: %(default)s)")
+    s.set_defaults(func=cmd_server)
+    c = sub.add_parser(
+        "client", help="take part in a federation as one organisation over gRPC",
+        description="Build this organisation's client from the experiment config (same data "
+                    "split and seeds as the simulator), connect to the server with its "
+                    "provisioned certificate and train until the server sends Finish.")
+    _add_common(c)
+    c.add_argument("--org", required=True, help="organisation name (its certificate's CN)")
+    c.add_argument("--server", required=True, help="server HOST:PORT")
+    c.add_argument("--retry-initial", type=float, default=0.5,
+                   help="first wait between connection attempts, seconds (default: %(default)s)")
+    c.add_argument("--retry-max", type=float, default=10.0,
+                   help="longest wait between attempts, seconds (default: %(default)s)")
+    c.add_argument("--retry-deadline", type=float, default=300.0,
+                   help="give up connecting after this many seconds (default: %(default)s)")
+    c.set_defaults(func=cmd_client)

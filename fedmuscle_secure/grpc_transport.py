@@ -1,0 +1,81 @@
+"""What the gRPC server and client share (DESIGN §6): limits, keep-alive, chunked messages.
+
+Both ends move protocol messages as ``Envelope`` bytes (:mod:`fedmuscle_secure.wire`) cut
+into ``Chunk`` messages (:mod:`fedmuscle_secure.wire_chunks`) over the one bidirectional
+``FedMuscle.Exchange`` stream. Nothing here knows the protocol: it encodes, chunks,
+reassembles and decodes.
+
+Settings (:class:`TransportOptions`, every one has a command-line flag):
+
+``max_message_bytes`` (default 8 MiB)
+    gRPC's ``grpc.max_send_message_length`` / ``grpc.max_receive_message_length``: the
+    largest single ``Chunk`` either end accepts. Must exceed ``max_chunk_bytes`` plus the
+    chunk's own fields (a few hundred bytes).
+``max_chunk_bytes`` (default 1 MiB)
+    data bytes per ``Chunk`` when sending.
+``max_payload_bytes`` (default 1 GiB)
+    the largest reassembled ``Envelope`` accepted; checked chunk by chunk before buffering.
+``keepalive_time_ms`` / ``keepalive_timeout_ms`` (defaults 30 000 / 20 000)
+    HTTP/2 keep-alive pings (``grpc.keepalive_time_ms`` / ``grpc.keepalive_timeout_ms``),
+    so a peer that vanished without closing its TCP connection is noticed during long
+    local updates; ``grpc.keepalive_permit_without_calls`` is on and the server accepts
+    pings as often as every ``keepalive_time_ms``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fedmuscle_secure.messages import Message
+from fedmuscle_secure.wire import decode, encode
+from fedmuscle_secure.wire_chunks import Chunk, Reassembler, chunk
+
+__all__ = ["Inbound", "TransportOptions", "outbound"]
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Message size limits and keep-alive of one gRPC end (module docs)."""
+
+    max_message_bytes: int = 8 << 20
+    max_chunk_bytes: int = 1 << 20
+    max_payload_bytes: int = 1 << 30
+    keepalive_time_ms: int = 30_000
+    keepalive_timeout_ms: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.max_chunk_bytes < 1 or self.max_message_bytes < self.max_chunk_bytes + 1024:
+            raise ValueError(f"max_message_bytes ({self.max_message_bytes}) must exceed "
+                             f"max_chunk_bytes ({self.max_chunk_bytes}) by at least 1024")
+
+    def channel_options(self, *, server: bool) -> list[tuple[str, int]]:
+        """The ``options`` of ``grpc.server`` / ``grpc.secure_channel``."""
+        opts = [("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+                ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+                ("grpc.keepalive_permit_without_calls", 1)]
+        if server:
+            opts += [("grpc.http2.min_ping_interval_without_data_ms", self.keepalive_time_ms),
+                     ("grpc.http2.max_pings_without_data", 0)]
+        return opts
+
+
+def outbound(msg: Message, sender: str, counter: itertools.count, options: TransportOptions,
+             ) -> Iterator[Chunk]:
+    """The chunks of one message, on a stream id unique within the connection."""
+    yield from chunk(encode(msg), stream_id=f"{sender}-{next(counter)}",
+                     max_chunk_bytes=options.max_chunk_bytes)
+
+
+class Inbound:
+    """Received chunks → protocol messages; raises ProtocolError on anything malformed."""
+
+    def __init__(self, options: TransportOptions) -> None:
+        self._reassembler = Reassembler(options.max_payload_bytes)
+
+    def add(self, piece: Chunk) -> Message | None:
+        payload = self._reassembler.add(piece)
+        return None if payload is None else decode(payload)

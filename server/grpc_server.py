@@ -1,0 +1,341 @@
+"""The gRPC + mutual-TLS server (DESIGN §6): the same :class:`FedMuscleServer` as the simulator.
+
+One :class:`Coordinator` owns the server state machine, a lock and one outbox per connected
+client; the transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
+
+* the peer certificate (``auth_context()["x509_pem_cert"]``) is mapped to a client id by
+  :meth:`Trust.verify_peer`; unknown, revoked, expired or foreign-CA certificates are
+  refused (``PERMISSION_DENIED``, reason logged), a second stream of a connected client too;
+* a reader thread reassembles chunks, decodes and :meth:`Coordinator.submit` s the message
+  (``server.handle``; replies are routed to their recipients' outboxes). A
+  :class:`ProtocolError` aborts that stream with the reason (``INVALID_ARGUMENT``) and the
+  client is dropped as if it had sent a ``Leave``; the others go on;
+* the response generator yields the chunks of every message put in the outbox.
+
+A client may reconnect until round 1 starts; after that a closed stream is final.
+
+A stream that closes mid-run is a ``Leave`` (secagg recovers by its dropout path). After the
+last round every connected client gets a :class:`~fedmuscle_secure.messages.Finish` and
+answers with its closing ``RoundReport`` (round R + 1), written as the ``final`` rows. The
+run directory gets ``config.resolved.yaml``, ``events.jsonl``, ``metrics.csv`` (rows as in
+``run``), ``summary.md`` and a server checkpoint per round (server state and rows).
+Limits and keep-alive: :class:`~fedmuscle_secure.grpc_transport.TransportOptions`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fedmuscle_secure.server.state import FedMuscleServer
+
+from fedmuscle_secure.config import ExperimentConfig, dump_config
+from fedmuscle_secure.data import get_task
+from fedmuscle_secure.errors import ConfigError, FedMuscleError, IdentityError, ProtocolError
+from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
+from fedmuscle_secure.messages import Finish, Leave, Message, RoundReport, payload_bytes
+from fedmuscle_secure.provision import Trust, load_trust
+from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.wire_chunks import Chunk
+from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
+
+log = logging.getLogger("fedmuscle_secure.server")
+_CLOSE = object()
+
+
+@dataclass(frozen=True)
+class _Abort:
+    code: grpc.StatusCode
+    reason: str
+
+
+class TransportError(FedMuscleError):
+    """The deployment could not proceed (clients missing, a round timed out)."""
+
+
+class Coordinator:
+    """The server state machine behind a lock, with one outbox per connected client."""
+
+    def __init__(self, server: FedMuscleServer, final_round: int) -> None:
+        self.server = server
+        self.final_round = final_round
+        self.cond = threading.Condition()
+        self.outboxes: dict[str, queue.Queue] = {}
+        self.gone: dict[str, str] = {}               # client -> why its stream ended
+        self.finals: dict[str, dict[str, float]] = {}
+        self.started = False                         # round 1 has been sent
+        self.traffic = {c: {"bytes_sent": 0.0, "bytes_received": 0.0} for c in server.clients}
+
+    def connect(self, client: str) -> queue.Queue:
+        with self.cond:
+            if client in self.outboxes:
+                raise IdentityError(f"client {client!r} is already connected")
+            if client in self.gone and self.started:
+                raise IdentityError(f"client {client!r} left this run ({self.gone[client]})")
+            self.gone.pop(client, None)  # before round 1 a client may reconnect
+            box: queue.Queue = queue.Queue()
+            self.outboxes[client] = box
+            self.cond.notify_all()
+            return box
+
+    def submit(self, client: str, msg: Message) -> None:
+        """One message received from ``client``: the server's replies go to their outboxes."""
+        with self.cond:
+            if getattr(msg, "client", None) != client:
+                raise ProtocolError(client, "transport", f"{type(msg).__name__} names client "
+                                    f"{getattr(msg, 'client', None)!r}, not the sender")
+            self.traffic[client]["bytes_sent"] += payload_bytes(msg)
+            if isinstance(msg, RoundReport) and msg.round == self.final_round:
+                self.finals[client] = dict(msg.metrics)
+            else:
+                self._route(self.server.handle(msg))
+            self.cond.notify_all()
+
+    def disconnect(self, client: str, reason: str) -> None:
+        """The stream of ``client`` ended: a Leave if the server still counts on it."""
+        with self.cond:
+            box = self.outboxes.pop(client, None)
+            if box is not None:
+                box.put(_CLOSE)
+            self.gone[client] = reason
+            self._leave_if_active(client, reason)
+            self.cond.notify_all()
+
+    def _leave_if_active(self, client: str, reason: str) -> None:
+        s = self.server
+        if client in s.active and s.stage.value == "collecting":
+            log.warning("client %s dropped in round %d: %s", client, s.round + 1, reason)
+            self._route(s.handle(Leave(client, s.round + 1, f"transport: {reason}")))
+
+    def _route(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            box = self.outboxes.get(m.client)
+            if box is None:
+                continue  # disconnected: its Leave is (or was) submitted by disconnect
+            self.traffic[m.client]["bytes_received"] += payload_bytes(m)
+            box.put(m)
+
+    def start_round(self, r: int) -> None:
+        with self.cond:
+            self.started = True
+            for t in self.traffic.values():
+                t["bytes_sent"] = t["bytes_received"] = 0.0
+            self._route(self.server.start_round(r))
+            for client in [c for c in self.server.active if c not in self.outboxes]:
+                self._leave_if_active(client, self.gone.get(client, "not connected"))
+
+    def finish(self) -> list[str]:
+        """Send :class:`Finish` to every connected client; returns who must answer."""
+        with self.cond:
+            for t in self.traffic.values():
+                t["bytes_sent"] = t["bytes_received"] = 0.0
+            who = list(self.outboxes)
+            self._route([Finish(c, self.final_round) for c in who])
+            return who
+
+    def abort(self, client: str, code: grpc.StatusCode, reason: str) -> None:
+        with self.cond:
+            box = self.outboxes.get(client)
+            if box is not None:
+                box.put(_Abort(code, reason))
+
+    def close_all(self) -> None:
+        with self.cond:
+            for box in self.outboxes.values():
+                box.put(_CLOSE)
+
+    def wait(self, predicate, timeout: float, what: str) -> None:
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout=timeout):
+                raise TransportError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class FedMuscleServicer(rpc.FedMuscleServicer):
+    """``Exchange``: authenticate the peer, then pump chunks both ways (module docs)."""
+
+    def __init__(self, coordinator: Coordinator, trust: Trust, options: TransportOptions) -> None:
+        self.coordinator, self.trust, self.options = coordinator, trust, options
+
+    def _identify(self, context: grpc.ServicerContext) -> str:
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            log.warning("refused %s: no client certificate", context.peer())
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        try:
+            client = self.trust.verify_peer(pems[0])
+        except IdentityError as exc:
+            log.warning("refused %s: %s", context.peer(), exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        if client not in self.coordinator.server.clients:
+            reason = f"client id {client!r} is not in this federation's config"
+            log.warning("refused %s: %s", context.peer(), reason)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        return client
+
+    def Exchange(self, request_iterator: Iterator[Chunk],
+                 context: grpc.ServicerContext) -> Iterator[Chunk]:
+        client = self._identify(context)
+        try:
+            box = self.coordinator.connect(client)
+        except IdentityError as exc:
+            log.warning("refused %s: %s", context.peer(), exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        log.info("client %s connected from %s", client, context.peer())
+        threading.Thread(target=self._read, args=(client, request_iterator), daemon=True,
+                         name=f"reader-{client}").start()
+        counter = itertools.count()
+        while True:
+            item = box.get()
+            if item is _CLOSE:
+                return
+            if isinstance(item, _Abort):
+                context.abort(item.code, item.reason)
+            yield from outbound(item, "server", counter, self.options)
+
+    def _read(self, client: str, requests: Iterator[Chunk]) -> None:
+        inbound, reason = Inbound(self.options), "stream closed by the client"
+        try:
+            for piece in requests:
+                msg = inbound.add(piece)
+                if msg is not None:
+                    self.coordinator.submit(client, msg)
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            log.warning("aborting the stream of %s: %s", client, exc)
+            self.coordinator.abort(client, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.RpcError as exc:
+            reason = f"stream failed: {exc.code() if hasattr(exc, 'code') else exc}"
+        except Exception as exc:  # one client's failure must not stop the rest
+            reason = f"{type(exc).__name__}: {exc}"
+            log.exception("stream of %s failed", client)
+            self.coordinator.abort(client, grpc.StatusCode.INTERNAL, reason)
+        finally:
+            self.coordinator.disconnect(client, reason)
+
+
+def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, listen: str,
+                      options: TransportOptions) -> tuple[grpc.Server, int]:
+    """Listen on ``listen`` with mutual TLS (client certificates required); returns the port."""
+    key = (certs / "server" / "server.key").read_bytes()
+    cert = (certs / "server" / "server.crt").read_bytes()
+    creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=trust.ca_pem,
+                                        require_client_auth=True)
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(coordinator.server.clients) + 4),
+                         options=options.channel_options(server=True))
+    rpc.add_FedMuscleServicer_to_server(FedMuscleServicer(coordinator, trust, options), server)
+    port = server.add_secure_port(listen, creds)
+    if port == 0:
+        raise ConfigError("--listen", f"cannot listen on {listen!r}")
+    server.start()
+    return server, port
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Timeouts of the run loop, in seconds."""
+
+    connect_timeout_s: float = 300.0
+    round_timeout_s: float = 3600.0
+
+
+def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path, *,
+          options: TransportOptions | None = None,
+          settings: ServeSettings | None = None) -> list[dict[str, Any]]:
+    """Run the federation of ``cfg`` for its main method over gRPC; returns the metric rows.
+
+    Rows are ``run``'s, except ``wall_time_s``: the server sees the round's wall time, not
+    each client's compute time. No ``local`` reference is run (``compare_local`` is ignored).
+    """
+    from fedmuscle_secure.experiment import config_digest, make_split, methods_of
+    from fedmuscle_secure.simulator import build_server, federation_setup
+    from fedmuscle_secure.summary import write_summary
+
+    if cfg.protection == "ckks":
+        raise ConfigError("protection", "ckks is not supported over gRPC yet (the CKKS context "
+                                        "is provisioned in-process); use plain or secagg")
+    options, settings = options or TransportOptions(), settings or ServeSettings()
+    certs, method, rounds = Path(certs), methods_of(cfg)[0], cfg.training.rounds
+    run = RunDir(out)
+    if run.root.exists() and any(run.root.iterdir()):
+        raise ConfigError("--out", f"{run.root} already holds a run; choose another --out")
+    run.create()
+    resolved = dump_config(cfg)
+    run.config.write_text(resolved)
+    trust = load_trust(certs)
+    split = make_split(cfg)
+    setup = federation_setup(cfg, split, method, identities=_server_identities(cfg, certs, method))
+    coordinator = Coordinator(build_server(cfg, method, setup), final_round=rounds + 1)
+    grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options)
+    run.event("run_start", transport="grpc", listen=listen, port=port, seed=cfg.seed,
+              config_sha256=config_digest(resolved), method=method)
+    log.info("listening on port %d; waiting for %s", port, coordinator.server.clients)
+    rows: list[dict[str, Any]] = []
+    tasks = {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients}
+
+    def row(r: int | str, name: str, metrics: dict[str, float]) -> dict[str, Any]:
+        spec, task = tasks[name]
+        return {"method": method, "round": r, "client": name, "model": spec.model,
+                "task": spec.task, "metric": task.metric, **metrics}
+
+    s = coordinator.server
+    try:
+        coordinator.wait(lambda: len(coordinator.outboxes) == len(s.clients),
+                         settings.connect_timeout_s, f"every client to connect ({s.clients})")
+        for r in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            coordinator.start_round(r)
+            coordinator.wait(lambda r=r: s.round >= r, settings.round_timeout_s, f"round {r}")
+            wall = time.perf_counter() - t0
+            with coordinator.cond:
+                per_client = {c: {**s.reports[c].metrics, **coordinator.traffic[c],
+                                  "wall_time_s": wall} for c in s.active}
+            rows += [row(r, c, m) for c, m in per_client.items()]
+            run.event("round_end", method=method, round=r, seconds=wall,
+                      selection=s.last_selection, metrics=per_client)
+            for d in s.departures:
+                if d["round"] == r:
+                    run.event("client_left", method=method, **d)
+            if s.settings.secure is not None:
+                for e in s.settings.secure.events:
+                    if e["round"] == r:
+                        run.event(e["event"], method=method,
+                                  **{k: v for k, v in e.items() if k != "event"})
+            run.save_checkpoint(method, r, {"server": s.state_dict(), "rows": rows,
+                                            "finished": False})
+            run.write_metrics(rows)
+        waiting = coordinator.finish()
+        coordinator.wait(lambda: all(c in coordinator.finals or c in coordinator.gone
+                                     for c in waiting),
+                         settings.round_timeout_s, "the clients' final reports")
+        with coordinator.cond:
+            rows += [row("final", c, {**coordinator.finals[c], **coordinator.traffic[c]})
+                     for c in s.clients if c in coordinator.finals]  # config order, as `run`
+        run.save_checkpoint(method, rounds + 1, {"server": s.state_dict(), "rows": rows,
+                                                 "finished": True})
+        run.write_metrics(rows)
+        write_summary(run.summary, cfg, rows)
+        run.event("run_end", final={c: m.get("test_metric") for c, m in coordinator.finals.items()})
+        return rows
+    finally:
+        coordinator.close_all()
+        grpc_server.stop(grace=5).wait()
+
+
+def _server_identities(cfg: ExperimentConfig, certs: Path, method: str) -> dict | None:
+    """Under secagg: every organisation's Ed25519 public identity, from ``certs/identities``."""
+    if not (cfg.protection == "secagg" and method == "muscle_sum"):
+        return None
+    from fedmuscle_secure.identity import load_public
+
+    folder = certs / "identities"
+    return {c.name: load_public(folder / f"{c.name}.pub") for c in cfg.clients}
