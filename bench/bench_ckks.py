@@ -21,6 +21,7 @@ import statistics
 import time
 
 import torch
+from _stopwatch import Stopwatch
 from fedmuscle_secure.crypto.ckks import (
     SecretContext,
     add,
@@ -36,7 +37,7 @@ from fedmuscle_secure.config import ckks_parameters, load_config
 from fedmuscle_secure.experiment import make_split
 from fedmuscle_secure.simulator import build_federation, run_round
 
-CKKS_SECONDS = [0.0]
+CKKS = Stopwatch()  # encrypt, server evaluation, decrypt
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -84,23 +85,13 @@ def primitives(cfg, repeats: int) -> None:
           f"{len(secret.serialize()) / 1e6:.2f} MB")
 
 
-def _timed(fn):
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            CKKS_SECONDS[0] += time.perf_counter() - t0
-    return wrapper
-
-
 def _instrument() -> None:
     from fedmuscle_secure.client import ckks_exchange as client_side
     from fedmuscle_secure.server import ckks_exchange as server_side
 
-    client_side.CkksClient.protect = _timed(client_side.CkksClient.protect)
-    client_side.CkksClient.open = _timed(client_side.CkksClient.open)
-    server_side.ckks_replies = _timed(server_side.ckks_replies)
+    client_side.CkksClient.protect = CKKS.wrap(client_side.CkksClient.protect)
+    client_side.CkksClient.open = CKKS.wrap(client_side.CkksClient.open)
+    server_side.ckks_replies = CKKS.wrap(server_side.ckks_replies)
     from fedmuscle_secure.server import state
 
     state.ckks_replies = server_side.ckks_replies  # the server imported the name directly
@@ -120,11 +111,11 @@ def round_table(cfg, repeats: int) -> None:
             fed = build_federation(c, split, method)
             rounds, machinery = [], []
             for r in range(1, repeats + 2):
-                CKKS_SECONDS[0] = 0.0
+                CKKS.take()
                 t0 = time.perf_counter()
                 run_round(fed, r)
                 rounds.append(time.perf_counter() - t0)
-                machinery.append(CKKS_SECONDS[0])
+                machinery.append(CKKS.take())
             fed.close()
             times[protection] = statistics.median(rounds[1:])
             times[protection + "_m"] = statistics.median(machinery[1:])

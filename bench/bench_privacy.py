@@ -20,29 +20,19 @@ import time
 from pathlib import Path
 
 import torch
+from _stopwatch import Stopwatch
 from fedmuscle_secure.client.privacy import ClientPrivacy
 
 from fedmuscle_secure.config import load_config
 from fedmuscle_secure.experiment import make_split
 from fedmuscle_secure.simulator import build_federation, run_round
 
-PRIVACY_SECONDS = [0.0]
+# the client's privacy machinery (clip, noise, accountant, ledger): the overhead itself
+PRIVACY = Stopwatch()
 
 
-def _timed(fn):
-    """Accumulate the time spent in the client's privacy machinery (clip, noise, accountant,
-    ledger): the overhead itself, free of the round-to-round jitter of training."""
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            PRIVACY_SECONDS[0] += time.perf_counter() - t0
-    return wrapper
-
-
-ClientPrivacy.release = _timed(ClientPrivacy.release)
-ClientPrivacy.end_round = _timed(ClientPrivacy.end_round)
+ClientPrivacy.release = PRIVACY.wrap(ClientPrivacy.release)
+ClientPrivacy.end_round = PRIVACY.wrap(ClientPrivacy.end_round)
 
 
 def _rounds(cfg, split, rounds: int, record: bool) -> list[float]:
@@ -79,10 +69,10 @@ def main() -> int:
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")
     results, inside = {}, {}
     for name, (cfg, record) in variants.items():
-        PRIVACY_SECONDS[0] = 0.0
+        PRIVACY.take()
         times = _rounds(cfg, split, args.rounds, record)
         results[name] = statistics.median(times)
-        inside[name] = PRIVACY_SECONDS[0] / args.rounds
+        inside[name] = PRIVACY.take() / args.rounds
         print(f"{name:>14}: median round {results[name]:7.2f} s, of which privacy machinery "
               f"{inside[name]:.3f} s  (rounds: " + ", ".join(f"{t:.2f}" for t in times) + ")",
               flush=True)

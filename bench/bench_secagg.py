@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from _stopwatch import Stopwatch
 from fedmuscle_secure.crypto.secagg_client import SecAggClient
 from fedmuscle_secure.crypto.secagg_server import SecAggServer
 from fedmuscle_secure.crypto.sum_encoding import SumEncoding
@@ -144,19 +145,7 @@ def exchange_table(cfg, repeats: int) -> None:
                   f"{f_total:>11.4f}s {ratio:>10.2f}x {'yes' if o['correct'] else 'NO'}")
 
 
-SECAGG_SECONDS = [0.0]
-
-
-def _timed(fn):
-    """Accumulate the time spent in the secagg machinery (encoding, keys, shares, masks,
-    unmasking, decoding), free of the round-to-round jitter of training."""
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            SECAGG_SECONDS[0] += time.perf_counter() - t0
-    return wrapper
+SECAGG = Stopwatch()  # encoding, keys, shares, masks, unmasking, decoding
 
 
 def _instrument() -> None:
@@ -166,7 +155,7 @@ def _instrument() -> None:
     for cls, names in ((SecureExchangeClient, ("begin", "handle")),
                        (SecureExchanges, ("handle", "start_round"))):
         for name in names:
-            setattr(cls, name, _timed(getattr(cls, name)))
+            setattr(cls, name, SECAGG.wrap(getattr(cls, name)))
 
 
 def round_table(cfg, repeats: int) -> None:
@@ -185,11 +174,11 @@ def round_table(cfg, repeats: int) -> None:
             fed = build_federation(c, split, "muscle_sum")
             rounds, machinery = [], []
             for r in range(1, repeats + 2):
-                SECAGG_SECONDS[0] = 0.0
+                SECAGG.take()
                 t0 = time.perf_counter()
                 run_round(fed, r)
                 rounds.append(time.perf_counter() - t0)
-                machinery.append(SECAGG_SECONDS[0])
+                machinery.append(SECAGG.take())
             fed.close()
             times[protection] = statistics.median(rounds[1:])  # round 1 warms up
             times[protection + "_machinery"] = statistics.median(machinery[1:])
