@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_privacy.py
 	$(PY) bench/bench_secagg.py
 	$(PY) bench/bench_ckks.py
+	$(PY) bench/bench_grpc.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmuscle_secure crypto server client tests bench

@@ -6,9 +6,12 @@ The config (default: configs/digits.yaml with ``training.rounds`` overridden to 
 1. in-process: ``build_federation`` + ``run_round`` with one torch thread;
 2. deployed on 127.0.0.1: a PKI provisioned into a temp dir, one server process and one
    client process per organisation, each with ``--threads 1``; round times are the
-   server's ``round_end`` events (events.jsonl), traffic its metrics.csv.
+   server's ``round_end`` events (events.jsonl), traffic its metrics.csv;
+3. in-process again with as many torch threads as cores (the fairer comparison on a small
+   machine, where the deployment's processes train in parallel), with every message also
+   protobuf-encoded to size the encoding overhead.
 
-Printed per round: simulator wall time, gRPC wall time, the ratio gRPC/simulator, and the
+Printed per round: simulator wall times, gRPC wall time, the ratios gRPC/simulator, and the
 bytes each client sent / received. Those byte columns count the tensor payload of each
 message (``messages.payload_bytes``, the same count as the simulator's), not protobuf,
 HTTP/2 or TLS framing. Note that the deployment's processes (server + N clients) share the
@@ -33,9 +36,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from fedmuscle_secure import simulator
 from fedmuscle_secure.config import load_config
 from fedmuscle_secure.experiment import make_split, methods_of
 from fedmuscle_secure.simulator import build_federation, run_round
+from fedmuscle_secure.wire import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,10 +55,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def simulate(cfg) -> dict[int, float]:
-    """Seconds per round of the in-process simulator, one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def simulate(cfg, threads: int, count: dict | None = None) -> dict[int, float]:
+    """Seconds per round of the in-process simulator with ``threads`` torch threads.
+
+    With ``count``, every message is also protobuf-encoded (``wire.encode``, what the
+    deployment puts in its chunks) and ``count`` accumulates payload vs encoded bytes and the
+    seconds spent encoding (inside the timed rounds: subtract them to compare).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    original = simulator.payload_bytes
+    if count is not None:
+        def counted(msg):
+            n = original(msg)
+            t0 = time.perf_counter()
+            count["encoded"] += len(encode(msg))
+            count["encode_s"] += time.perf_counter() - t0
+            count["payload"] += n
+            return n
+        simulator.payload_bytes = counted
     try:
         fed = build_federation(cfg, make_split(cfg), methods_of(cfg)[0])
         try:
@@ -66,7 +86,8 @@ def simulate(cfg) -> dict[int, float]:
         finally:
             fed.close()
     finally:
-        torch.set_num_threads(threads)
+        simulator.payload_bytes = original
+        torch.set_num_threads(before)
 
 
 def _cli(args: list[str], log: Path) -> subprocess.Popen:
@@ -141,16 +162,23 @@ def main() -> None:
         n = len(cfg.clients)
         print(f"config {args.config}: {n} clients, {cfg.training.rounds} rounds, "
               f"method {cfg.muscle.method}, protection {cfg.protection}")
-        sim = simulate(cfg)
+        cores = os.cpu_count() or 1
+        sim = simulate(cfg, 1)
         rounds, rows, total = deploy(cfg, config, tmp, args.timeout)
+        count = {"payload": 0, "encoded": 0, "encode_s": 0.0}
+        sim_all = simulate(cfg, cores, count)
 
     print(f"\nwall time per round (simulator: 1 process, 1 torch thread; gRPC: server + {n} "
           f"client processes, 1 torch thread each, 127.0.0.1, mutual TLS)")
-    print(f"{'round':>5}  {'simulator':>10}  {'gRPC':>10}  {'gRPC/sim':>8}")
+    print(f"{'round':>5}  {'sim 1 thr':>10}  {'gRPC':>10}  {'gRPC/sim':>8}  "
+          f"{f'sim {cores} thr':>10}  {'gRPC/sim':>8}")
     for r in sorted(sim):
-        print(f"{r:>5}  {sim[r]:>9.2f}s  {rounds[r]:>9.2f}s  {rounds[r] / sim[r]:>7.2f}x")
-    s, g = sum(sim.values()), sum(rounds.values())
-    print(f"{'all':>5}  {s:>9.2f}s  {g:>9.2f}s  {g / s:>7.2f}x")
+        print(f"{r:>5}  {sim[r]:>9.2f}s  {rounds[r]:>9.2f}s  {rounds[r] / sim[r]:>7.2f}x  "
+              f"{sim_all[r]:>9.2f}s  {rounds[r] / sim_all[r]:>7.2f}x")
+    s, g, a = sum(sim.values()), sum(rounds.values()), sum(sim_all.values())
+    print(f"{'all':>5}  {s:>9.2f}s  {g:>9.2f}s  {g / s:>7.2f}x  {a:>9.2f}s  {g / a:>7.2f}x")
+    print(f"(the {cores}-thread simulator run also protobuf-encodes every message: "
+          f"{count['encode_s']:.3f}s of encoding in its {a:.2f}s)")
     print(f"gRPC run end to end (process start, data, models, connect, rounds, final "
           f"evaluation): {total:.1f}s")
 
@@ -163,6 +191,10 @@ def main() -> None:
         print(f"{row['round']:>5}  {row['client']:<14}  "
               f"{float(row['bytes_sent']) / 1e6:>8.3f}MB  "
               f"{float(row['bytes_received']) / 1e6:>8.3f}MB")
+    print(f"all messages of the simulator's rounds, protobuf-encoded (wire.encode) vs payload: "
+          f"{count['encoded'] / 1e6:.3f}MB vs {count['payload'] / 1e6:.3f}MB "
+          f"({count['encoded'] / count['payload']:.4f}x; gRPC chunk headers, HTTP/2 and TLS "
+          f"records come on top and are not counted)")
     print(f"\nload average at end (1/5/15 min): {_load()}")
 
 
