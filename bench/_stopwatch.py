@@ -8,6 +8,7 @@ functions and report both.
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,3 +32,20 @@ class Stopwatch:
         """The accumulated seconds, and start again from zero."""
         s, self.seconds = self.seconds, 0.0
         return s
+
+    def median_round(self, fed: Any, rounds: int) -> tuple[float, float]:
+        """Run rounds 1..``rounds`` of ``fed`` (then close it); the medians of the wall time
+        and of the time inside the wrapped functions over rounds 2.. (round 1 warms up)."""
+        from fedmuscle_secure.simulator import run_round
+
+        walls, inside = [], []
+        try:
+            for r in range(1, rounds + 1):
+                self.take()
+                t0 = time.perf_counter()
+                run_round(fed, r)
+                walls.append(time.perf_counter() - t0)
+                inside.append(self.take())
+        finally:
+            fed.close()
+        return statistics.median(walls[1:]), statistics.median(inside[1:])

@@ -35,7 +35,7 @@ from fedmuscle_secure.crypto.ckks import (
 
 from fedmuscle_secure.config import ckks_parameters, load_config
 from fedmuscle_secure.experiment import make_split
-from fedmuscle_secure.simulator import build_federation, run_round
+from fedmuscle_secure.simulator import build_federation
 
 CKKS = Stopwatch()  # encrypt, server evaluation, decrypt
 
@@ -109,16 +109,7 @@ def round_table(cfg, repeats: int) -> None:
             c = cfg.with_overrides(**{"muscle.method": method, "protection": protection,
                                       "training.rounds": repeats + 1})
             fed = build_federation(c, split, method)
-            rounds, machinery = [], []
-            for r in range(1, repeats + 2):
-                CKKS.take()
-                t0 = time.perf_counter()
-                run_round(fed, r)
-                rounds.append(time.perf_counter() - t0)
-                machinery.append(CKKS.take())
-            fed.close()
-            times[protection] = statistics.median(rounds[1:])
-            times[protection + "_m"] = statistics.median(machinery[1:])
+            times[protection], times[protection + "_m"] = CKKS.median_round(fed, repeats + 1)
         mach = times["ckks_m"]
         print(f"{method:>11} {times['plain']:>7.2f}s {times['ckks']:>7.2f}s {times['ckks'] / times['plain']:>9.2f}x "
               f"{mach:>15.2f}s {(times['plain'] + mach) / times['plain']:>22.2f}x")

@@ -35,7 +35,7 @@ from fedmuscle_secure.server.computation import peer_sums
 from fedmuscle_secure.config import load_config
 from fedmuscle_secure.experiment import make_split
 from fedmuscle_secure.identity import generate_identity
-from fedmuscle_secure.simulator import build_federation, run_round
+from fedmuscle_secure.simulator import build_federation
 
 N_CLIENTS = 10
 
@@ -172,16 +172,7 @@ def round_table(cfg, repeats: int) -> None:
                                       "muscle.num_selected": len(cfg.clients) - 1,
                                       "protection": protection, "training.rounds": repeats + 1})
             fed = build_federation(c, split, "muscle_sum")
-            rounds, machinery = [], []
-            for r in range(1, repeats + 2):
-                SECAGG.take()
-                t0 = time.perf_counter()
-                run_round(fed, r)
-                rounds.append(time.perf_counter() - t0)
-                machinery.append(SECAGG.take())
-            fed.close()
-            times[protection] = statistics.median(rounds[1:])  # round 1 warms up
-            times[protection + "_machinery"] = statistics.median(machinery[1:])
+            times[protection], times[protection + "_machinery"] = SECAGG.median_round(fed, repeats + 1)
         mach = times["secagg_machinery"]
         print(f"{exchange:>10} {times['plain']:>8.2f}s {times['secagg']:>8.2f}s "
               f"{times['secagg'] / times['plain']:>11.3f}x {mach:>17.3f}s "
