@@ -324,9 +324,20 @@ def _check_ckks(cfg: ExperimentConfig) -> None:
         return
     if cfg.muscle.method not in ("muscle", "muscle_sum", "pairwise", "local"):
         raise ConfigError("muscle.method", f"unsupported under ckks: {cfg.muscle.method!r}")
-    d_pad = 1 << (cfg.muscle.dim - 1).bit_length()
+    validate_ckks(cfg, noise_std=0.0)
+
+
+def validate_ckks(cfg: ExperimentConfig, *, noise_std: float):
+    """Validate the CKKS parameters for this config (raises :class:`ConfigError` naming
+    them) and return them: a row padded to a power of two per slot block, depth 1, and the
+    largest value ||U||² of M rows whose coordinates carry noise up to 6 sd (``noise_std``
+    per coordinate; 0 for unit rows without noise)."""
+    params = ckks_parameters(cfg)
+    d = cfg.muscle.dim
     m = cfg.muscle.num_selected
-    ckks_parameters(cfg).validate(packed_length=d_pad, depth=1, max_abs_value=float(m * m))
+    params.validate(packed_length=1 << (d - 1).bit_length(), depth=1,
+                    max_abs_value=float((m * (1 + 6 * noise_std * d ** 0.5)) ** 2))
+    return params
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -90,7 +90,8 @@ def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         tau=tau, gamma=gamma_from_temperatures(tau, tau_p),
         public_x=torch.from_numpy(np.ascontiguousarray(split.public_x)),
         in_chans=int(split.public_x.shape[1]), secure=secure, identities=identities,
-        provisioned=_provision_ckks(cfg) if cfg.protection == "ckks" and method != "local" else None,
+        provisioned=_provision_ckks(cfg, calibration.representation_sigma if calibration else None)
+        if cfg.protection == "ckks" and method != "local" else None,
         calibration=calibration)
 
 
@@ -188,25 +189,19 @@ def open_receipts(record_dir: Path | None):
     return ReceiptLog.open(record_dir / "receipts.jsonl")
 
 
-def _provision_ckks(cfg: ExperimentConfig) -> tuple:
+def _provision_ckks(cfg: ExperimentConfig, representation_sigma: float | None) -> tuple:
     """The provisioning step (DESIGN §4.3): one CKKS context for the federation. Clients get
     its bytes with the secret key, the server a public copy without it; both travel as
-    bytes, as they would between organisations."""
-    from fedmuscle_secure.config import ckks_parameters
+    bytes, as they would between organisations. The parameters are re-validated for the
+    noisy values when representation noise is on."""
+    from fedmuscle_secure.config import validate_ckks
     from fedmuscle_secure.crypto.ckks import SecretContext
+    from fedmuscle_secure.dp.noise import representation_sensitivity
 
-    params = ckks_parameters(cfg)
-    sigma = None
-    if cfg.privacy.representation_noise.enabled:
-        sigma = calibrate(cfg, {c.name: 1 for c in cfg.clients}).representation_sigma
-    if sigma is not None:  # noisy rows: ||U||² of M rows with 6-sd noise per coordinate
-        from fedmuscle_secure.dp.noise import representation_sensitivity
-
-        std = sigma * representation_sensitivity(cfg.muscle.batch_size)
-        m = cfg.muscle.num_selected
-        d_pad = 1 << (cfg.muscle.dim - 1).bit_length()
-        params.validate(packed_length=d_pad, depth=1,
-                        max_abs_value=(m * (1 + 6 * std * cfg.muscle.dim ** 0.5)) ** 2)
+    std = 0.0
+    if representation_sigma is not None:
+        std = representation_sigma * representation_sensitivity(cfg.muscle.batch_size)
+    params = validate_ckks(cfg, noise_std=std)
     secret = SecretContext.create(params)
     return params, secret.serialize(), secret.to_public().serialize()
 

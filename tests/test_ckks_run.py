@@ -88,5 +88,5 @@ def test_noise_too_large_for_the_ckks_modulus_is_refused_naming_the_parameter():
     cfg = tiny_config(**{"muscle.method": "muscle_sum", "protection": "ckks",
                          "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 5.0}}})
     with pytest.raises(ConfigError) as exc:
-        _provision_ckks(cfg)
+        _provision_ckks(cfg, cfg.privacy.representation_noise.noise_multiplier)
     assert "ckks.coeff_mod_bit_sizes" in exc.value.field
