@@ -6,14 +6,23 @@ connects with its provisioned key and certificate, opens ``FedMuscle.Exchange`` 
 reassemble → decode → ``client.handle`` → encode → chunk → send. No protocol logic lives
 here. The signed ledger is written in the client's own run directory (``ledger/``), as in
 simulation. Until the server answers, the connection is retried with exponential backoff
-(:class:`RetrySettings`); once the exchange has started a failure ends the run (the server
-has already dropped this client).
+(:class:`RetrySettings`).
+
+Server restarts (DESIGN §6): the client checkpoints its state after every round it
+completes (``checkpoints/``). When the stream breaks because the server went away
+(``UNAVAILABLE``, or closed without ``Finish``) the client reconnects with the same backoff;
+a server restarted with ``--resume`` re-sends the plan of the round after its last
+checkpoint, and the client first rewinds to its own checkpoint of that round (model and
+optimizers; the privacy accountants are rebuilt from the ledger, so releases of the
+interrupted round stay counted). A refusal (``PERMISSION_DENIED``: the server dropped this
+client, e.g. after a protocol error) or any other failure ends the run.
 
 Certificates (``--certs DIR``, the layout of ``fedmuscle-secure provision init``):
 ``ca/ca.crt``, ``orgs/<org>/<org>.key`` and ``.crt``; the client id is the organisation's
 entry in ``clients.yaml`` (else the organisation name). Under ``secagg`` the Ed25519
 identities come from ``DIR/identities``: this organisation's ``<id>.key`` and every peer's
-``<id>.pub``.
+``<id>.pub``; under ``ckks`` the federation's secret context from ``DIR/ckks/secret.ctx``
+(:mod:`fedmuscle_secure.provision_keys`).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import yaml
 from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
 from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
-from fedmuscle_secure.messages import Finish, RoundReport
+from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.rundir import RunDir
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
@@ -41,6 +50,10 @@ _CLOSE = object()
 
 class ConnectionFailed(FedMuscleError):
     """The server could not be reached, or refused or ended this client's stream."""
+
+
+class ServerLost(ConnectionFailed):
+    """The stream broke because the server went away: reconnect and resume."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +128,24 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     run.config.write_text(dump_config(cfg))
     method = methods_of(cfg)[0]
     split = make_split(cfg)
-    setup = federation_setup(cfg, split, method, record_dir=run.root,
+    contexts = None
+    if cfg.protection == "ckks" and method != "local":
+        from fedmuscle_secure.provision_keys import client_ckks
+
+        contexts = client_ckks(cfg, certs)
+    setup = federation_setup(cfg, split, method, record_dir=run.root, ckks_contexts=contexts,
                              identities=_identities(cfg, certs, name, run.root))
     client = build_client(cfg, split, method, name, setup, record_dir=run.root)
+    run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
     try:
-        channel = open_channel(certs, org, target, options, retry)
-        final = _exchange(client, channel, name, options, run)
+        while True:
+            channel = open_channel(certs, org, target, options, retry)
+            try:
+                final = _exchange(client, channel, name, options, run, method)
+                break
+            except ServerLost as exc:
+                log.warning("%s: %s; reconnecting", name, exc)
+                run.event("server_lost", client=name, round=client.round, reason=str(exc))
     finally:
         if client.privacy is not None and client.privacy.ledger is not None:
             client.privacy.ledger.close()
@@ -128,8 +153,27 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     return final
 
 
+def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str) -> None:
+    """A (restarted) server asks for round ``msg.round``: unless this client is between rounds
+    right before it, load its own checkpoint of round ``msg.round - 1``."""
+    from fedmuscle_secure.client.state import ClientStage
+
+    target = msg.round - 1
+    if client.stage is ClientStage.IDLE and client.round == target or client.left is not None:
+        return
+    state = run.checkpoint(method, target)
+    if state is None:
+        raise ConnectionFailed(f"the server resumes at round {msg.round} but {client.name!r} "
+                               f"has no checkpoint of round {target} in {run.checkpoints}")
+    log.warning("%s: rewinding from round %d (%s) to the end of round %d", client.name,
+                client.round, client.stage.value, target)
+    run.event("rewind", client=client.name, from_round=client.round,
+              stage=client.stage.value, to_round=target)
+    client.load_state_dict(state)
+
+
 def _exchange(client, channel: grpc.Channel, name: str, options: TransportOptions,
-              run: RunDir) -> dict[str, float]:
+              run: RunDir, method: str) -> dict[str, float]:
     sending: queue.Queue = queue.Queue()
     counter = itertools.count()
 
@@ -145,6 +189,9 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
             msg = inbound.add(piece)
             if msg is None:
                 continue
+            log.debug("%s: received %s", name, _describe(msg))
+            if isinstance(msg, RoundPlan | Finish):
+                _rewind_if_needed(client, msg, run, method)
             t0 = time.perf_counter()
             replies = client.handle(msg)
             if isinstance(msg, RoundReport | Finish) or any(isinstance(r, RoundReport)
@@ -152,6 +199,8 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
                 log.info("%s: %s done in %.2f s", name, type(msg).__name__,
                          time.perf_counter() - t0)
             for rep in replies:
+                if isinstance(rep, RoundReport) and not isinstance(msg, Finish):
+                    run.save_checkpoint(method, rep.round, client.state_dict())
                 sending.put(rep)
             if isinstance(msg, Finish):
                 final = dict(replies[0].metrics)
@@ -161,10 +210,24 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
         detail = exc.details() if hasattr(exc, "details") else str(exc)
         if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             raise IdentityError(f"server refused {name!r}: {detail}") from None
+        if code is grpc.StatusCode.UNAVAILABLE and final is None:
+            raise ServerLost(f"stream to the server broke ({code}): {detail}") from None
         raise ConnectionFailed(f"stream to the server failed ({code}): {detail}") from None
     finally:
         sending.put(_CLOSE)
         channel.close()
     if final is None:
-        raise ConnectionFailed(f"the server closed the stream of {name!r} before Finish")
+        raise ServerLost(f"the server closed the stream of {name!r} before Finish")
     return final
+
+
+def _describe(msg) -> str:
+    """``Kind(round r, epoch e, batch b[, stage])`` for the debug log (fault tests watch it)."""
+    parts = [f"round {msg.round}"]
+    for field in ("epoch", "batch"):
+        if getattr(msg, field, None) is not None:
+            parts.append(f"{field} {getattr(msg, field)}")
+    body = getattr(msg, "body", None)
+    if body is not None:
+        parts.append(type(body).__name__)
+    return f"{type(msg).__name__}({', '.join(parts)})"

@@ -33,7 +33,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keepalive-timeout-ms", type=int, default=d.keepalive_timeout_ms,
                    help="keep-alive ping timeout (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log at INFO level (-vv: DEBUG, every message received)")
 
 
 def _prepare(args: argparse.Namespace):
@@ -41,7 +42,8 @@ def _prepare(args: argparse.Namespace):
 
     from fedmuscle_secure.config import load_config
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,7 +60,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     cfg, options = _prepare(args)
     rows = serve(cfg, args.certs, args.listen, args.out, options=options,
                  settings=ServeSettings(connect_timeout_s=args.connect_timeout,
-                                        round_timeout_s=args.round_timeout))
+                                        round_timeout_s=args.round_timeout),
+                 resume=args.resume)
     final = {r["client"]: r.get("test_metric") for r in rows if r["round"] == "final"}
     print(json.dumps(final) if args.json else f"Run directory: {args.out}\nfinal: {final}")
     return 0
@@ -82,19 +85,25 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
         description="Serve one experiment config to its clients over gRPC with mutual TLS "
                     "(DESIGN §6). Waits for every configured client, runs the rounds, sends "
                     "each client Finish and writes the run directory (metrics.csv, "
-                    "events.jsonl, summary.md, checkpoints/).")
+                    "events.jsonl, summary.md, receipts.jsonl, checkpoints/). After a crash, "
+                    "start it again with --resume and the same --out: it continues from its "
+                    "last checkpoint and the clients (which keep retrying) reconnect.")
     _add_common(s)
     s.add_argument("--listen", required=True, help="HOST:PORT to listen on (port 0: any)")
     s.add_argument("--connect-timeout", type=float, default=300.0,
                    help="seconds to wait for every client to connect (default: %(default)s)")
     s.add_argument("--round-timeout", type=float, default=3600.0,
                    help="seconds one round may take (default: %(default)s)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (same --config)")
     s.set_defaults(func=cmd_server)
     c = sub.add_parser(
         "client", help="take part in a federation as one organisation over gRPC",
         description="Build this organisation's client from the experiment config (same data "
                     "split and seeds as the simulator), connect to the server with its "
-                    "provisioned certificate and train until the server sends Finish.")
+                    "provisioned certificate and train until the server sends Finish. If the "
+                    "server goes away mid-run the client keeps retrying (--retry-*) and, once a "
+                    "restarted server resumes, rewinds to its own checkpoint of that round.")
     _add_common(c)
     c.add_argument("--org", required=True, help="organisation name (its certificate's CN)")
     c.add_argument("--server", required=True, help="server HOST:PORT")

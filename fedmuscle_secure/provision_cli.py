@@ -19,6 +19,7 @@ from cryptography import x509
 
 from fedmuscle_secure import provision as pki
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.provision_keys import IDENTITIES, make_identity, provision_ckks
 from fedmuscle_secure.provision_project import load_project
 from fedmuscle_secure.tls_trust import CLIENTS_FILE, CRL_FILE, load_trust
 
@@ -41,6 +42,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     """``provision init``: CA, server and organization certificates, CRL, clients.yaml."""
     project = load_project(args.project)
     out = pki.init_ca_dir(project, args.out, days=args.days, force=args.force)
+    for org in project.organizations:
+        make_identity(org.client_id, out, force=args.force)
     print(f"CA directory: {out}")
     print(f"  CA:      {out / 'ca' / 'ca.crt'}  (key ca/ca.key: keep it offline)")
     print(f"  server:  {out / 'server' / 'server.crt'}  hosts "
@@ -48,6 +51,27 @@ def cmd_init(args: argparse.Namespace) -> int:
     for org in project.organizations:
         print(f"  org:     {out / 'orgs' / org.name / (org.name + '.crt')}  -> {org.client_id}")
     print(f"  CRL:     {out / CRL_FILE};  subject -> client id: {out / CLIENTS_FILE}")
+    print(f"  identities (Ed25519; .key stays with its org, .pub to server and peers): "
+          f"{out / IDENTITIES}")
+    return 0
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    """``provision identity``: an organization's own Ed25519 identity."""
+    key, pub = make_identity(args.client_id, args.out, force=args.force)
+    print(f"identity key (keep it here, mode 0600): {key}")
+    print(f"public identity (send to the server operator and every peer): {pub}")
+    return 0
+
+
+def cmd_ckks(args: argparse.Namespace) -> int:
+    """``provision ckks``: the federation's CKKS context, made by the key-holding org."""
+    from fedmuscle_secure.config import load_config
+
+    files = provision_ckks(load_config(args.config), args.out, force=args.force)
+    print(f"secret context (to every organization, over a channel you trust; NEVER to the "
+          f"server): {files.secret_path}")
+    print(f"public context (to the server): {files.public_path}")
     return 0
 
 
@@ -126,7 +150,9 @@ def add_provision_parser(subparsers: Any) -> None:
     s = sub.add_parser("init", help="create a CA directory from project.yaml",
                        description="Create DIR/ca (ca.key 0600, ca.crt), DIR/server, "
                                    "DIR/orgs/<org>/ (key 0600 + certificate per organization), "
-                                   "DIR/crl.pem (empty, signed) and DIR/clients.yaml from a "
+                                   "DIR/crl.pem (empty, signed), DIR/clients.yaml and one "
+                                   "Ed25519 identity per organization in DIR/identities/ "
+                                   "(<client_id>.key 0600 + .pub) from a "
                                    "project.yaml: name, server {name, hosts}, organizations "
                                    "[{name, client_id}], optional validity_days {ca, server, "
                                    "org, crl} (defaults 3650, 365, 365, 30).")
@@ -146,6 +172,29 @@ def add_provision_parser(subparsers: Any) -> None:
     s.add_argument("--out", type=Path, required=True, metavar="DIR", help="the org's key folder")
     s.add_argument("--force", action="store_true", help="replace an existing NAME.key")
     s.set_defaults(func=cmd_csr)
+
+    s = sub.add_parser("identity", help="(organization) make your own Ed25519 identity",
+                       description="Write DIR/identities/ID.key (mode 0600; it never leaves "
+                                   "the organization: it signs the org's secagg key adverts "
+                                   "and its privacy ledger) and ID.pub, to give to the server "
+                                   "operator and every peer (they put it in their own "
+                                   "DIR/identities/).")
+    s.add_argument("--client-id", required=True, metavar="ID", help="the org's client id")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="the org's key folder")
+    s.add_argument("--force", action="store_true", help="replace an existing identity")
+    s.set_defaults(func=cmd_identity)
+
+    s = sub.add_parser("ckks", help="(key-holding organization) make the CKKS context",
+                       description="For protection 'ckks': write DIR/ckks/secret.ctx (mode 0600; "
+                                   "the secret key every organization decrypts with: give it to "
+                                   "the other organizations only, never to the server) and "
+                                   "DIR/ckks/public.ctx (for the server). Parameters come from "
+                                   "the config's ckks section, checked for the noisy values "
+                                   "when representation noise is on.")
+    s.add_argument("--config", type=Path, required=True, help="the experiment config")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
+    s.add_argument("--force", action="store_true", help="replace an existing context")
+    s.set_defaults(func=cmd_ckks)
 
     s = sub.add_parser("sign", help="(CA operator) issue a certificate for an org's CSR",
                        description="Check the CSR's signature and CN, issue a clientAuth "

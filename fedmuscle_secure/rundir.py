@@ -84,11 +84,18 @@ class RunDir:
         paths = sorted(self.checkpoint_dir(method).glob("round-*.pt"))
         if not paths:
             return None
-        path = paths[-1]
+        return int(paths[-1].stem.split("-")[1]), self._load(paths[-1])
+
+    def checkpoint(self, method: str, r: int) -> dict[str, Any] | None:
+        """The checkpoint of round ``r`` (None when it is not, or no longer, kept)."""
+        path = self.checkpoint_dir(method) / f"round-{r:04d}.pt"
+        return self._load(path) if path.is_file() else None
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any]:
         try:
             # Our own file, written by save_checkpoint; weights_only refuses arbitrary objects.
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint, named
             raise CheckpointError(f"{path}: cannot read checkpoint ({exc}); delete it to fall "
                                   "back to the previous one") from None
-        return int(path.stem.split("-")[1]), state

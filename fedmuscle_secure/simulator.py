@@ -26,6 +26,7 @@ from fedmuscle_secure.messages import (
     RoundPlan,
     RoundReport,
     SecAggEnvelope,
+    TaskOutputs,
     payload_bytes,
 )
 from fedmuscle_secure.models import build_client_model
@@ -73,9 +74,11 @@ class FederationSetup:
 
 def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
                      record_dir: Path | None = None, identities: dict | None = None,
-                     ) -> FederationSetup:
-    """The shared pieces of :func:`build_federation`; ``identities`` overrides where the
-    organisations' Ed25519 identities come from (a deployment passes the ones it holds)."""
+                     ckks_contexts: tuple | None = None) -> FederationSetup:
+    """The shared pieces of :func:`build_federation`. A deployment passes what its side
+    holds: ``identities`` (the organisations' Ed25519 identities) and ``ckks_contexts``
+    (``(params, secret bytes or None, public bytes or None)``, from
+    :mod:`fedmuscle_secure.provision_keys`) instead of making them in-process."""
     n = len(cfg.clients)
     tau = pair_matrix(cfg.muscle.temperature, n, "muscle.temperature").to(torch.float32)
     tau_p = pair_matrix(cfg.muscle.temperature_prime, n, "muscle.temperature_prime").to(torch.float32)
@@ -90,7 +93,8 @@ def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         tau=tau, gamma=gamma_from_temperatures(tau, tau_p),
         public_x=torch.from_numpy(np.ascontiguousarray(split.public_x)),
         in_chans=int(split.public_x.shape[1]), secure=secure, identities=identities,
-        provisioned=_provision_ckks(cfg, calibration.representation_sigma if calibration else None)
+        provisioned=(ckks_contexts or provision_ckks_bytes(
+            cfg, calibration.representation_sigma if calibration else None))
         if cfg.protection == "ckks" and method != "local" else None,
         calibration=calibration)
 
@@ -158,6 +162,7 @@ def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> 
         batch_size=cfg.muscle.batch_size, public_size=int(setup.public_x.shape[0]),
         cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
         device=resolve_device(cfg.server.device), secure=secure_server,
+        output_spaces=tuple(c.task for c in cfg.clients),
         ckks=_ckks_server(cfg, setup.provisioned, float(tau[0, 1])) if setup.provisioned else None))
 
 
@@ -189,19 +194,26 @@ def open_receipts(record_dir: Path | None):
     return ReceiptLog.open(record_dir / "receipts.jsonl")
 
 
-def _provision_ckks(cfg: ExperimentConfig, representation_sigma: float | None) -> tuple:
-    """The provisioning step (DESIGN §4.3): one CKKS context for the federation. Clients get
-    its bytes with the secret key, the server a public copy without it; both travel as
-    bytes, as they would between organisations. The parameters are re-validated for the
-    noisy values when representation noise is on."""
+def ckks_parameters(cfg: ExperimentConfig, representation_sigma: float | None):
+    """The federation's CKKS parameters (DESIGN §4.3), re-validated for the noisy values
+    when representation noise is on."""
     from fedmuscle_secure.config import validate_ckks
-    from fedmuscle_secure.crypto.ckks import SecretContext
     from fedmuscle_secure.dp.noise import representation_sensitivity
 
     std = 0.0
     if representation_sigma is not None:
         std = representation_sigma * representation_sensitivity(cfg.muscle.batch_size)
-    params = validate_ckks(cfg, noise_std=std)
+    return validate_ckks(cfg, noise_std=std)
+
+
+def provision_ckks_bytes(cfg: ExperimentConfig, representation_sigma: float | None) -> tuple:
+    """The provisioning step (DESIGN §4.3): one CKKS context for the federation, as
+    ``(params, secret bytes, public bytes)``. Clients get the bytes with the secret key, the
+    server a public copy without it; both travel as bytes, as they do between organisations
+    (:mod:`fedmuscle_secure.provision_keys` writes them to files for a deployment)."""
+    from fedmuscle_secure.crypto.ckks import SecretContext
+
+    params = ckks_parameters(cfg, representation_sigma)
     secret = SecretContext.create(params)
     return params, secret.serialize(), secret.to_public().serialize()
 
@@ -304,22 +316,25 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
     return ClientPrivacy(name, settings, ledger), dpsgd
 
 
-def _receipt(fed: Federation, msg: Representations | SecAggEnvelope) -> None:
-    """The server side's receipt of a payload, digested as it arrived (§5.4)."""
+def record_receipt(receipts, msg: Representations | TaskOutputs | SecAggEnvelope) -> None:
+    """The server side's receipt of a payload, digested as it arrived (§5.4); the
+    simulator and the gRPC server (:mod:`server.grpc_server`) both call this."""
     from fedmuscle_secure.ledger import payload_digest
 
     if isinstance(msg, EncryptedRepresentations):
         digest, size = payload_digest(*msg.payload_parts())
+    elif isinstance(msg, TaskOutputs):
+        digest, size = payload_digest(msg.outputs)
     else:
         digest, size = payload_digest(msg.z if isinstance(msg, Representations) else msg.body.masked)
-    fed.receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)
+    receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)
 
 
-def _carries_release(msg: Message) -> bool:
+def carries_release(msg: Message) -> bool:
     from fedmuscle_secure.crypto.secagg_messages import MaskedInput
 
-    return isinstance(msg, (Representations, EncryptedRepresentations)) or (isinstance(msg, SecAggEnvelope)
-                                                and isinstance(msg.body, MaskedInput))
+    return isinstance(msg, (Representations, EncryptedRepresentations, TaskOutputs)) or (
+        isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput))
 
 
 def _phase(msg: Message) -> str:
@@ -345,8 +360,8 @@ def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, flo
         stats[msg.client]["wall_time_s"] += time.perf_counter() - t0
         for rep in replies:
             stats[rep.client]["bytes_sent"] += payload_bytes(rep)
-            if fed.receipts is not None and _carries_release(rep):
-                _receipt(fed, rep)
+            if fed.receipts is not None and carries_release(rep):
+                record_receipt(fed.receipts, rep)
             if isinstance(rep, RoundReport):
                 reports[rep.client] = rep
             queue.extend(fed.server.handle(rep))

@@ -12,7 +12,9 @@ client; the transport only moves messages (CONVENTIONS "Boundaries"). Per client
   client is dropped as if it had sent a ``Leave``; the others go on;
 * the response generator yields the chunks of every message put in the outbox.
 
-A client may reconnect until round 1 starts; after that a closed stream is final.
+A client may reconnect until the first round this server process runs starts; after that
+a closed stream is final. A server killed and restarted with ``--resume`` goes on from its
+last checkpoint (:func:`serve`); the clients reconnect and rewind (``client.grpc_client``).
 
 A stream that closes mid-run is a ``Leave`` (secagg recovers by its dropout path). After the
 last round every connected client gets a :class:`~fedmuscle_secure.messages.Finish` and
@@ -44,6 +46,7 @@ from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
 from fedmuscle_secure.messages import Finish, Leave, Message, RoundReport, payload_bytes
 from fedmuscle_secure.provision import Trust, load_trust
 from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.simulator import carries_release, record_receipt
 from fedmuscle_secure.wire_chunks import Chunk
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
@@ -64,9 +67,10 @@ class TransportError(FedMuscleError):
 class Coordinator:
     """The server state machine behind a lock, with one outbox per connected client."""
 
-    def __init__(self, server: FedMuscleServer, final_round: int) -> None:
+    def __init__(self, server: FedMuscleServer, final_round: int, receipts=None) -> None:
         self.server = server
         self.final_round = final_round
+        self.receipts = receipts                     # the server's ReceiptLog (DESIGN §5.4)
         self.cond = threading.Condition()
         self.outboxes: dict[str, queue.Queue] = {}
         self.gone: dict[str, str] = {}               # client -> why its stream ended
@@ -93,18 +97,22 @@ class Coordinator:
                 raise ProtocolError(client, "transport", f"{type(msg).__name__} names client "
                                     f"{getattr(msg, 'client', None)!r}, not the sender")
             self.traffic[client]["bytes_sent"] += payload_bytes(msg)
+            if self.receipts is not None and carries_release(msg):
+                record_receipt(self.receipts, msg)  # digested as it arrived, as in `run`
             if isinstance(msg, RoundReport) and msg.round == self.final_round:
                 self.finals[client] = dict(msg.metrics)
             else:
                 self._route(self.server.handle(msg))
             self.cond.notify_all()
 
-    def disconnect(self, client: str, reason: str) -> None:
-        """The stream of ``client`` ended: a Leave if the server still counts on it."""
+    def disconnect(self, client: str, reason: str, abort: _Abort | None = None) -> None:
+        """The stream of ``client`` ended: a Leave if the server still counts on it. With
+        ``abort``, the stream is ended with that status, after the client is marked gone
+        (so the peer never sees its error before the server has let it go)."""
         with self.cond:
             box = self.outboxes.pop(client, None)
             if box is not None:
-                box.put(_CLOSE)
+                box.put(abort if abort is not None else _CLOSE)
             self.gone[client] = reason
             self._leave_if_active(client, reason)
             self.cond.notify_all()
@@ -140,12 +148,6 @@ class Coordinator:
             who = list(self.outboxes)
             self._route([Finish(c, self.final_round) for c in who])
             return who
-
-    def abort(self, client: str, code: grpc.StatusCode, reason: str) -> None:
-        with self.cond:
-            box = self.outboxes.get(client)
-            if box is not None:
-                box.put(_Abort(code, reason))
 
     def close_all(self) -> None:
         with self.cond:
@@ -201,7 +203,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             yield from outbound(item, "server", counter, self.options)
 
     def _read(self, client: str, requests: Iterator[Chunk]) -> None:
-        inbound, reason = Inbound(self.options), "stream closed by the client"
+        inbound, reason, abort = Inbound(self.options), "stream closed by the client", None
         try:
             for piece in requests:
                 msg = inbound.add(piece)
@@ -210,15 +212,15 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
             log.warning("aborting the stream of %s: %s", client, exc)
-            self.coordinator.abort(client, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            abort = _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.RpcError as exc:
             reason = f"stream failed: {exc.code() if hasattr(exc, 'code') else exc}"
         except Exception as exc:  # one client's failure must not stop the rest
             reason = f"{type(exc).__name__}: {exc}"
             log.exception("stream of %s failed", client)
-            self.coordinator.abort(client, grpc.StatusCode.INTERNAL, reason)
+            abort = _Abort(grpc.StatusCode.INTERNAL, reason)
         finally:
-            self.coordinator.disconnect(client, reason)
+            self.coordinator.disconnect(client, reason, abort)
 
 
 def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, listen: str,
@@ -248,39 +250,87 @@ class ServeSettings:
     round_timeout_s: float = 3600.0
 
 
+def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[RunDir, str]:
+    """The server's run directory: new (``out`` empty), or the one to resume (same config)."""
+    run, resolved = RunDir(out), dump_config(cfg)
+    if resume:
+        if not run.config.is_file():
+            raise ConfigError("--out", f"{run.root}: nothing to resume (no config.resolved.yaml)")
+        if run.config.read_text() != resolved:
+            raise ConfigError("--config", f"differs from the config {run.config} was started "
+                                          "with; resume with the same config")
+    elif run.root.exists() and any(run.root.iterdir()):
+        raise ConfigError("--out", f"{run.root} already holds a run; pass --resume to continue "
+                                   "it after a restart, or choose another --out")
+    run.create()
+    run.config.write_text(resolved)
+    return run, resolved
+
+
 def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path, *,
-          options: TransportOptions | None = None,
-          settings: ServeSettings | None = None) -> list[dict[str, Any]]:
+          options: TransportOptions | None = None, settings: ServeSettings | None = None,
+          resume: bool = False) -> list[dict[str, Any]]:
     """Run the federation of ``cfg`` for its main method over gRPC; returns the metric rows.
 
     Rows are ``run``'s, except ``wall_time_s``: the server sees the round's wall time, not
     each client's compute time. No ``local`` reference is run (``compare_local`` is ignored).
+    The server writes its receipt log (``receipts.jsonl``) as the simulator does, and a
+    checkpoint after every round; ``resume`` restarts from the last one (the server
+    process was killed): the clients, which retry their connection, rewind to the same
+    round from their own checkpoints and the interrupted round is run again.
     """
     from fedmuscle_secure.experiment import config_digest, make_split, methods_of
-    from fedmuscle_secure.simulator import build_server, federation_setup
+    from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
     from fedmuscle_secure.summary import write_summary
 
-    if cfg.protection == "ckks":
-        raise ConfigError("protection", "ckks is not supported over gRPC yet (the CKKS context "
-                                        "is provisioned in-process); use plain or secagg")
     options, settings = options or TransportOptions(), settings or ServeSettings()
     certs, method, rounds = Path(certs), methods_of(cfg)[0], cfg.training.rounds
-    run = RunDir(out)
-    if run.root.exists() and any(run.root.iterdir()):
-        raise ConfigError("--out", f"{run.root} already holds a run; choose another --out")
-    run.create()
-    resolved = dump_config(cfg)
-    run.config.write_text(resolved)
     trust = load_trust(certs)
+    contexts = None
+    if cfg.protection == "ckks" and method != "local":
+        from fedmuscle_secure.provision_keys import server_ckks
+
+        contexts = server_ckks(cfg, certs)
+    run, resolved = _open_run(cfg, out, resume)
     split = make_split(cfg)
-    setup = federation_setup(cfg, split, method, identities=_server_identities(cfg, certs, method))
-    coordinator = Coordinator(build_server(cfg, method, setup), final_round=rounds + 1)
-    grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options)
-    run.event("run_start", transport="grpc", listen=listen, port=port, seed=cfg.seed,
-              config_sha256=config_digest(resolved), method=method)
-    log.info("listening on port %d; waiting for %s", port, coordinator.server.clients)
+    setup = federation_setup(cfg, split, method, ckks_contexts=contexts,
+                             identities=_server_identities(cfg, certs, method))
+    server = build_server(cfg, method, setup)
     rows: list[dict[str, Any]] = []
-    tasks = {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients}
+    start = 1
+    if resume and (ck := run.latest_checkpoint(method)) is not None:
+        r0, state = ck
+        if state.get("finished"):
+            log.info("%s: the run already finished", run.root)
+            return list(state["rows"])
+        server.load_state_dict(state["server"])
+        rows, start = list(state["rows"]), r0 + 1
+    receipts = open_receipts(run.root)
+    coordinator = Coordinator(server, final_round=rounds + 1, receipts=receipts)
+    try:
+        grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options)
+    except BaseException:
+        receipts.close()
+        raise
+    run.event("run_resume" if resume else "run_start", transport="grpc", listen=listen,
+              port=port, seed=cfg.seed, config_sha256=config_digest(resolved), method=method,
+              from_round=start - 1)
+    log.info("listening on port %d; waiting for %s", port, server.active)
+    try:
+        return _rounds(cfg, run, coordinator, settings, method, rows, start,
+                       {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients},
+                       write_summary)
+    finally:
+        coordinator.close_all()
+        grpc_server.stop(grace=5).wait()
+        receipts.close()
+
+
+def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settings: ServeSettings,
+            method: str, rows: list[dict[str, Any]], start: int, tasks: dict,
+            write_summary) -> list[dict[str, Any]]:
+    """Rounds ``start``..R, then Finish and the clients' closing reports."""
+    rounds = cfg.training.rounds
 
     def row(r: int | str, name: str, metrics: dict[str, float]) -> dict[str, Any]:
         spec, task = tasks[name]
@@ -288,47 +338,43 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
                 "task": spec.task, "metric": task.metric, **metrics}
 
     s = coordinator.server
-    try:
-        coordinator.wait(lambda: len(coordinator.outboxes) == len(s.clients),
-                         settings.connect_timeout_s, f"every client to connect ({s.clients})")
-        for r in range(1, rounds + 1):
-            t0 = time.perf_counter()
-            coordinator.start_round(r)
-            coordinator.wait(lambda r=r: s.round >= r, settings.round_timeout_s, f"round {r}")
-            wall = time.perf_counter() - t0
-            with coordinator.cond:
-                per_client = {c: {**s.reports[c].metrics, **coordinator.traffic[c],
-                                  "wall_time_s": wall} for c in s.active}
-            rows += [row(r, c, m) for c, m in per_client.items()]
-            run.event("round_end", method=method, round=r, seconds=wall,
-                      selection=s.last_selection, metrics=per_client)
-            for d in s.departures:
-                if d["round"] == r:
-                    run.event("client_left", method=method, **d)
-            if s.settings.secure is not None:
-                for e in s.settings.secure.events:
-                    if e["round"] == r:
-                        run.event(e["event"], method=method,
-                                  **{k: v for k, v in e.items() if k != "event"})
-            run.save_checkpoint(method, r, {"server": s.state_dict(), "rows": rows,
-                                            "finished": False})
-            run.write_metrics(rows)
-        waiting = coordinator.finish()
-        coordinator.wait(lambda: all(c in coordinator.finals or c in coordinator.gone
-                                     for c in waiting),
-                         settings.round_timeout_s, "the clients' final reports")
+    coordinator.wait(lambda: all(c in coordinator.outboxes for c in s.active),
+                     settings.connect_timeout_s, f"every client to connect ({s.active})")
+    for r in range(start, rounds + 1):
+        t0 = time.perf_counter()
+        coordinator.start_round(r)
+        coordinator.wait(lambda r=r: s.round >= r, settings.round_timeout_s, f"round {r}")
+        wall = time.perf_counter() - t0
         with coordinator.cond:
-            rows += [row("final", c, {**coordinator.finals[c], **coordinator.traffic[c]})
-                     for c in s.clients if c in coordinator.finals]  # config order, as `run`
-        run.save_checkpoint(method, rounds + 1, {"server": s.state_dict(), "rows": rows,
-                                                 "finished": True})
+            per_client = {c: {**s.reports[c].metrics, **coordinator.traffic[c],
+                              "wall_time_s": wall} for c in s.active}
+        rows += [row(r, c, m) for c, m in per_client.items()]
+        run.event("round_end", method=method, round=r, seconds=wall,
+                  selection=s.last_selection, metrics=per_client)
+        for d in s.departures:
+            if d["round"] == r:
+                run.event("client_left", method=method, **d)
+        if s.settings.secure is not None:
+            for e in s.settings.secure.events:
+                if e["round"] == r:
+                    run.event(e["event"], method=method,
+                              **{k: v for k, v in e.items() if k != "event"})
+        run.save_checkpoint(method, r, {"server": s.state_dict(), "rows": rows,
+                                        "finished": False})
         run.write_metrics(rows)
-        write_summary(run.summary, cfg, rows)
-        run.event("run_end", final={c: m.get("test_metric") for c, m in coordinator.finals.items()})
-        return rows
-    finally:
-        coordinator.close_all()
-        grpc_server.stop(grace=5).wait()
+    waiting = coordinator.finish()
+    coordinator.wait(lambda: all(c in coordinator.finals or c in coordinator.gone
+                                 for c in waiting),
+                     settings.round_timeout_s, "the clients' final reports")
+    with coordinator.cond:
+        rows += [row("final", c, {**coordinator.finals[c], **coordinator.traffic[c]})
+                 for c in s.clients if c in coordinator.finals]  # config order, as `run`
+    run.save_checkpoint(method, rounds + 1, {"server": s.state_dict(), "rows": rows,
+                                             "finished": True})
+    run.write_metrics(rows)
+    write_summary(run.summary, cfg, rows)
+    run.event("run_end", final={c: m.get("test_metric") for c, m in coordinator.finals.items()})
+    return rows
 
 
 def _server_identities(cfg: ExperimentConfig, certs: Path, method: str) -> dict | None:

@@ -83,10 +83,10 @@ def test_ckks_run_ledgers_audit_against_ciphertext_receipts(tmp_path):
 
 
 def test_noise_too_large_for_the_ckks_modulus_is_refused_naming_the_parameter():
-    from fedmuscle_secure.simulator import _provision_ckks
+    from fedmuscle_secure.simulator import ckks_parameters
 
     cfg = tiny_config(**{"muscle.method": "muscle_sum", "protection": "ckks",
                          "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 5.0}}})
     with pytest.raises(ConfigError) as exc:
-        _provision_ckks(cfg, cfg.privacy.representation_noise.noise_multiplier)
+        ckks_parameters(cfg, cfg.privacy.representation_noise.noise_multiplier)
     assert "ckks.coeff_mod_bit_sizes" in exc.value.field

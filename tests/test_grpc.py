@@ -9,14 +9,11 @@ server, and the coordinator's handling of a dropped stream is driven without soc
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
-import socket
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -24,105 +21,62 @@ import pytest
 import torch
 import yaml
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
+from deploy_driver import (
+    ORGS,
+    cli,
+    free_port,
+    provision,
+    server,
+    start_federation,
+    wait_all,
+    wait_for,
+)
+from deploy_driver import rows as read_rows
 from tiny import tiny_config
 
 from fedmuscle_secure import provision as pki
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.experiment import make_split, run_experiment
 from fedmuscle_secure.grpc_transport import TransportOptions
-from fedmuscle_secure.identity import generate_identity, save_identity
 from fedmuscle_secure.messages import RoundReport
 from fedmuscle_secure.simulator import build_federation, build_server, federation_setup
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow
 
-ORGS = ("a", "b", "c")
 COMPARED = ("test_metric", "val_metric", "task_loss", "cl_loss", "cl_steps")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _provision(root: Path, orgs=ORGS, name: str = "grpc-test") -> Path:
-    project = pki.parse_project({
-        "name": name, "server": {"name": "fl-server", "hosts": ["localhost", "127.0.0.1"]},
-        "organizations": [{"name": o, "client_id": o} for o in orgs]})
-    return pki.init_ca_dir(project, root / f"pki-{name}")
-
-
-def _cli(*args: str | Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli", *map(str, args)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _wait(procs: dict[str, subprocess.Popen], logs: Path, timeout: float) -> None:
-    """Every process exits 0 within ``timeout`` seconds; else all are killed and the test
-    fails with their logs."""
-    t_end = time.monotonic() + timeout
-    codes: dict[str, int | str] = {}
-    try:
-        for name, p in procs.items():
-            try:
-                codes[name] = p.wait(timeout=max(1.0, t_end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                codes[name] = "timeout"
-                break
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    bad = {n: c for n, c in codes.items() if c != 0}
-    assert not bad and len(codes) == len(procs), f"exit codes {codes}; logs:\n" + "\n".join(
-        f"--- {n}\n{(logs / f'{n}.log').read_text()[-3000:]}" for n in procs)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
-
-
-def _deploy(tmp: Path, cfg) -> dict:
-    """Server + one process per client on ``cfg``, and the simulator's run of it in-process
-    (one torch thread everywhere: the same reductions in the same order)."""
-    config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    certs = _provision(tmp)
-    if cfg.protection == "secagg":  # each org's Ed25519 identity; peers get the .pub
-        for org in ORGS:
-            save_identity(generate_identity(), certs / "identities", org)
-    port = _free_port()
-    common = ["--config", config, "--certs", certs, "--threads", "1"]
-    procs = {"server": _cli("server", *common, "--listen", f"127.0.0.1:{port}", "--out",
-                            tmp / "server", "--connect-timeout", "80", "--round-timeout",
-                            "80", "-v", log=tmp / "server.log")}
-    for org in ORGS:
-        procs[org] = _cli("client", *common, "--org", org, "--server", f"127.0.0.1:{port}",
-                          "--out", tmp / f"client-{org}", "--retry-initial", "0.2",
-                          "--retry-deadline", "80", "--json", log=tmp / f"{org}.log")
+def _reference(tmp: Path, cfg) -> None:
+    """The simulator's run of ``cfg`` in-process with one torch thread, like every deployed
+    process (the same reductions in the same order)."""
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         run_experiment(cfg, tmp / "reference", progress=False)
     finally:
         torch.set_num_threads(threads)
-        _wait(procs, tmp, timeout=85)
+
+
+def _deploy(tmp: Path, cfg) -> dict:
+    """Server + one process per client on ``cfg``, and the simulator's run of it."""
+    config = tmp / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    procs = start_federation(tmp, config, provision(tmp), port=free_port(), client_args=["--json"])
+    try:
+        _reference(tmp, cfg)
+    finally:
+        wait_all(procs, tmp, timeout=120)
     return {"tmp": tmp, "cfg": cfg}
 
 
 def _check_matches_simulator(run: dict, compared: tuple[str, ...] = COMPARED) -> None:
     tmp, cfg = run["tmp"], run["cfg"]
-    rows = _rows(tmp / "server" / "metrics.csv")
+    rows = read_rows(tmp / "server" / "metrics.csv")
     rounds = [str(r) for r in range(1, cfg.training.rounds + 1)] + ["final"]
     got = {(r["round"], r["client"]): r for r in rows}
     assert sorted(got) == sorted((r, c) for r in rounds for c in ORGS)
-    ref = {(r["round"], r["client"]): r for r in _rows(tmp / "reference" / "metrics.csv")
+    ref = {(r["round"], r["client"]): r for r in read_rows(tmp / "reference" / "metrics.csv")
            if r["method"] == cfg.muscle.method}
     assert sorted(ref) == sorted(got)
     for key, row in ref.items():  # exact: same code, seeds and thread count
@@ -130,7 +84,8 @@ def _check_matches_simulator(run: dict, compared: tuple[str, ...] = COMPARED) ->
             assert got[key][col] == row[col], f"{key} {col}: gRPC {got[key][col]} vs sim {row[col]}"
         assert float(got[key]["bytes_sent"]) > 0 or key[0] == "final"
     for org in ORGS:  # each client printed its final metrics; they are the server's rows
-        final = json.loads((tmp / f"{org}.log").read_text().strip().splitlines()[-1])
+        printed = [x for x in (tmp / f"{org}.log").read_text().splitlines() if x.startswith("{")]
+        final = json.loads(printed[-1])
         assert f"{final['test_metric']:.6g}" == ref[("final", org)]["test_metric"]
         assert (tmp / f"client-{org}" / "ledger" / f"{org}.jsonl").is_file()
     events = [json.loads(line)["event"]
@@ -144,35 +99,147 @@ def test_plain_deployment_matches_the_simulator(tmp_path):
     _check_matches_simulator(_deploy(tmp_path, tiny_config(compare_local=False)))
 
 
-def test_a_client_killed_mid_run_is_dropped_and_the_others_finish(tmp_path):
-    """SIGKILL one client process once round 1 is over (the server has already sent round
-    2's plan): its stream ends, the server treats it as a Leave and completes the run."""
-    cfg = tiny_config(compare_local=False)
+FOUR = ("a", "b", "c", "d")
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
+    """Four client processes, secagg with client-level (distributed) noise and DP-SGD, one
+    exchange per batch. Client ``d`` is SIGKILLed as soon as it has received a secure-sum
+    stage of round 2 (it is mid-round, mid-exchange): that exchange completes by dropout
+    recovery, the run goes on without ``d``, and every survivor's ledger audits against the
+    server's receipt log."""
+    clients = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
+               {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
+               {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
+                "projection": {"kind": "linear"}},
+               {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
+    cfg = tiny_config(clients=clients, protection="secagg", compare_local=False, **{
+        "muscle.method": "muscle_sum", "muscle.exchange": "per_batch", "training.rounds": 3,
+        "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 1.0},
+                    "dp_sgd": {"enabled": True, "noise_multiplier": 1.0}}})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    certs, port = _provision(tmp_path), _free_port()
-    common = ["--config", config, "--certs", certs, "--threads", "1"]
-    procs = {"server": _cli("server", *common, "--listen", f"127.0.0.1:{port}", "--out",
-                            tmp_path / "server", "--connect-timeout", "80", "--round-timeout",
-                            "80", log=tmp_path / "server.log")}
-    for org in ORGS:
-        procs[org] = _cli("client", *common, "--org", org, "--server", f"127.0.0.1:{port}",
-                          "--out", tmp_path / f"client-{org}", "--retry-initial", "0.2",
-                          "--retry-deadline", "80", log=tmp_path / f"{org}.log")
-    events = tmp_path / "server" / "events.jsonl"
-    t_end = time.monotonic() + 80
-    while not (events.is_file() and '"round_end"' in events.read_text()):
-        if time.monotonic() > t_end or procs["server"].poll() is not None:
-            break
-        time.sleep(0.1)
-    procs.pop("c").kill()
-    _wait(procs, tmp_path, timeout=80)
-    got = {(r["round"], r["client"]) for r in _rows(tmp_path / "server" / "metrics.csv")}
-    assert got == {("1", c) for c in ORGS} | {(r, c) for r in ("2", "3", "final") for c in "ab"}
-    left = [json.loads(line) for line in events.read_text().splitlines()
-            if json.loads(line)["event"] == "client_left"]
-    assert [(e["client"], e["round"]) for e in left] == [("c", 2)]
+    certs = provision(tmp_path, orgs=FOUR)
+    procs = start_federation(tmp_path, config, certs, FOUR, port=free_port(), client_args=["-vv"])
+    victim_log = tmp_path / "d.log"
+    try:
+        wait_for(lambda: "received SecAggEnvelope(round 2" in victim_log.read_text(), 150,
+                 "client d to enter a secure exchange of round 2", procs["server"])
+    finally:
+        procs.pop("d").kill()  # SIGKILL
+    wait_all(procs, tmp_path, timeout=150)
+    events = _events(tmp_path / "server" / "events.jsonl")
+    left = [e for e in events if e["event"] == "client_left"]
+    assert [(e["client"], e["round"]) for e in left] == [("d", 2)]
     assert left[0]["reason"].startswith("transport: ")
+    dropouts = [e for e in events if e["event"] == "secagg_dropouts"]
+    assert any("d" in e["dropped"] for e in dropouts if e["round"] == 2), dropouts
+    assert not [e for e in events if e["event"] == "secagg_aborted"]
+    got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
+    assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"}
+    for org in "abc":  # survivors: chains, signatures, ε recomputed, every egress received
+        out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
+                              tmp_path / f"client-{org}" / "ledger" / f"{org}.jsonl",
+                              "--receipts", tmp_path / "server" / "receipts.jsonl"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "audit: OK" in out.stdout
+
+
+def test_server_killed_and_restarted_resumes_and_matches_the_simulator(tmp_path):
+    """SIGKILL the server process mid-round 2 (client ``a`` has just taken a contrastive step
+    of round 2; nine more exchanges remain, so the server's last checkpoint is round 1);
+    start it again with --resume on the same port. The clients, retrying, reconnect and
+    rewind to their own round-1 checkpoints, round 2 runs again, and every metric is the
+    uninterrupted simulator's, exactly."""
+    cfg = tiny_config(compare_local=False, **{"data.public_size": 320})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    certs, port = provision(tmp_path), free_port()
+    procs = start_federation(tmp_path, config, certs, port=port, client_args=["--json", "-vv"])
+    try:
+        wait_for(lambda: "received PeerTerms(round 2, epoch 0, batch 0)"
+                 in (tmp_path / "a.log").read_text(), 120, "a step of round 2", procs["server"])
+    finally:
+        procs["server"].kill()
+        procs["server"].wait()
+    checkpoints = tmp_path / "server" / "checkpoints" / "muscle"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["round-0001.pt"]
+    procs["server"] = server(tmp_path, config, certs, port, "--resume")
+    try:
+        _reference(tmp_path, cfg)
+    finally:
+        wait_all(procs, tmp_path, timeout=150)
+    _check_matches_simulator({"tmp": tmp_path, "cfg": cfg})
+    assert [e["event"] for e in _events(tmp_path / "server" / "events.jsonl")].count("run_resume") == 1
+    for org in ORGS:
+        events = _events(tmp_path / f"client-{org}" / "events.jsonl")
+        assert [e["event"] for e in events].count("server_lost") == 1
+        rewinds = [(e["from_round"], e["to_round"]) for e in events if e["event"] == "rewind"]
+        assert rewinds in ([(1, 1)], [(2, 1)]) if org == "a" else rewinds in ([], [(1, 1)], [(2, 1)])
+
+
+def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
+    from fedmuscle_secure.errors import ConfigError
+    from fedmuscle_secure.server.grpc_server import serve
+
+    certs = provision(tmp_path)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        serve(tiny_config(), certs, "127.0.0.1:0", tmp_path / "none", resume=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.resolved.yaml").write_text("name: other\n")
+    with pytest.raises(ConfigError) as exc:
+        serve(tiny_config(), certs, "127.0.0.1:0", tmp_path / "run", resume=True)
+    assert exc.value.field == "--config"
+
+
+def test_ckks_deployment_matches_the_simulator(tmp_path):
+    """The key holder provisions the CKKS context; the server gets only public.ctx (a
+    server directory holding secret.ctx is refused) and the clients the secret context."""
+    from fedmuscle_secure.errors import ConfigError
+    from fedmuscle_secure.provision_keys import provision_ckks, server_ckks
+
+    cfg = tiny_config(**{"protection": "ckks", "muscle.method": "muscle_sum",
+                         "muscle.exchange": "per_epoch", "training.rounds": 1,
+                         "compare_local": False})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    certs = provision(tmp_path)
+    provision_ckks(cfg, certs)
+    with pytest.raises(ConfigError, match="never reach the server"):
+        server_ckks(cfg, certs)
+    server_certs = tmp_path / "server-certs"  # what the server operator holds
+    shutil.copytree(certs, server_certs, ignore=shutil.ignore_patterns("secret.ctx", "*.key"))
+    shutil.copy(certs / "server" / "server.key", server_certs / "server" / "server.key")
+    port = free_port()
+    procs = {"server": server(tmp_path, config, server_certs, port)}
+    for org in ORGS:
+        procs[org] = cli("client", "--config", config, "--certs", certs, "--threads", "1",
+                         "--org", org, "--server", f"127.0.0.1:{port}", "--out",
+                         tmp_path / f"client-{org}", "--retry-initial", "0.2", "--json",
+                         log=tmp_path / f"{org}.log")
+    try:
+        _reference(tmp_path, cfg)  # its own context: ciphertext noise differs, so compare
+    finally:                       # the parts CKKS does not touch and the rest within noise
+        wait_all(procs, tmp_path, timeout=150)
+    rows = {(r["round"], r["client"]): r for r in read_rows(tmp_path / "server" / "metrics.csv")}
+    ref = {(r["round"], r["client"]): r for r in read_rows(tmp_path / "reference" / "metrics.csv")}
+    assert sorted(rows) == sorted(ref)
+    for key, row in ref.items():
+        assert rows[key]["val_metric"] == row["val_metric"] or key[0] == "final"
+        if key[0] != "final":
+            assert float(rows[key]["bytes_sent"]) > 100_000  # ciphertexts, not float32 rows
+            assert abs(float(rows[key]["cl_loss"]) - float(row["cl_loss"])) < 1e-3
+    for org in ORGS:
+        out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
+                              tmp_path / f"client-{org}" / "ledger" / f"{org}.jsonl",
+                              "--receipts", tmp_path / "server" / "receipts.jsonl"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_secagg_deployment_matches_the_simulator(tmp_path):
@@ -189,7 +256,7 @@ def test_secagg_deployment_matches_the_simulator(tmp_path):
 def live_server(tmp_path):
     """The gRPC server of the tiny config, with org ``c`` revoked and an org ``d`` that has a
     valid certificate of our CA but is not a client of the config."""
-    certs = _provision(tmp_path, orgs=(*ORGS, "d"))
+    certs = provision(tmp_path, orgs=(*ORGS, "d"))
     pki.revoke(certs, "c")
     cfg = tiny_config(compare_local=False)
     setup = federation_setup(cfg, make_split(cfg), "muscle")
@@ -238,7 +305,7 @@ def test_revoked_or_unknown_client_is_refused_with_the_reason_logged(live_server
 
 def test_foreign_ca_and_plaintext_connections_are_refused(live_server, tmp_path):
     certs, coordinator, target = live_server
-    foreign = _provision(tmp_path, name="other")  # same org name "a", another CA
+    foreign = provision(tmp_path, name="other")  # same org name "a", another CA
     err = _exchange(_channel(target, certs / "ca" / "ca.crt", foreign / "orgs" / "a", "a"))
     assert err is not None and err.code() is grpc.StatusCode.UNAVAILABLE  # TLS handshake fails
     err = _exchange(grpc.insecure_channel(target))
