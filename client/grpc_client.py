@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +192,7 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
             if msg is None:
                 continue
             log.debug("%s: received %s", name, _describe(msg))
+            _failpoint(_describe(msg))
             if isinstance(msg, RoundPlan | Finish):
                 _rewind_if_needed(client, msg, run, method)
             t0 = time.perf_counter()
@@ -219,6 +222,20 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
     if final is None:
         raise ServerLost(f"the server closed the stream of {name!r} before Finish")
     return final
+
+
+#: Fault injection for the deployment's fault tests (etcd/TiKV-style failpoint): when set,
+#: the client SIGKILLs itself on receiving the first message whose description starts with
+#: this value (e.g. ``SecAggEnvelope(round 2, epoch 0, batch 0, ShareInbox``), a
+#: deterministic point mid-round that an outside ``kill`` cannot hit reliably.
+FAILPOINT_ENV = "FEDMUSCLE_FAILPOINT_SIGKILL_ON"
+
+
+def _failpoint(description: str) -> None:
+    point = os.environ.get(FAILPOINT_ENV)
+    if point and description.startswith(point):
+        log.warning("failpoint %s=%r: SIGKILL", FAILPOINT_ENV, point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _describe(msg) -> str:

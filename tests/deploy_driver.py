@@ -34,8 +34,8 @@ def provision(root: Path, orgs=ORGS, name: str = "grpc-test") -> Path:
     return certs
 
 
-def cli(*args: str | Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+def cli(*args: str | Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log, "a") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli", *map(str, args)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -77,14 +77,17 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def start_federation(tmp: Path, config: Path, certs: Path, orgs=ORGS, *, port: int,
-                     client_args=(), server_args=()) -> dict[str, subprocess.Popen]:
-    """One server process and one process per org, one torch thread each."""
+                     client_args=(), server_args=(), env: dict | None = None,
+                     ) -> dict[str, subprocess.Popen]:
+    """One server process and one process per org, one torch thread each; ``env`` adds
+    environment variables per org."""
     common = ["--config", config, "--certs", certs, "--threads", "1"]
     procs = {"server": server(tmp, config, certs, port, *server_args)}
     for org in orgs:
         procs[org] = cli("client", *common, "--org", org, "--server", f"127.0.0.1:{port}",
                          "--out", tmp / f"client-{org}", "--retry-initial", "0.2",
-                         "--retry-deadline", "120", *client_args, log=tmp / f"{org}.log")
+                         "--retry-deadline", "120", *client_args, log=tmp / f"{org}.log",
+                         env=(env or {}).get(org))
     return procs
 
 

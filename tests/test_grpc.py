@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import grpc
 import pytest
 import torch
 import yaml
+from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from deploy_driver import (
     ORGS,
@@ -108,10 +110,11 @@ def _events(path: Path) -> list[dict]:
 
 def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     """Four client processes, secagg with client-level (distributed) noise and DP-SGD, one
-    exchange per batch. Client ``d`` is SIGKILLed as soon as it has received a secure-sum
-    stage of round 2 (it is mid-round, mid-exchange): that exchange completes by dropout
-    recovery, the run goes on without ``d``, and every survivor's ledger audits against the
-    server's receipt log."""
+    exchange per batch. Client ``d`` SIGKILLs itself (a failpoint: an outside kill cannot
+    land at a reliable point) mid-round 2, mid-exchange, on receiving its peers' encrypted
+    shares, before sending its masked input: that exchange completes by dropout recovery, the
+    run goes on without ``d``, and every survivor's ledger audits against the server's
+    receipt log."""
     clients = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
                {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
                {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
@@ -124,20 +127,20 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     certs = provision(tmp_path, orgs=FOUR)
-    procs = start_federation(tmp_path, config, certs, FOUR, port=free_port(), client_args=["-vv"])
-    victim_log = tmp_path / "d.log"
-    try:
-        wait_for(lambda: "received SecAggEnvelope(round 2" in victim_log.read_text(), 150,
-                 "client d to enter a secure exchange of round 2", procs["server"])
-    finally:
-        procs.pop("d").kill()  # SIGKILL
+    point = "SecAggEnvelope(round 2, epoch 0, batch 0, ShareInbox"
+    procs = start_federation(tmp_path, config, certs, FOUR, port=free_port(),
+                             env={"d": {FAILPOINT_ENV: point}})
+    assert procs.pop("d").wait(timeout=150) == -signal.SIGKILL
     wait_all(procs, tmp_path, timeout=150)
     events = _events(tmp_path / "server" / "events.jsonl")
     left = [e for e in events if e["event"] == "client_left"]
     assert [(e["client"], e["round"]) for e in left] == [("d", 2)]
     assert left[0]["reason"].startswith("transport: ")
     dropouts = [e for e in events if e["event"] == "secagg_dropouts"]
-    assert any("d" in e["dropped"] for e in dropouts if e["round"] == 2), dropouts
+    # d had advertised its keys and sent its encrypted shares: its pairwise masks are
+    # recovered from the survivors' shares of its mask key
+    assert [(e["round"], e["batch"], e["dropped"]) for e in dropouts] == [
+        (2, 0, {"d": "masked_input"})], dropouts
     assert not [e for e in events if e["event"] == "secagg_aborted"]
     got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
     assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"}
