@@ -3,7 +3,8 @@
 DP noise must not be predictable from anything an adversary could learn (the experiment
 seed is written to the run directory), so it never comes from ``random``, numpy or torch
 generators (CONVENTIONS "Randomness"). Each call of :func:`csprng_normal` draws a fresh
-256-bit ChaCha20 key and a fresh 16-byte nonce from ``os.urandom``, encrypts zeros to get
+256-bit ChaCha20 key and a fresh 96-bit nonce from ``os.urandom`` (block counter from 0),
+encrypts zeros to get
 the keystream (one call per tensor), reads it as 64-bit words, keeps the top 53 bits of
 each as a uniform in (0, 1] and turns pairs of uniforms into normals with Box–Muller.
 
@@ -28,14 +29,17 @@ __all__ = [
 ]
 
 _KEY_BYTES = 32      # ChaCha20 key
-_NONCE_BYTES = 16    # cryptography's ChaCha20 "nonce": 4-byte block counter || 12-byte nonce
+_COUNTER_BYTES = 4   # cryptography's ChaCha20 "nonce" is 4-byte block counter || 12-byte nonce
+_NONCE_BYTES = 12
 _MANTISSA_BITS = 53  # float64 resolution of a uniform in (0, 1)
 
 
 def _chacha20_words(count: int) -> np.ndarray:
     """``count`` uniformly random uint64 words from one fresh ChaCha20 keystream."""
     key = os.urandom(_KEY_BYTES)
-    nonce = os.urandom(_NONCE_BYTES)
+    # The counter starts at 0: a random counter could start near 2^32 and overflow on a
+    # long request (cryptography raises); 2^32 blocks of 64 bytes bound one call at 256 GiB.
+    nonce = bytes(_COUNTER_BYTES) + os.urandom(_NONCE_BYTES)
     encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
     stream = encryptor.update(bytes(8 * count))  # keystream XOR zeros = keystream
     return np.frombuffer(stream, dtype="<u8", count=count)
