@@ -28,6 +28,13 @@ bench: $(STAMP)
 	$(PY) bench/bench_ckks.py
 	$(PY) bench/bench_grpc.py
 
+# Regenerate the comparison reports (DESIGN §7) in docs/results/ with one command; cells are
+# kept in runs/compare-*/cells, so an interrupted `make results` resumes where it stopped.
+.PHONY: results
+results: $(STAMP)
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-paper.yaml --publish docs/results/paper
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --publish docs/results/secure
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmuscle_secure crypto server client tests bench
 

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+    from fedmuscle_secure.compare_cli import add_compare_parser
+
+    add_compare_parser(sub)
     from fedmuscle_secure.audit_cli import add_audit_parser
 
     add_audit_parser(sub)

@@ -1,0 +1,109 @@
+"""``fedmuscle-secure compare GRID.yaml``: run a grid of experiments and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import shutil
+from pathlib import Path
+
+from fedmuscle_secure.errors import ConfigError
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "compare", help="run a grid of experiments (methods × protection × DP × exchange × seeds) "
+                        "and write comparison tables and plots",
+        description="Expand a grid file into cells (one experiment each, plus one local-training "
+                    "reference per seed and DP-SGD setting), run the cells not yet finished in "
+                    "parallel worker processes into OUT/cells/<cell-id>/ (an interrupted cell is "
+                    "resumed, a finished one skipped), then write OUT/results.csv, "
+                    "OUT/results.md (per-client mean ± std over seeds, Δ(%), mean gain, "
+                    "wins/losses vs local, communication, wall time, ε) and PNG plots. "
+                    "Exit 1 if any cell failed, 2 on a bad grid.")
+    c.add_argument("grid", type=Path, help="grid YAML file (see configs/compare-*.yaml)")
+    c.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>/)")
+    c.add_argument("--jobs", type=int, default=None,
+                   help="cells run at once (default: max(1, CPU cores // 2))")
+    c.add_argument("--threads", type=int, default=None,
+                   help="torch threads per cell (default: max(1, CPU cores // jobs))")
+    c.add_argument("--cells", action="append", default=None, metavar="PATTERN",
+                   help="run only the cells whose id matches this glob (repeatable); the report "
+                        "still covers every finished cell")
+    c.add_argument("--skip-invalid", action="store_true",
+                   help="run the valid cells when some cells' configs are invalid (they are listed)")
+    c.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    c.add_argument("--report-only", action="store_true",
+                   help="run nothing; regenerate the report from the finished cells in OUT")
+    c.add_argument("--publish", type=Path, default=None, metavar="DIR",
+                   help="copy results.csv, results.md and the PNGs (not the cells) into DIR")
+    c.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_compare)
+
+
+def publish(out: Path, dest: Path) -> list[str]:
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for p in [out / "results.csv", out / "results.md", *sorted(out.glob("*.png"))]:
+        if p.is_file():
+            shutil.copy2(p, dest / p.name)
+            copied.append(str(dest / p.name))
+    return copied
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedmuscle_secure.compare_grid import expand_file
+    from fedmuscle_secure.compare_report import write_report
+    from fedmuscle_secure.compare_runner import default_jobs, run_cells, threads_for
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError("--jobs", f"must be at least 1, got {args.jobs}")
+    exp = expand_file(args.grid, allow_invalid=args.skip_invalid)
+    out = args.out or Path("runs") / exp.spec.name
+    cells = exp.cells
+    if args.cells:
+        cells = [c for c in cells if any(fnmatch.fnmatchcase(c.id, p) for p in args.cells)]
+        if not cells:
+            raise ConfigError("--cells", f"no cell id matches {args.cells}")
+    jobs = args.jobs or default_jobs()
+    threads = args.threads or threads_for(jobs)
+    info: dict = {"grid": str(args.grid), "out": str(out), "cells": [c.meta() for c in cells],
+                  "invalid": [{"id": i, "error": e} for i, e in exp.invalid]}
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(f"{len(cells)} cell(s) of {exp.spec.name} into {out}/cells "
+                  f"(jobs {jobs}, {threads} torch thread(s) each):")
+            for c in cells:
+                print(f"  {c.id}" + (f"    Δ vs {c.ref}" if c.ref else ""))
+            for i, e in exp.invalid:
+                print(f"  INVALID {i}: {e}")
+        return 0
+    failed: dict[str, str] = {}
+    if not args.report_only:
+        summary = run_cells(cells, out, jobs=jobs, threads=threads,
+                            progress=not args.no_progress and not args.json)
+        failed = summary.failed
+        info.update(summary.as_dict())
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    report = write_report(out, exp.spec.name, order=[c.id for c in exp.cells],
+                          expected=[c.id for c in exp.cells])
+    info["report"] = report
+    if args.publish:
+        info["published"] = publish(out, args.publish)
+    if args.json:
+        info["cells"] = [c.id for c in cells]
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(f"{report['cells']} finished cell(s); report: {report['markdown']}, {report['csv']}")
+        if report["missing"]:
+            print(f"not finished: {len(report['missing'])} cell(s)")
+        for cid, err in failed.items():
+            print(f"FAILED {cid}: {err}")
+        if args.publish:
+            print(f"published to {args.publish}")
+    return 1 if failed else 0

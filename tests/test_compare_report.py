@@ -1,0 +1,94 @@
+"""The ``compare`` report's arithmetic against a hand computation on a synthetic cells
+directory (DESIGN §2.4): Δ(%), mean ± std over seeds, mean gain, wins/losses, traffic, ε."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from fedmuscle_secure.compare_report import write_report
+from fedmuscle_secure.rundir import RunDir
+
+META = {"x": ("resnet10t", "digit10", "accuracy"), "y": ("test_vit", "attributes", "micro_f1")}
+
+
+def make_cell(out, cid, method, protection, dp, exchange, seed, ref, final, eps=None, wall=10.0):
+    d = out / "cells" / cid
+    d.mkdir(parents=True)
+    rows = []
+    for name, metric in final.items():
+        model, task, mname = META[name]
+        base = {"method": method, "client": name, "model": model, "task": task, "metric": mname}
+        rows.append({**base, "round": 1, "test_metric": 0.1, "bytes_sent": 2e6,
+                     "bytes_received": 4e6, "wall_time_s": 1.0})
+        rows.append({**base, "round": 2, "test_metric": 0.2, "bytes_sent": 4e6,
+                     "bytes_received": 4e6, "wall_time_s": 3.0})
+        rows.append({**base, "round": "final", "test_metric": metric, "bytes_sent": 0.0,
+                     "bytes_received": 0.0, "wall_time_s": 0.5,
+                     "eps_record": (eps or {}).get(name, 0.0), "eps_client": 0.0})
+    RunDir(d).write_metrics(rows)
+    (d / "cell.json").write_text(json.dumps({
+        "id": cid, "method": method, "protection": protection, "dp": dp, "exchange": exchange,
+        "seed": seed, "ref": ref, "status": "done", "wall_time_s": wall}))
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    out = tmp_path / "out"
+    make_cell(out, "local__none__s0", "local", "plain", "none", "-", 0, None, {"x": 0.50, "y": 0.40})
+    make_cell(out, "local__none__s1", "local", "plain", "none", "-", 1, None, {"x": 0.60, "y": 0.50})
+    make_cell(out, "muscle__plain__none__per_batch__s0", "muscle", "plain", "none", "per_batch", 0,
+              "local__none__s0", {"x": 0.55, "y": 0.38}, eps={"x": 7.5, "y": 8.0}, wall=20.0)
+    make_cell(out, "muscle__plain__none__per_batch__s1", "muscle", "plain", "none", "per_batch", 1,
+              "local__none__s1", {"x": 0.66, "y": 0.45}, eps={"x": 7.0, "y": 7.9}, wall=30.0)
+    make_cell(out, "muscle__ckks__none__per_batch__s0", "muscle", "ckks", "none", "per_batch", 0,
+              "local__none__s0", {"x": 0.50, "y": 0.40})
+    # an unfinished cell (no marker) is not reported
+    (out / "cells" / "muscle__ckks__none__per_batch__s1").mkdir()
+    return out
+
+
+def test_report_math_against_hand_computation(synthetic):
+    expected = ["local__none__s0", "local__none__s1", "muscle__plain__none__per_batch__s0",
+                "muscle__plain__none__per_batch__s1", "muscle__ckks__none__per_batch__s0",
+                "muscle__ckks__none__per_batch__s1"]
+    rep = write_report(synthetic, "synthetic", order=expected, expected=expected)
+    assert rep["cells"] == 5 and rep["missing"] == ["muscle__ckks__none__per_batch__s1"]
+    md = (synthetic / "results.md").read_text()
+    # per seed: s0 Δ = (10 + -5)/2 = 2.5, gain = (5 - 2)/2 = 1.5; s1 Δ = (10 - 10)/2 = 0,
+    # gain = (6 - 5)/2 = 0.5 -> mean ± sample std over seeds
+    assert "**1.25 ± 1.77**" in md
+    assert "1.00 ± 0.71" in md
+    # client x: muscle 55, 66 -> 60.50 ± 7.78; local 50, 60 -> 55.00 ± 7.07
+    assert "| x | resnet10t | digit10 | accuracy | 60.50 ± 7.78 | 55.00 ± 7.07 |" in md
+    # wins/losses on per-client means: x 60.5 > 55 (win), y 41.5 < 45 (loss)
+    assert "| | | | wins/losses vs local | 1/1 | – |" in md
+    # two settings -> one table each, under a heading
+    assert "## protection `plain`, dp `none`, exchange `per_batch`" in md
+    assert "## protection `ckks`, dp `none`, exchange `per_batch`" in md
+    assert "**0.00 ± 0.00**" in md            # the ckks cell equals its local reference
+    # traffic: (2 + 4)/2 = 3 MB sent, 4 MB received per round; compute (1 + 3)/2 = 2 s;
+    # cell wall time 20, 30 -> 25.0 ± 7.1
+    assert "| muscle | plain | none | per_batch | 3.000 | 4.000 | 2.00 | 25.0 ± 7.1 |" in md
+    # ε record: the largest client's per seed: 8.0, 7.9 -> 7.950 ± 0.071; client-level off
+    assert "| muscle | plain | none | per_batch | 7.950 ± 0.071 | ∞ (off) | 1.25 ± 1.77 |" in md
+    assert "Smallest record-level ε with Δ > 0: 7.95 (`muscle/plain/none/per_batch`)." in md
+    assert "Incomplete" in md and "muscle__ckks__none__per_batch__s1" in md
+    for png in rep["plots"]:
+        assert png.endswith(".png") and (synthetic / png.split("/")[-1]).stat().st_size > 1000
+
+    with open(synthetic / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 * 2
+    r = next(r for r in rows if r["cell"] == "muscle__plain__none__per_batch__s1" and r["client"] == "y")
+    assert float(r["test_metric"]) == pytest.approx(0.45)
+    assert float(r["local_metric"]) == pytest.approx(0.50)
+    assert float(r["gain_points"]) == pytest.approx(-5.0)
+    assert float(r["rel_pct"]) == pytest.approx(-10.0)
+    assert float(r["mb_sent_per_round"]) == pytest.approx(3.0)
+    assert float(r["eps_record"]) == pytest.approx(7.9)
+    assert r["ref_cell"] == "local__none__s1" and r["seed"] == "1" and r["metric"] == "micro_f1"
+    lo = next(r for r in rows if r["cell"] == "local__none__s0" and r["client"] == "x")
+    assert float(lo["gain_points"]) == 0.0 and float(lo["local_metric"]) == pytest.approx(0.5)
