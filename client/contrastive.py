@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fedmuscle_secure.baselines.fedhenn import fedhenn_loss
+from fedmuscle_secure.baselines.gram import gram_loss
 from fedmuscle_secure.losses import (
     leave_one_out,
     leave_one_out_terms,
@@ -20,7 +22,7 @@ from fedmuscle_secure.losses import (
     muscle_sum_loss_from_terms,
     pairwise_infonce_loss,
 )
-from fedmuscle_secure.messages import PeerSums, PeerTerms, SumTerms
+from fedmuscle_secure.messages import PeerKernel, PeerSums, PeerTerms, SumTerms
 
 
 def random_affine_view(x: torch.Tensor, generator: torch.Generator, *, size: int,
@@ -44,7 +46,8 @@ def random_affine_view(x: torch.Tensor, generator: torch.Generator, *, size: int
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def contrastive_loss(method: str, anchor: torch.Tensor, reply: PeerTerms | PeerSums | SumTerms,
+def contrastive_loss(method: str, anchor: torch.Tensor,
+                     reply: PeerTerms | PeerSums | SumTerms | PeerKernel,
                      index: int, *, tau: float, gamma: float, released: torch.Tensor,
                      released_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss over the batch's anchors for the server's reply at batch ``index``.
@@ -69,6 +72,12 @@ def contrastive_loss(method: str, anchor: torch.Tensor, reply: PeerTerms | PeerS
         assert isinstance(reply, PeerTerms)
         s = reply.scaled_peers[index]
         return pairwise_infonce_loss(anchor, s, torch.ones(s.shape[0], dtype=s.dtype))
+    if method == "gram":  # DESIGN §2.3: S^n rows re-normalised, uniform τ
+        assert isinstance(reply, PeerTerms)
+        return gram_loss(anchor, reply.scaled_peers[index], tau)
+    if method == "fedhenn":
+        assert isinstance(reply, PeerKernel)
+        return fedhenn_loss(anchor, reply.kernel[index])
     if method == "muscle_sum":
         assert isinstance(reply, PeerSums)
         u, q = reply.peer_sum[index], reply.peer_sq_norm_sum[index]

@@ -39,7 +39,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config
+from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
 from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
@@ -123,6 +123,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     from fedmuscle_secure.experiment import make_split, methods_of
     from fedmuscle_secure.simulator import build_client, federation_setup
 
+    validate_deployable(cfg)
     options, retry = options or TransportOptions(), retry or RetrySettings()
     certs, run = Path(certs), RunDir(out)
     name = client_id_of(certs, org)

@@ -17,6 +17,7 @@ import torch
 from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
 from fedmuscle_secure.client.local_update import evaluate, local_update
 
+from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError
 from fedmuscle_secure.messages import (
@@ -26,8 +27,10 @@ from fedmuscle_secure.messages import (
     EncryptedSumTerms,
     ExchangeAborted,
     Finish,
+    GroupOutputs,
     Leave,
     Message,
+    PeerKernel,
     PeerSums,
     PeerTerms,
     Representations,
@@ -35,6 +38,7 @@ from fedmuscle_secure.messages import (
     RoundReport,
     SecAggEnvelope,
     SumTerms,
+    TaskOutputs,
 )
 from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.seeding import derive_seed
@@ -99,10 +103,15 @@ class FedMuscleClient:
         self._own: OwnContribution | None = None
         self._aborted_before = self._clipped_before = 0  # secagg counters at the last report
         self.left: dict | None = None  # {"round", "reason"} once the client has left
+        # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
+        self.phase = public_phase(settings.method)
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                                weight_decay=settings.weight_decay)
         # Own optimizer state for the contrastive phase (§8.1: sharing Adam state hurt).
-        self.cl_optimizer = torch.optim.Adam(model.encoder_parameters(), lr=settings.cl_lr,
+        # Baselines that train on labels/logits of the public data move the head too.
+        cl_params = model.parameters() if self.phase is not None and self.phase.trains_head \
+            else model.encoder_parameters()
+        self.cl_optimizer = torch.optim.Adam(cl_params, lr=settings.cl_lr,
                                              weight_decay=settings.weight_decay)
         self.stage = ClientStage.IDLE
         self.round = 0  # last completed round
@@ -127,7 +136,8 @@ class FedMuscleClient:
             return self._on_reply(msg)
         if self.secure is not None and isinstance(msg, SecAggEnvelope):
             return self._on_secagg(msg)
-        if self.secure is None and self.ckks is None and isinstance(msg, (PeerTerms, PeerSums)):
+        if self.secure is None and self.ckks is None and isinstance(
+                msg, (PeerTerms, PeerSums, PeerKernel, GroupOutputs)):
             return self._on_reply(msg)
         if self.ckks is not None and isinstance(msg, (EncryptedSumTerms, EncryptedSums, EncryptedPeers)):
             self._expect(ClientStage.AWAIT_REPLY, msg)
@@ -168,6 +178,10 @@ class FedMuscleClient:
         self._plan = plan
         self._views = torch.Generator().manual_seed(derive_seed(self.settings.seed, self.name, r, "views"))
         torch.manual_seed(derive_seed(self.settings.seed, self.name, r, "cl-modules"))
+        if self.phase is not None and not self.phase.communicates:  # nothing leaves the client
+            for idx in plan.batches.reshape(-1, plan.batches.shape[-1]):
+                self._optimize(self.phase.local_loss(self.model, self.task, self._batch(idx)))
+            return [self._report(r)]
         first = (0, 0 if plan.exchange == "per_batch" else None)
         if self.secure is not None:  # wait for the server's setup of the first secure exchange
             self._exchange = first
@@ -198,7 +212,8 @@ class FedMuscleClient:
                                 f"{msg.epoch}, batch {msg.batch}) but {self.name!r} waits for round "
                                 f"{self._plan.round}, epoch/batch {self._exchange}")
 
-    def _on_reply(self, reply: PeerTerms | PeerSums | SumTerms | ExchangeAborted) -> list[Message]:
+    def _on_reply(self, reply: PeerTerms | PeerSums | SumTerms | PeerKernel | GroupOutputs
+                  | ExchangeAborted) -> list[Message]:
         self._expect(ClientStage.AWAIT_REPLY, reply)
         assert self._plan is not None and self._exchange is not None
         self._check_exchange(reply)
@@ -212,12 +227,12 @@ class FedMuscleClient:
             self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
         if batch is not None:  # per_batch: the anchor was computed at release time
             if not aborted:
-                self._step(self._pending, reply, 0)
+                self._step(batches[batch], reply, 0, anchor=self._pending)
             self._pending = None
             nxt = (epoch, batch + 1) if batch + 1 < batches.shape[0] else (epoch + 1, 0)
         else:                  # per_epoch: recompute each anchor with the current encoder
             for b in range(batches.shape[0] if not aborted else 0):
-                self._step(self._anchor(batches[b]), reply, b)
+                self._step(batches[b], reply, b)
             nxt = (epoch + 1, None)
         if self.secure is not None:
             self.secure.end()
@@ -262,18 +277,29 @@ class FedMuscleClient:
                             self.train.targets, epochs=self.settings.local_epochs,
                             batch_size=self.settings.local_batch_size, generator=gen)
 
+    def _random_view(self, x: torch.Tensor) -> torch.Tensor:
+        assert self._views is not None
+        return random_affine_view(x, self._views, size=self.model.image_size)
+
     def _anchor(self, idx: torch.Tensor) -> torch.Tensor:
         self.model.train()
         x = self.public_x[idx]
-        if self.settings.augment:
-            assert self._views is not None
-            x = random_affine_view(x, self._views, size=self.model.image_size)
-        return self.model.represent(x)
+        return self.model.represent(self._random_view(x) if self.settings.augment else x)
+
+    def _batch(self, idx: torch.Tensor) -> PublicBatch:
+        """A public batch for a baseline's phase (its training view drawn like the anchor's)."""
+        x = self.public_x[idx]
+        train_x = self._random_view(x) if self.settings.augment else x
+        assert self._views is not None
+        return PublicBatch(x, train_x, self._views, self.model.image_size)
 
     def _representations(self, epoch: int, batch: int | None) -> torch.Tensor:
         """Z^n of one exchange, (nb, B, d); per_batch keeps the anchor's graph for the step."""
         assert self._plan is not None
         batches = self._plan.batches[epoch]
+        if self.phase is not None:  # cofed / feddf: task outputs on the plain rows
+            rows = batches if batch is None else batches[batch:batch + 1]
+            return no_grad_release(self.phase, self.model, self.task, [self.public_x[i] for i in rows])
         if batch is not None:
             self._pending = self._anchor(batches[batch])
             z = self._pending.detach().unsqueeze(0)
@@ -283,7 +309,7 @@ class FedMuscleClient:
                 z = torch.stack([self.model.represent(self.public_x[idx]) for idx in batches])
         return z.float().contiguous()
 
-    def _release(self, epoch: int, batch: int | None) -> Representations | Leave:
+    def _release(self, epoch: int, batch: int | None) -> Representations | TaskOutputs | Leave:
         assert self._plan is not None
         r = self._plan.round
         z = self._representations(epoch, batch)
@@ -304,17 +330,33 @@ class FedMuscleClient:
             self._released = None  # the sum form under ckks excludes the client: no leave-one-out
             return out
         self._released = out
+        if self.phase is not None:
+            return TaskOutputs(self.name, r, epoch, batch, out)
         return Representations(self.name, r, epoch, batch, self._released)
 
-    def _step(self, anchor: torch.Tensor, reply: PeerTerms | PeerSums | SumTerms, index: int) -> None:
+    def _step(self, idx: torch.Tensor, reply: PeerTerms | PeerSums | SumTerms | PeerKernel
+              | GroupOutputs, index: int, anchor: torch.Tensor | None = None) -> None:
+        """One optimizer step on public batch ``idx`` from the reply's batch ``index``
+        (``anchor``: Z^n computed at release time, per_batch only)."""
+        if isinstance(reply, GroupOutputs):
+            assert self.phase is not None
+            self._optimize(self.phase.reply_loss(self.model, self.task, self._batch(idx), reply,
+                                                 index, self.name))
+            return
         group = reply.group if isinstance(reply, SumTerms) else reply.peers[index]
         if not group:  # every peer has left the federation: nothing to align to
             return
         own_q = self._own.sq_norm[index] if self._own is not None else None
-        loss = contrastive_loss(self.settings.method, anchor, reply, index,
-                                tau=self.settings.tau, gamma=self.settings.gamma,
+        loss = contrastive_loss(self.settings.method, anchor if anchor is not None else self._anchor(idx),
+                                reply, index, tau=self.settings.tau, gamma=self.settings.gamma,
                                 released=self._released[index] if self._released is not None else None,
                                 released_sq_norm=own_q)
+        self._optimize(loss)
+
+    def _optimize(self, loss: torch.Tensor | None) -> None:
+        """One step of the contrastive-phase optimizer (None: nothing to learn here)."""
+        if loss is None:
+            return
         self.cl_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.cl_optimizer.step()
@@ -381,6 +423,10 @@ class FedMuscleClient:
         self.cl_optimizer.load_state_dict(state["cl_optimizer"])
         self.left = state.get("left")
         self.stage = ClientStage.LEFT if self.left else ClientStage.IDLE
+        # A rewind (the deployment's server restarted mid-round) drops the exchange in flight.
+        self._plan, self._exchange, self._released, self._pending, self._own = (None,) * 5
+        if self.secure is not None:
+            self.secure.end()
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
         if self.dpsgd is not None:

@@ -12,11 +12,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedmuscle_secure.baselines import BASELINES, OUTPUT_RELEASING, PEER_SELECTING, SILENT
 from fedmuscle_secure.errors import ConfigError
 
-METHODS = ("muscle", "muscle_sum", "pairwise", "local")
+METHODS = ("muscle", "muscle_sum", "pairwise", "local",
+           "gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
 """``muscle``: exact Muscle loss (§2.1); ``muscle_sum``: sum form (§2.2);
-``pairwise``: pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
+``pairwise``: pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference); the
+rest are the baselines of §2.3 (:mod:`fedmuscle_secure.baselines`), ``plain`` only."""
 
 
 class _Strict(BaseModel):
@@ -83,7 +86,8 @@ class TrainingConfig(_Strict):
 class MuscleConfig(_Strict):
     """Contrastive-phase settings (DESIGN §2, §2.1, §2.2)."""
 
-    method: Literal["muscle", "muscle_sum", "pairwise", "local"] = "muscle"
+    method: Literal["muscle", "muscle_sum", "pairwise", "local", "gram", "fedhenn",
+                    "pseudo_label", "cofed", "feddf", "simclr"] = "muscle"
     num_selected: int = Field(default=3, gt=0, description="M, peers per client")
     batch_size: int = Field(default=64, gt=1, description="B, public rows per batch")
     dim: int = Field(default=64, gt=0, description="d, shared representation width")
@@ -237,7 +241,8 @@ def check_semantics(cfg: ExperimentConfig) -> None:
                 f"clients.{i}.task", f"unknown task {c.task!r}; expected one of {list(TASK_NAMES)}"
             )
     m = cfg.muscle
-    if m.method != "local" and m.num_selected >= n:
+    _check_baseline(cfg)
+    if m.method in PEER_SELECTING and m.num_selected >= n:
         raise ConfigError(
             "muscle.num_selected",
             f"M={m.num_selected} must be smaller than the number of clients N={n} (M <= N-1)",
@@ -273,6 +278,35 @@ def check_semantics(cfg: ExperimentConfig) -> None:
     _check_ckks(cfg)
     if d.partition == "classes" and d.classes_per_client is None:
         raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
+
+
+def _check_baseline(cfg: ExperimentConfig) -> None:
+    """Baselines (§2.3) run unprotected; representation noise (§5.1) is calibrated for
+    unit-norm representation rows, so it is refused where the release is anything else."""
+    method = cfg.muscle.method
+    if method not in BASELINES:
+        return
+    if cfg.protection != "plain":
+        raise ConfigError("muscle.method", f"baseline {method!r} runs with protection 'plain' only "
+                          f"(got protection {cfg.protection!r}); set protection: plain or use "
+                          "muscle / muscle_sum / pairwise")
+    if cfg.privacy.representation_noise.enabled and method in SILENT:
+        raise ConfigError("privacy.representation_noise.enabled", f"method {method!r} releases "
+                          "nothing, so there is nothing to add representation noise to; set it "
+                          "to false (DP-SGD, privacy.dp_sgd, works with every method)")
+    if cfg.privacy.representation_noise.enabled and method in OUTPUT_RELEASING:
+        raise ConfigError("privacy.representation_noise.enabled", f"method {method!r} releases task "
+                          "outputs (predictions/logits), not unit-norm representations, and the "
+                          "noise of §5.1 is calibrated for unit-norm rows; set it to false")
+
+
+def validate_deployable(cfg: ExperimentConfig) -> None:
+    """Refuse what the gRPC deployment (DESIGN §6) does not carry: the baselines (their
+    messages have no wire format). Raises :class:`ConfigError` naming ``muscle.method``."""
+    if cfg.muscle.method in BASELINES:
+        raise ConfigError("muscle.method", f"baseline {cfg.muscle.method!r} runs in the simulator "
+                          "only (fedmuscle-secure run / compare); the deployment carries "
+                          "muscle, muscle_sum, pairwise and local")
 
 
 def default_threshold(n: int) -> int:

@@ -76,6 +76,46 @@ class PeerSums:
 
 
 @dataclass(frozen=True)
+class TaskOutputs:
+    """Client → server (baselines ``cofed``/``feddf``, DESIGN §2.3): the client's task-head
+    outputs on the exchange's public rows, (nb, B, C) float32 in its own output space —
+    hard predictions (one-hot / 0-1) for ``cofed``, logits for ``feddf``."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    outputs: torch.Tensor
+
+
+@dataclass(frozen=True)
+class GroupOutputs:
+    """Server → client (``cofed``/``feddf``): the mean over ``members`` (the clients of the
+    recipient's output space; ``cofed`` includes the recipient, ``feddf`` does not) of
+    their :class:`TaskOutputs`, (nb, B, C). Empty ``members``: nobody to learn from."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    members: tuple[str, ...]
+    mean: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PeerKernel:
+    """Server → client (baseline ``fedhenn``): the global representation kernel of each of
+    the nb batches, mean over Q_n of Z^m Z^mᵀ, (nb, B, B)."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peers: tuple[tuple[str, ...], ...]
+    kernel: torch.Tensor
+
+
+@dataclass(frozen=True)
 class RoundReport:
     """Client → server: the round is done on this client, with its metrics."""
 
@@ -207,6 +247,7 @@ class EncryptedPeers:
 ENCRYPTED = (EncryptedRepresentations, EncryptedSumTerms, EncryptedSums, EncryptedPeers)
 
 Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | Finish
+           | TaskOutputs | GroupOutputs | PeerKernel
            | SecAggEnvelope
            | SumTerms | ExchangeAborted | EncryptedRepresentations | EncryptedSumTerms | EncryptedSums
            | EncryptedPeers)

@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 from fedmuscle_secure.server.state import FedMuscleServer
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config
+from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, FedMuscleError, IdentityError, ProtocolError
 from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
@@ -283,6 +283,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
     from fedmuscle_secure.summary import write_summary
 
+    validate_deployable(cfg)
     options, settings = options or TransportOptions(), settings or ServeSettings()
     certs, method, rounds = Path(certs), methods_of(cfg)[0], cfg.training.rounds
     trust = load_trust(certs)

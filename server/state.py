@@ -17,17 +17,22 @@ from fedmuscle_secure.server.computation import membership_matrix, peer_sums, pe
 from fedmuscle_secure.server.secure_exchange import SecureExchanges
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
+from fedmuscle_secure.baselines import OUTPUT_RELEASING
+from fedmuscle_secure.baselines.fedhenn import peer_kernels
+from fedmuscle_secure.baselines.group_outputs import group_output_replies
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     Leave,
     Message,
+    PeerKernel,
     PeerSums,
     PeerTerms,
     Representations,
     RoundPlan,
     RoundReport,
     SecAggEnvelope,
+    TaskOutputs,
 )
 from fedmuscle_secure.seeding import derive_seed
 
@@ -51,6 +56,8 @@ class ServerSettings:
     device: torch.device
     secure: SecureExchanges | None = None  # protection: secagg (DESIGN §4.2)
     ckks: CkksServerSide | None = None      # protection: ckks (DESIGN §4.3)
+    output_spaces: tuple[str, ...] = ()     # per client (order of ``clients``): its task name;
+    #                                          cofed/feddf aggregate within one output space
 
 
 class FedMuscleServer:
@@ -64,7 +71,7 @@ class FedMuscleServer:
         self.stage = ServerStage.IDLE
         self.round = 0
         self._plan: torch.Tensor | None = None
-        self._pending: dict[str, Representations] = {}
+        self._pending: dict[str, Representations | TaskOutputs] = {}
         self.reports: dict[str, RoundReport] = {}
         self.last_selection: dict[str, list[str]] = {}
         self.departures: list[dict[str, object]] = []  # who left, in which round, why
@@ -114,7 +121,9 @@ class FedMuscleServer:
         if isinstance(msg, SecAggEnvelope) and self.settings.secure is not None:
             return self.settings.secure.handle(msg, self.active)
         if isinstance(msg, Representations) and self.settings.secure is None \
-                and self.settings.ckks is None:
+                and self.settings.ckks is None and self.settings.method not in OUTPUT_RELEASING:
+            return self._on_representations(msg)
+        if isinstance(msg, TaskOutputs) and self.settings.method in OUTPUT_RELEASING:
             return self._on_representations(msg)
         if isinstance(msg, EncryptedRepresentations) and self.settings.ckks is not None:
             return self._on_representations(msg)
@@ -124,7 +133,8 @@ class FedMuscleServer:
             return self._on_leave(msg)
         raise ProtocolError(sender, self.stage.value, f"server cannot accept a {type(msg).__name__}")
 
-    def _on_representations(self, msg: Representations | EncryptedRepresentations) -> list[Message]:
+    def _on_representations(self, msg: Representations | EncryptedRepresentations | TaskOutputs,
+                            ) -> list[Message]:
         r = self.round + 1
         if msg.round != r:
             raise ProtocolError(msg.client, self.stage.value, f"release for round {msg.round} during round {r}")
@@ -162,7 +172,7 @@ class FedMuscleServer:
         self._maybe_finish_round()
         return out
 
-    def _check_shape(self, msg: Representations | EncryptedRepresentations) -> None:
+    def _check_shape(self, msg: Representations | EncryptedRepresentations | TaskOutputs) -> None:
         assert self._plan is not None
         nb = 1 if msg.batch is not None else self._plan.shape[1]
         if isinstance(msg, EncryptedRepresentations):
@@ -174,17 +184,23 @@ class FedMuscleServer:
                                     f"{self.settings.batch_size} rows and {want_q} squared-norm "
                                     f"vectors; got {len(msg.z)} and {len(msg.sq_norms)}")
             return
-        z = msg.z
+        z = msg.outputs if isinstance(msg, TaskOutputs) else msg.z
         if z.ndim != 3 or z.shape[0] != nb or z.shape[1] != self.settings.batch_size \
                 or z.dtype != torch.float32 or not torch.isfinite(z).all():
             raise ProtocolError(msg.client, self.stage.value,
-                                f"representations must be finite float32 of shape (nb={nb}, "
-                                f"B={self.settings.batch_size}, d); got {z.dtype} {tuple(z.shape)}")
+                                f"{type(msg).__name__} must be finite float32 of shape (nb={nb}, "
+                                f"B={self.settings.batch_size}, width); got {z.dtype} {tuple(z.shape)}")
 
     def _reply(self, epoch: int, batch: int | None) -> list[Message]:
         """Everyone's release is in: compute every client's reply in batched torch."""
         s = self.settings
         order = [c for c in self.active if c in self._pending]
+        if s.method in OUTPUT_RELEASING:  # cofed / feddf: per output space, no peer selection
+            spaces = {c: s.output_spaces[self.index[c]] for c in order}
+            out = group_output_replies(s.method, self.round + 1, epoch, batch, order, self._pending,
+                                       spaces, device=s.device)
+            self.last_selection = {m.client: list(m.members) for m in out}
+            return list(out)
         m_eff = min(s.num_selected, len(order) - 1)  # fewer peers once clients have left
         if s.ckks is None:
             z = torch.stack([self._pending[c].z for c in order], dim=0)  # (N, nb, B, d)
@@ -200,7 +216,9 @@ class FedMuscleServer:
             sels.append(sel)
             if s.ckks is not None:
                 continue
-            if s.method == "muscle_sum":
+            if s.method == "fedhenn":
+                per_batch.append(peer_kernels(z[:, b], sel, device=s.device))
+            elif s.method == "muscle_sum":
                 per_batch.append(peer_sums(z[:, b], membership_matrix(sel, len(order)), device=s.device))
             else:
                 per_batch.append(peer_terms(z[:, b], sel, inv_tau, gamma, device=s.device,
@@ -212,7 +230,9 @@ class FedMuscleServer:
         out: list[Message] = []
         for n, c in enumerate(order):
             peers = tuple(tuple(order[m] for m in sel[n].tolist()) for sel in sels)
-            if s.method == "muscle_sum":
+            if s.method == "fedhenn":
+                out.append(PeerKernel(c, r, epoch, batch, peers, torch.stack([pb[n] for pb in per_batch])))
+            elif s.method == "muscle_sum":
                 u = torch.stack([pb[0][n] for pb in per_batch])
                 q = torch.stack([pb[1][n] for pb in per_batch])
                 out.append(PeerSums(c, r, epoch, batch, peers, u, q, includes_self=False))

@@ -200,6 +200,20 @@ def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
     assert exc.value.field == "--config"
 
 
+def test_baselines_are_refused_by_both_processes(tmp_path):
+    from fedmuscle_secure.client.grpc_client import run_client
+    from fedmuscle_secure.errors import ConfigError
+    from fedmuscle_secure.server.grpc_server import serve
+
+    cfg = tiny_config(**{"muscle.method": "simclr"})
+    for start in (lambda: serve(cfg, tmp_path, "127.0.0.1:0", tmp_path / "s"),
+                  lambda: run_client(cfg, "a", tmp_path, "127.0.0.1:1", tmp_path / "c")):
+        with pytest.raises(ConfigError) as exc:
+            start()
+        assert exc.value.field == "muscle.method" and "simulator only" in str(exc.value)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
 def test_ckks_deployment_matches_the_simulator(tmp_path):
     """The key holder provisions the CKKS context; the server gets only public.ctx (a
     server directory holding secret.ctx is refused) and the clients the secret context."""
@@ -344,3 +358,26 @@ def test_a_stream_closing_mid_round_is_a_leave_and_the_others_finish():
     assert sorted(coordinator.finals) == ["a", "b"]
     assert all(m["test_metric"] >= 0 for m in coordinator.finals.values())
     fed.close()
+
+
+def test_an_expired_certificate_of_our_ca_is_refused(live_server, tmp_path):
+    """Organisation ``a``'s key, certified by our CA but expired yesterday, is refused."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import serialization
+
+    certs, coordinator, target = live_server
+    ca = pki.load_authority(certs)
+    key = serialization.load_pem_private_key((certs / "orgs" / "a" / "a.key").read_bytes(), None)
+    now = datetime.now(UTC)
+    cert = pki.issue_certificate(ca, key.public_key(), common_name="a", usage=pki.Usage.CLIENT,
+                                 not_before=now - timedelta(days=10), not_after=now - timedelta(days=1))
+    org = tmp_path / "expired"
+    org.mkdir()
+    (org / "a.key").write_bytes((certs / "orgs" / "a" / "a.key").read_bytes())
+    (org / "a.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    err = _exchange(_channel(target, certs / "ca" / "ca.crt", org, "a"))
+    # BoringSSL checks validity against the CA during the handshake (the reason, "certificate
+    # has expired", is in gRPC's own log); Trust.verify_peer would refuse it next
+    assert err is not None and err.code() is grpc.StatusCode.UNAVAILABLE, err
+    assert not coordinator.outboxes and not coordinator.gone
