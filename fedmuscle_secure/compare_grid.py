@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config, parse_config
+from fedmuscle_secure.config import (
+    ExperimentConfig,
+    dump_config,
+    parse_config,
+    read_yaml,
+    validate_model,
+)
 from fedmuscle_secure.errors import ConfigError
 
 _SAFE = r"^[A-Za-z0-9_.+-]+$"
@@ -115,35 +121,14 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "<root>"
-
-
 def parse_grid(raw: Any, *, source: str = "<grid>") -> GridSpec:
-    if not isinstance(raw, dict):
-        raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")
-    try:
-        return GridSpec.model_validate(raw)
-    except ValidationError as exc:
-        # an unknown key first: a misspelt axis also makes the real one "missing"
-        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        msg, where = err["msg"], _loc(err["loc"])
-        if msg.startswith("Value error, ") and ":" in msg:
-            where, _, msg = msg[len("Value error, "):].partition(": ")
-        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-        raise ConfigError(where, f"{msg}; got {err.get('input')!r}{more}") from None
+    return validate_model(GridSpec, raw, source)
 
 
 def load_grid(path: str | Path) -> tuple[GridSpec, dict[str, Any]]:
     """The grid and the raw base config (``base`` resolved relative to the grid file)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError("<grid>", f"grid file {str(p)!r} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError("<grid>", f"{p} is not valid YAML: {exc}") from None
-    spec = parse_grid(raw, source=str(p))
+    spec = parse_grid(read_yaml(p, "grid"), source=str(p))
     base_path = (p.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
     if not base_path.is_file():
         raise ConfigError("base", f"base config {str(base_path)!r} (relative to the grid file) "

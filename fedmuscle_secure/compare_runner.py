@@ -80,6 +80,7 @@ def run_cell(meta: dict[str, Any], config_text: str, cell_dir: str, threads: int
 
     torch.set_num_threads(threads)
     d = Path(cell_dir)
+    log_event(d.parent.parent, "cell_start", cell=meta["id"], pid=os.getpid(), threads=threads)
     t0 = time.perf_counter()
     marker = {**meta, "config_sha256": config_sha(config_text)}
     try:
@@ -149,7 +150,7 @@ def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
     with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
         futs = {}
         for c in todo:
-            log_event(out, "cell_start", cell=c.id, jobs=jobs, threads=threads)
+            log_event(out, "cell_queued", cell=c.id, jobs=jobs, threads=threads)
             futs[pool.submit(run_cell, c.meta(), dump_config(c.config), str(out / "cells" / c.id),
                              threads)] = c
         for fut in cf.as_completed(futs):

@@ -192,34 +192,44 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "<root>"
 
 
-def parse_config(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
-    """Validate a mapping into an :class:`ExperimentConfig` and check cross-field rules."""
+def validate_model(model: type[BaseModel], raw: Any, source: str) -> Any:
+    """``model.model_validate(raw)`` with the first problem as a :class:`ConfigError` naming
+    the field path (an unknown key first: a misspelt key also makes the real one missing)."""
     if not isinstance(raw, dict):
         raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         msg = err["msg"]
         field = _loc(err["loc"])
         if msg.startswith("Value error, ") and ":" in msg:
             field, _, msg = msg[len("Value error, "):].partition(": ")
         more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
         raise ConfigError(field, f"{msg}; got {err.get('input')!r}{more}") from None
+
+
+def parse_config(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
+    """Validate a mapping into an :class:`ExperimentConfig` and check cross-field rules."""
+    cfg = validate_model(ExperimentConfig, raw, source)
     check_semantics(cfg)
     return cfg
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config file."""
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The parsed YAML of ``path``; a missing file or bad YAML is a :class:`ConfigError`."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("<config>", f"config file {str(p)!r} does not exist")
+        raise ConfigError(f"<{what}>", f"{what} file {str(p)!r} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError("<config>", f"{p} is not valid YAML: {exc}") from None
-    return parse_config(raw, source=str(p))
+        raise ConfigError(f"<{what}>", f"{p} is not valid YAML: {exc}") from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    return parse_config(read_yaml(path), source=str(path))
 
 
 def check_semantics(cfg: ExperimentConfig) -> None:

@@ -21,8 +21,6 @@ import grpc
 import pytest
 import torch
 import yaml
-from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV
-from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from deploy_driver import (
     ORGS,
     cli,
@@ -34,6 +32,8 @@ from deploy_driver import (
     wait_for,
 )
 from deploy_driver import rows as read_rows
+from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV
+from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import tiny_config
 
 from fedmuscle_secure import provision as pki
@@ -104,6 +104,15 @@ def test_plain_deployment_matches_the_simulator(tmp_path):
 FOUR = ("a", "b", "c", "d")
 
 
+def _audit_ok(tmp: Path, org: str) -> None:
+    """``audit`` of the org's ledger against the server's receipt log, as its officer runs it."""
+    out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
+                          tmp / f"client-{org}" / "ledger" / f"{org}.jsonl",
+                          "--receipts", tmp / "server" / "receipts.jsonl"],
+                         check=False, capture_output=True, text=True)
+    assert out.returncode == 0 and "audit: OK" in out.stdout, out.stdout + out.stderr
+
+
 def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
@@ -145,12 +154,7 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
     assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"}
     for org in "abc":  # survivors: chains, signatures, ε recomputed, every egress received
-        out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
-                              tmp_path / f"client-{org}" / "ledger" / f"{org}.jsonl",
-                              "--receipts", tmp_path / "server" / "receipts.jsonl"],
-                             capture_output=True, text=True)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "audit: OK" in out.stdout
+        _audit_ok(tmp_path, org)
 
 
 def test_server_killed_and_restarted_resumes_and_matches_the_simulator(tmp_path):
@@ -187,8 +191,9 @@ def test_server_killed_and_restarted_resumes_and_matches_the_simulator(tmp_path)
 
 
 def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
-    from fedmuscle_secure.errors import ConfigError
     from fedmuscle_secure.server.grpc_server import serve
+
+    from fedmuscle_secure.errors import ConfigError
 
     certs = provision(tmp_path)
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -202,8 +207,9 @@ def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
 
 def test_baselines_are_refused_by_both_processes(tmp_path):
     from fedmuscle_secure.client.grpc_client import run_client
-    from fedmuscle_secure.errors import ConfigError
     from fedmuscle_secure.server.grpc_server import serve
+
+    from fedmuscle_secure.errors import ConfigError
 
     cfg = tiny_config(**{"muscle.method": "simclr"})
     for start in (lambda: serve(cfg, tmp_path, "127.0.0.1:0", tmp_path / "s"),
@@ -252,11 +258,7 @@ def test_ckks_deployment_matches_the_simulator(tmp_path):
             assert float(rows[key]["bytes_sent"]) > 100_000  # ciphertexts, not float32 rows
             assert abs(float(rows[key]["cl_loss"]) - float(row["cl_loss"])) < 1e-3
     for org in ORGS:
-        out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
-                              tmp_path / f"client-{org}" / "ledger" / f"{org}.jsonl",
-                              "--receipts", tmp_path / "server" / "receipts.jsonl"],
-                             capture_output=True, text=True)
-        assert out.returncode == 0, out.stdout + out.stderr
+        _audit_ok(tmp_path, org)
 
 
 def test_secagg_deployment_matches_the_simulator(tmp_path):
