@@ -12,12 +12,17 @@ The config (default: configs/digits.yaml with ``training.rounds`` overridden to 
    protobuf-encoded to size the encoding overhead.
 
 Printed per round: simulator wall times, gRPC wall time, the ratios gRPC/simulator, and the
-bytes each client sent / received. Those byte columns count the tensor payload of each
-message (``messages.payload_bytes``, the same count as the simulator's), not protobuf,
-HTTP/2 or TLS framing. Note that the deployment's processes (server + N clients) share the
-machine's cores, while the simulator runs the clients one after another in one process.
+bytes each client sent / received, twice: the tensor payload of each message
+(``messages.payload_bytes``, the server's metrics.csv, the same count as the simulator's) and
+the bytes actually on the wire: every client connects through its own counting TCP relay on
+127.0.0.1, so TLS records, HTTP/2 frames, protobuf and chunk headers, keep-alive pings and
+the handshake are all in that count. Note that the deployment's processes (server + N
+clients) share the machine's cores, while the simulator runs the clients one after another
+in one process.
 
-    python bench/bench_grpc.py [CONFIG] [--rounds 2] [--timeout 900]
+    python bench/bench_grpc.py [CONFIG] [--protection plain|secagg|ckks] [--rounds 2]
+    python bench/bench_grpc.py configs/digits-secagg.yaml   # secagg trains the sum form
+    python bench/bench_grpc.py configs/digits-ckks.yaml
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +60,60 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class WireCounter:
+    """One TCP relay per organisation on 127.0.0.1 that forwards to the server and counts
+    the bytes in each direction: what the client's socket really sent and received."""
+
+    def __init__(self, orgs: list[str], upstream: int):
+        self.upstream = upstream
+        self.sent = dict.fromkeys(orgs, 0)  # client -> server
+        self.received = dict.fromkeys(orgs, 0)  # server -> client
+        self.ports: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._listeners = []
+        for org in orgs:
+            ls = socket.socket()
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(8)
+            self.ports[org] = ls.getsockname()[1]
+            self._listeners.append(ls)
+            threading.Thread(target=self._accept, args=(ls, org), daemon=True).start()
+
+    def _accept(self, ls: socket.socket, org: str) -> None:
+        while True:
+            try:
+                down, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                down.close()
+                continue
+            for src, dst, table in ((down, up, self.sent), (up, down, self.received)):
+                threading.Thread(target=self._pump, args=(src, dst, table, org),
+                                 daemon=True).start()
+
+    def _pump(self, src, dst, table, org) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                with self._lock:
+                    table[org] += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        for ls in self._listeners:
+            ls.close()
 
 
 def simulate(cfg, threads: int, count: dict | None = None) -> dict[int, float]:
@@ -97,8 +158,29 @@ def _cli(args: list[str], log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def deploy(cfg, config: Path, tmp: Path, timeout: float) -> tuple[dict, list[dict], float]:
-    """Round seconds (server events), metrics rows, and the whole run's wall time."""
+def _certs(cfg, config: Path, pki: Path, tmp: Path) -> tuple[Path, Path]:
+    """The server's and the organisations' ``--certs`` dirs. Under ckks the key holder's
+    ``provision ckks`` output is split: the public context to the server, the secret one to
+    the organisations (the server refuses a secret key)."""
+    if cfg.protection != "ckks":
+        return pki, pki
+    keys = tmp / "ckks-keys"
+    subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "provision", "ckks",
+                    "--config", str(config), "--out", str(keys)], check=True,
+                   stdout=subprocess.DEVNULL)
+    dirs = []
+    for role, ctx in (("server", "public.ctx"), ("orgs", "secret.ctx")):
+        d = tmp / f"certs-{role}"
+        shutil.copytree(pki, d)
+        (d / "ckks").mkdir()
+        shutil.copy(keys / "ckks" / ctx, d / "ckks" / ctx)
+        dirs.append(d)
+    return dirs[0], dirs[1]
+
+
+def deploy(cfg, config: Path, tmp: Path, timeout: float):
+    """Round seconds (server events), metrics rows, the whole run's wall time and the
+    bytes each organisation's socket sent/received (:class:`WireCounter`)."""
     orgs = [c.name for c in cfg.clients]
     project = tmp / "project.yaml"
     project.write_text(yaml.safe_dump({
@@ -108,13 +190,17 @@ def deploy(cfg, config: Path, tmp: Path, timeout: float) -> tuple[dict, list[dic
     subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "provision", "init",
                     "--project", str(project), "--out", str(certs)], check=True,
                    stdout=subprocess.DEVNULL)
+    server_certs, org_certs = _certs(cfg, config, certs, tmp)
     port = _free_port()
-    common = ["--config", str(config), "--certs", str(certs), "--threads", "1"]
+    wire = WireCounter(orgs, port)
+    common = ["--config", str(config), "--threads", "1"]
     t0 = time.perf_counter()
-    procs = {"server": _cli(["server", *common, "--listen", f"127.0.0.1:{port}",
-                             "--out", str(tmp / "server")], tmp / "server.log")}
+    procs = {"server": _cli(["server", *common, "--certs", str(server_certs),
+                             "--listen", f"127.0.0.1:{port}", "--out", str(tmp / "server")],
+                            tmp / "server.log")}
     for org in orgs:
-        procs[org] = _cli(["client", *common, "--org", org, "--server", f"127.0.0.1:{port}",
+        procs[org] = _cli(["client", *common, "--certs", str(org_certs), "--org", org,
+                           "--server", f"127.0.0.1:{wire.ports[org]}",
                            "--out", str(tmp / f"client-{org}")], tmp / f"{org}.log")
     codes = {}
     try:
@@ -127,6 +213,7 @@ def deploy(cfg, config: Path, tmp: Path, timeout: float) -> tuple[dict, list[dic
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        wire.close()
     total = time.perf_counter() - t0
     if len(codes) != len(procs) or any(codes.values()):
         logs = "\n".join(f"--- {n}\n{(tmp / f'{n}.log').read_text()[-2000:]}" for n in procs)
@@ -136,12 +223,14 @@ def deploy(cfg, config: Path, tmp: Path, timeout: float) -> tuple[dict, list[dic
     rounds = {e["round"]: e["seconds"] for e in events if e["event"] == "round_end"}
     with open(tmp / "server" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    return rounds, rows, total
+    return rounds, rows, total, wire
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "digits.yaml"))
+    ap.add_argument("--protection", choices=["plain", "secagg", "ckks"],
+                    help="override the config's protection mode")
     ap.add_argument("--rounds", type=int, default=2, help="training.rounds override")
     ap.add_argument("--timeout", type=float, default=900.0, help="deployment limit, seconds")
     args = ap.parse_args()
@@ -149,22 +238,20 @@ def main() -> None:
     raw = yaml.safe_load(Path(args.config).read_text())
     raw.setdefault("training", {})["rounds"] = args.rounds
     raw["compare_local"] = False
+    if args.protection:
+        raw["protection"] = args.protection
     print(f"load average at start (1/5/15 min): {_load()}  ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as d:
         tmp = Path(d)
         config = tmp / "config.yaml"
         config.write_text(yaml.safe_dump(raw))
         cfg = load_config(config)
-        if cfg.protection not in ("plain", "secagg"):
-            raise SystemExit(f"protection {cfg.protection!r} is not supported over gRPC")
-        if cfg.protection == "secagg":
-            raise SystemExit("secagg needs per-org identities; this bench runs plain configs")
         n = len(cfg.clients)
         print(f"config {args.config}: {n} clients, {cfg.training.rounds} rounds, "
               f"method {cfg.muscle.method}, protection {cfg.protection}")
         cores = os.cpu_count() or 1
         sim = simulate(cfg, 1)
-        rounds, rows, total = deploy(cfg, config, tmp, args.timeout)
+        rounds, rows, total, wire = deploy(cfg, config, tmp, args.timeout)
         count = {"payload": 0, "encoded": 0, "encode_s": 0.0}
         sim_all = simulate(cfg, cores, count)
 
@@ -183,7 +270,7 @@ def main() -> None:
           f"evaluation): {total:.1f}s")
 
     print("\nbytes per client per round (server's metrics.csv: tensor payload only, "
-          "no protobuf/HTTP2/TLS framing)")
+          "no protobuf/HTTP2/TLS framing; the wire count follows)")
     print(f"{'round':>5}  {'client':<14}  {'sent':>10}  {'received':>10}")
     for row in rows:
         if row["round"] == "final":
@@ -193,8 +280,21 @@ def main() -> None:
               f"{float(row['bytes_received']) / 1e6:>8.3f}MB")
     print(f"all messages of the simulator's rounds, protobuf-encoded (wire.encode) vs payload: "
           f"{count['encoded'] / 1e6:.3f}MB vs {count['payload'] / 1e6:.3f}MB "
-          f"({count['encoded'] / count['payload']:.4f}x; gRPC chunk headers, HTTP/2 and TLS "
-          f"records come on top and are not counted)")
+          f"({count['encoded'] / count['payload']:.4f}x)")
+
+    R = cfg.training.rounds
+    print(f"\nbytes on the wire per client (its TCP connection through a counting relay: TLS, "
+          f"HTTP/2, protobuf, chunk headers, handshake, keep-alive; the whole run = {R} rounds "
+          f"+ connect + final exchange), against the payload of its {R} rounds")
+    print(f"{'client':<14}  {'wire sent':>10}  {'wire recv':>10}  {'/round sent':>11}  "
+          f"{'/round recv':>11}  {'wire/payload':>12}")
+    for org in wire.sent:
+        mine = [r for r in rows if r["client"] == org and r["round"] != "final"]
+        payload = sum(float(r["bytes_sent"]) + float(r["bytes_received"]) for r in mine)
+        on_wire = wire.sent[org] + wire.received[org]
+        print(f"{org:<14}  {wire.sent[org] / 1e6:>8.3f}MB  {wire.received[org] / 1e6:>8.3f}MB  "
+              f"{wire.sent[org] / R / 1e6:>9.3f}MB  {wire.received[org] / R / 1e6:>9.3f}MB  "
+              f"{on_wire / payload if payload else float('nan'):>11.3f}x")
     print(f"\nload average at end (1/5/15 min): {_load()}")
 
 
