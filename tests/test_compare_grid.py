@@ -108,10 +108,11 @@ def test_shipped_grids_expand(tmp_path):
     exp = expand_file(root / "compare-secure.yaml")
     assert len([c for c in exp.cells if c.is_local]) == 9
     # 3 DP-SGD settings x 3 seeds of local references (the curve shares the no-DP-SGD ones),
-    # 3 protections x 3 DP levels x 3 seeds, and 7 curve points x 3 seeds.
-    assert len(exp.cells) == 9 + 27 + 7 * 3
-    curve = sorted({c.dp for c in exp.cells if c.dp.startswith("client-sigma-")})
-    assert len(curve) == 7
+    # 3 protections x 3 DP levels x 3 seeds, and the curve: no noise + 5 sigmas, x 3 seeds.
+    assert len(exp.cells) == 9 + 27 + 6 * 3
+    curve = [c for c in exp.cells if c.exchange == "per_batch"]
+    assert len(curve) == 6 * 3 and all(c.ref and c.ref.startswith("local__none__") for c in curve)
+    assert len({c.dp for c in curve if c.dp.startswith("client-sigma-")}) == 5
     paper = expand_file(root / "compare-paper.yaml", allow_invalid=True)
     methods = {c.method for c in paper.cells} | {i.split("__")[0] for i, _ in paper.invalid}
     assert methods == {"muscle", "muscle_sum", "pairwise", "gram", "fedhenn", "cofed", "feddf",

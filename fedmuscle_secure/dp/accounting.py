@@ -96,6 +96,12 @@ PRV_EPS_ERROR = 0.01
 #: DP-SGD (q ∈ {0.01, 0.25}, σ ∈ {0.8..2}, 10..10⁴ steps) and Gaussian (σ ∈ {1..20},
 #: 1..140 steps) sequences, ε from 0.07 to 129.
 PRV_PLD_ATOL = 2 * PRV_EPS_ERROR
+#: PRV is not attempted above this RDP ε (its estimate is then None). Opacus sizes PRV's
+#: discretisation domain from the privacy loss, so its time and memory grow with ε: measured
+#: 3 s at ε ≈ 390, 27 s at ≈ 2000 (where it gives up), and an out-of-memory kill (a 48 TiB
+#: array) for a Gaussian with σ = 0.1 over 700 steps. ε of that size protects nothing; the
+#: reported RDP bound is still computed and enforced.
+PRV_MAX_EPSILON = 500.0
 
 ACCOUNTANT_NAME = f"opacus {opacus.__version__} rdp+prv"
 
@@ -216,7 +222,8 @@ class EpsilonReport:
 
     ``epsilon_prv`` is None where the PRV accountant cannot compute: no events (nothing to
     discretise), or its numerical limits (δ so small that float error dominates, a
-    discretisation whose mean drifts; Opacus raises and we do not guess).
+    discretisation whose mean drifts; Opacus raises and we do not guess), or an RDP ε above
+    :data:`PRV_MAX_EPSILON` (PRV's domain, hence its memory, grows with ε).
     ``rdp_order`` is the RDP order α at which the RDP bound was attained (None with no
     events); :data:`EPSILON_RTOL` is measured for α ≥ :data:`EPSILON_RTOL_MIN_ORDER`.
     """
@@ -289,7 +296,7 @@ def _prv_epsilon(history: list, delta: float) -> float | None:
                                                     over="ignore"):
             warnings.simplefilter("ignore")
             eps = float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
-    except (ValueError, RuntimeError, FloatingPointError, OverflowError):
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError, MemoryError):
         return None
     return eps if math.isfinite(eps) else None
 
@@ -298,7 +305,8 @@ def _prv_epsilon(history: list, delta: float) -> float | None:
 def _report_cached(events: tuple, delta: float) -> EpsilonReport:
     history = opacus_history(events)
     eps_rdp, order = _rdp_epsilon(history, delta)
-    return EpsilonReport(epsilon_rdp=eps_rdp, epsilon_prv=_prv_epsilon(history, delta),
+    prv = _prv_epsilon(history, delta) if eps_rdp <= PRV_MAX_EPSILON else None
+    return EpsilonReport(epsilon_rdp=eps_rdp, epsilon_prv=prv,
                          delta=delta, accountant=ACCOUNTANT_NAME, rdp_order=order)
 
 

@@ -142,6 +142,19 @@ def test_empty_and_prv_unavailable():
     assert tiny.accountant.startswith("opacus ") and tiny.accountant.endswith(" rdp+prv")
 
 
+def test_prv_is_not_attempted_at_huge_epsilon():
+    """σ = 0.1 over 700 releases (a point of the shipped client-level curve): Opacus's PRV
+    would size its domain from ε ≈ 3.7e4 and ask for a 48 TiB array. RDP is still given,
+    and agrees with dp-accounting's RDP."""
+    events = [release(0.1, 700)]
+    report = compute_epsilon_report(events, DELTA)
+    assert report.epsilon_prv is None
+    assert report.epsilon_rdp > accounting.PRV_MAX_EPSILON
+    assert report.epsilon_rdp == pytest.approx(independent_epsilon(events, DELTA), rel=0.05)
+    # below the threshold PRV is still computed
+    assert compute_epsilon_report([release(2.0, 140)], DELTA).epsilon_prv is not None
+
+
 # --------------------------------------------------------------------------- accountant
 def test_report_if_does_not_mutate():
     acc = PrivacyAccountant(guarantee="client", delta=DELTA)
