@@ -37,20 +37,81 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--report-only", action="store_true",
                    help="run nothing; regenerate the report from the finished cells in OUT")
     c.add_argument("--publish", type=Path, default=None, metavar="DIR",
-                   help="copy results.csv, results.md and the PNGs (not the cells) into DIR")
+                   help="copy results.csv, results.md, the PNGs and each finished cell's record "
+                        "(DIR/cells/<id>/: cell.json, metrics.csv, config.resolved.yaml; not its "
+                        "checkpoints, ledgers or keys) into DIR; `--report-only --out DIR` "
+                        "regenerates the tables from it")
+    c.add_argument("--import", dest="imports", type=Path, action="append", default=None,
+                   metavar="DIR",
+                   help="before running, take finished cells from DIR/cells (another OUT or a "
+                        "--publish DIR, e.g. from another machine) for the cells not finished "
+                        "in OUT; only records of this grid's cell with the same config are "
+                        "taken (repeatable)")
     c.add_argument("--json", action="store_true", help="print a machine-readable summary")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_compare)
 
 
+#: What a finished cell's record is: enough to rebuild the report (marker + metrics) and to
+#: see exactly what ran (the resolved config).
+RECORD_FILES = ("cell.json", "metrics.csv", "config.resolved.yaml")
+
+
+def _done(cell_dir: Path) -> dict | None:
+    from fedmuscle_secure.compare_runner import read_marker
+
+    m = read_marker(cell_dir)
+    ok = m and m.get("status") == "done" and (cell_dir / "metrics.csv").is_file()
+    return m if ok else None
+
+
 def publish(out: Path, dest: Path) -> list[str]:
+    """Copy the report and every finished cell's record from ``out`` into ``dest``; the
+    records there are replaced, so ``dest`` holds exactly what the report was made from."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for p in [out / "results.csv", out / "results.md", *sorted(out.glob("*.png"))]:
         if p.is_file():
             shutil.copy2(p, dest / p.name)
             copied.append(str(dest / p.name))
+    if (dest / "cells").resolve() == (out / "cells").resolve():
+        return copied
+    shutil.rmtree(dest / "cells", ignore_errors=True)
+    for d in sorted((out / "cells").glob("*")):
+        if _done(d):
+            (dest / "cells" / d.name).mkdir(parents=True)
+            for name in RECORD_FILES:
+                if (d / name).is_file():
+                    shutil.copy2(d / name, dest / "cells" / d.name / name)
+            copied.append(str(dest / "cells" / d.name))
     return copied
+
+
+def import_cells(cells: list, out: Path, sources: list[Path]) -> list[str]:
+    """Copy finished cell records from ``sources`` into ``out`` for the cells of ``cells``
+    not finished there; a record is taken only if its config is this grid's cell's."""
+    from fedmuscle_secure.compare_runner import config_sha
+    from fedmuscle_secure.config import dump_config
+
+    taken = []
+    for src in sources:
+        if not (src / "cells").is_dir():
+            raise ConfigError("--import", f"{src} has no cells/ directory (expected a compare "
+                                          "OUT or a --publish DIR)")
+        for c in cells:
+            here, there = out / "cells" / c.id, src / "cells" / c.id
+            m = _done(there)
+            if c.id in taken or _done(here) or not m:
+                continue
+            if m.get("config_sha256") != config_sha(dump_config(c.config)):
+                continue
+            shutil.rmtree(here, ignore_errors=True)
+            here.mkdir(parents=True)
+            for name in RECORD_FILES:
+                if (there / name).is_file():
+                    shutil.copy2(there / name, here / name)
+            taken.append(c.id)
+    return taken
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -83,6 +144,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 print(f"  INVALID {i}: {e}")
         return 0
     failed: dict[str, str] = {}
+    if args.imports:
+        info["imported"] = import_cells(cells, out, args.imports)
+        if not args.json:
+            print(f"imported {len(info['imported'])} finished cell(s) from "
+                  f"{', '.join(map(str, args.imports))}")
     if not args.report_only:
         summary = run_cells(cells, out, jobs=jobs, threads=threads,
                             progress=not args.no_progress and not args.json)

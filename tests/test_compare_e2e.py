@@ -83,8 +83,32 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys):
     (out / "results.md").unlink()
     pub = tmp_path / "pub"
     assert main(["compare", *common, "--report-only", "--publish", str(pub)]) == 0
-    assert sorted(p.name for p in pub.iterdir()) == sorted(["results.csv", "results.md", *pngs])
+    assert sorted(p.name for p in pub.iterdir()) == sorted(["results.csv", "results.md", "cells",
+                                                           *pngs])
     assert (out / "results.md").read_text() == md
+    # each finished cell's record, not its checkpoints/ledgers/keys
+    assert sorted(p.name for p in (pub / "cells").iterdir()) == sorted([*done, *missing])
+    assert sorted(p.name for p in (pub / "cells" / done[2]).iterdir()) == [
+        "cell.json", "config.resolved.yaml", "metrics.csv"]
+    # the published directory alone regenerates the same tables
+    (pub / "results.md").unlink()
+    assert main(["compare", str(grid), "--out", str(pub), "--report-only", "--no-progress"]) == 0
+    assert (pub / "results.md").read_text() == md
+
+    # another machine takes the published cells and runs only the rest: a record whose
+    # config is not this grid's cell's is not taken
+    theirs = pub / "cells" / missing[2] / "cell.json"
+    theirs.write_text(json.dumps({**json.loads(theirs.read_text()), "config_sha256": "0" * 64}))
+    out2 = tmp_path / "out2"
+    capsys.readouterr()
+    assert main(["compare", str(grid), "--out", str(out2), "--jobs", "2", "--no-progress",
+                 "--import", str(pub), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert sorted(info["imported"]) == sorted([*done, *missing[:2]])
+    assert info["done"] == [missing[2]] and sorted(info["skipped"]) == sorted(info["imported"])
+    assert main(["compare", str(grid), "--out", str(out2), "--import", str(tmp_path / "nope"),
+                 "--report-only", "--no-progress"]) == 2
+    assert "--import" in capsys.readouterr().err
 
 
 @pytest.mark.slow
