@@ -143,9 +143,9 @@ def test_empty_and_prv_unavailable():
 
 
 def test_prv_is_not_attempted_at_huge_epsilon():
-    """σ = 0.1 over 700 releases (a point of the shipped client-level curve): Opacus's PRV
-    would size its domain from ε ≈ 3.7e4 and ask for a 48 TiB array. RDP is still given,
-    and agrees with dp-accounting's RDP."""
+    """σ = 0.1 over 700 releases: Opacus's PRV would size its domain from ε ≈ 3.7e4 and
+    ask for a 48 TiB array (the shipped client-level curve goes down to σ = 0.001). RDP is
+    still given, and agrees with dp-accounting's RDP."""
     events = [release(0.1, 700)]
     report = compute_epsilon_report(events, DELTA)
     assert report.epsilon_prv is None
