@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fedmuscle_secure.compare_report import write_report
+from fedmuscle_secure.compare_report import positive_from, write_report
 from fedmuscle_secure.rundir import RunDir
 
 META = {"x": ("resnet10t", "digit10", "accuracy"), "y": ("test_vit", "attributes", "micro_f1")}
@@ -74,7 +74,8 @@ def test_report_math_against_hand_computation(synthetic):
     assert "| muscle | plain | none | per_batch | 3.000 | 4.000 | 2.00 | 25.0 ± 7.1 |" in md
     # ε record: the largest client's per seed: 8.0, 7.9 -> 7.950 ± 0.071; client-level off
     assert "| muscle | plain | none | per_batch | 7.950 ± 0.071 | ∞ (off) | 1.25 ± 1.77 |" in md
-    assert "Smallest record-level ε with Δ > 0: 7.95 (`muscle/plain/none/per_batch`)." in md
+    assert ("Smallest record-level ε from which Δ stays positive (Δ > 0 there and at every "
+            "larger ε run): 7.95 (`muscle/plain/none/per_batch`).") in md
     assert "Incomplete" in md and "muscle__ckks__none__per_batch__s1" in md
     for png in rep["plots"]:
         assert png.endswith(".png") and (synthetic / png.split("/")[-1]).stat().st_size > 1000
@@ -92,3 +93,11 @@ def test_report_math_against_hand_computation(synthetic):
     assert r["ref_cell"] == "local__none__s1" and r["seed"] == "1" and r["metric"] == "micro_f1"
     lo = next(r for r in rows if r["cell"] == "local__none__s0" and r["client"] == "x")
     assert float(lo["gain_points"]) == 0.0 and float(lo["local_metric"]) == pytest.approx(0.5)
+
+
+def test_positive_from_wants_every_larger_epsilon_positive():
+    pts = [(1.0, -2.0, "a"), (3.0, 1.0, "b"), (10.0, -0.5, "c"), (100.0, 4.0, "d"),
+           (1000.0, 6.0, "e")]
+    assert positive_from(pts) == (100.0, "d")          # not 3: Δ ≤ 0 at ε = 10 above it
+    assert positive_from([*pts, (5000.0, 0.0, "f")]) is None
+    assert positive_from([(2.0, 0.1, "x")]) == (2.0, "x")
