@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 
 from fedmuscle_secure import provision as pki
+from fedmuscle_secure import provision_revocation as revocation
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.provision_keys import IDENTITIES, make_identity, provision_ckks
 from fedmuscle_secure.provision_project import load_project
@@ -95,7 +96,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """``provision revoke``: add an organization's certificate to the CRL."""
-    cert = pki.revoke(args.ca, args.org, reason=x509.ReasonFlags(args.reason))
+    cert = revocation.revoke(args.ca, args.org, reason=x509.ReasonFlags(args.reason))
     print(f"revoked {args.org!r} serial {cert.serial_number:x} ({args.reason}); "
           f"CRL {Path(args.ca) / CRL_FILE} re-signed: reload it on the server")
     return 0
@@ -103,7 +104,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_crl(args: argparse.Namespace) -> int:
     """``provision crl``: re-sign the CRL before its next update (it must never go stale)."""
-    crl = pki.refresh_crl(args.ca, days=args.days)
+    crl = revocation.refresh_crl(args.ca, days=args.days)
     print(f"{Path(args.ca) / CRL_FILE}: {sum(1 for _ in crl)} revoked, next update "
           f"{crl.next_update_utc.isoformat() if crl.next_update_utc else '-'}")
     return 0
@@ -111,7 +112,7 @@ def cmd_crl(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``provision list``: organizations, serials, validity and revocation status."""
-    rows = pki.list_certificates(args.ca)
+    rows = revocation.list_certificates(args.ca)
     if args.json:
         print(json.dumps({"ca_dir": str(args.ca), "orgs": [asdict(r) for r in rows]}, indent=2))
         return 0

@@ -37,6 +37,7 @@ from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import tiny_config
 
 from fedmuscle_secure import provision as pki
+from fedmuscle_secure import provision_revocation as revocation
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.experiment import make_split, run_experiment
 from fedmuscle_secure.grpc_transport import TransportOptions
@@ -276,7 +277,7 @@ def live_server(tmp_path):
     """The gRPC server of the tiny config, with org ``c`` revoked and an org ``d`` that has a
     valid certificate of our CA but is not a client of the config."""
     certs = provision(tmp_path, orgs=(*ORGS, "d"))
-    pki.revoke(certs, "c")
+    revocation.revoke(certs, "c")
     cfg = tiny_config(compare_local=False)
     setup = federation_setup(cfg, make_split(cfg), "muscle")
     coordinator = Coordinator(build_server(cfg, "muscle", setup), final_round=4)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmuscle_secure import provision as pki
+from fedmuscle_secure import provision_revocation as revocation
 from fedmuscle_secure.cli import main
 from fedmuscle_secure.errors import ConfigError, IdentityError
 
@@ -250,7 +251,7 @@ def test_sign_rejects_a_tampered_csr(tmp_path: Path, ca_dir: Path) -> None:
 def test_resign_after_revocation_archives_the_old_certificate(tmp_path: Path,
                                                               ca_dir: Path) -> None:
     old = _cert(ca_dir / "orgs" / "hospital-b" / "hospital-b.crt")
-    pki.revoke(ca_dir, "hospital-b", reason=x509.ReasonFlags.key_compromise)
+    revocation.revoke(ca_dir, "hospital-b", reason=x509.ReasonFlags.key_compromise)
     files = pki.make_csr("hospital-b", tmp_path / "home")
     signed = pki.sign_csr(ca_dir, files.csr_path, "client_1")
     archived = ca_dir / "orgs" / "hospital-b" / "revoked" / f"{old.serial_number:x}.crt"
@@ -259,7 +260,7 @@ def test_resign_after_revocation_archives_the_old_certificate(tmp_path: Path,
     assert trust.verify_peer(signed.cert_path.read_bytes()) == "client_1"
     with pytest.raises(IdentityError, match="revoked"):
         trust.verify_peer(archived.read_bytes())
-    rows = pki.list_certificates(ca_dir)
+    rows = revocation.list_certificates(ca_dir)
     assert [(r.org, r.status, r.current) for r in rows if r.org == "hospital-b"] == \
         [("hospital-b", "valid", True), ("hospital-b", "revoked", False)]
 
@@ -291,7 +292,7 @@ def test_revoke_then_verify_peer_raises_revoked(ca_dir: Path,
 
 
 def test_list_json(ca_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pki.revoke(ca_dir, "hospital-a", reason=x509.ReasonFlags.cessation_of_operation)
+    revocation.revoke(ca_dir, "hospital-a", reason=x509.ReasonFlags.cessation_of_operation)
     capsys.readouterr()
     assert main(["provision", "list", "--ca", str(ca_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -358,7 +359,7 @@ def test_stale_crl_refuses_every_peer_until_refreshed(ca_dir: Path) -> None:
     later = datetime.now(UTC) + timedelta(days=8)
     with pytest.raises(IdentityError, match="CRL is stale"):
         pki.load_trust(ca_dir).verify_peer(pem, now=later)
-    pki.refresh_crl(ca_dir, now=later - timedelta(hours=1))
+    revocation.refresh_crl(ca_dir, now=later - timedelta(hours=1))
     assert pki.load_trust(ca_dir).verify_peer(pem, now=later) == "client_0"
 
 
@@ -414,7 +415,7 @@ def test_grpc_mutual_tls_maps_peer_to_client_id(ca_dir: Path) -> None:
                 return channel.unary_unary("/fedmuscle.Test/WhoAmI")(b"", timeout=10)
 
         assert call("hospital-a") == b"client_0"
-        pki.revoke(ca_dir, "hospital-b")
+        revocation.revoke(ca_dir, "hospital-b")
         with pytest.raises(grpc.RpcError) as info:
             call("hospital-b")
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
