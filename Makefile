@@ -35,6 +35,12 @@ results: $(STAMP)
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-paper.yaml --publish docs/results/paper
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --publish docs/results/secure
 
+# Rebuild the published tables and plots from the cell records committed beside them
+# (docs/results/secure/cells/), without running anything.
+.PHONY: results-report
+results-report: $(STAMP)
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --report-only --out docs/results/secure --no-progress
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmuscle_secure crypto server client tests bench
 
