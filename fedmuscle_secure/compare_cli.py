@@ -65,6 +65,14 @@ def _done(cell_dir: Path) -> dict | None:
     return m if ok else None
 
 
+def _copy_record(src: Path, dst: Path) -> None:
+    """Copy a finished cell's record files from ``src`` into a new directory ``dst``."""
+    dst.mkdir(parents=True)
+    for name in RECORD_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
 def publish(out: Path, dest: Path) -> list[str]:
     """Copy the report and every finished cell's record from ``out`` into ``dest``; the
     records there are replaced, so ``dest`` holds exactly what the report was made from."""
@@ -79,10 +87,7 @@ def publish(out: Path, dest: Path) -> list[str]:
     shutil.rmtree(dest / "cells", ignore_errors=True)
     for d in sorted((out / "cells").glob("*")):
         if _done(d):
-            (dest / "cells" / d.name).mkdir(parents=True)
-            for name in RECORD_FILES:
-                if (d / name).is_file():
-                    shutil.copy2(d / name, dest / "cells" / d.name / name)
+            _copy_record(d, dest / "cells" / d.name)
             copied.append(str(dest / "cells" / d.name))
     return copied
 
@@ -90,8 +95,7 @@ def publish(out: Path, dest: Path) -> list[str]:
 def import_cells(cells: list, out: Path, sources: list[Path]) -> list[str]:
     """Copy finished cell records from ``sources`` into ``out`` for the cells of ``cells``
     not finished there; a record is taken only if its config is this grid's cell's."""
-    from fedmuscle_secure.compare_runner import config_sha
-    from fedmuscle_secure.config import dump_config
+    from fedmuscle_secure.compare_runner import same_config
 
     taken = []
     for src in sources:
@@ -101,15 +105,10 @@ def import_cells(cells: list, out: Path, sources: list[Path]) -> list[str]:
         for c in cells:
             here, there = out / "cells" / c.id, src / "cells" / c.id
             m = _done(there)
-            if c.id in taken or _done(here) or not m:
-                continue
-            if m.get("config_sha256") != config_sha(dump_config(c.config)):
+            if c.id in taken or _done(here) or not m or not same_config(m, c):
                 continue
             shutil.rmtree(here, ignore_errors=True)
-            here.mkdir(parents=True)
-            for name in RECORD_FILES:
-                if (there / name).is_file():
-                    shutil.copy2(there / name, here / name)
+            _copy_record(there, here)
             taken.append(c.id)
     return taken
 

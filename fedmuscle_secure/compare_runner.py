@@ -49,6 +49,11 @@ def config_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def same_config(marker: dict[str, Any], cell: Cell) -> bool:
+    """Whether a cell's marker was written for exactly this cell's config."""
+    return marker.get("config_sha256") == config_sha(dump_config(cell.config))
+
+
 def read_marker(cell_dir: Path) -> dict[str, Any] | None:
     p = cell_dir / MARKER
     if not p.is_file():
@@ -117,7 +122,7 @@ def pending_cells(cells: list[Cell], out: Path) -> tuple[list[Cell], list[str], 
     for c in cells:
         m = read_marker(out / "cells" / c.id)
         if m and m.get("status") == "done":
-            if m.get("config_sha256") != config_sha(dump_config(c.config)):
+            if not same_config(m, c):
                 stale[c.id] = (f"finished with another config; delete {out / 'cells' / c.id} "
                                "to run it again")
             else:

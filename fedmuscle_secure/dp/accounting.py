@@ -110,8 +110,6 @@ PRV_MAX_EPSILON = 500.0
 ACCOUNTANT_NAME = f"opacus {opacus.__version__} rdp+prv"
 
 
-
-
 @dataclass(frozen=True)
 class EpsilonReport:
     """ε at ``delta`` of a sequence of events, from Opacus's accountants.
