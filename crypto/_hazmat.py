@@ -49,7 +49,9 @@ __all__ = [
     "pair_mask_seed",
     "seal_share",
     "sign_advert",
+    "sign_survivor_set",
     "verify_advert",
+    "verify_survivor_set",
 ]
 
 
@@ -119,6 +121,32 @@ def verify_advert(identity: Ed25519PublicKey, signature: bytes, instance_id: byt
     except InvalidSignature:
         raise IdentityError(f"the key advertisement of {sender!r} does not verify under its "
                             "identity key") from None
+
+
+# -- signed survivor sets (consistency round) -------------------------------------------
+def _view_message(instance_id: bytes, signer: str, survivors: tuple[str, ...],
+                  dropped: tuple[str, ...]) -> bytes:
+    """The signed bytes of a survivor view: both sets length-prefixed name by name, with
+    their sizes, so no two different views (or signers) share a message."""
+    return _context("consistency", instance_id, signer,
+                    struct.pack(">I", len(survivors)), *survivors,
+                    struct.pack(">I", len(dropped)), *dropped)
+
+
+def sign_survivor_set(identity: Ed25519PrivateKey, instance_id: bytes, signer: str,
+                      survivors: tuple[str, ...], dropped: tuple[str, ...]) -> bytes:
+    return identity.sign(_view_message(instance_id, signer, survivors, dropped))
+
+
+def verify_survivor_set(identity: Ed25519PublicKey, signature: bytes, instance_id: bytes,
+                        signer: str, survivors: tuple[str, ...], dropped: tuple[str, ...]) -> None:
+    """Raise :class:`IdentityError` unless ``signature`` is ``signer``'s over exactly this
+    view (survivors and dropped clients, in this order) of this instance."""
+    try:
+        identity.verify(signature, _view_message(instance_id, signer, survivors, dropped))
+    except InvalidSignature:
+        raise IdentityError(f"the survivor-set signature of {signer!r} does not verify under "
+                            "its identity key over this view of the instance") from None
 
 
 # -- share encryption ----------------------------------------------------------------

@@ -8,9 +8,19 @@ the stage):
 
 ``ADVERTISE_KEYS`` (sent its signed keys, waits for the key book) → ``SHARE_KEYS`` (sent
 encrypted shares, waits for its inbox) → ``MASKED_INPUT`` (sent y = x + PRG(b) ± pair
-masks, waits for the unmask request) → ``DONE`` (revealed, for each peer, exactly one
-kind of share: the self-mask-seed share of a survivor or the mask-key share of a dropped
-client, never both).
+masks, waits for the server's survivor set) → ``CONSISTENCY`` (signed that survivor set,
+waits for the unmask request carrying every signer's signature) → ``DONE`` (revealed, for
+each peer, exactly one kind of share: the self-mask-seed share of a survivor or the
+mask-key share of a dropped client, never both).
+
+No stage continues with fewer than max(3, t) members (:func:`min_group`): a sum over two
+members is each one's input to the other. The consistency round (Bonawitz et al. 2017,
+§4, round 3) is what stops an *active* server: to unmask member j it would have to tell
+some clients that j survived (to collect j's self-mask-seed shares) and others that j
+dropped (to collect j's mask-key shares). Every client signs the one view it was shown and
+reveals only against at least max(3, t) valid signatures over that same view; since an
+honest client signs one view per instance and t > N/2 (checked by the config), two
+different views can never both gather t signatures.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedmuscle_secure.crypto import _hazmat as hz
 from fedmuscle_secure.crypto.secagg_messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyBook,
     MaskedInput,
@@ -31,6 +43,7 @@ from fedmuscle_secure.crypto.secagg_messages import (
     UnmaskRequest,
     UnmaskShares,
     frozen_map,
+    min_group,
 )
 from fedmuscle_secure.crypto.shamir import PRIME_256, split
 
@@ -71,6 +84,7 @@ class SecAggClient:
         self._adverts: dict[str, AdvertiseKeys] = {}
         self._share_holders: tuple[str, ...] = ()  # U2, self included
         self._received: dict[str, tuple[int, int]] = {}  # sender → (seed share, key share)
+        self._view: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # what it signed
         self.revealed: dict[str, str] = {}  # peer → "seed" | "key", for this instance
 
     # -- checks ------------------------------------------------------------------------
@@ -96,6 +110,11 @@ class SecAggClient:
         if not 2 <= setup.threshold <= len(parts):
             raise ProtocolError(SERVER, stage, f"threshold {setup.threshold} must be in "
                                 f"[2, {len(parts)}] for {len(parts)} participants")
+        if len(parts) < min_group(setup.threshold):
+            raise ProtocolError(SERVER, stage, f"a group of {len(parts)} participants {parts}; a "
+                                f"secure sum needs at least {min_group(setup.threshold)} (max(3, "
+                                f"t={setup.threshold})): with fewer, a member's input follows "
+                                "from the sum")
         if vector.dtype != torch.int64 or vector.shape != (setup.vector_length,):
             raise ProtocolError(SERVER, stage, f"input must be int64 of shape ({setup.vector_length},), "
                                 f"got {vector.dtype} {tuple(vector.shape)}")
@@ -121,9 +140,9 @@ class SecAggClient:
         return AdvertiseKeys(self.name, self.instance_id, self._cipher_key.public,
                              self._mask_key.public, sig)
 
-    def handle(self, msg: KeyBook | ShareInbox | UnmaskRequest, *,
+    def handle(self, msg: KeyBook | ShareInbox | ConsistencyCheck | UnmaskRequest, *,
                before_reveal: Callable[[UnmaskRequest], None] | None = None,
-               ) -> EncryptedShares | MaskedInput | UnmaskShares:
+               ) -> EncryptedShares | MaskedInput | ConsistencySignature | UnmaskShares:
         """One server message in, the reply out. ``before_reveal`` runs after the unmask
         request is validated and before any share is revealed (the privacy pipeline
         records the release there, or refuses it by raising)."""
@@ -131,6 +150,8 @@ class SecAggClient:
             return self._on_key_book(msg)
         if isinstance(msg, ShareInbox):
             return self._on_inbox(msg)
+        if isinstance(msg, ConsistencyCheck):
+            return self._on_consistency(msg)
         if isinstance(msg, UnmaskRequest):
             return self._on_unmask(msg, before_reveal)
         raise ProtocolError(SERVER, self.stage.value, f"a secagg client cannot accept {type(msg).__name__}")
@@ -160,9 +181,10 @@ class SecAggClient:
         keys = [k for ad in adverts.values() for k in (ad.cipher_public, ad.mask_public)]
         if len(set(keys)) != len(keys):
             raise ProtocolError(SERVER, stage, "the key book repeats a public key")
-        if len(adverts) < self.threshold:
+        if len(adverts) < min_group(self.threshold):
             raise ProtocolError(SERVER, stage, f"only {len(adverts)} clients advertised keys; "
-                                f"threshold is {self.threshold}")
+                                f"at least {min_group(self.threshold)} are needed (threshold is "
+                                f"{self.threshold}, never fewer than 3)")
         self._adverts = adverts
         n = len(self.participants)
         seed_shares = dict(split(self._self_seed, threshold=self.threshold, num_shares=n))
@@ -200,9 +222,10 @@ class SecAggClient:
                 raise ProtocolError(sender, stage, "decrypted share is not a field element")
             self._received[sender] = (seed_y, key_y)
         holders = [self.name, *inbox.ciphertexts]
-        if len(holders) < self.threshold:
-            raise ProtocolError(SERVER, stage, f"only {len(holders)} clients sent shares; threshold "
-                                f"is {self.threshold}")
+        if len(holders) < min_group(self.threshold):
+            raise ProtocolError(SERVER, stage, f"only {len(holders)} clients sent shares; at least "
+                                f"{min_group(self.threshold)} are needed (threshold is "
+                                f"{self.threshold}, never fewer than 3)")
         self._share_holders = tuple(p for p in self.participants if p in holders)
         masked = self._vector + hz.mask_stream(self._self_seed, self._vector.numel())
         for peer in self._share_holders:
@@ -216,23 +239,60 @@ class SecAggClient:
         self.stage = SecAggStage.MASKED_INPUT
         return MaskedInput(self.name, self.instance_id, masked)
 
-    def _on_unmask(self, req: UnmaskRequest, before_reveal) -> UnmaskShares:
-        self._expect(SecAggStage.MASKED_INPUT, req)
+    def _on_consistency(self, check: ConsistencyCheck) -> ConsistencySignature:
+        """Sign the server's survivor view once it passes every check a reveal would need."""
+        self._expect(SecAggStage.MASKED_INPUT, check)
+        self._check_view(check.survivors, check.dropped)
+        self._view = (tuple(check.survivors), tuple(check.dropped))
+        sig = hz.sign_survivor_set(self._identity, self.instance_id, self.name, *self._view)
+        self.stage = SecAggStage.CONSISTENCY
+        return ConsistencySignature(self.name, self.instance_id, sig)
+
+    def _check_view(self, survivors: tuple[str, ...], dropped: tuple[str, ...]) -> None:
         stage = self.stage.value
-        both = sorted(set(req.survivors) & set(req.dropped))
+        both = sorted(set(survivors) & set(dropped))
         if both:
             raise ProtocolError(SERVER, stage, f"asked to reveal both the self-mask-seed share and the "
                                 f"mask-key share of {both}; refusing (that would unmask their inputs)")
-        asked = list(req.survivors) + list(req.dropped)
+        asked = list(survivors) + list(dropped)
         if len(set(asked)) != len(asked) or set(asked) != set(self._share_holders):
-            raise ProtocolError(SERVER, stage, f"survivors {req.survivors} and dropped {req.dropped} "
+            raise ProtocolError(SERVER, stage, f"survivors {survivors} and dropped {dropped} "
                                 f"must partition the share holders {self._share_holders}")
-        if self.name not in req.survivors:
+        if self.name not in survivors:
             raise ProtocolError(SERVER, stage, f"{self.name!r} sent its masked input but is not "
                                 "listed as a survivor")
-        if len(req.survivors) < self.threshold:
-            raise ProtocolError(SERVER, stage, f"only {len(req.survivors)} survivors; revealing "
-                                f"shares needs at least the threshold {self.threshold}")
+        need = min_group(self.threshold)
+        if len(survivors) < need:
+            raise ProtocolError(SERVER, stage, f"only {len(survivors)} survivors; revealing "
+                                f"shares needs at least {need} (threshold {self.threshold}, "
+                                "never fewer than 3)")
+
+    def _on_unmask(self, req: UnmaskRequest, before_reveal) -> UnmaskShares:
+        self._expect(SecAggStage.CONSISTENCY, req)
+        stage = self.stage.value
+        assert self._view is not None
+        if (tuple(req.survivors), tuple(req.dropped)) != self._view:
+            raise ProtocolError(SERVER, stage, f"the unmask request lists survivors {req.survivors}"
+                                f" and dropped {req.dropped}, but {self.name!r} signed survivors "
+                                f"{self._view[0]} and dropped {self._view[1]}: the server showed "
+                                "different views; refusing to reveal any share")
+        strangers = sorted(set(req.signatures) - set(req.survivors))
+        if strangers:
+            raise ProtocolError(SERVER, stage, f"survivor-set signatures from {strangers}, who are "
+                                "not survivors of this instance")
+        for signer, sig in req.signatures.items():
+            key = (self._identity.public_key() if signer == self.name
+                   else self._peer_identities[signer])
+            try:
+                hz.verify_survivor_set(key, sig, self.instance_id, signer, *self._view)
+            except IdentityError as exc:
+                raise ProtocolError(signer, stage, f"{exc}; refusing to reveal any share "
+                                    "(an equivocating server, or a forged signature)") from None
+        need = min_group(self.threshold)
+        if len(req.signatures) < need:
+            raise ProtocolError(SERVER, stage, f"only {len(req.signatures)} survivors signed this "
+                                f"view; revealing shares needs at least {need} signatures (threshold "
+                                f"{self.threshold}, never fewer than 3)")
         if before_reveal is not None:
             before_reveal(req)
         seed_shares = {p: self._received[p][0] for p in req.survivors}

@@ -17,10 +17,21 @@ from types import MappingProxyType
 import torch
 
 
+#: No secure sum over fewer members than this, whatever the threshold: with two members
+#: each learns the other's input by subtracting its own from the sum.
+MIN_GROUP = 3
+
+
+def min_group(threshold: int) -> int:
+    """The fewest members any stage of an instance may continue with: max(3, t)."""
+    return max(MIN_GROUP, threshold)
+
+
 class SecAggStage(enum.Enum):
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -62,13 +73,29 @@ class ShareInbox:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """Survivors (sent a masked input, U3) and dropped clients (U2 \\ U3)."""
+class ConsistencyCheck:
+    """The server's view of the instance after the masked inputs: survivors (sent a masked
+    input, U3) and dropped clients (U2 \\ U3). Each survivor signs exactly this view
+    (Bonawitz et al.'s consistency round) before any share is revealed."""
 
     recipient: str
     instance_id: bytes
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """The view every signer signed (survivors U3, dropped U2 \\ U3) and the signatures
+    themselves, by signer (U4). A client reveals shares only if at least max(3, t) valid
+    signatures cover the very view it signed: a server that told different clients
+    different survivor sets cannot gather them."""
+
+    recipient: str
+    instance_id: bytes
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signatures: Mapping[str, bytes]
 
 
 # -- client → server -----------------------------------------------------------------
@@ -101,6 +128,15 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
+class ConsistencySignature:
+    """Ed25519 signature (identity key) over the view of a :class:`ConsistencyCheck`."""
+
+    sender: str
+    instance_id: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class UnmaskShares:
     """Shamir shares (y values; x is the sender's share index): of the self-mask seed for
     each survivor, of the mask-agreement key for each dropped client."""
@@ -111,14 +147,16 @@ class UnmaskShares:
     key_shares: Mapping[str, int]
 
 
-ServerToClient = SecAggSetup | KeyBook | ShareInbox | UnmaskRequest
-ClientToServer = AdvertiseKeys | EncryptedShares | MaskedInput | UnmaskShares
+ServerToClient = SecAggSetup | KeyBook | ShareInbox | ConsistencyCheck | UnmaskRequest
+ClientToServer = (AdvertiseKeys | EncryptedShares | MaskedInput | ConsistencySignature
+                  | UnmaskShares)
 
 #: The stage each client → server message belongs to.
 STAGE_OF = {AdvertiseKeys: SecAggStage.ADVERTISE_KEYS, EncryptedShares: SecAggStage.SHARE_KEYS,
-            MaskedInput: SecAggStage.MASKED_INPUT, UnmaskShares: SecAggStage.UNMASK}
+            MaskedInput: SecAggStage.MASKED_INPUT, ConsistencySignature: SecAggStage.CONSISTENCY,
+            UnmaskShares: SecAggStage.UNMASK}
 ORDER = [SecAggStage.ADVERTISE_KEYS, SecAggStage.SHARE_KEYS, SecAggStage.MASKED_INPUT,
-         SecAggStage.UNMASK, SecAggStage.DONE]
+         SecAggStage.CONSISTENCY, SecAggStage.UNMASK, SecAggStage.DONE]
 
 
 def secagg_payload_bytes(msg: ServerToClient | ClientToServer) -> int:
@@ -132,6 +170,10 @@ def secagg_payload_bytes(msg: ServerToClient | ClientToServer) -> int:
         total += sum(len(c) for c in msg.ciphertexts.values())
     elif isinstance(msg, MaskedInput):
         total += msg.masked.numel() * 8
+    elif isinstance(msg, ConsistencySignature):
+        total += len(msg.signature)
+    elif isinstance(msg, UnmaskRequest):
+        total += sum(len(sig) for sig in msg.signatures.values())
     elif isinstance(msg, UnmaskShares):
         total += 66 * (len(msg.seed_shares) + len(msg.key_shares))  # M521 field elements
     return total

@@ -6,8 +6,9 @@ send; :meth:`close_stage` is what the transport calls when a stage's deadline pa
 instance). A stage advances by itself once every expected client has answered.
 
 Sets (Bonawitz et al.): U1 advertised keys, U2 sent encrypted shares, U3 sent masked inputs
-(the survivors), U4 revealed shares. Any set smaller than the threshold t aborts the
-instance with :class:`SecAggAborted`; nothing is unmasked then. Messages are rejected with
+(the survivors), U4 signed the survivor view (the consistency round, against an active
+server), U5 revealed shares. Any set smaller than max(3, t) aborts the instance with
+:class:`SecAggAborted`; nothing is unmasked then. Messages are rejected with
 :class:`ProtocolError` when they belong to another instance, arrive for a stage that has
 not started, repeat, or are malformed; a message from a client that already missed its
 stage (a dropped client answering late) is ignored and recorded in :attr:`ignored`.
@@ -30,6 +31,8 @@ from fedmuscle_secure.crypto.secagg_messages import (
     STAGE_OF,
     AdvertiseKeys,
     ClientToServer,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyBook,
     MaskedInput,
@@ -40,6 +43,7 @@ from fedmuscle_secure.crypto.secagg_messages import (
     UnmaskRequest,
     UnmaskShares,
     frozen_map,
+    min_group,
 )
 from fedmuscle_secure.crypto.shamir import PRIME_256, int_to_bytes32, reconstruct
 
@@ -67,9 +71,10 @@ class SecAggServer:
                  identities: Mapping[str, Ed25519PublicKey] | None = None,
                  device: torch.device | str = "cpu") -> None:
         n = len(participants)
-        if len(set(participants)) != n or not 2 <= threshold <= n:
-            raise ValueError(f"need distinct participants and 2 <= threshold <= {n}; got "
-                             f"{list(participants)}, threshold {threshold}")
+        if len(set(participants)) != n or not 2 <= threshold <= n or n < min_group(threshold):
+            raise ValueError(f"need distinct participants, 2 <= threshold <= {n} and at least "
+                             f"max(3, threshold) of them; got {list(participants)}, threshold "
+                             f"{threshold}")
         self.participants = tuple(participants)
         self.threshold = threshold
         self.vector_length = vector_length
@@ -80,6 +85,8 @@ class SecAggServer:
         self.adverts: dict[str, AdvertiseKeys] = {}
         self.shares: dict[str, EncryptedShares] = {}
         self.masked: dict[str, MaskedInput] = {}
+        self.signatures: dict[str, bytes] = {}   # U4: survivor-view signatures
+        self._view: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self.unmasks: dict[str, UnmaskShares] = {}
         self.dropped_at: dict[str, str] = {}   # client → stage it dropped at
         self.ignored: list[tuple[str, str]] = []  # (sender, message type) answered late
@@ -94,12 +101,14 @@ class SecAggServer:
 
     def _expected(self) -> tuple[str, ...]:
         prev = {SecAggStage.ADVERTISE_KEYS: self.participants, SecAggStage.SHARE_KEYS: self.adverts,
-                SecAggStage.MASKED_INPUT: self.shares, SecAggStage.UNMASK: self.masked}[self.stage]
+                SecAggStage.MASKED_INPUT: self.shares, SecAggStage.CONSISTENCY: self.masked,
+                SecAggStage.UNMASK: self.signatures}[self.stage]
         return tuple(p for p in self.participants if p in prev)
 
     def _received(self) -> dict:
         return {SecAggStage.ADVERTISE_KEYS: self.adverts, SecAggStage.SHARE_KEYS: self.shares,
-                SecAggStage.MASKED_INPUT: self.masked, SecAggStage.UNMASK: self.unmasks}[self.stage]
+                SecAggStage.MASKED_INPUT: self.masked, SecAggStage.CONSISTENCY: self.signatures,
+                SecAggStage.UNMASK: self.unmasks}[self.stage]
 
     # -- driving -----------------------------------------------------------------------
     def start(self) -> list[SecAggSetup]:
@@ -135,7 +144,8 @@ class SecAggServer:
 
     def _late(self, msg: ClientToServer, msg_stage: SecAggStage) -> list[ServerToClient]:
         store = {SecAggStage.ADVERTISE_KEYS: self.adverts, SecAggStage.SHARE_KEYS: self.shares,
-                 SecAggStage.MASKED_INPUT: self.masked, SecAggStage.UNMASK: self.unmasks}[msg_stage]
+                 SecAggStage.MASKED_INPUT: self.masked, SecAggStage.CONSISTENCY: self.signatures,
+                 SecAggStage.UNMASK: self.unmasks}[msg_stage]
         if msg.sender in store:
             raise ProtocolError(msg.sender, self.stage.value, f"duplicate {type(msg).__name__}")
         self.ignored.append((msg.sender, type(msg).__name__))
@@ -181,6 +191,15 @@ class SecAggServer:
                 raise ProtocolError(s, stage, f"masked input must be int64 of shape "
                                     f"({self.vector_length},), got {msg.masked.dtype} {tuple(msg.masked.shape)}")
             self.masked[s] = msg
+        elif isinstance(msg, ConsistencySignature):
+            assert self._view is not None
+            if self.identities is not None:
+                try:
+                    hz.verify_survivor_set(self.identities[s], msg.signature, self.instance_id, s,
+                                           *self._view)
+                except (IdentityError, KeyError) as exc:
+                    raise ProtocolError(s, stage, f"bad survivor-set signature: {exc}") from None
+            self.signatures[s] = msg.signature
         elif isinstance(msg, UnmaskShares):
             survivors, dropped = set(self.survivors), set(self.shares) - set(self.masked)
             if set(msg.seed_shares) != survivors or set(msg.key_shares) != dropped:
@@ -196,9 +215,11 @@ class SecAggServer:
         for p in self._expected():
             if p not in got:
                 self.dropped_at.setdefault(p, self.stage.value)
-        if len(got) < self.threshold:
+        need = min_group(self.threshold)
+        if len(got) < need:
             self.abort_reason = (f"only {len(got)} of {len(self._expected())} clients completed stage "
-                                 f"{self.stage.value!r}; the threshold is {self.threshold}")
+                                 f"{self.stage.value!r}; at least {need} are needed (the threshold "
+                                 f"is {self.threshold}, never fewer than 3)")
             failed, self.stage = self.stage.value, SecAggStage.ABORTED
             raise SecAggAborted("server", failed, self.abort_reason)  # .stage: the stage that failed
         if self.stage is SecAggStage.ADVERTISE_KEYS:
@@ -211,10 +232,17 @@ class SecAggServer:
             return [ShareInbox(p, self.instance_id, frozen_map(
                 {s: self.shares[s].ciphertexts[p] for s in holders if s != p})) for p in holders]
         if self.stage is SecAggStage.MASKED_INPUT:
-            self.stage = SecAggStage.UNMASK
+            self.stage = SecAggStage.CONSISTENCY
             survivors = self.survivors
             dropped = tuple(p for p in self.participants if p in self.shares and p not in self.masked)
-            return [UnmaskRequest(p, self.instance_id, survivors, dropped) for p in survivors]
+            self._view = (survivors, dropped)
+            return [ConsistencyCheck(p, self.instance_id, survivors, dropped) for p in survivors]
+        if self.stage is SecAggStage.CONSISTENCY:
+            self.stage = SecAggStage.UNMASK
+            assert self._view is not None
+            signers = self._expected()
+            signatures = frozen_map({p: self.signatures[p] for p in signers})
+            return [UnmaskRequest(p, self.instance_id, *self._view, signatures) for p in signers]
         self.result = self._unmask()
         self.stage = SecAggStage.DONE
         return []

@@ -341,6 +341,12 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
     if s.t_collude is not None and s.t_collude >= t:
         raise ConfigError("secagg.t_collude", f"must be smaller than the threshold t={t} "
                           f"(got {s.t_collude}); t or more colluders can unmask anyway")
+    if 2 * t <= n:
+        raise ConfigError("secagg.threshold", f"t={t} must be more than half of the N={n} clients "
+                          f"(at least {n // 2 + 1}): with 2t <= N an active server can show two "
+                          "disjoint groups of t clients different survivor sets, collect one "
+                          "client's self-mask-seed shares from one group and its mask-key shares "
+                          "from the other, and unmask that client's input")
     if s.frac_bits is not None:
         from fedmuscle_secure.crypto.encoding import FixedPointCodec
         from fedmuscle_secure.errors import EncodingError

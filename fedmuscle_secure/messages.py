@@ -175,6 +175,21 @@ class SumTerms:
 
 
 @dataclass(frozen=True)
+class SitOut:
+    """Client → server: the client does not release for exchange (round, epoch, batch)
+    because its ledger shows it already did (a client releases at most once per exchange,
+    DESIGN §4.4: two sums over groups that differ by one member reveal that member). It
+    counts as a drop for this exchange only; the server answers with
+    :class:`ExchangeAborted` once the exchange is over, and the client goes on."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class ExchangeAborted:
     """Server → client: the secure exchange (round, epoch, batch) ended without a sum
     (fewer than t clients reached a stage); the client skips its step and goes on."""
@@ -247,7 +262,7 @@ class EncryptedPeers:
 ENCRYPTED = (EncryptedRepresentations, EncryptedSumTerms, EncryptedSums, EncryptedPeers)
 
 Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | Finish
-           | TaskOutputs | GroupOutputs | PeerKernel
+           | SitOut | TaskOutputs | GroupOutputs | PeerKernel
            | SecAggEnvelope
            | SumTerms | ExchangeAborted | EncryptedRepresentations | EncryptedSumTerms | EncryptedSums
            | EncryptedPeers)

@@ -32,6 +32,8 @@ from google.protobuf.message import Message as ProtoMessage
 from fedmuscle_secure.crypto.ckks_ops import EncryptedMatrix, EncryptedRowValues, RowLayout
 from fedmuscle_secure.crypto.secagg_messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyBook,
     MaskedInput,
@@ -59,6 +61,7 @@ from fedmuscle_secure.messages import (
     RoundPlan,
     RoundReport,
     SecAggEnvelope,
+    SitOut,
     SumTerms,
 )
 from fedmuscle_secure.wire_pb import fedmuscle_pb2 as pb
@@ -210,6 +213,11 @@ def _set_ciphertexts(p: ProtoMessage, name: str, value: Any, where: str) -> None
         getattr(p, name).add(peer=peer, ciphertext=data)
 
 
+def _set_signatures(p: ProtoMessage, name: str, value: Any, where: str) -> None:
+    for peer, data in _entries(value, where):
+        getattr(p, name).add(peer=peer, signature=data)
+
+
 def _share_to_bytes(value: Any, where: str) -> bytes:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < PRIME_256:
         raise _unencodable(f"{where}: a share must be an int in [0, 2**521 - 1), got "
@@ -279,7 +287,8 @@ def _get_encoding(p: ProtoMessage, name: str, where: str) -> SumEncoding | None:
 _BODY = {SecAggSetup: "setup", KeyBook: "key_book", ShareInbox: "share_inbox",
          UnmaskRequest: "unmask_request", AdvertiseKeys: "advertise_keys",
          EncryptedShares: "encrypted_shares", MaskedInput: "masked_input",
-         UnmaskShares: "unmask_shares"}
+         UnmaskShares: "unmask_shares", ConsistencyCheck: "consistency_check",
+         ConsistencySignature: "consistency_signature"}
 _BODY_TYPE = {field: cls for cls, field in _BODY.items()}
 
 
@@ -310,6 +319,8 @@ METRICS = _Kind(_set_metrics,
                 lambda p, n, w: _unique(((m.name, m.value) for m in getattr(p, n)), w))
 CIPHERTEXTS = _Kind(_set_ciphertexts, lambda p, n, w: frozen_map(
     _unique(((e.peer, e.ciphertext) for e in getattr(p, n)), w)))
+SIGNATURES = _Kind(_set_signatures, lambda p, n, w: frozen_map(
+    _unique(((e.peer, e.signature) for e in getattr(p, n)), w)))
 SHARES = _Kind(_set_shares, lambda p, n, w: frozen_map(
     _unique(((e.peer, _share_from_bytes(e.share, f"{w}[{e.peer!r}]")) for e in getattr(p, n)), w)))
 
@@ -329,14 +340,18 @@ _SPECS: dict[type, dict[str, _Kind]] = {
     Leave: {"client": IDENTITY, "round": SCALAR, "reason": SCALAR},
     Finish: {"client": IDENTITY, "round": SCALAR},
     ExchangeAborted: {**_EXCHANGE, "reason": SCALAR},
+    SitOut: {**_EXCHANGE, "reason": SCALAR},
     SecAggEnvelope: {**_EXCHANGE, "body": _Kind(_set_body, _get_body),
                      "encoding": _Kind(_set_encoding, _get_encoding)},
     SecAggSetup: {"recipient": IDENTITY, "instance_id": SCALAR, "participants": NAMES,
                   "threshold": SCALAR, "vector_length": SCALAR},
     KeyBook: {"recipient": IDENTITY, "instance_id": SCALAR, "adverts": _repeated(AdvertiseKeys)},
     ShareInbox: {"recipient": IDENTITY, "instance_id": SCALAR, "ciphertexts": CIPHERTEXTS},
+    ConsistencyCheck: {"recipient": IDENTITY, "instance_id": SCALAR, "survivors": NAMES,
+                       "dropped": NAMES},
     UnmaskRequest: {"recipient": IDENTITY, "instance_id": SCALAR, "survivors": NAMES,
-                    "dropped": NAMES},
+                    "dropped": NAMES, "signatures": SIGNATURES},
+    ConsistencySignature: {"sender": IDENTITY, "instance_id": SCALAR, "signature": SCALAR},
     AdvertiseKeys: {"sender": IDENTITY, "instance_id": SCALAR, "cipher_public": SCALAR,
                     "mask_public": SCALAR, "signature": SCALAR},
     EncryptedShares: {"sender": IDENTITY, "instance_id": SCALAR, "ciphertexts": CIPHERTEXTS},
@@ -365,7 +380,7 @@ _ENVELOPE = {RoundPlan: "round_plan", Representations: "representations",
              RoundReport: "round_report", Leave: "leave", ExchangeAborted: "exchange_aborted",
              SecAggEnvelope: "secagg", EncryptedRepresentations: "encrypted_representations",
              EncryptedSumTerms: "encrypted_sum_terms", EncryptedSums: "encrypted_sums",
-             EncryptedPeers: "encrypted_peers", Finish: "finish"}
+             EncryptedPeers: "encrypted_peers", Finish: "finish", SitOut: "sit_out"}
 _ENVELOPE_TYPE = {field: cls for cls, field in _ENVELOPE.items()}
 
 _LIBRARY_ERRORS = (TypeError, ValueError, AttributeError, OverflowError)

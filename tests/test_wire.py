@@ -34,6 +34,8 @@ from fedmuscle_secure.crypto.ckks import (
 )
 from fedmuscle_secure.crypto.secagg_client import SecAggClient
 from fedmuscle_secure.crypto.secagg_messages import (
+    ConsistencyCheck,
+    ConsistencySignature,
     AdvertiseKeys,
     EncryptedShares,
     KeyBook,
@@ -67,6 +69,7 @@ from fedmuscle_secure.messages import (
     RoundPlan,
     RoundReport,
     SecAggEnvelope,
+    SitOut,
     SumTerms,
 )
 from fedmuscle_secure.wire_chunks import Chunk, Reassembler, chunk
@@ -139,6 +142,8 @@ PLAIN = {
     "finish": Finish("c2", 4),
     "leave": Leave("c3", 4, "privacy budget (epsilon 8.0) would be exceeded"),
     "exchange_aborted": ExchangeAborted("c1", 2, 1, None, "only 1 of 3 clients reached unmask"),
+    "sit_out": SitOut("c2", 3, 0, 5, "already released for this exchange (ledger seq 17)"),
+    "sit_out_per_epoch": SitOut("c2", 3, 1, None, "already released"),
 }
 
 
@@ -183,18 +188,19 @@ def test_tensor_encoding_is_bit_exact(dtype, shape, data):
 
 
 def test_secagg_instance_runs_through_the_wire():
-    """3 clients, threshold 2, c2 drops before its masked input: every stage message type
-    (key shares of the dropped client included) is encoded, decoded and checked equal, and
-    the decoded messages drive the real state machines to the exact sum."""
-    names = ("c0", "c1", "c2")
+    """4 clients, threshold 3, c3 drops before its masked input: every stage message type
+    (key shares of the dropped client and the consistency round's signatures included) is
+    encoded, decoded and checked equal, and the decoded messages drive the real state
+    machines to the exact sum."""
+    names = ("c0", "c1", "c2", "c3")
     ids = {c: Ed25519PrivateKey.generate() for c in names}
     pubs = {c: k.public_key() for c, k in ids.items()}
-    encoding = SumEncoding(batches=1, rows=2, dim=3, group_size=3, value_clip=1.0,
+    encoding = SumEncoding(batches=1, rows=2, dim=3, group_size=4, value_clip=1.0,
                            sq_norm_clip=1.0)
     length = encoding.vector_length
     vectors = {c: torch.randint(-2**63, 2**63 - 1, (length,), generator=GEN) for c in names}
     vectors["c0"][0], vectors["c1"][0] = 2**63 - 1, 2**63 - 1  # the sum wraps
-    server = SecAggServer(names, 2, length, identities=pubs)
+    server = SecAggServer(names, 3, length, identities=pubs)
     seen: dict[type, list] = {}
 
     def cross(client: str, body: object, enc: SumEncoding | None = None) -> object:
@@ -213,18 +219,21 @@ def test_secagg_instance_runs_through_the_wire():
         pending += server.receive(cross(c.name, c.advertise()))
     while server.stage not in (SecAggStage.DONE, SecAggStage.ABORTED):
         if not pending:
-            pending = server.close_stage()  # the deadline passes: c2 is dropped
+            pending = server.close_stage()  # the deadline passes: c3 is dropped
             continue
         msg = cross(pending[0].recipient, pending.pop(0))
         reply = clients[msg.recipient].handle(msg)
-        if isinstance(reply, MaskedInput) and reply.sender == "c2":
-            continue  # c2 goes silent
+        if isinstance(reply, MaskedInput) and reply.sender == "c3":
+            continue  # c3 goes silent
         pending += server.receive(cross(reply.sender, reply))
     assert server.stage is SecAggStage.DONE
-    expected = (vectors["c0"].tolist()[i] + vectors["c1"].tolist()[i] for i in range(length))
+    expected = (vectors["c0"].tolist()[i] + vectors["c1"].tolist()[i] + vectors["c2"].tolist()[i]
+                for i in range(length))
     assert server.result.tolist() == [(v + 2**63) % 2**64 - 2**63 for v in expected]
-    assert set(seen) == {SecAggSetup, KeyBook, ShareInbox, UnmaskRequest, AdvertiseKeys,
-                         EncryptedShares, MaskedInput, UnmaskShares}
+    assert set(seen) == {SecAggSetup, KeyBook, ShareInbox, ConsistencyCheck, UnmaskRequest,
+                         AdvertiseKeys, EncryptedShares, MaskedInput, ConsistencySignature,
+                         UnmaskShares}
+    assert all(len(u.signatures) == 3 for u in seen[UnmaskRequest])
     assert any(u.key_shares for u in seen[UnmaskShares])  # the dropped client's key shares
 
 
@@ -522,7 +531,7 @@ def test_every_message_kind_has_an_envelope_field():
     """One Envelope oneof field per protocol message (and nothing else in the oneof)."""
     oneof = pb.Envelope.DESCRIPTOR.oneofs_by_name["message"]
     kinds = {type(m) for m in (*PLAIN.values(), *CKKS.values())} | {SecAggEnvelope}
-    assert len(oneof.fields) == len(kinds) == 14
+    assert len(oneof.fields) == len(kinds) == 15
 
 
 def test_decode_never_unpickles(monkeypatch):

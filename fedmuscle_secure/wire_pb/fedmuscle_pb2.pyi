@@ -134,6 +134,20 @@ class Leave(_message.Message):
     reason: str
     def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class SitOut(_message.Message):
+    __slots__ = ("client", "round", "epoch", "batch", "reason")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    round: int
+    epoch: int
+    batch: int
+    reason: str
+    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ExchangeAborted(_message.Message):
     __slots__ = ("client", "round", "epoch", "batch", "reason")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
@@ -204,7 +218,7 @@ class ShareInbox(_message.Message):
     ciphertexts: _containers.RepeatedCompositeFieldContainer[PeerCiphertext]
     def __init__(self, recipient: _Optional[str] = ..., instance_id: _Optional[bytes] = ..., ciphertexts: _Optional[_Iterable[_Union[PeerCiphertext, _Mapping]]] = ...) -> None: ...
 
-class UnmaskRequest(_message.Message):
+class ConsistencyCheck(_message.Message):
     __slots__ = ("recipient", "instance_id", "survivors", "dropped")
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +229,28 @@ class UnmaskRequest(_message.Message):
     survivors: _containers.RepeatedScalarFieldContainer[str]
     dropped: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, recipient: _Optional[str] = ..., instance_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PeerSignature(_message.Message):
+    __slots__ = ("peer", "signature")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    signature: bytes
+    def __init__(self, peer: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskRequest(_message.Message):
+    __slots__ = ("recipient", "instance_id", "survivors", "dropped", "signatures")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    instance_id: bytes
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    signatures: _containers.RepeatedCompositeFieldContainer[PeerSignature]
+    def __init__(self, recipient: _Optional[str] = ..., instance_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., signatures: _Optional[_Iterable[_Union[PeerSignature, _Mapping]]] = ...) -> None: ...
 
 class EncryptedShares(_message.Message):
     __slots__ = ("sender", "instance_id", "ciphertexts")
@@ -235,6 +271,16 @@ class MaskedInput(_message.Message):
     instance_id: bytes
     masked: Tensor
     def __init__(self, sender: _Optional[str] = ..., instance_id: _Optional[bytes] = ..., masked: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ConsistencySignature(_message.Message):
+    __slots__ = ("sender", "instance_id", "signature")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    instance_id: bytes
+    signature: bytes
+    def __init__(self, sender: _Optional[str] = ..., instance_id: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PeerShare(_message.Message):
     __slots__ = ("peer", "share")
@@ -275,7 +321,7 @@ class SumEncoding(_message.Message):
     def __init__(self, batches: _Optional[int] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., group_size: _Optional[int] = ..., value_clip: _Optional[float] = ..., sq_norm_clip: _Optional[float] = ..., frac_bits: _Optional[int] = ...) -> None: ...
 
 class SecAggEnvelope(_message.Message):
-    __slots__ = ("client", "round", "epoch", "batch", "setup", "key_book", "share_inbox", "unmask_request", "advertise_keys", "encrypted_shares", "masked_input", "unmask_shares", "encoding")
+    __slots__ = ("client", "round", "epoch", "batch", "setup", "key_book", "share_inbox", "unmask_request", "advertise_keys", "encrypted_shares", "masked_input", "unmask_shares", "consistency_check", "consistency_signature", "encoding")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +334,8 @@ class SecAggEnvelope(_message.Message):
     ENCRYPTED_SHARES_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_CHECK_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     client: str
     round: int
@@ -301,8 +349,10 @@ class SecAggEnvelope(_message.Message):
     encrypted_shares: EncryptedShares
     masked_input: MaskedInput
     unmask_shares: UnmaskShares
+    consistency_check: ConsistencyCheck
+    consistency_signature: ConsistencySignature
     encoding: SumEncoding
-    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., setup: _Optional[_Union[SecAggSetup, _Mapping]] = ..., key_book: _Optional[_Union[KeyBook, _Mapping]] = ..., share_inbox: _Optional[_Union[ShareInbox, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., encrypted_shares: _Optional[_Union[EncryptedShares, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ..., encoding: _Optional[_Union[SumEncoding, _Mapping]] = ...) -> None: ...
+    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., setup: _Optional[_Union[SecAggSetup, _Mapping]] = ..., key_book: _Optional[_Union[KeyBook, _Mapping]] = ..., share_inbox: _Optional[_Union[ShareInbox, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., encrypted_shares: _Optional[_Union[EncryptedShares, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ..., consistency_check: _Optional[_Union[ConsistencyCheck, _Mapping]] = ..., consistency_signature: _Optional[_Union[ConsistencySignature, _Mapping]] = ..., encoding: _Optional[_Union[SumEncoding, _Mapping]] = ...) -> None: ...
 
 class RowLayout(_message.Message):
     __slots__ = ("rows", "cols", "row_stride", "rows_per_ciphertext")
@@ -415,7 +465,7 @@ class Finish(_message.Message):
     def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("round_plan", "representations", "peer_terms", "peer_sums", "sum_terms", "round_report", "leave", "exchange_aborted", "secagg", "encrypted_representations", "encrypted_sum_terms", "encrypted_sums", "encrypted_peers", "finish")
+    __slots__ = ("round_plan", "representations", "peer_terms", "peer_sums", "sum_terms", "round_report", "leave", "exchange_aborted", "secagg", "encrypted_representations", "encrypted_sum_terms", "encrypted_sums", "encrypted_peers", "finish", "sit_out")
     ROUND_PLAN_FIELD_NUMBER: _ClassVar[int]
     REPRESENTATIONS_FIELD_NUMBER: _ClassVar[int]
     PEER_TERMS_FIELD_NUMBER: _ClassVar[int]
@@ -430,6 +480,7 @@ class Envelope(_message.Message):
     ENCRYPTED_SUMS_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_PEERS_FIELD_NUMBER: _ClassVar[int]
     FINISH_FIELD_NUMBER: _ClassVar[int]
+    SIT_OUT_FIELD_NUMBER: _ClassVar[int]
     round_plan: RoundPlan
     representations: Representations
     peer_terms: PeerTerms
@@ -444,7 +495,8 @@ class Envelope(_message.Message):
     encrypted_sums: EncryptedSums
     encrypted_peers: EncryptedPeers
     finish: Finish
-    def __init__(self, round_plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., representations: _Optional[_Union[Representations, _Mapping]] = ..., peer_terms: _Optional[_Union[PeerTerms, _Mapping]] = ..., peer_sums: _Optional[_Union[PeerSums, _Mapping]] = ..., sum_terms: _Optional[_Union[SumTerms, _Mapping]] = ..., round_report: _Optional[_Union[RoundReport, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., exchange_aborted: _Optional[_Union[ExchangeAborted, _Mapping]] = ..., secagg: _Optional[_Union[SecAggEnvelope, _Mapping]] = ..., encrypted_representations: _Optional[_Union[EncryptedRepresentations, _Mapping]] = ..., encrypted_sum_terms: _Optional[_Union[EncryptedSumTerms, _Mapping]] = ..., encrypted_sums: _Optional[_Union[EncryptedSums, _Mapping]] = ..., encrypted_peers: _Optional[_Union[EncryptedPeers, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
+    sit_out: SitOut
+    def __init__(self, round_plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., representations: _Optional[_Union[Representations, _Mapping]] = ..., peer_terms: _Optional[_Union[PeerTerms, _Mapping]] = ..., peer_sums: _Optional[_Union[PeerSums, _Mapping]] = ..., sum_terms: _Optional[_Union[SumTerms, _Mapping]] = ..., round_report: _Optional[_Union[RoundReport, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., exchange_aborted: _Optional[_Union[ExchangeAborted, _Mapping]] = ..., secagg: _Optional[_Union[SecAggEnvelope, _Mapping]] = ..., encrypted_representations: _Optional[_Union[EncryptedRepresentations, _Mapping]] = ..., encrypted_sum_terms: _Optional[_Union[EncryptedSumTerms, _Mapping]] = ..., encrypted_sums: _Optional[_Union[EncryptedSums, _Mapping]] = ..., encrypted_peers: _Optional[_Union[EncryptedPeers, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., sit_out: _Optional[_Union[SitOut, _Mapping]] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("stream_id", "index", "total", "data", "sha256_of_whole")

@@ -30,7 +30,7 @@ from fedmuscle_secure.errors import ProtocolError
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MOD = 2**64
 LENGTH = 257
-STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency", "unmask")
 _FINAL = (SecAggStage.DONE, SecAggStage.ABORTED)
 
 

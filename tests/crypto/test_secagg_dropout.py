@@ -21,17 +21,20 @@ MATRIX = [
     ("advertise_keys", ("c0",)), ("advertise_keys", ("c1", "c4")),
     ("share_keys", ("c5",)), ("share_keys", ("c0", "c5")),
     ("masked_input", ("c3",)), ("masked_input", ("c2", "c3")),
+    ("consistency", ("c4",)), ("consistency", ("c0", "c5")),
     ("unmask", ("c1",)), ("unmask", ("c0", "c3")),
 ]
 ABORTS = [
     ("advertise_keys", ("c0", "c2", "c4")), ("share_keys", ("c3", "c4", "c5")),
-    ("masked_input", ("c0", "c1", "c5")), ("unmask", ("c1", "c2", "c3")),
+    ("masked_input", ("c0", "c1", "c5")), ("consistency", ("c0", "c2", "c4")),
+    ("unmask", ("c1", "c2", "c3")),
 ]
 
 
 def _survivors(stage: str, dropped: tuple[str, ...]) -> tuple[str, ...]:
-    """U3 by the protocol: a client silent at unmask already sent its masked input."""
-    return ALL if stage == "unmask" else tuple(c for c in ALL if c not in dropped)
+    """U3 by the protocol: a client silent at the consistency round or at unmask already
+    sent its masked input."""
+    return ALL if stage in ("consistency", "unmask") else tuple(c for c in ALL if c not in dropped)
 
 
 @pytest.mark.parametrize(("stage", "dropped"), MATRIX)
@@ -45,7 +48,8 @@ def test_survivors_sum_is_exact(stage, dropped):
     assert inst.closes == 1 and set(inst.withheld) == set(dropped)
     assert set(srv.unmasks) == set(ALL) - set(dropped)  # U4
     # no shares of a client silent before sending them exist; a survivor's seed, else its key
-    want = {"advertise_keys": None, "share_keys": None, "masked_input": "key", "unmask": "seed"}
+    want = {"advertise_keys": None, "share_keys": None, "masked_input": "key",
+            "consistency": "seed", "unmask": "seed"}
     for c in srv.unmasks:
         assert {d: inst.clients[c].revealed.get(d) for d in dropped} == dict.fromkeys(dropped,
                                                                                    want[stage])

@@ -14,6 +14,7 @@ import torch
 from fedmuscle_secure.crypto import _hazmat as hz
 from fedmuscle_secure.crypto.secagg_client import SecAggClient
 from fedmuscle_secure.crypto.secagg_messages import (
+    ConsistencyCheck,
     KeyBook,
     MaskedInput,
     SecAggStage,
@@ -102,32 +103,41 @@ def test_unmask_sum_extremes():
 
 # -- 5. never both kinds of share ---------------------------------------------------------
 @pytest.fixture
+def at_consistency():
+    """N=6, t=4, everyone sent a masked input; the survivor-set checks are pending."""
+    inst = start(names(6), 4, edge_vectors(names(6)))
+    run(inst, stop_at="consistency")
+    assert inst.error is None and len(inst.pending) == 6
+    assert all(isinstance(m, ConsistencyCheck) for m in inst.pending)
+    return inst
+
+
+@pytest.fixture
 def at_unmask():
-    """N=6, t=4, everyone sent a masked input; the unmask requests are pending."""
+    """N=6, t=4, everyone signed the survivor set; the unmask requests are pending."""
     inst = start(names(6), 4, edge_vectors(names(6)))
     run(inst, stop_at="unmask")
     assert inst.error is None and len(inst.pending) == 6
     return inst
 
 
-def _refused(client, req, match):
-    called = []
+def _refused(client, check, match):
     with pytest.raises(ProtocolError, match=match) as info:
-        client.handle(req, before_reveal=called.append)
+        client.handle(check)
     assert (info.value.peer, info.value.stage) == ("server", "masked_input")
-    assert called == [] and client.revealed == {} and client.stage is SecAggStage.MASKED_INPUT
+    assert client.revealed == {} and client.stage is SecAggStage.MASKED_INPUT
 
 
-def test_client_refuses_peer_listed_as_survivor_and_dropped(at_unmask):
-    c0 = at_unmask.clients["c0"]
-    req = UnmaskRequest("c0", c0.instance_id, tuple(names(6)), ("c3",))
-    _refused(c0, req, "both")
+def test_client_refuses_peer_listed_as_survivor_and_dropped(at_consistency):
+    c0 = at_consistency.clients["c0"]
+    check = ConsistencyCheck("c0", c0.instance_id, tuple(names(6)), ("c3",))
+    _refused(c0, check, "both")
 
 
-def test_client_refuses_survivors_below_threshold(at_unmask):
-    c0 = at_unmask.clients["c0"]
-    req = UnmaskRequest("c0", c0.instance_id, ("c0", "c2", "c5"), ("c1", "c3", "c4"))
-    _refused(c0, req, "threshold 4")
+def test_client_refuses_survivors_below_threshold(at_consistency):
+    c0 = at_consistency.clients["c0"]
+    check = ConsistencyCheck("c0", c0.instance_id, ("c0", "c2", "c5"), ("c1", "c3", "c4"))
+    _refused(c0, check, "threshold 4")
 
 
 def test_client_answers_one_unmask_request_only(at_unmask):
