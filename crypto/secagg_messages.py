@@ -16,7 +16,6 @@ from types import MappingProxyType
 
 import torch
 
-
 #: No secure sum over fewer members than this, whatever the threshold: with two members
 #: each learns the other's input by subtracting its own from the sum.
 MIN_GROUP = 3

@@ -99,7 +99,7 @@ def split_views():
 
 
 def test_client_refuses_a_view_other_than_the_one_it_signed(split_views):
-    inst, iid, v1, v2, sigs = split_views
+    inst, iid, _v1, v2, sigs = split_views
     req = UnmaskRequest("c0", iid, *v2, frozen_map(sigs))
     _refused(lambda: inst.clients["c0"].handle(req), "server", "consistency", "different views")
     assert inst.clients["c0"].revealed == {}
@@ -108,7 +108,7 @@ def test_client_refuses_a_view_other_than_the_one_it_signed(split_views):
 def test_client_refuses_signatures_made_over_another_view(split_views):
     """c3 is sent its own view with every signature the server holds: the others signed a
     view in which c4 survived, so their signatures do not verify over c3's."""
-    inst, iid, v1, v2, sigs = split_views
+    inst, iid, _v1, v2, sigs = split_views
     req = UnmaskRequest("c3", iid, *v2, frozen_map({c: s for c, s in sigs.items() if c != "c4"}))
     _refused(lambda: inst.clients["c3"].handle(req), "c0", "consistency", "does not verify")
     listed = UnmaskRequest("c3", iid, *v2, frozen_map(sigs))  # c4 is dropped in c3's view
