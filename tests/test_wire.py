@@ -34,9 +34,9 @@ from fedmuscle_secure.crypto.ckks import (
 )
 from fedmuscle_secure.crypto.secagg_client import SecAggClient
 from fedmuscle_secure.crypto.secagg_messages import (
+    AdvertiseKeys,
     ConsistencyCheck,
     ConsistencySignature,
-    AdvertiseKeys,
     EncryptedShares,
     KeyBook,
     MaskedInput,

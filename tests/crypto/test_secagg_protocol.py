@@ -19,7 +19,6 @@ from fedmuscle_secure.crypto.secagg_messages import (
     MaskedInput,
     SecAggStage,
     ShareInbox,
-    UnmaskRequest,
     UnmaskShares,
 )
 from fedmuscle_secure.crypto.secagg_server import unmask_sum
