@@ -170,6 +170,11 @@ class ClientPrivacy:
         self._log("abort", {"round": round_, "exchange": [exchange[0], exchange[1]],
                             "reason": reason, "masked_input_sent": released})
 
+    def sit_out(self, round_: int, exchange: tuple[int, int | None], reason: str) -> None:
+        """The client did not release for an exchange it had already released for."""
+        self._log("sit_out", {"round": round_, "exchange": [exchange[0], exchange[1]],
+                              "reason": reason})
+
     # -- bookkeeping -------------------------------------------------------------------
     def end_round(self, round_: int) -> dict[str, float]:
         """Record ε at δ for both guarantees after this round; returns them."""

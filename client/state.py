@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
 from fedmuscle_secure.client.local_update import evaluate, local_update
+from fedmuscle_secure.client.release_record import ReleaseRecord, exchange_key
 
 from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.data.tasks import Task
@@ -37,6 +38,7 @@ from fedmuscle_secure.messages import (
     RoundPlan,
     RoundReport,
     SecAggEnvelope,
+    SitOut,
     SumTerms,
     TaskOutputs,
 )
@@ -101,6 +103,13 @@ class FedMuscleClient:
         self.secure = secure  # protection: secagg — releases go through secure sums only
         self.ckks = ckks      # protection: ckks — releases leave encrypted
         self._own: OwnContribution | None = None
+        # At most one release per exchange (DESIGN §4.4), remembered from the ledger so the
+        # rule survives a restart; asked again (a re-run round), the client sits it out.
+        ledger = privacy.ledger if privacy is not None else None
+        self.released = ReleaseRecord.from_ledger(ledger.entries if ledger is not None else ())
+        self._sitting_out = False
+        if secure is not None:  # under secagg the release is the masked input leaving
+            secure.on_release = lambda r, e, b: self.released.mark(exchange_key(r, e, b))
         self._aborted_before = self._clipped_before = 0  # secagg counters at the last report
         self.left: dict | None = None  # {"round", "reason"} once the client has left
         # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
@@ -132,7 +141,7 @@ class FedMuscleClient:
             return []  # a client that left answers nothing (the server already dropped it)
         if isinstance(msg, RoundPlan):
             return self._on_round_plan(msg)
-        if self.secure is not None and isinstance(msg, (SumTerms, ExchangeAborted)):
+        if isinstance(msg, ExchangeAborted) or self.secure is not None and isinstance(msg, SumTerms):
             return self._on_reply(msg)
         if self.secure is not None and isinstance(msg, SecAggEnvelope):
             return self._on_secagg(msg)
@@ -195,8 +204,18 @@ class FedMuscleClient:
         assert self._plan is not None and self._exchange is not None and self.secure is not None
         self._check_exchange(env)
         if env.encoding is None:
+            if self._sitting_out:
+                raise ProtocolError(SERVER, self.stage.value, f"{self.name!r} sits out exchange "
+                                    f"{self._exchange} of round {env.round}; it takes no stage")
             return [self.secure.handle(env)]
         epoch, batch = self._exchange
+        if self.secure.instance is not None or self._sitting_out:
+            raise ProtocolError(SERVER, "setup", f"a second secure-sum setup for exchange (round "
+                                f"{env.round}, epoch {epoch}, batch {batch}) while {self.name!r} "
+                                "already answered one; refusing (two sums over groups that "
+                                "differ by one member reveal that member's input)")
+        if exchange_key(env.round, epoch, batch) in self.released:
+            return [self._sit_out(env.round, epoch, batch)]
         try:
             advert, self._own = self.secure.begin(env, self._representations(epoch, batch))
         except PrivacyBudgetExceeded as exc:
@@ -220,11 +239,17 @@ class FedMuscleClient:
         epoch, batch = self._exchange
         batches = self._plan.batches[epoch]
         aborted = isinstance(reply, ExchangeAborted)
-        if aborted and self.secure is not None:
-            self.secure.aborted += 1
-        if aborted and self.privacy is not None:
-            sent = self.secure is not None and self.secure.masked_sent
-            self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
+        if self._sitting_out and not aborted:
+            raise ProtocolError(SERVER, self.stage.value, f"{type(reply).__name__} for exchange "
+                                f"{self._exchange} that {self.name!r} sits out")
+        if aborted and not self._sitting_out:
+            if self.secure is not None:
+                self.secure.aborted += 1
+            if self.privacy is not None:
+                sent = (self.secure.masked_sent if self.secure is not None
+                        else exchange_key(reply.round, epoch, batch) in self.released)
+                self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
+        self._sitting_out = False
         if batch is not None:  # per_batch: the anchor was computed at release time
             if not aborted:
                 self._step(batches[batch], reply, 0, anchor=self._pending)
@@ -309,9 +334,25 @@ class FedMuscleClient:
                 z = torch.stack([self.model.represent(self.public_x[idx]) for idx in batches])
         return z.float().contiguous()
 
-    def _release(self, epoch: int, batch: int | None) -> Representations | TaskOutputs | Leave:
+    def _sit_out(self, r: int, epoch: int, batch: int | None) -> SitOut:
+        """Do not release again for an exchange already released for (a re-run round): it
+        counts as a drop for this exchange only; the server answers ExchangeAborted."""
+        reason = (f"already released for exchange (round {r}, epoch {epoch}, batch {batch}); a "
+                  "client releases at most once per exchange")
+        if self.privacy is not None:
+            self.privacy.sit_out(r, (epoch, batch), reason)
+        self._exchange = (epoch, batch)
+        self._released, self._pending = None, None
+        self._sitting_out = True
+        self.stage = ClientStage.AWAIT_REPLY
+        return SitOut(self.name, r, epoch, batch, reason)
+
+    def _release(self, epoch: int, batch: int | None) -> Representations | TaskOutputs | Leave | SitOut:
         assert self._plan is not None
         r = self._plan.round
+        key = exchange_key(r, epoch, batch)
+        if key in self.released:
+            return self._sit_out(r, epoch, batch)
         z = self._representations(epoch, batch)
         protect = None
         if self.ckks is not None:
@@ -324,6 +365,7 @@ class FedMuscleClient:
                 return self._leave(r, str(exc))
         else:
             out = protect(z) if protect is not None else z
+        self.released.mark(key)
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
         if isinstance(out, EncryptedRepresentations):
@@ -425,6 +467,7 @@ class FedMuscleClient:
         self.stage = ClientStage.LEFT if self.left else ClientStage.IDLE
         # A rewind (the deployment's server restarted mid-round) drops the exchange in flight.
         self._plan, self._exchange, self._released, self._pending, self._own = (None,) * 5
+        self._sitting_out = False  # what was released stays in self.released: never again
         if self.secure is not None:
             self.secure.end()
         if self.privacy is not None:

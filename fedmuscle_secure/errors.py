@@ -53,6 +53,12 @@ class RunInterrupted(FedMuscleError):
     """A run stopped before its last round; its run directory can be resumed."""
 
 
+class QuorumLost(FedMuscleError):
+    """Too few clients are left for the configured protection (a secure sum over fewer than
+    max(3, t) members would show each member the others' inputs): the run stops with this
+    error rather than go on training nothing."""
+
+
 class EncodingError(FedMuscleError):
     """A value cannot be fixed-point encoded without overflow (DESIGN §4.1)."""
 

@@ -113,6 +113,9 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
         for d in fed.server.departures:
             if d["round"] == r:
                 run.event("client_left", method=method, **d)
+        for e in fed.server.sat_out:
+            if e["round"] == r:
+                run.event("exchange_sat_out", method=method, **e)
         if fed.server.settings.secure is not None:
             for e in fed.server.settings.secure.events:
                 if e["round"] == r:

@@ -41,7 +41,13 @@ from fedmuscle_secure.server.state import FedMuscleServer
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.data import get_task
-from fedmuscle_secure.errors import ConfigError, FedMuscleError, IdentityError, ProtocolError
+from fedmuscle_secure.errors import (
+    ConfigError,
+    FedMuscleError,
+    IdentityError,
+    ProtocolError,
+    QuorumLost,
+)
 from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
 from fedmuscle_secure.messages import Finish, Leave, Message, RoundReport, payload_bytes
 from fedmuscle_secure.provision import Trust, load_trust
@@ -153,6 +159,13 @@ class Coordinator:
         with self.cond:
             for box in self.outboxes.values():
                 box.put(_CLOSE)
+
+    def abort_all(self, reason: str) -> None:
+        """The run cannot go on (e.g. too few members for the protection): end every stream
+        with ``FAILED_PRECONDITION`` and the reason, so the clients stop instead of retrying."""
+        with self.cond:
+            for box in self.outboxes.values():
+                box.put(_Abort(grpc.StatusCode.FAILED_PRECONDITION, reason))
 
     def wait(self, predicate, timeout: float, what: str) -> None:
         with self.cond:
@@ -321,6 +334,10 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
         return _rounds(cfg, run, coordinator, settings, method, rows, start,
                        {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients},
                        write_summary)
+    except QuorumLost as exc:
+        run.event("run_stopped", reason=str(exc))
+        coordinator.abort_all(f"the server stopped the run: {exc}")
+        raise
     finally:
         coordinator.close_all()
         grpc_server.stop(grace=5).wait()
@@ -355,6 +372,9 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
         for d in s.departures:
             if d["round"] == r:
                 run.event("client_left", method=method, **d)
+        for e in s.sat_out:
+            if e["round"] == r:
+                run.event("exchange_sat_out", method=method, **e)
         if s.settings.secure is not None:
             for e in s.settings.secure.events:
                 if e["round"] == r:

@@ -16,15 +16,13 @@ from collections.abc import Callable, Mapping
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fedmuscle_secure.crypto.secagg_messages import SecAggStage
+from fedmuscle_secure.crypto.secagg_messages import SecAggStage, min_group
 from fedmuscle_secure.crypto.secagg_server import SecAggAborted, SecAggServer
 from fedmuscle_secure.crypto.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import sum_form_terms
 
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.messages import ExchangeAborted, Message, SecAggEnvelope, SumTerms
-
-MIN_GROUP = 3  # with two clients each would learn the other's release from the sum
+from fedmuscle_secure.messages import ExchangeAborted, Message, SecAggEnvelope, SitOut, SumTerms
 
 
 class SecureExchanges:
@@ -44,7 +42,13 @@ class SecureExchanges:
         self._queue: list[tuple[int, int | None]] = []
         self._current: tuple[int, int | None, SumEncoding] | None = None
         self._dropped: set[str] = set()
+        self._sat_out: set[str] = set()   # clients sitting out the current exchange only
         self._batches = 1
+
+    @property
+    def min_group(self) -> int:
+        """The fewest members a secure sum may have: max(3, t)."""
+        return min_group(self.threshold)
 
     @property
     def busy(self) -> bool:
@@ -61,14 +65,14 @@ class SecureExchanges:
 
     def _begin_next(self, active: list[str]) -> list[Message]:
         out: list[Message] = []
-        self.instance, self._current = None, None
+        self.instance, self._current, self._sat_out = None, None, set()
         while self._queue:
             epoch, batch = self._queue.pop(0)
             group = [c for c in active if c not in self._dropped]
-            need = max(MIN_GROUP, self.threshold)
+            need = self.min_group
             if len(group) < need:
                 reason = (f"only {len(group)} clients are left for the secure sum; it needs at least "
-                          f"{need} (threshold t={self.threshold}, and never fewer than {MIN_GROUP})")
+                          f"{need} (threshold t={self.threshold}, and never fewer than 3)")
                 out += self._abort_notices(group, epoch, batch, reason, stage="setup")
                 continue
             enc = self.encoding_for(self._batches, len(group))
@@ -100,6 +104,31 @@ class SecureExchanges:
                                 "different senders")
         return self._step(lambda inst: inst.receive(msg.body), active)
 
+    def sit_out(self, msg: SitOut, active: list[str]) -> list[Message]:
+        """``msg.client`` already released for this exchange (a re-run round): it takes no
+        part in this instance (a drop for this exchange only) and is told when it is over."""
+        if self.instance is None or self._current is None:
+            raise ProtocolError(msg.client, "idle", "SitOut while no exchange runs")
+        epoch, batch, _ = self._current
+        if (msg.round, msg.epoch, msg.batch) != (self._round, epoch, batch):
+            raise ProtocolError(msg.client, self.instance.stage.value,
+                                f"SitOut for exchange (round {msg.round}, epoch {msg.epoch}, batch "
+                                f"{msg.batch}) while running (round {self._round}, epoch {epoch}, "
+                                f"batch {batch})")
+        if msg.client not in self.instance.participants or msg.client in self._sat_out:
+            raise ProtocolError(msg.client, self.instance.stage.value,
+                                "SitOut from a client outside this instance, or twice")
+        self._sat_out.add(msg.client)
+        return self._step(lambda inst: inst.drop(msg.client), active)
+
+    def _sitters_told(self, epoch: int, batch: int | None, active: list[str]) -> list[Message]:
+        if not self._sat_out:
+            return []
+        self.events.append({"event": "exchange_sat_out", "round": self._round, "epoch": epoch,
+                            "batch": batch, "clients": sorted(self._sat_out)})
+        return [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} sat out this exchange")
+                for c in sorted(self._sat_out) if c in active]
+
     def drop(self, client: str, active: list[str]) -> list[Message]:
         """``client`` left the federation: it drops out of the running instance."""
         if self.instance is None:
@@ -119,19 +148,22 @@ class SecureExchanges:
         try:
             replies = action(inst)
         except SecAggAborted as exc:
-            self._dropped |= set(inst.dropped_at)
+            self._dropped |= set(inst.dropped_at) - self._sat_out
             group = [c for c in inst.participants if c in active and c not in inst.dropped_at]
             out = self._abort_notices(group, epoch, batch, str(exc), stage=exc.stage)
+            out += self._sitters_told(epoch, batch, active)
             return out + self._begin_next(active)
         if inst.stage is not SecAggStage.DONE:
             return [SecAggEnvelope(m.recipient, self._round, epoch, batch, m) for m in replies]
-        if inst.dropped_at:
+        dropped = {c: s for c, s in inst.dropped_at.items() if c not in self._sat_out}
+        if dropped:
             self.events.append({"event": "secagg_dropouts", "round": self._round, "epoch": epoch,
-                                "batch": batch, "dropped": dict(inst.dropped_at)})
-        self._dropped |= set(inst.dropped_at)
+                                "batch": batch, "dropped": dropped})
+        self._dropped |= set(dropped)
         u, q = enc.decode(inst.result)
         scaled, log_alpha = sum_form_terms(u, q, tau=self.tau, gamma=self.gamma, device=self.device)
         survivors = inst.survivors
         out: list[Message] = [SumTerms(c, self._round, epoch, batch, survivors, scaled, log_alpha)
                               for c in survivors if c in active]
+        out += self._sitters_told(epoch, batch, active)
         return out + self._begin_next(active)

@@ -20,9 +20,10 @@ from fedmuscle_secure.server.selection import select_peers, selection_tensor
 from fedmuscle_secure.baselines import OUTPUT_RELEASING
 from fedmuscle_secure.baselines.fedhenn import peer_kernels
 from fedmuscle_secure.baselines.group_outputs import group_output_replies
-from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.errors import ProtocolError, QuorumLost
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
+    ExchangeAborted,
     Leave,
     Message,
     PeerKernel,
@@ -32,6 +33,7 @@ from fedmuscle_secure.messages import (
     RoundPlan,
     RoundReport,
     SecAggEnvelope,
+    SitOut,
     TaskOutputs,
 )
 from fedmuscle_secure.seeding import derive_seed
@@ -72,6 +74,8 @@ class FedMuscleServer:
         self.round = 0
         self._plan: torch.Tensor | None = None
         self._pending: dict[str, Representations | TaskOutputs] = {}
+        self._sitting: dict[str, SitOut] = {}  # clients that sit out the current exchange
+        self.sat_out: list[dict[str, object]] = []  # (round, epoch, batch, clients), for events
         self.reports: dict[str, RoundReport] = {}
         self.last_selection: dict[str, list[str]] = {}
         self.departures: list[dict[str, object]] = []  # who left, in which round, why
@@ -96,10 +100,17 @@ class FedMuscleServer:
                                 f"{self.round + 1} finished")
         if r != self.round + 1:
             raise ProtocolError("server", self.stage.value, f"expected round {self.round + 1}, got {r}")
+        secure = self.settings.secure
+        if secure is not None and 0 < len(self.active) < secure.min_group:
+            raise QuorumLost(f"round {r}: only {len(self.active)} clients are left "
+                             f"({self.active}); a secure sum needs at least {secure.min_group} "
+                             f"(threshold t={secure.threshold}, never fewer than 3), so no later "
+                             "exchange could run; the run stops here (its ledgers and checkpoints "
+                             f"up to round {self.round} stand)")
         self._plan = self.public_batches(r)
         if len(self.active) < 2:  # nobody to align with: LocalUpdate only
             self._plan = self._plan[:0]
-        self._pending, self.reports = {}, {}
+        self._pending, self._sitting, self.reports = {}, {}, {}
         self.stage = ServerStage.COLLECTING
         plans: list[Message] = [RoundPlan(c, r, self.settings.exchange, self._plan) for c in self.active]
         if self.settings.secure is not None:
@@ -120,6 +131,10 @@ class FedMuscleServer:
             raise ProtocolError(sender, self.stage.value, f"{type(msg).__name__} arrived between rounds")
         if isinstance(msg, SecAggEnvelope) and self.settings.secure is not None:
             return self.settings.secure.handle(msg, self.active)
+        if isinstance(msg, SitOut):
+            if self.settings.secure is not None:
+                return self.settings.secure.sit_out(msg, self.active)
+            return self._on_representations(msg)
         if isinstance(msg, Representations) and self.settings.secure is None \
                 and self.settings.ckks is None and self.settings.method not in OUTPUT_RELEASING:
             return self._on_representations(msg)
@@ -133,37 +148,56 @@ class FedMuscleServer:
             return self._on_leave(msg)
         raise ProtocolError(sender, self.stage.value, f"server cannot accept a {type(msg).__name__}")
 
-    def _on_representations(self, msg: Representations | EncryptedRepresentations | TaskOutputs,
-                            ) -> list[Message]:
+    def _on_representations(self, msg: Representations | EncryptedRepresentations | TaskOutputs
+                            | SitOut) -> list[Message]:
         r = self.round + 1
         if msg.round != r:
             raise ProtocolError(msg.client, self.stage.value, f"release for round {msg.round} during round {r}")
-        if msg.client in self._pending:
+        if msg.client in self._pending or msg.client in self._sitting:
             raise ProtocolError(msg.client, self.stage.value, "duplicate release for exchange "
                                 f"(epoch {msg.epoch}, batch {msg.batch})")
-        first = next(iter(self._pending.values()), None)
+        first = next(iter({**self._pending, **self._sitting}.values()), None)
         if first is not None and (first.epoch, first.batch) != (msg.epoch, msg.batch):
             raise ProtocolError(msg.client, self.stage.value,
                                 f"release for (epoch {msg.epoch}, batch {msg.batch}) while collecting "
                                 f"(epoch {first.epoch}, batch {first.batch})")
-        self._check_shape(msg)
-        self._pending[msg.client] = msg
+        if isinstance(msg, SitOut):
+            self._sitting[msg.client] = msg
+        else:
+            self._check_shape(msg)
+            self._pending[msg.client] = msg
         return self._maybe_reply()
 
     def _maybe_reply(self) -> list[Message]:
-        """Reply once every active client that still owes a release has sent it."""
+        """Reply once every active client that still owes a release has sent it (or sits the
+        exchange out: those are told the exchange is over, with ExchangeAborted)."""
         owing = [c for c in self.active if c not in self.reports]
-        if not self._pending or any(c not in self._pending for c in owing):
+        waiting = {**self._pending, **self._sitting}
+        if not waiting or any(c not in waiting for c in owing):
             return []
-        first = next(iter(self._pending.values()))
-        replies = self._reply(first.epoch, first.batch)
-        self._pending = {}
+        first = next(iter(waiting.values()))
+        r, epoch, batch = self.round + 1, first.epoch, first.batch
+        releasers = [c for c in self.active if c in self._pending]
+        if len(releasers) >= 2:
+            replies = self._reply(epoch, batch)
+            told = set(releasers)
+        else:  # nobody to align with for this exchange
+            replies, told = [], set()
+        why = {c: f"{c!r} sat out this exchange" if c in self._sitting else
+               "no other client released for this exchange" for c in waiting}
+        replies += [ExchangeAborted(c, r, epoch, batch, why[c])
+                    for c in self.active if c in waiting and c not in told]
+        if self._sitting:
+            self.sat_out.append({"round": r, "epoch": epoch, "batch": batch,
+                                 "clients": sorted(self._sitting)})
+        self._pending, self._sitting = {}, {}
         return replies
 
     def _on_leave(self, msg: Leave) -> list[Message]:
         """A client leaves for good: drop it and finish whatever was waiting on it."""
         self.active.remove(msg.client)
         self._pending.pop(msg.client, None)
+        self._sitting.pop(msg.client, None)
         self.reports.pop(msg.client, None)
         self.departures.append({"client": msg.client, "round": msg.round, "reason": msg.reason})
         out = self._maybe_reply()
