@@ -158,6 +158,34 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
         _audit_ok(tmp_path, org)
 
 
+def test_three_org_secagg_losing_one_stops_with_a_clear_error(tmp_path):
+    """Three organisations under secagg; ``c`` SIGKILLs itself mid-exchange (after sending its
+    encrypted shares, before its masked input). The two survivors must not complete that
+    sum (each would learn the other's input by subtracting its own), and no later exchange
+    can run: the server stops with a clear error and exit 1, and tells the clients why, so
+    they exit non-zero at once instead of retrying."""
+    cfg = tiny_config(protection="secagg", compare_local=False, **{
+        "muscle.method": "muscle_sum", "muscle.exchange": "per_batch", "training.rounds": 3})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    certs = provision(tmp_path)
+    point = "SecAggEnvelope(round 2, epoch 0, batch 0, ShareInbox"
+    procs = start_federation(tmp_path, config, certs, port=free_port(),
+                             env={"c": {FAILPOINT_ENV: point}})
+    assert procs.pop("c").wait(timeout=150) == -signal.SIGKILL
+    codes = {n: p.wait(timeout=150) for n, p in procs.items()}
+    assert codes == {"server": 1, "a": 1, "b": 1}, codes
+    server_log = (tmp_path / "server.log").read_text()
+    assert "only 2 clients are left" in server_log and "Traceback" not in server_log
+    for org in "ab":
+        assert "only 2 clients are left" in (tmp_path / f"{org}.log").read_text()
+    events = _events(tmp_path / "server" / "events.jsonl")
+    aborted = [e for e in events if e["event"] == "secagg_aborted"]
+    assert aborted and all(e["round"] == 2 for e in aborted)
+    assert not [e for e in events if e["event"] == "secagg_dropouts"]  # no sum over a and b
+    assert events[-1]["event"] == "run_stopped"
+
+
 def test_server_killed_and_restarted_resumes_without_a_second_release(tmp_path):
     """SIGKILL the server process mid-round 2 (client ``a`` has just taken a contrastive step
     of round 2, so every client released (round 2, epoch 0, batch 0); the server's last
