@@ -1,7 +1,9 @@
 """Record-level DP-SGD in LocalUpdate (DESIGN §5.2).
 
-The task phase (Algorithm 1, lines 16–20) is trained with Opacus: Poisson sampling,
-per-sample clipping to norm C and Gaussian noise of std σ·C on the summed gradient. What the
+The task phase (Algorithm 1, lines 16–20) is trained with Opacus: Poisson sampling (the
+masks drawn from the CSPRNG, :mod:`fedmuscle_secure.dp.sampling`, not from Opacus's
+torch generator), per-sample clipping to norm C and Gaussian noise of std σ·C on the
+summed gradient. What the
 client releases afterwards (representations of public data, contrastive updates driven by
 public data and peers' messages) is post-processing of a DP encoder (§5.1, "What each
 guarantee costs"); the caller composes the DP-SGD steps of every round in its own ledger from
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import types
 import warnings
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmuscle_secure.data.tasks import Task
+from fedmuscle_secure.dp.sampling import CsprngPoissonSampler
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel
 
@@ -115,8 +117,8 @@ class DPSGDConfig:
 
 
 class DPSGDTrainer:
-    """LocalUpdate with DP-SGD (Opacus PrivacyEngine: Poisson sampling, per-sample clipping,
-    Gaussian noise from ``noise_fn``, default OS entropy).
+    """LocalUpdate with DP-SGD (Opacus PrivacyEngine: per-sample clipping, Gaussian noise from
+    ``noise_fn``, default OS entropy; Poisson sampling from the CSPRNG at Opacus's rate).
 
     ``model`` must come from :func:`make_private_model`. It stays the caller's ``ClientModel``
     (``represent``, ``encoder_parameters`` work as before); Opacus's per-sample hooks are on
@@ -149,9 +151,7 @@ class DPSGDTrainer:
         # the task forward never reaches the projection: it is not the DP optimizer's business
         self._params = [p for n, p in model.named_parameters()
                         if p.requires_grad and not n.startswith("projection.")]
-        sampling = torch.Generator().manual_seed(secrets.randbits(63))  # secret, not the seed
-        loader = DataLoader(TensorDataset(x, targets), batch_size=config.expected_batch_size,
-                            generator=sampling)
+        loader = DataLoader(TensorDataset(x, targets), batch_size=config.expected_batch_size)
         with warnings.catch_warnings():  # "Secure RNG turned off": our noise is noise_fn's
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             self._engine = PrivacyEngine(accountant="rdp")
@@ -161,8 +161,12 @@ class DPSGDTrainer:
             noise_multiplier=config.noise_multiplier, max_grad_norm=config.max_grad_norm,
             poisson_sampling=True, grad_sample_mode=config.grad_sample_mode)
         _install_noise_fn(self._optimizer, noise_fn if noise_fn is not None else urandom_gaussian)
-        self._sampler = self._loader.batch_sampler
-        self.sample_rate: float = float(self._sampler.sample_rate)
+        # Opacus's sampler fixes q = 1 / ceil(n / B) and the steps per epoch; it is never
+        # iterated (it draws with torch.rand from an MT19937): the batches come from the CSPRNG
+        opacus_sampler = self._loader.batch_sampler
+        self.sample_rate: float = float(opacus_sampler.sample_rate)
+        self._sampler = CsprngPoissonSampler(num_samples=int(x.shape[0]), sample_rate=self.sample_rate,
+                                             steps=len(opacus_sampler))
         self.disable_per_sample_hooks()
 
     @property

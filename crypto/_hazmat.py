@@ -35,13 +35,16 @@ from fedmuscle_secure.errors import IdentityError, ProtocolError
 PROTOCOL = b"fedmuscle-secure/secagg/v1"
 INSTANCE_ID_BYTES = 32
 SEED_BYTES = 32
+X25519_PUBLIC_BYTES = 32
 _NONCE_BYTES = 12
 
 __all__ = [
     "INSTANCE_ID_BYTES",
     "PROTOCOL",
     "SEED_BYTES",
+    "X25519_PUBLIC_BYTES",
     "AgreementKey",
+    "check_agreement_public",
     "fresh_instance_id",
     "fresh_seed",
     "mask_stream",
@@ -92,15 +95,37 @@ class AgreementKey:
                                            serialization.NoEncryption())
 
     def derive(self, peer_public: bytes, *, purpose: str, instance_id: bytes, a: str, b: str) -> bytes:
-        """HKDF-SHA256 over the X25519 shared secret with ``peer_public``; the parties are
-        bound in sorted order so both ends derive the same 32-byte key."""
+        """HKDF-SHA256 over the X25519 shared secret with ``peer_public`` of ``b`` (``a`` is
+        this key's owner); the parties are bound in sorted order so both ends derive the
+        same 32-byte key. An unusable key is ``b``'s fault: the error names ``b``."""
         try:
             shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
         except ValueError as exc:  # wrong length, or an all-zero (low-order) shared secret
-            raise ProtocolError(max(a, b), purpose, f"unusable X25519 public key: {exc}") from None
+            raise ProtocolError(b, purpose, f"unusable X25519 public key: {exc}") from None
         lo, hi = sorted((a, b))
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=instance_id,
                     info=_context(purpose, instance_id, lo, hi)).derive(shared)
+
+
+def check_agreement_public(public: bytes, *, peer: str, stage: str, what: str) -> None:
+    """Raise :class:`ProtocolError` naming ``peer`` unless ``public`` (its ``what`` key) is
+    a usable X25519 public key.
+
+    A point of small order (order 1, 2, 4 or 8, in any of its encodings, canonical or not)
+    gives the all-zero shared secret with every clamped scalar, so every peer's exchange
+    with it fails (or, in an implementation that does not refuse it, yields a key the
+    whole world knows). ``cryptography`` refuses an all-zero shared secret (RFC 7748
+    §6.1), so one exchange with a throwaway key tells, without any curve arithmetic here.
+    """
+    if not isinstance(public, bytes) or len(public) != X25519_PUBLIC_BYTES:
+        size = len(public) if isinstance(public, (bytes, bytearray)) else type(public).__name__
+        raise ProtocolError(peer, stage, f"advertised {what} must be {X25519_PUBLIC_BYTES} bytes "
+                            f"(a raw X25519 public key), got {size}")
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        raise ProtocolError(peer, stage, f"advertised {what} is a low-order X25519 point: every "
+                            "key agreement with it gives the all-zero secret") from None
 
 
 # -- signed key advertisements -------------------------------------------------------

@@ -173,6 +173,8 @@ class SecAggClient:
                                      ad.sender, ad.cipher_public, ad.mask_public)
                 except IdentityError as exc:
                     raise ProtocolError(ad.sender, stage, str(exc)) from None
+                for what in ("cipher_public", "mask_public"):  # authentic, so ad.sender's fault
+                    hz.check_agreement_public(getattr(ad, what), peer=ad.sender, stage=stage, what=what)
             adverts[ad.sender] = ad
         mine = adverts.get(self.name)
         if mine is None or (mine.cipher_public, mine.mask_public) != (self._cipher_key.public,

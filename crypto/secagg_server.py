@@ -13,6 +13,15 @@ server), U5 revealed shares. Any set smaller than max(3, t) aborts the instance 
 not started, repeat, or are malformed; a message from a client that already missed its
 stage (a dropped client answering late) is ignored and recorded in :attr:`ignored`.
 
+Members may lie. An advertisement whose key is unusable (a low-order X25519 point, a
+wrong length) or repeats a key already advertised would make every honest exchange with
+its sender fail: the server refuses it with a :class:`ProtocolError` naming the sender,
+which is dropped. At unmask, each secret is reconstructed with
+:func:`~fedmuscle_secure.crypto.shamir.robust_reconstruct`: up to ⌊(n − t)/2⌋ wrong shares
+per secret are corrected and their senders blamed (:attr:`SecAggServer.blamed`) and dropped;
+more wrong shares than that, or a reconstructed mask key that does not match its owner's
+advertised ``mask_public``, abort the instance blaming nobody.
+
 The unmasking itself is one batched int64 computation on ``device`` (CPU or CUDA): the
 stacked masked inputs are summed and the reconstructed masks, stacked with their ±1
 coefficients, subtracted; int64 addition wraps mod 2^64, which is the group operation.
@@ -21,6 +30,7 @@ coefficients, subtracted; int64 addition wraps mod 2^64, which is the group oper
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NoReturn
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -45,7 +55,12 @@ from fedmuscle_secure.crypto.secagg_messages import (
     frozen_map,
     min_group,
 )
-from fedmuscle_secure.crypto.shamir import PRIME_256, int_to_bytes32, reconstruct
+from fedmuscle_secure.crypto.shamir import (
+    PRIME_256,
+    ShareDecodingError,
+    int_to_bytes32,
+    robust_reconstruct,
+)
 
 from fedmuscle_secure.errors import IdentityError, ProtocolError
 
@@ -89,6 +104,7 @@ class SecAggServer:
         self._view: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self.unmasks: dict[str, UnmaskShares] = {}
         self.dropped_at: dict[str, str] = {}   # client → stage it dropped at
+        self.blamed: dict[str, ProtocolError] = {}  # client → the wrong shares it revealed
         self.ignored: list[tuple[str, str]] = []  # (sender, message type) answered late
         self.result: torch.Tensor | None = None
         self.abort_reason: str | None = None
@@ -179,6 +195,7 @@ class SecAggServer:
                                      msg.cipher_public, msg.mask_public)
                 except (IdentityError, KeyError) as exc:
                     raise ProtocolError(s, stage, f"bad key advertisement: {exc}") from None
+            self._check_keys(msg)
             self.adverts[s] = msg
         elif isinstance(msg, EncryptedShares):
             want = {p for p in self.adverts if p != s}
@@ -247,29 +264,81 @@ class SecAggServer:
         self.stage = SecAggStage.DONE
         return []
 
+    def _check_keys(self, ad: AdvertiseKeys) -> None:
+        """Refuse, and drop its sender, an advertisement whose keys every honest client would
+        choke on: a low-order or malformed X25519 key, or a key already in the book (keys
+        are fresh per instance and nobody sees another's before the key book, so a repeat
+        is a copy or a reuse; the one advertised later is refused)."""
+        s, stage = ad.sender, self.stage.value
+        try:
+            for what in ("cipher_public", "mask_public"):
+                hz.check_agreement_public(getattr(ad, what), peer=s, stage=stage, what=what)
+            if ad.cipher_public == ad.mask_public:
+                raise ProtocolError(s, stage, "advertised one key as both cipher_public and mask_public")
+            for other, prev in self.adverts.items():
+                if {ad.cipher_public, ad.mask_public} & {prev.cipher_public, prev.mask_public}:
+                    raise ProtocolError(s, stage, f"advertised a key that {other!r} advertised first")
+        except ProtocolError:
+            self.dropped_at[s] = stage
+            raise
+
     def _x(self, client: str) -> int:
         return self.participants.index(client) + 1
 
-    def _secret(self, owner: str, kind: str) -> bytes:
+    def _abort_unmask(self, reason: str) -> NoReturn:
+        self.abort_reason = reason
+        self.stage = SecAggStage.ABORTED
+        raise SecAggAborted("server", SecAggStage.UNMASK.value, reason)
+
+    def _secret(self, owner: str, kind: str, off: dict[str, list[str]]) -> bytes:
+        """``owner``'s self-mask seed (``kind`` "seed") or mask key ("key") from the revealed
+        shares. Correctable wrong shares are left out and their senders noted in ``off``;
+        otherwise the instance aborts (a wrong secret would make a wrong sum)."""
         field = "seed_shares" if kind == "seed" else "key_shares"
-        points = [(self._x(h), getattr(u, field)[owner]) for h, u in self.unmasks.items()]
-        return int_to_bytes32(reconstruct(points, threshold=self.threshold))
+        what = f"the {'self-mask seed' if kind == 'seed' else 'mask key'} of {owner!r}"
+        holder_at = {self._x(h): h for h in self.unmasks}
+        points = [(x, getattr(self.unmasks[h], field)[owner]) for x, h in holder_at.items()]
+        try:
+            decoded = robust_reconstruct(points, threshold=self.threshold)
+            secret = int_to_bytes32(decoded.secret)
+        except ShareDecodingError as exc:
+            self._abort_unmask(f"the revealed shares of {what} are inconsistent: {exc}")
+        except ValueError:
+            self._abort_unmask(f"the revealed shares of {what} give no 32-byte value: they are wrong "
+                               "and there are too few to correct them")
+        for x in decoded.off:
+            off.setdefault(holder_at[x], []).append(what)
+        return secret
 
     def _unmask(self) -> torch.Tensor:
         survivors = self.survivors
         dropped = [p for p in self.participants if p in self.shares and p not in self.masked]
         n = self.vector_length
         masks, coef = [], []
+        off: dict[str, list[str]] = {}
         for s in survivors:
-            masks.append(hz.mask_stream(self._secret(s, "seed"), n))
+            masks.append(hz.mask_stream(self._secret(s, "seed", off), n))
             coef.append(1)
         for d in dropped:
-            key = hz.AgreementKey.from_private_bytes(self._secret(d, "key"))
+            key = hz.AgreementKey.from_private_bytes(self._secret(d, "key", off))
+            if key.public != self.adverts[d].mask_public:  # wrong shares chosen to agree
+                self._abort_unmask(f"the mask key of {d!r} reconstructed from the revealed shares "
+                                   "does not match its advertised mask_public: more shares are wrong "
+                                   "than can be corrected")
             for s in survivors:  # s added pair_sign(s, d) · PRG(s_sd); take it out
                 seed = hz.pair_mask_seed(key, self.adverts[s].mask_public, instance_id=self.instance_id,
                                          me=d, peer=s)
                 masks.append(hz.mask_stream(seed, n))
                 coef.append(pair_sign(s, d))
+        if len(self.unmasks) - len(off) < self.threshold:
+            self._abort_unmask(f"only {len(self.unmasks) - len(off)} clients revealed shares that are "
+                               f"all consistent (shares off the polynomial from {sorted(off)}); the "
+                               f"threshold is {self.threshold}")
+        for h, items in off.items():
+            self.blamed[h] = ProtocolError(h, SecAggStage.UNMASK.value, "revealed a share off the "
+                                           "polynomial the other shares agree on, for "
+                                           + ", ".join(items) + "; dropped")
+            self.dropped_at[h] = SecAggStage.UNMASK.value
         stacked = torch.stack([self.masked[s].masked for s in survivors])
         return unmask_sum(stacked, torch.stack(masks) if masks else torch.zeros(0, n, dtype=torch.int64),
                           torch.tensor(coef, dtype=torch.int64), device=self.device)

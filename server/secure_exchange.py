@@ -7,7 +7,9 @@ unmasked int64 sum is decoded into U and q, the §2.2 terms S = U/τ and log α 
 once in batched torch on the server's device, and every survivor receives them. An
 instance that aborts (fewer than t clients reached a stage) is recorded in
 :attr:`SecureExchanges.events` and every client still in it is told, so it skips that
-step; the round goes on with the next exchange.
+step; the round goes on with the next exchange. A client the instance blamed for revealing
+wrong shares (:attr:`SecAggServer.blamed`) is recorded by name and, like a dropped client,
+stays out for the rest of the round.
 """
 
 from __future__ import annotations
@@ -155,6 +157,9 @@ class SecureExchanges:
             return out + self._begin_next(active)
         if inst.stage is not SecAggStage.DONE:
             return [SecAggEnvelope(m.recipient, self._round, epoch, batch, m) for m in replies]
+        if inst.blamed:  # revealed wrong shares: corrected, named, out for the round
+            self.events.append({"event": "secagg_blamed", "round": self._round, "epoch": epoch,
+                                "batch": batch, "blamed": {c: str(e) for c, e in inst.blamed.items()}})
         dropped = {c: s for c, s in inst.dropped_at.items() if c not in self._sat_out}
         if dropped:
             self.events.append({"event": "secagg_dropouts", "round": self._round, "epoch": epoch,

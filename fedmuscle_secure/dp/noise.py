@@ -2,11 +2,12 @@
 
 DP noise must not be predictable from anything an adversary could learn (the experiment
 seed is written to the run directory), so it never comes from ``random``, numpy or torch
-generators (CONVENTIONS "Randomness"). Each call of :func:`csprng_normal` draws a fresh
-256-bit ChaCha20 key and a fresh 96-bit nonce from ``os.urandom`` (block counter from 0),
-encrypts zeros to get
-the keystream (one call per tensor), reads it as 64-bit words, keeps the top 53 bits of
-each as a uniform in (0, 1] and turns pairs of uniforms into normals with Box–Muller.
+generators (CONVENTIONS "Randomness"). :func:`chacha20_words` is the one generator of DP
+randomness (this noise, and DP-SGD's Poisson sampling in :mod:`fedmuscle_secure.dp.sampling`):
+each call draws a fresh 256-bit ChaCha20 key and a fresh 96-bit nonce from ``os.urandom``
+(block counter from 0) and encrypts zeros to get the keystream, read as 64-bit words.
+:func:`csprng_normal` (one call per tensor) keeps the top 53 bits of each word as a
+uniform in (0, 1] and turns pairs of uniforms into normals with Box–Muller.
 
 A fresh key per call keeps the function stateless: no key lingers in memory, and forked
 workers (data loaders, multiprocessing) cannot share a key stream.
@@ -22,6 +23,7 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 __all__ = [
+    "chacha20_words",
     "clip_rows",
     "csprng_normal",
     "gaussian_release",
@@ -34,7 +36,7 @@ _NONCE_BYTES = 12
 _MANTISSA_BITS = 53  # float64 resolution of a uniform in (0, 1)
 
 
-def _chacha20_words(count: int) -> np.ndarray:
+def chacha20_words(count: int) -> np.ndarray:
     """``count`` uniformly random uint64 words from one fresh ChaCha20 keystream."""
     key = os.urandom(_KEY_BYTES)
     # The counter starts at 0: a random counter could start near 2^32 and overflow on a
@@ -94,7 +96,7 @@ def csprng_normal(
         return torch.zeros(dims, dtype=dtype, device=device)
 
     pairs = (n + 1) // 2
-    u = _uniform_open(_chacha20_words(2 * pairs))
+    u = _uniform_open(chacha20_words(2 * pairs))
     radius = np.sqrt(-2.0 * np.log(u[:pairs]))
     angle = (2.0 * math.pi) * u[pairs:]
     normals = np.empty(2 * pairs, dtype=np.float64)

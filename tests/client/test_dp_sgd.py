@@ -328,6 +328,48 @@ def test_sampling_is_not_seeded_from_the_experiment_seed(private_models):
     assert drawn[0].shape != drawn[1].shape or not torch.equal(drawn[0], drawn[1])
 
 
+def _generators(obj, depth: int = 3) -> list[torch.Generator]:
+    """Every torch.Generator reachable through ``obj``'s attributes (what a copy of the
+    process, a pickled trainer or a forked data-loader worker carries along)."""
+    found: list[torch.Generator] = []
+    todo, seen = [(obj, 0)], set()
+    while todo:
+        o, d = todo.pop()
+        if id(o) in seen or isinstance(o, (nn.Module, torch.Tensor, str, bytes, int, float)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, torch.Generator):
+            found.append(o)
+            continue
+        if d < depth:
+            children = o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple)) \
+                else vars(o).values() if hasattr(o, "__dict__") else ()
+            todo.extend((c, d + 1) for c in children)
+    return found
+
+
+def test_poisson_batches_cannot_be_replayed_from_captured_generator_state(private_models):
+    """The attack: snapshot every PRNG state the trainer can reach, and torch's global one;
+    let an epoch's batches be drawn; restore the snapshot and draw again. Were the masks
+    drawn from a seeded MT19937 (Opacus's sampler), the second epoch would replay the first:
+    whoever holds that state knows which records are in every batch, and the ε computed
+    with amplification by subsampling no longer holds. Drawn from the ChaCha20 CSPRNG (a
+    fresh os.urandom key per draw), nothing in the process determines the next batch."""
+    x, y = _data(200)
+    trainer = DPSGDTrainer(copy.deepcopy(private_models["regnetx_002"]), TASK, x, y, lr=1e-3,
+                           weight_decay=0.0, config=DPSGDConfig(1.0, 1.0, expected_batch_size=100))
+    assert trainer.sample_rate == 0.5 and trainer.steps_per_epoch == 2  # Opacus's q and steps
+    generators = _generators(trainer)
+    states, global_state = [g.get_state() for g in generators], torch.get_rng_state()
+    first = list(trainer._sampler)
+    for g, state in zip(generators, states, strict=True):
+        g.set_state(state)
+    torch.set_rng_state(global_state)
+    second = list(trainer._sampler)
+    assert len(first) == len(second) == 2
+    assert first != second
+
+
 def test_default_noise_is_gaussian_from_os_entropy():
     torch.manual_seed(0)
     a = urandom_gaussian((100_000,), 2.0)

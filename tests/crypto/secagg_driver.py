@@ -10,20 +10,26 @@ it. ``run(inst, stop_at=stage)`` pauses when the server enters ``stage`` (undeli
 messages wait in :attr:`Instance.pending`; a test may tamper with them, deliver a late
 message, or call ``server.drop``) and a later ``run(inst)`` resumes. Oracles for sums are
 Python integers reduced mod 2**64 (:func:`expected_sum`).
+
+Malicious clients: :attr:`Instance.tamper` maps a client to a function that rewrites each
+message it sends. With :attr:`Instance.transport_drops` set, the driver behaves like the
+gRPC transport: a :class:`ProtocolError` the server raises on a client's message is kept
+in :attr:`Instance.rejected` and that client is dropped (``server.drop``), and the
+instance goes on.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable, Mapping, MutableSet
+from collections.abc import Callable, Iterable, Mapping, MutableSet
 from dataclasses import dataclass, field
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedmuscle_secure.crypto.secagg_client import SecAggClient
 from fedmuscle_secure.crypto.secagg_messages import STAGE_OF, SecAggStage
-from fedmuscle_secure.crypto.secagg_server import SecAggServer
+from fedmuscle_secure.crypto.secagg_server import SecAggAborted, SecAggServer
 
 from fedmuscle_secure.errors import ProtocolError
 
@@ -83,6 +89,9 @@ class Instance:
     started: bool = False
     closes: int = 0  # deadlines the driver let pass (close_stage calls)
     error: ProtocolError | None = None
+    tamper: dict[str, Callable] = field(default_factory=dict)  # client → rewrites what it sends
+    transport_drops: bool = False  # a server-side ProtocolError drops the sender, as over gRPC
+    rejected: list[ProtocolError] = field(default_factory=list)
 
 
 def start(clients: list[str], threshold: int, vectors: Mapping[str, torch.Tensor], *,
@@ -103,10 +112,18 @@ def start(clients: list[str], threshold: int, vectors: Mapping[str, torch.Tensor
 
 
 def _send(inst: Instance, reply) -> None:
+    if reply.sender in inst.tamper:
+        reply = inst.tamper[reply.sender](reply)
     if inst.dropout.get(reply.sender) == STAGE_OF[type(reply)].value:
         inst.withheld[reply.sender] = reply
-    else:
+        return
+    try:
         inst.pending.extend(inst.server.receive(reply))
+    except ProtocolError as exc:
+        if not inst.transport_drops or isinstance(exc, SecAggAborted):
+            raise
+        inst.rejected.append(exc)
+        inst.pending.extend(inst.server.drop(reply.sender))  # the stream is cut: a Leave
 
 
 def run(inst: Instance, dropout: Mapping[str, str] | None = None, *,

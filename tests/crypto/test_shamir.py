@@ -1,4 +1,5 @@
-"""Shamir t-of-n secret sharing (DESIGN §4.2): exhaustive on small fields, round trips on M521."""
+"""Shamir t-of-n secret sharing (DESIGN §4.2): exhaustive on small fields, round trips on M521,
+and robust reconstruction from shares of which some may lie."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ import secrets
 from collections import Counter
 
 import pytest
-from fedmuscle_secure.crypto.shamir import PRIME_256, int_to_bytes32, reconstruct, split
+from fedmuscle_secure.crypto.shamir import (
+    PRIME_256,
+    Decoded,
+    ShareDecodingError,
+    correctable_errors,
+    int_to_bytes32,
+    reconstruct,
+    robust_reconstruct,
+    split,
+)
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 SMALL = [(11, 5, 2), (11, 5, 3), (13, 4, 2), (13, 4, 3), (7, 4, 1), (7, 4, 4)]
 
@@ -136,3 +148,89 @@ def test_int_to_bytes32():
     for bad in (-1, 2**256, 1.0):
         with pytest.raises(ValueError, match="v must be"):
             int_to_bytes32(bad)
+
+
+# -- robust reconstruction: shares that may lie ---------------------------------------------
+# (p, n, t): every received word in F_p^n, against an oracle that enumerates every polynomial
+DECODE_SMALL = [(7, 5, 1), (7, 5, 2), (5, 4, 1), (5, 4, 2), (5, 4, 3), (11, 3, 1)]
+
+
+def _eval(coeffs, x, p):
+    return sum(c * x**j for j, c in enumerate(coeffs)) % p
+
+
+@pytest.mark.parametrize(("p", "n", "t"), DECODE_SMALL)
+def test_robust_reconstruct_agrees_with_brute_force_on_every_word(p, n, t):
+    """The oracle: the polynomials (all p**t of them) within distance e = ⌊(n − t)/2⌋ of the
+    word. At most one exists; the decoder returns it with the points off it, or raises."""
+    e = correctable_errors(n, t)
+    assert e == (n - t) // 2
+    polys = [(c, [_eval(c, x, p) for x in range(1, n + 1)])
+             for c in itertools.product(range(p), repeat=t)]
+    for word in itertools.product(range(p), repeat=n):
+        shares = list(zip(range(1, n + 1), word, strict=True))
+        near = [(c, [x for x, y, v in zip(range(1, n + 1), word, vals, strict=True) if y != v])
+                for c, vals in polys]
+        near = [(c, off) for c, off in near if len(off) <= e]
+        assert len(near) <= 1
+        if near:
+            (coeffs, off), = near
+            assert robust_reconstruct(shares, threshold=t, prime=p) == Decoded(coeffs[0], tuple(off))
+            assert robust_reconstruct(shares[::-1], threshold=t, prime=p).secret == coeffs[0]
+        else:
+            with pytest.raises(ShareDecodingError) as info:
+                robust_reconstruct(shares, threshold=t, prime=p)
+            assert info.value.correctable == e and (info.value.num_shares, info.value.threshold) == (n, t)
+
+
+@st.composite
+def corrupted(draw, *, beyond: bool):
+    """A sharing on M521 with s wrong shares: s ≤ e, or (beyond) e < s ≤ n − t − e."""
+    t = draw(st.integers(1, 6))
+    n = draw(st.integers(t + (3 if beyond else 0), t + 8))
+    e = (n - t) // 2
+    lo, hi = (e + 1, n - t - e) if beyond else (0, e)
+    if beyond:
+        assume(lo <= hi)
+    secret = draw(st.integers(0, 2**256 - 1))
+    shares = split(secret, threshold=t, num_shares=n)
+    bad = draw(st.lists(st.integers(0, n - 1), min_size=lo, max_size=hi, unique=True))
+    for i in bad:
+        x, y = shares[i]
+        delta = draw(st.integers(1, PRIME_256 - 1) | st.sampled_from([1, PRIME_256 - 1]))
+        shares[i] = (x, (y + delta) % PRIME_256)
+    order = draw(st.permutations(range(n)))
+    return secret, [shares[i] for i in order], t, tuple(sorted(i + 1 for i in bad))
+
+
+@settings(max_examples=80, deadline=None)
+@given(corrupted(beyond=False))
+def test_up_to_e_wrong_shares_are_corrected_and_named(case):
+    secret, shares, t, bad = case
+    assert robust_reconstruct(shares, threshold=t) == Decoded(secret, bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(corrupted(beyond=True))
+def test_more_than_e_wrong_shares_are_detected(case):
+    _, shares, t, _ = case
+    with pytest.raises(ShareDecodingError, match="too many are wrong"):
+        robust_reconstruct(shares, threshold=t)
+
+
+def test_without_spare_shares_an_inconsistency_is_detected_but_not_corrected():
+    shares = split(7, threshold=3, num_shares=4)
+    shares[1] = (2, (shares[1][1] + 1) % PRIME_256)
+    with pytest.raises(ShareDecodingError, match="too few to tell which") as info:
+        robust_reconstruct(shares, threshold=3)
+    assert info.value.correctable == 0
+
+
+def test_robust_reconstruct_validates_like_reconstruct():
+    shares = split(3, threshold=3, num_shares=5, prime=13)
+    with pytest.raises(ValueError, match="threshold=3"):
+        robust_reconstruct(shares[:2], threshold=3, prime=13)
+    with pytest.raises(ValueError, match="duplicate"):
+        robust_reconstruct([shares[0], shares[1], shares[0]], threshold=3, prime=13)
+    with pytest.raises(ValueError, match="num_shares"):
+        correctable_errors(2, 3)

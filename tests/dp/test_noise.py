@@ -223,6 +223,6 @@ def test_keystream_counter_starts_at_zero_so_no_draw_overflows(monkeypatch):
     old code could draw, counter 2^32 - 1) a request of many blocks still succeeds, and the
     words are the ChaCha20 keystream from counter 0 under that key and 96-bit nonce."""
     monkeypatch.setattr(noise.os, "urandom", lambda n: b"\xff" * n)
-    words = noise._chacha20_words(10_000)  # 1,250 blocks
+    words = noise.chacha20_words(10_000)  # 1,250 blocks
     ref = Cipher(algorithms.ChaCha20(b"\xff" * 32, bytes(4) + b"\xff" * 12), mode=None).encryptor()
     assert words.tobytes() == ref.update(bytes(80_000))
