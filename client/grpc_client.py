@@ -14,14 +14,18 @@ completes (``checkpoints/``). When the stream breaks because the server went awa
 a server restarted with ``--resume`` re-sends the plan of the round after its last
 checkpoint, and the client first rewinds to its own checkpoint of that round (model and
 optimizers; the privacy accountants are rebuilt from the ledger, so releases of the
-interrupted round stay counted). A refusal (``PERMISSION_DENIED``: the server dropped this
+interrupted round stay counted; a signed ``server_lost`` ledger entry marks the releases
+the server may not have received, :meth:`~fedmuscle_secure.ledger.Ledger.mark_server_lost`).
+A refusal (``PERMISSION_DENIED``: the server dropped this
 client, e.g. after a protocol error) or any other failure ends the run.
 
 Certificates (``--certs DIR``, the layout of ``fedmuscle-secure provision init``):
 ``ca/ca.crt``, ``orgs/<org>/<org>.key`` and ``.crt``; the client id is the organisation's
-entry in ``clients.yaml`` (else the organisation name). Under ``secagg`` the Ed25519
-identities come from ``DIR/identities``: this organisation's ``<id>.key`` and every peer's
-``<id>.pub``; under ``ckks`` the federation's secret context from ``DIR/ckks/secret.ctx``
+entry in ``clients.yaml`` (else the organisation name). The Ed25519 identity that signs the
+ledger, in every mode, is this organisation's ``DIR/identities/<id>.key`` (only ``<id>.pub``
+is written to the run directory's ``keys/``); under ``secagg`` every peer's
+``DIR/identities/<id>.pub`` too; under ``ckks`` the federation's secret context from
+``DIR/ckks/secret.ctx``
 (:mod:`fedmuscle_secure.provision_keys`).
 """
 
@@ -78,19 +82,19 @@ def client_id_of(certs: Path, org: str) -> str:
     return org
 
 
-def _identities(cfg: ExperimentConfig, certs: Path, name: str, out: Path) -> dict | None:
-    """Own Ed25519 private identity and the peers' public ones (secagg only); the own key is
-    also the ledger's signing key (copied into ``out/keys``, as the simulator keeps it)."""
-    if not (cfg.protection == "secagg" and cfg.muscle.method == "muscle_sum"):
-        return None
-    from fedmuscle_secure.identity import load_private, load_public, save_identity
+def _identities(cfg: ExperimentConfig, certs: Path, name: str, out: Path):
+    """Own provisioned Ed25519 private identity (it signs the ledger in every mode; only its
+    public half is written, to ``out/keys``) and, under secagg, every organisation's
+    identity (the peers' public ones) for the key advertisements, else None."""
+    from fedmuscle_secure.identity import load_private, load_public, save_public
 
     folder = certs / "identities"
     own = load_private(folder / f"{name}.key")
-    if not (out / "keys" / f"{name}.key").is_file():
-        save_identity(own, out / "keys", name)
-    return {c.name: own if c.name == name else load_public(folder / f"{c.name}.pub")
-            for c in cfg.clients}
+    save_public(own, out / "keys", name)
+    if not (cfg.protection == "secagg" and cfg.muscle.method == "muscle_sum"):
+        return own, None
+    return own, {c.name: own if c.name == name else load_public(folder / f"{c.name}.pub")
+                 for c in cfg.clients}
 
 
 def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
@@ -136,9 +140,10 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
         from fedmuscle_secure.provision_keys import client_ckks
 
         contexts = client_ckks(cfg, certs)
+    own, identities = _identities(cfg, certs, name, run.root)
     setup = federation_setup(cfg, split, method, record_dir=run.root, ckks_contexts=contexts,
-                             identities=_identities(cfg, certs, name, run.root))
-    client = build_client(cfg, split, method, name, setup, record_dir=run.root)
+                             identities=identities)
+    client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
     run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
     try:
         while True:
@@ -149,6 +154,8 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
             except ServerLost as exc:
                 log.warning("%s: %s; reconnecting", name, exc)
                 run.event("server_lost", client=name, round=client.round, reason=str(exc))
+                if client.privacy is not None and client.privacy.ledger is not None:
+                    client.privacy.ledger.mark_server_lost(client.round, str(exc))
     finally:
         if client.privacy is not None and client.privacy.ledger is not None:
             client.privacy.ledger.close()

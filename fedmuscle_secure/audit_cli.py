@@ -14,42 +14,69 @@ from typing import Any
 
 from fedmuscle_secure.audit import (
     EXIT_CODES,
-    AuditReport,
-    _load_receipts,
-    audit_ledger,
+    EXIT_MEANINGS,
+    PRECEDENCE,
+    audit_ledger_file,
     audit_run,
 )
-from fedmuscle_secure.errors import DataError, IdentityError
-from fedmuscle_secure.identity import load_public
+from fedmuscle_secure.errors import ConfigError, DataError, IdentityError
 
 
 def add_audit_parser(subparsers: Any) -> None:
     """Register ``audit`` on the CLI's subparsers (``fedmuscle_secure.cli.build_parser``)."""
-    codes = "\n".join(f"  {code:>3}  {kind}" for kind, code in EXIT_CODES.items())
+    codes = "\n".join(textwrap.fill(EXIT_MEANINGS[kind], width=78,
+                                    initial_indent=f"  {code:>3}  {kind:<17}",
+                                    subsequent_indent=" " * 24)
+                      for kind, code in EXIT_CODES.items())
     p = subparsers.add_parser(
         "audit", help="verify privacy ledgers, ε and egress receipts of a run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Verify a run directory (every ledger/<client>.jsonl, with keys/<client>.pub and "
-            "receipts.jsonl when present) or one ledger file: the hash chain and Ed25519 "
-            "signatures, ε recomputed for every round from the recorded DP events with an "
-            "independent accountant (dp-accounting) against the recorded ε, the configured "
-            "budgets, and every egress digest against the server's receipt log. Prints a "
-            "per-client, per-round table (recorded ε, recomputed ε in parentheses, budget, "
-            "releases, bytes released), then each failure (DESIGN §5.4).", width=78),
-        epilog=("exit codes (0 only when everything verifies; with several failures the\n"
-                "first kind in this list, from malformed down, gives the code):\n" + codes))
+            "Verify a run directory (every ledger/<client>.jsonl of config.resolved.yaml's "
+            "clients, against receipts.jsonl) or one ledger file: the hash chain and Ed25519 "
+            "signatures, the genesis, ε recomputed for every round from the recorded DP "
+            "events with an independent accountant (dp-accounting) against the recorded ε, "
+            "the budget rules on every entry, and every egress digest against the server's "
+            "receipt log. Prints a per-client, per-round table (recorded ε, recomputed ε in "
+            "parentheses, budget, releases, bytes released), then each note and failure, "
+            "then the verdict (DESIGN §5.4).", width=78) + "\n\n" + textwrap.fill(
+            "Keys: with --trusted-keys DIR (the provisioned identities, "
+            "<certs>/identities/<client>.pub) each ledger must be signed by its "
+            "organisation's identity. Without it, keys/<client>.pub found in the audited "
+            "directory are used and the verdict says they are SELF-DECLARED: that proves each "
+            "chain is intact under some key, not who wrote it. Unsigned, empty or "
+            "genesis-less ledgers always fail.", width=78) + "\n\n" + textwrap.fill(
+            "Which ledgers: a simulator run directory must hold the ledger of every "
+            "configured client; a deployed organisation's run directory (its genesis says "
+            "scope: organisation) holds its own. A missing ledger, config.resolved.yaml or "
+            "receipt log is a failure; say --no-receipts if the run has no receipt log. "
+            "An egress without a receipt that the client marked when its stream to the "
+            "server broke (server_lost) is reported as an unacknowledged release (a note; "
+            "its ε stays counted).", width=78),
+        epilog=textwrap.fill("exit codes (0 only when everything verifies; with several "
+                             "failures the first kind in this order gives the code: "
+                             + ", ".join(PRECEDENCE) + "):", width=78) + "\n" + codes)
     p.add_argument("target", metavar="RUN_DIR|LEDGER", type=Path,
                    help="a run directory, or one ledger .jsonl file")
     p.add_argument("--json", action="store_true",
-                   help="print the report (failures, table, notes, exit_code) as JSON")
-    p.add_argument("--receipts", metavar="FILE", type=Path, default=None,
-                   help="server receipt log to match egress digests against (default: "
-                        "RUN_DIR/receipts.jsonl, or ../receipts.jsonl beside a ledger/ folder, "
-                        "when present)")
+                   help="print the report (verdict, trust, keys, receipts, failures, table, "
+                        "notes, exit_code) as JSON")
+    p.add_argument("--trusted-keys", metavar="DIR", type=Path, default=None,
+                   help="the provisioned Ed25519 identities (<certs>/identities): verify each "
+                        "ledger under DIR/<client>.pub; must not lie inside the audited "
+                        "directory")
+    receipts = p.add_mutually_exclusive_group()
+    receipts.add_argument("--receipts", metavar="FILE", type=Path, default=None,
+                          help="server receipt log to match egress digests against (default: "
+                               "RUN_DIR/receipts.jsonl, or ../receipts.jsonl beside a ledger/ "
+                               "folder; absent: a failure)")
+    receipts.add_argument("--no-receipts", action="store_true",
+                          help="the run has no receipt log: do not match egress digests "
+                               "(stated in the verdict)")
     p.add_argument("--public-key", metavar="FILE", type=Path, default=None,
-                   help="client's Ed25519 public key (PEM) for a single LEDGER (default: "
-                        "../keys/<client>.pub beside a ledger/ folder, when present)")
+                   help="client's Ed25519 public key (PEM) for a single LEDGER, vouched for by "
+                        "the operator (default: ../keys/<client>.pub beside a ledger/ folder, "
+                        "self-declared)")
     p.set_defaults(func=cmd_audit)
 
 
@@ -90,20 +117,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return _usage(f"{args.receipts}: receipt log not found")
         if target.is_dir():
             if args.public_key is not None:
-                return _usage("--public-key applies to a single LEDGER; a run directory uses "
-                              "keys/<client>.pub")
-            report = audit_run(target, receipts_path=args.receipts)
+                return _usage("--public-key applies to a single LEDGER; for a run directory "
+                              "give --trusted-keys DIR")
+            report = audit_run(target, receipts_path=args.receipts,
+                               trusted_keys=args.trusted_keys, no_receipts=args.no_receipts)
         else:
-            layout = target.parent.parent if target.parent.name == "ledger" else None
-            key_path = args.public_key
-            if key_path is None and layout is not None:
-                guess = layout / "keys" / f"{target.stem}.pub"
-                key_path = guess if guess.exists() else None
-            key = load_public(key_path) if key_path is not None else None
-            report = AuditReport()
-            receipts = _load_receipts(layout, args.receipts, report)
-            report.extend(audit_ledger(target, key, receipts=receipts))
-    except (DataError, IdentityError) as exc:
+            if args.public_key is not None and args.trusted_keys is not None:
+                return _usage("give --trusted-keys or --public-key, not both")
+            report = audit_ledger_file(target, trusted_keys=args.trusted_keys,
+                                       public_key=args.public_key,
+                                       receipts_path=args.receipts,
+                                       no_receipts=args.no_receipts)
+    except (ConfigError, DataError, IdentityError) as exc:
         return _usage(str(exc))
     code = report.exit_code()
     if args.json:
@@ -116,11 +141,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         who = f" client {f.client}" if f.client is not None else ""
         at = f" seq {f.seq}" if f.seq is not None else ""
         print(f"FAIL [{f.kind}, {f.code}]{who}{at}: {f.message}")
-    if code == 0:
-        print(f"audit: OK ({len(report.ledgers)} ledger(s) verified)")
-    else:
-        first = next(k for k, v in EXIT_CODES.items() if v == code)
-        print(f"audit: {len(report.failures)} failure(s); exit code {code} ({first})")
+    print(report.verdict())
     return code
 
 

@@ -5,9 +5,12 @@ rewritten afterwards no longer verifies under the public key the server (or an a
 holds. This module is the only place that serialises those keys.
 
 Key custody: **in deployment the private key never leaves the organisation** that
-generated it; only ``<client>.pub`` is shared. The in-process simulator plays every
-organisation at once, so it keeps the simulated organisations' private keys in the run
-directory (``keys/<client>.key``, mode 0600) beside their public halves.
+generated it (``provision init`` or ``provision identity``: ``identities/<client>.key``);
+only ``<client>.pub`` is shared, and it is the key an auditor trusts. A deployed client
+signs with that provisioned key in every protection mode and writes only the public half
+into its run directory. The in-process simulator plays every organisation at once, so,
+for simulation only, it makes and keeps the simulated organisations' private keys in the
+run directory (``keys/<client>.key``, mode 0600) beside their public halves.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "load_public_pem",
     "public_pem",
     "save_identity",
+    "save_public",
     "sign_entry_hash",
     "verify_entry_signature",
 ]
@@ -121,6 +125,22 @@ def save_identity(
     except OSError as exc:
         raise IdentityError(f"{folder}: cannot write the identity of {client!r}: {exc}") from exc
     return key_path, pub_path
+
+
+def save_public(key: Ed25519PrivateKey | Ed25519PublicKey, dir: str | os.PathLike,
+                client: str) -> Path:
+    """Write only ``dir/<client>.pub`` (what a deployed organisation's run directory holds:
+    its private identity key stays in its provisioned ``identities/``). Returns the path."""
+    check_client_name(client)
+    folder = Path(dir)
+    path = folder / f"{client}.pub"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, public_pem(key).encode("ascii"), 0o644)
+    except OSError as exc:
+        raise IdentityError(f"{path}: cannot write the public identity of {client!r}: "
+                            f"{exc}") from exc
+    return path
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -225,7 +225,8 @@ class Ledger(_ChainedLog):
     """One client's append-only privacy ledger (DESIGN §5.3); see the module docstring.
 
     Kinds written by the system: ``genesis``, ``dp_event``, ``epsilon``, ``egress``,
-    ``refusal``, ``leave``, ``round_end`` and ``repair`` (written by :meth:`open`).
+    ``refusal``, ``leave``, ``abort``, ``server_lost`` (:meth:`mark_server_lost`) and
+    ``repair`` (written by :meth:`open`).
     """
 
     @classmethod
@@ -252,6 +253,25 @@ class Ledger(_ChainedLog):
     def append(self, kind: str, body: Mapping[str, Any]) -> dict:
         """Append, flush and fsync one entry; returns it as written (body normalised)."""
         return self._append(self.client, kind, body)
+
+    def mark_server_lost(self, completed_round: int, reason: str) -> dict:
+        """Record that the stream to the server broke, with the releases it may not have
+        received: ``unacknowledged_seqs`` = [first, last] seq of the egress entries, since
+        the previous such mark, of rounds after ``completed_round`` (None: there are none).
+
+        Why those: a client completes a round only after the server answered its last
+        release of it, and the server writes (and fsyncs) a release's receipt before it acts
+        on it; so a release of a completed round was received, one of the round in flight
+        may not have been. ``audit`` reports such an egress without a receipt as an
+        unacknowledged release instead of tampering (DESIGN §5.4).
+        """
+        since = max((e["seq"] for e in self.entries if e["kind"] == "server_lost"), default=-1)
+        seqs = [e["seq"] for e in self.entries if e["kind"] == "egress" and e["seq"] > since
+                and isinstance(e["body"].get("round"), int)
+                and e["body"]["round"] > completed_round]
+        return self.append("server_lost", {
+            "round": completed_round + 1, "reason": reason,
+            "unacknowledged_seqs": [seqs[0], seqs[-1]] if seqs else None})
 
 
 class ReceiptLog(_ChainedLog):

@@ -60,7 +60,11 @@ def calibrate(cfg: ExperimentConfig, train_sizes: dict[str, int]) -> Calibration
 
 
 def identity_key(keys_dir: Path, client: str):
-    """The simulated organisation's Ed25519 identity: made once, reused on resume."""
+    """The simulated organisation's Ed25519 identity: made once, reused on resume.
+
+    Simulation only: the simulator plays every organisation, so it makes their keys and
+    keeps them in its run directory, and an audit of that directory can only call them
+    self-declared. A deployed client signs with its provisioned identity instead."""
     from fedmuscle_secure.identity import generate_identity, load_private, save_identity
 
     path = keys_dir / f"{client}.key"

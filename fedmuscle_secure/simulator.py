@@ -100,9 +100,14 @@ def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
 
 
 def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name: str,
-                 setup: FederationSetup, record_dir: Path | None = None) -> FedMuscleClient:
+                 setup: FederationSetup, record_dir: Path | None = None,
+                 identity=None) -> FedMuscleClient:
     """One organisation's :class:`FedMuscleClient` (model initialised from the experiment
-    seed and its name, so it is the same object in the simulator and in a deployment)."""
+    seed and its name, so it is the same object in the simulator and in a deployment).
+
+    ``identity``: the organisation's provisioned Ed25519 private key, which signs its
+    ledger (a deployment passes it; the ledger's genesis then says ``scope:
+    organisation``). None: the simulator's own key for it in ``record_dir/keys``."""
     i = next((k for k, c in enumerate(cfg.clients) if c.name == name), None)
     if i is None:
         from fedmuscle_secure.errors import ConfigError
@@ -126,7 +131,7 @@ def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name
     privacy, dpsgd = None, None
     if record_dir is not None or calibration is not None:
         privacy, dpsgd = _client_privacy(cfg, c.name, model, task, train, calibration,
-                                         record_dir, method)
+                                         record_dir, method, identity)
     secure_client = None
     if setup.secure:
         secure_client = _secure_client(cfg, c.name, setup.identities, calibration, privacy)
@@ -173,7 +178,8 @@ def build_federation(cfg: ExperimentConfig, split: FederatedSplit, method: str,
     Every method of one experiment starts from identical models, data and seeds, so the
     local-training reference differs from FedMuscle only by the contrastive phase.
     With ``record_dir``, every client keeps its signed ledger in ``record_dir/ledger/``
-    (identity keys in ``record_dir/keys/``) and the server its receipt log
+    (identity keys in ``record_dir/keys/``, made here: simulation only, a deployment signs
+    with the provisioned identities) and the server its receipt log
     (``record_dir/receipts.jsonl``), DESIGN §5.3–5.4. The gRPC deployment (DESIGN §6)
     builds the same objects one side at a time with :func:`build_server` and
     :func:`build_client`.
@@ -270,8 +276,13 @@ def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibrati
 
 
 def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: LabelledData,
-                    calibration, record_dir: Path | None, method: str):
-    """The client's accountants and ledger, and its DP-SGD trainer when configured."""
+                    calibration, record_dir: Path | None, method: str, identity=None):
+    """The client's accountants and ledger, and its DP-SGD trainer when configured.
+
+    The genesis declares who signs (``public_key``), the federation (``clients``) and where
+    the ledgers live (``scope``: ``federation`` when this process plays every organisation
+    and keeps all their ledgers in one run directory, ``organisation`` for a deployed
+    client's own), so ``audit`` can tell a missing ledger from one kept elsewhere."""
     from fedmuscle_secure.client.privacy import ClientPrivacy, PrivacySettings
 
     p = cfg.privacy
@@ -288,13 +299,14 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
         from fedmuscle_secure.identity import public_pem
         from fedmuscle_secure.ledger import Ledger
 
-        key = identity_key(record_dir / "keys", name)
+        key = identity if identity is not None else identity_key(record_dir / "keys", name)
         (record_dir / "ledger").mkdir(parents=True, exist_ok=True)
         ledger = Ledger.open(record_dir / "ledger" / f"{name}.jsonl", client=name, signing_key=key)
         if not ledger.entries:
             ledger.append("genesis", {
                 "client": name, "public_key": public_pem(key), "delta": p.delta, "method": method,
-                "protection": cfg.protection,
+                "protection": cfg.protection, "clients": [c.name for c in cfg.clients],
+                "scope": "federation" if identity is None else "organisation",
                 "budget": {"record": budget.record_epsilon, "client": budget.client_epsilon},
                 "noise_multiplier": {"record": dpsgd_sigma, "client": settings.representation_sigma},
                 "max_grad_norm": p.dp_sgd.max_grad_norm if dpsgd_sigma else None})

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import pytest
-import torch
+from audit_fixtures import DELTA, RECORD, ROUNDS, build_run, eps_after, kinds, lines, write
 
 from fedmuscle_secure.audit import (
     EXIT_CODES,
@@ -18,84 +17,15 @@ from fedmuscle_secure.audit import (
     audit_run,
 )
 from fedmuscle_secure.audit_cli import main_audit
-from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
+from fedmuscle_secure.dp.accounting import DpEventRecord
 from fedmuscle_secure.identity import (
     generate_identity,
     load_private,
     load_public,
     public_pem,
-    save_identity,
     sign_entry_hash,
 )
-from fedmuscle_secure.ledger import Ledger, ReceiptLog, canonical_json, entry_hash, payload_digest
-
-DELTA = 1e-5
-RECORD = {"guarantee": "record", "mechanism": "poisson_gaussian", "noise_multiplier": 1.0,
-          "sample_rate": 0.25, "steps": 20, "sensitivity": 1.0,
-          "neighbouring": "add_remove_record"}
-CLIENT = {"guarantee": "client", "mechanism": "gaussian", "noise_multiplier": 3.0,
-          "sample_rate": 1.0, "steps": 14, "sensitivity": 16.0,
-          "neighbouring": "replace_client_dataset"}
-ROUNDS = 2
-
-
-@functools.cache
-def eps_after(event: str, rounds: int) -> float:
-    """The independent ε after ``rounds`` rounds of one event per round (the test's oracle)."""
-    fields = RECORD if event == "record" else CLIENT
-    return independent_epsilon([DpEventRecord.from_dict(fields)] * rounds, DELTA)
-
-
-def build_run(root: Path, *, clients=("a", "b"), budget_record=20.0, eps_scale=1.0,
-              receipt_for=lambda client, rnd, digest: digest, after_last=None) -> Path:
-    """A run directory as the simulator writes it: ledger/<c>.jsonl (signed), keys/<c>.pub,
-    receipts.jsonl. ``eps_scale`` falsifies the recorded record-level ε of the last round,
-    ``receipt_for`` lets the server log another digest (or None: no receipt),
-    ``after_last(ledger)`` appends more entries."""
-    run = root / "run"
-    receipts = ReceiptLog.open(run / "receipts.jsonl")
-    for c in clients:
-        key = generate_identity()
-        save_identity(key, run / "keys", c)
-        led = Ledger.open(run / "ledger" / f"{c}.jsonl", client=c, signing_key=key)
-        led.append("genesis", {"client": c, "public_key": public_pem(key), "delta": DELTA,
-                               "budgets": {"record": budget_record, "client": None},
-                               "accountant": "opacus rdp+prv"})
-        for r in range(ROUNDS):
-            led.append("dp_event", {"round": r, "exchange": None, **RECORD})
-            led.append("dp_event", {"round": r, "exchange": [0, None], **CLIENT})
-            for g, budget in (("record", budget_record), ("client", None)):
-                eps = eps_after(g, r + 1)
-                if g == "record" and r == ROUNDS - 1:
-                    eps *= eps_scale
-                led.append("epsilon", {"round": r, "guarantee": g, "delta": DELTA,
-                                       "epsilon_rdp": eps, "epsilon_prv": None,
-                                       "accountant": "opacus rdp+prv", "budget": budget})
-            z = torch.full((4, 3), float(r + ord(c)))
-            digest, size = payload_digest(z)
-            led.append("egress", {"round": r, "exchange": [0, None], "recipient": "server",
-                                  "sha256": digest, "bytes": size})
-            logged = receipt_for(c, r, digest)
-            if logged is not None:
-                receipts.append(c, r, (0, None), logged, size)
-            led.append("round_end", {"round": r})
-        if after_last is not None:
-            after_last(led)
-        led.close()
-    receipts.close()
-    return run
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-
-
-def write(path: Path, entries: list[dict]) -> None:
-    path.write_text("".join(canonical_json(e) + "\n" for e in entries), encoding="utf-8")
-
-
-def kinds(report: AuditReport) -> set[str]:
-    return {f.kind for f in report.failures}
+from fedmuscle_secure.ledger import Ledger, ReceiptLog, entry_hash
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +44,7 @@ def run(tmp_path) -> Path:
 def test_clean_run_exits_0_with_table(clean, capsys):
     assert main_audit([str(clean)]) == 0
     out = capsys.readouterr().out
-    assert "audit: OK (2 ledger(s) verified)" in out and "FAIL" not in out
+    assert "audit: OK (2 ledger(s) verified; keys SELF-DECLARED" in out and "FAIL" not in out
     report = audit_run(clean)
     assert report.failures == [] and report.exit_code() == 0
     rows = {(r["client"], r["round"]): r for r in report.table}
@@ -132,6 +62,9 @@ def test_json_output(clean, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["exit_code"] == 0 and doc["ok"] is True and doc["failures"] == []
     assert len(doc["table"]) == 4 and len(doc["ledgers"]) == 2
+    assert doc["trust"] == "self-declared" and doc["verdict"].startswith("audit: OK")
+    assert doc["keys"]["a"] == {"source": "self-declared", "path": str(clean / "keys" / "a.pub")}
+    assert doc["receipts"] == {"log": str(clean / "receipts.jsonl"), "checked": True}
 
 
 def test_single_ledger_uses_sibling_key_and_receipts(clean, capsys):
@@ -144,18 +77,12 @@ def test_single_ledger_uses_sibling_key_and_receipts(clean, capsys):
     assert main_audit([str(ledger), "--public-key", str(clean / "keys" / "b.pub")]) == 14
 
 
-def test_unsigned_ledger_without_key_is_noted_not_failed(tmp_path):
-    path = tmp_path / "solo.jsonl"
-    with Ledger.open(path, client="solo", signing_key=None) as led:
-        led.append("round_end", {"round": 0})
-    report = audit_ledger(path, None, receipts=None)
-    assert report.exit_code() == 0 and any("unsigned" in n for n in report.notes)
-
-
 def test_signed_ledger_without_key_fails(clean, tmp_path):
     lone = tmp_path / "a.jsonl"
     lone.write_bytes((clean / "ledger" / "a.jsonl").read_bytes())
-    assert main_audit([str(lone)]) == EXIT_CODES["signature"]
+    assert main_audit([str(lone), "--no-receipts"]) == EXIT_CODES["signature"]
+    assert main_audit([str(lone), "--no-receipts", "--trusted-keys",
+                       str(clean.parent / "identities")]) == 0
 
 
 # ----------------------------------------------------------------------------- usage
@@ -182,7 +109,8 @@ def test_help_is_complete(capsys):
     assert main_audit(["--help"]) == 0
     out = capsys.readouterr().out
     for word in ("RUN_DIR|LEDGER", "--json", "--receipts", "--public-key", "receipts.jsonl",
-                 "keys/<client>.pub", *EXIT_CODES):
+                 "keys/<client>.pub", "--trusted-keys", "--no-receipts", "SELF-DECLARED",
+                 "<certs>/identities", "server_lost", *EXIT_CODES):
         assert word in out, word
     for kind, code in EXIT_CODES.items():
         assert f"{code:>3}  {kind}" in out
@@ -286,7 +214,7 @@ def test_epsilon_over_budget_exits_16(tmp_path):
 
 
 def test_dp_event_after_refusal_exits_16(tmp_path):
-    def refuse_then_spend(led):
+    def refuse_then_spend(led, _receipts):
         led.append("refusal", {"round": ROUNDS, "guarantee": "record", "epsilon_after": 99.0,
                                "budget": 20.0, "reason": "next release exceeds the budget"})
         led.append("dp_event", {"round": ROUNDS, "exchange": None, **RECORD})
@@ -312,8 +240,11 @@ def test_missing_receipt_exits_17_and_only_with_receipts(tmp_path):
     egress0 = next(e for e in lines(run / "ledger" / "a.jsonl") if e["kind"] == "egress")
     assert report.failures[0].seq == egress0["seq"]
     (run / "receipts.jsonl").unlink()
-    report = audit_run(run)  # no receipt log: digests are not matched, and that is noted
-    assert report.exit_code() == 0 and any("receipt" in n for n in report.notes)
+    report = audit_run(run)  # the receipt log is gone: a failure, not a note
+    assert report.exit_code() == EXIT_CODES["missing"] and kinds(report) == {"missing"}
+    report = audit_run(run, no_receipts=True)  # the operator says there is none
+    assert report.exit_code() == 0 and any("--no-receipts" in n for n in report.notes)
+    assert "NOT matched against server receipts (--no-receipts)" in report.verdict()
 
 
 def test_receipt_from_unknown_client_exits_17(run):
@@ -353,8 +284,11 @@ def test_json_lists_failures_and_precedence(run, capsys):
 
 
 def test_exit_code_precedence_order():
-    assert PRECEDENCE == ("malformed", "edited", "deleted", "reordered", "signature",
-                          "epsilon_mismatch", "budget_exceeded", "receipt_mismatch")
+    assert PRECEDENCE == ("missing", "malformed", "genesis", "edited", "deleted", "reordered",
+                          "unsigned", "signature", "epsilon_mismatch", "budget_exceeded",
+                          "second_release", "receipt_mismatch")
+    assert set(PRECEDENCE) == set(EXIT_CODES) - {"ok", "usage"}
+    assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
     for later_i, later in enumerate(PRECEDENCE):
         for earlier in PRECEDENCE[:later_i]:
             report = AuditReport(failures=[_fail(later, "a", 1, "x"), _fail(earlier, "a", 2, "y")])
@@ -370,15 +304,17 @@ def test_large_epsilon_outside_cross_check_tolerance(tmp_path):
     event = {**RECORD, "noise_multiplier": 0.7, "steps": 100}
     report = compute_epsilon_report([DpEventRecord.from_dict(event)], DELTA)
     codes = []
+    key = generate_identity()
     for scale in (1.0, 0.5):
         path = tmp_path / f"x{scale}.jsonl"
-        with Ledger.open(path, client="x", signing_key=None) as led:
+        with Ledger.open(path, client="x", signing_key=key) as led:
+            led.append("genesis", {"client": "x", "public_key": public_pem(key), "delta": DELTA})
             led.append("dp_event", {"round": 0, "exchange": None, **event})
             led.append("epsilon", {"round": 0, "guarantee": "record", "delta": DELTA,
                                    "epsilon_rdp": scale * report.epsilon_rdp,
                                    "epsilon_prv": report.epsilon_prv, "accountant": "opacus",
                                    "budget": None})
-        audited = audit_ledger(path, None, receipts=None)
+        audited = audit_ledger(path, key.public_key(), receipts=None)
         codes.append(audited.exit_code())
         if scale == 1.0:
             assert any("matches the Opacus replay" in n for n in audited.notes)

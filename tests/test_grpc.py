@@ -65,16 +65,17 @@ def _deploy(tmp: Path, cfg) -> dict:
     """Server + one process per client on ``cfg``, and the simulator's run of it."""
     config = tmp / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    procs = start_federation(tmp, config, provision(tmp), port=free_port(), client_args=["--json"])
+    certs = provision(tmp)
+    procs = start_federation(tmp, config, certs, port=free_port(), client_args=["--json"])
     try:
         _reference(tmp, cfg)
     finally:
         wait_all(procs, tmp, timeout=120)
-    return {"tmp": tmp, "cfg": cfg}
+    return {"tmp": tmp, "cfg": cfg, "certs": certs}
 
 
 def _check_matches_simulator(run: dict, compared: tuple[str, ...] = COMPARED) -> None:
-    tmp, cfg = run["tmp"], run["cfg"]
+    tmp, cfg, certs = run["tmp"], run["cfg"], run["certs"]
     rows = read_rows(tmp / "server" / "metrics.csv")
     rounds = [str(r) for r in range(1, cfg.training.rounds + 1)] + ["final"]
     got = {(r["round"], r["client"]): r for r in rows}
@@ -91,6 +92,7 @@ def _check_matches_simulator(run: dict, compared: tuple[str, ...] = COMPARED) ->
         final = json.loads(printed[-1])
         assert f"{final['test_metric']:.6g}" == ref[("final", org)]["test_metric"]
         assert (tmp / f"client-{org}" / "ledger" / f"{org}.jsonl").is_file()
+        _audit_ok(tmp, org, certs)  # signed by the provisioned identity, every egress received
     events = [json.loads(line)["event"]
               for line in (tmp / "server" / "events.jsonl").read_text().splitlines()]
     assert events[0] == "run_start" and events[-1] == "run_end"
@@ -105,13 +107,25 @@ def test_plain_deployment_matches_the_simulator(tmp_path):
 FOUR = ("a", "b", "c", "d")
 
 
-def _audit_ok(tmp: Path, org: str) -> None:
-    """``audit`` of the org's ledger against the server's receipt log, as its officer runs it."""
+def _audit_ok(tmp: Path, org: str, certs: Path, *, run_dir: bool = False) -> dict:
+    """``audit`` of the org's ledger (or, ``run_dir``, its whole run directory) against the
+    server's receipt log and the provisioned identities, as its officer runs it; the report.
+    The org's run directory holds its identity's public half only, never the private key."""
+    target = tmp / f"client-{org}"
     out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
-                          tmp / f"client-{org}" / "ledger" / f"{org}.jsonl",
-                          "--receipts", tmp / "server" / "receipts.jsonl"],
+                          target if run_dir else target / "ledger" / f"{org}.jsonl",
+                          "--receipts", tmp / "server" / "receipts.jsonl",
+                          "--trusted-keys", certs / "identities", "--json"],
                          check=False, capture_output=True, text=True)
-    assert out.returncode == 0 and "audit: OK" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["trust"] == "trusted" and report["verdict"].startswith("audit: OK"), report
+    assert sorted(p.name for p in (target / "keys").iterdir()) == [f"{org}.pub"]
+    assert (target / "keys" / f"{org}.pub").read_bytes() == \
+        (certs / "identities" / f"{org}.pub").read_bytes()
+    genesis = json.loads((target / "ledger" / f"{org}.jsonl").read_text().splitlines()[0])
+    assert genesis["kind"] == "genesis" and genesis["body"]["scope"] == "organisation"
+    return report
 
 
 def _events(path: Path) -> list[dict]:
@@ -155,7 +169,7 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
     assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"}
     for org in "abc":  # survivors: chains, signatures, ε recomputed, every egress received
-        _audit_ok(tmp_path, org)
+        _audit_ok(tmp_path, org, certs)
 
 
 def test_three_org_secagg_losing_one_stops_with_a_clear_error(tmp_path):
@@ -243,6 +257,19 @@ def test_server_killed_and_restarted_resumes_without_a_second_release(tmp_path):
         mine = [(r["body"]["round"], tuple(r["body"]["exchange"])) for r in receipts
                 if r["client"] == org and r["kind"] == "receipt"]
         assert len(mine) == len(set(mine)), f"the server received two releases of {org}"
+        # the releases the dead server may not have received are marked in the signed ledger;
+        # audit (the org's run directory, as deployed: its own ledger only) reports those
+        # without a receipt as unacknowledged, not as tampering
+        ledger = _events(tmp_path / f"client-{org}" / "ledger" / f"{org}.jsonl")
+        (lost,) = [e for e in ledger if e["kind"] == "server_lost"]
+        span = lost["body"]["unacknowledged_seqs"]
+        assert lost["body"]["round"] == 2
+        if org == "a":  # it had released round 2's first batch before the kill
+            assert span is not None and span[0] <= span[1] < lost["seq"]
+        report = _audit_ok(tmp_path, org, certs, run_dir=True)
+        unacknowledged = [n for n in report["notes"] if "unacknowledged release" in n]
+        marked = range(span[0], span[1] + 1) if span else range(0)
+        assert all(int(n.split("seq ")[1].split(":")[0]) in marked for n in unacknowledged)
 
 
 def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
@@ -313,7 +340,7 @@ def test_ckks_deployment_matches_the_simulator(tmp_path):
             assert float(rows[key]["bytes_sent"]) > 100_000  # ciphertexts, not float32 rows
             assert abs(float(rows[key]["cl_loss"]) - float(row["cl_loss"])) < 1e-3
     for org in ORGS:
-        _audit_ok(tmp_path, org)
+        _audit_ok(tmp_path, org, certs)
 
 
 def test_secagg_deployment_matches_the_simulator(tmp_path):

@@ -208,3 +208,27 @@ def test_a_secure_federation_below_three_members_stops_with_an_error():
     fed.server.load_state_dict({**state, "active": ["a", "b"]})
     with pytest.raises(QuorumLost, match="only 2 clients are left"):
         fed.server.start_round(2)
+
+
+def test_audit_fails_a_ledger_with_two_releases_for_one_exchange(tmp_path):
+    """A ledger that shows two releases for one exchange (a client built before the rule,
+    or one that broke it) fails `audit` with its own code, naming the second entry."""
+    from fedmuscle_secure.audit import audit_ledger
+    from fedmuscle_secure.audit_report import EXIT_CODES
+    from fedmuscle_secure.identity import generate_identity, public_pem
+    from fedmuscle_secure.ledger import Ledger
+
+    key = generate_identity()
+    path = tmp_path / "ledger" / "a.jsonl"
+    with Ledger.open(path, client="a", signing_key=key) as ledger:
+        ledger.append("genesis", {"client": "a", "public_key": public_pem(key), "delta": 1e-5,
+                                  "method": "muscle_sum", "protection": "plain",
+                                  "budget": {"record": None, "client": None},
+                                  "noise_multiplier": {"record": None, "client": None},
+                                  "max_grad_norm": None, "clients": ["a"], "scope": "organisation"})
+        for _ in range(2):
+            ledger.append("egress", {"round": 1, "exchange": [0, None], "recipient": "server",
+                                     "sha256": "0" * 64, "bytes": 8})
+    report = audit_ledger(path, key.public_key(), receipts=None, client="a")
+    second = [f for f in report.failures if f.kind == "second_release"]
+    assert [f.seq for f in second] == [2] and report.exit_code() == EXIT_CODES["second_release"]
