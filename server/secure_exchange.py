@@ -8,6 +8,14 @@ once in batched torch on the server's device, and every survivor receives them. 
 instance that aborts (fewer than t clients reached a stage) is recorded in
 :attr:`SecureExchanges.events` and every client still in it is told, so it skips that
 step; the round goes on with the next exchange.
+
+Stage deadlines (DESIGN §6): the transport calls :meth:`SecureExchanges.close_stage` when
+a stage has waited too long (:meth:`waiting` says what it waits for). The members that did
+not answer are dropped from the instance, as a vanished client would be, but they are still
+connected and still in the federation: they sit out the rest of the round. Each gets an
+:class:`ExchangeAborted` for the exchange it missed and for every later exchange of the
+round, so its own state machine stays in step and reports the round; whatever it still
+sends for this round arrives too late and is ignored. It takes part again next round.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class SecureExchanges:
         self._queue: list[tuple[int, int | None]] = []
         self._current: tuple[int, int | None, SumEncoding] | None = None
         self._dropped: set[str] = set()
+        self._sitting_out: set[str] = set()  # missed a stage deadline this round
         self._batches = 1
 
     @property
@@ -52,7 +61,7 @@ class SecureExchanges:
 
     def start_round(self, r: int, plan: torch.Tensor, exchange: str, active: list[str]) -> list[Message]:
         t, nb = int(plan.shape[0]), int(plan.shape[1]) if plan.dim() > 1 else 0
-        self._round, self._dropped = r, set()
+        self._round, self._dropped, self._sitting_out = r, set(), set()
         if exchange == "per_batch":
             self._queue, self._batches = [(e, b) for e in range(t) for b in range(nb)], 1
         else:
@@ -64,6 +73,9 @@ class SecureExchanges:
         self.instance, self._current = None, None
         while self._queue:
             epoch, batch = self._queue.pop(0)
+            out += [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} sits out the rest of "
+                                    f"round {self._round} after missing a stage deadline")
+                    for c in active if c in self._sitting_out]
             group = [c for c in active if c not in self._dropped]
             need = max(MIN_GROUP, self.threshold)
             if len(group) < need:
@@ -87,6 +99,8 @@ class SecureExchanges:
         return [ExchangeAborted(c, self._round, epoch, batch, reason) for c in group]
 
     def handle(self, msg: SecAggEnvelope, active: list[str]) -> list[Message]:
+        if self._late(msg):
+            return []
         if self.instance is None or self._current is None:
             raise ProtocolError(msg.client, "idle", "secure-aggregation message while no exchange runs")
         epoch, batch, _ = self._current
@@ -100,16 +114,34 @@ class SecureExchanges:
                                 "different senders")
         return self._step(lambda inst: inst.receive(msg.body), active)
 
+    def _late(self, msg: SecAggEnvelope) -> bool:
+        """A message of this round from a member sitting it out: too late, ignored."""
+        return msg.client in self._sitting_out and msg.round == self._round
+
     def drop(self, client: str, active: list[str]) -> list[Message]:
         """``client`` left the federation: it drops out of the running instance."""
         if self.instance is None:
             return []
         return self._step(lambda inst: inst.drop(client), active)
 
+    def waiting(self) -> tuple[tuple, tuple[str, ...], tuple[str, ...]] | None:
+        """(stage key, who answered, who is awaited) of the running instance, or None."""
+        inst = self.instance
+        if inst is None or self._current is None:
+            return None
+        epoch, batch, _ = self._current
+        key = ("secagg", self._round, epoch, batch, inst.instance_id, inst.stage.value)
+        return key, inst.answered, inst.awaited
+
     def close_stage(self, active: list[str]) -> list[Message]:
-        """A stage deadline passed (transport timeout)."""
-        if self.instance is None:
+        """A stage deadline passed (module docs): the silent members sit out the round."""
+        if self.instance is None or self._current is None:
             return []
+        epoch, batch, _ = self._current
+        silent = [c for c in self.instance.awaited if c in active]
+        self.events.append({"event": "secagg_stage_deadline", "round": self._round,
+                            "epoch": epoch, "batch": batch,
+                            "stage": self.instance.stage.value, "silent": silent})
         return self._step(lambda inst: inst.close_stage(), active)
 
     def _step(self, action, active: list[str]) -> list[Message]:
@@ -121,10 +153,13 @@ class SecureExchanges:
         except SecAggAborted as exc:
             self._dropped |= set(inst.dropped_at)
             group = [c for c in inst.participants if c in active and c not in inst.dropped_at]
-            out = self._abort_notices(group, epoch, batch, str(exc), stage=exc.stage)
+            out = self._sit_out(inst, active, epoch, batch)
+            out += self._abort_notices(group, epoch, batch, str(exc), stage=exc.stage)
             return out + self._begin_next(active)
+        sitting = self._sit_out(inst, active, epoch, batch)
         if inst.stage is not SecAggStage.DONE:
-            return [SecAggEnvelope(m.recipient, self._round, epoch, batch, m) for m in replies]
+            return sitting + [SecAggEnvelope(m.recipient, self._round, epoch, batch, m)
+                              for m in replies]
         if inst.dropped_at:
             self.events.append({"event": "secagg_dropouts", "round": self._round, "epoch": epoch,
                                 "batch": batch, "dropped": dict(inst.dropped_at)})
@@ -134,4 +169,15 @@ class SecureExchanges:
         survivors = inst.survivors
         out: list[Message] = [SumTerms(c, self._round, epoch, batch, survivors, scaled, log_alpha)
                               for c in survivors if c in active]
-        return out + self._begin_next(active)
+        return sitting + out + self._begin_next(active)
+
+    def _sit_out(self, inst: SecAggServer, active: list[str], epoch: int, batch: int | None,
+                 ) -> list[Message]:
+        """Members still in the federation that this instance dropped (only a stage deadline
+        does that; a client that left is not active) sit out the round from here."""
+        fresh = [c for c in inst.participants
+                 if c in inst.dropped_at and c in active and c not in self._sitting_out]
+        self._sitting_out.update(fresh)
+        return [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} missed the deadline of "
+                                f"stage {inst.dropped_at[c]!r}; it sits out the rest of round "
+                                f"{self._round}") for c in fresh]

@@ -43,6 +43,7 @@ from fedmuscle_secure.experiment import make_split, run_experiment
 from fedmuscle_secure.grpc_transport import TransportOptions
 from fedmuscle_secure.messages import RoundReport
 from fedmuscle_secure.simulator import build_federation, build_server, federation_setup
+from fedmuscle_secure.wire_limits import wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow
@@ -282,7 +283,7 @@ def live_server(tmp_path):
     setup = federation_setup(cfg, make_split(cfg), "muscle")
     coordinator = Coordinator(build_server(cfg, "muscle", setup), final_round=4)
     server, port = start_grpc_server(coordinator, pki.load_trust(certs), certs, "127.0.0.1:0",
-                                     TransportOptions())
+                                     TransportOptions(), wire_limits(cfg))
     yield certs, coordinator, f"127.0.0.1:{port}"
     server.stop(grace=None)
 

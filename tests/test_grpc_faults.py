@@ -25,10 +25,11 @@ from fedmuscle_secure.client.grpc_client import RetrySettings, run_client
 from fedmuscle_secure.server.grpc_server import ServeSettings, serve
 from tiny import tiny_config
 
-from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
+from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
 from fedmuscle_secure.messages import Representations, RoundPlan
 from fedmuscle_secure.wire import encode
 from fedmuscle_secure.wire_chunks import Chunk, chunk
+from fedmuscle_secure.wire_limits import wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,7 @@ class _RawStream:
             self.sending.put(piece)
 
     def next_message(self):
-        inbound = Inbound(OPTIONS)
+        inbound = Inbound(OPTIONS, wire_limits(CFG), expect=Direction.TO_CLIENT, sender="server")
         for piece in self.responses:
             if (msg := inbound.add(piece)) is not None:
                 return msg
