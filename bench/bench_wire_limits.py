@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import resource
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def main() -> None:
     from fedmuscle_secure.config import load_config
     from fedmuscle_secure.wire_limits import wire_limits
 
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
     payload = hostile_payload()
     limit = wire_limits(load_config(args.config)).max_payload_bytes
     print(f"config {args.config}: derived max_payload_bytes = {limit} bytes; hostile "
@@ -119,6 +121,7 @@ def main() -> None:
             kib, outcome = out.stdout.strip().splitlines()[-1].split("\t")
             mib = int(kib) / 1024
             print(f"{case:36s} {mib:12.1f} MiB {mib * 2**20 / len(payload):9.2f}×  {outcome}")
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ deployment decode with:
   :data:`PAYLOAD_MARGIN`, plus :data:`PAYLOAD_SLACK` for names, reasons and protobuf framing.
   ``--max-payload-bytes`` overrides it (:class:`~fedmuscle_secure.grpc_transport.TransportOptions`).
 
-Example: the shipped ``configs/digits.yaml`` (N = 4, M = 3, B = 64, d = 64, per_batch) has
-``PeerTerms`` as its largest message, 1 · (3·64·64 + 3·64·64) · 8 = 196 608 bytes, so the
-limit is 1.5 × that + 1 MiB ≈ 1.3 MiB instead of a fixed 1 GiB.
+Example: the shipped ``configs/digits.yaml`` (N = 4, M = 2, B = 64, d = 64, per_batch) has
+``PeerTerms`` as its largest message, 1 · (2·64·64 + 1·64·64) · 8 = 98 304 bytes (M rows
+blocks and M(M-1)/2 pairwise B × B matrices), so the limit is 1.5 × that + 1 MiB =
+1 196 032 bytes, where it was a fixed 1 GiB.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from deploy_driver import (
     wait_for,
 )
 from deploy_driver import rows as read_rows
-from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV
+from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV, STALL_ENV
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import tiny_config
 
@@ -104,6 +104,11 @@ def test_plain_deployment_matches_the_simulator(tmp_path):
 
 
 FOUR = ("a", "b", "c", "d")
+FOUR_CLIENTS = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
+                {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
+                {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
+                 "projection": {"kind": "linear"}},
+                {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
 
 
 def _audit_ok(tmp: Path, org: str) -> None:
@@ -126,12 +131,7 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     shares, before sending its masked input: that exchange completes by dropout recovery, the
     run goes on without ``d``, and every survivor's ledger audits against the server's
     receipt log."""
-    clients = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
-               {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
-               {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
-                "projection": {"kind": "linear"}},
-               {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
-    cfg = tiny_config(clients=clients, protection="secagg", compare_local=False, **{
+    cfg = tiny_config(clients=FOUR_CLIENTS, protection="secagg", compare_local=False, **{
         "muscle.method": "muscle_sum", "muscle.exchange": "per_batch", "training.rounds": 3,
         "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 1.0},
                     "dp_sgd": {"enabled": True, "noise_multiplier": 1.0}}})
@@ -157,6 +157,46 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"}
     for org in "abc":  # survivors: chains, signatures, ε recomputed, every egress received
         _audit_ok(tmp_path, org)
+
+
+def test_a_member_stalling_mid_secure_sum_does_not_hold_the_round_to_its_timeout(tmp_path):
+    """Four client processes, secagg, one exchange per batch, the default hour-long round
+    timeout. Client ``d`` stops answering (a failpoint: it keeps its connection open and
+    never answers again) on receiving its peers' encrypted shares in round 1. The exchange
+    closes at the 30 s stage deadline without d (its masks are recovered from the others'
+    shares), d sits out the round's other exchanges, and when it has not reported 30 s
+    after the others it is let go: the run finishes with a, b, c long before the round
+    timeout (this test gives it 400 s; without stage deadlines it waits the full hour)."""
+    cfg = tiny_config(clients=FOUR_CLIENTS, protection="secagg", compare_local=False, **{
+        "muscle.method": "muscle_sum", "muscle.exchange": "per_batch", "training.rounds": 2})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    certs = provision(tmp_path, orgs=FOUR)
+    point = "SecAggEnvelope(round 1, epoch 0, batch 0, ShareInbox"
+    procs = start_federation(tmp_path, config, certs, FOUR, port=free_port(),
+                             server_args=["--round-timeout", "3600", "--stage-timeout", "30"],
+                             env={"d": {STALL_ENV: point}})
+    stalled = procs.pop("d")
+    try:
+        wait_all(procs, tmp_path, timeout=400)
+        assert stalled.poll() is None  # still connected, still silent
+    finally:
+        stalled.kill()
+        stalled.wait()
+    assert "not answering" in (tmp_path / "d.log").read_text()
+    events = _events(tmp_path / "server" / "events.jsonl")
+    deadlines = [(e["round"], e["stage"], e["silent"]) for e in events
+                 if e["event"] == "stage_deadline"]
+    assert deadlines == [(1, "secagg/1/0/0/masked_input", ["d"]), (1, "report/1", ["d"])]
+    dropouts = [(e["round"], e["batch"], e["dropped"]) for e in events
+                if e["event"] == "secagg_dropouts"]
+    assert dropouts == [(1, 0, {"d": "masked_input"})]
+    left = [e for e in events if e["event"] == "client_left"]
+    assert [(e["client"], e["round"]) for e in left] == [("d", 1)]
+    assert "missed the report deadline" in left[0]["reason"]
+    got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
+    assert got == {(r, c) for r in ("1", "2", "final") for c in "abc"}
+    assert "stage report: deadline passed, silent: ['d']" in (tmp_path / "server.log").read_text()
 
 
 def test_server_killed_and_restarted_resumes_and_matches_the_simulator(tmp_path):
