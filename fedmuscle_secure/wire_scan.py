@@ -140,11 +140,14 @@ def _scan(buf: bytes, start: int, end: int, descriptor: Descriptor, caps: Caps, 
         if fd.is_repeated:
             cap = caps(descriptor.name, fd.name)
             entries = 1
-            if wire == _LENGTH and _WIRE_TYPE[fd.type] != _LENGTH and cap is not None:
-                # packed scalars: a varint is 1..10 bytes, so more than 10 * cap bytes hold
-                # more than cap of them; else count the varints' last bytes
-                entries = cap + 1 if e - s > 10 * cap else \
-                    sum(1 for i in range(s, e) if not buf[i] & 0x80)
+            packed = _WIRE_TYPE[fd.type]
+            if wire == _LENGTH and packed != _LENGTH and cap is not None:
+                if packed != _VARINT:  # packed fixed-width scalars
+                    entries = (e - s) // (8 if packed == _FIXED64 else 4)
+                elif e - s > 10 * cap:  # a varint is 1..10 bytes: more than cap of them
+                    entries = cap + 1
+                else:                   # count the varints' last bytes
+                    entries = sum(1 for i in range(s, e) if not buf[i] & 0x80)
             counts[number] = counts.get(number, 0) + entries
             if cap is not None and counts[number] > cap:
                 raise _refuse(f"{path}: more than {cap} entries; at most {cap} accepted "

@@ -135,13 +135,8 @@ class SecureExchanges:
 
     def close_stage(self, active: list[str]) -> list[Message]:
         """A stage deadline passed (module docs): the silent members sit out the round."""
-        if self.instance is None or self._current is None:
+        if self.instance is None:
             return []
-        epoch, batch, _ = self._current
-        silent = [c for c in self.instance.awaited if c in active]
-        self.events.append({"event": "secagg_stage_deadline", "round": self._round,
-                            "epoch": epoch, "batch": batch,
-                            "stage": self.instance.stage.value, "silent": silent})
         return self._step(lambda inst: inst.close_stage(), active)
 
     def _step(self, action, active: list[str]) -> list[Message]:

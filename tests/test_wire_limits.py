@@ -163,6 +163,14 @@ class _NeverParsed:
         raise AssertionError("parsed although a cap was exceeded")
 
 
+def test_a_packed_shape_over_its_cap_is_refused_before_parsing(monkeypatch):
+    env = pb.Envelope.FromString(wire.encode(PLAIN["representations_batch_0"]))
+    env.representations.z.shape[:] = [1] * 33
+    monkeypatch.setattr(wire, "pb", types.SimpleNamespace(Envelope=_NeverParsed))
+    with pytest.raises(ProtocolError, match=r"representations.z.shape: more than 32 entries"):
+        wire.decode(env.SerializeToString(), expect=UP, sender="peer", limits=LIMITS)
+
+
 def test_a_list_exactly_at_its_cap_is_accepted():
     for msg, direction in ((_env(UnmaskRequest("c1", ID, _names(N), ())), DOWN),
                            (RoundReport("c1", 1, {f"m{i}": 0.0 for i in range(64)}), UP)):
