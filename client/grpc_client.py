@@ -36,6 +36,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,10 @@ import yaml
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
-from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
+from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.wire_limits import WireLimits, wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 log = logging.getLogger("fedmuscle_secure.client")
@@ -145,11 +147,12 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
                              identities=identities)
     client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
     run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
+    limits = wire_limits(cfg)
     try:
         while True:
             channel = open_channel(certs, org, target, options, retry)
             try:
-                final = _exchange(client, channel, name, options, run, method)
+                final = _exchange(client, channel, name, options, limits, run, method)
                 break
             except ServerLost as exc:
                 log.warning("%s: %s; reconnecting", name, exc)
@@ -183,7 +186,7 @@ def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str)
 
 
 def _exchange(client, channel: grpc.Channel, name: str, options: TransportOptions,
-              run: RunDir, method: str) -> dict[str, float]:
+              limits: WireLimits, run: RunDir, method: str) -> dict[str, float]:
     sending: queue.Queue = queue.Queue()
     counter = itertools.count()
 
@@ -191,7 +194,8 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
         while (msg := sending.get()) is not _CLOSE:
             yield from outbound(msg, name, counter, options)
 
-    inbound, final = Inbound(options), None
+    inbound = Inbound(options, limits, expect=Direction.TO_CLIENT, sender="server")
+    final = None
     responses = rpc.FedMuscleStub(channel).Exchange(requests())
     run.event("connected", client=name)
     try:
@@ -237,6 +241,10 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
 #: this value (e.g. ``SecAggEnvelope(round 2, epoch 0, batch 0, ShareInbox``), a
 #: deterministic point mid-round that an outside ``kill`` cannot hit reliably.
 FAILPOINT_ENV = "FEDMUSCLE_FAILPOINT_SIGKILL_ON"
+#: Test-only, like the above: on that message the client stops answering but keeps its
+#: connection open (a hung organisation), for ``FEDMUSCLE_FAILPOINT_STALL_S`` seconds
+#: (default: for good), then goes on as if nothing happened.
+STALL_ENV, STALL_SECONDS_ENV = "FEDMUSCLE_FAILPOINT_STALL_ON", "FEDMUSCLE_FAILPOINT_STALL_S"
 
 
 def _failpoint(description: str) -> None:
@@ -244,6 +252,11 @@ def _failpoint(description: str) -> None:
     if point and description.startswith(point):
         log.warning("failpoint %s=%r: SIGKILL", FAILPOINT_ENV, point)
         os.kill(os.getpid(), signal.SIGKILL)
+    stall = os.environ.get(STALL_ENV)
+    if stall and description.startswith(stall):
+        seconds = float(os.environ.get(STALL_SECONDS_ENV, "inf"))
+        log.warning("failpoint %s=%r: not answering for %g s", STALL_ENV, stall, seconds)
+        threading.Event().wait(None if seconds == float("inf") else seconds)
 
 
 def _describe(msg) -> str:

@@ -103,7 +103,7 @@ class SecureExchangeClient:
 
     def end(self) -> None:
         """The exchange is over (sum received or aborted): forget the instance."""
-        self.instance, self._event = None, None
+        self.instance, self._event, self.masked_sent = None, None, False
 
     def _wrap(self, env: SecAggEnvelope, body: object) -> SecAggEnvelope:
         return SecAggEnvelope(self.name, env.round, env.epoch, env.batch, body)

@@ -115,6 +115,21 @@ class SecAggServer:
         """U3: the clients whose masked inputs are in the sum."""
         return tuple(p for p in self.participants if p in self.masked)
 
+    @property
+    def answered(self) -> tuple[str, ...]:
+        """Who has answered the current stage (empty once the instance is over)."""
+        if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED):
+            return ()
+        return tuple(p for p in self._expected() if p in self._received())
+
+    @property
+    def awaited(self) -> tuple[str, ...]:
+        """Who the current stage still waits for: expected, not answered, not dropped."""
+        if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED):
+            return ()
+        got = self._received()
+        return tuple(p for p in self._expected() if p not in got and p not in self.dropped_at)
+
     def _expected(self) -> tuple[str, ...]:
         prev = {SecAggStage.ADVERTISE_KEYS: self.participants, SecAggStage.SHARE_KEYS: self.adverts,
                 SecAggStage.MASKED_INPUT: self.shares, SecAggStage.CONSISTENCY: self.masked,

@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.grpc_transport import TransportOptions
 
 
@@ -26,8 +27,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="gRPC send/receive limit per chunk message (default: %(default)s)")
     p.add_argument("--max-chunk-bytes", type=int, default=d.max_chunk_bytes,
                    help="payload bytes per chunk when sending (default: %(default)s)")
-    p.add_argument("--max-payload-bytes", type=int, default=d.max_payload_bytes,
-                   help="largest reassembled message accepted (default: %(default)s)")
+    p.add_argument("--max-payload-bytes", type=int, default=None,
+                   help="largest reassembled message accepted (default: derived from the "
+                        "config, 1.5 x the largest message this federation sends + 1 MiB; "
+                        "the server records it in events.jsonl's run_start)")
     p.add_argument("--keepalive-ms", type=int, default=d.keepalive_time_ms,
                    help="HTTP/2 keep-alive ping interval (default: %(default)s)")
     p.add_argument("--keepalive-timeout-ms", type=int, default=d.keepalive_timeout_ms,
@@ -47,20 +50,27 @@ def _prepare(args: argparse.Namespace):
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = TransportOptions(
-        max_message_bytes=args.max_message_bytes, max_chunk_bytes=args.max_chunk_bytes,
-        max_payload_bytes=args.max_payload_bytes, keepalive_time_ms=args.keepalive_ms,
-        keepalive_timeout_ms=args.keepalive_timeout_ms)
+    try:
+        options = TransportOptions(
+            max_message_bytes=args.max_message_bytes, max_chunk_bytes=args.max_chunk_bytes,
+            max_payload_bytes=args.max_payload_bytes, keepalive_time_ms=args.keepalive_ms,
+            keepalive_timeout_ms=args.keepalive_timeout_ms)
+    except ValueError as exc:
+        raise ConfigError("--max-*-bytes", str(exc)) from None
     return load_config(args.config), options
 
 
 def cmd_server(args: argparse.Namespace) -> int:
     from fedmuscle_secure.server.grpc_server import ServeSettings, serve
 
+    if args.stage_timeout < 0:
+        raise ConfigError("--stage-timeout", f"must be >= 0 seconds (0: off), got "
+                                             f"{args.stage_timeout:g}")
     cfg, options = _prepare(args)
     rows = serve(cfg, args.certs, args.listen, args.out, options=options,
                  settings=ServeSettings(connect_timeout_s=args.connect_timeout,
-                                        round_timeout_s=args.round_timeout),
+                                        round_timeout_s=args.round_timeout,
+                                        stage_timeout_s=args.stage_timeout or None),
                  resume=args.resume)
     final = {r["client"]: r.get("test_metric") for r in rows if r["round"] == "final"}
     print(json.dumps(final) if args.json else f"Run directory: {args.out}\nfinal: {final}")
@@ -94,6 +104,12 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait for every client to connect (default: %(default)s)")
     s.add_argument("--round-timeout", type=float, default=3600.0,
                    help="seconds one round may take (default: %(default)s)")
+    s.add_argument("--stage-timeout", type=float, default=120.0,
+                   help="seconds a stage of a round waits for its silent members once the "
+                        "first member answered; then, inside a secure sum, they sit out the "
+                        "round, otherwise they are dropped as a Leave. Must exceed the spread "
+                        "of the organisations' LocalUpdate times; 0 turns deadlines off "
+                        "(default: %(default)s)")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same --config)")
     s.set_defaults(func=cmd_server)

@@ -3,7 +3,9 @@
 Both ends move protocol messages as ``Envelope`` bytes (:mod:`fedmuscle_secure.wire`) cut
 into ``Chunk`` messages (:mod:`fedmuscle_secure.wire_chunks`) over the one bidirectional
 ``FedMuscle.Exchange`` stream. Nothing here knows the protocol: it encodes, chunks,
-reassembles and decodes.
+reassembles and decodes. An :class:`Inbound` decodes one direction only (the server's
+accepts client → server messages, a client's server → client ones, from the peer it
+names) under the federation's :class:`~fedmuscle_secure.wire_limits.WireLimits`.
 
 Settings (:class:`TransportOptions`, every one has a command-line flag):
 
@@ -13,8 +15,11 @@ Settings (:class:`TransportOptions`, every one has a command-line flag):
     chunk's own fields (a few hundred bytes).
 ``max_chunk_bytes`` (default 1 MiB)
     data bytes per ``Chunk`` when sending.
-``max_payload_bytes`` (default 1 GiB)
+``max_payload_bytes`` (default: derived from the config)
     the largest reassembled ``Envelope`` accepted; checked chunk by chunk before buffering.
+    ``None`` takes the federation's own bound, :attr:`WireLimits.max_payload_bytes
+    <fedmuscle_secure.wire_limits.WireLimits>` (1.5 × its largest legitimate message + 1 MiB,
+    :mod:`fedmuscle_secure.wire_limits`); a number overrides it.
 ``keepalive_time_ms`` / ``keepalive_timeout_ms`` (defaults 30 000 / 20 000)
     HTTP/2 keep-alive pings (``grpc.keepalive_time_ms`` / ``grpc.keepalive_timeout_ms``),
     so a peer that vanished without closing its TCP connection is noticed during long
@@ -29,10 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fedmuscle_secure.messages import Message
-from fedmuscle_secure.wire import decode, encode
+from fedmuscle_secure.wire import Direction, decode, encode
 from fedmuscle_secure.wire_chunks import Chunk, Reassembler, chunk
+from fedmuscle_secure.wire_limits import WireLimits
 
-__all__ = ["Inbound", "TransportOptions", "outbound"]
+__all__ = ["Direction", "Inbound", "TransportOptions", "outbound"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class TransportOptions:
 
     max_message_bytes: int = 8 << 20
     max_chunk_bytes: int = 1 << 20
-    max_payload_bytes: int = 1 << 30
+    max_payload_bytes: int | None = None
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 20_000
 
@@ -49,6 +55,13 @@ class TransportOptions:
         if self.max_chunk_bytes < 1 or self.max_message_bytes < self.max_chunk_bytes + 1024:
             raise ValueError(f"max_message_bytes ({self.max_message_bytes}) must exceed "
                              f"max_chunk_bytes ({self.max_chunk_bytes}) by at least 1024")
+        if self.max_payload_bytes is not None and self.max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be positive, got {self.max_payload_bytes}")
+
+    def payload_limit(self, limits: WireLimits) -> int:
+        """``max_payload_bytes``, or the federation's derived bound when it is None."""
+        return limits.max_payload_bytes if self.max_payload_bytes is None \
+            else self.max_payload_bytes
 
     def channel_options(self, *, server: bool) -> list[tuple[str, int]]:
         """The ``options`` of ``grpc.server`` / ``grpc.secure_channel``."""
@@ -71,11 +84,16 @@ def outbound(msg: Message, sender: str, counter: itertools.count, options: Trans
 
 
 class Inbound:
-    """Received chunks → protocol messages; raises ProtocolError on anything malformed."""
+    """Received chunks → protocol messages of direction ``expect`` from ``sender``; raises
+    ProtocolError on anything malformed, oversize, over a cap or of the other direction."""
 
-    def __init__(self, options: TransportOptions) -> None:
-        self._reassembler = Reassembler(options.max_payload_bytes)
+    def __init__(self, options: TransportOptions, limits: WireLimits, *, expect: Direction,
+                 sender: str) -> None:
+        self._reassembler = Reassembler(options.payload_limit(limits))
+        self._limits, self._expect, self._sender = limits, expect, sender
 
     def add(self, piece: Chunk) -> Message | None:
         payload = self._reassembler.add(piece)
-        return None if payload is None else decode(payload)
+        if payload is None:
+            return None
+        return decode(payload, expect=self._expect, sender=self._sender, limits=self._limits)

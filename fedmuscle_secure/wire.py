@@ -14,18 +14,21 @@ protobuf parser does not — allowed dtype, shape against byte length, a message
 field prime, no repeated map key, layouts the CKKS types accept — and raises
 :class:`~fedmuscle_secure.errors.ProtocolError` (peer ``"wire"``, stage ``"decode"``) with
 the field path at fault. What the bytes *mean* (who may send what, in which stage) stays
-the state machines' job. Splitting the bytes into gRPC-sized chunks is
-:mod:`fedmuscle_secure.wire_chunks`.
+the state machines' job, except who may send it: :data:`DIRECTION` (one entry per type)
+lets ``decode(..., expect=...)`` refuse a message of the wrong direction from its tags,
+before any body is decoded. With ``limits`` (the federation's
+:class:`~fedmuscle_secure.wire_limits.WireLimits`) :mod:`fedmuscle_secure.wire_scan` counts
+every repeated field against its cap before the protobuf parser allocates anything.
+Chunking: :mod:`fedmuscle_secure.wire_chunks`; tensors: :mod:`fedmuscle_secure.wire_tensor`.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
@@ -65,17 +68,15 @@ from fedmuscle_secure.messages import (
     SumTerms,
 )
 from fedmuscle_secure.wire_pb import fedmuscle_pb2 as pb
+from fedmuscle_secure.wire_scan import oneof_member, scan
+from fedmuscle_secure.wire_tensor import DTYPES, tensor_from_proto, tensor_to_proto
 
-__all__ = ["DTYPES", "SHARE_BYTES", "decode", "encode", "tensor_from_proto", "tensor_to_proto"]
+if TYPE_CHECKING:
+    from fedmuscle_secure.wire_limits import WireLimits
 
-#: Wire name → (torch dtype, little-endian numpy dtype); nothing else is accepted.
-DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    "float32": (torch.float32, np.dtype("<f4")),
-    "float64": (torch.float64, np.dtype("<f8")),
-    "int64": (torch.int64, np.dtype("<i8")),
-}
-_WIRE_NAME = {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items()}
-_MAX_NDIM = 32
+__all__ = ["DIRECTION", "DTYPES", "SHARE_BYTES", "Direction", "decode", "encode",
+           "tensor_from_proto", "tensor_to_proto"]
+
 #: A Shamir share is an element of the M521 field: 521 bits, 66 bytes big-endian.
 SHARE_BYTES = 66
 
@@ -86,49 +87,6 @@ def _refuse(reason: str) -> ProtocolError:
 
 def _unencodable(reason: str) -> ProtocolError:
     return ProtocolError("wire", "encode", reason)
-
-
-# --- tensors ------------------------------------------------------------------------------
-
-
-def tensor_to_proto(t: torch.Tensor, out: pb.Tensor | None = None, *, where: str = "tensor",
-                    ) -> pb.Tensor:
-    """``t`` as dtype / shape / C-order little-endian bytes (into ``out`` if given)."""
-    if not isinstance(t, torch.Tensor):
-        raise _unencodable(f"{where}: expected a torch.Tensor, got {type(t).__name__}")
-    name = _WIRE_NAME.get(t.dtype)
-    if name is None:
-        raise _unencodable(f"{where}: dtype {t.dtype} cannot travel; allowed: {sorted(DTYPES)}")
-    array = t.detach().to("cpu").contiguous().numpy()
-    out = pb.Tensor() if out is None else out
-    out.dtype = name
-    out.shape[:] = list(array.shape)
-    out.data = array.astype(DTYPES[name][1], copy=False).tobytes()
-    return out
-
-
-def tensor_from_proto(p: pb.Tensor, *, where: str = "tensor") -> torch.Tensor:
-    """A fresh CPU tensor from a received ``Tensor``, after checking dtype, shape and size."""
-    if p.dtype not in DTYPES:
-        raise _refuse(f"{where}: dtype {p.dtype!r} is not allowed; expected one of "
-                      f"{sorted(DTYPES)}")
-    np_dtype = DTYPES[p.dtype][1]
-    shape = tuple(p.shape)
-    if len(shape) > _MAX_NDIM:
-        raise _refuse(f"{where}: {len(shape)} dimensions, at most {_MAX_NDIM} accepted")
-    if any(d < 0 for d in shape):
-        raise _refuse(f"{where}: negative dimension in shape {shape}")
-    numel = 1
-    for d in shape:
-        numel *= d
-    if numel * np_dtype.itemsize != len(p.data):
-        raise _refuse(f"{where}: shape {shape} of {p.dtype} needs {numel * np_dtype.itemsize} "
-                      f"bytes, got {len(p.data)}")
-    try:
-        array = np.frombuffer(p.data, dtype=np_dtype).reshape(shape)
-        return torch.from_numpy(array.astype(np_dtype.newbyteorder("="), copy=True))
-    except (ValueError, RuntimeError, OverflowError) as e:  # e.g. (0, 2**62): too big to index
-        raise _refuse(f"{where}: shape {shape} cannot be built ({e})") from e
 
 
 # --- field kinds: how one dataclass field maps onto the proto field of the same name -----
@@ -383,6 +341,28 @@ _ENVELOPE = {RoundPlan: "round_plan", Representations: "representations",
              EncryptedPeers: "encrypted_peers", Finish: "finish", SitOut: "sit_out"}
 _ENVELOPE_TYPE = {field: cls for cls, field in _ENVELOPE.items()}
 
+
+class Direction(enum.Enum):
+    """Who sends a message: the receiving end accepts only the other end's messages."""
+
+    TO_SERVER = "client → server"
+    TO_CLIENT = "server → client"
+
+
+_UP, _DOWN = Direction.TO_SERVER, Direction.TO_CLIENT
+#: The sending direction of every message type that travels, one entry per type; a
+#: ``SecAggEnvelope`` goes the way of its stage message (``body``).
+DIRECTION: dict[type, Direction] = {
+    RoundPlan: _DOWN, Representations: _UP, PeerTerms: _DOWN, PeerSums: _DOWN, SumTerms: _DOWN,
+    RoundReport: _UP, Leave: _UP, Finish: _DOWN, ExchangeAborted: _DOWN, SitOut: _UP,
+    EncryptedRepresentations: _UP, EncryptedSumTerms: _DOWN, EncryptedSums: _DOWN,
+    EncryptedPeers: _DOWN,
+    SecAggSetup: _DOWN, KeyBook: _DOWN, ShareInbox: _DOWN, ConsistencyCheck: _DOWN,
+    UnmaskRequest: _DOWN,
+    AdvertiseKeys: _UP, EncryptedShares: _UP, MaskedInput: _UP, ConsistencySignature: _UP,
+    UnmaskShares: _UP,
+}
+
 _LIBRARY_ERRORS = (TypeError, ValueError, AttributeError, OverflowError)
 
 
@@ -422,16 +402,44 @@ def encode(msg: Message) -> bytes:
     return envelope.SerializeToString(deterministic=True)
 
 
-def decode(data: bytes) -> Message:
+def message_type(data: bytes) -> type:
+    """The type of the message in ``data`` (a ``SecAggEnvelope``'s stage message type), read
+    from field tags only: no body is decoded."""
+    field, body = oneof_member(data, pb.Envelope.DESCRIPTOR, "message", "Envelope")
+    if _ENVELOPE_TYPE[field] is not SecAggEnvelope:
+        return _ENVELOPE_TYPE[field]
+    return _BODY_TYPE[oneof_member(body, pb.SecAggEnvelope.DESCRIPTOR, "body", "SecAggEnvelope")[0]]
+
+
+def check_direction(cls: type, expect: Direction, sender: str) -> None:
+    """Refuse a ``cls`` message from ``sender`` unless it travels ``expect``."""
+    sent = DIRECTION.get(cls)
+    if sent is not expect:
+        way = sent.value if sent is not None else "no direction"
+        raise ProtocolError(sender, "decode", f"{cls.__name__} travels {way}; this end "
+                            f"accepts {expect.value} messages only")
+
+
+def decode(data: bytes, *, expect: Direction | None = None, sender: str = "wire",
+           limits: WireLimits | None = None) -> Message:
     """The message in one received ``Envelope``; refuses anything malformed (module docs).
 
-    Raises :class:`ProtocolError` (peer ``"wire"``, stage ``"decode"``) naming the field.
+    ``expect``: the direction this end receives; a message of the other direction is
+    refused before its body is read, as a :class:`ProtocolError` naming ``sender`` and the
+    type. ``limits``: the federation's caps on repeated fields, checked before parsing.
+    Other refusals are :class:`ProtocolError` (peer ``"wire"``, stage ``"decode"``) naming
+    the field.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise _refuse(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if expect is not None:
+        check_direction(message_type(data), expect, sender)
+    scan(data, pb.Envelope.DESCRIPTOR, limits.cap if limits is not None else lambda m, f: None,
+         "Envelope")
     envelope = pb.Envelope()
     try:
-        envelope.ParseFromString(bytes(data))
+        envelope.ParseFromString(data)
     except DecodeError as e:
         raise _refuse(f"not a fedmuscle.v1.Envelope ({e})") from e
     field = envelope.WhichOneof("message")

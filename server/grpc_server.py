@@ -1,12 +1,15 @@
 """The gRPC + mutual-TLS server (DESIGN §6): the same :class:`FedMuscleServer` as the simulator.
 
-One :class:`Coordinator` owns the server state machine, a lock and one outbox per connected
-client; the transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
+One :class:`~fedmuscle_secure.server.coordinator.Coordinator` owns the server state machine,
+a lock, one outbox per connected client and the stage deadlines (``--stage-timeout``); the
+transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
 
 * the peer certificate (``auth_context()["x509_pem_cert"]``) is mapped to a client id by
   :meth:`Trust.verify_peer`; unknown, revoked, expired or foreign-CA certificates are
   refused (``PERMISSION_DENIED``, reason logged), a second stream of a connected client too;
-* a reader thread reassembles chunks, decodes and :meth:`Coordinator.submit` s the message
+* a reader thread reassembles chunks, decodes (client → server messages only, under the
+  federation's :class:`~fedmuscle_secure.wire_limits.WireLimits`) and
+  :meth:`Coordinator.submit` s the message
   (``server.handle``; replies are routed to their recipients' outboxes). A
   :class:`ProtocolError` aborts that stream with the reason (``INVALID_ARGUMENT``) and the
   client is dropped as if it had sent a ``Leave``; the others go on;
@@ -28,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -37,147 +39,30 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fedmuscle_secure.server.state import FedMuscleServer
+from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator, TransportError
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.data import get_task
-from fedmuscle_secure.errors import (
-    ConfigError,
-    FedMuscleError,
-    IdentityError,
-    ProtocolError,
-    QuorumLost,
-)
-from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
-from fedmuscle_secure.messages import Finish, Leave, Message, RoundReport, payload_bytes
+from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
+from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
 from fedmuscle_secure.provision import Trust, load_trust
 from fedmuscle_secure.rundir import RunDir
-from fedmuscle_secure.simulator import carries_release, record_receipt
 from fedmuscle_secure.wire_chunks import Chunk
+from fedmuscle_secure.wire_limits import WireLimits, wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
+__all__ = ["Coordinator", "FedMuscleServicer", "ServeSettings", "TransportError", "serve",
+           "start_grpc_server"]
 log = logging.getLogger("fedmuscle_secure.server")
-_CLOSE = object()
-
-
-@dataclass(frozen=True)
-class _Abort:
-    code: grpc.StatusCode
-    reason: str
-
-
-class TransportError(FedMuscleError):
-    """The deployment could not proceed (clients missing, a round timed out)."""
-
-
-class Coordinator:
-    """The server state machine behind a lock, with one outbox per connected client."""
-
-    def __init__(self, server: FedMuscleServer, final_round: int, receipts=None) -> None:
-        self.server = server
-        self.final_round = final_round
-        self.receipts = receipts                     # the server's ReceiptLog (DESIGN §5.4)
-        self.cond = threading.Condition()
-        self.outboxes: dict[str, queue.Queue] = {}
-        self.gone: dict[str, str] = {}               # client -> why its stream ended
-        self.finals: dict[str, dict[str, float]] = {}
-        self.started = False                         # round 1 has been sent
-        self.traffic = {c: {"bytes_sent": 0.0, "bytes_received": 0.0} for c in server.clients}
-
-    def connect(self, client: str) -> queue.Queue:
-        with self.cond:
-            if client in self.outboxes:
-                raise IdentityError(f"client {client!r} is already connected")
-            if client in self.gone and self.started:
-                raise IdentityError(f"client {client!r} left this run ({self.gone[client]})")
-            self.gone.pop(client, None)  # before round 1 a client may reconnect
-            box: queue.Queue = queue.Queue()
-            self.outboxes[client] = box
-            self.cond.notify_all()
-            return box
-
-    def submit(self, client: str, msg: Message) -> None:
-        """One message received from ``client``: the server's replies go to their outboxes."""
-        with self.cond:
-            if getattr(msg, "client", None) != client:
-                raise ProtocolError(client, "transport", f"{type(msg).__name__} names client "
-                                    f"{getattr(msg, 'client', None)!r}, not the sender")
-            self.traffic[client]["bytes_sent"] += payload_bytes(msg)
-            if self.receipts is not None and carries_release(msg):
-                record_receipt(self.receipts, msg)  # digested as it arrived, as in `run`
-            if isinstance(msg, RoundReport) and msg.round == self.final_round:
-                self.finals[client] = dict(msg.metrics)
-            else:
-                self._route(self.server.handle(msg))
-            self.cond.notify_all()
-
-    def disconnect(self, client: str, reason: str, abort: _Abort | None = None) -> None:
-        """The stream of ``client`` ended: a Leave if the server still counts on it. With
-        ``abort``, the stream is ended with that status, after the client is marked gone
-        (so the peer never sees its error before the server has let it go)."""
-        with self.cond:
-            box = self.outboxes.pop(client, None)
-            if box is not None:
-                box.put(abort if abort is not None else _CLOSE)
-            self.gone[client] = reason
-            self._leave_if_active(client, reason)
-            self.cond.notify_all()
-
-    def _leave_if_active(self, client: str, reason: str) -> None:
-        s = self.server
-        if client in s.active and s.stage.value == "collecting":
-            log.warning("client %s dropped in round %d: %s", client, s.round + 1, reason)
-            self._route(s.handle(Leave(client, s.round + 1, f"transport: {reason}")))
-
-    def _route(self, msgs: list[Message]) -> None:
-        for m in msgs:
-            box = self.outboxes.get(m.client)
-            if box is None:
-                continue  # disconnected: its Leave is (or was) submitted by disconnect
-            self.traffic[m.client]["bytes_received"] += payload_bytes(m)
-            box.put(m)
-
-    def start_round(self, r: int) -> None:
-        with self.cond:
-            self.started = True
-            for t in self.traffic.values():
-                t["bytes_sent"] = t["bytes_received"] = 0.0
-            self._route(self.server.start_round(r))
-            for client in [c for c in self.server.active if c not in self.outboxes]:
-                self._leave_if_active(client, self.gone.get(client, "not connected"))
-
-    def finish(self) -> list[str]:
-        """Send :class:`Finish` to every connected client; returns who must answer."""
-        with self.cond:
-            for t in self.traffic.values():
-                t["bytes_sent"] = t["bytes_received"] = 0.0
-            who = list(self.outboxes)
-            self._route([Finish(c, self.final_round) for c in who])
-            return who
-
-    def close_all(self) -> None:
-        with self.cond:
-            for box in self.outboxes.values():
-                box.put(_CLOSE)
-
-    def abort_all(self, reason: str) -> None:
-        """The run cannot go on (e.g. too few members for the protection): end every stream
-        with ``FAILED_PRECONDITION`` and the reason, so the clients stop instead of retrying."""
-        with self.cond:
-            for box in self.outboxes.values():
-                box.put(_Abort(grpc.StatusCode.FAILED_PRECONDITION, reason))
-
-    def wait(self, predicate, timeout: float, what: str) -> None:
-        with self.cond:
-            if not self.cond.wait_for(predicate, timeout=timeout):
-                raise TransportError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class FedMuscleServicer(rpc.FedMuscleServicer):
     """``Exchange``: authenticate the peer, then pump chunks both ways (module docs)."""
 
-    def __init__(self, coordinator: Coordinator, trust: Trust, options: TransportOptions) -> None:
+    def __init__(self, coordinator: Coordinator, trust: Trust, options: TransportOptions,
+                 limits: WireLimits) -> None:
         self.coordinator, self.trust, self.options = coordinator, trust, options
+        self.limits = limits
 
     def _identify(self, context: grpc.ServicerContext) -> str:
         pems = context.auth_context().get("x509_pem_cert")
@@ -209,14 +94,15 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
         counter = itertools.count()
         while True:
             item = box.get()
-            if item is _CLOSE:
+            if item is CLOSE:
                 return
-            if isinstance(item, _Abort):
+            if isinstance(item, Abort):
                 context.abort(item.code, item.reason)
             yield from outbound(item, "server", counter, self.options)
 
     def _read(self, client: str, requests: Iterator[Chunk]) -> None:
-        inbound, reason, abort = Inbound(self.options), "stream closed by the client", None
+        inbound = Inbound(self.options, self.limits, expect=Direction.TO_SERVER, sender=client)
+        reason, abort = "stream closed by the client", None
         try:
             for piece in requests:
                 msg = inbound.add(piece)
@@ -225,19 +111,19 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
             log.warning("aborting the stream of %s: %s", client, exc)
-            abort = _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            abort = Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.RpcError as exc:
             reason = f"stream failed: {exc.code() if hasattr(exc, 'code') else exc}"
         except Exception as exc:  # one client's failure must not stop the rest
             reason = f"{type(exc).__name__}: {exc}"
             log.exception("stream of %s failed", client)
-            abort = _Abort(grpc.StatusCode.INTERNAL, reason)
+            abort = Abort(grpc.StatusCode.INTERNAL, reason)
         finally:
             self.coordinator.disconnect(client, reason, abort)
 
 
 def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, listen: str,
-                      options: TransportOptions) -> tuple[grpc.Server, int]:
+                      options: TransportOptions, limits: WireLimits) -> tuple[grpc.Server, int]:
     """Listen on ``listen`` with mutual TLS (client certificates required); returns the port."""
     key = (certs / "server" / "server.key").read_bytes()
     cert = (certs / "server" / "server.crt").read_bytes()
@@ -247,7 +133,8 @@ def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, liste
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(coordinator.server.clients) + 4),
                          options=options.channel_options(server=True))
-    rpc.add_FedMuscleServicer_to_server(FedMuscleServicer(coordinator, trust, options), server)
+    rpc.add_FedMuscleServicer_to_server(FedMuscleServicer(coordinator, trust, options, limits),
+                                        server)
     port = server.add_secure_port(listen, creds)
     if port == 0:
         raise ConfigError("--listen", f"cannot listen on {listen!r}")
@@ -257,10 +144,13 @@ def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, liste
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Timeouts of the run loop, in seconds."""
+    """Timeouts of the run loop, in seconds. ``stage_timeout_s``: how long a stage may wait
+    for its silent members after the first one answered (None: no stage deadlines;
+    :mod:`fedmuscle_secure.server.coordinator`)."""
 
     connect_timeout_s: float = 300.0
     round_timeout_s: float = 3600.0
+    stage_timeout_s: float | None = 120.0
 
 
 def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[RunDir, str]:
@@ -320,15 +210,18 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
         server.load_state_dict(state["server"])
         rows, start = list(state["rows"]), r0 + 1
     receipts = open_receipts(run.root)
-    coordinator = Coordinator(server, final_round=rounds + 1, receipts=receipts)
+    coordinator = Coordinator(server, final_round=rounds + 1, receipts=receipts,
+                              stage_timeout_s=settings.stage_timeout_s)
+    limits = wire_limits(cfg)
     try:
-        grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options)
+        grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits)
     except BaseException:
         receipts.close()
         raise
     run.event("run_resume" if resume else "run_start", transport="grpc", listen=listen,
               port=port, seed=cfg.seed, config_sha256=config_digest(resolved), method=method,
-              from_round=start - 1)
+              from_round=start - 1, max_payload_bytes=options.payload_limit(limits),
+              stage_timeout_s=settings.stage_timeout_s)
     log.info("listening on port %d; waiting for %s", port, server.active)
     try:
         return _rounds(cfg, run, coordinator, settings, method, rows, start,
@@ -369,6 +262,9 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
         rows += [row(r, c, m) for c, m in per_client.items()]
         run.event("round_end", method=method, round=r, seconds=wall,
                   selection=s.last_selection, metrics=per_client)
+        for d in s.deadlines:
+            if d["round"] == r:
+                run.event("stage_deadline", method=method, **d)
         for d in s.departures:
             if d["round"] == r:
                 run.event("client_left", method=method, **d)

@@ -10,6 +10,14 @@ instance that aborts (fewer than t clients reached a stage) is recorded in
 step; the round goes on with the next exchange. A client the instance blamed for revealing
 wrong shares (:attr:`SecAggServer.blamed`) is recorded by name and, like a dropped client,
 stays out for the rest of the round.
+
+Stage deadlines (DESIGN §6): the transport calls :meth:`SecureExchanges.close_stage` when
+a stage has waited too long (:meth:`waiting` says what it waits for). The members that did
+not answer are dropped from the instance, as a vanished client would be, but they are still
+connected and still in the federation: they sit out the rest of the round. Each gets an
+:class:`ExchangeAborted` for the exchange it missed and for every later exchange of the
+round, so its own state machine stays in step and reports the round; whatever it still
+sends for this round arrives too late and is ignored. It takes part again next round.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class SecureExchanges:
         self._current: tuple[int, int | None, SumEncoding] | None = None
         self._dropped: set[str] = set()
         self._sat_out: set[str] = set()   # clients sitting out the current exchange only
+        self._out_for_round: set[str] = set()  # missed a stage deadline (or blamed) this round
         self._batches = 1
 
     @property
@@ -58,7 +67,7 @@ class SecureExchanges:
 
     def start_round(self, r: int, plan: torch.Tensor, exchange: str, active: list[str]) -> list[Message]:
         t, nb = int(plan.shape[0]), int(plan.shape[1]) if plan.dim() > 1 else 0
-        self._round, self._dropped = r, set()
+        self._round, self._dropped, self._out_for_round = r, set(), set()
         if exchange == "per_batch":
             self._queue, self._batches = [(e, b) for e in range(t) for b in range(nb)], 1
         else:
@@ -70,6 +79,9 @@ class SecureExchanges:
         self.instance, self._current, self._sat_out = None, None, set()
         while self._queue:
             epoch, batch = self._queue.pop(0)
+            out += [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} sits out the rest of "
+                                    f"round {self._round} after missing a stage deadline")
+                    for c in active if c in self._out_for_round]
             group = [c for c in active if c not in self._dropped]
             need = self.min_group
             if len(group) < need:
@@ -93,6 +105,8 @@ class SecureExchanges:
         return [ExchangeAborted(c, self._round, epoch, batch, reason) for c in group]
 
     def handle(self, msg: SecAggEnvelope, active: list[str]) -> list[Message]:
+        if self._late(msg):
+            return []
         if self.instance is None or self._current is None:
             raise ProtocolError(msg.client, "idle", "secure-aggregation message while no exchange runs")
         epoch, batch, _ = self._current
@@ -131,14 +145,27 @@ class SecureExchanges:
         return [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} sat out this exchange")
                 for c in sorted(self._sat_out) if c in active]
 
+    def _late(self, msg: SecAggEnvelope) -> bool:
+        """A message of this round from a member sitting it out: too late, ignored."""
+        return msg.client in self._out_for_round and msg.round == self._round
+
     def drop(self, client: str, active: list[str]) -> list[Message]:
         """``client`` left the federation: it drops out of the running instance."""
         if self.instance is None:
             return []
         return self._step(lambda inst: inst.drop(client), active)
 
+    def waiting(self) -> tuple[tuple, tuple[str, ...], tuple[str, ...]] | None:
+        """(stage key, who answered, who is awaited) of the running instance, or None."""
+        inst = self.instance
+        if inst is None or self._current is None:
+            return None
+        epoch, batch, _ = self._current
+        key = ("secagg", self._round, epoch, batch, inst.instance_id, inst.stage.value)
+        return key, inst.answered, inst.awaited
+
     def close_stage(self, active: list[str]) -> list[Message]:
-        """A stage deadline passed (transport timeout)."""
+        """A stage deadline passed (module docs): the silent members sit out the round."""
         if self.instance is None:
             return []
         return self._step(lambda inst: inst.close_stage(), active)
@@ -152,11 +179,14 @@ class SecureExchanges:
         except SecAggAborted as exc:
             self._dropped |= set(inst.dropped_at) - self._sat_out
             group = [c for c in inst.participants if c in active and c not in inst.dropped_at]
-            out = self._abort_notices(group, epoch, batch, str(exc), stage=exc.stage)
+            out = self._out_for_the_round(inst, active, epoch, batch)
+            out += self._abort_notices(group, epoch, batch, str(exc), stage=exc.stage)
             out += self._sitters_told(epoch, batch, active)
             return out + self._begin_next(active)
+        sitting = self._out_for_the_round(inst, active, epoch, batch)
         if inst.stage is not SecAggStage.DONE:
-            return [SecAggEnvelope(m.recipient, self._round, epoch, batch, m) for m in replies]
+            return sitting + [SecAggEnvelope(m.recipient, self._round, epoch, batch, m)
+                              for m in replies]
         if inst.blamed:  # revealed wrong shares: corrected, named, out for the round
             self.events.append({"event": "secagg_blamed", "round": self._round, "epoch": epoch,
                                 "batch": batch, "blamed": {c: str(e) for c, e in inst.blamed.items()}})
@@ -169,6 +199,20 @@ class SecureExchanges:
         scaled, log_alpha = sum_form_terms(u, q, tau=self.tau, gamma=self.gamma, device=self.device)
         survivors = inst.survivors
         out: list[Message] = [SumTerms(c, self._round, epoch, batch, survivors, scaled, log_alpha)
-                              for c in survivors if c in active]
+                              for c in survivors if c in active and c not in self._out_for_round]
         out += self._sitters_told(epoch, batch, active)
-        return out + self._begin_next(active)
+        return sitting + out + self._begin_next(active)
+
+    def _out_for_the_round(self, inst: SecAggServer, active: list[str], epoch: int, batch: int | None,
+                 ) -> list[Message]:
+        """Members still in the federation that this instance dropped (a stage deadline, or
+        wrong shares revealed; a client that left is not active, and one that sits this
+        exchange out because it already released for it is not dropped for the round) sit
+        out the round from here."""
+        fresh = [c for c in inst.participants if c in inst.dropped_at and c in active
+                 and c not in self._out_for_round and c not in self._sat_out]
+        self._out_for_round.update(fresh)
+        return [ExchangeAborted(c, self._round, epoch, batch, (
+            f"{c!r} revealed wrong shares" if c in inst.blamed else
+            f"{c!r} missed the deadline of stage {inst.dropped_at[c]!r}")
+            + f"; it sits out the rest of round {self._round}") for c in fresh]

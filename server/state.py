@@ -4,6 +4,14 @@ No I/O: ``start_round`` and ``handle`` return the messages to send. Stages: ``ID
 (between rounds) → ``COLLECTING`` (waiting for every active client's release of the
 current exchange, then for their round reports) → ``IDLE``. The math of a reply is the
 batched torch code of :mod:`server.computation`.
+
+Stage deadlines (DESIGN §6) are the transport's clock and this machine's decision:
+:meth:`FedMuscleServer.waiting` says what the server waits for now (a key that changes
+with the stage, who answered, who has not) and :meth:`FedMuscleServer.close_stage` is what
+the transport calls once that has lasted too long. Inside a secure sum the silent members
+are dropped from that instance and sit out the rest of the round (they stay in the
+federation, :mod:`server.secure_exchange`); a member that owes a plain or encrypted release
+or its round report is treated as a :class:`Leave`.
 """
 
 from __future__ import annotations
@@ -45,6 +53,16 @@ class ServerStage(enum.Enum):
 
 
 @dataclass(frozen=True)
+class StageWait:
+    """What the server waits for: ``key`` names the stage and changes when the stage does;
+    ``answered`` have answered it, ``awaited`` have not."""
+
+    key: tuple
+    answered: tuple[str, ...]
+    awaited: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     method: str
     exchange: str
@@ -79,6 +97,7 @@ class FedMuscleServer:
         self.reports: dict[str, RoundReport] = {}
         self.last_selection: dict[str, list[str]] = {}
         self.departures: list[dict[str, object]] = []  # who left, in which round, why
+        self.deadlines: list[dict[str, object]] = []   # stage deadlines that passed
 
     # -- rounds -----------------------------------------------------------------------
     def round_seed(self, r: int) -> int:
@@ -204,6 +223,40 @@ class FedMuscleServer:
         if self.settings.secure is not None:
             out += self.settings.secure.drop(msg.client, self.active)
         self._maybe_finish_round()
+        return out
+
+    # -- stage deadlines --------------------------------------------------------------
+    def waiting(self) -> StageWait | None:
+        """The stage the server waits in (module docs), or None between rounds."""
+        if self.stage is not ServerStage.COLLECTING:
+            return None
+        r = self.round + 1
+        secure = self.settings.secure.waiting() if self.settings.secure is not None else None
+        if secure is not None:
+            return StageWait(*secure)
+        if self._pending:
+            first = next(iter(self._pending.values()))
+            owing = tuple(c for c in self.active if c not in self.reports and c not in self._pending)
+            return StageWait(("release", r, first.epoch, first.batch), tuple(self._pending), owing)
+        return StageWait(("report", r), tuple(self.reports),
+                         tuple(c for c in self.active if c not in self.reports))
+
+    def close_stage(self, reason: str) -> list[Message]:
+        """The current stage's deadline passed (``reason`` says how long it waited): whoever
+        it still waits for misses it (module docs)."""
+        wait = self.waiting()
+        if wait is None or not wait.awaited:
+            return []
+        r = self.round + 1
+        self.deadlines.append({"round": r, "stage": "/".join(str(k) for k in wait.key
+                                                             if not isinstance(k, bytes)),
+                               "silent": list(wait.awaited), "reason": reason})
+        if wait.key[0] == "secagg":
+            assert self.settings.secure is not None
+            return self.settings.secure.close_stage(self.active)
+        out: list[Message] = []
+        for c in wait.awaited:
+            out += self._on_leave(Leave(c, r, f"missed the {wait.key[0]} deadline: {reason}"))
         return out
 
     def _check_shape(self, msg: Representations | EncryptedRepresentations | TaskOutputs) -> None:

@@ -32,7 +32,7 @@ from deploy_driver import (
     wait_for,
 )
 from deploy_driver import rows as read_rows
-from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV
+from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV, STALL_ENV
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import tiny_config
 
@@ -43,6 +43,7 @@ from fedmuscle_secure.experiment import make_split, run_experiment
 from fedmuscle_secure.grpc_transport import TransportOptions
 from fedmuscle_secure.messages import RoundReport
 from fedmuscle_secure.simulator import build_federation, build_server, federation_setup
+from fedmuscle_secure.wire_limits import wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow
@@ -105,6 +106,11 @@ def test_plain_deployment_matches_the_simulator(tmp_path):
 
 
 FOUR = ("a", "b", "c", "d")
+FOUR_CLIENTS = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
+                {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
+                {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
+                 "projection": {"kind": "linear"}},
+                {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
 
 
 def _audit_ok(tmp: Path, org: str, certs: Path, *, run_dir: bool = False) -> dict:
@@ -139,12 +145,7 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     shares, before sending its masked input: that exchange completes by dropout recovery, the
     run goes on without ``d``, and every survivor's ledger audits against the server's
     receipt log."""
-    clients = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
-               {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
-               {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
-                "projection": {"kind": "linear"}},
-               {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
-    cfg = tiny_config(clients=clients, protection="secagg", compare_local=False, **{
+    cfg = tiny_config(clients=FOUR_CLIENTS, protection="secagg", compare_local=False, **{
         "muscle.method": "muscle_sum", "muscle.exchange": "per_batch", "training.rounds": 3,
         "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 1.0},
                     "dp_sgd": {"enabled": True, "noise_multiplier": 1.0}}})
@@ -198,6 +199,46 @@ def test_three_org_secagg_losing_one_stops_with_a_clear_error(tmp_path):
     assert aborted and all(e["round"] == 2 for e in aborted)
     assert not [e for e in events if e["event"] == "secagg_dropouts"]  # no sum over a and b
     assert events[-1]["event"] == "run_stopped"
+
+
+def test_a_member_stalling_mid_secure_sum_does_not_hold_the_round_to_its_timeout(tmp_path):
+    """Four client processes, secagg, one exchange per batch, the default hour-long round
+    timeout. Client ``d`` stops answering (a failpoint: it keeps its connection open and
+    never answers again) on receiving its peers' encrypted shares in round 1. The exchange
+    closes at the 30 s stage deadline without d (its masks are recovered from the others'
+    shares), d sits out the round's other exchanges, and when it has not reported 30 s
+    after the others it is let go: the run finishes with a, b, c long before the round
+    timeout (this test gives it 400 s; without stage deadlines it waits the full hour)."""
+    cfg = tiny_config(clients=FOUR_CLIENTS, protection="secagg", compare_local=False, **{
+        "muscle.method": "muscle_sum", "muscle.exchange": "per_batch", "training.rounds": 2})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    certs = provision(tmp_path, orgs=FOUR)
+    point = "SecAggEnvelope(round 1, epoch 0, batch 0, ShareInbox"
+    procs = start_federation(tmp_path, config, certs, FOUR, port=free_port(),
+                             server_args=["--round-timeout", "3600", "--stage-timeout", "30"],
+                             env={"d": {STALL_ENV: point}})
+    stalled = procs.pop("d")
+    try:
+        wait_all(procs, tmp_path, timeout=400)
+        assert stalled.poll() is None  # still connected, still silent
+    finally:
+        stalled.kill()
+        stalled.wait()
+    assert "not answering" in (tmp_path / "d.log").read_text()
+    events = _events(tmp_path / "server" / "events.jsonl")
+    deadlines = [(e["round"], e["stage"], e["silent"]) for e in events
+                 if e["event"] == "stage_deadline"]
+    assert deadlines == [(1, "secagg/1/0/0/masked_input", ["d"]), (1, "report/1", ["d"])]
+    dropouts = [(e["round"], e["batch"], e["dropped"]) for e in events
+                if e["event"] == "secagg_dropouts"]
+    assert dropouts == [(1, 0, {"d": "masked_input"})]
+    left = [e for e in events if e["event"] == "client_left"]
+    assert [(e["client"], e["round"]) for e in left] == [("d", 1)]
+    assert "missed the report deadline" in left[0]["reason"]
+    got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
+    assert got == {(r, c) for r in ("1", "2", "final") for c in "abc"}
+    assert "stage report: deadline passed, silent: ['d']" in (tmp_path / "server.log").read_text()
 
 
 def test_server_killed_and_restarted_resumes_without_a_second_release(tmp_path):
@@ -363,7 +404,7 @@ def live_server(tmp_path):
     setup = federation_setup(cfg, make_split(cfg), "muscle")
     coordinator = Coordinator(build_server(cfg, "muscle", setup), final_round=4)
     server, port = start_grpc_server(coordinator, pki.load_trust(certs), certs, "127.0.0.1:0",
-                                     TransportOptions())
+                                     TransportOptions(), wire_limits(cfg))
     yield certs, coordinator, f"127.0.0.1:{port}"
     server.stop(grace=None)
 

@@ -3,8 +3,8 @@
 A real server (:func:`serve`, in a thread) and two well-behaved clients (:func:`run_client`,
 in threads) run a one-round federation while organisation ``a`` speaks raw chunks on its
 own authenticated stream: a truncated stream, an out-of-order chunk, an oversize payload,
-bytes that are no envelope, and, mid-round, representations of the wrong dtype or shape or
-in another client's name. Each time ``a`` gets ``INVALID_ARGUMENT`` with the reason, and the
+bytes that are no envelope, a server → client message, a list over its cap, and, mid-round,
+representations of the wrong dtype or shape or in another client's name. Each time ``a`` gets ``INVALID_ARGUMENT`` with the reason, and the
 server keeps serving the others: wire-level faults come before round 1, so ``a`` then joins
 properly and everyone finishes; a mid-round fault drops ``a`` (a Leave) and the round
 completes with ``b`` and ``c``.
@@ -25,10 +25,11 @@ from fedmuscle_secure.client.grpc_client import RetrySettings, run_client
 from fedmuscle_secure.server.grpc_server import ServeSettings, serve
 from tiny import tiny_config
 
-from fedmuscle_secure.grpc_transport import Inbound, TransportOptions, outbound
-from fedmuscle_secure.messages import Representations, RoundPlan
+from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
+from fedmuscle_secure.messages import Representations, RoundPlan, RoundReport
 from fedmuscle_secure.wire import encode
 from fedmuscle_secure.wire_chunks import Chunk, chunk
+from fedmuscle_secure.wire_limits import wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,7 @@ class _RawStream:
             self.sending.put(piece)
 
     def next_message(self):
-        inbound = Inbound(OPTIONS)
+        inbound = Inbound(OPTIONS, wire_limits(CFG), expect=Direction.TO_CLIENT, sender="server")
         for piece in self.responses:
             if (msg := inbound.add(piece)) is not None:
                 return msg
@@ -133,6 +134,13 @@ WIRE_FAULTS = {
     "out-of-order": (lambda: [_pieces(_rep(), size=1024)[1]], "out-of-order chunk 1"),
     "oversize": (lambda: _pieces(b"\0" * (300 << 10)), "oversize"),
     "not-an-envelope": (lambda: _pieces(b"\x08\x96\x01 certainly not an envelope"), "wire"),
+    # a client posing as the server: refused from the envelope's tags, naming the sender
+    "wrong-direction": (lambda: _pieces(encode(RoundPlan("a", 1, "per_batch", torch.zeros(1, 1, B,
+                                                                                   dtype=torch.int64)))),
+                        "peer 'a', stage 'decode': RoundPlan travels server → client"),
+    # a list longer than this federation can have, refused before it is parsed
+    "over-cap": (lambda: _pieces(encode(RoundReport("a", 1, {f"m{i}": 0.0 for i in range(65)}))),
+                 "metrics: more than 64 entries"),
 }
 
 

@@ -208,6 +208,56 @@ def test_secagg_needs_three_clients():
     assert exc.value.field == "clients"
 
 
+def _clip_config(clip: float, noise: bool):
+    privacy = {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}} if noise else {}
+    return tiny_config(protection="secagg", privacy=privacy, **{
+        "muscle.method": "muscle_sum", "secagg": {"clip": clip}})
+
+
+def _coordinates(cfg) -> int:
+    m = cfg.muscle
+    return (len(cfg.clients) * cfg.training.rounds * cfg.training.cl_epochs
+            * (cfg.data.public_size // m.batch_size) * m.batch_size * m.dim)
+
+
+def test_a_clip_that_breaks_the_recorded_gaussian_noise_is_refused_with_the_minimum():
+    """A clip at 1 + 3 noise-share sds cuts about 0.3 % of the noised coordinates of every
+    release: the secure sum's noise is then not the Gaussian the accountant records (the
+    ledger would claim an ε the mechanism does not have). Refused, naming secagg.clip and
+    the smallest clip for which the chance that any coordinate of the run is clipped stays
+    below δ/100; a clip above it is accepted."""
+    from fedmuscle_secure.secagg_setup import min_clip_sds, secagg_parameters
+
+    sigma = 1.0
+    std = secagg_parameters(_clip_config(100.0, True), sigma).share_std
+    assert std > 0
+    cfg = _clip_config(1 + 3 * std, True)
+    with pytest.raises(ConfigError) as exc:
+        secagg_parameters(cfg, sigma)
+    k = min_clip_sds(_coordinates(cfg), cfg.privacy.delta)
+    assert exc.value.field == "secagg.clip" and f"{1 + k * std:.4g}" in str(exc.value)
+    # the minimum is what the bound says: p <= δ/100 at k, not at k - 0.02 (k above the floor 6)
+    tail = _coordinates(cfg) * math.erfc(k / math.sqrt(2))
+    assert tail <= cfg.privacy.delta / 100 < _coordinates(cfg) * math.erfc((k - 0.02) / math.sqrt(2))
+    assert secagg_parameters(_clip_config(1 + (k + 0.01) * std, True), sigma).value_clip \
+        == pytest.approx(1 + (k + 0.01) * std)
+    with pytest.raises(ConfigError, match="secagg.clip"):  # the simulator's set-up refuses too
+        build_federation(cfg, make_split(cfg), "muscle_sum")
+
+
+def test_a_clip_below_one_without_noise_is_only_a_warning(caplog):
+    """No noise, no accounting: a clip below 1 cuts unit-row coordinates (accuracy only)."""
+    from fedmuscle_secure.secagg_setup import secagg_parameters
+
+    with caplog.at_level("WARNING", logger="fedmuscle_secure.secagg"):
+        assert secagg_parameters(_clip_config(0.5, False), None).value_clip == 0.5
+    assert any("secagg.clip = 0.5 is below 1" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedmuscle_secure.secagg"):
+        secagg_parameters(_clip_config(1.5, False), None)
+    assert not caplog.records
+
+
 @pytest.mark.slow
 def test_secagg_resume_ends_with_the_same_metrics(tmp_path):
     """Masks and keys are fresh per instance, but the unmasked sums are exact, so a resumed

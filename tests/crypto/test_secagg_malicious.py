@@ -39,7 +39,7 @@ from fedmuscle_secure.server.secure_exchange import SecureExchanges
 from secagg_driver import edge_vectors, expected_sum, identities, names, public, run, start
 
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
+from fedmuscle_secure.messages import ExchangeAborted, SecAggEnvelope, SumTerms
 
 P25519 = 2**255 - 19
 
@@ -256,7 +256,7 @@ def test_blame_is_recorded_in_the_round_events_and_the_liar_stays_out():
     while queue:
         env = queue.popleft()
         delivered.append(env)
-        if isinstance(env, SumTerms) or env.epoch != 0:
+        if isinstance(env, (SumTerms, ExchangeAborted)) or env.epoch != 0:
             continue
         if isinstance(env.body, SecAggSetup):
             vector = env.encoding.encode(torch.zeros(1, 2, 3), torch.zeros(1, 2))[0]
@@ -270,6 +270,10 @@ def test_blame_is_recorded_in_the_round_events_and_the_liar_stays_out():
     blamed = [e for e in ex.events if e["event"] == "secagg_blamed"]
     assert [(e["epoch"], list(e["blamed"])) for e in blamed] == [(0, ["c1"])]
     assert "c4" in blamed[0]["blamed"]["c1"]
-    assert {e.client for e in delivered if isinstance(e, SumTerms)} == set(clients)
-    second = {e.client for e in delivered if e.epoch == 1 and isinstance(e.body, SecAggSetup)}
+    # the liar is out for the rest of the round: told so for each exchange, no sum, no setup
+    assert {e.client for e in delivered if isinstance(e, SumTerms)} == set(clients) - {"c1"}
+    told = [(e.epoch, e.reason) for e in delivered if isinstance(e, ExchangeAborted)]
+    assert [t[0] for t in told] == [0, 1] and "revealed wrong shares" in told[0][1]
+    second = {e.client for e in delivered if e.epoch == 1 and isinstance(e, SecAggEnvelope)
+              and isinstance(e.body, SecAggSetup)}
     assert second == set(clients) - {"c1"}
