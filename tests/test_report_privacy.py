@@ -1,0 +1,141 @@
+"""DESIGN §4.4: nothing computed on private data leaves a client outside the accounting.
+
+The adversary is the server (or anyone reading what reaches it): it reads every
+``RoundReport.metrics`` a client sends. Without the report policy it would learn, every
+round, the exact share of correct predictions on each client's held-out private records
+(``val_metric``, 20 % of the shard, records no DP mechanism touches) and the exact mean
+training loss (``task_loss``); under client-level noise also ``cl_loss``/``test_metric``
+(computed from the un-noised model, around noise of std ~121 on the releases) and under
+secagg the client's own clipped-coordinate count (``clipped_values``, from its noisy share
+alone, before any sum). These tests drive the simulator and inspect exactly the messages
+the server receives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from tiny import tiny_config
+
+from fedmuscle_secure.audit import audit_run
+from fedmuscle_secure.experiment import make_split, run_experiment
+from fedmuscle_secure.messages import Finish, RoundReport
+from fedmuscle_secure.simulator import build_federation, run_round
+
+PRIVATE = {"val_metric", "task_loss"}
+FROM_THE_MODEL = {"test_metric", "cl_loss", "cl_steps", "clipped_values"}
+
+RECORD_LEVEL = {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "expected_batch_size": 8}}
+CLIENT_LEVEL = {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}
+SECAGG = {"protection": "secagg", "muscle.method": "muscle_sum", "muscle.exchange": "per_epoch"}
+
+
+def _config(privacy: dict, **over):
+    return tiny_config(**{"training.rounds": 1, "compare_local": False, "privacy": privacy,
+                          **over})
+
+
+def _round_as_the_server_sees_it(cfg, record_dir):
+    """One round of the simulator; the reports the server received, and the rows."""
+    fed = build_federation(cfg, make_split(cfg), cfg.muscle.method, record_dir=record_dir)
+    received: list[RoundReport] = []
+    handle = fed.server.handle
+
+    def spy(msg):
+        if isinstance(msg, RoundReport):
+            received.append(msg)
+        return handle(msg)
+
+    fed.server.handle = spy
+    try:
+        rows = run_round(fed, 1)
+    finally:
+        fed.close()
+    assert sorted(r.client for r in received) == ["a", "b", "c"]
+    return fed, {r.client: r for r in received}, rows
+
+
+def _ledger_reports(record_dir, client):
+    lines = (record_dir / "ledger" / f"{client}.jsonl").read_text().splitlines()
+    return [e["body"] for e in map(json.loads, lines) if e["kind"] == "report"]
+
+
+@pytest.mark.parametrize("privacy,over,withheld", [
+    (RECORD_LEVEL, {}, PRIVATE),
+    (CLIENT_LEVEL, {}, PRIVATE | FROM_THE_MODEL - {"clipped_values"}),
+    ({**RECORD_LEVEL, **CLIENT_LEVEL}, {}, PRIVATE | FROM_THE_MODEL - {"clipped_values"}),
+    (CLIENT_LEVEL, SECAGG, PRIVATE | FROM_THE_MODEL),
+], ids=["record-level", "client-level", "both", "secagg-client-level"])
+def test_server_reading_reports_under_dp_gets_nothing_the_accounting_does_not_cover(
+        tmp_path, privacy, over, withheld):
+    cfg = _config(privacy, **over)
+    fed, received, rows = _round_as_the_server_sees_it(cfg, tmp_path)
+    for name, report in received.items():
+        # the attack: what reached the server
+        assert not withheld & set(report.metrics), (name, sorted(report.metrics))
+        assert set(report.withheld) == withheld & set(rows[name])
+        assert {"eps_record", "eps_client"} <= set(report.metrics)  # accounting still leaves
+        if withheld == PRIVATE:  # record-level only: the DP model on public data may leave
+            assert {"test_metric", "cl_loss"} <= set(report.metrics)
+        # the client's own rows are complete, with its own values
+        kept = fed.clients[name].report_gate.kept[1]
+        assert withheld & set(rows[name]) == withheld & set(kept)
+        for metric in withheld & set(kept):
+            assert rows[name][metric] == kept[metric] or math.isnan(kept[metric])
+        assert not math.isnan(rows[name]["val_metric"])
+        # its ledger says what left
+        (entry,) = _ledger_reports(tmp_path, name)
+        assert entry["round"] == 1 and entry["sent"] == sorted(report.metrics)
+        assert entry["withheld"] == sorted(report.withheld)
+        assert entry["report_private_metrics"] is False
+
+
+def test_every_metric_a_client_computes_is_classified():
+    """A metric added later without a class would be withheld (fail closed); this keeps the
+    classification complete for what the client computes today, in every protected mode."""
+    from fedmuscle_secure.client.report_policy import METRIC_SOURCES
+
+    for privacy, over in [(RECORD_LEVEL, SECAGG), (CLIENT_LEVEL, {})]:
+        cfg = _config(privacy, **over)
+        fed, received, _ = _round_as_the_server_sees_it(cfg, None)  # no ledger: no files
+        for name, client in fed.clients.items():
+            closing = client.handle(Finish(name, 2))[0]  # the deployment's final report
+            for report in (received[name], closing):
+                computed = {*report.metrics, *report.withheld}
+                assert computed == set(client.report_gate.kept[report.round])
+                assert computed <= set(METRIC_SOURCES), computed - set(METRIC_SOURCES)
+
+
+@pytest.mark.slow
+def test_report_private_metrics_on_sends_them_and_the_summary_and_ledger_say_so(tmp_path):
+    cfg = _config({**RECORD_LEVEL, "report_private_metrics": True}, **SECAGG)
+    fed, received, _ = _round_as_the_server_sees_it(cfg, tmp_path / "sim")
+    for name, report in received.items():
+        assert PRIVATE | FROM_THE_MODEL <= set(report.metrics) and report.withheld == ()
+        assert report.metrics["val_metric"] == fed.clients[name].report_gate.kept[1]["val_metric"]
+        (entry,) = _ledger_reports(tmp_path / "sim", name)
+        assert entry["report_private_metrics"] is True and "val_metric" in entry["sent"]
+    res = run_experiment(cfg, tmp_path / "run", progress=False)
+    summary = (res.run_dir / "summary.md").read_text()
+    section = summary.split("## Metrics sent to the server", 1)[1].split("\n## ", 1)[0]
+    assert "`privacy.report_private_metrics` is on" in section
+    assert "val_metric" in section.split("Sent to the server:", 1)[1].split("\n", 1)[0]
+    assert "Kept at the client" not in section
+    assert audit_run(res.run_dir).exit_code() == 0  # `report` entries: audit accepts them
+
+
+@pytest.mark.slow
+def test_summary_under_dp_lists_what_was_kept_and_rows_stay_complete(tmp_path):
+    cfg = _config(RECORD_LEVEL)
+    res = run_experiment(cfg, tmp_path / "run", progress=False)
+    section = (res.run_dir / "summary.md").read_text().split(
+        "## Metrics sent to the server", 1)[1].split("\n## ", 1)[0]
+    kept = section.split("Kept at the client:", 1)[1].split("\n", 1)[0]
+    sent = section.split("Sent to the server:", 1)[1].split("\n", 1)[0]
+    assert "val_metric" in kept and "task_loss" in kept and "val_metric" not in sent
+    assert "test_metric" in sent and "eps_record" in sent
+    for row in res.rows:  # the simulator plays every organisation: its rows are complete
+        assert not math.isnan(float(row["val_metric"]))
+    assert audit_run(res.run_dir).exit_code() == 0
