@@ -110,7 +110,10 @@ class ReportPolicy:
         """One sentence on why the withheld metrics are withheld (for ``summary.md``)."""
         if self.report_private:
             return ("`privacy.report_private_metrics` is on: every metric is sent, including "
-                    "those computed on private records that no DP mechanism covers.")
+                    "those computed on private records, "
+                    + ("which no DP mechanism covers (the ε above does not bound what they "
+                       "reveal)." if self.record_level or self.client_level else
+                       "as no DP is configured (there is no guarantee to protect)."))
         if not self.record_level and not self.client_level:
             return ("No DP is configured and `privacy.report_private_metrics` is off: only "
                     "the counts fixed by the config and the protocol are sent.")
@@ -138,6 +141,12 @@ def policy_for(cfg: ExperimentConfig, method: str) -> ReportPolicy:
     return ReportPolicy(report_private=reports_private_metrics(cfg),
                         record_level=p.dp_sgd.enabled,
                         client_level=p.representation_noise.enabled and method != "local")
+
+
+def as_received(report: RoundReport) -> dict[str, float | str]:
+    """A report's metrics as the server records them: the withheld ones as
+    :data:`NOT_REPORTED` (not zero, not absent: the reader sees they exist and stayed home)."""
+    return {**report.metrics, **{name: NOT_REPORTED for name in report.withheld}}
 
 
 class ReportGate:

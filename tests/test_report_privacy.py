@@ -127,11 +127,19 @@ def test_report_private_metrics_on_sends_them_and_the_summary_and_ledger_say_so(
 
 
 @pytest.mark.slow
-def test_summary_under_dp_lists_what_was_kept_and_rows_stay_complete(tmp_path):
-    cfg = _config(RECORD_LEVEL)
+def test_summary_under_dp_lists_what_was_kept_and_labels_the_local_reference(tmp_path):
+    cfg = _config(RECORD_LEVEL).with_overrides(compare_local=True)
     res = run_experiment(cfg, tmp_path / "run", progress=False)
-    section = (res.run_dir / "summary.md").read_text().split(
-        "## Metrics sent to the server", 1)[1].split("\n## ", 1)[0]
+    summary = (res.run_dir / "summary.md").read_text()
+    own = max(float(r["eps_record"]) for r in res.rows
+              if r["method"] == "local" and r["round"] == "final")
+    fed = max(float(r["eps_record"]) for r in res.rows
+              if r["method"] == "muscle" and r["round"] == "final")
+    assert own > 0 and "**`local` is an out-of-budget reference.**" in summary
+    assert f"its own record-level ε up to {own:.3f}" in summary
+    assert f"at most ε = {own + fed:.3f}" in summary and "no ledger" in summary
+    assert sorted(p.stem for p in (res.run_dir / "ledger").iterdir()) == ["a", "b", "c"]
+    section = summary.split("## Metrics sent to the server", 1)[1].split("\n## ", 1)[0]
     kept = section.split("Kept at the client:", 1)[1].split("\n", 1)[0]
     sent = section.split("Sent to the server:", 1)[1].split("\n", 1)[0]
     assert "val_metric" in kept and "task_loss" in kept and "val_metric" not in sent
@@ -139,3 +147,90 @@ def test_summary_under_dp_lists_what_was_kept_and_rows_stay_complete(tmp_path):
     for row in res.rows:  # the simulator plays every organisation: its rows are complete
         assert not math.isnan(float(row["val_metric"]))
     assert audit_run(res.run_dir).exit_code() == 0
+
+
+def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_theirs(tmp_path):
+    """The gRPC server's own code path (coordinator, rows, summary) without sockets: client
+    threads are replaced by one pump that hands each outbox message to its client and
+    submits the replies; each organisation records with the deployed client's
+    :class:`OwnRecords`. The server's rows say `not reported` (not 0, not a crash), each
+    organisation's own metrics.csv and `round_end` events hold its full metrics."""
+    import queue
+    import threading
+
+    from fedmuscle_secure.client.grpc_client import OwnRecords
+    from fedmuscle_secure.client.report_policy import NOT_REPORTED
+    from fedmuscle_secure.server.grpc_server import Coordinator, ServeSettings, _rounds
+
+    from fedmuscle_secure.data import get_task
+    from fedmuscle_secure.rundir import RunDir
+    from fedmuscle_secure.summary import write_summary
+
+    cfg = _config(CLIENT_LEVEL, **SECAGG)
+    split = make_split(cfg)
+    fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path / "orgs")
+    coordinator = Coordinator(fed.server, final_round=2)
+    boxes = {c: coordinator.connect(c) for c in fed.clients}
+    records = {c: OwnRecords(RunDir(tmp_path / f"org-{c}"), cfg, "muscle_sum", client)
+               for c, client in fed.clients.items()}
+    stop, failed = threading.Event(), []
+
+    def pump() -> None:
+        try:
+            while not stop.is_set():
+                for c, box in boxes.items():
+                    try:
+                        msg = box.get(timeout=0.01)
+                    except queue.Empty:
+                        continue
+                    for reply in fed.clients[c].handle(msg):
+                        if isinstance(reply, RoundReport):
+                            records[c].record(reply, final=reply.round == 2)
+                        coordinator.submit(c, reply)
+        except Exception as exc:  # noqa: BLE001 - surfaced below, not lost in the thread
+            failed.append(exc)
+
+    for c in fed.clients:
+        RunDir(tmp_path / f"org-{c}").create()
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    run = RunDir(tmp_path / "server")
+    run.create()
+    tasks = {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients}
+    try:
+        rows = _rounds(cfg, run, coordinator, ServeSettings(60.0, 600.0), "muscle_sum", [], 1,
+                       tasks, write_summary)
+    finally:
+        stop.set()
+        thread.join()
+        fed.close()
+    assert not failed, failed
+    kept = {"test_metric", "val_metric", "task_loss"}  # and, in rounds, the contrastive ones
+    for row in _csv(run.metrics):
+        more = {"cl_loss", "cl_steps", "clipped_values"} if row["round"] != "final" else set()
+        assert all(row[k] == NOT_REPORTED for k in kept | more), row
+        assert float(row["eps_client"]) > 0
+    assert {r["round"] for r in rows} == {1, "final"}
+    summary = run.summary.read_text()
+    assert f"a={NOT_REPORTED}" in summary  # the final test metric line
+    assert f"| a | 0 | {NOT_REPORTED} |" in summary  # secagg: aborted sent, clipped kept
+    assert "`test_metric` (the model on public data)" in summary
+    assert "`val_metric` (private records)" in summary
+    for c in fed.clients:
+        own = _csv(tmp_path / f"org-{c}" / "metrics.csv")
+        assert [r["round"] for r in own] == ["1", "final"]
+        assert all(not math.isnan(float(r["val_metric"])) and float(r["test_metric"]) >= 0
+                   for r in own)
+        events = [json.loads(x) for x in (tmp_path / f"org-{c}" / "events.jsonl")
+                  .read_text().splitlines()]
+        ends = [e for e in events if e["event"] == "round_end"]
+        assert [e["round"] for e in ends] == [1, "final"]
+        assert "val_metric" in ends[0]["metrics"] and "val_metric" in ends[0]["withheld"]
+        assert "val_metric" not in ends[0]["sent"]
+
+
+def _csv(path):
+    import csv
+
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
