@@ -234,3 +234,23 @@ def _csv(path):
 
     with open(path) as fh:
         return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("privacy,expected", [
+    ({}, True),                                            # no DP: no guarantee to protect
+    (RECORD_LEVEL, False), (CLIENT_LEVEL, False),          # any DP: off by default
+    ({**RECORD_LEVEL, "report_private_metrics": True}, True),
+    ({"report_private_metrics": False}, False),
+])
+def test_report_private_metrics_default_follows_dp_and_an_explicit_value_wins(privacy, expected):
+    from fedmuscle_secure.client.report_policy import reports_private_metrics
+
+    assert reports_private_metrics(_config(privacy)) is expected
+
+
+def test_report_private_metrics_must_be_a_boolean():
+    from fedmuscle_secure.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        _config({"report_private_metrics": "maybe"})
+    assert exc.value.field == "privacy.report_private_metrics"
