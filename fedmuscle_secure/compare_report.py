@@ -303,7 +303,7 @@ def local_reference_note(sets: list[Setting]) -> str:
              if s.key[0] == "local" and s.eps("eps_record") and max(s.eps("eps_record")) > 0]
     if not spent:
         return ""
-    levels = ", ".join(f"dp `{dp}`: up to {eps:.3g}" for dp, eps in spent)
+    levels = ", ".join(f"dp `{dp}`: up to {eps:.3f}" for dp, eps in spent)
     return ("**`local` cells are out-of-budget references.** Each trains a second model with "
             "DP-SGD on the same private shards as the federated cells compared with it, at "
             f"its own record-level ε ({levels}). That ε is recorded only in the local cell's "

@@ -115,5 +115,5 @@ def test_local_cells_with_dp_sgd_are_labelled_out_of_budget_references(synthetic
     md = (out / "results.md").read_text()
     privacy = md.split("## Privacy: ε per setting", 1)[1]
     assert "**`local` cells are out-of-budget references.**" in privacy
-    assert "dp `eps8`: up to 7.5)" in privacy  # the largest client's ε of the local cell
+    assert "dp `eps8`: up to 7.500)" in privacy  # the largest client's ε of the local cell
     assert "in no federated cell's" in privacy and "never runs" in privacy
