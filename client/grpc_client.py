@@ -5,7 +5,9 @@ It builds exactly the :class:`FedMuscleClient` the simulator builds for that org
 connects with its provisioned key and certificate, opens ``FedMuscle.Exchange`` and loops:
 reassemble → decode → ``client.handle`` → encode → chunk → send. No protocol logic lives
 here. The signed ledger is written in the client's own run directory (``ledger/``), as in
-simulation. Until the server answers, the connection is retried with exponential backoff
+simulation, and so are the organisation's own full metrics (:class:`OwnRecords`: a
+``round_end`` event per report and ``metrics.csv``), of which the server gets only what the
+report policy lets leave (DESIGN §4.4). Until the server answers, the connection is retried with exponential backoff
 (:class:`RetrySettings`).
 
 Server restarts (DESIGN §6): the client checkpoints its state after every round it
@@ -148,11 +150,12 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
     run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
     limits = wire_limits(cfg)
+    records = OwnRecords(run, cfg, method, client)
     try:
         while True:
             channel = open_channel(certs, org, target, options, retry)
             try:
-                final = _exchange(client, channel, name, options, limits, run, method)
+                final = _exchange(client, channel, name, options, limits, run, method, records)
                 break
             except ServerLost as exc:
                 log.warning("%s: %s; reconnecting", name, exc)
@@ -185,8 +188,33 @@ def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str)
     client.load_state_dict(state)
 
 
+class OwnRecords:
+    """The organisation's own full metrics in its run directory: a ``round_end`` event per
+    report (the metrics, and which of them were sent) and ``metrics.csv`` with rows as
+    ``run`` writes them. The server's rows hold only what was sent (DESIGN §4.4)."""
+
+    def __init__(self, run: RunDir, cfg: ExperimentConfig, method: str, client) -> None:
+        spec = next(c for c in cfg.clients if c.name == client.name)
+        self.run, self.client = run, client
+        self.meta = {"method": method, "client": client.name, "model": spec.model,
+                     "task": spec.task, "metric": client.task.metric}
+        self.rows: dict[int | str, dict] = {}
+
+    def record(self, report: RoundReport, final: bool) -> dict[str, float]:
+        """Write what the client kept for ``report``; returns those full metrics."""
+        full = dict(self.client.report_gate.kept[report.round])
+        label = "final" if final else report.round
+        self.run.event("round_end", client=self.client.name, round=label, metrics=full,
+                       sent=sorted(report.metrics), withheld=list(report.withheld))
+        self.rows[label] = {**self.meta, "round": label, **full}
+        order = sorted(self.rows, key=lambda k: (k == "final", k if k != "final" else 0))
+        self.run.write_metrics([self.rows[k] for k in order])
+        return full
+
+
 def _exchange(client, channel: grpc.Channel, name: str, options: TransportOptions,
-              limits: WireLimits, run: RunDir, method: str) -> dict[str, float]:
+              limits: WireLimits, run: RunDir, method: str,
+              records: OwnRecords) -> dict[str, float]:
     sending: queue.Queue = queue.Queue()
     counter = itertools.count()
 
@@ -216,9 +244,10 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
             for rep in replies:
                 if isinstance(rep, RoundReport) and not isinstance(msg, Finish):
                     run.save_checkpoint(method, rep.round, client.state_dict())
+                    records.record(rep, final=False)
                 sending.put(rep)
             if isinstance(msg, Finish):
-                final = dict(replies[0].metrics)
+                final = records.record(replies[0], final=True)
                 sending.put(_CLOSE)  # half-close: the run is over for this client
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None

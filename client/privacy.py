@@ -192,6 +192,14 @@ class ClientPrivacy:
     def leave(self, round_: int, reason: str) -> None:
         self._log("leave", {"round": round_, "reason": reason})
 
+    def record_report(self, round_: int, *, sent: list[str], withheld: list[str],
+                      report_private_metrics: bool) -> None:
+        """A round report left for the server: the names of the metrics it carried and of
+        those kept at the client (DESIGN §4.4: the ledger says what was sent)."""
+        self._log("report", {"round": round_, "recipient": "server", "sent": sent,
+                             "withheld": withheld,
+                             "report_private_metrics": report_private_metrics})
+
     def state_dict(self) -> dict:
         return {"accountants": {g: a.state_dict() for g, a in self.accountants.items()},
                 "releases": self.releases, "clipped_rows": self.clipped_rows}

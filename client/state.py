@@ -17,6 +17,7 @@ import torch
 from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
 from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.client.release_record import ReleaseRecord, exchange_key
+from fedmuscle_secure.client.report_policy import ReportGate, ReportPolicy
 
 from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.data.tasks import Task
@@ -80,6 +81,7 @@ class ClientSettings:
     tau: float          # uniform temperature (sum form only)
     gamma: float        # uniform γ (sum form only)
     seed: int
+    report: ReportPolicy  # which metrics a RoundReport may carry (DESIGN §4.4)
 
 
 class FedMuscleClient:
@@ -96,6 +98,7 @@ class FedMuscleClient:
         self.train, self.val, self.test = train, val, test
         self.public_x = public_x
         self.settings = settings
+        self.report_gate = ReportGate(settings.report)  # full metrics stay here, per round
         self.privacy = privacy
         # Record-level DP-SGD replaces the plain LocalUpdate when set; its per-sample hooks
         # are on only inside DPSGDTrainer.run, so the contrastive phase pays nothing for them.
@@ -156,8 +159,9 @@ class FedMuscleClient:
 
     # -- handlers ----------------------------------------------------------------------
     def _on_finish(self, msg: Finish) -> RoundReport:
-        """After the last round (DESIGN §6): :meth:`finish`, reported as round ``msg.round``.
-        A client that left answers too: it is evaluated as it stands, like in ``run``."""
+        """After the last round (DESIGN §6): :meth:`finish`, reported as round ``msg.round``
+        through the report gate like every round. A client that left answers too: it is
+        evaluated as it stands, like in ``run``."""
         if msg.client != self.name or msg.round != self.round + 1 and self.left is None:
             raise ProtocolError(SERVER, self.stage.value,
                                 f"expected Finish of round {self.round + 1} for {self.name!r}, "
@@ -167,7 +171,7 @@ class FedMuscleClient:
             metrics["releases"] = float(self.privacy.releases)
         if self.left is not None:
             metrics["left_round"] = float(self.left["round"])
-        return RoundReport(self.name, msg.round, metrics)
+        return self.report_gate.report(self.name, msg.round, metrics, self.privacy)
 
     def _on_round_plan(self, plan: RoundPlan) -> list[Message]:
         self._expect(ClientStage.IDLE, plan)
@@ -405,6 +409,8 @@ class FedMuscleClient:
         self._cl_losses.append(float(loss.detach()))
 
     def _report(self, r: int) -> RoundReport:
+        """End round ``r``: ε, counters and losses; the report gate keeps all of them and
+        sends only what the accounting covers (:mod:`~fedmuscle_secure.client.report_policy`)."""
         self.stage = ClientStage.IDLE
         self.round = r
         self._plan, self._exchange, self._released = None, None, None
@@ -419,10 +425,13 @@ class FedMuscleClient:
             self._aborted_before, self._clipped_before = self.secure.aborted, self.secure.clipped_values
         metrics["cl_loss"] = sum(cl) / len(cl) if cl else float("nan")
         metrics["cl_steps"] = float(len(cl))
-        return RoundReport(self.name, r, metrics)
+        return self.report_gate.report(self.name, r, metrics, self.privacy)
 
     # -- outside the round loop --------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
+        """``val_metric`` reads private records (the shard's held-out split) directly;
+        ``test_metric`` is the model on the shared test split. Which of them may leave the
+        client is the report policy's decision, not this method's."""
         return {"val_metric": evaluate(self.model, self.task, self.val.x, self.val.targets),
                 "test_metric": evaluate(self.model, self.task, self.test.x, self.test.targets)}
 
@@ -430,7 +439,8 @@ class FedMuscleClient:
         """The closing LocalUpdate (§8.1: heads must match their encoders) and evaluation.
 
         A client that left the federation, or whose record-level budget cannot pay for
-        the closing LocalUpdate, is evaluated as it stands.
+        the closing LocalUpdate, is evaluated as it stands. The metrics returned are the
+        client's own; :meth:`_on_finish` sends the server only what the report policy allows.
         """
         if self.stage is ClientStage.AWAIT_REPLY:
             raise ProtocolError(SERVER, self.stage.value, f"{self.name!r} cannot finish mid-round")

@@ -68,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an experiment config in the in-process simulator. Trains the configured "
                     "method and the local-only reference on the same splits and seeds, writes the "
                     "run directory (config.resolved.yaml, events.jsonl, metrics.csv, checkpoints/, "
-                    "summary.md) and prints per-client metrics and Δ over local training.")
+                    "summary.md) and prints per-client metrics and Δ over local training. Under "
+                    "DP the local reference is an out-of-budget reference: a second model trained "
+                    "on the same private shards, with its own ε and in no ledger (summary.md "
+                    "says so); `compare_local: false` leaves it out, and the deployment "
+                    "(server/client) never runs it. Without DP, --resume ends with exactly an "
+                    "uninterrupted run's metrics; with DP, the noise differs from run to run and "
+                    "the interrupted round's privacy cost is counted again.")
     r.add_argument("config", nargs="?", type=Path,
                    help=f"YAML config (default: {DEFAULT_CONFIG})")
     r.add_argument("--out", type=Path, default=None,

@@ -16,7 +16,10 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
         "compare", help="run a grid of experiments (methods × protection × DP × exchange × seeds) "
                         "and write comparison tables and plots",
         description="Expand a grid file into cells (one experiment each, plus one local-training "
-                    "reference per seed and DP-SGD setting), run the cells not yet finished in "
+                    "reference per seed and DP-SGD setting; with DP-SGD each is an out-of-budget "
+                    "reference, a second model on the same private shards whose ε is in no "
+                    "federated cell's ledger, and the report says so), run the cells not yet "
+                    "finished in "
                     "parallel worker processes into OUT/cells/<cell-id>/ (an interrupted cell is "
                     "resumed, a finished one skipped), then write OUT/results.csv, "
                     "OUT/results.md (per-client mean ± std over seeds, Δ(%), mean gain, "

@@ -295,6 +295,23 @@ def smallest_positive_eps(sets: list[Setting]) -> list[str]:
     return lines
 
 
+def local_reference_note(sets: list[Setting]) -> str:
+    """The ``local`` cells with DP-SGD are out-of-budget references: a second model trained
+    on the same private shards as the federated cells compared with them, whose ε no
+    federated cell's ledger holds. Empty when no local cell spends ε."""
+    spent = [(s.key[2], max(s.eps("eps_record"))) for s in sets
+             if s.key[0] == "local" and s.eps("eps_record") and max(s.eps("eps_record")) > 0]
+    if not spent:
+        return ""
+    levels = ", ".join(f"dp `{dp}`: up to {eps:.3f}" for dp, eps in spent)
+    return ("**`local` cells are out-of-budget references.** Each trains a second model with "
+            "DP-SGD on the same private shards as the federated cells compared with it, at "
+            f"its own record-level ε ({levels}). That ε is recorded only in the local cell's "
+            "own ledger, in no federated cell's; the same records were used by both, so "
+            "together they are bounded only by the sum of the two ε (at twice δ, basic "
+            "composition), not by either. A deployment never runs the local reference.")
+
+
 def table_groups(sets: list[Setting]) -> dict[tuple[str, str, str], list[Setting]]:
     out: dict[tuple[str, str, str], list[Setting]] = {}
     for s in sets:
@@ -327,6 +344,8 @@ def markdown(name: str, sets: list[Setting], n_cells: int, missing: list[str],
               ("The largest ε of any client (δ from the config), mean ± std over seeds; "
               "∞ means that mechanism is off."), "", eps_table(sets), "",
               *[line + "\n" for line in smallest_positive_eps(sets)]]
+    if note := local_reference_note(sets):
+        parts += [note, ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)

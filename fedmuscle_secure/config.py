@@ -121,6 +121,10 @@ class PrivacyConfig(_Strict):
     representation_noise: RepresentationNoiseConfig = RepresentationNoiseConfig()
     dp_sgd: DpSgdConfig = DpSgdConfig()
     budget: BudgetConfig = BudgetConfig()
+    report_private_metrics: bool | None = Field(
+        default=None, description="send the server metrics no DP mechanism covers (validation "
+        "metric, training loss, ...; DESIGN §4.4); null: off whenever any DP is on, on without "
+        "DP (fedmuscle_secure.client.report_policy)")
 
 
 class SecAggConfig(_Strict):

@@ -95,7 +95,10 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
         description="Serve one experiment config to its clients over gRPC with mutual TLS "
                     "(DESIGN §6). Waits for every configured client, runs the rounds, sends "
                     "each client Finish and writes the run directory (metrics.csv, "
-                    "events.jsonl, summary.md, receipts.jsonl, checkpoints/). After a crash, "
+                    "events.jsonl, summary.md, receipts.jsonl, checkpoints/); metrics a "
+                    "client's report policy kept at home (privacy.report_private_metrics) "
+                    "appear as 'not reported'. It never runs the local-training reference "
+                    "(compare_local is ignored). After a crash, "
                     "start it again with --resume and the same --out: it continues from its "
                     "last checkpoint and the clients (which keep retrying) reconnect.")
     _add_common(s)
@@ -117,7 +120,9 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
         "client", help="take part in a federation as one organisation over gRPC",
         description="Build this organisation's client from the experiment config (same data "
                     "split and seeds as the simulator), connect to the server with its "
-                    "provisioned certificate and train until the server sends Finish. If the "
+                    "provisioned certificate and train until the server sends Finish. Its own "
+                    "full metrics go to --out (metrics.csv, round_end events); the server gets "
+                    "only what the report policy lets leave. If the "
                     "server goes away mid-run the client keeps retrying (--retry-*) and, once a "
                     "restarted server resumes, rewinds to its own checkpoint of that round.")
     _add_common(c)

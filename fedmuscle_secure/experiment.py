@@ -1,8 +1,15 @@
 """``run``: one experiment end to end (DESIGN §7) — FedMuscle and its local reference.
 
 Both methods run on the same splits, model initialisations and seeds; the run directory
-gets a checkpoint after every round, so ``--resume`` continues where a crash stopped and
-ends with exactly the metrics of an uninterrupted run.
+gets a checkpoint after every round, so ``--resume`` continues where a crash stopped.
+Without DP it ends with exactly the metrics of an uninterrupted run. With DP it cannot (the
+noise comes from the OS's CSPRNG, so no two DP runs repeat), and the accounting is
+conservative: the ledger keeps what the interrupted round released or spent and its replay
+is counted again, so ε ends at or above an uninterrupted run's.
+
+The ``local`` reference (``compare_local``) trains a second model on the same private shards
+with no ledger; under DP it is an out-of-budget reference, and ``summary.md`` says so with
+its own ε. The deployment never runs it.
 """
 
 from __future__ import annotations

@@ -117,11 +117,20 @@ class PeerKernel:
 
 @dataclass(frozen=True)
 class RoundReport:
-    """Client → server: the round is done on this client, with its metrics."""
+    """Client → server: the round is done on this client, with the metrics its report
+    policy lets leave (:mod:`fedmuscle_secure.client.report_policy`); ``withheld`` names
+    those it computed and kept (names only: which metrics exist follows from the config)."""
 
     client: str
     round: int
     metrics: dict[str, float]
+    withheld: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.withheld) & set(self.metrics))
+        if both or len(set(self.withheld)) != len(self.withheld):
+            raise ValueError(f"withheld names must be unique and not among the metrics sent; "
+                             f"got withheld {list(self.withheld)} with metrics {sorted(self.metrics)}")
 
 
 @dataclass(frozen=True)

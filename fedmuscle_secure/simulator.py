@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmuscle_secure.client.report_policy import policy_for
 from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, LabelledData
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.data import FederatedSplit, get_task
@@ -138,7 +139,8 @@ def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name
     settings = ClientSettings(
         method=method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
         lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
-        augment=tr.augment, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]), seed=cfg.seed)
+        augment=tr.augment, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]), seed=cfg.seed,
+        report=policy_for(cfg, method))
     return FedMuscleClient(
         c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
         test=_labelled(task, split.test_x, split.test_y), public_x=setup.public_x, settings=settings,
@@ -357,7 +359,13 @@ def _phase(msg: Message) -> str:
 
 
 def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, float]]:
-    """Drive one round to completion; per-client metrics plus bytes and wall time."""
+    """Drive one round to completion; per-client metrics plus bytes and wall time.
+
+    The server receives each client's :class:`RoundReport` (only what the client's report
+    policy lets leave); the metrics returned are each client's own, full ones, kept by its
+    report gate: the simulator plays every organisation, as each deployed organisation keeps
+    its own (DESIGN §4.4).
+    """
     stats = {c: {"bytes_sent": 0.0, "bytes_received": 0.0, "wall_time_s": 0.0} for c in fed.clients}
     queue: deque[Message] = deque(fed.server.start_round(r))
     reports: dict[str, RoundReport] = {}
@@ -379,4 +387,4 @@ def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, flo
             queue.extend(fed.server.handle(rep))
     if not fed.server.round_complete or len(reports) != len(fed.server.active):
         raise RuntimeError(f"round {r} ended without every client's report")
-    return {c: {**reports[c].metrics, **stats[c]} for c in fed.server.active}
+    return {c: {**fed.clients[c].report_gate.kept[r], **stats[c]} for c in fed.server.active}

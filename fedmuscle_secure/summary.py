@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmuscle_secure.client.report_policy import METRIC_SOURCES, NOT_REPORTED, policy_for
 from fedmuscle_secure.config import ExperimentConfig
 
 
@@ -47,11 +48,18 @@ def compare_to_local(method: str, final: dict[str, dict[str, float]],
         ties=sum(r["method"] == r["local"] for r in rows))
 
 
+def reported(value: Any) -> float | None:
+    """A row's value as a number; None where the server's row says it was not reported."""
+    return None if value in (None, "", NOT_REPORTED) else float(value)
+
+
 def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Final test metric per method and client (clients whose metric was not reported to
+    the server are left out)."""
     out: dict[str, dict[str, float]] = {}
     for r in rows:
-        if r["round"] == "final":
-            out.setdefault(r["method"], {})[r["client"]] = float(r["test_metric"])
+        if r["round"] == "final" and (v := reported(r.get("test_metric"))) is not None:
+            out.setdefault(r["method"], {})[r["client"]] = v
     return out
 
 
@@ -139,15 +147,68 @@ def _secagg_section(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
              f"pairwise-masked releases, one instance per exchange (threshold t = {t} of {n}; "
              f"distributed noise sized for t_collude = {tc}). Per client over the run:"), "",
              "| client | exchanges aborted | values clipped by the encoding |", "|---|---:|---:|"]
-    per: dict[str, list[float]] = {}
+    per: dict[str, list[float | None]] = {}
     for r in rows:
         if r["round"] != "final" and r["method"] == cfg.muscle.method:
             agg = per.setdefault(r["client"], [0.0, 0.0])
-            agg[0] += float(r.get("secagg_aborted") or 0)
-            agg[1] += float(r.get("clipped_values") or 0)
-    for c, (aborted, clipped) in per.items():
-        lines.append(f"| {c} | {aborted:.0f} | {clipped:.0f} |")
+            for i, key in enumerate(("secagg_aborted", "clipped_values")):
+                v = reported(r.get(key) or 0)
+                agg[i] = None if v is None or agg[i] is None else agg[i] + v
+    for c, counts in per.items():
+        lines.append(f"| {c} | " + " | ".join(NOT_REPORTED if v is None else f"{v:.0f}"
+                                               for v in counts) + " |")
     return "\n".join(lines)
+
+
+def _reports_section(cfg: ExperimentConfig, rows: list[dict[str, Any]], transport: str) -> str:
+    """Which metrics the clients' round reports carried to the server (DESIGN §4.4)."""
+    method = cfg.muscle.method
+    mine = [r for r in rows if r["method"] == method]
+    names = [n for n in METRIC_SOURCES if any(n in r for r in mine)]
+    policy = policy_for(cfg, method)
+    kept = [n for n in names if not policy.may_send(n)
+            or any(r.get(n) == NOT_REPORTED for r in mine)]
+    sent = [n for n in names if n not in kept]
+    lines = ["## Metrics sent to the server", "", policy.explain(), "",
+             "Sent to the server: " + (", ".join(f"`{n}`" for n in sent) or "nothing")]
+    if kept:
+        lines += ["", "Kept at the client: " + ", ".join(
+            f"`{n}` ({METRIC_SOURCES[n].value})" for n in kept)]
+    where = ("The simulator plays every organisation, so this run's rows (metrics.csv, this "
+             "summary) hold each client's own full metrics, the kept ones included; a "
+             "deployed server has only what was sent." if transport == "simulator" else
+             f"The server has only what was sent: kept metrics appear as `{NOT_REPORTED}` in "
+             "its metrics.csv and here; each organisation's own run directory (metrics.csv, "
+             "`round_end` events) holds its full metrics.")
+    lines += ["", where + " Each client's ledger has a signed `report` entry per report "
+              "naming the metrics it carried and those kept."]
+    return "\n".join(lines)
+
+
+def _local_reference_note(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
+    """The ``local`` reference trains a second model on the same private shards and is in
+    no ledger: under DP it is outside every budget, and the summary says so."""
+    p = cfg.privacy
+    if not (p.dp_sgd.enabled or p.representation_noise.enabled):
+        return ""
+
+    def eps(method: str) -> float:
+        return max((reported(r.get("eps_record")) or 0.0 for r in rows
+                    if r["method"] == method and r["round"] == "final"), default=0.0)
+
+    own, fed = eps("local"), eps(cfg.muscle.method)
+    text = ("**`local` is an out-of-budget reference.** It trains a second model on the same "
+            "private shards, in the simulator only (a deployment never runs it), and is "
+            "recorded in no ledger. ")
+    if p.dp_sgd.enabled:
+        text += (f"It runs DP-SGD with its own record-level ε up to {own:.3f} (δ = "
+                 f"{p.delta:g}), which no budget covers: with `{cfg.muscle.method}`'s "
+                 f"{fed:.3f} the same records were used for at most ε = {own + fed:.3f} at "
+                 f"δ = {2 * p.delta:g} (basic composition).")
+    else:
+        text += ("It runs no DP mechanism (representation noise covers releases, and it "
+                 "releases nothing), so its numbers are covered by no guarantee.")
+    return text
 
 
 def comparisons(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[Comparison]:
@@ -161,8 +222,11 @@ def comparisons(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[Compa
     return [compare_to_local(m, final, meta) for m in final if m != "local"]
 
 
-def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
-    """Write ``summary.md``: the per-client table, Δ, and communication per round."""
+def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]], *,
+                  transport: str = "simulator") -> str:
+    """Write ``summary.md``: the per-client table, Δ, what the clients sent the server, and
+    communication per round. ``transport``: ``"simulator"`` (rows hold every client's own
+    metrics) or ``"grpc"`` (the server's rows: only what was sent)."""
     setting = (f"Method `{cfg.muscle.method}`, exchange `{cfg.muscle.exchange}`, protection "
                f"`{cfg.protection}`, N = {len(cfg.clients)}, "
                f"{'group = every surviving client' if cfg.protection == 'secagg' else f'M = {cfg.muscle.num_selected}'}, "
@@ -173,15 +237,23 @@ def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]])
     cmps = comparisons(cfg, rows)
     for cmp in cmps:
         parts += [client_table(cmp), ""]
+    if cmps and (note := _local_reference_note(cfg, rows)):
+        parts += [note, ""]
     if not cmps:
-        final = final_metrics(rows)
-        for m, per in final.items():
-            parts += [f"{m}: " + ", ".join(f"{c}={100 * v:.2f}" for c, v in per.items()), ""]
+        per_method: dict[str, list[str]] = {}
+        for r in rows:
+            if r["round"] == "final":
+                v = reported(r.get("test_metric"))
+                per_method.setdefault(r["method"], []).append(
+                    f"{r['client']}={NOT_REPORTED if v is None else f'{100 * v:.2f}'}")
+        for m, per in per_method.items():
+            parts += [f"{m}: " + ", ".join(per), ""]
     privacy = _privacy_table(cfg, rows)
     if privacy:
         parts += [privacy, ""]
     if cfg.protection == "secagg":
         parts += [_secagg_section(cfg, rows), ""]
+    parts += [_reports_section(cfg, rows, transport), ""]
     parts += ["## Communication and compute", "", _comm_table(rows), ""]
     text = "\n".join(parts)
     path.write_text(text)

@@ -294,7 +294,7 @@ _SPECS: dict[type, dict[str, _Kind]] = {
                "includes_self": SCALAR},
     SumTerms: {**_EXCHANGE, "group": NAMES, "scaled_sum": TENSOR, "log_alpha": TENSOR,
                "includes_self": SCALAR},
-    RoundReport: {"client": IDENTITY, "round": SCALAR, "metrics": METRICS},
+    RoundReport: {"client": IDENTITY, "round": SCALAR, "metrics": METRICS, "withheld": NAMES},
     Leave: {"client": IDENTITY, "round": SCALAR, "reason": SCALAR},
     Finish: {"client": IDENTITY, "round": SCALAR},
     ExchangeAborted: {**_EXCHANGE, "reason": SCALAR},

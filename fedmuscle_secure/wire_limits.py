@@ -49,6 +49,7 @@ _CIPHERTEXT_HEADER = 4096
 CAPS: dict[tuple[str, str], str] = {
     ("Tensor", "shape"): "ndim",
     ("RoundReport", "metrics"): "metrics",
+    ("RoundReport", "withheld"): "metrics",
     **{(m, "peers"): "batches" for m in ("PeerTerms", "PeerSums", "EncryptedSumTerms",
                                          "EncryptedSums", "EncryptedPeers")},
     ("EncryptedRepresentations", "z"): "batches",

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from fedmuscle_secure.client.report_policy import as_received
 from fedmuscle_secure.server.state import FedMuscleServer
 
 from fedmuscle_secure.errors import FedMuscleError, IdentityError, ProtocolError
@@ -95,7 +96,7 @@ class Coordinator:
             if self.receipts is not None and carries_release(msg):
                 record_receipt(self.receipts, msg)  # digested as it arrived, as in `run`
             if isinstance(msg, RoundReport) and msg.round == self.final_round:
-                self.finals[client] = dict(msg.metrics)
+                self.finals[client] = as_received(msg)
             else:
                 self._route(self.server.handle(msg))
             self._track()

@@ -23,7 +23,8 @@ A stream that closes mid-run is a ``Leave`` (secagg recovers by its dropout path
 last round every connected client gets a :class:`~fedmuscle_secure.messages.Finish` and
 answers with its closing ``RoundReport`` (round R + 1), written as the ``final`` rows. The
 run directory gets ``config.resolved.yaml``, ``events.jsonl``, ``metrics.csv`` (rows as in
-``run``), ``summary.md`` and a server checkpoint per round (server state and rows).
+``run``, with what the clients' report policy kept at home marked ``not reported``),
+``summary.md`` and a server checkpoint per round (server state and rows).
 Limits and keep-alive: :class:`~fedmuscle_secure.grpc_transport.TransportOptions`.
 """
 
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from fedmuscle_secure.client.report_policy import as_received
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator, TransportError
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
@@ -175,8 +177,11 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
           resume: bool = False) -> list[dict[str, Any]]:
     """Run the federation of ``cfg`` for its main method over gRPC; returns the metric rows.
 
-    Rows are ``run``'s, except ``wall_time_s``: the server sees the round's wall time, not
-    each client's compute time. No ``local`` reference is run (``compare_local`` is ignored).
+    Rows are ``run``'s, except ``wall_time_s`` (the server sees the round's wall time, not
+    each client's compute time) and the metrics a client's report policy kept at home
+    (``not reported``; each organisation's own run directory has them). No ``local``
+    reference is run (``compare_local`` is ignored): it would train a second model on the
+    organisations' private shards outside every ledger.
     The server writes its receipt log (``receipts.jsonl``) as the simulator does, and a
     checkpoint after every round; ``resume`` restarts from the last one (the server
     process was killed): the clients, which retry their connection, rewind to the same
@@ -257,7 +262,7 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
         coordinator.wait(lambda r=r: s.round >= r, settings.round_timeout_s, f"round {r}")
         wall = time.perf_counter() - t0
         with coordinator.cond:
-            per_client = {c: {**s.reports[c].metrics, **coordinator.traffic[c],
+            per_client = {c: {**as_received(s.reports[c]), **coordinator.traffic[c],
                               "wall_time_s": wall} for c in s.active}
         rows += [row(r, c, m) for c, m in per_client.items()]
         run.event("round_end", method=method, round=r, seconds=wall,
@@ -289,7 +294,7 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
     run.save_checkpoint(method, rounds + 1, {"server": s.state_dict(), "rows": rows,
                                              "finished": True})
     run.write_metrics(rows)
-    write_summary(run.summary, cfg, rows)
+    write_summary(run.summary, cfg, rows, transport="grpc")
     run.event("run_end", final={c: m.get("test_metric") for c, m in coordinator.finals.items()})
     return rows
 

@@ -101,3 +101,19 @@ def test_positive_from_wants_every_larger_epsilon_positive():
     assert positive_from(pts) == (100.0, "d")          # not 3: Δ ≤ 0 at ε = 10 above it
     assert positive_from([*pts, (5000.0, 0.0, "f")]) is None
     assert positive_from([(2.0, 0.1, "x")]) == (2.0, "x")
+
+
+def test_local_cells_with_dp_sgd_are_labelled_out_of_budget_references(synthetic, tmp_path):
+    write_report(synthetic, "synthetic")
+    assert "out-of-budget" not in (synthetic / "results.md").read_text()  # no ε spent: no label
+    out = tmp_path / "dp"
+    make_cell(out, "local__eps8__s0", "local", "plain", "eps8", "-", 0, None,
+              {"x": 0.5, "y": 0.4}, eps={"x": 6.25, "y": 7.5})
+    make_cell(out, "muscle__plain__eps8__per_batch__s0", "muscle", "plain", "eps8", "per_batch",
+              0, "local__eps8__s0", {"x": 0.55, "y": 0.38}, eps={"x": 7.0, "y": 7.0})
+    write_report(out, "dp")
+    md = (out / "results.md").read_text()
+    privacy = md.split("## Privacy: ε per setting", 1)[1]
+    assert "**`local` cells are out-of-budget references.**" in privacy
+    assert "dp `eps8`: up to 7.500)" in privacy  # the largest client's ε of the local cell
+    assert "in no federated cell's" in privacy and "never runs" in privacy

@@ -167,8 +167,17 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     assert [(e["round"], e["batch"], e["dropped"]) for e in dropouts] == [
         (2, 0, {"d": "masked_input"})], dropouts
     assert not [e for e in events if e["event"] == "secagg_aborted"]
-    got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
+    server_rows = read_rows(tmp_path / "server" / "metrics.csv")
+    got = {(r["round"], r["client"]) for r in server_rows}
     assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"}
+    # under DP the server has no metric computed on private data or from the model (§4.4) ...
+    assert all(r[k] == "not reported" for r in server_rows
+               for k in ("val_metric", "task_loss", "test_metric"))
+    assert all(float(r["eps_client"]) > 0 for r in server_rows)
+    for org in "abc":  # ... each organisation has its own, in its own run directory
+        own = read_rows(tmp_path / f"client-{org}" / "metrics.csv")
+        assert [r["round"] for r in own] == ["1", "2", "3", "final"]
+        assert all(0 <= float(r["val_metric"]) <= 1 for r in own)
     for org in "abc":  # survivors: chains, signatures, ε recomputed, every egress received
         _audit_ok(tmp_path, org, certs)
 

@@ -139,6 +139,8 @@ PLAIN = {
     "round_report": RoundReport("c1", 9, {"val_metric": 0.8125, "cl_loss": float("nan"),
                                           "eps_record": math.inf, "cl_steps": 12.0}),
     "round_report_empty": RoundReport("c1", 0, {}),
+    "round_report_withheld": RoundReport("c1", 2, {"eps_record": 1.5},
+                                         withheld=("task_loss", "val_metric")),
     "finish": Finish("c2", 4),
     "leave": Leave("c3", 4, "privacy budget (epsilon 8.0) would be exceeded"),
     "exchange_aborted": ExchangeAborted("c1", 2, 1, None, "only 1 of 3 clients reached unmask"),
@@ -361,6 +363,9 @@ DECODE_REFUSALS = {
         lambda e: e.secagg.share_inbox.ciphertexts.add(peer="c1", ciphertext=b"y")), "twice"),
     "duplicate_metric": (lambda: mutated(PLAIN["round_report"], lambda e: e.round_report.metrics.add(
         name="cl_loss", value=1.0)), r"'cl_loss' appears twice"),
+    "withheld_and_sent": (lambda: mutated(PLAIN["round_report_withheld"], lambda e: e.round_report
+                                          .withheld.append("eps_record")),
+                          "not among the metrics sent"),
     "bad_sum_encoding": (lambda: mutated(
         SecAggEnvelope("c0", 1, 0, None, SecAggSetup("c0", b"\x03" * 32, ("c0", "c1"), 2, 8),
                        SumEncoding(1, 2, 3, 2, 1.0, 1.0)),

@@ -74,7 +74,8 @@ SECAGG = {
 }
 #: The protocol's flow, written out by hand: what a client sends.
 CLIENT_SENDS = {"representations_per_epoch", "representations_batch_0", "round_report",
-                "round_report_empty", "leave", "advertise_keys", "encrypted_shares",
+                "round_report_empty", "round_report_withheld", "leave", "advertise_keys",
+                "encrypted_shares",
                 "masked_input", "unmask_shares", "consistency_signature", "sit_out",
                 "sit_out_per_epoch", "ckks:representations",
                 "ckks:representations_no_q"}

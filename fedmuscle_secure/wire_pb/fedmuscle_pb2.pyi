@@ -115,14 +115,16 @@ class SumTerms(_message.Message):
     def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., group: _Optional[_Iterable[str]] = ..., scaled_sum: _Optional[_Union[Tensor, _Mapping]] = ..., log_alpha: _Optional[_Union[Tensor, _Mapping]] = ..., includes_self: _Optional[bool] = ...) -> None: ...
 
 class RoundReport(_message.Message):
-    __slots__ = ("client", "round", "metrics")
+    __slots__ = ("client", "round", "metrics", "withheld")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     client: str
     round: int
     metrics: _containers.RepeatedCompositeFieldContainer[Metric]
-    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
+    withheld: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., withheld: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Leave(_message.Message):
     __slots__ = ("client", "round", "reason")
