@@ -151,13 +151,16 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
     limits = wire_limits(cfg)
     records = OwnRecords(run, cfg, method, client)
+    reconnected = False
     try:
         while True:
             channel = open_channel(certs, org, target, options, retry)
             try:
-                final = _exchange(client, channel, name, options, limits, run, method, records)
+                final = _exchange(client, channel, name, options, limits, run, method, records,
+                                  reconnected=reconnected)
                 break
             except ServerLost as exc:
+                reconnected = True
                 log.warning("%s: %s; reconnecting", name, exc)
                 run.event("server_lost", client=name, round=client.round, reason=str(exc))
                 if client.privacy is not None and client.privacy.ledger is not None:
@@ -170,13 +173,20 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
 
 
 def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str) -> None:
-    """A (restarted) server asks for round ``msg.round``: unless this client is between rounds
-    right before it, load its own checkpoint of round ``msg.round - 1``."""
+    """A restarted server asks for round ``msg.round``: unless this client is between rounds
+    right before it, load its own checkpoint of round ``msg.round - 1``. Called only for the
+    first plan after a reconnect, and only one round back at most (the server's checkpoint
+    can lag the client's by the round it died in): a server that could rewind a client at
+    will could replay a round's releases (the release guard sits re-run rounds out)."""
     from fedmuscle_secure.client.state import ClientStage
 
     target = msg.round - 1
     if client.stage is ClientStage.IDLE and client.round == target or client.left is not None:
         return
+    if target not in (client.round, client.round - 1):
+        raise ConnectionFailed(f"the server resumes at round {msg.round} but {client.name!r} "
+                               f"completed round {client.round}: a restarted server goes back at "
+                               "most to the round it died in; refusing to rewind further")
     state = run.checkpoint(method, target)
     if state is None:
         raise ConnectionFailed(f"the server resumes at round {msg.round} but {client.name!r} "
@@ -213,8 +223,10 @@ class OwnRecords:
 
 
 def _exchange(client, channel: grpc.Channel, name: str, options: TransportOptions,
-              limits: WireLimits, run: RunDir, method: str,
-              records: OwnRecords) -> dict[str, float]:
+              limits: WireLimits, run: RunDir, method: str, records: OwnRecords, *,
+              reconnected: bool) -> dict[str, float]:
+    """One stream to the server until Finish. Only on a stream opened after the server was
+    lost may the first round plan (or Finish) rewind the client to its own checkpoint."""
     sending: queue.Queue = queue.Queue()
     counter = itertools.count()
 
@@ -234,7 +246,9 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
             log.debug("%s: received %s", name, _describe(msg))
             _failpoint(_describe(msg))
             if isinstance(msg, RoundPlan | Finish):
-                _rewind_if_needed(client, msg, run, method)
+                if reconnected:
+                    _rewind_if_needed(client, msg, run, method)
+                reconnected = False
             t0 = time.perf_counter()
             replies = client.handle(msg)
             if isinstance(msg, RoundReport | Finish) or any(isinstance(r, RoundReport)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_messages import MaskedInput, SecAggSetup
+from fedmuscle_secure.crypto.secagg_messages import MaskedInput, SecAggSetup, exchange_label
 
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
@@ -82,7 +82,8 @@ class SecureExchangeClient:
         self.clipped_values += self._clipped
         own_z, own_q = expected.decode(vector)
         self.instance = SecAggClient(self.name, self._identity, self._peers, setup, vector,
-                                     seen_instances=self._seen)
+                                     seen_instances=self._seen,
+                                     label=exchange_label(env.round, env.epoch, env.batch))
         self.masked_sent = False
         return self._wrap(env, self.instance.advertise()), OwnContribution(own_z, own_q)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
 from fedmuscle_secure.client.local_update import evaluate, local_update
-from fedmuscle_secure.client.release_record import ReleaseRecord, exchange_key
+from fedmuscle_secure.client.release_record import ReleaseGuard, ReleaseRecord
 from fedmuscle_secure.client.report_policy import ReportGate, ReportPolicy
 
 from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
@@ -44,7 +44,7 @@ from fedmuscle_secure.messages import (
     TaskOutputs,
 )
 from fedmuscle_secure.models import ClientModel
-from fedmuscle_secure.seeding import derive_seed
+from fedmuscle_secure.seeding import derive_seed, public_batches
 
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting) only where DP is configured
     from fedmuscle_secure.client.ckks_exchange import CkksClient
@@ -82,6 +82,20 @@ class ClientSettings:
     gamma: float        # uniform γ (sum form only)
     seed: int
     report: ReportPolicy  # which metrics a RoundReport may carry (DESIGN §4.4)
+    plan: PlanSpec | None = None  # what a round plan must be; None: unchecked
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """The configured shape of every round plan: the exchange mode and the public rows the
+    round seed gives (:func:`~fedmuscle_secure.seeding.public_batches`). A client refuses a
+    plan that differs: a server that chose the rows or the exchange mode itself could make
+    two exchanges cover the same rows from the same encoder."""
+
+    exchange: str
+    public_size: int
+    batch_size: int
+    cl_epochs: int
 
 
 class FedMuscleClient:
@@ -106,13 +120,15 @@ class FedMuscleClient:
         self.secure = secure  # protection: secagg — releases go through secure sums only
         self.ckks = ckks      # protection: ckks — releases leave encrypted
         self._own: OwnContribution | None = None
-        # At most one release per exchange (DESIGN §4.4), remembered from the ledger so the
-        # rule survives a restart; asked again (a re-run round), the client sits it out.
+        # At most one release per exchange, and never the same content twice (DESIGN §4.4):
+        # remembered from the ledger so the rule survives a restart; asked again, the client
+        # sits the exchange out.
         ledger = privacy.ledger if privacy is not None else None
-        self.released = ReleaseRecord.from_ledger(ledger.entries if ledger is not None else ())
+        self.guard = ReleaseGuard(ReleaseRecord.from_ledger(ledger.entries if ledger is not None
+                                                            else ()))
         self._sitting_out = False
         if secure is not None:  # under secagg the release is the masked input leaving
-            secure.on_release = lambda r, e, b: self.released.mark(exchange_key(r, e, b))
+            secure.on_release = lambda r, e, b: self.guard.released(r, e, b, self._rows(e, b))
         self._aborted_before = self._clipped_before = 0  # secagg counters at the last report
         self.left: dict | None = None  # {"round", "reason"} once the client has left
         # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
@@ -180,10 +196,13 @@ class FedMuscleClient:
                                 f"expected the plan of round {self.round + 1} for {self.name!r}, "
                                 f"got round {plan.round} for {plan.client!r}")
         r = plan.round
+        self._check_plan(plan)
+        self.guard.start_round(r)
         try:
             task_loss = self._local_update(r)
         except PrivacyBudgetExceeded as exc:
             return [self._leave(r, str(exc))]
+        self.guard.encoder_changed()
         self._metrics = {"task_loss": task_loss, **self.evaluate()}
         self._cl_losses = []
         if self.settings.method == "local" or plan.batches.shape[0] == 0:
@@ -202,6 +221,19 @@ class FedMuscleClient:
             return []
         return [self._release(*first)]
 
+    def _check_plan(self, plan: RoundPlan) -> None:
+        spec = self.settings.plan
+        if spec is None or plan.batches.shape[0] == 0:  # an empty plan releases nothing
+            return
+        want = public_batches(self.settings.seed, plan.round, public_size=spec.public_size,
+                              batch_size=spec.batch_size, cl_epochs=spec.cl_epochs)
+        if plan.exchange != spec.exchange or plan.batches.shape != want.shape \
+                or not torch.equal(plan.batches, want):
+            raise ProtocolError(SERVER, self.stage.value, f"the plan of round {plan.round} is not "
+                                f"the configured one (exchange {plan.exchange!r}, expected "
+                                f"{spec.exchange!r}; the public rows must be those the round "
+                                "seed gives): refusing it")
+
     def _on_secagg(self, env: SecAggEnvelope) -> list[Message]:
         """A stage of the current exchange's secure sum (DESIGN §4.2)."""
         self._expect(ClientStage.AWAIT_REPLY, env)
@@ -218,8 +250,9 @@ class FedMuscleClient:
                                 f"{env.round}, epoch {epoch}, batch {batch}) while {self.name!r} "
                                 "already answered one; refusing (two sums over groups that "
                                 "differ by one member reveal that member's input)")
-        if exchange_key(env.round, epoch, batch) in self.released:
-            return [self._sit_out(env.round, epoch, batch)]
+        why = self.guard.refusal(env.round, epoch, batch, self._rows(epoch, batch))
+        if why is not None:
+            return [self._sit_out(env.round, epoch, batch, why)]
         try:
             advert, self._own = self.secure.begin(env, self._representations(epoch, batch))
         except PrivacyBudgetExceeded as exc:
@@ -251,7 +284,7 @@ class FedMuscleClient:
                 self.secure.aborted += 1
             if self.privacy is not None:
                 sent = (self.secure.masked_sent if self.secure is not None
-                        else exchange_key(reply.round, epoch, batch) in self.released)
+                        else (reply.round, epoch, batch) in self.guard.record)
                 self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
         self._sitting_out = False
         if batch is not None:  # per_batch: the anchor was computed at release time
@@ -338,11 +371,15 @@ class FedMuscleClient:
                 z = torch.stack([self.model.represent(self.public_x[idx]) for idx in batches])
         return z.float().contiguous()
 
-    def _sit_out(self, r: int, epoch: int, batch: int | None) -> SitOut:
-        """Do not release again for an exchange already released for (a re-run round): it
-        counts as a drop for this exchange only; the server answers ExchangeAborted."""
-        reason = (f"already released for exchange (round {r}, epoch {epoch}, batch {batch}); a "
-                  "client releases at most once per exchange")
+    def _rows(self, epoch: int, batch: int | None) -> torch.Tensor:
+        """The public rows exchange (epoch, batch) of the current plan covers."""
+        assert self._plan is not None
+        rows = self._plan.batches[epoch]
+        return (rows if batch is None else rows[batch]).reshape(-1)
+
+    def _sit_out(self, r: int, epoch: int, batch: int | None, reason: str) -> SitOut:
+        """Do not release for this exchange (:class:`ReleaseGuard` says why): it counts as a
+        drop for this exchange only; the server answers ExchangeAborted."""
         if self.privacy is not None:
             self.privacy.sit_out(r, (epoch, batch), reason)
         self._exchange = (epoch, batch)
@@ -354,9 +391,9 @@ class FedMuscleClient:
     def _release(self, epoch: int, batch: int | None) -> Representations | TaskOutputs | Leave | SitOut:
         assert self._plan is not None
         r = self._plan.round
-        key = exchange_key(r, epoch, batch)
-        if key in self.released:
-            return self._sit_out(r, epoch, batch)
+        why = self.guard.refusal(r, epoch, batch, self._rows(epoch, batch))
+        if why is not None:
+            return self._sit_out(r, epoch, batch, why)
         z = self._representations(epoch, batch)
         protect = None
         if self.ckks is not None:
@@ -369,7 +406,7 @@ class FedMuscleClient:
                 return self._leave(r, str(exc))
         else:
             out = protect(z) if protect is not None else z
-        self.released.mark(key)
+        self.guard.released(r, epoch, batch, self._rows(epoch, batch))
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
         if isinstance(out, EncryptedRepresentations):
@@ -406,6 +443,7 @@ class FedMuscleClient:
         self.cl_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.cl_optimizer.step()
+        self.guard.encoder_changed()
         self._cl_losses.append(float(loss.detach()))
 
     def _report(self, r: int) -> RoundReport:
@@ -477,7 +515,8 @@ class FedMuscleClient:
         self.stage = ClientStage.LEFT if self.left else ClientStage.IDLE
         # A rewind (the deployment's server restarted mid-round) drops the exchange in flight.
         self._plan, self._exchange, self._released, self._pending, self._own = (None,) * 5
-        self._sitting_out = False  # what was released stays in self.released: never again
+        self._sitting_out = False  # what was released stays in self.guard: never again
+        self.guard.encoder_changed()
         if self.secure is not None:
             self.secure.end()
         if self.privacy is not None:

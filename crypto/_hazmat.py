@@ -149,26 +149,29 @@ def verify_advert(identity: Ed25519PublicKey, signature: bytes, instance_id: byt
 
 
 # -- signed survivor sets (consistency round) -------------------------------------------
-def _view_message(instance_id: bytes, signer: str, survivors: tuple[str, ...],
+def _view_message(instance_id: bytes, label: str, signer: str, survivors: tuple[str, ...],
                   dropped: tuple[str, ...]) -> bytes:
-    """The signed bytes of a survivor view: both sets length-prefixed name by name, with
-    their sizes, so no two different views (or signers) share a message."""
-    return _context("consistency", instance_id, signer,
+    """The signed bytes of a survivor view: the instance id and the exchange ``label`` it
+    serves (a signature cannot be replayed into another exchange, even one that reuses the
+    id), then both sets length-prefixed name by name, with their sizes, so no two
+    different views (or signers) share a message."""
+    return _context("consistency", instance_id, label, signer,
                     struct.pack(">I", len(survivors)), *survivors,
                     struct.pack(">I", len(dropped)), *dropped)
 
 
-def sign_survivor_set(identity: Ed25519PrivateKey, instance_id: bytes, signer: str,
+def sign_survivor_set(identity: Ed25519PrivateKey, instance_id: bytes, label: str, signer: str,
                       survivors: tuple[str, ...], dropped: tuple[str, ...]) -> bytes:
-    return identity.sign(_view_message(instance_id, signer, survivors, dropped))
+    return identity.sign(_view_message(instance_id, label, signer, survivors, dropped))
 
 
 def verify_survivor_set(identity: Ed25519PublicKey, signature: bytes, instance_id: bytes,
-                        signer: str, survivors: tuple[str, ...], dropped: tuple[str, ...]) -> None:
+                        label: str, signer: str, survivors: tuple[str, ...],
+                        dropped: tuple[str, ...]) -> None:
     """Raise :class:`IdentityError` unless ``signature`` is ``signer``'s over exactly this
     view (survivors and dropped clients, in this order) of this instance."""
     try:
-        identity.verify(signature, _view_message(instance_id, signer, survivors, dropped))
+        identity.verify(signature, _view_message(instance_id, label, signer, survivors, dropped))
     except InvalidSignature:
         raise IdentityError(f"the survivor-set signature of {signer!r} does not verify under "
                             "its identity key over this view of the instance") from None

@@ -63,13 +63,17 @@ class SecAggClient:
 
     def __init__(self, name: str, identity: Ed25519PrivateKey,
                  peer_identities: Mapping[str, Ed25519PublicKey], setup: SecAggSetup,
-                 vector: torch.Tensor, *, seen_instances: MutableSet[bytes] | None = None) -> None:
+                 vector: torch.Tensor, *, seen_instances: MutableSet[bytes] | None = None,
+                 label: str = "") -> None:
         """Validate ``setup`` and prepare the instance; :meth:`advertise` sends the keys.
 
         ``vector`` is the encoded int64 input. ``seen_instances`` (kept by the caller
-        across instances) rejects a setup that replays an earlier instance id.
+        across instances) rejects a setup that replays an earlier instance id. ``label``
+        names the exchange the instance serves (round/epoch/batch); it is signed into the
+        survivor view, so view signatures are bound to that exchange as well as to the id.
         """
         self.name = name
+        self.label = label
         self.stage = SecAggStage.ADVERTISE_KEYS
         self._identity = identity
         self._peer_identities = dict(peer_identities)
@@ -246,7 +250,8 @@ class SecAggClient:
         self._expect(SecAggStage.MASKED_INPUT, check)
         self._check_view(check.survivors, check.dropped)
         self._view = (tuple(check.survivors), tuple(check.dropped))
-        sig = hz.sign_survivor_set(self._identity, self.instance_id, self.name, *self._view)
+        sig = hz.sign_survivor_set(self._identity, self.instance_id, self.label, self.name,
+                                   *self._view)
         self.stage = SecAggStage.CONSISTENCY
         return ConsistencySignature(self.name, self.instance_id, sig)
 
@@ -286,7 +291,7 @@ class SecAggClient:
             key = (self._identity.public_key() if signer == self.name
                    else self._peer_identities[signer])
             try:
-                hz.verify_survivor_set(key, sig, self.instance_id, signer, *self._view)
+                hz.verify_survivor_set(key, sig, self.instance_id, self.label, signer, *self._view)
             except IdentityError as exc:
                 raise ProtocolError(signer, stage, f"{exc}; refusing to reveal any share "
                                     "(an equivocating server, or a forged signature)") from None

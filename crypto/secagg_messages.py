@@ -26,6 +26,11 @@ def min_group(threshold: int) -> int:
     return max(MIN_GROUP, threshold)
 
 
+def exchange_label(round_: int, epoch: int, batch: int | None) -> str:
+    """The exchange an instance serves, as signed into its survivor views."""
+    return f"round {round_}, epoch {epoch}, batch {batch}"
+
+
 class SecAggStage(enum.Enum):
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"

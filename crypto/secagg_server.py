@@ -84,8 +84,9 @@ class SecAggServer:
 
     def __init__(self, participants: list[str] | tuple[str, ...], threshold: int, vector_length: int, *,
                  identities: Mapping[str, Ed25519PublicKey] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", label: str = "") -> None:
         n = len(participants)
+        self.label = label  # the exchange the instance serves, signed into survivor views
         if len(set(participants)) != n or not 2 <= threshold <= n or n < min_group(threshold):
             raise ValueError(f"need distinct participants, 2 <= threshold <= {n} and at least "
                              f"max(3, threshold) of them; got {list(participants)}, threshold "
@@ -227,7 +228,7 @@ class SecAggServer:
             assert self._view is not None
             if self.identities is not None:
                 try:
-                    hz.verify_survivor_set(self.identities[s], msg.signature, self.instance_id, s,
+                    hz.verify_survivor_set(self.identities[s], msg.signature, self.instance_id, self.label, s,
                                            *self._view)
                 except (IdentityError, KeyError) as exc:
                     raise ProtocolError(s, stage, f"bad survivor-set signature: {exc}") from None

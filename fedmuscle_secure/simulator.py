@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedmuscle_secure.client.report_policy import policy_for
-from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, LabelledData
+from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, LabelledData, PlanSpec
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.data import FederatedSplit, get_task
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
@@ -140,7 +140,9 @@ def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name
         method=method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
         lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
         augment=tr.augment, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]), seed=cfg.seed,
-        report=policy_for(cfg, method))
+        report=policy_for(cfg, method),
+        plan=PlanSpec(exchange=cfg.muscle.exchange, public_size=int(setup.public_x.shape[0]),
+                      batch_size=cfg.muscle.batch_size, cl_epochs=tr.cl_epochs))
     return FedMuscleClient(
         c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
         test=_labelled(task, split.test_x, split.test_y), public_x=setup.public_x, settings=settings,

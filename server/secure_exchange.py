@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fedmuscle_secure.crypto.secagg_messages import SecAggStage, min_group
+from fedmuscle_secure.crypto.secagg_messages import SecAggStage, exchange_label, min_group
 from fedmuscle_secure.crypto.secagg_server import SecAggAborted, SecAggServer
 from fedmuscle_secure.crypto.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import sum_form_terms
@@ -91,7 +91,8 @@ class SecureExchanges:
                 continue
             enc = self.encoding_for(self._batches, len(group))
             self.instance = SecAggServer(group, self.threshold, enc.vector_length,
-                                         identities=self.identities, device=self.device)
+                                         identities=self.identities, device=self.device,
+                                         label=exchange_label(self._round, epoch, batch))
             self._current = (epoch, batch, enc)
             out += [SecAggEnvelope(s.recipient, self._round, epoch, batch, s, enc)
                     for s in self.instance.start()]

@@ -44,7 +44,7 @@ from fedmuscle_secure.messages import (
     SitOut,
     TaskOutputs,
 )
-from fedmuscle_secure.seeding import derive_seed
+from fedmuscle_secure.seeding import derive_seed, public_batches
 
 
 class ServerStage(enum.Enum):
@@ -106,12 +106,8 @@ class FedMuscleServer:
     def public_batches(self, r: int) -> torch.Tensor:
         """(T, nb, B) public indices of round r; every client encodes the same rows."""
         s = self.settings
-        nb = s.public_size // s.batch_size
-        out = []
-        for t in range(s.cl_epochs):
-            g = torch.Generator().manual_seed(derive_seed(self.round_seed(r), "batches", t))
-            out.append(torch.randperm(s.public_size, generator=g)[: nb * s.batch_size].view(nb, -1))
-        return torch.stack(out)
+        return public_batches(s.seed, r, public_size=s.public_size, batch_size=s.batch_size,
+                              cl_epochs=s.cl_epochs)
 
     def start_round(self, r: int) -> list[Message]:
         if self.stage is not ServerStage.IDLE:

@@ -9,7 +9,10 @@ Attacks reproduced here, in the in-process simulator (the gRPC restart path is i
   the difference; with it, every client that had released sits the exchange out, so no
   second release exists, and the re-run round still finishes;
 * an active server (no crash) holds back the reply of a secure exchange and opens a second
-  instance for the same (round, epoch, batch) over a smaller group: every client refuses.
+  instance for the same (round, epoch, batch) over a smaller group: every client refuses;
+* the same content under another key: the server withholds the reply of epoch 0 (an abort
+  instead of the sums), so no client steps, and sets up epoch 1, which covers the same
+  public rows: the releases would repeat, permuted. Every client sits epoch 1 out.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from fedmuscle_secure.messages import (
     ExchangeAborted,
     Representations,
     SecAggEnvelope,
+    PeerSums,
     SitOut,
+    SumTerms,
 )
 from fedmuscle_secure.simulator import build_federation, carries_release, record_receipt, run_round
 
@@ -90,8 +95,9 @@ def _restart(cfg, split, tmp, fed, snapshot):
 @pytest.mark.parametrize("protection", ["plain", "secagg", "ckks"])
 def test_a_rerun_round_gets_no_second_release(tmp_path, protection):
     """Crash once the server holds every client's release of (round 2, epoch 0): after the
-    restart each of them sits that exchange out, releases the next one once, and the round
-    finishes. Each ledger has exactly one egress per exchange."""
+    restart each of them sits out that exchange and the rest of the round (LocalUpdate,
+    seeded, could rebuild the encoder it released from), and the round finishes. Each
+    ledger has exactly one egress per exchange."""
     cfg = _config(protection)
     split = make_split(cfg)
     fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path)
@@ -110,9 +116,9 @@ def test_a_rerun_round_gets_no_second_release(tmp_path, protection):
     assert _drive(fed, 2, seen=second)  # the re-run round finishes
     again = [x for m in second if (x := _release_of(m))]
     assert not [x for x in again if x[1:] == (2, 0, None)], "a second release of (2, 0)"
+    assert not again, f"releases in a re-run round: {again}"
     assert sorted((m.client, m.epoch) for m in second if isinstance(m, SitOut)) == \
-        [(c, 0) for c in sorted(fed.clients)]
-    assert sorted(x[0] for x in again if x[1:] == (2, 1, None)) == sorted(fed.clients)
+        [(c, e) for c in sorted(fed.clients) for e in (0, 1)]
     fed.close()
     for name in fed.clients:
         entries, _ = read_entries(tmp_path / "ledger" / f"{name}.jsonl")
@@ -120,7 +126,7 @@ def test_a_rerun_round_gets_no_second_release(tmp_path, protection):
                                for e in entries if e["kind"] == "egress")
         assert per_exchange and set(per_exchange.values()) == {1}, per_exchange
         assert [(e["body"]["round"], e["body"]["exchange"]) for e in entries
-                if e["kind"] == "sit_out"] == [(2, [0, None])]
+                if e["kind"] == "sit_out"] == [(2, [0, None]), (2, [1, None])]
 
 
 def test_a_partly_released_exchange_runs_with_the_others_only(tmp_path):
@@ -173,6 +179,31 @@ def test_a_second_secure_setup_for_a_released_exchange_is_refused(tmp_path):
     for name in fed.clients:  # one masked input each, nothing more
         entries, _ = read_entries(tmp_path / "ledger" / f"{name}.jsonl")
         assert [e["body"]["exchange"] for e in entries if e["kind"] == "egress"] == [[0, None]]
+
+
+@pytest.mark.parametrize("protection", ["plain", "secagg"])
+def test_withheld_reply_then_the_same_rows_again_is_sat_out(protection):
+    """The server receives every release of (round 1, epoch 0), answers with ExchangeAborted
+    instead of the reply (no client steps), and asks for epoch 1, which covers the same public
+    rows: the same encoder would release the same representations again (under secagg, over
+    a group the server picks). Every client sits epoch 1 out."""
+    cfg = _config(protection)
+    fed = build_federation(cfg, make_split(cfg), "muscle_sum")
+    queue = deque(fed.server.start_round(1))
+    sent: list = []
+    while queue:
+        msg = queue.popleft()
+        if isinstance(msg, (SumTerms, PeerSums)) and msg.epoch == 0:
+            msg = ExchangeAborted(msg.client, 1, 0, msg.batch, "the server withholds the sums")
+        for rep in fed.clients[msg.client].handle(msg):
+            sent.append(rep)
+            queue.extend(fed.server.handle(rep))
+    assert {x[0] for m in sent if (x := _release_of(m)) and x[2] == 0} == set(fed.clients)
+    assert not [x for m in sent if (x := _release_of(m)) and x[2] == 1]
+    sat = [m for m in sent if isinstance(m, SitOut)]
+    assert sorted(m.client for m in sat) == sorted(fed.clients)
+    assert all("current encoder" in m.reason for m in sat)
+    assert fed.server.round_complete  # and the round still ends
 
 
 def test_the_server_tells_a_sitting_out_client_when_the_exchange_ends():

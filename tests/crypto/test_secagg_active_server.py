@@ -156,3 +156,21 @@ def test_honest_instance_carries_every_signers_signature():
 def test_server_instance_refuses_fewer_than_three_participants():
     with pytest.raises(ValueError, match="max\\(3, threshold\\)"):
         SecAggServer(names(2), 2, LENGTH)
+
+
+def test_survivor_signatures_are_bound_to_the_exchange():
+    """A server that reuses an instance id for another exchange (e.g. after the clients
+    restarted and forgot the ids they had seen) cannot replay the survivor-view signatures
+    it collected: the exchange label is signed into the view."""
+    from fedmuscle_secure.crypto import _hazmat as hz
+    from fedmuscle_secure.crypto.secagg_messages import exchange_label
+
+    from fedmuscle_secure.errors import IdentityError
+
+    ids = identities(names(3))
+    iid, view = b"\x07" * 32, (("c0", "c1", "c2"), ())
+    first, second = exchange_label(1, 0, None), exchange_label(1, 1, None)
+    sig = hz.sign_survivor_set(ids["c0"], iid, first, "c0", *view)
+    hz.verify_survivor_set(ids["c0"].public_key(), sig, iid, first, "c0", *view)
+    with pytest.raises(IdentityError):
+        hz.verify_survivor_set(ids["c0"].public_key(), sig, iid, second, "c0", *view)

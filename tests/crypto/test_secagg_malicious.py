@@ -30,6 +30,7 @@ from fedmuscle_secure.crypto.secagg_messages import (
     SecAggSetup,
     SecAggStage,
     UnmaskShares,
+    exchange_label,
     frozen_map,
 )
 from fedmuscle_secure.crypto.secagg_server import SecAggAborted
@@ -260,7 +261,8 @@ def test_blame_is_recorded_in_the_round_events_and_the_liar_stays_out():
             continue
         if isinstance(env.body, SecAggSetup):
             vector = env.encoding.encode(torch.zeros(1, 2, 3), torch.zeros(1, 2))[0]
-            instances[env.client] = SecAggClient(env.client, ids[env.client], public(ids), env.body, vector)
+            instances[env.client] = SecAggClient(env.client, ids[env.client], public(ids), env.body,
+                                                 vector, label=exchange_label(1, 0, None))
             reply = instances[env.client].advertise()
         else:
             reply = instances[env.client].handle(env.body)
