@@ -192,6 +192,15 @@ class ClientPrivacy:
     def leave(self, round_: int, reason: str) -> None:
         self._log("leave", {"round": round_, "reason": reason})
 
+    def left_in_ledger(self) -> dict | None:
+        """The client's ``leave`` as its ledger records it (``{"round", "reason"}``), or None.
+        A client that left stays gone after any restart, whatever a checkpoint says: its
+        ledger would otherwise show spending after its own leave."""
+        if self.ledger is None:
+            return None
+        leaves = [e["body"] for e in self.ledger.entries if e["kind"] == "leave"]
+        return {"round": leaves[0]["round"], "reason": leaves[0]["reason"]} if leaves else None
+
     def record_report(self, round_: int, *, sent: list[str], withheld: list[str],
                       report_private_metrics: bool) -> None:
         """A round report left for the server: the names of the metrics it carried and of

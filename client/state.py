@@ -157,6 +157,10 @@ class FedMuscleClient:
         if isinstance(msg, Finish):
             return [self._on_finish(msg)]
         if self.stage is ClientStage.LEFT:
+            if isinstance(msg, RoundPlan) and self.left is not None:
+                # a server that resumed from before the leave still counts on this client:
+                # say again that it left (its ledger already holds the leave)
+                return [Leave(self.name, msg.round, str(self.left["reason"]))]
             return []  # a client that left answers nothing (the server already dropped it)
         if isinstance(msg, RoundPlan):
             return self._on_round_plan(msg)
@@ -511,7 +515,8 @@ class FedMuscleClient:
         self.model.load_state_dict(state["model"])
         self.task_optimizer.load_state_dict(state["task_optimizer"])
         self.cl_optimizer.load_state_dict(state["cl_optimizer"])
-        self.left = state.get("left")
+        self.left = state.get("left") or (self.privacy.left_in_ledger()
+                                          if self.privacy is not None else None)
         self.stage = ClientStage.LEFT if self.left else ClientStage.IDLE
         # A rewind (the deployment's server restarted mid-round) drops the exchange in flight.
         self._plan, self._exchange, self._released, self._pending, self._own = (None,) * 5
