@@ -31,6 +31,7 @@ from fedmuscle_secure.audit_trust import (
     SELF_DECLARED,
     TRUSTED,
     VerificationKey,
+    check_config_against_geneses,
     check_genesis,
     check_ledger_set,
     check_unsigned,
@@ -191,6 +192,8 @@ def audit_run(run_dir: str | Path, *, receipts_path: str | Path | None = None,
         sub, present[client] = _audit_ledger(path, vkey, receipts=receipts, client=client)
         report.extend(sub)
     scope = check_ledger_set(run_dir, configured, present, report)
+    if configured is not None:
+        check_config_against_geneses(run_dir, present, report)
     if receipts is not None:
         # an organisation's directory holds its own ledger; the receipt log covers everyone
         known = set(configured or ()) if scope == ORGANISATION else set(present)

@@ -208,3 +208,44 @@ def check_ledger_set(run_dir: Path, configured: list[str] | None,
             report.failures.append(fail("malformed", client, None, f"ledger of {client!r}, "
                                         "which is not a client of config.resolved.yaml"))
     return scope
+
+
+def check_config_against_geneses(run_dir: Path, present: dict[str, dict | None],
+                                 report: AuditReport) -> None:
+    """``config.resolved.yaml`` must say what every signed genesis says: the protection, δ,
+    each client's budgets and any noise multiplier the config fixes. The config is an
+    unsigned file; a reader who takes the run's parameters from it (a privacy officer, a
+    results table) must not be shown other ones than the clients accounted under."""
+    path = run_dir / "config.resolved.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        privacy = raw.get("privacy") or {}
+        specs = {c["name"]: c for c in raw["clients"]}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return  # configured_clients has reported it
+    shared_budget = privacy.get("budget") or {}
+    rep, sgd = privacy.get("representation_noise") or {}, privacy.get("dp_sgd") or {}
+    for client, genesis in sorted(present.items()):
+        if genesis is None or client not in specs:
+            continue
+        budget = specs[client].get("budget") or shared_budget
+        said = {"protection": raw.get("protection", "plain"), "delta": privacy.get("delta"),
+                "record budget": budget.get("record_epsilon"),
+                "client budget": budget.get("client_epsilon")}
+        signed = {"protection": genesis.get("protection"), "delta": genesis.get("delta"),
+                  "record budget": (genesis.get("budget") or {}).get("record"),
+                  "client budget": (genesis.get("budget") or {}).get("client")}
+        sigmas = genesis.get("noise_multiplier") or {}
+        if sgd.get("enabled") and sgd.get("noise_multiplier") is not None:
+            said["DP-SGD noise multiplier"] = sgd["noise_multiplier"]
+            signed["DP-SGD noise multiplier"] = sigmas.get("record")
+        if (rep.get("enabled") and rep.get("noise_multiplier") is not None
+                and sigmas.get("client") is not None):  # the local reference releases nothing
+            said["representation noise multiplier"] = rep["noise_multiplier"]
+            signed["representation noise multiplier"] = sigmas.get("client")
+        for what, value in said.items():
+            if value != signed[what]:
+                report.failures.append(fail(
+                    "edited", client, 0, f"{path} says {what} {value!r} but {client}'s signed "
+                    f"genesis says {signed[what]!r}: the config is not the one this client "
+                    "was accounted under"))

@@ -63,8 +63,10 @@ def build_run(root: Path, *, clients=("a", "b"), budget_record=20.0, eps_scale=1
     run = root / "run"
     run.mkdir(parents=True)
     (run / "config.resolved.yaml").write_text(yaml.safe_dump(
-        {"name": "audit-test", "clients": [{"name": c, "model": "m", "task": "t"}
-                                           for c in clients]}))
+        {"name": "audit-test", "protection": "plain",
+         "clients": [{"name": c, "model": "m", "task": "t", "budget": None} for c in clients],
+         "privacy": {"delta": DELTA, "budget": {"record_epsilon": budget_record,
+                                                "client_epsilon": None}}}))
     receipts = ReceiptLog.open(run / "receipts.jsonl")
     for c in clients:
         key = generate_identity()

@@ -11,6 +11,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 from audit_fixtures import (
     CLIENT,
     DELTA,
@@ -151,7 +152,9 @@ def test_config_edited_to_hide_a_client_still_misses_its_ledger(run):
     """Also drop c from config.resolved.yaml: the signed geneses declare the federation."""
     (run / "ledger" / "c.jsonl").unlink()
     config = run / "config.resolved.yaml"
-    config.write_text(config.read_text().replace("- model: m\n  name: c\n  task: t\n", ""))
+    raw = yaml.safe_load(config.read_text())
+    raw["clients"] = [c for c in raw["clients"] if c["name"] != "c"]
+    config.write_text(yaml.safe_dump(raw))
     assert "name: c" not in config.read_text()
     report = audit_run(run, receipts_path=None, no_receipts=True)
     assert [(f.kind, f.client) for f in report.failures] == [("missing", "c")]
@@ -193,3 +196,22 @@ def test_stray_ledger_of_an_unconfigured_client_fails(run):
     save_public(key, run / "keys", "zed")
     report = audit_run(run, no_receipts=True)
     assert [(f.kind, f.client) for f in report.failures] == [("malformed", "zed")]
+
+
+@pytest.mark.parametrize(("edit", "what"), [
+    (lambda raw: raw.update(protection="secagg"), "protection"),
+    (lambda raw: raw["privacy"].update(delta=1e-9), "delta"),
+    (lambda raw: raw["privacy"]["budget"].update(record_epsilon=1.0), "record budget"),
+])
+def test_a_config_that_contradicts_the_signed_geneses_fails(tmp_path, edit, what):
+    """config.resolved.yaml is an unsigned file: a tamperer rewrites it to claim secagg, a
+    smaller δ or a tighter budget than the clients were accounted under."""
+    run = build_run(tmp_path)
+    assert audit_run(run, trusted_keys=tmp_path / "identities").exit_code() == 0
+    path = run / "config.resolved.yaml"
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    path.write_text(yaml.safe_dump(raw))
+    report = audit_run(run, trusted_keys=tmp_path / "identities")
+    assert report.exit_code() == EXIT_CODES["edited"]
+    assert any(f.kind == "edited" and what in f.message for f in report.failures)
