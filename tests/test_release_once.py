@@ -32,9 +32,9 @@ from fedmuscle_secure.ledger import read_entries
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     ExchangeAborted,
+    PeerSums,
     Representations,
     SecAggEnvelope,
-    PeerSums,
     SitOut,
     SumTerms,
 )
