@@ -15,6 +15,16 @@ from fedmuscle_secure.errors import ConfigError, FedMuscleError
 DEFAULT_CONFIG = Path("configs") / "digits.yaml"
 
 
+def _version() -> str:
+    """The installed distribution's version (from its metadata, one source of truth)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedmuscle-secure")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _default_config() -> Path:
     """``configs/digits.yaml`` in the working directory, else the one beside the package."""
     if DEFAULT_CONFIG.is_file():
@@ -62,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedmuscle-secure",
         description="Privacy-hardened federated multi-task learning with the Muscle loss.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser(
         "run", help="run one experiment (FedMuscle and its local-training reference)",

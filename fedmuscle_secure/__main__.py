@@ -1,0 +1,7 @@
+"""``python -m fedmuscle_secure``: the ``fedmuscle-secure`` command."""
+
+import sys
+
+from fedmuscle_secure.cli import main
+
+sys.exit(main())
