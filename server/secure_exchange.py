@@ -105,33 +105,33 @@ class SecureExchanges:
                             "batch": batch, "stage": stage, "reason": reason})
         return [ExchangeAborted(c, self._round, epoch, batch, reason) for c in group]
 
-    def handle(self, msg: SecAggEnvelope, active: list[str]) -> list[Message]:
-        if self._late(msg):
-            return []
+    def _check_current(self, msg: SecAggEnvelope | SitOut) -> SecAggServer:
+        """The running instance, if ``msg`` belongs to its exchange; else ProtocolError."""
+        what = type(msg).__name__
         if self.instance is None or self._current is None:
-            raise ProtocolError(msg.client, "idle", "secure-aggregation message while no exchange runs")
+            raise ProtocolError(msg.client, "idle", f"{what} while no exchange runs")
         epoch, batch, _ = self._current
         if (msg.round, msg.epoch, msg.batch) != (self._round, epoch, batch):
             raise ProtocolError(msg.client, self.instance.stage.value,
-                                f"message for exchange (round {msg.round}, epoch {msg.epoch}, batch "
+                                f"{what} for exchange (round {msg.round}, epoch {msg.epoch}, batch "
                                 f"{msg.batch}) while running (round {self._round}, epoch {epoch}, "
                                 f"batch {batch})")
+        return self.instance
+
+    def handle(self, msg: SecAggEnvelope, active: list[str]) -> list[Message]:
+        if self._late(msg):
+            return []
+        instance = self._check_current(msg)
         if getattr(msg.body, "sender", None) != msg.client:
-            raise ProtocolError(msg.client, self.instance.stage.value, "envelope and body name "
+            raise ProtocolError(msg.client, instance.stage.value, "envelope and body name "
                                 "different senders")
         return self._step(lambda inst: inst.receive(msg.body), active)
 
     def sit_out(self, msg: SitOut, active: list[str]) -> list[Message]:
         """``msg.client`` already released for this exchange (a re-run round): it takes no
         part in this instance (a drop for this exchange only) and is told when it is over."""
-        if self.instance is None or self._current is None:
-            raise ProtocolError(msg.client, "idle", "SitOut while no exchange runs")
-        epoch, batch, _ = self._current
-        if (msg.round, msg.epoch, msg.batch) != (self._round, epoch, batch):
-            raise ProtocolError(msg.client, self.instance.stage.value,
-                                f"SitOut for exchange (round {msg.round}, epoch {msg.epoch}, batch "
-                                f"{msg.batch}) while running (round {self._round}, epoch {epoch}, "
-                                f"batch {batch})")
+        self._check_current(msg)
+        assert self.instance is not None
         if msg.client not in self.instance.participants or msg.client in self._sat_out:
             raise ProtocolError(msg.client, self.instance.stage.value,
                                 "SitOut from a client outside this instance, or twice")

@@ -12,9 +12,7 @@ and the others finish; its ledger shows no spending after the leave.
 
 from __future__ import annotations
 
-import copy
-from collections import deque
-
+from round_driver import drive, restart, snapshot
 from tiny import tiny_config
 
 from fedmuscle_secure.config import parse_config
@@ -23,7 +21,7 @@ from fedmuscle_secure.dp.noise import representation_sensitivity
 from fedmuscle_secure.experiment import make_split
 from fedmuscle_secure.ledger import read_entries
 from fedmuscle_secure.messages import Leave
-from fedmuscle_secure.simulator import build_federation, carries_release, record_receipt, run_round
+from fedmuscle_secure.simulator import build_federation, run_round
 
 
 def _config():
@@ -42,37 +40,19 @@ def _config():
     return parse_config(raw)
 
 
-def _drive(fed, r, stop=None) -> bool:
-    queue = deque(fed.server.start_round(r))
-    while queue:
-        msg = queue.popleft()
-        for rep in fed.clients[msg.client].handle(msg):
-            if fed.receipts is not None and carries_release(rep):
-                record_receipt(fed.receipts, rep)
-            queue.extend(fed.server.handle(rep))
-            if stop is not None and stop(rep):
-                return False
-    return True
-
-
 def test_a_client_that_left_does_not_rejoin_after_a_restart(tmp_path):
     cfg = _config()
     split = make_split(cfg)
     fed = build_federation(cfg, split, "muscle", record_dir=tmp_path)
     run_round(fed, 1)
-    snapshot = {"clients": {c: copy.deepcopy(cl.state_dict()) for c, cl in fed.clients.items()},
-                "server": copy.deepcopy(fed.server.state_dict())}
-    assert not _drive(fed, 2, stop=lambda m: isinstance(m, Leave) and m.client == "c")
-    fed.close()
+    state = snapshot(fed)
+    assert not drive(fed, 2, stop=lambda m, fed: isinstance(m, Leave) and m.client == "c")
     entries, _ = read_entries(tmp_path / "ledger" / "c.jsonl")
     left_at = next(e["seq"] for e in entries if e["kind"] == "leave")
 
-    again = build_federation(cfg, split, "muscle", record_dir=tmp_path)  # the restart
-    for name, state in snapshot["clients"].items():
-        again.clients[name].load_state_dict(copy.deepcopy(state))
-    again.server.load_state_dict(copy.deepcopy(snapshot["server"]))
+    again = restart(cfg, split, tmp_path, fed, state, "muscle")
     assert again.clients["c"].left is not None and again.clients["c"].left["round"] == 2
-    assert _drive(again, 2)  # the re-run round finishes without c
+    assert drive(again, 2)  # the re-run round finishes without c
     assert "c" not in again.server.active
     again.close()
     entries, _ = read_entries(tmp_path / "ledger" / "c.jsonl")

@@ -17,13 +17,13 @@ Attacks reproduced here, in the in-process simulator (the gRPC restart path is i
 
 from __future__ import annotations
 
-import copy
 from collections import Counter, deque
 
 import pytest
 import torch
 from fedmuscle_secure.crypto.secagg_messages import MaskedInput
 from fedmuscle_secure.crypto.secagg_server import SecAggServer
+from round_driver import drive, restart, snapshot
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
@@ -38,7 +38,7 @@ from fedmuscle_secure.messages import (
     SitOut,
     SumTerms,
 )
-from fedmuscle_secure.simulator import build_federation, carries_release, record_receipt, run_round
+from fedmuscle_secure.simulator import build_federation, run_round
 
 FOUR = [
     {"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"},
@@ -55,41 +55,12 @@ def _config(protection: str, exchange: str = "per_epoch"):
                           "data.public_size": 64})
 
 
-def _drive(fed, r: int, stop=None, seen: list | None = None) -> bool:
-    """Deliver round ``r``'s messages like ``run_round``, recording what the server receives in
-    ``seen``; stop (a crash) right after the server has received a message for which ``stop``
-    is true. Returns whether the round ran to its end."""
-    queue = deque(fed.server.start_round(r))
-    while queue:
-        msg = queue.popleft()
-        for rep in fed.clients[msg.client].handle(msg):
-            if fed.receipts is not None and carries_release(rep):
-                record_receipt(fed.receipts, rep)
-            if seen is not None:
-                seen.append(rep)
-            queue.extend(fed.server.handle(rep))
-            if stop is not None and stop(rep, fed):
-                return False
-    return True
-
-
 def _release_of(msg) -> tuple | None:
     """(client, round, epoch, batch) of a message that carries a release, else None."""
     if isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput) or isinstance(
             msg, (Representations, EncryptedRepresentations)):
         return (msg.client, msg.round, msg.epoch, msg.batch)
     return None
-
-
-def _restart(cfg, split, tmp, fed, snapshot):
-    """The crash: close everything, rebuild every party from the run directory (ledgers
-    reopened) and load the checkpoints of the last completed round."""
-    fed.close()
-    again = build_federation(cfg, split, "muscle_sum", record_dir=tmp)
-    for name, state in snapshot["clients"].items():
-        again.clients[name].load_state_dict(copy.deepcopy(state))
-    again.server.load_state_dict(copy.deepcopy(snapshot["server"]))
-    return again
 
 
 @pytest.mark.parametrize("protection", ["plain", "secagg", "ckks"])
@@ -102,18 +73,17 @@ def test_a_rerun_round_gets_no_second_release(tmp_path, protection):
     split = make_split(cfg)
     fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path)
     run_round(fed, 1)
-    snapshot = {"clients": {c: copy.deepcopy(cl.state_dict()) for c, cl in fed.clients.items()},
-                "server": copy.deepcopy(fed.server.state_dict())}
+    state = snapshot(fed)
     first: list = []
 
     def all_released_epoch0(msg, fed) -> bool:
         got = {x[0] for m in first if (x := _release_of(m)) and x[1:] == (2, 0, None)}
         return got == set(fed.clients)
 
-    assert not _drive(fed, 2, stop=all_released_epoch0, seen=first)
-    fed = _restart(cfg, split, tmp_path, fed, snapshot)
+    assert not drive(fed, 2, stop=all_released_epoch0, seen=first)
+    fed = restart(cfg, split, tmp_path, fed, state, "muscle_sum")
     second: list = []
-    assert _drive(fed, 2, seen=second)  # the re-run round finishes
+    assert drive(fed, 2, seen=second)  # the re-run round finishes
     again = [x for m in second if (x := _release_of(m))]
     assert not [x for x in again if x[1:] == (2, 0, None)], "a second release of (2, 0)"
     assert not again, f"releases in a re-run round: {again}"
@@ -137,18 +107,17 @@ def test_a_partly_released_exchange_runs_with_the_others_only(tmp_path):
     split = make_split(cfg)
     fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path)
     run_round(fed, 1)
-    snapshot = {"clients": {c: copy.deepcopy(cl.state_dict()) for c, cl in fed.clients.items()},
-                "server": copy.deepcopy(fed.server.state_dict())}
+    state = snapshot(fed)
     first: list = []
 
     def two_released(msg, fed) -> bool:
         return len([m for m in first if _release_of(m) and _release_of(m)[1:] == (2, 0, 0)]) == 2
 
-    assert not _drive(fed, 2, stop=two_released, seen=first)
+    assert not drive(fed, 2, stop=two_released, seen=first)
     early = {m.client for m in first if _release_of(m)}
-    fed = _restart(cfg, split, tmp_path, fed, snapshot)
+    fed = restart(cfg, split, tmp_path, fed, state, "muscle_sum")
     second: list = []
-    assert _drive(fed, 2, seen=second)
+    assert drive(fed, 2, seen=second)
     assert {m.client for m in second if isinstance(m, SitOut)} == early
     assert {x[0] for m in second if (x := _release_of(m)) and x[1:] == (2, 0, 0)} == \
         set(fed.clients) - early
@@ -166,7 +135,7 @@ def test_a_second_secure_setup_for_a_released_exchange_is_refused(tmp_path):
     def masked_all(msg, fed) -> bool:
         return len([m for m in sent if _release_of(m)]) == len(fed.clients)
 
-    assert not _drive(fed, 1, stop=masked_all, seen=sent)
+    assert not drive(fed, 1, stop=masked_all, seen=sent)
     enc = fed.server.settings.secure._current[2]
     group = ["a", "b", "d"]
     second = SecAggServer(group, 3, enc.vector_length)
