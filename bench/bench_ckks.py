@@ -1,4 +1,4 @@
-"""CKKS cost (issue: ckks, item 6), measured side by side in one process.
+"""CKKS cost, measured side by side in one process.
 
 Part 1 — primitives at the default config's sizes (B = 64 rows of d = 64, one
 ciphertext at N = 8192): encrypt, add, the server's sum-form terms (scale + square,

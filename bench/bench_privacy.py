@@ -1,4 +1,4 @@
-"""Overhead of differential privacy on a FedMuscle round (issue: privacy, item 9).
+"""Overhead of differential privacy on a FedMuscle round.
 
 Side by side in one process, on the default config's clients and data: the median wall
 time of a round in plain mode, with representation noise (client-level DP: CSPRNG

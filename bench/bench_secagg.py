@@ -1,4 +1,4 @@
-"""Secure aggregation cost (issue: secagg, item 9), measured side by side in one process.
+"""Secure aggregation cost, measured side by side in one process.
 
 Part 1 — one exchange, N = 10 clients, two payloads (the per-epoch release of the default
 config: nb·B·(d+1) int64, and one batch: B·(d+1)), 0 % and 30 % dropout (the dropped
