@@ -129,7 +129,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
                retry: RetrySettings | None = None) -> dict[str, float]:
     """Take part in the federation as ``org``; returns the final metrics (after Finish)."""
     from fedmuscle_secure.experiment import make_split, methods_of
-    from fedmuscle_secure.simulator import build_client, federation_setup
+    from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 
     validate_deployable(cfg)
     options, retry = options or TransportOptions(), retry or RetrySettings()
@@ -150,7 +150,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
     run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
     limits = wire_limits(cfg)
-    records = OwnRecords(run, cfg, method, client)
+    records = OwnRecords(run, cfg, method, client, final_model_spec(cfg, name, setup, client))
     reconnected = False
     try:
         while True:
@@ -199,11 +199,15 @@ def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str)
 
 
 class OwnRecords:
-    """The organisation's own full metrics in its run directory: a ``round_end`` event per
-    report (the metrics, and which of them were sent) and ``metrics.csv`` with rows as
-    ``run`` writes them. The server's rows hold only what was sent (DESIGN §4.4)."""
+    """The organisation's own records in its run directory: a ``round_end`` event per report
+    (the metrics, and which of them were sent), ``metrics.csv`` with rows as ``run`` writes
+    them (the server's rows hold only what was sent, DESIGN §4.4), and, after the closing
+    LocalUpdate, the model it keeps: ``model/final.pt`` and ``model/final.json``
+    (:func:`fedmuscle_secure.models.load_final` loads it)."""
 
-    def __init__(self, run: RunDir, cfg: ExperimentConfig, method: str, client) -> None:
+    def __init__(self, run: RunDir, cfg: ExperimentConfig, method: str, client,
+                 final_spec: dict) -> None:
+        self.final_spec = final_spec
         spec = next(c for c in cfg.clients if c.name == client.name)
         self.run, self.client = run, client
         self.meta = {"method": method, "client": client.name, "model": spec.model,
@@ -219,6 +223,11 @@ class OwnRecords:
         self.rows[label] = {**self.meta, "round": label, **full}
         order = sorted(self.rows, key=lambda k: (k == "final", k if k != "final" else 0))
         self.run.write_metrics([self.rows[k] for k in order])
+        if final:  # the closing LocalUpdate's model: the one whose score was just reported
+            from fedmuscle_secure.models import save_final
+
+            save_final(self.client.model, {**self.final_spec, "round": label, "metrics": full},
+                       self.run.root / "model")
         return full
 
 

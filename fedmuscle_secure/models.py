@@ -8,6 +8,10 @@ phase shapes the representation the task head uses without forcing the task into
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -105,3 +109,58 @@ def build_client_model(
     return ClientModel(backbone, width=width, image_size=image_size, dim=dim, num_outputs=num_outputs,
                        projection=projection, hidden=hidden)
 
+
+
+# -- the model an organisation keeps -------------------------------------------------------
+FINAL_WEIGHTS, FINAL_SPEC = "final.pt", "final.json"
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """What :func:`load_final` returns: the model, ready for inference, and its record."""
+
+    model: ClientModel
+    spec: dict[str, Any]   # architecture, task and metric, as :func:`save_final` wrote them
+
+
+def save_final(model: nn.Module, spec: dict[str, Any], folder: Path) -> Path:
+    """Write the model an organisation keeps after the run: ``folder/final.pt`` (the state
+    dict, weights only: no pickled code) and ``folder/final.json`` (``spec``: what
+    :func:`build_client_model` needs, plus the task and its metric). Each file is written
+    to a temporary name and renamed, so a crash never leaves half a model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, record = folder / FINAL_WEIGHTS, folder / FINAL_SPEC
+    tmp = weights.with_suffix(".pt.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, weights)
+    tmp = record.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, record)
+    return weights
+
+
+def load_final(path: str | Path) -> FinalModel:
+    """The model :func:`save_final` wrote (``path``: its ``final.pt`` or the folder), in eval
+    mode on the CPU. The weights are read with ``weights_only=True``; the architecture is
+    rebuilt from ``final.json`` (a model trained with DP-SGD gets the same normalisation
+    layers it was trained with)."""
+    path = Path(path)
+    weights = path / FINAL_WEIGHTS if path.is_dir() else path
+    record = weights.with_name(FINAL_SPEC)
+    try:
+        spec = json.loads(record.read_text())
+        arch = spec["architecture"]
+        model = build_client_model(field=f"{record}: architecture", **arch)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(str(record), f"not a final-model record ({type(exc).__name__}: {exc}); "
+                                       "expected the final.json written beside final.pt") from None
+    if spec.get("dp_sgd"):
+        from fedmuscle_secure.client.dp_model import make_private_model
+
+        model = make_private_model(model, client=str(spec.get("client", "?")))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(str(weights), f"cannot load the final weights: {exc}") from None
+    return FinalModel(model.eval(), spec)

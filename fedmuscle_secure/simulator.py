@@ -151,6 +151,20 @@ def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name
         if setup.provisioned else None)
 
 
+def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
+                     client: FedMuscleClient) -> dict:
+    """What :func:`~fedmuscle_secure.models.save_final` records beside an organisation's
+    final weights: the arguments :func:`build_client` gave ``build_client_model``, whether
+    DP-SGD changed its layers, and the task and metric the model serves."""
+    c = next(spec for spec in cfg.clients if spec.name == name)
+    return {"client": name, "round": client.round, "task": c.task, "metric": client.task.metric,
+            "dp_sgd": client.dpsgd is not None,
+            "architecture": {"model": c.model, "model_kwargs": dict(c.model_kwargs),
+                             "in_chans": setup.in_chans, "image_size": c.image_size,
+                             "dim": cfg.muscle.dim, "num_outputs": client.task.num_outputs,
+                             "projection": c.projection.kind, "hidden": c.projection.hidden}}
+
+
 def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> FedMuscleServer:
     """The :class:`FedMuscleServer` of ``method`` over every configured client."""
     tau, gamma = setup.tau, setup.gamma

@@ -102,7 +102,33 @@ def _check_matches_simulator(run: dict, compared: tuple[str, ...] = COMPARED) ->
 
 
 def test_plain_deployment_matches_the_simulator(tmp_path):
-    _check_matches_simulator(_deploy(tmp_path, tiny_config(compare_local=False)))
+    cfg = tiny_config(compare_local=False)
+    _check_matches_simulator(_deploy(tmp_path, cfg))
+    _check_final_models(tmp_path, cfg)
+
+
+def _check_final_models(tmp: Path, cfg) -> None:
+    """Each organisation kept its closing model (model/final.pt + final.json): loaded with
+    models.load_final, it scores on the test split what the organisation reported."""
+    from fedmuscle_secure.client.local_update import evaluate
+
+    from fedmuscle_secure.data import get_task
+    from fedmuscle_secure.models import load_final
+
+    split = make_split(cfg)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as the deployed processes evaluated
+        for org in ORGS:
+            kept = load_final(tmp / f"client-{org}" / "model" / "final.pt")
+            task = get_task(kept.spec["task"], split.num_classes)
+            score = evaluate(kept.model, task, torch.from_numpy(split.test_x),
+                             task.targets(split.test_y))
+            assert score == kept.spec["metrics"]["test_metric"], org
+            own = read_rows(tmp / f"client-{org}" / "metrics.csv")
+            assert own[-1]["round"] == "final"
+    finally:
+        torch.set_num_threads(threads)
 
 
 FOUR = ("a", "b", "c", "d")
