@@ -206,7 +206,7 @@ class OwnRecords:
     (:func:`fedmuscle_secure.models.load_final` loads it)."""
 
     def __init__(self, run: RunDir, cfg: ExperimentConfig, method: str, client,
-                 final_spec: dict) -> None:
+                 final_spec: dict | None = None) -> None:
         self.final_spec = final_spec
         spec = next(c for c in cfg.clients if c.name == client.name)
         self.run, self.client = run, client
@@ -223,7 +223,7 @@ class OwnRecords:
         self.rows[label] = {**self.meta, "round": label, **full}
         order = sorted(self.rows, key=lambda k: (k == "final", k if k != "final" else 0))
         self.run.write_metrics([self.rows[k] for k in order])
-        if final:  # the closing LocalUpdate's model: the one whose score was just reported
+        if final and self.final_spec is not None:  # the model whose score was just reported
             from fedmuscle_secure.models import save_final
 
             save_final(self.client.model, {**self.final_spec, "round": label, "metrics": full},
