@@ -67,9 +67,6 @@ class ReleaseRecord:
     def mark(self, key: Exchange) -> None:
         self._released.add(key)
 
-    def __len__(self) -> int:
-        return len(self._released)
-
     def __iter__(self):
         return iter(self._released)
 

@@ -54,8 +54,6 @@ class SecureExchangeClient:
         self.masked_sent = False
         self.clipped_values = 0              # over the run, reported in the ledger per release
         self.aborted = 0                     # exchanges that ended without a sum
-        self.on_release = None               # called with (round, epoch, batch) as a masked
-        #                                      input leaves: the client's release record
 
     def begin(self, env: SecAggEnvelope, z: torch.Tensor) -> tuple[SecAggEnvelope, OwnContribution]:
         """Start the instance of ``env`` (a setup) with representations ``z`` (nb, B, d)."""
@@ -93,8 +91,6 @@ class SecureExchangeClient:
         reply = self.instance.handle(env.body)
         if isinstance(reply, MaskedInput):
             self.masked_sent = True
-            if self.on_release is not None:
-                self.on_release(env.round, env.epoch, env.batch)
             if self.privacy is not None:
                 self.privacy.record_secure_release(
                     env.round, (env.epoch, env.batch), self._event, reply.masked,

@@ -18,6 +18,7 @@ from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_
 from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.client.release_record import ReleaseGuard, ReleaseRecord
 from fedmuscle_secure.client.report_policy import ReportGate, ReportPolicy
+from fedmuscle_secure.crypto.secagg_messages import MaskedInput
 
 from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.data.tasks import Task
@@ -127,8 +128,6 @@ class FedMuscleClient:
         self.guard = ReleaseGuard(ReleaseRecord.from_ledger(ledger.entries if ledger is not None
                                                             else ()))
         self._sitting_out = False
-        if secure is not None:  # under secagg the release is the masked input leaving
-            secure.on_release = lambda r, e, b: self.guard.released(r, e, b, self._rows(e, b))
         self._aborted_before = self._clipped_before = 0  # secagg counters at the last report
         self.left: dict | None = None  # {"round", "reason"} once the client has left
         # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
@@ -247,7 +246,10 @@ class FedMuscleClient:
             if self._sitting_out:
                 raise ProtocolError(SERVER, self.stage.value, f"{self.name!r} sits out exchange "
                                     f"{self._exchange} of round {env.round}; it takes no stage")
-            return [self.secure.handle(env)]
+            reply = self.secure.handle(env)
+            if isinstance(reply.body, MaskedInput):  # under secagg, this is the release
+                self.guard.released(env.round, *self._exchange, self._rows(*self._exchange))
+            return [reply]
         epoch, batch = self._exchange
         if self.secure.instance is not None or self._sitting_out:
             raise ProtocolError(SERVER, "setup", f"a second secure-sum setup for exchange (round "
@@ -395,7 +397,8 @@ class FedMuscleClient:
     def _release(self, epoch: int, batch: int | None) -> Representations | TaskOutputs | Leave | SitOut:
         assert self._plan is not None
         r = self._plan.round
-        why = self.guard.refusal(r, epoch, batch, self._rows(epoch, batch))
+        rows = self._rows(epoch, batch)
+        why = self.guard.refusal(r, epoch, batch, rows)
         if why is not None:
             return self._sit_out(r, epoch, batch, why)
         z = self._representations(epoch, batch)
@@ -410,7 +413,7 @@ class FedMuscleClient:
                 return self._leave(r, str(exc))
         else:
             out = protect(z) if protect is not None else z
-        self.guard.released(r, epoch, batch, self._rows(epoch, batch))
+        self.guard.released(r, epoch, batch, rows)
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
         if isinstance(out, EncryptedRepresentations):

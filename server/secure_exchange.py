@@ -80,7 +80,8 @@ class SecureExchanges:
         while self._queue:
             epoch, batch = self._queue.pop(0)
             out += [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} sits out the rest of "
-                                    f"round {self._round} after missing a stage deadline")
+                                    f"round {self._round} (dropped from an earlier exchange: a "
+                                    "missed stage deadline or wrong shares)")
                     for c in active if c in self._out_for_round]
             group = [c for c in active if c not in self._dropped]
             need = self.min_group
