@@ -230,10 +230,11 @@ class FedMuscleServer:
         secure = self.settings.secure.waiting() if self.settings.secure is not None else None
         if secure is not None:
             return StageWait(*secure)
-        if self._pending:
-            first = next(iter(self._pending.values()))
-            owing = tuple(c for c in self.active if c not in self.reports and c not in self._pending)
-            return StageWait(("release", r, first.epoch, first.batch), tuple(self._pending), owing)
+        answered = {**self._pending, **self._sitting}  # a sit-out answers the exchange too
+        if answered:
+            first = next(iter(answered.values()))
+            owing = tuple(c for c in self.active if c not in self.reports and c not in answered)
+            return StageWait(("release", r, first.epoch, first.batch), tuple(answered), owing)
         return StageWait(("report", r), tuple(self.reports),
                          tuple(c for c in self.active if c not in self.reports))
 

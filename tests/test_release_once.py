@@ -232,3 +232,18 @@ def test_audit_fails_a_ledger_with_two_releases_for_one_exchange(tmp_path):
     report = audit_ledger(path, key.public_key(), receipts=None, client="a")
     second = [f for f in report.failures if f.kind == "second_release"]
     assert [f.seq for f in second] == [2] and report.exit_code() == EXIT_CODES["second_release"]
+
+
+def test_a_release_deadline_lets_go_the_silent_not_the_sitting_out():
+    """Plain server: a sits an exchange out, b releases, c and d stay silent. The release
+    stage's deadline lets c and d go; a, which answered with its SitOut, stays."""
+    cfg = _config("plain")
+    fed = build_federation(cfg, make_split(cfg), "muscle_sum")
+    plans = fed.server.start_round(1)
+    z = torch.nn.functional.normalize(torch.randn(int(plans[0].batches.shape[1]), 32, 16), dim=-1)
+    fed.server.handle(SitOut("a", 1, 0, None, "already released"))
+    wait = fed.server.waiting()
+    assert wait.key[0] == "release" and wait.answered == ("a",)
+    fed.server.handle(Representations("b", 1, 0, None, z))
+    fed.server.close_stage("deadline")
+    assert sorted(fed.server.active) == ["a", "b"]
