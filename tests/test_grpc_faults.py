@@ -1,4 +1,4 @@
-"""Malformed messages over a live mutual-TLS connection (DESIGN §6, issue "Faults").
+"""Malformed messages over a live mutual-TLS connection (DESIGN §6, faults).
 
 A real server (:func:`serve`, in a thread) and two well-behaved clients (:func:`run_client`,
 in threads) run a one-round federation while organisation ``a`` speaks raw chunks on its
