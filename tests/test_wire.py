@@ -539,18 +539,103 @@ def test_every_message_kind_has_an_envelope_field():
     assert len(oneof.fields) == len(kinds) == 15
 
 
+#: Every way received bytes could be unpickled, by module and attribute: the Python and C
+#: pickle implementations (``pickle.loads`` is ``_pickle.loads``), marshal, torch's and
+#: numpy's loaders (``np.load`` unpickles object arrays).
+UNPICKLERS = (("pickle", "loads"), ("pickle", "load"), ("pickle", "Unpickler"),
+              ("pickle", "_loads"), ("pickle", "_load"), ("pickle", "_Unpickler"),
+              ("_pickle", "loads"), ("_pickle", "load"), ("_pickle", "Unpickler"),
+              ("marshal", "loads"), ("marshal", "load"), ("torch", "load"),
+              ("torch.serialization", "load"), ("numpy", "load"))
+#: Audit hooks cannot be removed: one is installed once and records ``pickle.find_class``
+#: (raised by any unpickler resolving a global) only while a test has armed it.
+_AUDIT: dict = {"calls": None, "installed": False}
+
+
+def _audit_hook(event: str, args: tuple) -> None:
+    if event == "pickle.find_class" and _AUDIT["calls"] is not None:
+        _AUDIT["calls"].append(f"pickle.find_class{args}")
+
+
+def _forbid_unpickling(monkeypatch) -> list[str]:
+    """Replace every unpickler, in its module and wherever a project module bound it by name,
+    with a tripwire that records the call and raises, and arm the audit hook. Returns the
+    list the calls are recorded in."""
+    import importlib
+    import sys
+
+    calls: list[str] = []
+
+    def tripwire(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} called on received data")
+        return call
+
+    originals = {}
+    for module, attr in UNPICKLERS:
+        mod = importlib.import_module(module)
+        originals[id(getattr(mod, attr))] = f"{module}.{attr}"
+        monkeypatch.setattr(mod, attr, tripwire(f"{module}.{attr}"))
+    for name, mod in list(sys.modules.items()):  # `from pickle import loads` style bindings
+        if name.startswith("fedmuscle_secure") and mod is not None:
+            for attr, value in list(vars(mod).items()):
+                if id(value) in originals:
+                    monkeypatch.setattr(mod, attr, tripwire(f"{name}.{attr}"))
+    if not _AUDIT["installed"]:
+        sys.addaudithook(_audit_hook)
+        _AUDIT["installed"] = True
+    monkeypatch.setitem(_AUDIT, "calls", calls)
+    return calls
+
+
+def _decode_all(calls: list[str]) -> None:
+    for msg in ALL_MESSAGES:
+        try:
+            assert_same(wire.decode(wire.encode(msg)), msg)
+        except AssertionError:
+            if not calls:
+                raise
+    assert calls == [], f"received bytes reached an unpickler: {calls}"
+
+
 def test_decode_never_unpickles(monkeypatch):
-    """Received bytes never reach pickle or torch.load (CONVENTIONS "Wire format")."""
+    """Received bytes never reach pickle, marshal, torch.load or np.load (design.md §13.5):
+    every message kind is decoded with all of them replaced by tripwires."""
+    _decode_all(_forbid_unpickling(monkeypatch))
+
+
+@pytest.mark.parametrize("how", ["module attribute", "bound by name", "find_class"])
+def test_the_unpickling_tripwire_fires(monkeypatch, how):
+    """The check above can fail: a tensor decoder that unpickles, through the module, through
+    a name bound at import, or through an unpickler the tripwires do not replace, is caught."""
+    import io
     import pickle
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("pickle / torch.load called on received data")
+    from fedmuscle_secure import wire_tensor
 
-    for target, name in ((pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"),
-                         (torch, "load")):
-        monkeypatch.setattr(target, name, forbidden)
-    for msg in (*PLAIN.values(), *CKKS.values(), SHARES):
-        assert_same(wire.decode(wire.encode(msg)), msg)
+    unpickler = pickle._Unpickler  # the pure-Python class, taken before the tripwires
+    if how == "bound by name":
+        monkeypatch.setattr(wire_tensor, "loads", pickle.loads, raising=False)
+    calls = _forbid_unpickling(monkeypatch)
+    real = wire_tensor.tensor_from_proto
+
+    def unpickling(p, *args, **kwargs):
+        data = pickle.dumps(len)
+        try:
+            if how == "module attribute":
+                pickle.loads(data)
+            elif how == "bound by name":
+                wire_tensor.loads(data)
+            else:
+                unpickler(io.BytesIO(data)).load()
+        except AssertionError:
+            pass  # a decoder may swallow errors: the recorded call still fails the check
+        return real(p, *args, **kwargs)
+
+    monkeypatch.setattr(wire, "tensor_from_proto", unpickling)
+    with pytest.raises(AssertionError, match="reached an unpickler"):
+        _decode_all(calls)
 
 
 ALL_MESSAGES = [*PLAIN.values(), *CKKS.values(), SHARES]
