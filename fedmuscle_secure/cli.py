@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is None:
         out = Path("runs") / f"{cfg.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    result = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
+    result = run_experiment(cfg, out, resume=args.resume, progress=_run_display(cfg, args))
     print(f"\nRun directory: {result.run_dir}  ({time.perf_counter() - t0:.0f} s)\n")
     cmps = comparisons(cfg, result.rows)
     for cmp in cmps:
@@ -66,6 +66,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         for method, per in result.final.items():
             print(method, {c: round(100 * v, 2) for c, v in per.items()})
     return 0
+
+
+def _run_display(cfg, args: argparse.Namespace):
+    """``run``'s progress on stdout at the verbosity of --quiet/-v; --no-progress: plain
+    lines even on a terminal (no bar)."""
+    from fedmuscle_secure.experiment import methods_of
+    from fedmuscle_secure.progress import DETAIL, configure_logging, verbosity_of
+    from fedmuscle_secure.round_progress import RunProgress
+
+    level = verbosity_of(args.quiet, args.verbose)
+    if level >= DETAIL:  # the library's own INFO/DEBUG records, on stderr
+        configure_logging(level)
+    return RunProgress(cfg, methods_of(cfg), verbosity=level,
+                       bar=False if args.no_progress else None)
+
+
+def add_verbosity(p: argparse.ArgumentParser) -> None:
+    """--quiet / -v / -vv (:mod:`fedmuscle_secure.progress`), shared by run, server, client."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings, errors and the final result")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail (every INFO record, each phase as a line); -vv: debug")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "last checkpoint")
     r.add_argument("--seed", type=int, default=None, help="override the config's experiment seed")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: plain lines (one per round) even on a terminal, as "
+                        "when stdout is a file or a pipe")
+    add_verbosity(r)
     r.set_defaults(func=cmd_run)
     from fedmuscle_secure.compare_cli import add_compare_parser
 

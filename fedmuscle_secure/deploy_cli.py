@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from fedmuscle_secure.errors import ConfigError
@@ -36,18 +35,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keepalive-timeout-ms", type=int, default=d.keepalive_timeout_ms,
                    help="keep-alive ping timeout (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="log at INFO level (-vv: DEBUG, every message received)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings, errors and the final result (default: also the run's "
+                        "start and end and one line per round; a bar on a terminal)")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="every INFO record too (-vv: DEBUG, every message received)")
 
 
 def _prepare(args: argparse.Namespace):
     import torch
 
     from fedmuscle_secure.config import load_config
+    from fedmuscle_secure.progress import configure_logging, verbosity_of
 
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(verbosity_of(args.quiet, args.verbose))
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
