@@ -9,8 +9,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedmuscle_secure.errors import ConfigError, FedMuscleError
+from fedmuscle_secure.progress import add_verbosity_options
+
+if TYPE_CHECKING:
+    from fedmuscle_secure.config import ExperimentConfig
+    from fedmuscle_secure.round_progress import RunProgress
 
 DEFAULT_CONFIG = Path("configs") / "digits.yaml"
 
@@ -68,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_display(cfg, args: argparse.Namespace):
+def _run_display(cfg: ExperimentConfig, args: argparse.Namespace) -> RunProgress:
     """``run``'s progress on stdout at the verbosity of --quiet/-v; --no-progress: plain
     lines even on a terminal (no bar)."""
     from fedmuscle_secure.experiment import methods_of
@@ -80,15 +86,6 @@ def _run_display(cfg, args: argparse.Namespace):
         configure_logging(level)
     return RunProgress(cfg, methods_of(cfg), verbosity=level,
                        bar=False if args.no_progress else None)
-
-
-def add_verbosity(p: argparse.ArgumentParser) -> None:
-    """--quiet / -v / -vv (:mod:`fedmuscle_secure.progress`), shared by run, server, client."""
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true",
-                   help="only warnings, errors and the final result")
-    g.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more detail (every INFO record, each phase as a line); -vv: debug")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true",
                    help="no progress bar: plain lines (one per round) even on a terminal, as "
                         "when stdout is a file or a pipe")
-    add_verbosity(r)
+    add_verbosity_options(r)
     r.set_defaults(func=cmd_run)
     from fedmuscle_secure.compare_cli import add_compare_parser
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.grpc_transport import TransportOptions
+from fedmuscle_secure.progress import add_verbosity_options
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -35,12 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keepalive-timeout-ms", type=int, default=d.keepalive_timeout_ms,
                    help="keep-alive ping timeout (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true",
-                   help="only warnings, errors and the final result (default: also the run's "
-                        "start and end and one line per round; a bar on a terminal)")
-    g.add_argument("-v", "--verbose", action="count", default=0,
-                   help="every INFO record too (-vv: DEBUG, every message received)")
+    add_verbosity_options(p)
 
 
 def _prepare(args: argparse.Namespace):

@@ -107,7 +107,15 @@ class ServerProgress:
         with self.coordinator.cond:
             s = self.coordinator.server
             wait, r = s.waiting(), s.round + 1
+            expected = list(s.active)
+            missing = [c for c in expected if c not in self.coordinator.outboxes]
+            started = self.coordinator.started
+        if not started:
+            return (f"waiting for {', '.join(missing)} to connect "
+                    f"({len(expected) - len(missing)}/{len(expected)} connected)")
         if wait is None:
+            if r > self.rounds:
+                return "closing local updates and final reports"
             return f"between rounds (after {r - 1}/{self.rounds})"
         n = len(wait.answered) + len(wait.awaited)
         kind = wait.key[0]
@@ -166,6 +174,7 @@ class ClientProgress:
         """The round ``label`` (or ``"final"``) is reported: one line."""
         if label != "final":
             self.progress.reached(int(label), timing["seconds"])
+            self.progress.phase(f"round {label}/{self.rounds} reported; waiting for the server")
         eps = epsilon_text(metrics, self.guarantees)
         where = "final" if label == "final" else f"round {label}/{self.rounds} complete"
         parts = [f"{self.name}: {where}", metrics_text(metrics, configured_verbosity())]

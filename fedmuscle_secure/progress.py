@@ -17,6 +17,7 @@ phase change); :data:`DEBUG` everything.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -34,6 +35,18 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 _LOCK = threading.RLock()          # one writer at a time: bar redraws and log records
 _ACTIVE: Progress | None = None    # the bar on screen, cleared around every log record
 _CONFIGURED: dict = {"verbosity": NORMAL, "stream": None}
+
+
+def add_verbosity_options(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose`` (counted), exclusive; :func:`verbosity_of`
+    makes them one level. Shared by ``run``, ``server`` and ``client``."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings, errors and the final result (default: also the run's "
+                        "start and end and one line per round; a bar on a terminal)")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail: every INFO record (run: each phase as a line, every "
+                        "metric); -vv: debug (every message received)")
 
 
 def verbosity_of(quiet: bool, verbose: int) -> int:

@@ -161,3 +161,67 @@ def test_epsilon_text_shows_only_the_guarantees_that_are_on():
     assert epsilon_text(m, ("record", "client")) == "ε record 1.23, client 0.50"
     assert epsilon_text(m, ()) == ""
     assert epsilon_text({"eps_client": "not reported"}, ("client",)) == "ε client ?"
+
+
+def _dp_config(**over):
+    from tiny import tiny_config
+
+    return tiny_config(compare_local=False, **{
+        "privacy": {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0},
+                    "representation_noise": {"enabled": True, "noise_multiplier": 1.0}},
+        **over})
+
+
+def test_an_organisation_logs_its_round_with_its_own_epsilon_and_traffic(caplog):
+    from fedmuscle_secure.deploy_progress import ClientProgress
+    from fedmuscle_secure.messages import Representations, RoundReport
+
+    cfg = _dp_config()
+    watch = ClientProgress(cfg, "muscle", "a", logging.getLogger("test_progress.client"))
+    plan = torch.zeros(1, 3, 32, dtype=torch.int64)
+    watch.received(RoundPlan("a", 2, "per_batch", plan))
+    watch.sent(Representations("a", 2, 0, 0, torch.zeros(1, 32, 16)))
+    timing = watch.timing()
+    assert timing["bytes_sent"] == 32 * 16 * 4 and timing["bytes_received"] == plan.numel() * 8
+    assert timing["seconds"] >= 0
+    watch.sent(RoundReport("a", 2, {"eps_record": 1.5}))
+    with caplog.at_level(logging.INFO, logger="test_progress.client"):
+        watch.report(2, {"test_metric": 0.5, "val_metric": 0.25, "eps_record": 1.5,
+                         "eps_client": 0.75}, timing)
+    [record] = caplog.records
+    assert record.operator  # shown at the default verbosity
+    line = record.getMessage()
+    assert line.startswith("a: round 2/3 complete  test_metric 0.5  val_metric 0.25")
+    assert "ε record 1.50, client 0.75 (own accountant)" in line and "sent 0.00 MB" in line
+    watch.close()
+
+
+def test_the_server_line_names_the_epsilon_the_members_reported_and_who_left(caplog):
+    import threading
+    from types import SimpleNamespace
+
+    from fedmuscle_secure.server.state import StageWait
+
+    from fedmuscle_secure.deploy_progress import ServerProgress
+
+    waiting = [None]
+    server = SimpleNamespace(clients=["a", "b", "c"], active=["a", "b", "c"], round=0,
+                             public_batches=lambda r: torch.zeros(2, 3, 32),
+                             waiting=lambda: waiting[0])
+    coordinator = SimpleNamespace(server=server, cond=threading.Condition(), outboxes={"a": 1},
+                                  started=False)
+    watch = ServerProgress(_dp_config(), "muscle", coordinator, start=1,
+                           log=logging.getLogger("test_progress.server"))
+    assert watch._status() == "waiting for b, c to connect (1/3 connected)"
+    coordinator.started = True
+    waiting[0] = StageWait(("release", 1, 1, 2), ("a",), ("b", "c"))
+    assert watch._status() == "round 1/3: exchange epoch 2/2, batch 3/3 (1/3 answered)"
+    rows = {c: {"eps_record": 1.0, "eps_client": 0.5, "bytes_sent": 1e6, "bytes_received": 2e6,
+                "test_metric": "not reported"} for c in "ab"}
+    with caplog.at_level(logging.INFO, logger="test_progress.server"):
+        watch.round_end(1, 4.0, rows, left=["c"])
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("round 1/3 complete  members 2/3 (left: c)  received 2.00 MB "
+                           "sent 4.00 MB  ε reported by members (record/client): a 1.00/0.50, "
+                           "b 1.00/0.50  round 4.0 s")
+    watch.close()

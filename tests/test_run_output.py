@@ -16,7 +16,7 @@ from fedmuscle_secure.cli import main
 from fedmuscle_secure.experiment import methods_of, run_experiment
 from fedmuscle_secure.round_progress import RunProgress
 
-ROUND_LINE = re.compile(r"^(\w+) round (\d+)/(\d+)  .*run (\d+)/(\d+) rounds .*ETA ", re.M)
+ROUND_LINE = re.compile(r"^(\w+) round (\d+)/(\d+)  .*run (\d+)/(\d+) rounds .*ETA ", re.MULTILINE)
 
 
 def _config(tmp_path: Path, **over) -> Path:
@@ -35,8 +35,8 @@ def test_run_prints_one_plain_line_per_round_without_carriage_returns(tmp_path, 
     assert [(m, int(r), int(n), int(k), int(t)) for m, r, n, k, t in lines] == [
         ("muscle", 1, 2, 1, 4), ("muscle", 2, 2, 2, 4), ("local", 1, 2, 3, 4),
         ("local", 2, 2, 4, 4)]
-    assert re.search(r"^muscle final  a=\d\.\d{3} b=", out.out, re.M)
-    assert re.search(r"^local final  a=", out.out, re.M)
+    assert re.search(r"^muscle final  a=\d\.\d{3} b=", out.out, re.MULTILINE)
+    assert re.search(r"^local final  a=", out.out, re.MULTILINE)
     assert "s/round" in out.out and "Run directory:" in out.out
 
 
@@ -50,8 +50,8 @@ def test_quiet_prints_only_the_result_and_verbose_every_phase(tmp_path, capsys):
     verbose = capsys.readouterr().out
     assert "\r" not in verbose and len(ROUND_LINE.findall(verbose)) == 1
     # each phase of the round as a line, with its position
-    assert re.search(r"^muscle round 1/1: local update a \(1/3\)$", verbose, re.M)
-    assert re.search(r"^muscle round 1/1: exchange epoch 1/1, batch 3/3$", verbose, re.M)
+    assert re.search(r"^muscle round 1/1: local update a \(1/3\)$", verbose, re.MULTILINE)
+    assert re.search(r"^muscle round 1/1: exchange epoch 1/1, batch 3/3$", verbose, re.MULTILINE)
 
 
 def test_on_a_terminal_one_bar_covers_every_method_and_shows_the_batch(tmp_path):
