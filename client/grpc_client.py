@@ -150,14 +150,20 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
     run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
     limits = wire_limits(cfg)
-    records = OwnRecords(run, cfg, method, client, final_model_spec(cfg, name, setup, client))
+    from fedmuscle_secure.deploy_progress import ClientProgress
+
+    watch = ClientProgress(cfg, method, name, log)
+    records = OwnRecords(run, cfg, method, client, final_model_spec(cfg, name, setup, client),
+                         watch=watch)
     reconnected = False
+    watch.connecting(target)
     try:
         while True:
             channel = open_channel(certs, org, target, options, retry)
+            watch.connected(target)
             try:
                 final = _exchange(client, channel, name, options, limits, run, method, records,
-                                  reconnected=reconnected)
+                                  reconnected=reconnected, watch=watch)
                 break
             except ServerLost as exc:
                 reconnected = True
@@ -166,9 +172,11 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
                 if client.privacy is not None and client.privacy.ledger is not None:
                     client.privacy.ledger.mark_server_lost(client.round, str(exc))
     finally:
+        watch.close()
         if client.privacy is not None and client.privacy.ledger is not None:
             client.privacy.ledger.close()
     run.event("run_end", client=name, final=final)
+    watch.finished(run.root)
     return final
 
 
@@ -200,14 +208,18 @@ def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str)
 
 class OwnRecords:
     """The organisation's own records in its run directory: a ``round_end`` event per report
-    (the metrics, and which of them were sent), ``metrics.csv`` with rows as ``run`` writes
-    them (the server's rows hold only what was sent, DESIGN §4.4), and, after the closing
-    LocalUpdate, the model it keeps: ``model/final.pt`` and ``model/final.json``
-    (:func:`fedmuscle_secure.models.load_final` loads it)."""
+    (the metrics, ε among them where DP is on, which of them were sent, and with ``watch``
+    the round's seconds and payload bytes at this organisation), ``metrics.csv`` with rows
+    as ``run`` writes them (the server's rows hold only what was sent, DESIGN §4.4), and,
+    after the closing LocalUpdate, the model it keeps: ``model/final.pt`` and
+    ``model/final.json`` (:func:`fedmuscle_secure.models.load_final` loads it). ``watch``
+    (:class:`~fedmuscle_secure.deploy_progress.ClientProgress`) also gets the operator's
+    line of each report."""
 
     def __init__(self, run: RunDir, cfg: ExperimentConfig, method: str, client,
-                 final_spec: dict | None = None) -> None:
-        self.final_spec = final_spec
+                 final_spec: dict | None = None, watch=None) -> None:
+        self.final_spec, self.watch = final_spec, watch
+        self.rounds = cfg.training.rounds
         spec = next(c for c in cfg.clients if c.name == client.name)
         self.run, self.client = run, client
         self.meta = {"method": method, "client": client.name, "model": spec.model,
@@ -218,8 +230,10 @@ class OwnRecords:
         """Write what the client kept for ``report``; returns those full metrics."""
         full = dict(self.client.report_gate.kept[report.round])
         label = "final" if final else report.round
-        self.run.event("round_end", client=self.client.name, round=label, metrics=full,
-                       sent=sorted(report.metrics), withheld=list(report.withheld))
+        timing = self.watch.timing() if self.watch is not None else {}
+        self.run.event("round_end", client=self.client.name, round=label, rounds=self.rounds,
+                       metrics=full, sent=sorted(report.metrics),
+                       withheld=list(report.withheld), **timing)
         self.rows[label] = {**self.meta, "round": label, **full}
         order = sorted(self.rows, key=lambda k: (k == "final", k if k != "final" else 0))
         self.run.write_metrics([self.rows[k] for k in order])
@@ -228,12 +242,14 @@ class OwnRecords:
 
             save_final(self.client.model, {**self.final_spec, "round": label, "metrics": full},
                        self.run.root / "model")
+        if self.watch is not None:
+            self.watch.report(label, full, timing)
         return full
 
 
 def _exchange(client, channel: grpc.Channel, name: str, options: TransportOptions,
               limits: WireLimits, run: RunDir, method: str, records: OwnRecords, *,
-              reconnected: bool) -> dict[str, float]:
+              reconnected: bool, watch=None) -> dict[str, float]:
     """One stream to the server until Finish. Only on a stream opened after the server was
     lost may the first round plan (or Finish) rewind the client to its own checkpoint."""
     sending: queue.Queue = queue.Queue()
@@ -254,6 +270,8 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
                 continue
             log.debug("%s: received %s", name, _describe(msg))
             _failpoint(_describe(msg))
+            if watch is not None:
+                watch.received(msg)
             if isinstance(msg, RoundPlan | Finish):
                 if reconnected:
                     _rewind_if_needed(client, msg, run, method)
@@ -265,6 +283,8 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
                 log.info("%s: %s done in %.2f s", name, type(msg).__name__,
                          time.perf_counter() - t0)
             for rep in replies:
+                if watch is not None:
+                    watch.sent(rep)
                 if isinstance(rep, RoundReport) and not isinstance(msg, Finish):
                     run.save_checkpoint(method, rep.round, client.state_dict())
                     records.record(rep, final=False)

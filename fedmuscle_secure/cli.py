@@ -9,8 +9,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedmuscle_secure.errors import ConfigError, FedMuscleError
+from fedmuscle_secure.progress import add_verbosity_options
+
+if TYPE_CHECKING:
+    from fedmuscle_secure.config import ExperimentConfig
+    from fedmuscle_secure.round_progress import RunProgress
 
 DEFAULT_CONFIG = Path("configs") / "digits.yaml"
 
@@ -57,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is None:
         out = Path("runs") / f"{cfg.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    result = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
+    result = run_experiment(cfg, out, resume=args.resume, progress=_run_display(cfg, args))
     print(f"\nRun directory: {result.run_dir}  ({time.perf_counter() - t0:.0f} s)\n")
     cmps = comparisons(cfg, result.rows)
     for cmp in cmps:
@@ -66,6 +72,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         for method, per in result.final.items():
             print(method, {c: round(100 * v, 2) for c, v in per.items()})
     return 0
+
+
+def _run_display(cfg: ExperimentConfig, args: argparse.Namespace) -> RunProgress:
+    """``run``'s progress on stdout at the verbosity of --quiet/-v; --no-progress: plain
+    lines even on a terminal (no bar)."""
+    from fedmuscle_secure.experiment import methods_of
+    from fedmuscle_secure.progress import DETAIL, configure_logging, verbosity_of
+    from fedmuscle_secure.round_progress import RunProgress
+
+    level = verbosity_of(args.quiet, args.verbose)
+    if level >= DETAIL:  # the library's own INFO/DEBUG records, on stderr
+        configure_logging(level)
+    return RunProgress(cfg, methods_of(cfg), verbosity=level,
+                       bar=False if args.no_progress else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "last checkpoint")
     r.add_argument("--seed", type=int, default=None, help="override the config's experiment seed")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: plain lines (one per round) even on a terminal, as "
+                        "when stdout is a file or a pipe")
+    add_verbosity_options(r)
     r.set_defaults(func=cmd_run)
     from fedmuscle_secure.compare_cli import add_compare_parser
 

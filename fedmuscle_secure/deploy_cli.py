@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.grpc_transport import TransportOptions
+from fedmuscle_secure.progress import add_verbosity_options
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -36,18 +36,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keepalive-timeout-ms", type=int, default=d.keepalive_timeout_ms,
                    help="keep-alive ping timeout (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="log at INFO level (-vv: DEBUG, every message received)")
+    add_verbosity_options(p)
 
 
 def _prepare(args: argparse.Namespace):
     import torch
 
     from fedmuscle_secure.config import load_config
+    from fedmuscle_secure.progress import configure_logging, verbosity_of
 
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(verbosity_of(args.quiet, args.verbose))
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

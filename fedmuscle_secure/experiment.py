@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.data import FederatedSplit, federated_split
 from fedmuscle_secure.data.source import load_dataset
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
+from fedmuscle_secure.progress import NORMAL, QUIET
+from fedmuscle_secure.round_progress import RunProgress
 from fedmuscle_secure.rundir import RunDir
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 from fedmuscle_secure.summary import client_table, write_summary
@@ -64,8 +65,18 @@ def _row(method: str, r: int | str, cfg: ExperimentConfig, name: str, fed: Feder
             "metric": client.task.metric, **metrics}
 
 
+def _display(cfg: ExperimentConfig, methods: list[str],
+             progress: bool | RunProgress) -> tuple[RunProgress, bool]:
+    """(the display to report to, whether this caller made it and closes it): ``progress``
+    True shows the progress on stdout (a bar on a terminal, plain lines elsewhere), False
+    nothing."""
+    if isinstance(progress, RunProgress):
+        return progress, False
+    return RunProgress(cfg, methods, verbosity=NORMAL if progress else QUIET), True
+
+
 def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: RunDir, *,
-               resume: bool, progress: bool, prior_rows: list[dict[str, Any]],
+               resume: bool, progress: bool | RunProgress, prior_rows: list[dict[str, Any]],
                stop_after: int | None = None) -> list[dict[str, Any]]:
     """Rounds 1..R of one method, checkpointing each; returns its metric rows.
 
@@ -74,16 +85,19 @@ def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: R
     round, as a crash would (used to test ``--resume``).
     """
     main = methods_of(cfg)[0]
+    display, own = _display(cfg, [method], progress)
     fed = build_federation(cfg, split, method, record_dir=run.root if method == main else None)
     try:
-        return _run_rounds(cfg, fed, method, run, resume=resume, progress=progress,
+        return _run_rounds(cfg, fed, method, run, resume=resume, display=display,
                            prior_rows=prior_rows, stop_after=stop_after)
     finally:
         fed.close()
+        if own:
+            display.close()
 
 
 def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir, *, resume: bool,
-                progress: bool, prior_rows: list[dict[str, Any]],
+                display: RunProgress, prior_rows: list[dict[str, Any]],
                 stop_after: int | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     start = 1
@@ -95,27 +109,22 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
         rows = list(state["rows"])
         start = r0 + 1
         run.event("resume", method=method, from_round=r0)
+        display.resumed(method, min(r0, cfg.training.rounds))
         if state.get("finished"):
             return rows
     rounds = cfg.training.rounds
-    bar = tqdm(total=rounds, initial=start - 1, desc=f"{method:>10}", disable=not progress,
-               dynamic_ncols=True, leave=True)
     for r in range(start, rounds + 1):
-        bar.set_postfix_str(f"round {r}: local update + contrastive phase")
         t0 = time.perf_counter()
-        last = [""]
 
-        def on_phase(p: str, r: int = r, last: list[str] = last) -> None:
-            if p != last[0]:  # one update per phase, not per message
-                last[0] = p
-                bar.set_postfix_str(f"round {r}: {p}")
+        def on_phase(p: str, r: int = r) -> None:
+            display.phase(method, r, p)
 
         per_client = run_round(fed, r, on_phase=on_phase)
         for name, m in per_client.items():
             rows.append(_row(method, r, cfg, name, fed, m))
-        bar.set_postfix_str(_progress_line(per_client))
-        bar.update(1)
-        run.event("round_end", method=method, round=r, seconds=time.perf_counter() - t0,
+        seconds = time.perf_counter() - t0
+        display.round_end(method, r, per_client, seconds)
+        run.event("round_end", method=method, round=r, seconds=seconds,
                   selection=fed.server.last_selection, metrics=per_client)
         for d in fed.server.departures:
             if d["round"] == r:
@@ -130,10 +139,10 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
         _checkpoint(run, method, r, fed, rows, finished=False)
         run.write_metrics(prior_rows + rows)
         if stop_after is not None and r >= stop_after and r < rounds:
-            bar.close()
             raise RunInterrupted(f"{method}: stopped after round {r} (stop_after)")
-    bar.set_postfix_str("final local update")
-    for name, client in fed.clients.items():
+    finals: dict[str, dict[str, float]] = {}
+    for i, (name, client) in enumerate(fed.clients.items()):
+        display.phase(method, "final", f"final local update {name} ({i + 1}/{len(fed.clients)})")
         t0 = time.perf_counter()
         m = client.finish()
         m.update(bytes_sent=0.0, bytes_received=0.0, wall_time_s=time.perf_counter() - t0)
@@ -144,21 +153,10 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
         if client.left is not None:
             m.update(left_round=client.left["round"], left_reason=client.left["reason"])
         rows.append(_row(method, "final", cfg, name, fed, m))
-    bar.close()
+        finals[name] = m
+    display.final(method, finals)
     _checkpoint(run, method, rounds + 1, fed, rows, finished=True)
     return rows
-
-
-def _progress_line(per_client: dict[str, dict[str, float]]) -> str:
-    """Per client: task metric, and ε (record-level / client-level) when DP is on."""
-    parts = []
-    for n, m in per_client.items():
-        text = f"{n}={m['test_metric']:.3f}"
-        eps = [f"{k[4:]} {m[k]:.2f}" for k in ("eps_record", "eps_client") if m.get(k)]
-        if eps:
-            text += " (ε " + ", ".join(eps) + ")"
-        parts.append(text)
-    return " ".join(parts)
 
 
 def _checkpoint(run: RunDir, method: str, r: int, fed: Federation, rows: list[dict[str, Any]],
@@ -173,8 +171,13 @@ def config_digest(text: str) -> str:
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False,
-                   progress: bool = True, stop_after: int | None = None) -> RunResult:
-    """Run every method of ``cfg`` into ``out`` and write the summary (Δ over local, §2.4)."""
+                   progress: bool | RunProgress = True,
+                   stop_after: int | None = None) -> RunResult:
+    """Run every method of ``cfg`` into ``out`` and write the summary (Δ over local, §2.4).
+
+    ``progress``: True shows one bar over every method's rounds on a terminal and one line
+    per round elsewhere (stdout); False nothing; or the :class:`RunProgress` to report to.
+    """
     run = RunDir(out)
     resolved = dump_config(cfg)
     if resume:
@@ -193,11 +196,17 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
               config_sha256=config_digest(resolved), split=split.summary(),
               torch=torch.__version__, numpy=np.__version__, torch_threads=torch.get_num_threads())
     rows: list[dict[str, Any]] = []
-    for method in methods_of(cfg):
-        rows = [r for r in rows if r["method"] != method]
-        rows += run_method(cfg, split, method, run, resume=resume, progress=progress,
-                           prior_rows=rows, stop_after=stop_after)
-        run.write_metrics(rows)
+    display, own = _display(cfg, methods_of(cfg), progress)
+    try:
+        display.started(run.root, resume=resume)
+        for method in methods_of(cfg):
+            rows = [r for r in rows if r["method"] != method]
+            rows += run_method(cfg, split, method, run, resume=resume, progress=display,
+                               prior_rows=rows, stop_after=stop_after)
+            run.write_metrics(rows)
+    finally:
+        if own:
+            display.close()
     final = {m: {r["client"]: float(r["test_metric"]) for r in rows
                  if r["method"] == m and r["round"] == "final"} for m in methods_of(cfg)}
     write_summary(run.summary, cfg, rows)

@@ -24,7 +24,6 @@ from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     Message,
     Representations,
-    RoundPlan,
     RoundReport,
     SecAggEnvelope,
     TaskOutputs,
@@ -32,6 +31,7 @@ from fedmuscle_secure.messages import (
 )
 from fedmuscle_secure.models import build_client_model
 from fedmuscle_secure.privacy_setup import calibrate, dp_enabled, identity_key
+from fedmuscle_secure.round_progress import PhaseTracker
 from fedmuscle_secure.seeding import derive_seed
 from fedmuscle_secure.server.computation import resolve_device
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
@@ -367,13 +367,6 @@ def carries_release(msg: Message) -> bool:
         isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput))
 
 
-def _phase(msg: Message) -> str:
-    if isinstance(msg, RoundPlan):
-        return f"local update ({msg.client})"
-    where = "whole epoch" if msg.batch is None else f"batch {msg.batch + 1}"
-    return f"contrastive epoch {msg.epoch + 1}, {where}"
-
-
 def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, float]]:
     """Drive one round to completion; per-client metrics plus bytes and wall time.
 
@@ -385,12 +378,13 @@ def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, flo
     stats = {c: {"bytes_sent": 0.0, "bytes_received": 0.0, "wall_time_s": 0.0} for c in fed.clients}
     queue: deque[Message] = deque(fed.server.start_round(r))
     reports: dict[str, RoundReport] = {}
+    phases = PhaseTracker(members=len(fed.server.active))
     while queue:
         msg = queue.popleft()
         client = fed.clients[msg.client]
         stats[msg.client]["bytes_received"] += payload_bytes(msg)
         if on_phase is not None:
-            on_phase(_phase(msg))
+            on_phase(phases.describe(msg))
         t0 = time.perf_counter()
         replies = client.handle(msg)
         stats[msg.client]["wall_time_s"] += time.perf_counter() - t0

@@ -47,6 +47,7 @@ from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_depl
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
 from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
+from fedmuscle_secure.progress import OPERATOR
 from fedmuscle_secure.provision import Trust, load_trust
 from fedmuscle_secure.rundir import RunDir
 from fedmuscle_secure.wire_chunks import Chunk
@@ -90,7 +91,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
         except IdentityError as exc:
             log.warning("refused %s: %s", context.peer(), exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        log.info("client %s connected from %s", client, context.peer())
+        log.info("client %s connected from %s", client, context.peer(), extra=OPERATOR)
         threading.Thread(target=self._read, args=(client, request_iterator), daemon=True,
                          name=f"reader-{client}").start()
         counter = itertools.count()
@@ -227,16 +228,20 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
               port=port, seed=cfg.seed, config_sha256=config_digest(resolved), method=method,
               from_round=start - 1, max_payload_bytes=options.payload_limit(limits),
               stage_timeout_s=settings.stage_timeout_s)
-    log.info("listening on port %d; waiting for %s", port, server.active)
+    from fedmuscle_secure.deploy_progress import ServerProgress
+
+    watch = ServerProgress(cfg, method, coordinator, start=start, log=log)
+    watch.listening(listen, port, start, list(server.active))
     try:
         return _rounds(cfg, run, coordinator, settings, method, rows, start,
                        {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients},
-                       write_summary)
+                       write_summary, watch=watch)
     except QuorumLost as exc:
         run.event("run_stopped", reason=str(exc))
         coordinator.abort_all(f"the server stopped the run: {exc}")
         raise
     finally:
+        watch.close()
         coordinator.close_all()
         grpc_server.stop(grace=5).wait()
         receipts.close()
@@ -244,7 +249,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
 
 def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settings: ServeSettings,
             method: str, rows: list[dict[str, Any]], start: int, tasks: dict,
-            write_summary) -> list[dict[str, Any]]:
+            write_summary, watch=None) -> list[dict[str, Any]]:
     """Rounds ``start``..R, then Finish and the clients' closing reports."""
     rounds = cfg.training.rounds
 
@@ -267,6 +272,9 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
         rows += [row(r, c, m) for c, m in per_client.items()]
         run.event("round_end", method=method, round=r, seconds=wall,
                   selection=s.last_selection, metrics=per_client)
+        if watch is not None:
+            watch.round_end(r, wall, per_client, [d["client"] for d in s.departures
+                                                  if d["round"] == r])
         for d in s.deadlines:
             if d["round"] == r:
                 run.event("stage_deadline", method=method, **d)
@@ -296,6 +304,8 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
     run.write_metrics(rows)
     write_summary(run.summary, cfg, rows, transport="grpc")
     run.event("run_end", final={c: m.get("test_metric") for c, m in coordinator.finals.items()})
+    if watch is not None:
+        watch.finished(coordinator.finals, run.root)
     return rows
 
 

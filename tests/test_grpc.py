@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,43 @@ def test_plain_deployment_matches_the_simulator(tmp_path):
     cfg = tiny_config(compare_local=False)
     _check_matches_simulator(_deploy(tmp_path, cfg))
     _check_final_models(tmp_path, cfg)
+    _check_operator_lines(tmp_path, cfg)
+
+
+def _check_operator_lines(tmp: Path, cfg, orgs=ORGS, guarantees: tuple[str, ...] = ()) -> None:
+    """What the operators saw (the logs are files: plain lines, no bar, no carriage return):
+    the server's start, one line per round with r/R, members, bytes and, under DP, the ε
+    each member reported, and its end; each organisation's line per round with its own
+    metrics and ε (default verbosity) and a ``round_end`` event per round with metrics, ε
+    and timing."""
+    rounds = cfg.training.rounds
+    log = (tmp / "server.log").read_text()
+    assert "\r" not in log and "listening on 127.0.0.1:" in log and "run finished" in log
+    lines = re.findall(rf"INFO (round (\d+)/{rounds} complete  members .*)", log)
+    assert [int(r) for _, r in lines] == list(range(1, rounds + 1)), log
+    for line, _ in lines:
+        assert " MB sent " in line and "ETA " in line
+        if guarantees:
+            assert f"ε reported by members ({'/'.join(guarantees)}): " in line, line
+    for org in orgs:
+        own = (tmp / f"{org}.log").read_text()
+        assert "\r" not in own
+        lines = re.findall(rf"INFO {org}: (round (\d+)/{rounds} complete  test_metric .*)", own)
+        assert [int(r) for _, r in lines] == list(range(1, rounds + 1)), own
+        assert re.search(rf"INFO {org}: final  test_metric ", own)
+        for line, _ in lines:
+            assert " MB received " in line and "ETA " in line
+            if guarantees:  # its own ε, every guarantee that is on
+                own_eps = "ε " + ", ".join(rf"{g} \d+\.\d\d" for g in guarantees)
+                assert re.search(own_eps + r" \(own accountant\)", line), line
+        ends = [e for e in _events(tmp / f"client-{org}" / "events.jsonl")
+                if e["event"] == "round_end"]
+        assert [e["round"] for e in ends] == [*range(1, rounds + 1), "final"]
+        for e in ends:
+            assert e["rounds"] == rounds and e["seconds"] > 0 and "test_metric" in e["metrics"]
+            assert e["bytes_received"] > 0 or e["round"] == "final"
+            for g in guarantees:
+                assert e["metrics"][f"eps_{g}"] > 0
 
 
 def _check_final_models(tmp: Path, cfg) -> None:
@@ -206,6 +244,8 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
         assert all(0 <= float(r["val_metric"]) <= 1 for r in own)
     for org in "abc":  # survivors: chains, signatures, ε recomputed, every egress received
         _audit_ok(tmp_path, org, certs)
+    _check_operator_lines(tmp_path, cfg, orgs="abc", guarantees=("record", "client"))
+    assert "round 2/3 complete  members 3/4 (left: d)" in (tmp_path / "server.log").read_text()
 
 
 def test_three_org_secagg_losing_one_stops_with_a_clear_error(tmp_path):
