@@ -108,7 +108,9 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     _add_common(s)
     s.add_argument("--listen", required=True, help="HOST:PORT to listen on (port 0: any)")
     s.add_argument("--connect-timeout", type=float, default=300.0,
-                   help="seconds to wait for every client to connect (default: %(default)s)")
+                   help="seconds to wait for every client to connect; then the run starts "
+                        "if deployment.min_clients are connected, else the server gives up and "
+                        "tells them who is missing (default: %(default)s)")
     s.add_argument("--round-timeout", type=float, default=3600.0,
                    help="seconds one round may take (default: %(default)s)")
     s.add_argument("--stage-timeout", type=float, default=120.0,

@@ -240,20 +240,22 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
         contexts = server_ckks(cfg, certs)
     run, resolved = _open_run(cfg, out, resume)
     trust.on_event = run.event
+    ck = run.latest_checkpoint(method) if resume else None
+    if ck is not None and ck[1].get("finished"):
+        log.info("%s: the run already finished", run.root)
+        return list(ck[1]["rows"])
+    excluded = resolve_exclusions(  # before any work: a refused exclusion runs nothing
+        cfg, ck[1]["server"]["active"] if ck is not None else [c.name for c in cfg.clients],
+        exclude, trust.trust.clients)
     split = make_split(cfg)
     setup = federation_setup(cfg, split, method, ckks_contexts=contexts,
                              identities=_server_identities(cfg, certs, method))
     server = build_server(cfg, method, setup)
     rows: list[dict[str, Any]] = []
     start = 1
-    if resume and (ck := run.latest_checkpoint(method)) is not None:
-        r0, state = ck
-        if state.get("finished"):
-            log.info("%s: the run already finished", run.root)
-            return list(state["rows"])
-        server.load_state_dict(state["server"])
-        rows, start = list(state["rows"]), r0 + 1
-    excluded = resolve_exclusions(cfg, server.active, exclude, trust.trust.clients)
+    if ck is not None:
+        server.load_state_dict(ck[1]["server"])
+        rows, start = list(ck[1]["rows"]), ck[0] + 1
     for client in excluded:
         if client in server.active:
             server.remove(client, EXCLUDED)
