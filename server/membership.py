@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedmuscle_secure.client.report_policy import METRIC_SOURCES, NOT_REPORTED
+
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.config_deployment import min_members
 from fedmuscle_secure.errors import ConfigError, QuorumLost
@@ -67,14 +69,16 @@ def final_row_metrics(client: str, rows: Sequence[Mapping[str, Any]],
                   departure: Mapping[str, Any] | None, final: Mapping[str, float] | None,
                   gone: str | None, final_round: int) -> dict[str, Any]:
     """The metrics of ``client``'s ``final`` row: its closing report (``final``) when it
-    sent one, else what the server last received from it (:data:`CARRIED`), with the
-    round it left and why (``departure``; or its stream's end, ``gone``, if it left after
-    the last round)."""
+    sent one, else what the server last received from it (:data:`CARRIED`; its other
+    metrics are ``not reported``: the server never had them), with the round it left and
+    why (``departure``; or its stream's end, ``gone``, if it left after the last round)."""
     if final is not None:
         out: dict[str, Any] = dict(final)
     else:
         mine = [r for r in rows if r["client"] == client and r["round"] != "final"]
-        out = {k: mine[-1][k] for k in CARRIED if mine and mine[-1].get(k) is not None}
+        last = mine[-1] if mine else {}
+        out = {k: NOT_REPORTED for k in METRIC_SOURCES if k in last}
+        out.update({k: last[k] for k in CARRIED if last.get(k) is not None})
         out.update(bytes_sent=0.0, bytes_received=0.0)
     if departure is not None:
         out.update(left_round=departure["round"], left_reason=departure["reason"] or "unknown")

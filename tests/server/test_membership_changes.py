@@ -282,7 +282,8 @@ def test_a_departed_member_keeps_a_final_row_and_a_line_in_the_summary(tmp_path)
     departure = {"client": "c", "round": 2, "reason": "transport: certificate revoked on X"}
     final = final_row_metrics("c", rows, departure, None, "gone", 3)
     assert final["eps_record"] == 1.0 and final["left_round"] == 2
-    assert final["left_reason"] == departure["reason"] and "test_metric" not in final
+    assert final["left_reason"] == departure["reason"]
+    assert final["test_metric"] == "not reported"  # the server never had its closing score
     kept = final_row_metrics("a", rows, None, {"test_metric": 0.7}, None, 3)
     assert kept == {"test_metric": 0.7}
     lost = final_row_metrics("b", rows, None, None, "stream failed (UNAVAILABLE): x", 3)
