@@ -19,7 +19,9 @@ optimizers; the privacy accountants are rebuilt from the ledger, so releases of 
 interrupted round stay counted; a signed ``server_lost`` ledger entry marks the releases
 the server may not have received, :meth:`~fedmuscle_secure.ledger.Ledger.mark_server_lost`).
 A refusal (``PERMISSION_DENIED``: the server dropped this
-client, e.g. after a protocol error) or any other failure ends the run.
+client, e.g. after a protocol error or because its certificate was revoked), the server
+giving up the run (``FAILED_PRECONDITION``, with its reason: too few organisations
+connected, or left for the protection) or any other failure ends the run at once.
 
 Certificates (``--certs DIR``, the layout of ``fedmuscle-secure provision init``):
 ``ca/ca.crt``, ``orgs/<org>/<org>.key`` and ``.crt``; the client id is the organisation's
@@ -297,6 +299,8 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
         detail = exc.details() if hasattr(exc, "details") else str(exc)
         if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             raise IdentityError(f"server refused {name!r}: {detail}") from None
+        if code is grpc.StatusCode.FAILED_PRECONDITION:  # the server gave up: say why, stop
+            raise ConnectionFailed(detail) from None
         if code is grpc.StatusCode.UNAVAILABLE and final is None:
             raise ServerLost(f"stream to the server broke ({code}): {detail}") from None
         raise ConnectionFailed(f"stream to the server failed ({code}): {detail}") from None

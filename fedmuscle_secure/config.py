@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedmuscle_secure.baselines import BASELINES, OUTPUT_RELEASING, PEER_SELECTING, SILENT
+from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment
 from fedmuscle_secure.errors import ConfigError
 
 METHODS = ("muscle", "muscle_sum", "pairwise", "local",
@@ -170,6 +171,7 @@ class ExperimentConfig(_Strict):
     server: ServerConfig = ServerConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     compare_local: bool = True
+    deployment: DeploymentConfig = DeploymentConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentConfig:
@@ -290,6 +292,7 @@ def check_semantics(cfg: ExperimentConfig) -> None:
                               "enabled: give exactly one of noise_multiplier or target_epsilon")
     _check_secagg(cfg)
     _check_ckks(cfg)
+    check_deployment(cfg)
     if d.partition == "classes" and d.classes_per_client is None:
         raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
 
@@ -395,5 +398,12 @@ def validate_ckks(cfg: ExperimentConfig, *, noise_std: float):
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The resolved config as YAML (every default spelled out), for the run directory."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML (every default spelled out), for the run directory.
+
+    ``deployment`` is left out while it holds only defaults: it changes nothing a run
+    computes, and so runs made before it existed still match their configs (``--resume``,
+    ``compare --import``)."""
+    raw = cfg.model_dump(mode="json")
+    if cfg.deployment == DeploymentConfig():
+        raw.pop("deployment")
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -69,7 +69,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                  settings=ServeSettings(connect_timeout_s=args.connect_timeout,
                                         round_timeout_s=args.round_timeout,
                                         stage_timeout_s=args.stage_timeout or None),
-                 resume=args.resume)
+                 resume=args.resume, exclude=args.exclude)
     final = {r["client"]: r.get("test_metric") for r in rows if r["round"] == "final"}
     print(json.dumps(final) if args.json else f"Run directory: {args.out}\nfinal: {final}")
     return 0
@@ -91,18 +91,24 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "server", help="run the federation's server over gRPC with mutual TLS",
         description="Serve one experiment config to its clients over gRPC with mutual TLS "
-                    "(DESIGN §6). Waits for every configured client, runs the rounds, sends "
+                    "(DESIGN §6). Waits for every configured client (after --connect-timeout it "
+                    "starts with the quorum deployment.min_clients, without the absent ones), "
+                    "runs the rounds, sends "
                     "each client Finish and writes the run directory (metrics.csv, "
                     "events.jsonl, summary.md, receipts.jsonl, checkpoints/); metrics a "
                     "client's report policy kept at home (privacy.report_private_metrics) "
                     "appear as 'not reported'. It never runs the local-training reference "
-                    "(compare_local is ignored). After a crash, "
+                    "(compare_local is ignored). It re-reads crl.pem when the file changes: "
+                    "a revoked organisation is refused, and dropped at the next stage boundary "
+                    "if it is connected. After a crash, "
                     "start it again with --resume and the same --out: it continues from its "
                     "last checkpoint and the clients (which keep retrying) reconnect.")
     _add_common(s)
     s.add_argument("--listen", required=True, help="HOST:PORT to listen on (port 0: any)")
     s.add_argument("--connect-timeout", type=float, default=300.0,
-                   help="seconds to wait for every client to connect (default: %(default)s)")
+                   help="seconds to wait for every client to connect; then the run starts "
+                        "if deployment.min_clients are connected, else the server gives up and "
+                        "tells them who is missing (default: %(default)s)")
     s.add_argument("--round-timeout", type=float, default=3600.0,
                    help="seconds one round may take (default: %(default)s)")
     s.add_argument("--stage-timeout", type=float, default=120.0,
@@ -113,6 +119,11 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same --config)")
+    s.add_argument("--exclude", action="append", default=[], metavar="ORG",
+                   help="with --resume: continue without this organisation (client id or "
+                        "certificate CN; repeatable). It is refused if it connects; the run "
+                        "stops at once if too few organisations would remain for the "
+                        "protection (secagg: max(3, t))")
     s.set_defaults(func=cmd_server)
     c = sub.add_parser(
         "client", help="take part in a federation as one organisation over gRPC",

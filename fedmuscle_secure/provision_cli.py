@@ -98,7 +98,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     """``provision revoke``: add an organization's certificate to the CRL."""
     cert = revocation.revoke(args.ca, args.org, reason=x509.ReasonFlags(args.reason))
     print(f"revoked {args.org!r} serial {cert.serial_number:x} ({args.reason}); "
-          f"CRL {Path(args.ca) / CRL_FILE} re-signed: reload it on the server")
+          f"CRL {Path(args.ca) / CRL_FILE} re-signed: copy it to the server's --certs "
+          f"directory (crl.pem). A running server re-reads it when the file changes: it refuses "
+          f"{args.org!r} from then on and, if connected, drops it at the next stage boundary")
     return 0
 
 
@@ -212,8 +214,10 @@ def add_provision_parser(subparsers: Any) -> None:
 
     s = sub.add_parser("revoke", help="revoke an organization's certificate (re-signs the CRL)",
                        description="Add ORG's current certificate serial to DIR/crl.pem, "
-                                   "re-signed with a fresh next update. The server refuses the "
-                                   "certificate once it reloads the CRL.")
+                                   "re-signed with a fresh next update. Copy it to the "
+                                   "server's --certs: a running server re-reads crl.pem when it "
+                                   "changes, refuses the certificate from then on and drops a "
+                                   "connected organisation at the next stage boundary.")
     s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
     s.add_argument("org", metavar="ORG", help="organization name")
     s.add_argument("--reason", choices=REASONS, default="unspecified", help="CRL reason code")

@@ -1,8 +1,8 @@
 """Revocation and inventory of a CA directory: ``provision revoke``, ``crl`` and ``list``.
 
 The CRL (``crl.pem``) is signed by the CA and re-signed with a fresh next-update on every
-change; the server refuses what it lists once it reloads its trust
-(:func:`~fedmuscle_secure.tls_trust.load_trust`). The CA directory itself is
+change (its CRL number goes up by one); a running server re-reads its copy when the file
+changes and refuses what it lists (:class:`~fedmuscle_secure.trust_reload.LiveTrust`). The CA directory itself is
 :mod:`fedmuscle_secure.provision`.
 """
 
@@ -53,7 +53,8 @@ def revoke(ca_dir: str | os.PathLike, org: str, *,
            now: datetime | None = None) -> x509.Certificate:
     """Add ``org``'s current certificate to the CRL, re-signed with a fresh next-update.
 
-    The server sees the revocation once it reloads the trust (:func:`load_trust`).
+    A running server sees the revocation once its ``crl.pem`` is this one
+    (:class:`~fedmuscle_secure.trust_reload.LiveTrust` re-reads it when it changes).
     Returns the revoked certificate.
     """
     ca_dir, now = Path(ca_dir), _now(now)

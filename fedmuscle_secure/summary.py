@@ -135,6 +135,22 @@ def _privacy_table(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _membership_section(rows: list[dict[str, Any]], transport: str) -> str:
+    """Who left the federation, in which round and why (also in the privacy table)."""
+    left = [r for r in rows if r["round"] == "final" and r.get("left_round") not in (None, "")]
+    if not left:
+        return ""
+    lines = ["## Membership changes", "", "| method | client | left in round | why |",
+             "|---|---|---:|---|"]
+    lines += [f"| {r['method']} | {r['client']} | {int(float(r['left_round']))} | "
+              f"{str(r.get('left_reason') or 'unknown').replace('|', '/')} |" for r in left]
+    if transport != "simulator":
+        lines += ["", ("Where an organisation's stream ended before its closing report, its "
+                  "final row holds the ε it last reported (the end of the last round it "
+                  "completed); its own run directory and ledger have the rest.")]
+    return "\n".join(lines)
+
+
 def _secagg_section(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     """What the server could see under secure aggregation, and what went wrong."""
     from fedmuscle_secure.config import default_threshold
@@ -251,6 +267,8 @@ def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]],
     privacy = _privacy_table(cfg, rows)
     if privacy:
         parts += [privacy, ""]
+    if membership := _membership_section(rows, transport):
+        parts += [membership, ""]
     if cfg.protection == "secagg":
         parts += [_secagg_section(cfg, rows), ""]
     parts += [_reports_section(cfg, rows, transport), ""]

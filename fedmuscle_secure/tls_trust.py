@@ -78,8 +78,15 @@ def _cert_file(path: Path, what: str) -> x509.Certificate:
 
 def _load_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
     path = ca_dir / CRL_FILE
+    return _parse_crl(_read(path, "CRL"), path, ca_cert)
+
+
+def _parse_crl(data: bytes, path: Path, ca_cert: x509.Certificate,
+               ) -> x509.CertificateRevocationList:
+    """``data`` (the bytes of ``path``) as a CRL signed by ``ca_cert``, or raise
+    :class:`IdentityError`: a CRL the CA did not sign is never trusted."""
     try:
-        crl = x509.load_pem_x509_crl(_read(path, "CRL"))
+        crl = x509.load_pem_x509_crl(data)
     except ValueError as exc:
         raise IdentityError(f"{path}: not a PEM CRL ({exc})") from None
     if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
@@ -134,6 +141,14 @@ class Trust:
         """The CA certificate as PEM (``grpc.ssl_server_credentials(root_certificates=...)``)."""
         return _pem(self.ca_cert)
 
+    def revocation(self, cert: x509.Certificate) -> str | None:
+        """Why this CRL revokes ``cert`` (date, reason and CRL file), or None. Only the
+        CRL: a connected member is checked with it when the CRL changes mid-run."""
+        if (revoked := _revocation(self.crl, cert.serial_number)) is None:
+            return None
+        return (f"revoked on {revoked[0].isoformat()} (reason {revoked[1]}) by "
+                f"{self.source / CRL_FILE}")
+
     def verify_peer(self, cert: bytes | str | x509.Certificate, *,
                     now: datetime | None = None) -> str:
         """The client id of a peer certificate (PEM or DER), or raise :class:`IdentityError`.
@@ -163,9 +178,8 @@ class Trust:
             raise IdentityError(f"{self.source / CRL_FILE}: CRL is stale (next update was "
                                 f"{next_update}); refusing every peer until the CA re-signs "
                                 "it (fedmuscle-secure provision crl)")
-        if (revoked := _revocation(self.crl, cert.serial_number)) is not None:
-            raise IdentityError(f"{who}: revoked on {revoked[0].isoformat()} "
-                                f"(reason {revoked[1]}) by {self.source / CRL_FILE}")
+        if (revoked := self.revocation(cert)) is not None:
+            raise IdentityError(f"{who}: {revoked}")
         ext = {type(e.value): e.value for e in cert.extensions}
         bc, eku = ext.get(x509.BasicConstraints), list(ext.get(x509.ExtendedKeyUsage, []))
         if bc is not None and bc.ca:

@@ -17,6 +17,17 @@ rather than from the stage's start keeps a round's first exchange, which follows
 member's LocalUpdate, from timing out on slow training alone: the deadline bounds how far
 the slowest member may lag behind the fastest one. Deadlines are checked while
 :meth:`Coordinator.wait` waits (every ``min(1 s, stage_timeout_s / 4)``).
+
+Membership changes (:meth:`Coordinator.check_membership`). With a ``revocations`` check
+(the server's :class:`~fedmuscle_secure.trust_reload.LiveTrust`), the coordinator asks at
+every stage boundary (the stage the server waits in changed, or a round starts) and on
+every tick of :meth:`Coordinator.wait` whether the CRL now revokes a connected member's
+certificate; such a member's stream is ended with ``PERMISSION_DENIED`` and the reason (its
+client stops instead of retrying) and it is dropped as a ``Leave``, so a secure sum in
+progress completes by its dropout path and the others go on. Whatever it still sends is
+ignored: no receipt, no reply. :meth:`Coordinator.wait_for_members` starts a run with the
+quorum of ``deployment.min_clients`` and bars the absent members; :meth:`Coordinator.bar`
+refuses an organisation for the rest of the run (``server --resume --exclude``).
 """
 
 from __future__ import annotations
@@ -25,8 +36,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from fedmuscle_secure.client.report_policy import as_received
@@ -57,7 +69,9 @@ class Coordinator:
 
     def __init__(self, server: FedMuscleServer, final_round: int, receipts=None, *,
                  stage_timeout_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 revocations: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None,
+                 on_event: Callable[..., None] | None = None) -> None:
         if stage_timeout_s is not None and not stage_timeout_s > 0:
             raise ValueError(f"stage_timeout_s must be positive, got {stage_timeout_s!r}")
         self.server = server
@@ -73,9 +87,19 @@ class Coordinator:
         self.traffic = {c: {"bytes_sent": 0.0, "bytes_received": 0.0} for c in server.clients}
         self._stage: tuple | None = None             # the stage whose clock runs
         self._stage_since = 0.0                      # when its first answer came
+        self.revocations = revocations               # {client: cert} -> {client: why revoked}
+        self.on_event = on_event                     # RunDir.event: (kind, **fields)
+        self.peers: dict[str, Any] = {}              # connected client -> its certificate
+        self.barred: dict[str, str] = {}             # client -> why it may not (re)connect
+        self._boundary: tuple | None = None          # the stage last checked for revocations
 
-    def connect(self, client: str) -> queue.Queue:
+    def connect(self, client: str, cert: Any = None) -> queue.Queue:
+        """Open ``client``'s outbox; ``cert`` (its TLS certificate) is checked against the
+        CRL while it stays connected (module docs)."""
         with self.cond:
+            if client in self.barred:
+                raise IdentityError(f"client {client!r} may not take part in this run: "
+                                    f"{self.barred[client]}")
             if client in self.outboxes:
                 raise IdentityError(f"client {client!r} is already connected")
             if client in self.gone and self.started:
@@ -83,12 +107,17 @@ class Coordinator:
             self.gone.pop(client, None)  # before round 1 a client may reconnect
             box: queue.Queue = queue.Queue()
             self.outboxes[client] = box
+            if cert is not None:
+                self.peers[client] = cert
             self.cond.notify_all()
             return box
 
     def submit(self, client: str, msg: Message) -> None:
         """One message received from ``client``: the server's replies go to their outboxes."""
         with self.cond:
+            if client not in self.outboxes:  # its stream was ended (revoked, deadline, ...)
+                log.debug("ignored %s from %s: no longer connected", type(msg).__name__, client)
+                return
             if getattr(msg, "client", None) != client:
                 raise ProtocolError(client, "transport", f"{type(msg).__name__} names client "
                                     f"{getattr(msg, 'client', None)!r}, not the sender")
@@ -98,7 +127,10 @@ class Coordinator:
             if isinstance(msg, RoundReport) and msg.round == self.final_round:
                 self.finals[client] = as_received(msg)
             else:
-                self._route(self.server.handle(msg))
+                replies = self.server.handle(msg)
+                cut = self._revoked_at_boundary()  # they get nothing of the next stage
+                self._route([m for m in replies if m.client not in cut])
+                self._cut(cut)
             self._track()
             self.cond.notify_all()
 
@@ -108,6 +140,7 @@ class Coordinator:
         (so the peer never sees its error before the server has let it go)."""
         with self.cond:
             box = self.outboxes.pop(client, None)
+            self.peers.pop(client, None)
             if box is not None:
                 box.put(abort if abort is not None else CLOSE)
             if box is not None or client not in self.gone:  # keep why it was let go
@@ -132,6 +165,7 @@ class Coordinator:
 
     def start_round(self, r: int) -> None:
         with self.cond:
+            self.check_membership()  # a member revoked between rounds gets no plan
             self.started = True
             for t in self.traffic.values():
                 t["bytes_sent"] = t["bytes_received"] = 0.0
@@ -139,6 +173,8 @@ class Coordinator:
             for client in [c for c in self.server.active if c not in self.outboxes]:
                 self._leave_if_active(client, self.gone.get(client, "not connected"))
             self._track()
+            wait = self.server.waiting()  # the round's first stage: its end is a boundary
+            self._boundary = (self.server.round, wait.key if wait is not None else None)
 
     def finish(self) -> list[str]:
         """Send :class:`Finish` to every connected client; returns who must answer."""
@@ -173,6 +209,7 @@ class Coordinator:
                     raise TransportError(f"timed out after {timeout:g} s waiting for {what}")
                 self.cond.wait(min(tick, left))
                 self.check_deadline()
+                self.check_membership()
 
     # -- stage deadlines ------------------------------------------------------------------
     def _track(self) -> None:
@@ -208,3 +245,76 @@ class Coordinator:
             self._stage = None  # the next stage's clock starts with its first answer
             self._track()
             self.cond.notify_all()
+
+    # -- membership changes ---------------------------------------------------------------
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, **fields)
+
+    def _revoked(self) -> dict[str, str]:
+        """The connected members whose certificate the CRL now revokes, with why."""
+        if self.revocations is None or not self.peers:
+            return {}
+        found = self.revocations(dict(self.peers))
+        return {c: found[c] for c in sorted(found) if c in self.outboxes}
+
+    def _revoked_at_boundary(self) -> dict[str, str]:
+        """:meth:`_revoked` when the stage the server waits in has changed, else nothing."""
+        wait = self.server.waiting()
+        key = (self.server.round, wait.key if wait is not None else None)
+        if key == self._boundary:
+            return {}
+        self._boundary = key
+        return self._revoked()
+
+    def _cut(self, revoked: dict[str, str]) -> None:
+        """End the streams of ``revoked`` members with the reason; each is a Leave."""
+        for client, why in revoked.items():
+            r = self.server.round + 1  # the round in flight, or the next one
+            log.warning("client %s: certificate %s; dropping it (round %d)", client, why, r)
+            self._emit("client_revoked", client=client, round=r, reason=why)
+            self.barred[client] = f"its certificate was {why}"
+            self.disconnect(client, f"certificate {why}", Abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{client!r} was dropped from the run in round {r}: its certificate was {why}"))
+
+    def check_membership(self) -> None:
+        """End the stream of every connected member whose certificate the CRL now revokes,
+        and drop it as a Leave (module docs; also called between stage boundaries)."""
+        with self.cond:
+            if cut := self._revoked():
+                self._cut(cut)
+                self._track()
+                self.cond.notify_all()
+
+    def bar(self, client: str, reason: str) -> None:
+        """Refuse ``client`` for the rest of this run (``server --resume --exclude``)."""
+        with self.cond:
+            self.barred[client] = reason
+
+    def wait_for_members(self, quorum: int, timeout: float) -> list[str]:
+        """Wait until every active member is connected, or ``timeout`` seconds; then go on
+        if at least ``quorum`` of them are, removing and barring the absent ones (returned).
+        Otherwise raise :class:`TransportError` naming only the missing organisations."""
+        s = self.server
+        try:
+            self.wait(lambda: all(c in self.outboxes for c in s.active), timeout,
+                      "every client to connect")
+            return []
+        except TransportError:
+            pass
+        with self.cond:
+            missing = [c for c in s.active if c not in self.outboxes]
+            present = len(s.active) - len(missing)
+            if present < quorum:
+                raise TransportError(
+                    f"gave up after {timeout:g} s waiting for {missing} to connect: "
+                    f"{present} of the {len(s.active)} organisations in the run are connected, "
+                    f"the quorum (deployment.min_clients) is {quorum}")
+            why = (f"not connected within the connect timeout ({timeout:g} s); the run "
+                   f"started without it in round {s.round + 1}")
+            for client in missing:
+                log.warning("client %s: %s", client, why)
+                s.remove(client, f"absent: {why}")
+                self.barred[client] = why
+            return missing

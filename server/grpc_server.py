@@ -6,7 +6,11 @@ transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
 
 * the peer certificate (``auth_context()["x509_pem_cert"]``) is mapped to a client id by
   :meth:`Trust.verify_peer`; unknown, revoked, expired or foreign-CA certificates are
-  refused (``PERMISSION_DENIED``, reason logged), a second stream of a connected client too;
+  refused (``PERMISSION_DENIED``, reason logged), a second stream of a connected client too,
+  and so is an organisation barred from the run (excluded, absent at the start, revoked).
+  The CRL is re-read when ``crl.pem`` changes, checked on every new connection and at every
+  stage boundary (:class:`~fedmuscle_secure.trust_reload.LiveTrust`): a member revoked
+  mid-run has its stream ended with ``PERMISSION_DENIED`` and is dropped as a ``Leave``;
 * a reader thread reassembles chunks, decodes (client → server messages only, under the
   federation's :class:`~fedmuscle_secure.wire_limits.WireLimits`) and
   :meth:`Coordinator.submit` s the message
@@ -16,8 +20,14 @@ transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
 * the response generator yields the chunks of every message put in the outbox.
 
 A client may reconnect until the first round this server process runs starts; after that
-a closed stream is final. A server killed and restarted with ``--resume`` goes on from its
-last checkpoint (:func:`serve`); the clients reconnect and rewind (``client.grpc_client``).
+a closed stream is final. The run starts when every organisation still in it is connected,
+or, after ``--connect-timeout``, with the quorum of ``deployment.min_clients`` (the absent
+ones are dropped and barred); below the quorum the server gives up and ends every stream
+with ``FAILED_PRECONDITION`` naming the missing organisations, so the clients exit at once.
+``--resume --exclude ORG`` continues without an organisation
+(:mod:`~fedmuscle_secure.server.membership`).
+A server killed and restarted with ``--resume`` goes on from its last checkpoint
+(:func:`serve`); the clients reconnect and rewind (``client.grpc_client``).
 
 A stream that closes mid-run is a ``Leave`` (secagg recovers by its dropout path). After the
 last round every connected client gets a :class:`~fedmuscle_secure.messages.Finish` and
@@ -34,7 +44,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +52,23 @@ from typing import Any
 import grpc
 from fedmuscle_secure.client.report_policy import as_received
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator, TransportError
+from fedmuscle_secure.server.membership import (
+    EXCLUDED,
+    barred_on_resume,
+    final_row_metrics,
+    resolve_exclusions,
+)
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
+from fedmuscle_secure.config_deployment import quorum
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
 from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
 from fedmuscle_secure.progress import OPERATOR
-from fedmuscle_secure.provision import Trust, load_trust
+from fedmuscle_secure.provision import Trust
 from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.tls_trust import _load_cert
+from fedmuscle_secure.trust_reload import LiveTrust
 from fedmuscle_secure.wire_chunks import Chunk
 from fedmuscle_secure.wire_limits import WireLimits, wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
@@ -62,12 +81,13 @@ log = logging.getLogger("fedmuscle_secure.server")
 class FedMuscleServicer(rpc.FedMuscleServicer):
     """``Exchange``: authenticate the peer, then pump chunks both ways (module docs)."""
 
-    def __init__(self, coordinator: Coordinator, trust: Trust, options: TransportOptions,
-                 limits: WireLimits) -> None:
+    def __init__(self, coordinator: Coordinator, trust: Trust | LiveTrust,
+                 options: TransportOptions, limits: WireLimits) -> None:
         self.coordinator, self.trust, self.options = coordinator, trust, options
         self.limits = limits
 
-    def _identify(self, context: grpc.ServicerContext) -> str:
+    def _identify(self, context: grpc.ServicerContext) -> tuple[str, Any]:
+        """The peer's client id and certificate, or abort its stream (module docs)."""
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             log.warning("refused %s: no client certificate", context.peer())
@@ -81,13 +101,13 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             reason = f"client id {client!r} is not in this federation's config"
             log.warning("refused %s: %s", context.peer(), reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-        return client
+        return client, _load_cert(pems[0], "peer certificate")
 
     def Exchange(self, request_iterator: Iterator[Chunk],
                  context: grpc.ServicerContext) -> Iterator[Chunk]:
-        client = self._identify(context)
+        client, cert = self._identify(context)
         try:
-            box = self.coordinator.connect(client)
+            box = self.coordinator.connect(client, cert)
         except IdentityError as exc:
             log.warning("refused %s: %s", context.peer(), exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
@@ -116,7 +136,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             log.warning("aborting the stream of %s: %s", client, exc)
             abort = Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.RpcError as exc:
-            reason = f"stream failed: {exc.code() if hasattr(exc, 'code') else exc}"
+            reason = _stream_failure(exc)
         except Exception as exc:  # one client's failure must not stop the rest
             reason = f"{type(exc).__name__}: {exc}"
             log.exception("stream of %s failed", client)
@@ -125,7 +145,19 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             self.coordinator.disconnect(client, reason, abort)
 
 
-def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, listen: str,
+def _stream_failure(exc: grpc.RpcError) -> str:
+    """Why a client's stream failed (a departure's reason): the status code and details when
+    gRPC has them; the request iterator raises a bare ``RpcError`` when the RPC was
+    cancelled, i.e. the client process ended or its connection broke."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    if code is None:
+        return "stream closed by the client (cancelled, or its connection was lost)"
+    details = exc.details() if callable(getattr(exc, "details", None)) else None
+    return f"stream failed ({code.name}): {details or 'no details'}"
+
+
+def start_grpc_server(coordinator: Coordinator, trust: Trust | LiveTrust, certs: Path,
+                      listen: str,
                       options: TransportOptions, limits: WireLimits) -> tuple[grpc.Server, int]:
     """Listen on ``listen`` with mutual TLS (client certificates required); returns the port."""
     key = (certs / "server" / "server.key").read_bytes()
@@ -175,7 +207,7 @@ def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[Run
 
 def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path, *,
           options: TransportOptions | None = None, settings: ServeSettings | None = None,
-          resume: bool = False) -> list[dict[str, Any]]:
+          resume: bool = False, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run the federation of ``cfg`` for its main method over gRPC; returns the metric rows.
 
     Rows are ``run``'s, except ``wall_time_s`` (the server sees the round's wall time, not
@@ -186,38 +218,54 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     The server writes its receipt log (``receipts.jsonl``) as the simulator does, and a
     checkpoint after every round; ``resume`` restarts from the last one (the server
     process was killed): the clients, which retry their connection, rewind to the same
-    round from their own checkpoints and the interrupted round is run again.
+    round from their own checkpoints and the interrupted round is run again. ``exclude``
+    (with ``resume``) names organisations the resumed run goes on without; if the members
+    left would be fewer than the protection needs it raises :class:`QuorumLost` before
+    listening.
     """
     from fedmuscle_secure.experiment import config_digest, make_split, methods_of
     from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
     from fedmuscle_secure.summary import write_summary
 
     validate_deployable(cfg)
+    if exclude and not resume:
+        raise ConfigError("--exclude", "only with --resume: a new run takes every configured "
+                                       "client; leave the organisation out of the config")
     options, settings = options or TransportOptions(), settings or ServeSettings()
     certs, method, rounds = Path(certs), methods_of(cfg)[0], cfg.training.rounds
-    trust = load_trust(certs)
+    trust = LiveTrust(certs)
     contexts = None
     if cfg.protection == "ckks" and method != "local":
         from fedmuscle_secure.provision_keys import server_ckks
 
         contexts = server_ckks(cfg, certs)
     run, resolved = _open_run(cfg, out, resume)
+    trust.on_event = run.event
+    ck = run.latest_checkpoint(method) if resume else None
+    if ck is not None and ck[1].get("finished"):
+        log.info("%s: the run already finished", run.root)
+        return list(ck[1]["rows"])
+    excluded = resolve_exclusions(  # before any work: a refused exclusion runs nothing
+        cfg, ck[1]["server"]["active"] if ck is not None else [c.name for c in cfg.clients],
+        exclude, trust.trust.clients)
     split = make_split(cfg)
     setup = federation_setup(cfg, split, method, ckks_contexts=contexts,
                              identities=_server_identities(cfg, certs, method))
     server = build_server(cfg, method, setup)
     rows: list[dict[str, Any]] = []
     start = 1
-    if resume and (ck := run.latest_checkpoint(method)) is not None:
-        r0, state = ck
-        if state.get("finished"):
-            log.info("%s: the run already finished", run.root)
-            return list(state["rows"])
-        server.load_state_dict(state["server"])
-        rows, start = list(state["rows"]), r0 + 1
+    if ck is not None:
+        server.load_state_dict(ck[1]["server"])
+        rows, start = list(ck[1]["rows"]), ck[0] + 1
+    for client in excluded:
+        if client in server.active:
+            server.remove(client, EXCLUDED)
     receipts = open_receipts(run.root)
     coordinator = Coordinator(server, final_round=rounds + 1, receipts=receipts,
-                              stage_timeout_s=settings.stage_timeout_s)
+                              stage_timeout_s=settings.stage_timeout_s,
+                              revocations=trust.revoked, on_event=run.event)
+    for client, why in barred_on_resume(server.departures).items():
+        coordinator.bar(client, why)
     limits = wire_limits(cfg)
     try:
         grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits)
@@ -227,7 +275,9 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     run.event("run_resume" if resume else "run_start", transport="grpc", listen=listen,
               port=port, seed=cfg.seed, config_sha256=config_digest(resolved), method=method,
               from_round=start - 1, max_payload_bytes=options.payload_limit(limits),
-              stage_timeout_s=settings.stage_timeout_s)
+              stage_timeout_s=settings.stage_timeout_s,
+              min_clients=quorum(cfg, len(server.active)),
+              **({"excluded": excluded} if resume else {}))
     from fedmuscle_secure.deploy_progress import ServerProgress
 
     watch = ServerProgress(cfg, method, coordinator, start=start, log=log)
@@ -236,7 +286,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
         return _rounds(cfg, run, coordinator, settings, method, rows, start,
                        {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients},
                        write_summary, watch=watch)
-    except QuorumLost as exc:
+    except (QuorumLost, TransportError) as exc:  # tell the clients why, so they stop
         run.event("run_stopped", reason=str(exc))
         coordinator.abort_all(f"the server stopped the run: {exc}")
         raise
@@ -259,8 +309,10 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
                 "task": spec.task, "metric": task.metric, **metrics}
 
     s = coordinator.server
-    coordinator.wait(lambda: all(c in coordinator.outboxes for c in s.active),
-                     settings.connect_timeout_s, f"every client to connect ({s.active})")
+    absent = coordinator.wait_for_members(quorum(cfg, len(s.active)), settings.connect_timeout_s)
+    if absent:
+        run.event("clients_absent", clients=absent, round=s.round + 1,
+                  connect_timeout_s=settings.connect_timeout_s)
     for r in range(start, rounds + 1):
         t0 = time.perf_counter()
         coordinator.start_round(r)
@@ -296,9 +348,12 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
     coordinator.wait(lambda: all(c in coordinator.finals or c in coordinator.gone
                                  for c in waiting),
                      settings.round_timeout_s, "the clients' final reports")
-    with coordinator.cond:
-        rows += [row("final", c, {**coordinator.finals[c], **coordinator.traffic[c]})
-                 for c in s.clients if c in coordinator.finals]  # config order, as `run`
+    departed = {d["client"]: d for d in s.departures}
+    with coordinator.cond:  # every configured client, in config order, as `run`
+        rows += [row("final", c, final_row_metrics(
+            c, rows, departed.get(c),
+            {**coordinator.finals[c], **coordinator.traffic[c]} if c in coordinator.finals
+            else None, coordinator.gone.get(c), rounds + 1)) for c in s.clients]
     run.save_checkpoint(method, rounds + 1, {"server": s.state_dict(), "rows": rows,
                                              "finished": True})
     run.write_metrics(rows)

@@ -221,6 +221,18 @@ class FedMuscleServer:
         self._maybe_finish_round()
         return out
 
+    def remove(self, client: str, reason: str) -> None:
+        """Take ``client`` out of the federation between rounds: it was absent when the
+        deployment started, or the operator excluded it at a restart. Recorded like a
+        :class:`Leave`, in the round that comes next; no round is in flight to finish."""
+        if self.stage is not ServerStage.IDLE:
+            raise ProtocolError("server", self.stage.value, f"cannot remove {client!r} mid-round")
+        if client not in self.active:
+            raise ProtocolError("server", self.stage.value, f"{client!r} is not an active client "
+                                f"(active: {self.active})")
+        self.active.remove(client)
+        self.departures.append({"client": client, "round": self.round + 1, "reason": reason})
+
     # -- stage deadlines --------------------------------------------------------------
     def waiting(self) -> StageWait | None:
         """The stage the server waits in (module docs), or None between rounds."""

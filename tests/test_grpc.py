@@ -233,7 +233,11 @@ def test_secagg_dp_client_killed_mid_round_recovers_and_audits(tmp_path):
     assert not [e for e in events if e["event"] == "secagg_aborted"]
     server_rows = read_rows(tmp_path / "server" / "metrics.csv")
     got = {(r["round"], r["client"]) for r in server_rows}
-    assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"}
+    assert got == {("1", c) for c in FOUR} | {(r, c) for r in ("2", "3", "final") for c in "abc"} \
+        | {("final", "d")}  # d keeps its row, with when and why it left
+    (d_final,) = [r for r in server_rows if (r["round"], r["client"]) == ("final", "d")]
+    assert d_final["left_round"] == "2" and d_final["left_reason"] == left[0]["reason"]
+    assert "stream closed by the client" in d_final["left_reason"]  # was "stream failed: "
     # under DP the server has no metric computed on private data or from the model (§4.4) ...
     assert all(r[k] == "not reported" for r in server_rows
                for k in ("val_metric", "task_loss", "test_metric"))
@@ -311,8 +315,11 @@ def test_a_member_stalling_mid_secure_sum_does_not_hold_the_round_to_its_timeout
     left = [e for e in events if e["event"] == "client_left"]
     assert [(e["client"], e["round"]) for e in left] == [("d", 1)]
     assert "missed the report deadline" in left[0]["reason"]
-    got = {(r["round"], r["client"]) for r in read_rows(tmp_path / "server" / "metrics.csv")}
-    assert got == {(r, c) for r in ("1", "2", "final") for c in "abc"}
+    server_rows = read_rows(tmp_path / "server" / "metrics.csv")
+    got = {(r["round"], r["client"]) for r in server_rows}
+    assert got == {(r, c) for r in ("1", "2", "final") for c in "abc"} | {("final", "d")}
+    (d_final,) = [r for r in server_rows if (r["round"], r["client"]) == ("final", "d")]
+    assert d_final["left_round"] == "1" and "missed the report deadline" in d_final["left_reason"]
     assert "stage report: deadline passed, silent: ['d']" in (tmp_path / "server.log").read_text()
 
 

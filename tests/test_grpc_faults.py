@@ -182,11 +182,13 @@ def test_a_malformed_release_mid_round_drops_only_its_sender(tmp_path, certs, fa
     assert reason in err.details(), err.details()
     rows = fed.join()
     assert sorted((str(r["round"]), r["client"]) for r in rows) == [
-        ("1", "b"), ("1", "c"), ("final", "b"), ("final", "c")]
+        ("1", "b"), ("1", "c"), ("final", "a"), ("final", "b"), ("final", "c")]
     left = [json.loads(x) for x in (tmp_path / "server" / "events.jsonl").read_text().splitlines()
             if '"client_left"' in x]
     assert [(e["client"], e["round"]) for e in left] == [("a", 1)]
     assert "protocol error" in left[0]["reason"] and reason in left[0]["reason"]
+    (a_final,) = [r for r in rows if (r["round"], r["client"]) == ("final", "a")]
+    assert (a_final["left_round"], a_final["left_reason"]) == (1, left[0]["reason"])
 
 
 def outbound_bytes(payload: bytes) -> list[Chunk]:
