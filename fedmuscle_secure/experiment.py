@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config
+from fedmuscle_secure.config import ExperimentConfig, dump_config, results_config
 from fedmuscle_secure.data import FederatedSplit, federated_split
 from fedmuscle_secure.data.source import load_dataset
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.rundir import FINAL, RunDir
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 from fedmuscle_secure.summary import client_table, write_summary
 
@@ -89,14 +89,14 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
     start = 1
     if resume and (ck := run.latest_checkpoint(method)) is not None:
         r0, state = ck
-        for name, cstate in state["clients"].items():
-            fed.clients[name].load_state_dict(cstate)
-        fed.server.load_state_dict(state["server"])
         rows = list(state["rows"])
-        start = r0 + 1
         run.event("resume", method=method, from_round=r0)
         if state.get("finished"):
             return rows
+        for name, cstate in state["clients"].items():
+            fed.clients[name].load_state_dict(cstate)
+        fed.server.load_state_dict(state["server"])
+        start = int(r0) + 1
     rounds = cfg.training.rounds
     bar = tqdm(total=rounds, initial=start - 1, desc=f"{method:>10}", disable=not progress,
                dynamic_ncols=True, leave=True)
@@ -127,7 +127,7 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
             for e in fed.server.settings.secure.events:
                 if e["round"] == r:
                     run.event(e["event"], method=method, **{k: v for k, v in e.items() if k != "event"})
-        _checkpoint(run, method, r, fed, rows, finished=False)
+        _checkpoint(run, method, r, fed, rows, finished=False, keep=cfg.checkpoint.keep)
         run.write_metrics(prior_rows + rows)
         if stop_after is not None and r >= stop_after and r < rounds:
             bar.close()
@@ -145,7 +145,7 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
             m.update(left_round=client.left["round"], left_reason=client.left["reason"])
         rows.append(_row(method, "final", cfg, name, fed, m))
     bar.close()
-    _checkpoint(run, method, rounds + 1, fed, rows, finished=True)
+    _checkpoint(run, method, FINAL, fed, rows, finished=True, keep=cfg.checkpoint.keep)
     return rows
 
 
@@ -161,11 +161,11 @@ def _progress_line(per_client: dict[str, dict[str, float]]) -> str:
     return " ".join(parts)
 
 
-def _checkpoint(run: RunDir, method: str, r: int, fed: Federation, rows: list[dict[str, Any]],
-                finished: bool) -> None:
+def _checkpoint(run: RunDir, method: str, r: int | str, fed: Federation,
+                rows: list[dict[str, Any]], finished: bool, keep: int) -> None:
     state = {"clients": {n: c.state_dict() for n, c in fed.clients.items()},
              "server": fed.server.state_dict(), "rows": rows, "finished": finished}
-    run.save_checkpoint(method, r, state)
+    run.save_checkpoint(method, r, state, keep=keep)
 
 
 def config_digest(text: str) -> str:
@@ -180,7 +180,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
     if resume:
         if not run.config.is_file():
             raise CheckpointError(f"{run.root}: nothing to resume (no config.resolved.yaml)")
-        if run.config.read_text() != resolved:
+        if results_config(run.config.read_text()) != results_config(resolved):
             raise CheckpointError(f"{run.config}: the config differs from the one this run was "
                                   "started with; resume with the same config")
     elif run.root.exists() and any(run.root.iterdir()):

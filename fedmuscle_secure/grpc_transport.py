@@ -38,6 +38,12 @@ from fedmuscle_secure.wire import Direction, decode, encode
 from fedmuscle_secure.wire_chunks import Chunk, Reassembler, chunk
 from fedmuscle_secure.wire_limits import WireLimits
 
+#: gRPC initial-metadata key of the federation run id the server sends on every accepted
+#: ``Exchange`` stream, before any message: connection-level information, so it travels
+#: in the (TLS-protected) HTTP/2 headers and the wire message table stays as it is. A
+#: client compares it with the run id its run directory recorded at first contact.
+RUN_ID_METADATA = "fedmuscle-run-id"
+
 __all__ = ["Direction", "Inbound", "TransportOptions", "outbound"]
 
 

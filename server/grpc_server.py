@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -43,12 +44,23 @@ import grpc
 from fedmuscle_secure.client.report_policy import as_received
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator, TransportError
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
+from fedmuscle_secure.config import (
+    ExperimentConfig,
+    dump_config,
+    results_config,
+    validate_deployable,
+)
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
-from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
+from fedmuscle_secure.grpc_transport import (
+    RUN_ID_METADATA,
+    Direction,
+    Inbound,
+    TransportOptions,
+    outbound,
+)
 from fedmuscle_secure.provision import Trust, load_trust
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.rundir import FINAL, RunDir
 from fedmuscle_secure.wire_chunks import Chunk
 from fedmuscle_secure.wire_limits import WireLimits, wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
@@ -62,9 +74,9 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
     """``Exchange``: authenticate the peer, then pump chunks both ways (module docs)."""
 
     def __init__(self, coordinator: Coordinator, trust: Trust, options: TransportOptions,
-                 limits: WireLimits) -> None:
+                 limits: WireLimits, run_id: str | None = None) -> None:
         self.coordinator, self.trust, self.options = coordinator, trust, options
-        self.limits = limits
+        self.limits, self.run_id = limits, run_id
 
     def _identify(self, context: grpc.ServicerContext) -> str:
         pems = context.auth_context().get("x509_pem_cert")
@@ -91,6 +103,8 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             log.warning("refused %s: %s", context.peer(), exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         log.info("client %s connected from %s", client, context.peer())
+        if self.run_id is not None:  # before any message: the client checks it first
+            context.send_initial_metadata(((RUN_ID_METADATA, self.run_id),))
         threading.Thread(target=self._read, args=(client, request_iterator), daemon=True,
                          name=f"reader-{client}").start()
         counter = itertools.count()
@@ -125,8 +139,10 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
 
 
 def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, listen: str,
-                      options: TransportOptions, limits: WireLimits) -> tuple[grpc.Server, int]:
-    """Listen on ``listen`` with mutual TLS (client certificates required); returns the port."""
+                      options: TransportOptions, limits: WireLimits, *,
+                      run_id: str | None = None) -> tuple[grpc.Server, int]:
+    """Listen on ``listen`` with mutual TLS (client certificates required); returns the port.
+    ``run_id``: the federation run id sent to every accepted client (initial metadata)."""
     key = (certs / "server" / "server.key").read_bytes()
     cert = (certs / "server" / "server.crt").read_bytes()
     creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=trust.ca_pem,
@@ -135,8 +151,8 @@ def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, liste
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(coordinator.server.clients) + 4),
                          options=options.channel_options(server=True))
-    rpc.add_FedMuscleServicer_to_server(FedMuscleServicer(coordinator, trust, options, limits),
-                                        server)
+    rpc.add_FedMuscleServicer_to_server(
+        FedMuscleServicer(coordinator, trust, options, limits, run_id), server)
     port = server.add_secure_port(listen, creds)
     if port == 0:
         raise ConfigError("--listen", f"cannot listen on {listen!r}")
@@ -155,13 +171,14 @@ class ServeSettings:
     stage_timeout_s: float | None = 120.0
 
 
-def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[RunDir, str]:
-    """The server's run directory: new (``out`` empty), or the one to resume (same config)."""
+def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[RunDir, str, str]:
+    """The server's run directory: new (``out`` empty), or the one to resume (same config),
+    and the federation run id (:func:`new_run_id`; kept by a resume)."""
     run, resolved = RunDir(out), dump_config(cfg)
     if resume:
         if not run.config.is_file():
             raise ConfigError("--out", f"{run.root}: nothing to resume (no config.resolved.yaml)")
-        if run.config.read_text() != resolved:
+        if results_config(run.config.read_text()) != results_config(resolved):
             raise ConfigError("--config", f"differs from the config {run.config} was started "
                                           "with; resume with the same config")
     elif run.root.exists() and any(run.root.iterdir()):
@@ -169,7 +186,17 @@ def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[Run
                                    "it after a restart, or choose another --out")
     run.create()
     run.config.write_text(resolved)
-    return run, resolved
+    run_id = run.read_run_id() if resume else None
+    if run_id is None:  # a new run (or one whose directory predates run ids)
+        run_id = new_run_id()
+        run.write_run_id(run_id)
+    return run, resolved, run_id
+
+
+def new_run_id() -> str:
+    """A fresh federation run id: 128 random bits from the OS CSPRNG. The clients record it
+    at first contact and refuse to write into a run directory of another run."""
+    return secrets.token_hex(16)
 
 
 def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path, *,
@@ -200,7 +227,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
         from fedmuscle_secure.provision_keys import server_ckks
 
         contexts = server_ckks(cfg, certs)
-    run, resolved = _open_run(cfg, out, resume)
+    run, resolved, run_id = _open_run(cfg, out, resume)
     split = make_split(cfg)
     setup = federation_setup(cfg, split, method, ckks_contexts=contexts,
                              identities=_server_identities(cfg, certs, method))
@@ -213,17 +240,18 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
             log.info("%s: the run already finished", run.root)
             return list(state["rows"])
         server.load_state_dict(state["server"])
-        rows, start = list(state["rows"]), r0 + 1
+        rows, start = list(state["rows"]), int(r0) + 1
     receipts = open_receipts(run.root)
     coordinator = Coordinator(server, final_round=rounds + 1, receipts=receipts,
                               stage_timeout_s=settings.stage_timeout_s)
     limits = wire_limits(cfg)
     try:
-        grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits)
+        grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits,
+                                              run_id=run_id)
     except BaseException:
         receipts.close()
         raise
-    run.event("run_resume" if resume else "run_start", transport="grpc", listen=listen,
+    run.event("run_resume" if resume else "run_start", run_id=run_id, transport="grpc", listen=listen,
               port=port, seed=cfg.seed, config_sha256=config_digest(resolved), method=method,
               from_round=start - 1, max_payload_bytes=options.payload_limit(limits),
               stage_timeout_s=settings.stage_timeout_s)
@@ -282,7 +310,7 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
                     run.event(e["event"], method=method,
                               **{k: v for k, v in e.items() if k != "event"})
         run.save_checkpoint(method, r, {"server": s.state_dict(), "rows": rows,
-                                        "finished": False})
+                                        "finished": False}, keep=cfg.checkpoint.keep)
         run.write_metrics(rows)
     waiting = coordinator.finish()
     coordinator.wait(lambda: all(c in coordinator.finals or c in coordinator.gone
@@ -291,8 +319,8 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
     with coordinator.cond:
         rows += [row("final", c, {**coordinator.finals[c], **coordinator.traffic[c]})
                  for c in s.clients if c in coordinator.finals]  # config order, as `run`
-    run.save_checkpoint(method, rounds + 1, {"server": s.state_dict(), "rows": rows,
-                                             "finished": True})
+    run.save_checkpoint(method, FINAL, {"server": s.state_dict(), "rows": rows,
+                                        "finished": True}, keep=cfg.checkpoint.keep)
     run.write_metrics(rows)
     write_summary(run.summary, cfg, rows, transport="grpc")
     run.event("run_end", final={c: m.get("test_metric") for c, m in coordinator.finals.items()})
