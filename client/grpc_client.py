@@ -49,7 +49,13 @@ from pathlib import Path
 
 import grpc
 import yaml
-from fedmuscle_secure.client.own_run import check_run_id, inspect_out, resume, start_fresh
+from fedmuscle_secure.client.own_run import (
+    check_run_id,
+    inspect_out,
+    recorded_rows,
+    resume,
+    start_fresh,
+)
 
 from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
@@ -213,7 +219,9 @@ def _build(cfg: ExperimentConfig, split, method: str, name: str, run: RunDir, ru
     client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
     records = OwnRecords(run, cfg, method, client, final_model_spec(cfg, name, setup, client))
     resumed = resume(run, method, client, run_id) if resuming else None
-    if resumed is None:
+    if resumed is not None:
+        records.rows.update(recorded_rows(run, resumed))
+    else:
         run.save_checkpoint(method, 0, client.state_dict(), keep=_save_keep(cfg.checkpoint.keep))
     return client, records, resumed is not None
 
@@ -231,6 +239,7 @@ class _Stream:
 
     def __init__(self, channel: grpc.Channel, name: str, options: TransportOptions) -> None:
         self.channel, self.options, self.sending = channel, options, queue.Queue()
+        self.opened = time.monotonic()
         counter = itertools.count()
 
         def requests():
@@ -255,6 +264,10 @@ class _Stream:
 
     def close(self) -> None:
         self.sending.put(_CLOSE)
+        # gRPC's connectivity poller (behind channel_ready_future, 0.2 s polls) raises in its
+        # own thread when the channel closes before it took in the last connect request: a
+        # stream refused at once (another run's --out) waits for it to finish first.
+        time.sleep(max(0.0, self.opened + 0.5 - time.monotonic()))
         self.channel.close()
 
 

@@ -17,6 +17,7 @@ ledger genesis, checkpoint 0: :func:`start_fresh`, :func:`resume`).
 
 from __future__ import annotations
 
+import csv
 import logging
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config, results_config
@@ -85,3 +86,14 @@ def resume(run: RunDir, method: str, client, run_id: str) -> int | str | None:
         ledger.mark_server_lost(client.round, "this client stopped and was restarted on its "
                                               "run directory")
     return r
+
+
+def recorded_rows(run: RunDir, upto: int | str) -> dict[int, dict]:
+    """The organisation's own metric rows of rounds up to ``upto`` from its ``metrics.csv``
+    (a resumed client rewrites that file, and must keep what the rounds before its
+    checkpoint recorded; later rounds run again)."""
+    if not run.metrics.is_file() or not isinstance(upto, int):
+        return {}
+    with open(run.metrics, newline="") as fh:
+        return {int(r["round"]): r for r in csv.DictReader(fh)
+                if r["round"].isdigit() and int(r["round"]) <= upto}
