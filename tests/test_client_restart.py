@@ -29,6 +29,7 @@ from deploy_driver import (
     wait_for,
 )
 from deploy_driver import rows as read_rows
+from fedmuscle_secure.client.grpc_client import STALL_ENV
 from tiny import tiny_config
 
 from fedmuscle_secure.rundir import RunDir
@@ -114,3 +115,41 @@ def test_a_crashed_client_resumes_its_run_and_audits_and_a_finished_run_is_refus
     err = (tmp_path / "a-again.log").read_text().strip().splitlines()
     assert len(err) == 1 and "--out" in err[0] and run_id in err[0], err
     assert _snapshot(out_a.root) == before
+
+
+def test_with_keep_1_a_client_that_reported_a_round_the_server_lost_rewinds_one_round(tmp_path):
+    """``checkpoint.keep`` 1. Clients ``a`` and ``b`` report round 2 (their checkpoints of
+    round 2 are written) while ``c`` hangs before its report (a failpoint), so the server
+    has no checkpoint of round 2 when it is SIGKILLed. Resumed, it asks for round 2 again:
+    ``a`` and ``b`` must rewind to their checkpoint of round 1, which keep = 1 must not have
+    deleted yet (the plan of round 3, which would have let it go, never came). ``c`` is
+    killed too and restarted on its directory."""
+    cfg = tiny_config(compare_local=False, checkpoint={"keep": 1})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    certs, port = provision(tmp_path), free_port()
+    procs = start_federation(tmp_path, config, certs, port=port,
+                             env={"c": {STALL_ENV: "PeerTerms(round 2, epoch 0, batch 2)"}})
+    reported = [tmp_path / f"client-{o}" / "checkpoints" / "muscle" / "round-0002.pt"
+                for o in "ab"]
+    try:
+        wait_for(lambda: all(p.is_file() for p in reported), 150, "a and b to report round 2",
+                 procs["server"])
+    finally:
+        for name in ("server", "c"):
+            procs[name].kill()
+            procs[name].wait()
+    assert RunDir(tmp_path / "server").checkpoint_labels("muscle") == [1]
+    for org in "ab":
+        assert RunDir(tmp_path / f"client-{org}").checkpoint_labels("muscle") == [1, 2]
+    procs["server"] = server(tmp_path, config, certs, port, "--resume")
+    procs["c"] = _client(tmp_path, config, certs, port, "c", "c-restarted.log")
+    wait_all(procs, tmp_path, timeout=240)
+    for org in "ab":
+        events = _events(tmp_path / f"client-{org}" / "events.jsonl")
+        assert [(e["from_round"], e["to_round"]) for e in events if e["event"] == "rewind"] \
+            == [(2, 1)], org
+        assert RunDir(tmp_path / f"client-{org}").checkpoint_labels("muscle") == [3]
+    rows = read_rows(tmp_path / "server" / "metrics.csv")
+    assert sorted((r["round"], r["client"]) for r in rows) == sorted(
+        (r, c) for r in ("1", "2", "3", "final") for c in ORGS)
