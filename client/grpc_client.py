@@ -37,10 +37,8 @@ is written to the run directory's ``keys/``); under ``secagg`` every peer's
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -49,6 +47,7 @@ from pathlib import Path
 
 import grpc
 import yaml
+from fedmuscle_secure.client.grpc_stream import Stream
 from fedmuscle_secure.client.own_run import (
     check_run_id,
     inspect_out,
@@ -64,15 +63,12 @@ from fedmuscle_secure.grpc_transport import (
     Direction,
     Inbound,
     TransportOptions,
-    outbound,
 )
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.rundir import RunDir
 from fedmuscle_secure.wire_limits import WireLimits, wire_limits
-from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 log = logging.getLogger("fedmuscle_secure.client")
-_CLOSE = object()
 
 
 class ConnectionFailed(FedMuscleError):
@@ -169,9 +165,10 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     reconnected = False
     try:
         while True:
-            stream = _Stream(open_channel(certs, org, target, options, retry), name, options)
+            stream = Stream(open_channel(certs, org, target, options, retry), name, options,
+                            recorded)
             try:
-                served = stream.run_id(name)
+                served = _served_run_id(stream, name, run, target)
                 if client is None:  # first contact: check, then the first write
                     check_run_id(run, recorded, served, target)
                     client, records, reconnected = _build(cfg, split, method, name, run, served,
@@ -234,41 +231,17 @@ def _save_keep(keep: int) -> int:
     return max(keep, 2)
 
 
-class _Stream:
-    """One ``Exchange`` stream: the queue feeding its request side and its responses."""
-
-    def __init__(self, channel: grpc.Channel, name: str, options: TransportOptions) -> None:
-        self.channel, self.options, self.sending = channel, options, queue.Queue()
-        self.opened = time.monotonic()
-        counter = itertools.count()
-
-        def requests():
-            while (msg := self.sending.get()) is not _CLOSE:
-                yield from outbound(msg, name, counter, options)
-
-        self.responses = rpc.FedMuscleStub(channel).Exchange(requests())
-
-    def run_id(self, name: str) -> str:
-        """The federation run id the server sent with its initial metadata (it accepted this
-        client); a refused or broken stream raises as :func:`_exchange` does."""
-        try:
-            metadata = dict(self.responses.initial_metadata() or ())
-            if run_id := metadata.get(RUN_ID_METADATA):
-                return str(run_id)
-            for _ in self.responses:  # no metadata: the stream ended (refused) or an old server
-                break
-        except grpc.RpcError as exc:
-            raise _stream_failure(exc, name, finished=False) from None
+def _served_run_id(stream: Stream, name: str, run: RunDir, target: str) -> str:
+    """The server's federation run id (it accepted this client); a broken or refused stream
+    raises as :func:`_exchange` does."""
+    try:
+        served = stream.run_id(run, target)
+    except grpc.RpcError as exc:
+        raise _stream_failure(exc, name, finished=False) from None
+    if served is None:
         raise ConnectionFailed(f"the server sent {name!r} no federation run id "
                                f"({RUN_ID_METADATA!r} metadata); is it a server of this version?")
-
-    def close(self) -> None:
-        self.sending.put(_CLOSE)
-        # gRPC's connectivity poller (behind channel_ready_future, 0.2 s polls) raises in its
-        # own thread when the channel closes before it took in the last connect request: a
-        # stream refused at once (another run's --out) waits for it to finish first.
-        time.sleep(max(0.0, self.opened + 0.5 - time.monotonic()))
-        self.channel.close()
+    return served
 
 
 def _stream_failure(exc: grpc.RpcError, name: str, *, finished: bool) -> Exception:
@@ -341,7 +314,7 @@ class OwnRecords:
         return full
 
 
-def _exchange(client, stream: _Stream, name: str, limits: WireLimits, run: RunDir, method: str,
+def _exchange(client, stream: Stream, name: str, limits: WireLimits, run: RunDir, method: str,
               records: OwnRecords, *, keep: int, reconnected: bool) -> dict[str, float]:
     """One stream to the server until Finish. Only on a stream opened after the server was
     lost (or by a restarted client) may the first round plan (or Finish) rewind the client to
@@ -372,10 +345,10 @@ def _exchange(client, stream: _Stream, name: str, limits: WireLimits, run: RunDi
                     run.save_checkpoint(method, rep.round, client.state_dict(),
                                         keep=_save_keep(keep))
                     records.record(rep, final=False)
-                stream.sending.put(rep)
+                stream.send(rep)
             if isinstance(msg, Finish):
                 final = records.record(replies[0], final=True)
-                stream.sending.put(_CLOSE)  # half-close: the run is over for this client
+                stream.half_close()  # the run is over for this client
     except grpc.RpcError as exc:
         raise _stream_failure(exc, name, finished=final is not None) from None
     if final is None:

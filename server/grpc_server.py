@@ -54,6 +54,7 @@ from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
 from fedmuscle_secure.grpc_transport import (
     RUN_ID_METADATA,
+    RUN_ID_MISMATCH,
     Direction,
     Inbound,
     TransportOptions,
@@ -97,6 +98,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
     def Exchange(self, request_iterator: Iterator[Chunk],
                  context: grpc.ServicerContext) -> Iterator[Chunk]:
         client = self._identify(context)
+        self._check_run_id(client, context)
         try:
             box = self.coordinator.connect(client)
         except IdentityError as exc:
@@ -115,6 +117,17 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             if isinstance(item, Abort):
                 context.abort(item.code, item.reason)
             yield from outbound(item, "server", counter, self.options)
+
+    def _check_run_id(self, client: str, context: grpc.ServicerContext) -> None:
+        """A client resuming another federation run is turned away before it counts as
+        connected (``RUN_ID_MISMATCH``); a new client sends no run id."""
+        theirs = dict(context.invocation_metadata() or ()).get(RUN_ID_METADATA)
+        if self.run_id is None or theirs is None or theirs == self.run_id:
+            return
+        reason = (f"{RUN_ID_MISMATCH}: the run directory of {client!r} belongs to federation "
+                  f"run {theirs}; this server runs {self.run_id}")
+        log.warning("refused %s: %s", context.peer(), reason)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
 
     def _read(self, client: str, requests: Iterator[Chunk]) -> None:
         inbound = Inbound(self.options, self.limits, expect=Direction.TO_SERVER, sender=client)

@@ -44,7 +44,7 @@ def served(tmp_path_factory):
         CFG, make_split(CFG), "muscle")), final_round=CFG.training.rounds + 1)
     server, port = start_grpc_server(coordinator, pki.load_trust(certs), certs, "127.0.0.1:0",
                                      TransportOptions(), wire_limits(CFG), run_id=run_id)
-    yield certs, f"127.0.0.1:{port}", run_id
+    yield certs, f"127.0.0.1:{port}", run_id, coordinator
     server.stop(grace=None)
 
 
@@ -69,15 +69,19 @@ def _old_run(out: Path, run_id: str | None, config: str | None = None) -> dict[s
 def test_a_directory_of_another_federation_run_is_refused_untouched(served, tmp_path):
     """The attack/mistake: client ``a`` started on the --out of a finished run (run id X)
     against a server running run Y. Before: it appended to X's ledger (audit then fails).
-    Now: one ConfigError naming --out and both run ids; not one byte of --out changes."""
-    certs, target, run_id = served
+    Now: one ConfigError naming --out and both run ids; not one byte of --out changes, and
+    the server never counted ``a`` as connected (a wrong start cannot start the round the
+    federation waits for and then leave it)."""
+    certs, target, run_id, coordinator = served
     out = tmp_path / "client-a"
-    before = _old_run(out, new_run_id())
+    old = new_run_id()
+    before = _old_run(out, old)
     with pytest.raises(ConfigError) as exc:
         run_client(CFG, "a", certs, target, out, retry=QUICK)
-    assert exc.value.field == "--out" and run_id in str(exc.value)
+    assert exc.value.field == "--out" and run_id in str(exc.value) and old in str(exc.value)
     assert "\n" not in str(exc.value)
     assert _snapshot(out) == before
+    assert "a" not in coordinator.outboxes and "a" not in coordinator.gone
 
 
 def test_files_without_a_run_id_are_refused_before_connecting(tmp_path):
@@ -114,7 +118,7 @@ def test_a_new_directory_records_the_servers_run_id_at_first_contact(served, tmp
     """Nothing is written before the server answered; then its run id, the config, the
     ledger's genesis and checkpoint 0 (the client then waits for the rounds, which this
     server never starts; stopping the server ends it)."""
-    certs, target, run_id = served
+    certs, target, run_id, _ = served
     out = tmp_path / "client-b"
     done: dict = {}
 
