@@ -20,9 +20,9 @@ from __future__ import annotations
 import csv
 import logging
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config, results_config
+from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.rundir import RunDir, results_config
 
 log = logging.getLogger("fedmuscle_secure.client")
 

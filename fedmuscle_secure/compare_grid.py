@@ -28,10 +28,10 @@ from fedmuscle_secure.config import (
     dump_config,
     parse_config,
     read_yaml,
-    results_config,
     validate_model,
 )
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.rundir import results_config
 
 _SAFE = r"^[A-Za-z0-9_.+-]+$"
 LOCAL = "local"

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from fedmuscle_secure.compare_grid import Cell
-from fedmuscle_secure.config import dump_config, results_config
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.config import dump_config
+from fedmuscle_secure.rundir import RunDir, results_config
 
 MARKER = "cell.json"
 THREADS_PER_CELL = 2
@@ -54,7 +54,7 @@ def same_config(marker: dict[str, Any], cell: Cell) -> bool:
 
 
 def config_sha(text: str) -> str:
-    """Digest of a resolved config's results part (:func:`~fedmuscle_secure.config.results_config`)."""
+    """Digest of a resolved config's results part (:func:`.rundir.results_config`)."""
     return hashlib.sha256(results_config(text).encode()).hexdigest()[:16]
 
 

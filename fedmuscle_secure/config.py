@@ -158,7 +158,7 @@ class ServerConfig(_Strict):
 class CheckpointConfig(_Strict):
     """Round checkpoints kept per method by ``run``, the deployed server and client (each
     holds models and Adam states: disk grows with ``keep``). Changes no result, so a run
-    may be resumed with another value (:func:`results_config`)."""
+    may be resumed with another value (:func:`fedmuscle_secure.rundir.results_config`)."""
 
     keep: int = Field(default=1, ge=1, description="round checkpoints kept per method (>= 1)")
 
@@ -407,12 +407,3 @@ def dump_config(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML (every default spelled out), for the run directory."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
-
-def results_config(text: str) -> str:
-    """A resolved config (``dump_config``'s YAML) without its operational ``checkpoint``
-    section, which changes no result: resumes and ``compare``'s cell markers compare this,
-    so a run resumed with another ``checkpoint.keep`` (or older than it) is the same run."""
-    raw = yaml.safe_load(text)
-    if isinstance(raw, dict):
-        raw.pop("checkpoint", None)
-    return yaml.safe_dump(raw, sort_keys=False)

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config, results_config
+from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.data import FederatedSplit, federated_split
 from fedmuscle_secure.data.source import load_dataset
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
-from fedmuscle_secure.rundir import FINAL, RunDir
+from fedmuscle_secure.rundir import FINAL, RunDir, results_config
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 from fedmuscle_secure.summary import client_table, write_summary
 

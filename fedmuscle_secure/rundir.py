@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from fedmuscle_secure.errors import CheckpointError
 
@@ -168,3 +169,12 @@ def fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
+
+def results_config(text: str) -> str:
+    """A resolved config (``dump_config``'s YAML) without its operational ``checkpoint``
+    section, which changes no result: resumes and ``compare``'s cell markers compare this,
+    so a run resumed with another ``checkpoint.keep`` (or older than it) is the same run."""
+    raw = yaml.safe_load(text)
+    if isinstance(raw, dict):
+        raw.pop("checkpoint", None)
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -44,12 +44,7 @@ import grpc
 from fedmuscle_secure.client.report_policy import as_received
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator, TransportError
 
-from fedmuscle_secure.config import (
-    ExperimentConfig,
-    dump_config,
-    results_config,
-    validate_deployable,
-)
+from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
 from fedmuscle_secure.grpc_transport import (
@@ -61,7 +56,7 @@ from fedmuscle_secure.grpc_transport import (
     outbound,
 )
 from fedmuscle_secure.provision import Trust, load_trust
-from fedmuscle_secure.rundir import FINAL, RunDir
+from fedmuscle_secure.rundir import FINAL, RunDir, results_config
 from fedmuscle_secure.wire_chunks import Chunk
 from fedmuscle_secure.wire_limits import WireLimits, wire_limits
 from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
