@@ -22,6 +22,11 @@ A refusal (``PERMISSION_DENIED``: the server dropped this
 client, e.g. after a protocol error or because its certificate was revoked), the server
 giving up the run (``FAILED_PRECONDITION``, with its reason: too few organisations
 connected, or left for the protection) or any other failure ends the run at once.
+The client keeps
+``checkpoint.keep`` checkpoints, and the one of the round before its last until the next plan
+shows the server can no longer ask for it. ``--out`` is new or this organisation's directory
+of the run the server resumes (the server's run id, checked before anything is written:
+:mod:`fedmuscle_secure.client.own_run`); a restarted client resumes from its latest checkpoint.
 
 Certificates (``--certs DIR``, the layout of ``fedmuscle-secure provision init``):
 ``ca/ca.crt``, ``orgs/<org>/<org>.key`` and ``.crt``; the client id is the organisation's
@@ -35,10 +40,8 @@ is written to the run directory's ``keys/``); under ``secagg`` every peer's
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -47,17 +50,28 @@ from pathlib import Path
 
 import grpc
 import yaml
+from fedmuscle_secure.client.grpc_stream import Stream
+from fedmuscle_secure.client.own_run import (
+    check_run_id,
+    inspect_out,
+    recorded_rows,
+    resume,
+    start_fresh,
+)
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
+from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
-from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
+from fedmuscle_secure.grpc_transport import (
+    RUN_ID_METADATA,
+    Direction,
+    Inbound,
+    TransportOptions,
+)
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.rundir import RunDir
 from fedmuscle_secure.wire_limits import WireLimits, wire_limits
-from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
 
 log = logging.getLogger("fedmuscle_secure.client")
-_CLOSE = object()
 
 
 class ConnectionFailed(FedMuscleError):
@@ -88,15 +102,15 @@ def client_id_of(certs: Path, org: str) -> str:
     return org
 
 
-def _identities(cfg: ExperimentConfig, certs: Path, name: str, out: Path):
+def _identities(cfg: ExperimentConfig, certs: Path, name: str):
     """Own provisioned Ed25519 private identity (it signs the ledger in every mode; only its
-    public half is written, to ``out/keys``) and, under secagg, every organisation's
-    identity (the peers' public ones) for the key advertisements, else None."""
-    from fedmuscle_secure.identity import load_private, load_public, save_public
+    public half is written, to ``out/keys``, once the run directory is this run's) and, under
+    secagg, every organisation's identity (the peers' public ones) for the key
+    advertisements, else None."""
+    from fedmuscle_secure.identity import load_private, load_public
 
     folder = certs / "identities"
     own = load_private(folder / f"{name}.key")
-    save_public(own, out / "keys", name)
     if not (cfg.protection == "secagg" and cfg.muscle.method == "muscle_sum"):
         return own, None
     return own, {c.name: own if c.name == name else load_public(folder / f"{c.name}.pub")
@@ -129,16 +143,18 @@ def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
 def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, out: str | Path,
                *, options: TransportOptions | None = None,
                retry: RetrySettings | None = None) -> dict[str, float]:
-    """Take part in the federation as ``org``; returns the final metrics (after Finish)."""
+    """Take part in the federation as ``org``; returns the final metrics (after Finish).
+
+    ``out`` is new (missing or empty), or this organisation's run directory of the run the
+    server is resuming (:mod:`fedmuscle_secure.client.own_run`): nothing is written there
+    before the server's run id was checked against it."""
     from fedmuscle_secure.experiment import make_split, methods_of
-    from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 
     validate_deployable(cfg)
     options, retry = options or TransportOptions(), retry or RetrySettings()
     certs, run = Path(certs), RunDir(out)
     name = client_id_of(certs, org)
-    run.create()
-    run.config.write_text(dump_config(cfg))
+    recorded = inspect_out(run, cfg)
     method = methods_of(cfg)[0]
     split = make_split(cfg)
     contexts = None
@@ -146,40 +162,110 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
         from fedmuscle_secure.provision_keys import client_ckks
 
         contexts = client_ckks(cfg, certs)
-    own, identities = _identities(cfg, certs, name, run.root)
-    setup = federation_setup(cfg, split, method, record_dir=run.root, ckks_contexts=contexts,
-                             identities=identities)
-    client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
-    run.save_checkpoint(method, 0, client.state_dict())  # what round 1 starts from
+    own, identities = _identities(cfg, certs, name)
     limits = wire_limits(cfg)
     from fedmuscle_secure.deploy_progress import ClientProgress
 
     watch = ClientProgress(cfg, method, name, log)
-    records = OwnRecords(run, cfg, method, client, final_model_spec(cfg, name, setup, client),
-                         watch=watch)
+    client = records = None
     reconnected = False
     watch.connecting(target)
     try:
         while True:
-            channel = open_channel(certs, org, target, options, retry)
+            stream = Stream(open_channel(certs, org, target, options, retry), name, options,
+                            recorded)
             watch.connected(target)
             try:
-                final = _exchange(client, channel, name, options, limits, run, method, records,
-                                  reconnected=reconnected, watch=watch)
+                served = _served_run_id(stream, name, run, target)
+                if client is None:  # first contact: check, then the first write
+                    check_run_id(run, recorded, served, target)
+                    client, records, reconnected = _build(cfg, split, method, name, run, served,
+                                                          recorded is not None, own, identities,
+                                                          contexts, watch)
+                    recorded = served
+                elif served != recorded:
+                    raise ConnectionFailed(f"the server at {target} now runs federation run "
+                                           f"{served}, not {recorded}: a restarted server must "
+                                           "be started with --resume on its run directory")
+                run.event("connected", client=name, run_id=served)
+                final = _exchange(client, stream, name, limits, run, method, records,
+                                  keep=cfg.checkpoint.keep, reconnected=reconnected, watch=watch)
                 break
             except ServerLost as exc:
-                reconnected = True
                 log.warning("%s: %s; reconnecting", name, exc)
+                if client is None:
+                    continue
+                reconnected = True
                 run.event("server_lost", client=name, round=client.round, reason=str(exc))
                 if client.privacy is not None and client.privacy.ledger is not None:
                     client.privacy.ledger.mark_server_lost(client.round, str(exc))
+            finally:
+                stream.close()
     finally:
         watch.close()
-        if client.privacy is not None and client.privacy.ledger is not None:
+        if client is not None and client.privacy is not None and client.privacy.ledger is not None:
             client.privacy.ledger.close()
     run.event("run_end", client=name, final=final)
     watch.finished(run.root)
     return final
+
+
+def _build(cfg: ExperimentConfig, split, method: str, name: str, run: RunDir, run_id: str,
+           resuming: bool, own, identities, contexts, watch=None):
+    """The client and its records, in a run directory of run ``run_id``: a new one (its
+    checkpoint of round 0 is what round 1 starts from), or this run's, resumed from its
+    latest checkpoint. Returns (client, records, whether the first plan may rewind)."""
+    from fedmuscle_secure.identity import save_public
+    from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
+
+    if not resuming:
+        start_fresh(run, cfg, run_id)
+    save_public(own, run.root / "keys", name)
+    setup = federation_setup(cfg, split, method, record_dir=run.root, ckks_contexts=contexts,
+                             identities=identities)
+    client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
+    records = OwnRecords(run, cfg, method, client, final_model_spec(cfg, name, setup, client),
+                         watch=watch)
+    resumed = resume(run, method, client, run_id) if resuming else None
+    if resumed is not None:
+        records.rows.update(recorded_rows(run, resumed))
+    else:
+        run.save_checkpoint(method, 0, client.state_dict(), keep=_save_keep(cfg.checkpoint.keep))
+    return client, records, resumed is not None
+
+
+def _save_keep(keep: int) -> int:
+    """Checkpoints a client keeps when it writes one: at least two. Having reported round r,
+    it may still be asked to redo round r (the server can die before its own checkpoint of
+    round r) and then needs its checkpoint of round r - 1; the next plan, sent only once the
+    server's checkpoint of round r is on disk, lets it go (:func:`_exchange`)."""
+    return max(keep, 2)
+
+
+def _served_run_id(stream: Stream, name: str, run: RunDir, target: str) -> str:
+    """The server's federation run id (it accepted this client); a broken or refused stream
+    raises as :func:`_exchange` does."""
+    try:
+        served = stream.run_id(run, target)
+    except grpc.RpcError as exc:
+        raise _stream_failure(exc, name, finished=False) from None
+    if served is None:
+        raise ConnectionFailed(f"the server sent {name!r} no federation run id "
+                               f"({RUN_ID_METADATA!r} metadata); is it a server of this version?")
+    return served
+
+
+def _stream_failure(exc: grpc.RpcError, name: str, *, finished: bool) -> Exception:
+    """The error a broken stream ends the client with (``ServerLost``: reconnect)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return IdentityError(f"server refused {name!r}: {detail}")
+    if code is grpc.StatusCode.FAILED_PRECONDITION:  # the server gave up: say why, stop
+        return ConnectionFailed(detail)
+    if code is grpc.StatusCode.UNAVAILABLE and not finished:
+        return ServerLost(f"stream to the server broke ({code}): {detail}")
+    return ConnectionFailed(f"stream to the server failed ({code}): {detail}")
 
 
 def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str) -> None:
@@ -249,24 +335,17 @@ class OwnRecords:
         return full
 
 
-def _exchange(client, channel: grpc.Channel, name: str, options: TransportOptions,
-              limits: WireLimits, run: RunDir, method: str, records: OwnRecords, *,
-              reconnected: bool, watch=None) -> dict[str, float]:
+def _exchange(client, stream: Stream, name: str, limits: WireLimits, run: RunDir, method: str,
+              records: OwnRecords, *, keep: int, reconnected: bool,
+              watch=None) -> dict[str, float]:
     """One stream to the server until Finish. Only on a stream opened after the server was
-    lost may the first round plan (or Finish) rewind the client to its own checkpoint."""
-    sending: queue.Queue = queue.Queue()
-    counter = itertools.count()
-
-    def requests():
-        while (msg := sending.get()) is not _CLOSE:
-            yield from outbound(msg, name, counter, options)
-
-    inbound = Inbound(options, limits, expect=Direction.TO_CLIENT, sender="server")
+    lost (or by a restarted client) may the first round plan (or Finish) rewind the client to
+    its own checkpoint. A plan of round p comes only once the server's checkpoint of round
+    p - 1 is on disk, so no restart can ask for an older one: those beyond ``keep`` go."""
+    inbound = Inbound(stream.options, limits, expect=Direction.TO_CLIENT, sender="server")
     final = None
-    responses = rpc.FedMuscleStub(channel).Exchange(requests())
-    run.event("connected", client=name)
     try:
-        for piece in responses:
+        for piece in stream.responses:
             msg = inbound.add(piece)
             if msg is None:
                 continue
@@ -278,6 +357,7 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
                 if reconnected:
                     _rewind_if_needed(client, msg, run, method)
                 reconnected = False
+                run.prune_checkpoints(method, keep, before=msg.round - 1)
             t0 = time.perf_counter()
             replies = client.handle(msg)
             if isinstance(msg, RoundReport | Finish) or any(isinstance(r, RoundReport)
@@ -288,25 +368,15 @@ def _exchange(client, channel: grpc.Channel, name: str, options: TransportOption
                 if watch is not None:
                     watch.sent(rep)
                 if isinstance(rep, RoundReport) and not isinstance(msg, Finish):
-                    run.save_checkpoint(method, rep.round, client.state_dict())
+                    run.save_checkpoint(method, rep.round, client.state_dict(),
+                                        keep=_save_keep(keep))
                     records.record(rep, final=False)
-                sending.put(rep)
+                stream.send(rep)
             if isinstance(msg, Finish):
                 final = records.record(replies[0], final=True)
-                sending.put(_CLOSE)  # half-close: the run is over for this client
+                stream.half_close()  # the run is over for this client
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        detail = exc.details() if hasattr(exc, "details") else str(exc)
-        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-            raise IdentityError(f"server refused {name!r}: {detail}") from None
-        if code is grpc.StatusCode.FAILED_PRECONDITION:  # the server gave up: say why, stop
-            raise ConnectionFailed(detail) from None
-        if code is grpc.StatusCode.UNAVAILABLE and final is None:
-            raise ServerLost(f"stream to the server broke ({code}): {detail}") from None
-        raise ConnectionFailed(f"stream to the server failed ({code}): {detail}") from None
-    finally:
-        sending.put(_CLOSE)
-        channel.close()
+        raise _stream_failure(exc, name, finished=final is not None) from None
     if final is None:
         raise ServerLost(f"the server closed the stream of {name!r} before Finish")
     return final

@@ -31,6 +31,7 @@ from fedmuscle_secure.config import (
     validate_model,
 )
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.rundir import results_config
 
 _SAFE = r"^[A-Za-z0-9_.+-]+$"
 LOCAL = "local"
@@ -143,7 +144,7 @@ def load_grid(path: str | Path) -> tuple[GridSpec, dict[str, Any]]:
 
 
 def _digest(cfg: ExperimentConfig) -> str:
-    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:8]
+    return hashlib.sha256(results_config(dump_config(cfg)).encode()).hexdigest()[:8]
 
 
 def _local_raw(cell_raw: dict[str, Any], seed: int) -> dict[str, Any]:

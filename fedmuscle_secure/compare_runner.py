@@ -3,9 +3,10 @@
 Each cell runs in a worker process (``spawn``) through :func:`run_experiment` into
 ``OUT/cells/<cell-id>/``. ``cell.json`` with ``status: done`` is written only after the run
 finished: such a cell is skipped on a re-run. A cell directory without the marker is
-resumed from its last checkpoint (or restarted when it holds no config). A failing cell is
-recorded (``cell.json`` with ``status: failed`` and the error) and the others go on; it is
-retried on the next run. Every start, skip, finish and failure is appended to
+resumed from its last checkpoint (or restarted when it holds no config); once done, its
+checkpoints are deleted (its record stays: config, metrics, events, summary, ledgers). A
+failing cell is recorded (``cell.json`` with ``status: failed`` and the error) and the
+others go on; it is retried on the next run. Every start, skip, finish and failure is appended to
 ``OUT/compare.jsonl``.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from fedmuscle_secure.compare_grid import Cell
 from fedmuscle_secure.config import dump_config
+from fedmuscle_secure.rundir import RunDir, results_config
 
 MARKER = "cell.json"
 THREADS_PER_CELL = 2
@@ -45,13 +47,24 @@ def threads_for(jobs: int) -> int:
     return max(1, cpu_count() // max(1, jobs))
 
 
-def config_sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def same_config(marker: dict[str, Any], cell: Cell) -> bool:
-    """Whether a cell's marker was written for exactly this cell's config."""
+    """Whether a cell's marker was written for exactly this cell's config (its results part:
+    ``checkpoint.keep`` changes nothing a marker vouches for)."""
     return marker.get("config_sha256") == config_sha(dump_config(cell.config))
+
+
+def config_sha(text: str) -> str:
+    """Digest of a resolved config's results part (:func:`.rundir.results_config`)."""
+    return hashlib.sha256(results_config(text).encode()).hexdigest()[:16]
+
+
+def _drop_checkpoints(cell_dir: Path, cell_id: str) -> None:
+    """A finished cell keeps its record (config, metrics, events, summary, ledgers, keys)
+    and loses its checkpoints: every model and optimizer state of the run, the bulk of its
+    disk, and of no use once the cell is done (a done cell is skipped, never resumed)."""
+    freed = RunDir(cell_dir).delete_checkpoints()
+    if freed:
+        log_event(cell_dir.parent.parent, "cell_checkpoints_deleted", cell=cell_id, bytes=freed)
 
 
 def read_marker(cell_dir: Path) -> dict[str, Any] | None:
@@ -98,6 +111,7 @@ def run_cell(meta: dict[str, Any], config_text: str, cell_dir: str, threads: int
         marker.update(status="done", resumed=resume, final=final,
                       wall_time_s=time.perf_counter() - t0)
         _write_json(d / MARKER, marker)
+        _drop_checkpoints(d, meta["id"])  # only now: a done cell is never resumed again
     except Exception as exc:  # noqa: BLE001 - recorded, the other cells go on
         marker.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(), wall_time_s=time.perf_counter() - t0)
@@ -144,6 +158,7 @@ def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
     todo, skipped, failed = pending_cells(cells, out)
     for cid in skipped:
         log_event(out, "cell_skipped", cell=cid, reason="done")
+        _drop_checkpoints(out / "cells" / cid, cid)  # left by a stop right after its marker
     for cid, err in failed.items():
         log_event(out, "cell_failed", cell=cid, error=err)
     summary = RunSummary(done=[], skipped=skipped, failed=dict(failed))

@@ -156,6 +156,14 @@ class ServerConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class CheckpointConfig(_Strict):
+    """Round checkpoints kept per method by ``run``, the deployed server and client (each
+    holds models and Adam states: disk grows with ``keep``). Changes no result, so a run
+    may be resumed with another value (:func:`fedmuscle_secure.rundir.results_config`)."""
+
+    keep: int = Field(default=1, ge=1, description="round checkpoints kept per method (>= 1)")
+
+
 class ExperimentConfig(_Strict):
     """The whole experiment: one YAML file."""
 
@@ -172,6 +180,7 @@ class ExperimentConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     compare_local: bool = True
     deployment: DeploymentConfig = DeploymentConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentConfig:

@@ -133,7 +133,11 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
                     "full metrics go to --out (metrics.csv, round_end events); the server gets "
                     "only what the report policy lets leave. If the "
                     "server goes away mid-run the client keeps retrying (--retry-*) and, once a "
-                    "restarted server resumes, rewinds to its own checkpoint of that round.")
+                    "restarted server resumes, rewinds to its own checkpoint of that round. "
+                    "--out must be new (missing or empty) or this organisation's run directory "
+                    "of the run the server is running (its federation run id): a client "
+                    "restarted with its previous command resumes from its own checkpoint; "
+                    "any other directory is refused before anything is written.")
     _add_common(c)
     c.add_argument("--org", required=True, help="organisation name (its certificate's CN)")
     c.add_argument("--server", required=True, help="server HOST:PORT")

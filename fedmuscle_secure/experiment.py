@@ -29,7 +29,7 @@ from fedmuscle_secure.data.source import load_dataset
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
 from fedmuscle_secure.progress import NORMAL, QUIET
 from fedmuscle_secure.round_progress import RunProgress
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.rundir import FINAL, RunDir, results_config
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 from fedmuscle_secure.summary import client_table, write_summary
 
@@ -103,15 +103,15 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
     start = 1
     if resume and (ck := run.latest_checkpoint(method)) is not None:
         r0, state = ck
-        for name, cstate in state["clients"].items():
-            fed.clients[name].load_state_dict(cstate)
-        fed.server.load_state_dict(state["server"])
         rows = list(state["rows"])
-        start = r0 + 1
         run.event("resume", method=method, from_round=r0)
         display.resumed(method, min(r0, cfg.training.rounds))
         if state.get("finished"):
             return rows
+        for name, cstate in state["clients"].items():
+            fed.clients[name].load_state_dict(cstate)
+        fed.server.load_state_dict(state["server"])
+        start = int(r0) + 1
     rounds = cfg.training.rounds
     for r in range(start, rounds + 1):
         t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
             for e in fed.server.settings.secure.events:
                 if e["round"] == r:
                     run.event(e["event"], method=method, **{k: v for k, v in e.items() if k != "event"})
-        _checkpoint(run, method, r, fed, rows, finished=False)
+        _checkpoint(run, method, r, fed, rows, finished=False, keep=cfg.checkpoint.keep)
         run.write_metrics(prior_rows + rows)
         if stop_after is not None and r >= stop_after and r < rounds:
             raise RunInterrupted(f"{method}: stopped after round {r} (stop_after)")
@@ -155,15 +155,15 @@ def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir
         rows.append(_row(method, "final", cfg, name, fed, m))
         finals[name] = m
     display.final(method, finals)
-    _checkpoint(run, method, rounds + 1, fed, rows, finished=True)
+    _checkpoint(run, method, FINAL, fed, rows, finished=True, keep=cfg.checkpoint.keep)
     return rows
 
 
-def _checkpoint(run: RunDir, method: str, r: int, fed: Federation, rows: list[dict[str, Any]],
-                finished: bool) -> None:
+def _checkpoint(run: RunDir, method: str, r: int | str, fed: Federation,
+                rows: list[dict[str, Any]], finished: bool, keep: int) -> None:
     state = {"clients": {n: c.state_dict() for n, c in fed.clients.items()},
              "server": fed.server.state_dict(), "rows": rows, "finished": finished}
-    run.save_checkpoint(method, r, state)
+    run.save_checkpoint(method, r, state, keep=keep)
 
 
 def config_digest(text: str) -> str:
@@ -183,7 +183,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
     if resume:
         if not run.config.is_file():
             raise CheckpointError(f"{run.root}: nothing to resume (no config.resolved.yaml)")
-        if run.config.read_text() != resolved:
+        if results_config(run.config.read_text()) != results_config(resolved):
             raise CheckpointError(f"{run.config}: the config differs from the one this run was "
                                   "started with; resume with the same config")
     elif run.root.exists() and any(run.root.iterdir()):

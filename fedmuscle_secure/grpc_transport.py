@@ -38,6 +38,17 @@ from fedmuscle_secure.wire import Direction, decode, encode
 from fedmuscle_secure.wire_chunks import Chunk, Reassembler, chunk
 from fedmuscle_secure.wire_limits import WireLimits
 
+#: gRPC initial-metadata key of the federation run id the server sends on every accepted
+#: ``Exchange`` stream, before any message: connection-level information, so it travels
+#: in the (TLS-protected) HTTP/2 headers and the wire message table stays as it is. A
+#: client compares it with the run id its run directory recorded at first contact.
+RUN_ID_METADATA = "fedmuscle-run-id"
+#: A client resuming a run sends its recorded run id under the same key; a server of another
+#: run ends that stream at once (``FAILED_PRECONDITION``, details starting with this), before
+#: counting the client as connected: a client started on the wrong ``--out`` must not start
+#: the round the federation was waiting for and then leave it.
+RUN_ID_MISMATCH = "federation run id mismatch"
+
 __all__ = ["Direction", "Inbound", "TransportOptions", "outbound"]
 
 

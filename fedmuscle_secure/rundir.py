@@ -2,6 +2,8 @@
 
 Everything is written so that a crash loses nothing already reported: events are appended
 and fsync'd, metrics and checkpoints are written to a temporary file and renamed.
+Checkpoints are ``checkpoints/<method>/round-NNNN.pt`` (the state at the end of round NNNN)
+and ``final.pt`` (the finished run); ``checkpoint.keep`` of them are kept per method.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from fedmuscle_secure.errors import CheckpointError
 
@@ -24,7 +28,8 @@ METRIC_COLUMNS = [
     "eps_record", "eps_client", "sigma_record", "sigma_client", "releases", "left_round", "left_reason",
     "secagg_aborted", "clipped_values",
 ]
-KEEP_CHECKPOINTS = 2
+FINAL = "final"
+"""The label of the checkpoint written when a method's run finished (``final.pt``)."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -46,6 +51,7 @@ class RunDir:
         self.metrics = self.root / "metrics.csv"
         self.summary = self.root / "summary.md"
         self.checkpoints = self.root / "checkpoints"
+        self.run_id = self.root / "run_id"
 
     def create(self) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -69,27 +75,72 @@ class RunDir:
     def checkpoint_dir(self, method: str) -> Path:
         return self.checkpoints / method
 
-    def save_checkpoint(self, method: str, r: int, state: dict[str, Any]) -> Path:
+    def save_checkpoint(self, method: str, r: int | str, state: dict[str, Any], *,
+                        keep: int = 1) -> Path:
+        """Write the checkpoint of round ``r`` (``FINAL``: the finished run) atomically, then
+        delete all but the ``keep`` newest. The new file is renamed into place and the folder
+        fsync'd before anything is deleted, so a crash at any point leaves at least one."""
         d = self.checkpoint_dir(method)
         d.mkdir(parents=True, exist_ok=True)
-        path = d / f"round-{r:04d}.pt"
+        path = d / _checkpoint_name(r)
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(path, buf.getvalue())
-        for old in sorted(d.glob("round-*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
+        fsync_dir(d)
+        self.prune_checkpoints(method, keep)
         return path
 
-    def latest_checkpoint(self, method: str) -> tuple[int, dict[str, Any]] | None:
-        paths = sorted(self.checkpoint_dir(method).glob("round-*.pt"))
-        if not paths:
+    def checkpoint_labels(self, method: str) -> list[int | str]:
+        """The rounds kept for ``method``, oldest first (``FINAL`` last)."""
+        labels: list[int | str] = []
+        for p in self.checkpoint_dir(method).glob("*.pt"):
+            if p.name == _checkpoint_name(FINAL):
+                continue
+            if p.stem.startswith("round-") and p.stem[6:].isdigit():
+                labels.append(int(p.stem[6:]))
+        labels.sort()
+        if (self.checkpoint_dir(method) / _checkpoint_name(FINAL)).is_file():
+            labels.append(FINAL)
+        return labels
+
+    def prune_checkpoints(self, method: str, keep: int, *, before: int | None = None) -> None:
+        """Delete all but the ``keep`` newest checkpoints of ``method``; with ``before``, only
+        those of rounds before it (the ones a restarted peer can no longer ask for)."""
+        labels = self.checkpoint_labels(method)
+        for label in labels[:max(0, len(labels) - keep)]:
+            if before is None or (isinstance(label, int) and label < before):
+                (self.checkpoint_dir(method) / _checkpoint_name(label)).unlink(missing_ok=True)
+
+    def latest_checkpoint(self, method: str) -> tuple[int | str, dict[str, Any]] | None:
+        """The newest checkpoint of ``method`` and its round (``FINAL``), or None."""
+        labels = self.checkpoint_labels(method)
+        if not labels:
             return None
-        return int(paths[-1].stem.split("-")[1]), self._load(paths[-1])
+        return labels[-1], self._load(self.checkpoint_dir(method) / _checkpoint_name(labels[-1]))
 
     def checkpoint(self, method: str, r: int) -> dict[str, Any] | None:
         """The checkpoint of round ``r`` (None when it is not, or no longer, kept)."""
-        path = self.checkpoint_dir(method) / f"round-{r:04d}.pt"
+        path = self.checkpoint_dir(method) / _checkpoint_name(r)
         return self._load(path) if path.is_file() else None
+
+    def delete_checkpoints(self) -> int:
+        """Remove every checkpoint of this run (it finished; its records stay); returns the
+        bytes freed."""
+        if not self.checkpoints.is_dir():
+            return 0
+        freed = sum(p.stat().st_size for p in self.checkpoints.rglob("*") if p.is_file())
+        shutil.rmtree(self.checkpoints)
+        return freed
+
+    # -- federation run id (deployment) ----------------------------------------------
+    def read_run_id(self) -> str | None:
+        """The federation run id recorded here (``run_id``), or None."""
+        if not self.run_id.is_file():
+            return None
+        return self.run_id.read_text().strip() or None
+
+    def write_run_id(self, run_id: str) -> None:
+        atomic_write(self.run_id, (run_id + "\n").encode())
 
     @staticmethod
     def _load(path: Path) -> dict[str, Any]:
@@ -99,3 +150,31 @@ class RunDir:
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint, named
             raise CheckpointError(f"{path}: cannot read checkpoint ({exc}); delete it to fall "
                                   "back to the previous one") from None
+
+
+def _checkpoint_name(r: int | str) -> str:
+    return "final.pt" if r == FINAL else f"round-{int(r):04d}.pt"
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or unlink in ``folder`` durable before the next step relies on it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def results_config(text: str) -> str:
+    """A resolved config (``dump_config``'s YAML) without its operational ``checkpoint``
+    section, which changes no result: resumes and ``compare``'s cell markers compare this,
+    so a run resumed with another ``checkpoint.keep`` (or older than it) is the same run."""
+    raw = yaml.safe_load(text)
+    if isinstance(raw, dict):
+        raw.pop("checkpoint", None)
+    return yaml.safe_dump(raw, sort_keys=False)

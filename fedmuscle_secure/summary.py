@@ -78,7 +78,10 @@ def client_table(cmp: Comparison) -> str:
     return "\n".join(lines)
 
 
-def _comm_table(rows: list[dict[str, Any]]) -> str:
+def _comm_table(rows: list[dict[str, Any]], transport: str = "simulator") -> str:
+    """Bytes and time per round and client. The time column holds what the rows'
+    ``wall_time_s`` is: in the simulator the client's own compute (its handlers' time); in a
+    deployment the round's wall time as the server saw it, the same for every client."""
     per: dict[str, dict[str, float]] = {}
     for r in rows:
         if r["round"] == "final":
@@ -88,7 +91,8 @@ def _comm_table(rows: list[dict[str, Any]]) -> str:
         acc["recv"] += float(r["bytes_received"])
         acc["time"] += float(r["wall_time_s"])
         acc["n"] += 1
-    lines = ["| method | client | MB sent / round | MB received / round | compute s / round |",
+    time_col = "compute s / round" if transport == "simulator" else "round wall time s"
+    lines = [f"| method | client | MB sent / round | MB received / round | {time_col} |",
              "|---|---|---:|---:|---:|"]
     for key, a in per.items():
         m, c = key.split("|")
@@ -272,7 +276,11 @@ def write_summary(path: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]],
     if cfg.protection == "secagg":
         parts += [_secagg_section(cfg, rows), ""]
     parts += [_reports_section(cfg, rows, transport), ""]
-    parts += ["## Communication and compute", "", _comm_table(rows), ""]
+    parts += ["## Communication and compute", "", _comm_table(rows, transport), ""]
+    if transport != "simulator":
+        parts += [("The server sees each round's wall time (from its plan to the last "
+                   "report: every client waits for the slowest), not a client's compute time."),
+                  ""]
     text = "\n".join(parts)
     path.write_text(text)
     return text

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -63,10 +64,17 @@ from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_depl
 from fedmuscle_secure.config_deployment import quorum
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
-from fedmuscle_secure.grpc_transport import Direction, Inbound, TransportOptions, outbound
+from fedmuscle_secure.grpc_transport import (
+    RUN_ID_METADATA,
+    RUN_ID_MISMATCH,
+    Direction,
+    Inbound,
+    TransportOptions,
+    outbound,
+)
 from fedmuscle_secure.progress import OPERATOR
 from fedmuscle_secure.provision import Trust
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.rundir import FINAL, RunDir, results_config
 from fedmuscle_secure.tls_trust import _load_cert
 from fedmuscle_secure.trust_reload import LiveTrust
 from fedmuscle_secure.wire_chunks import Chunk
@@ -82,9 +90,9 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
     """``Exchange``: authenticate the peer, then pump chunks both ways (module docs)."""
 
     def __init__(self, coordinator: Coordinator, trust: Trust | LiveTrust,
-                 options: TransportOptions, limits: WireLimits) -> None:
+                 options: TransportOptions, limits: WireLimits, run_id: str | None = None) -> None:
         self.coordinator, self.trust, self.options = coordinator, trust, options
-        self.limits = limits
+        self.limits, self.run_id = limits, run_id
 
     def _identify(self, context: grpc.ServicerContext) -> tuple[str, Any]:
         """The peer's client id and certificate, or abort its stream (module docs)."""
@@ -106,12 +114,15 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
     def Exchange(self, request_iterator: Iterator[Chunk],
                  context: grpc.ServicerContext) -> Iterator[Chunk]:
         client, cert = self._identify(context)
+        self._check_run_id(client, context)
         try:
             box = self.coordinator.connect(client, cert)
         except IdentityError as exc:
             log.warning("refused %s: %s", context.peer(), exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         log.info("client %s connected from %s", client, context.peer(), extra=OPERATOR)
+        if self.run_id is not None:  # before any message: the client checks it first
+            context.send_initial_metadata(((RUN_ID_METADATA, self.run_id),))
         threading.Thread(target=self._read, args=(client, request_iterator), daemon=True,
                          name=f"reader-{client}").start()
         counter = itertools.count()
@@ -122,6 +133,17 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             if isinstance(item, Abort):
                 context.abort(item.code, item.reason)
             yield from outbound(item, "server", counter, self.options)
+
+    def _check_run_id(self, client: str, context: grpc.ServicerContext) -> None:
+        """A client resuming another federation run is turned away before it counts as
+        connected (``RUN_ID_MISMATCH``); a new client sends no run id."""
+        theirs = dict(context.invocation_metadata() or ()).get(RUN_ID_METADATA)
+        if self.run_id is None or theirs is None or theirs == self.run_id:
+            return
+        reason = (f"{RUN_ID_MISMATCH}: the run directory of {client!r} belongs to federation "
+                  f"run {theirs}; this server runs {self.run_id}")
+        log.warning("refused %s: %s", context.peer(), reason)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
 
     def _read(self, client: str, requests: Iterator[Chunk]) -> None:
         inbound = Inbound(self.options, self.limits, expect=Direction.TO_SERVER, sender=client)
@@ -157,9 +179,10 @@ def _stream_failure(exc: grpc.RpcError) -> str:
 
 
 def start_grpc_server(coordinator: Coordinator, trust: Trust | LiveTrust, certs: Path,
-                      listen: str,
-                      options: TransportOptions, limits: WireLimits) -> tuple[grpc.Server, int]:
-    """Listen on ``listen`` with mutual TLS (client certificates required); returns the port."""
+                      listen: str, options: TransportOptions, limits: WireLimits, *,
+                      run_id: str | None = None) -> tuple[grpc.Server, int]:
+    """Listen on ``listen`` with mutual TLS (client certificates required); returns the port.
+    ``run_id``: the federation run id sent to every accepted client (initial metadata)."""
     key = (certs / "server" / "server.key").read_bytes()
     cert = (certs / "server" / "server.crt").read_bytes()
     creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=trust.ca_pem,
@@ -168,8 +191,8 @@ def start_grpc_server(coordinator: Coordinator, trust: Trust | LiveTrust, certs:
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(coordinator.server.clients) + 4),
                          options=options.channel_options(server=True))
-    rpc.add_FedMuscleServicer_to_server(FedMuscleServicer(coordinator, trust, options, limits),
-                                        server)
+    rpc.add_FedMuscleServicer_to_server(
+        FedMuscleServicer(coordinator, trust, options, limits, run_id), server)
     port = server.add_secure_port(listen, creds)
     if port == 0:
         raise ConfigError("--listen", f"cannot listen on {listen!r}")
@@ -188,13 +211,14 @@ class ServeSettings:
     stage_timeout_s: float | None = 120.0
 
 
-def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[RunDir, str]:
-    """The server's run directory: new (``out`` empty), or the one to resume (same config)."""
+def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[RunDir, str, str]:
+    """The server's run directory: new (``out`` empty), or the one to resume (same config),
+    and the federation run id (:func:`new_run_id`; kept by a resume)."""
     run, resolved = RunDir(out), dump_config(cfg)
     if resume:
         if not run.config.is_file():
             raise ConfigError("--out", f"{run.root}: nothing to resume (no config.resolved.yaml)")
-        if run.config.read_text() != resolved:
+        if results_config(run.config.read_text()) != results_config(resolved):
             raise ConfigError("--config", f"differs from the config {run.config} was started "
                                           "with; resume with the same config")
     elif run.root.exists() and any(run.root.iterdir()):
@@ -202,7 +226,17 @@ def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[Run
                                    "it after a restart, or choose another --out")
     run.create()
     run.config.write_text(resolved)
-    return run, resolved
+    run_id = run.read_run_id() if resume else None
+    if run_id is None:  # a new run (or one whose directory predates run ids)
+        run_id = new_run_id()
+        run.write_run_id(run_id)
+    return run, resolved, run_id
+
+
+def new_run_id() -> str:
+    """A fresh federation run id: 128 random bits from the OS CSPRNG. The clients record it
+    at first contact and refuse to write into a run directory of another run."""
+    return secrets.token_hex(16)
 
 
 def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path, *,
@@ -239,7 +273,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
         from fedmuscle_secure.provision_keys import server_ckks
 
         contexts = server_ckks(cfg, certs)
-    run, resolved = _open_run(cfg, out, resume)
+    run, resolved, run_id = _open_run(cfg, out, resume)
     trust.on_event = run.event
     ck = run.latest_checkpoint(method) if resume else None
     if ck is not None and ck[1].get("finished"):
@@ -256,7 +290,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     start = 1
     if ck is not None:
         server.load_state_dict(ck[1]["server"])
-        rows, start = list(ck[1]["rows"]), ck[0] + 1
+        rows, start = list(ck[1]["rows"]), int(ck[0]) + 1
     for client in excluded:
         if client in server.active:
             server.remove(client, EXCLUDED)
@@ -268,11 +302,12 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
         coordinator.bar(client, why)
     limits = wire_limits(cfg)
     try:
-        grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits)
+        grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits,
+                                              run_id=run_id)
     except BaseException:
         receipts.close()
         raise
-    run.event("run_resume" if resume else "run_start", transport="grpc", listen=listen,
+    run.event("run_resume" if resume else "run_start", run_id=run_id, transport="grpc", listen=listen,
               port=port, seed=cfg.seed, config_sha256=config_digest(resolved), method=method,
               from_round=start - 1, max_payload_bytes=options.payload_limit(limits),
               stage_timeout_s=settings.stage_timeout_s,
@@ -342,7 +377,7 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
                     run.event(e["event"], method=method,
                               **{k: v for k, v in e.items() if k != "event"})
         run.save_checkpoint(method, r, {"server": s.state_dict(), "rows": rows,
-                                        "finished": False})
+                                        "finished": False}, keep=cfg.checkpoint.keep)
         run.write_metrics(rows)
     waiting = coordinator.finish()
     coordinator.wait(lambda: all(c in coordinator.finals or c in coordinator.gone
@@ -354,8 +389,8 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
             c, rows, departed.get(c),
             {**coordinator.finals[c], **coordinator.traffic[c]} if c in coordinator.finals
             else None, coordinator.gone.get(c), rounds + 1)) for c in s.clients]
-    run.save_checkpoint(method, rounds + 1, {"server": s.state_dict(), "rows": rows,
-                                             "finished": True})
+    run.save_checkpoint(method, FINAL, {"server": s.state_dict(), "rows": rows,
+                                        "finished": True}, keep=cfg.checkpoint.keep)
     run.write_metrics(rows)
     write_summary(run.summary, cfg, rows, transport="grpc")
     run.event("run_end", final={c: m.get("test_metric") for c, m in coordinator.finals.items()})
