@@ -220,7 +220,8 @@ def test_the_server_line_names_the_epsilon_the_members_reported_and_who_left(cap
                 "test_metric": "not reported"} for c in "ab"}
     with caplog.at_level(logging.INFO, logger="test_progress.server"):
         watch.round_end(1, 4.0, rows, left=["c"])
-    line = caplog.records[-1].getMessage()
+    line = next(r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("round 1/3 complete"))
     assert line.startswith("round 1/3 complete  members 2/3 (left: c)  received 2.00 MB "
                            "sent 4.00 MB  ε reported by members (record/client): a 1.00/0.50, "
                            "b 1.00/0.50  round 4.0 s")
