@@ -174,9 +174,15 @@ class Coordinator:
             self.started = True
             for t in self.traffic.values():
                 t["bytes_sent"] = t["bytes_received"] = 0.0
-            self._route(self.server.start_round(r))
+            # Who left between rounds (revoked, stream lost) leaves before the round is
+            # planned: the state machine then sees the members it really has, so a secure
+            # sum too small to run stops the run here instead of opening sums over a group
+            # that includes someone gone.
             for client in [c for c in self.server.active if c not in self.outboxes]:
-                self._leave_if_active(client, self.gone.get(client, "not connected"))
+                reason = self.gone.get(client, "not connected")
+                log.warning("client %s dropped in round %d: %s", client, r, reason)
+                self.server.remove(client, f"transport: {reason}")
+            self._route(self.server.start_round(r))
             self._track()
             wait = self.server.waiting()  # the round's first stage: its end is a boundary
             self._boundary = (self.server.round, wait.key if wait is not None else None)

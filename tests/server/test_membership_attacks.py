@@ -275,3 +275,28 @@ def test_exclude_bars_an_organisation_that_had_already_left():
         resumed.connect("c")
     _resumed(f.fed).connect("c")  # not named: it may come back for its closing report
     f.fed.close()
+
+
+def test_a_revocation_between_rounds_that_leaves_too_few_stops_before_the_round():
+    """a, b, c, d under secagg (t = 3); d left in round 1, and c is revoked before round 2.
+    The coordinator cut c but still planned round 2 over a, b, c: its secure sums opened
+    over three, c's Leave broke every one of them, and a and b ran a round with no
+    exchange at all (and a last round would have ended as if the run had finished). Two
+    members cannot have a secure sum: the run must stop before round 2, as it does when
+    two remain at a round's start."""
+    from fedmuscle_secure.errors import QuorumLost
+
+    f = Federation(_secagg(rounds=2))
+    f.coordinator.start_round(1)
+    f.coordinator.disconnect("d", "stream closed by the client")
+    f.pump()
+    s = f.fed.server
+    assert s.round == 1 and s.active == ["a", "b", "c"]
+    mark = {c: len(f.received[c]) for c in "ab"}
+    f.revoked["c"] = "revoked on today (reason keyCompromise) by crl.pem"
+    with pytest.raises(QuorumLost, match="only 2 clients are left"):
+        f.coordinator.start_round(2)
+    assert [f.since(c, mark[c]) for c in "ab"] == [[], []]  # no plan, no secure sum set up
+    assert [(d["client"], d["round"]) for d in s.departures] == [("d", 1), ("c", 2)]
+    assert s.departures[1]["reason"].startswith("transport: certificate revoked")
+    f.fed.close()
