@@ -133,6 +133,14 @@ def _read_clients(ca_dir: Path) -> dict[str, str]:
     if not isinstance(clients, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in clients.items()):
         raise DataError(str(path), "expected a mapping 'clients: {<subject CN>: <client id>}'")
+    # One certificate subject per client id, as provisioning writes it: with two, revoking
+    # one organisation's certificate would leave a second way in under the same id.
+    seen: dict[str, str] = {}
+    for cn, cid in clients.items():
+        if cid in seen:
+            raise DataError(str(path), f"client id {cid!r} is mapped from two subjects, "
+                                       f"{seen[cid]!r} and {cn!r}; expected one subject per id")
+        seen[cid] = cn
     return clients
 
 

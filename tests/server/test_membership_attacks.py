@@ -300,3 +300,16 @@ def test_a_revocation_between_rounds_that_leaves_too_few_stops_before_the_round(
     assert [(d["client"], d["round"]) for d in s.departures] == [("d", 1), ("c", 2)]
     assert s.departures[1]["reason"].startswith("transport: certificate revoked")
     f.fed.close()
+
+
+def test_a_client_map_with_two_subjects_for_one_client_id_is_refused(pki_dir):
+    """Whoever writes the server's clients.yaml maps a second subject to d's client id: a
+    certificate of that subject would be a second way in for d once d's own is revoked
+    (the CRL lists certificates, not client ids). Provisioning never writes such a map;
+    the server refuses it at its start, naming the file and both subjects."""
+    from fedmuscle_secure.errors import DataError
+
+    path = pki_dir / "clients.yaml"
+    path.write_text(path.read_text() + "  d-second: d\n")
+    with pytest.raises(DataError, match="client id 'd' is mapped from two subjects"):
+        load_trust(pki_dir)
