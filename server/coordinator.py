@@ -327,6 +327,9 @@ class Coordinator:
             why = (f"not connected within the connect timeout ({timeout:g} s); the run "
                    f"started without it in round {s.round + 1}")
             for client in missing:
+                if client in self.barred and client in self.gone:  # revoked before round 1
+                    s.remove(client, f"transport: {self.gone[client]}")
+                    continue
                 log.warning("client %s: %s", client, why)
                 s.remove(client, f"absent: {why}")
                 self.barred[client] = why

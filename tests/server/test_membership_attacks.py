@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import time
 
 import grpc
 import pytest
@@ -313,3 +314,21 @@ def test_a_client_map_with_two_subjects_for_one_client_id_is_refused(pki_dir):
     path.write_text(path.read_text() + "  d-second: d\n")
     with pytest.raises(DataError, match="client id 'd' is mapped from two subjects"):
         load_trust(pki_dir)
+
+
+def test_a_member_revoked_before_the_start_leaves_as_revoked_not_as_absent():
+    """c connects, then its certificate is revoked while the server waits for the others;
+    the run starts with the quorum. c's departure used to read "absent: not connected
+    within the connect timeout" and its bar was overwritten with that reason, so its final
+    row and the summary hid the revocation."""
+    f = Federation(tiny_config(compare_local=False, **{"training.rounds": 1}))
+    f.coordinator.clock = time.monotonic  # the connect timeout runs on the real clock
+    f.coordinator.disconnect("b", "stream closed by the client")  # b never comes back
+    f.revoked["c"] = "revoked on today (reason keyCompromise) by crl.pem"
+    assert f.coordinator.wait_for_members(quorum=1, timeout=0.05) == ["b", "c"]
+    reasons = {d["client"]: d["reason"] for d in f.fed.server.departures}
+    assert reasons["b"].startswith("absent: ")
+    assert reasons["c"].startswith("transport: certificate revoked on today")
+    assert "revoked" in f.coordinator.barred["c"]
+    assert set(barred_on_resume(f.fed.server.departures)) == {"b", "c"}
+    f.fed.close()
