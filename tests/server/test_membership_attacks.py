@@ -332,3 +332,28 @@ def test_a_member_revoked_before_the_start_leaves_as_revoked_not_as_absent():
     assert "revoked" in f.coordinator.barred["c"]
     assert set(barred_on_resume(f.fed.server.departures)) == {"b", "c"}
     f.fed.close()
+
+
+def test_a_member_revoked_after_answering_the_stage_in_flight_does_not_stall_the_sum():
+    """d's LocalUpdate is the fastest: it has sent its key advertisement when its
+    certificate is revoked, before the others answered. Its Leave came while it had
+    already answered the stage, so the secure sum did not drop it: the next stage waited
+    for d's shares until the stage deadline (in the deployment test, whose round timeout
+    equals the stage timeout, the run failed: "timed out after 120 s waiting for round 2").
+    A member that leaves after answering is dropped at the next stage as soon as it begins."""
+    f = Federation(_secagg())
+    f.coordinator.start_round(1)
+    box = f.boxes["d"]
+    while not box.empty():  # d alone answers the first stage
+        for reply in f.fed.clients["d"].handle(box.get_nowait()):
+            f.coordinator.submit("d", reply)
+    s = f.fed.server
+    assert s.waiting().key[-1] == "advertise_keys" and "d" in s.waiting().answered
+    f.revoked["d"] = "revoked on today (reason keyCompromise) by crl.pem"
+    f.coordinator.check_membership()  # a tick of Coordinator.wait, mid-stage
+    f.pump()
+    assert s.waiting() is None and s.round == 1, f"stalled waiting for {s.waiting().awaited}"
+    for c in "abc":
+        assert [m.group for m in f.received[c] if isinstance(m, SumTerms)] == \
+            [("a", "b", "c")] * 2
+    f.fed.close()
