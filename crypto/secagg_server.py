@@ -192,7 +192,9 @@ class SecAggServer:
 
     def drop(self, client: str) -> list[ServerToClient]:
         """``client`` announced it leaves (e.g. its privacy budget is spent): it is treated as
-        dropped at the current stage; the stage advances if it was the last one awaited."""
+        dropped at the current stage; the stage advances if it was the last one awaited. If
+        it already answered this stage, its answer stands and it is dropped from the next
+        stage as soon as that begins (:meth:`_advance`)."""
         if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED) or client not in self._expected():
             return []
         self.left.add(client)
