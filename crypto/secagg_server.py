@@ -105,6 +105,7 @@ class SecAggServer:
         self._view: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self.unmasks: dict[str, UnmaskShares] = {}
         self.dropped_at: dict[str, str] = {}   # client → stage it dropped at
+        self.left: set[str] = set()  # announced they leave (drop()): never answer again
         self.blamed: dict[str, ProtocolError] = {}  # client → the wrong shares it revealed
         self.ignored: list[tuple[str, str]] = []  # (sender, message type) answered late
         self.result: torch.Tensor | None = None
@@ -191,9 +192,13 @@ class SecAggServer:
 
     def drop(self, client: str) -> list[ServerToClient]:
         """``client`` announced it leaves (e.g. its privacy budget is spent): it is treated as
-        dropped at the current stage; the stage advances if it was the last one awaited."""
-        if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED) or client not in self._expected() \
-                or client in self._received():
+        dropped at the current stage; the stage advances if it was the last one awaited. If
+        it already answered this stage, its answer stands and it is dropped from the next
+        stage as soon as that begins (:meth:`_advance`)."""
+        if self.stage in (SecAggStage.DONE, SecAggStage.ABORTED) or client not in self._expected():
+            return []
+        self.left.add(client)
+        if client in self._received():  # its answer to this stage stands; it drops at the next
             return []
         self.dropped_at[client] = self.stage.value
         got = self._received()
@@ -244,6 +249,21 @@ class SecAggServer:
             self.unmasks[s] = msg
 
     def _advance(self) -> list[ServerToClient]:
+        """The next stage; a client that left after answering the last one is dropped from
+        it at once (it will not answer: waiting for it would hold the others until the
+        stage deadline), and if nobody else is left to answer, the stage ends too."""
+        replies = self._next_stage()
+        while self.stage not in (SecAggStage.DONE, SecAggStage.ABORTED):
+            got, expected = self._received(), self._expected()
+            for p in expected:
+                if p in self.left and p not in got:
+                    self.dropped_at.setdefault(p, self.stage.value)
+            if not all(p in got or p in self.dropped_at for p in expected):
+                break
+            replies += self._next_stage()
+        return replies
+
+    def _next_stage(self) -> list[ServerToClient]:
         got = self._received()
         for p in self._expected():
             if p not in got:

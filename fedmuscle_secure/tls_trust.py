@@ -13,6 +13,7 @@ with the provisioning operations, so the server side never imports the signing c
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,24 +73,52 @@ def _load_cert(data: bytes, source: str) -> x509.Certificate:
         raise IdentityError(f"{source}: not a PEM or DER X.509 certificate ({exc})") from None
 
 
+#: The largest CRL file read (a CRL entry is about 40 bytes: far more than a federation's).
+MAX_CRL_BYTES = 16 << 20
+
+
+def _read_crl_file(path: Path) -> bytes:
+    """The bytes of the CRL file ``path``, or :class:`IdentityError`. The running server
+    re-reads this file under its coordinator's lock, and whoever can write it can put
+    anything there: a FIFO would block ``open`` until someone writes to it (freezing the
+    run) and a link to ``/dev/zero`` would be read until memory runs out. So the file is
+    opened without blocking and must be a regular file of at most :data:`MAX_CRL_BYTES`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise IdentityError(f"{path}: cannot read the CRL: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IdentityError(f"{path}: not a regular file; expected the CRL (PEM)")
+        data = f.read(MAX_CRL_BYTES + 1)
+    if len(data) > MAX_CRL_BYTES:
+        raise IdentityError(f"{path}: larger than {MAX_CRL_BYTES} bytes; expected a CRL")
+    return data
+
+
 def _cert_file(path: Path, what: str) -> x509.Certificate:
     return _load_cert(_read(path, what), str(path))
 
 
 def _load_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
     path = ca_dir / CRL_FILE
-    return _parse_crl(_read(path, "CRL"), path, ca_cert)
+    return _parse_crl(_read_crl_file(path), path, ca_cert)
 
 
 def _parse_crl(data: bytes, path: Path, ca_cert: x509.Certificate,
                ) -> x509.CertificateRevocationList:
     """``data`` (the bytes of ``path``) as a CRL signed by ``ca_cert``, or raise
     :class:`IdentityError`: a CRL the CA did not sign is never trusted."""
+    # The parser is partly lazy: a malformed version is its own exception type, and a
+    # malformed issuer name only fails when it is read. Both are a file that is not a CRL
+    # of ours, never an exception out of the server's run loop.
     try:
         crl = x509.load_pem_x509_crl(data)
-    except ValueError as exc:
+        signed = crl.issuer == ca_cert.subject and crl.is_signature_valid(ca_cert.public_key())
+    except (ValueError, x509.InvalidVersion) as exc:
         raise IdentityError(f"{path}: not a PEM CRL ({exc})") from None
-    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
+    if not signed:
         raise IdentityError(f"{path}: CRL is not signed by the CA {ca_cert.subject.rfc4514_string()}")
     return crl
 
@@ -104,6 +133,14 @@ def _read_clients(ca_dir: Path) -> dict[str, str]:
     if not isinstance(clients, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in clients.items()):
         raise DataError(str(path), "expected a mapping 'clients: {<subject CN>: <client id>}'")
+    # One certificate subject per client id, as provisioning writes it: with two, revoking
+    # one organisation's certificate would leave a second way in under the same id.
+    seen: dict[str, str] = {}
+    for cn, cid in clients.items():
+        if cid in seen:
+            raise DataError(str(path), f"client id {cid!r} is mapped from two subjects, "
+                                       f"{seen[cid]!r} and {cn!r}; expected one subject per id")
+        seen[cid] = cn
     return clients
 
 

@@ -15,7 +15,10 @@ new CRL therefore replaces the current one only when it verifies like the first 
 issued and signed by the CA) *and* its CRL number is not lower than the current one's: an
 older CRL, validly signed before the revocation, would otherwise un-revoke a member. A CRL
 that fails either check is logged as an error and recorded (``crl_rejected``), and the
-last good one stays in force; the server neither crashes nor trusts more than before.
+last good one stays in force; the server neither crashes nor trusts more than before. The
+file is read without blocking and only if it is a regular file of bounded size
+(:func:`~fedmuscle_secure.tls_trust._read_crl_file`): the check runs under the
+coordinator's lock, where a FIFO or an endless file would freeze or exhaust the server.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 from cryptography import x509
 
 from fedmuscle_secure.errors import IdentityError
-from fedmuscle_secure.tls_trust import CRL_FILE, Trust, _parse_crl, _read, load_trust
+from fedmuscle_secure.tls_trust import CRL_FILE, Trust, _parse_crl, _read_crl_file, load_trust
 
 __all__ = ["LiveTrust"]
 log = logging.getLogger("fedmuscle_secure.server")
@@ -56,7 +59,7 @@ class LiveTrust:
         self.on_event = on_event
         self._trust: Trust = load_trust(ca_dir)
         self._stamp = self._stat()
-        self._digest = hashlib.sha256(_read(self.path, "CRL")).digest()
+        self._digest = hashlib.sha256(_read_crl_file(self.path)).digest()
         self.last_error: str | None = None  # why the newest CRL file was not taken
 
     @property
@@ -82,7 +85,7 @@ class LiveTrust:
             return self._trust
         self._stamp = stamp  # a rejected file is reported once, not at every boundary
         try:
-            data = _read(self.path, "CRL")
+            data = _read_crl_file(self.path)
             digest = hashlib.sha256(data).digest()
             if digest == self._digest:
                 return self._trust

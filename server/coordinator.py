@@ -127,10 +127,7 @@ class Coordinator:
             if isinstance(msg, RoundReport) and msg.round == self.final_round:
                 self.finals[client] = as_received(msg)
             else:
-                replies = self.server.handle(msg)
-                cut = self._revoked_at_boundary()  # they get nothing of the next stage
-                self._route([m for m in replies if m.client not in cut])
-                self._cut(cut)
+                self._deliver(self.server.handle(msg))
             self._track()
             self.cond.notify_all()
 
@@ -153,7 +150,15 @@ class Coordinator:
         s = self.server
         if client in s.active and s.stage.value == "collecting":
             log.warning("client %s dropped in round %d: %s", client, s.round + 1, reason)
-            self._route(s.handle(Leave(client, s.round + 1, f"transport: {reason}")))
+            self._deliver(s.handle(Leave(client, s.round + 1, f"transport: {reason}")))
+
+    def _deliver(self, replies: list[Message]) -> None:
+        """Route what the state machine answered; if its stage changed, first cut off the
+        members the CRL now revokes: they get nothing of the next stage, whatever ended
+        the last one (a message, another member's departure, a deadline)."""
+        cut = self._revoked_at_boundary()
+        self._route([m for m in replies if m.client not in cut])
+        self._cut(cut)
 
     def _route(self, msgs: list[Message]) -> None:
         for m in msgs:
@@ -169,9 +174,15 @@ class Coordinator:
             self.started = True
             for t in self.traffic.values():
                 t["bytes_sent"] = t["bytes_received"] = 0.0
-            self._route(self.server.start_round(r))
+            # Who left between rounds (revoked, stream lost) leaves before the round is
+            # planned: the state machine then sees the members it really has, so a secure
+            # sum too small to run stops the run here instead of opening sums over a group
+            # that includes someone gone.
             for client in [c for c in self.server.active if c not in self.outboxes]:
-                self._leave_if_active(client, self.gone.get(client, "not connected"))
+                reason = self.gone.get(client, "not connected")
+                log.warning("client %s dropped in round %d: %s", client, r, reason)
+                self.server.remove(client, f"transport: {reason}")
+            self._route(self.server.start_round(r))
             self._track()
             wait = self.server.waiting()  # the round's first stage: its end is a boundary
             self._boundary = (self.server.round, wait.key if wait is not None else None)
@@ -208,8 +219,8 @@ class Coordinator:
                 if left <= 0:
                     raise TransportError(f"timed out after {timeout:g} s waiting for {what}")
                 self.cond.wait(min(tick, left))
+                self.check_membership()  # first: a revoked member gets nothing more
                 self.check_deadline()
-                self.check_membership()
 
     # -- stage deadlines ------------------------------------------------------------------
     def _track(self) -> None:
@@ -236,8 +247,8 @@ class Coordinator:
                       f"timeout {self.stage_timeout_s:g} s)")
             log.warning("stage %s: deadline passed, silent: %s", wait.key[0], list(wait.awaited))
             before = set(self.server.active)
-            self._route(self.server.close_stage(reason))
-            for client in sorted(before - set(self.server.active)):
+            self._deliver(self.server.close_stage(reason))
+            for client in sorted((before - set(self.server.active)) & set(self.outboxes)):
                 self.disconnect(client, f"missed a stage deadline: {reason}",
                                 Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                       f"{client!r} missed the deadline of stage "
@@ -270,6 +281,8 @@ class Coordinator:
     def _cut(self, revoked: dict[str, str]) -> None:
         """End the streams of ``revoked`` members with the reason; each is a Leave."""
         for client, why in revoked.items():
+            if client not in self.outboxes:  # already cut while an earlier one left
+                continue
             r = self.server.round + 1  # the round in flight, or the next one
             log.warning("client %s: certificate %s; dropping it (round %d)", client, why, r)
             self._emit("client_revoked", client=client, round=r, reason=why)
@@ -314,6 +327,9 @@ class Coordinator:
             why = (f"not connected within the connect timeout ({timeout:g} s); the run "
                    f"started without it in round {s.round + 1}")
             for client in missing:
+                if client in self.barred and client in self.gone:  # revoked before round 1
+                    s.remove(client, f"transport: {self.gone[client]}")
+                    continue
                 log.warning("client %s: %s", client, why)
                 s.remove(client, f"absent: {why}")
                 self.barred[client] = why

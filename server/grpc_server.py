@@ -298,7 +298,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     coordinator = Coordinator(server, final_round=rounds + 1, receipts=receipts,
                               stage_timeout_s=settings.stage_timeout_s,
                               revocations=trust.revoked, on_event=run.event)
-    for client, why in barred_on_resume(server.departures).items():
+    for client, why in barred_on_resume(server.departures, excluded).items():
         coordinator.bar(client, why)
     limits = wire_limits(cfg)
     try:

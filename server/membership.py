@@ -25,6 +25,10 @@ from fedmuscle_secure.errors import ConfigError, QuorumLost
 #: left with one of them is refused again when the server is restarted with ``--resume``.
 EXCLUDED = "excluded by the operator when the server resumed (server --resume --exclude)"
 ABSENT = "absent"
+#: How a departure the coordinator decided because the CRL revoked the member's certificate
+#: begins (the reason of its ``Leave``): barred again after a restart, since the CRL only
+#: refuses the revoked certificate, not a second one for the same client id.
+REVOKED = "transport: certificate revoked"
 #: The metrics of a departed organisation's ``final`` row: what the server last received
 #: that the accounting covers (its ε up to the end of the last round it reported).
 CARRIED = ("eps_record", "eps_client")
@@ -58,11 +62,18 @@ def resolve_exclusions(cfg: ExperimentConfig, active: Sequence[str], exclude: Se
     return ids
 
 
-def barred_on_resume(departures: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """The organisations the server decided to leave out (excluded, absent at the start),
-    with why: a restarted server refuses them as the first one did."""
-    return {str(d["client"]): str(d["reason"]) for d in departures
-            if str(d["reason"]).startswith((EXCLUDED, ABSENT))}
+def barred_on_resume(departures: Sequence[Mapping[str, Any]],
+                     excluded: Sequence[str] = ()) -> dict[str, str]:
+    """The organisations a restarted server refuses, with why: those the server decided
+    to leave out (excluded, absent at the start, revoked), as the first one did, and every
+    one ``--exclude`` names now, even one that had already left (it could otherwise come
+    back after the restart). An organisation that left on its own (its ``Leave``, its
+    stream) may reconnect: it is no longer a member, but it answers ``Finish`` with its
+    closing report."""
+    barred = {str(d["client"]): str(d["reason"]) for d in departures
+              if str(d["reason"]).startswith((EXCLUDED, ABSENT, REVOKED))}
+    barred.update({c: EXCLUDED for c in excluded})
+    return barred
 
 
 def final_row_metrics(client: str, rows: Sequence[Mapping[str, Any]],

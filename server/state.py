@@ -223,7 +223,8 @@ class FedMuscleServer:
 
     def remove(self, client: str, reason: str) -> None:
         """Take ``client`` out of the federation between rounds: it was absent when the
-        deployment started, or the operator excluded it at a restart. Recorded like a
+        deployment started, the operator excluded it at a restart, or its stream ended
+        (its certificate revoked, its connection lost) between rounds. Recorded like a
         :class:`Leave`, in the round that comes next; no round is in flight to finish."""
         if self.stage is not ServerStage.IDLE:
             raise ProtocolError("server", self.stage.value, f"cannot remove {client!r} mid-round")
