@@ -133,13 +133,18 @@ def start_grpc_server(coordinator: Coordinator, trust: Trust, certs: Path, liste
                                         require_client_auth=True)
     from concurrent import futures
 
+    # no SO_REUSEPORT: a second server on the same port must fail, not share its clients
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(coordinator.server.clients) + 4),
-                         options=options.channel_options(server=True))
+                         options=[*options.channel_options(server=True), ("grpc.so_reuseport", 0)])
     rpc.add_FedMuscleServicer_to_server(FedMuscleServicer(coordinator, trust, options, limits),
                                         server)
-    port = server.add_secure_port(listen, creds)
+    try:
+        port = server.add_secure_port(listen, creds)
+    except RuntimeError:  # gRPC's "Failed to bind"; the reason is in its log line
+        port = 0
     if port == 0:
-        raise ConfigError("--listen", f"cannot listen on {listen!r}")
+        raise ConfigError("--listen", f"cannot listen on {listen!r} (in use, or not an address "
+                                      "of this machine)")
     server.start()
     return server, port
 
