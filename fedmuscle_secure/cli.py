@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is None:
         out = Path("runs") / f"{cfg.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.out = writable_dir(out, "--out")  # also what an interruption says to resume
-    _check_run_dir(out, args.resume)
+    _check_run_dir(out, args.resume, cfg)
     t0 = time.perf_counter()
     result = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
     print(f"\nRun directory: {result.run_dir}  ({time.perf_counter() - t0:.0f} s)\n")
@@ -75,11 +75,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_run_dir(out: Path, resume: bool) -> None:
-    """``--out`` fits ``--resume`` (a run to continue) or not (nothing there yet)."""
-    if resume and not (out / "config.resolved.yaml").is_file():
+def _check_run_dir(out: Path, resume: bool, cfg) -> None:
+    """``--out`` fits ``--resume`` (a run of this config to continue) or not (nothing there
+    yet): a usage error, said before the data and models are built."""
+    from fedmuscle_secure.config import dump_config
+
+    resolved = out / "config.resolved.yaml"
+    if resume and not resolved.is_file():
         raise ConfigError("--out", f"{out}: nothing to resume (no config.resolved.yaml); "
                                    "drop --resume to start a run there")
+    if resume and resolved.read_text() != dump_config(cfg):
+        raise ConfigError("CONFIG", f"differs from the config {out} was started with; resume "
+                                    f"with the same config (e.g. {resolved})")
     if not resume and out.is_dir() and any(out.iterdir()):
         raise ConfigError("--out", f"{out} already holds a run; pass --resume to continue it "
                                    "or choose another --out")

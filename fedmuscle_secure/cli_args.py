@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import NoReturn
@@ -22,7 +21,7 @@ from typing import NoReturn
 from fedmuscle_secure.errors import ConfigError
 
 __all__ = ["OneLineParser", "host_port", "non_negative_float", "non_negative_int",
-           "positive_float", "positive_int", "writable_dir"]
+           "positive_float", "positive_int", "split_host_port", "writable_dir"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -122,8 +121,3 @@ def writable_dir(path: Path, flag: str) -> Path:
                                 f"({exc.strerror or exc}); choose a writable directory") from None
     return path
 
-
-def program() -> str:
-    """The command's name as the user typed it (for messages that show a command line)."""
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    return "fedmuscle-secure" if name in ("", "__main__.py", "cli.py", "-c") else name

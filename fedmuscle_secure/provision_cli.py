@@ -103,6 +103,8 @@ def cmd_csr(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """``provision sign``: the CA operator issues a certificate for a CSR."""
+    if args.cert_out is not None:
+        writable_dir(args.cert_out.parent, "--cert-out")
     signed = pki.sign_csr(args.ca, args.csr, args.client_id, days=args.days,
                           cert_out=args.cert_out)
     print(f"signed {signed.org!r} as client {signed.client_id!r}, serial {signed.serial:x}")

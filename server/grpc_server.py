@@ -6,7 +6,10 @@ transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
 
 * the peer certificate (``auth_context()["x509_pem_cert"]``) is mapped to a client id by
   :meth:`Trust.verify_peer`; unknown, revoked, expired or foreign-CA certificates are
-  refused (``PERMISSION_DENIED``, reason logged), a second stream of a connected client too;
+  refused (``PERMISSION_DENIED``, reason logged), a second stream of a connected client too.
+  A certificate of another CA, or an expired one, already fails gRPC's TLS handshake and
+  never reaches the servicer: the ``server`` command logs those with the peer and the
+  reason (:mod:`fedmuscle_secure.grpc_core_log`);
 * a reader thread reassembles chunks, decodes (client → server messages only, under the
   federation's :class:`~fedmuscle_secure.wire_limits.WireLimits`) and
   :meth:`Coordinator.submit` s the message

@@ -8,6 +8,7 @@ for the console script); Ctrl-C and the closed pipe need a real process.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -184,6 +185,11 @@ def test_run_out_holding_a_run_or_nothing_to_resume(world, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_main(["run", world["config"], "--out", tmp_path / "empty", "--resume"]) == 2
     assert "nothing to resume" in one_line(capsys.readouterr().err)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.resolved.yaml").write_text("name: another-run\n")
+    assert run_main(["run", world["config"], "--out", tmp_path / "other", "--resume"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "CONFIG: differs from the config" in line and "config.resolved.yaml" in line
 
 
 # --- inputs: configs, grids, certificate folders ------------------------------------------
@@ -263,6 +269,16 @@ def test_provision_on_a_folder_that_is_no_ca(world, tmp_path, capsys, action, wh
     assert "--ca" in line and str(ca) in line
 
 
+def test_provision_sign_into_a_folder_that_cannot_be_written(world, tmp_path, capsys):
+    assert run_main(["provision", "csr", "--org", "lab-x", "--out", tmp_path]) == 0
+    out = unwritable(tmp_path) / "lab-x.crt"
+    capsys.readouterr()
+    assert run_main(["provision", "sign", "--ca", world["certs"], "--csr",
+                     tmp_path / "lab-x.csr", "--client-id", "lab-x", "--cert-out", out]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--cert-out" in line and "cannot write" in line
+
+
 def test_provision_identity_with_a_bad_name_names_the_flag(tmp_path, capsys):
     assert run_main(["provision", "identity", "--client-id", "../x", "--out", tmp_path]) == 2
     line = one_line(capsys.readouterr().err)
@@ -295,22 +311,70 @@ def _cli(*args, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
+def _interrupt_once(proc: subprocess.Popen, started) -> str:
+    """SIGINT to ``proc`` once ``started()``; its stderr, after checking it exited 130."""
+    t_end = time.monotonic() + 300
+    while not started():
+        assert proc.poll() is None and time.monotonic() < t_end, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, err
+    return one_line(err)
+
+
 def test_ctrl_c_during_run_exits_130_with_the_resume_command(world, tmp_path):
     out = tmp_path / "run"
     proc = _cli("run", world["config"], "--out", out, "--no-progress", "--threads", "1",
                 stdout=subprocess.DEVNULL)
-    t_end = time.monotonic() + 300
-    while not (out / "events.jsonl").is_file():  # the run started writing
-        assert proc.poll() is None and time.monotonic() < t_end, proc.stderr.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    line = one_line(err)
+    line = _interrupt_once(proc, lambda: (out / "events.jsonl").is_file())  # it started
     assert line.startswith("fedmuscle-secure: interrupted; resume with: ")
     command = shlex.split(line.split("resume with: ", 1)[1])
     assert command[:3] == ["fedmuscle-secure", "run", str(world["config"])]
     assert "--resume" in command and command[command.index("--out") + 1] == str(out)
+
+
+def test_ctrl_c_during_compare_ends_its_workers_and_says_to_run_it_again(world, tmp_path):
+    """The terminal's Ctrl-C reaches every process of the group; here only the parent gets
+    it, which must end the workers (before: it waited for their cells to finish, and each
+    worker that did get it printed its own traceback)."""
+    long = tiny_config(compare_local=False, **{"training.rounds": 10000})  # hours per cell
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(long.model_dump(mode="json")))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "g", "base": "long.yaml", "seeds": [0],
+                                    "grids": [{"method": ["muscle"]}]}))
+    out = tmp_path / "cmp"
+    proc = _cli("compare", grid, "--out", out, "--jobs", "2", "--threads", "1",
+                "--no-progress", stdout=subprocess.DEVNULL)
+    log = out / "compare.jsonl"
+
+    def workers() -> list[int]:
+        return [json.loads(x)["pid"] for x in log.read_text().splitlines()
+                if json.loads(x)["event"] == "cell_start"] if log.is_file() else []
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+    try:
+        line = _interrupt_once(proc, lambda: bool(workers()))
+        assert line.startswith("fedmuscle-secure: interrupted; run it again: "
+                               "fedmuscle-secure compare")
+        t_end = time.monotonic() + 30
+        while not all(gone(p) for p in workers()):
+            assert time.monotonic() < t_end, f"workers {workers()} still running"
+            time.sleep(0.1)
+    finally:
+        for pid in workers():  # never leave an hours-long cell behind
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("argv", [["audit", "{run}", "--json"], ["audit", "{run}"],

@@ -168,6 +168,19 @@ def test_real_server_logs_peer_and_reason_and_real_clients_stop_with_one_line(pk
             assert proc.wait(timeout=240) == 1  # not the 600 s retry deadline
             lines = [x for x in (tmp_path / f"{name}.log").read_text().splitlines() if x]
             assert len(lines) == 1 and says in lines[0] and "Traceback" not in lines[0], lines
+
+        # Ctrl-C on a connected client: exit 130 and how to go on, no traceback
+        events = tmp_path / "client-b" / "events.jsonl"
+        proc = cli("client", "--config", config, "--org", "b", "--certs", pkis["ours"],
+                   "--server", f"127.0.0.1:{port}", "--out", tmp_path / "client-b",
+                   "--threads", "1", log=tmp_path / "client-b.log")
+        wait_for(lambda: events.is_file() and "connected" in events.read_text(), 240,
+                 "client b to connect", proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        lines = [x for x in (tmp_path / "client-b.log").read_text().splitlines() if x]
+        assert len(lines) == 1 and "interrupted; start it again: fedmuscle-secure client" \
+            in lines[0], lines
     finally:
         srv.send_signal(signal.SIGINT)
         try:
