@@ -69,6 +69,7 @@ from fedmuscle_secure.grpc_transport import (
 )
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.tls_probe import Probe, Verdict
 from fedmuscle_secure.wire_limits import WireLimits, wire_limits
 
 log = logging.getLogger("fedmuscle_secure.client")
@@ -76,6 +77,11 @@ log = logging.getLogger("fedmuscle_secure.client")
 
 class ConnectionFailed(FedMuscleError):
     """The server could not be reached, or refused or ended this client's stream."""
+
+
+class HandshakeRefused(ConnectionFailed):
+    """The TLS handshake cannot succeed (a certificate one side does not trust): retrying
+    would not help, so the client stops at once."""
 
 
 class ServerLost(ConnectionFailed):
@@ -119,25 +125,64 @@ def _identities(cfg: ExperimentConfig, certs: Path, name: str):
 
 def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
                  retry: RetrySettings) -> grpc.Channel:
-    """A mutual-TLS channel to ``target``, once it is ready (exponential backoff)."""
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=(certs / "ca" / "ca.crt").read_bytes(),
-        private_key=(certs / "orgs" / org / f"{org}.key").read_bytes(),
-        certificate_chain=(certs / "orgs" / org / f"{org}.crt").read_bytes())
+    """A mutual-TLS channel to ``target``, once it is ready (exponential backoff).
+
+    While it is not ready, each attempt also asks :func:`~fedmuscle_secure.tls_probe.probe`
+    why: a server that is not up yet is retried until the deadline, but a handshake that
+    cannot succeed stops at once (:class:`HandshakeRefused`): the server's certificate does
+    not verify against our CA, or the server refused ours twice in a row (twice, so that a
+    server going down mid-handshake is not taken for a refusal)."""
+    ca, key = certs / "ca" / "ca.crt", certs / "orgs" / org / f"{org}.key"
+    crt = certs / "orgs" / org / f"{org}.crt"
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes(),
+                                         private_key=key.read_bytes(),
+                                         certificate_chain=crt.read_bytes())
     channel = grpc.secure_channel(target, creds, options=options.channel_options(server=False))
-    t_end, wait = time.monotonic() + retry.deadline_s, retry.initial_s
+    t_end, wait, refusals = time.monotonic() + retry.deadline_s, retry.initial_s, 0
     while True:
+        ready = grpc.channel_ready_future(channel)
         try:
-            grpc.channel_ready_future(channel).result(timeout=wait)
+            ready.result(timeout=wait)
             return channel
         except grpc.FutureTimeoutError:
+            ready.cancel()  # stop its polling thread before the channel may close
+            found = _diagnose(target, ca, crt, key)
+            refusals = refusals + 1 if found and found.verdict is Verdict.CLIENT_REFUSED else 0
+            if found and (found.verdict is Verdict.SERVER_UNTRUSTED or refusals >= 2):
+                channel.close()
+                raise HandshakeRefused(_refusal_message(found, target, ca, crt)) from None
             if time.monotonic() >= t_end:
                 channel.close()
+                last = f" (last attempt: {found.detail})" if found else ""
                 raise ConnectionFailed(f"server {target} not reachable within "
-                                       f"{retry.deadline_s:g} s") from None
-            log.info("server %s not ready; retrying in %.1f s", target, wait)
+                                       f"{retry.deadline_s:g} s{last}") from None
+            log.info("server %s not ready (%s); retrying in %.1f s", target,
+                     found.detail if found else "no answer", wait)
             time.sleep(min(wait, max(0.0, t_end - time.monotonic())))
             wait = min(wait * retry.factor, retry.max_s)
+
+
+def _diagnose(target: str, ca: Path, crt: Path, key: Path) -> Probe | None:
+    """The probe's verdict for a ``HOST:PORT`` target (None for other gRPC target forms)."""
+    from fedmuscle_secure.cli_args import split_host_port
+    from fedmuscle_secure.tls_probe import probe
+
+    try:
+        host, port = split_host_port(target)
+    except ValueError:
+        return None
+    return probe(host, port, ca=ca, cert=crt, key=key)
+
+
+def _refusal_message(found: Probe, target: str, ca: Path, crt: Path) -> str:
+    if found.verdict is Verdict.SERVER_UNTRUSTED:
+        return (f"TLS handshake with {target} failed: the server's certificate is not trusted "
+                f"by {ca} ({found.detail}); check --server and that {ca} is this "
+                "federation's CA certificate")
+    return (f"server {target} refused the TLS handshake: it does not trust this "
+            f"organisation's certificate {crt} ({found.detail}); the server trusts another CA "
+            "than the one that issued it: ask its operator for a certificate of the "
+            "federation's CA")
 
 
 def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, out: str | Path,

@@ -1,6 +1,9 @@
 """``fedmuscle-secure``: one entry point with subcommands (CONVENTIONS "CLI").
 
-Exit codes: 0 ok, 1 failure, 2 bad usage or configuration.
+Exit codes (README "Exit codes"): 0 ok, 1 failure at run time, 2 bad usage or
+configuration, 10-21 ``audit`` verdicts, 130 interrupted (Ctrl-C), 141 stdout closed by its
+reader. :func:`main` is the one place that maps what a command raised to a code and one
+line on stderr.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedmuscle_secure import cli_errors
+from fedmuscle_secure.cli_args import OneLineParser, non_negative_int, positive_int, writable_dir
 from fedmuscle_secure.errors import ConfigError, FedMuscleError
 from fedmuscle_secure.progress import add_verbosity_options
 
@@ -53,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or _default_config())
     if args.seed is not None:
         cfg = cfg.with_overrides(seed=args.seed)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out
     if out is None and args.resume:
@@ -62,6 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--resume", f"no run of {cfg.name!r} under runs/ to resume; pass --out")
     if out is None:
         out = Path("runs") / f"{cfg.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.out = writable_dir(out, "--out")  # also what an interruption says to resume
+    _check_run_dir(out, args.resume, cfg)
     t0 = time.perf_counter()
     result = run_experiment(cfg, out, resume=args.resume, progress=_run_display(cfg, args))
     print(f"\nRun directory: {result.run_dir}  ({time.perf_counter() - t0:.0f} s)\n")
@@ -88,8 +95,26 @@ def _run_display(cfg: ExperimentConfig, args: argparse.Namespace) -> RunProgress
                        bar=False if args.no_progress else None)
 
 
+def _check_run_dir(out: Path, resume: bool, cfg) -> None:
+    """``--out`` fits ``--resume`` (a run of this config to continue) or not (nothing there
+    yet): a usage error, said before the data and models are built."""
+    from fedmuscle_secure.config import dump_config
+    from fedmuscle_secure.rundir import results_config
+
+    resolved = out / "config.resolved.yaml"
+    if resume and not resolved.is_file():
+        raise ConfigError("--out", f"{out}: nothing to resume (no config.resolved.yaml); "
+                                   "drop --resume to start a run there")
+    if resume and results_config(resolved.read_text()) != results_config(dump_config(cfg)):
+        raise ConfigError("CONFIG", f"differs from the config {out} was started with; resume "
+                                    f"with the same config (e.g. {resolved})")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise ConfigError("--out", f"{out} already holds a run; pass --resume to continue it "
+                                   "or choose another --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="fedmuscle-secure",
         description="Privacy-hardened federated multi-task learning with the Muscle loss.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -113,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the newest runs/<name>-*) from its "
                         "last checkpoint")
-    r.add_argument("--seed", type=int, default=None, help="override the config's experiment seed")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    r.add_argument("--seed", type=non_negative_int, default=None,
+                   help="override the config's experiment seed")
+    r.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads, >= 1 (default: torch's)")
     r.add_argument("--no-progress", action="store_true",
                    help="no progress bar: plain lines (one per round) even on a terminal, as "
                         "when stdout is a file or a pipe")
@@ -136,16 +163,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Parse ``argv``, run the command, map its outcome to an exit code (module docs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = argparse.Namespace()
     try:
-        return int(args.func(args))
+        args = build_parser().parse_args(argv)  # imports torch: Ctrl-C may land here too
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except ConfigError as exc:
-        print(f"fedmuscle-secure: config error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(cli_errors.EXIT_USAGE, f"config error: {exc}")
     except FedMuscleError as exc:
-        print(f"fedmuscle-secure: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(cli_errors.EXIT_RUNTIME, f"error: {exc}")
+    except KeyboardInterrupt:
+        hint = cli_errors.interrupted_hint(args, argv)
+        return _fail(cli_errors.EXIT_INTERRUPTED, f"interrupted; {hint}")
+    except BrokenPipeError as exc:
+        if not cli_errors.stdout_broken():
+            return _fail(cli_errors.EXIT_RUNTIME, f"error: {cli_errors.os_error_message(exc)}")
+        cli_errors.silence_stdout()  # the reader has what it wanted: stop quietly
+        return cli_errors.EXIT_PIPE
+    except OSError as exc:
+        return _fail(cli_errors.EXIT_RUNTIME, f"error: {cli_errors.os_error_message(exc)}")
+
+
+def _fail(code: int, message: str) -> int:
+    """One line on stderr (``fedmuscle-secure: MESSAGE``); returns ``code``."""
+    print(f"fedmuscle-secure: {cli_errors.one_line(message)}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

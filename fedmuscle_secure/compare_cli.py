@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fedmuscle_secure.cli_args import positive_int, writable_dir
 from fedmuscle_secure.errors import ConfigError
 
 
@@ -27,10 +28,10 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                     "Exit 1 if any cell failed, 2 on a bad grid.")
     c.add_argument("grid", type=Path, help="grid YAML file (see configs/compare-*.yaml)")
     c.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>/)")
-    c.add_argument("--jobs", type=int, default=None,
+    c.add_argument("--jobs", type=positive_int, default=None,
                    help="cells run at once (default: max(1, CPU cores // 2))")
-    c.add_argument("--threads", type=int, default=None,
-                   help="torch threads per cell (default: max(1, CPU cores // jobs))")
+    c.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads per cell, >= 1 (default: max(1, CPU cores // jobs))")
     c.add_argument("--cells", action="append", default=None, metavar="PATTERN",
                    help="run only the cells whose id matches this glob (repeatable); the report "
                         "still covers every finished cell")
@@ -125,6 +126,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError("--jobs", f"must be at least 1, got {args.jobs}")
     exp = expand_file(args.grid, allow_invalid=args.skip_invalid)
     out = args.out or Path("runs") / exp.spec.name
+    if not args.dry_run:
+        args.out = writable_dir(out, "--out")
+        if args.publish:
+            writable_dir(args.publish, "--publish")
     cells = exp.cells
     if args.cells:
         cells = [c for c in cells if any(fnmatch.fnmatchcase(c.id, p) for p in args.cells)]

@@ -30,7 +30,7 @@ from fedmuscle_secure.config import (
     read_yaml,
     validate_model,
 )
-from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.errors import ConfigError, yaml_problem
 from fedmuscle_secure.rundir import results_config
 
 _SAFE = r"^[A-Za-z0-9_.+-]+$"
@@ -137,7 +137,7 @@ def load_grid(path: str | Path) -> tuple[GridSpec, dict[str, Any]]:
     try:
         base = yaml.safe_load(base_path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError("base", f"{base_path} is not valid YAML: {exc}") from None
+        raise ConfigError("base", f"{base_path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(base, dict):
         raise ConfigError("base", f"{base_path} must be a YAML mapping")
     return spec, base

@@ -13,6 +13,7 @@ others go on; it is retried on the next run. Every start, skip, finish and failu
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -146,6 +147,26 @@ def pending_cells(cells: list[Cell], out: Path) -> tuple[list[Cell], list[str], 
     return todo, skipped, stale
 
 
+def _leave_interrupts_to_the_parent() -> None:
+    """In a worker: ignore Ctrl-C (the terminal sends it to every process of the group);
+    the parent stops the workers, so a cell stops without a traceback per worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _stop_workers_on_interrupt():
+    """On Ctrl-C in the parent, end the workers at once (an interrupted cell resumes from
+    its last checkpoint on the next run) instead of waiting for their cells to finish."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
+
+
 def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
               threads: int | None = None, progress: bool = True) -> RunSummary:
     """Run every cell not yet done, ``jobs`` at a time; failures are recorded, not raised."""
@@ -167,7 +188,9 @@ def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell",
                disable=not progress, dynamic_ncols=True)
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
+                                initializer=_leave_interrupts_to_the_parent) as pool, \
+            _stop_workers_on_interrupt():
         futs = {}
         for c in todo:
             log_event(out, "cell_queued", cell=c.id, jobs=jobs, threads=threads)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedmuscle_secure.baselines import BASELINES, OUTPUT_RELEASING, PEER_SELECTING, SILENT
 from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment
-from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.errors import ConfigError, yaml_problem
 
 METHODS = ("muscle", "muscle_sum", "pairwise", "local",
            "gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
@@ -235,11 +235,12 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
     """The parsed YAML of ``path``; a missing file or bad YAML is a :class:`ConfigError`."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"<{what}>", f"{what} file {str(p)!r} does not exist")
+        state = "is not a file" if p.exists() else "does not exist"
+        raise ConfigError(f"<{what}>", f"{what} file {str(p)!r} {state}")
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"<{what}>", f"{p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"<{what}>", f"{p} is not valid YAML: {yaml_problem(exc)}") from None
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

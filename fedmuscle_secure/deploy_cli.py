@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
+from fedmuscle_secure import grpc_core_log
+from fedmuscle_secure.cli_args import (
+    host_port,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    writable_dir,
+)
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.grpc_transport import TransportOptions
 from fedmuscle_secure.progress import add_verbosity_options
@@ -22,18 +31,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certs", type=Path, required=True,
                    help="directory made by `fedmuscle-secure provision init`")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads, >= 1 (default: torch's)")
+    p.add_argument("--max-message-bytes", type=positive_int, default=d.max_message_bytes,
                    help="gRPC send/receive limit per chunk message (default: %(default)s)")
-    p.add_argument("--max-chunk-bytes", type=int, default=d.max_chunk_bytes,
+    p.add_argument("--max-chunk-bytes", type=positive_int, default=d.max_chunk_bytes,
                    help="payload bytes per chunk when sending (default: %(default)s)")
-    p.add_argument("--max-payload-bytes", type=int, default=None,
+    p.add_argument("--max-payload-bytes", type=positive_int, default=None,
                    help="largest reassembled message accepted (default: derived from the "
                         "config, 1.5 x the largest message this federation sends + 1 MiB; "
                         "the server records it in events.jsonl's run_start)")
-    p.add_argument("--keepalive-ms", type=int, default=d.keepalive_time_ms,
+    p.add_argument("--keepalive-ms", type=positive_int, default=d.keepalive_time_ms,
                    help="HTTP/2 keep-alive ping interval (default: %(default)s)")
-    p.add_argument("--keepalive-timeout-ms", type=int, default=d.keepalive_timeout_ms,
+    p.add_argument("--keepalive-timeout-ms", type=positive_int, default=d.keepalive_timeout_ms,
                    help="keep-alive ping timeout (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     add_verbosity_options(p)
@@ -46,7 +56,7 @@ def _prepare(args: argparse.Namespace):
     from fedmuscle_secure.progress import configure_logging, verbosity_of
 
     configure_logging(verbosity_of(args.quiet, args.verbose))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         options = TransportOptions(
@@ -59,30 +69,47 @@ def _prepare(args: argparse.Namespace):
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from fedmuscle_secure.server.grpc_server import ServeSettings, serve
+    from fedmuscle_secure.deploy_checks import check_listen, check_server_certs
 
-    if args.stage_timeout < 0:
-        raise ConfigError("--stage-timeout", f"must be >= 0 seconds (0: off), got "
-                                             f"{args.stage_timeout:g}")
+    writable_dir(args.out, "--out")
     cfg, options = _prepare(args)
-    rows = serve(cfg, args.certs, args.listen, args.out, options=options,
-                 settings=ServeSettings(connect_timeout_s=args.connect_timeout,
-                                        round_timeout_s=args.round_timeout,
-                                        stage_timeout_s=args.stage_timeout or None),
-                 resume=args.resume, exclude=args.exclude)
+    check_server_certs(cfg, args.certs)
+    check_listen(args.listen)
+    # before gRPC loads: refused TLS handshakes are logged with the peer and the reason
+    restore_stderr = grpc_core_log.install(logging.getLogger("fedmuscle_secure.server"))
+    try:
+        from fedmuscle_secure.server.grpc_server import ServeSettings, serve
+
+        rows = serve(cfg, args.certs, args.listen, args.out, options=options,
+                     settings=ServeSettings(connect_timeout_s=args.connect_timeout,
+                                            round_timeout_s=args.round_timeout,
+                                            stage_timeout_s=args.stage_timeout or None),
+                     resume=args.resume, exclude=args.exclude)
+    finally:
+        if restore_stderr is not None:
+            restore_stderr()
     final = {r["client"]: r.get("test_metric") for r in rows if r["round"] == "final"}
     print(json.dumps(final) if args.json else f"Run directory: {args.out}\nfinal: {final}")
     return 0
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from fedmuscle_secure.client.grpc_client import RetrySettings, run_client
+    from fedmuscle_secure.client.grpc_client import RetrySettings, client_id_of, run_client
+    from fedmuscle_secure.deploy_checks import check_client_certs
 
+    writable_dir(args.out, "--out")
     cfg, options = _prepare(args)
+    check_client_certs(cfg, args.certs, args.org, client_id_of(args.certs, args.org))
     retry = RetrySettings(initial_s=args.retry_initial, max_s=args.retry_max,
                           deadline_s=args.retry_deadline)
-    final = run_client(cfg, args.org, args.certs, args.server, args.out, options=options,
-                       retry=retry)
+    restore_stderr = grpc_core_log.install(logging.getLogger("fedmuscle_secure.client"),
+                                           side="client", level=logging.INFO)
+    try:
+        final = run_client(cfg, args.org, args.certs, args.server, args.out, options=options,
+                           retry=retry)
+    finally:
+        if restore_stderr is not None:
+            restore_stderr()
     print(json.dumps(final) if args.json else f"{args.org}: {final}")
     return 0
 
@@ -104,14 +131,15 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
                     "start it again with --resume and the same --out: it continues from its "
                     "last checkpoint and the clients (which keep retrying) reconnect.")
     _add_common(s)
-    s.add_argument("--listen", required=True, help="HOST:PORT to listen on (port 0: any)")
-    s.add_argument("--connect-timeout", type=float, default=300.0,
+    s.add_argument("--listen", required=True, type=host_port,
+                   help="HOST:PORT to listen on (port 0: any)")
+    s.add_argument("--connect-timeout", type=positive_float, default=300.0,
                    help="seconds to wait for every client to connect; then the run starts "
                         "if deployment.min_clients are connected, else the server gives up and "
                         "tells them who is missing (default: %(default)s)")
-    s.add_argument("--round-timeout", type=float, default=3600.0,
+    s.add_argument("--round-timeout", type=positive_float, default=3600.0,
                    help="seconds one round may take (default: %(default)s)")
-    s.add_argument("--stage-timeout", type=float, default=120.0,
+    s.add_argument("--stage-timeout", type=non_negative_float, default=120.0,
                    help="seconds a stage of a round waits for its silent members once the "
                         "first member answered; then, inside a secure sum, they sit out the "
                         "round, otherwise they are dropped as a Leave. Must exceed the spread "
@@ -140,11 +168,11 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
                     "any other directory is refused before anything is written.")
     _add_common(c)
     c.add_argument("--org", required=True, help="organisation name (its certificate's CN)")
-    c.add_argument("--server", required=True, help="server HOST:PORT")
-    c.add_argument("--retry-initial", type=float, default=0.5,
+    c.add_argument("--server", required=True, type=host_port, help="server HOST:PORT")
+    c.add_argument("--retry-initial", type=positive_float, default=0.5,
                    help="first wait between connection attempts, seconds (default: %(default)s)")
-    c.add_argument("--retry-max", type=float, default=10.0,
+    c.add_argument("--retry-max", type=positive_float, default=10.0,
                    help="longest wait between attempts, seconds (default: %(default)s)")
-    c.add_argument("--retry-deadline", type=float, default=300.0,
+    c.add_argument("--retry-deadline", type=positive_float, default=300.0,
                    help="give up connecting after this many seconds (default: %(default)s)")
     c.set_defaults(func=cmd_client)

@@ -83,3 +83,14 @@ class LedgerError(FedMuscleError):
         self.seq = seq
         where = f" at seq {seq}" if seq is not None else ""
         super().__init__(f"ledger {kind}{where}: {message}")
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser error on one line: ``line 2, column 1: expected the node content, but
+    found '<stream end>'``. PyYAML's own text spans several lines with a caret drawing,
+    which breaks the one-line error a user reads (CONVENTIONS "Errors")."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")

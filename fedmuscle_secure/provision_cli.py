@@ -19,6 +19,7 @@ from cryptography import x509
 
 from fedmuscle_secure import provision as pki
 from fedmuscle_secure import provision_revocation as revocation
+from fedmuscle_secure.cli_args import writable_dir
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.provision_keys import IDENTITIES, make_identity, provision_ckks
 from fedmuscle_secure.provision_project import load_project
@@ -39,9 +40,21 @@ def _days(text: str) -> int:
     return value
 
 
+def _ca_folder(text: str) -> Path:
+    """``--ca DIR``: a folder holding ``ca/ca.crt`` (what every CA operation reads first)."""
+    path = Path(text)
+    if not (path / "ca" / "ca.crt").is_file():
+        state = ("is not a directory" if path.exists() and not path.is_dir() else
+                 "has no ca/ca.crt" if path.is_dir() else "does not exist")
+        raise argparse.ArgumentTypeError(f"{text} {state}; expected a CA directory made by "
+                                         "'provision init'")
+    return path
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """``provision init``: CA, server and organization certificates, CRL, clients.yaml."""
     project = load_project(args.project)
+    writable_dir(args.out, "--out")
     out = pki.init_ca_dir(project, args.out, days=args.days, force=args.force)
     for org in project.organizations:
         make_identity(org.client_id, out, force=args.force)
@@ -59,6 +72,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_identity(args: argparse.Namespace) -> int:
     """``provision identity``: an organization's own Ed25519 identity."""
+    writable_dir(args.out, "--out")
     key, pub = make_identity(args.client_id, args.out, force=args.force)
     print(f"identity key (keep it here, mode 0600): {key}")
     print(f"public identity (send to the server operator and every peer): {pub}")
@@ -69,7 +83,9 @@ def cmd_ckks(args: argparse.Namespace) -> int:
     """``provision ckks``: the federation's CKKS context, made by the key-holding org."""
     from fedmuscle_secure.config import load_config
 
-    files = provision_ckks(load_config(args.config), args.out, force=args.force)
+    cfg = load_config(args.config)
+    writable_dir(args.out, "--out")
+    files = provision_ckks(cfg, args.out, force=args.force)
     print(f"secret context (to every organization, over a channel you trust; NEVER to the "
           f"server): {files.secret_path}")
     print(f"public context (to the server): {files.public_path}")
@@ -78,6 +94,7 @@ def cmd_ckks(args: argparse.Namespace) -> int:
 
 def cmd_csr(args: argparse.Namespace) -> int:
     """``provision csr``: an organization's own key and certificate signing request."""
+    writable_dir(args.out, "--out")
     files = pki.make_csr(args.org, args.out, force=args.force)
     print(f"key (keep it here, mode 0600): {files.key_path}")
     print(f"CSR (send it to the CA operator): {files.csr_path}")
@@ -86,6 +103,8 @@ def cmd_csr(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """``provision sign``: the CA operator issues a certificate for a CSR."""
+    if args.cert_out is not None:
+        writable_dir(args.cert_out.parent, "--cert-out")
     signed = pki.sign_csr(args.ca, args.csr, args.client_id, days=args.days,
                           cert_out=args.cert_out)
     print(f"signed {signed.org!r} as client {signed.client_id!r}, serial {signed.serial:x}")
@@ -132,7 +151,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """``provision verify``: what the server decides about a certificate (its client id)."""
     if not args.cert.is_file():
-        raise ConfigError("CERT", f"{args.cert} does not exist; expected a PEM or DER certificate")
+        state = "is not a file" if args.cert.exists() else "does not exist"
+        raise ConfigError("CERT", f"{args.cert} {state}; expected a PEM or DER certificate")
     client_id = load_trust(args.ca).verify_peer(args.cert.read_bytes())
     print(client_id)
     return 0
@@ -203,7 +223,7 @@ def add_provision_parser(subparsers: Any) -> None:
                        description="Check the CSR's signature and CN, issue a clientAuth "
                                    "certificate, write DIR/orgs/<org>/<org>.crt, map the CN to "
                                    "--client-id in clients.yaml and deliver a copy (--cert-out).")
-    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
     s.add_argument("--csr", type=Path, required=True, metavar="FILE", help="the org's CSR")
     s.add_argument("--client-id", required=True, metavar="ID", help="client id of the org")
     s.add_argument("--days", type=_days, default=None,
@@ -218,7 +238,7 @@ def add_provision_parser(subparsers: Any) -> None:
                                    "server's --certs: a running server re-reads crl.pem when it "
                                    "changes, refuses the certificate from then on and drops a "
                                    "connected organisation at the next stage boundary.")
-    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
     s.add_argument("org", metavar="ORG", help="organization name")
     s.add_argument("--reason", choices=REASONS, default="unspecified", help="CRL reason code")
     s.set_defaults(func=cmd_revoke)
@@ -226,7 +246,7 @@ def add_provision_parser(subparsers: Any) -> None:
     s = sub.add_parser("crl", help="re-sign the CRL with a new next update",
                        description="The server refuses every peer once the CRL's next update "
                                    "has passed; run this (e.g. from cron) before that.")
-    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
     s.add_argument("--days", type=_days, default=None,
                    help="days until next update (default: validity_days.crl)")
     s.set_defaults(func=cmd_crl)
@@ -234,13 +254,13 @@ def add_provision_parser(subparsers: Any) -> None:
     s = sub.add_parser("list", help="organization certificates, serials, validity, status",
                        description="Every organization certificate (current and archived) "
                                    "with its client id, serial, validity and revocation status.")
-    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
     s.add_argument("--json", action="store_true", help="print {ca_dir, orgs: [...]} as JSON")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("verify", help="check a peer certificate as the server will",
                        description="Print the client id of CERT, or fail (exit 1) naming why "
                                    "the server would refuse it.")
-    s.add_argument("--ca", type=Path, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
     s.add_argument("cert", type=Path, metavar="CERT", help="certificate, PEM or DER")
     s.set_defaults(func=cmd_verify)

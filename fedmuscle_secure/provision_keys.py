@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.errors import ConfigError, IdentityError
-from fedmuscle_secure.identity import generate_identity, save_identity
+from fedmuscle_secure.identity import check_client_name, generate_identity, save_identity
 
 IDENTITIES = "identities"
 CKKS_DIR = "ckks"
@@ -35,9 +35,18 @@ PUBLIC_CONTEXT = "public.ctx"
 def make_identity(client_id: str, out: str | os.PathLike, *, force: bool = False) -> tuple[Path, Path]:
     """``out/identities/<client_id>.key`` (0600, stays home) and ``.pub`` (to share)."""
     try:
-        return save_identity(generate_identity(), Path(out) / IDENTITIES, client_id, overwrite=force)
+        check_client_name(client_id)
     except IdentityError as exc:
-        raise ConfigError("--out", f"{exc} (pass --force to replace it)") from None
+        raise ConfigError("--client-id", str(exc)) from None
+    folder = Path(out) / IDENTITIES
+    if not force and ((key := folder / f"{client_id}.key").exists()
+                      or (folder / f"{client_id}.pub").exists()):
+        raise ConfigError("--out", f"{key.parent}: an identity for {client_id!r} already "
+                                   "exists (pass --force to replace it)")
+    try:
+        return save_identity(generate_identity(), folder, client_id, overwrite=force)
+    except IdentityError as exc:
+        raise ConfigError("--out", str(exc)) from None
 
 
 def _sigma(cfg: ExperimentConfig) -> float | None:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from cryptography import x509
 
-from fedmuscle_secure.errors import ConfigError, IdentityError
+from fedmuscle_secure.errors import ConfigError, IdentityError, yaml_problem
 from fedmuscle_secure.identity import check_client_name
 
 __all__ = ["Organization", "Project", "ValidityDays", "load_project", "parse_project"]
@@ -204,9 +204,10 @@ def load_project(path: str | os.PathLike) -> Project:
     """Read and validate ``project.yaml``; errors name the file and field."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("--project", f"{path} does not exist; expected a project.yaml")
+        state = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError("--project", f"{path} {state}; expected a project.yaml")
     try:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError("--project", f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError("--project", f"{path} is not valid YAML: {yaml_problem(exc)}") from None
     return parse_project(raw, source=str(path))

@@ -11,6 +11,9 @@ transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
   The CRL is re-read when ``crl.pem`` changes, checked on every new connection and at every
   stage boundary (:class:`~fedmuscle_secure.trust_reload.LiveTrust`): a member revoked
   mid-run has its stream ended with ``PERMISSION_DENIED`` and is dropped as a ``Leave``;
+  a certificate of another CA, or an expired one, already fails gRPC's TLS handshake and
+  never reaches the servicer: the ``server`` command logs those with the peer and the
+  reason (:mod:`fedmuscle_secure.grpc_core_log`);
 * a reader thread reassembles chunks, decodes (client → server messages only, under the
   federation's :class:`~fedmuscle_secure.wire_limits.WireLimits`) and
   :meth:`Coordinator.submit` s the message
@@ -189,13 +192,18 @@ def start_grpc_server(coordinator: Coordinator, trust: Trust | LiveTrust, certs:
                                         require_client_auth=True)
     from concurrent import futures
 
+    # no SO_REUSEPORT: a second server on the same port must fail, not share its clients
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(coordinator.server.clients) + 4),
-                         options=options.channel_options(server=True))
+                         options=[*options.channel_options(server=True), ("grpc.so_reuseport", 0)])
     rpc.add_FedMuscleServicer_to_server(
         FedMuscleServicer(coordinator, trust, options, limits, run_id), server)
-    port = server.add_secure_port(listen, creds)
+    try:
+        port = server.add_secure_port(listen, creds)
+    except RuntimeError:  # gRPC's "Failed to bind"; the reason is in its log line
+        port = 0
     if port == 0:
-        raise ConfigError("--listen", f"cannot listen on {listen!r}")
+        raise ConfigError("--listen", f"cannot listen on {listen!r} (in use, or not an address "
+                                      "of this machine)")
     server.start()
     return server, port
 
