@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -169,8 +170,10 @@ def _stop_workers_on_interrupt():
 
 def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
               threads: int | None = None, progress: bool = True) -> RunSummary:
-    """Run every cell not yet done, ``jobs`` at a time; failures are recorded, not raised."""
-    from tqdm.auto import tqdm
+    """Run every cell not yet done, ``jobs`` at a time; failures are recorded, not raised.
+    ``progress``: one line per finished cell (cells done/total, rate, ETA), with a bar below
+    them when stdout is a terminal (:mod:`fedmuscle_secure.progress`)."""
+    from fedmuscle_secure.progress import Progress, is_terminal
 
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -185,8 +188,9 @@ def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
     summary = RunSummary(done=[], skipped=skipped, failed=dict(failed))
     if not todo:
         return summary
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell",
-               disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(cells), label="cells", unit="cell", bar=progress and is_terminal(sys.stdout),
+                   show_lines=progress)
+    bar.skip(len(cells) - len(todo))
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
                                 initializer=_leave_interrupts_to_the_parent) as pool, \
@@ -209,8 +213,10 @@ def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
             else:
                 summary.failed[c.id] = marker["error"]
                 log_event(out, "cell_failed", cell=c.id, error=marker["error"])
-                bar.write(f"cell {c.id} failed: {marker['error']}")
-            bar.set_postfix_str(f"{len(summary.failed)} failed" if summary.failed else "")
-            bar.update(1)
+            bar.advance(1)
+            verdict = "done" if marker["status"] == "done" else f"failed: {marker['error']}"
+            bar.line(f"cell {c.id} {verdict}  {bar.rate.done}/{len(cells)} cells  "
+                     f"{bar.rate.summary('cell')}")
+            bar.phase(f"{len(summary.failed)} failed" if summary.failed else "")
     bar.close()
     return summary
