@@ -324,9 +324,14 @@ def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str)
     target = msg.round - 1
     if client.stage is ClientStage.IDLE and client.round == target or client.left is not None:
         return
-    if target not in (client.round, client.round - 1):
+    # The bound is the latest round this client completed (its newest checkpoint), not the
+    # round an earlier rewind left it at: else a server dropping the stream after each
+    # rewind walks the client back one round at a time, as far as its checkpoints reach.
+    completed = max([client.round, *(r for r in run.checkpoint_labels(method)
+                                     if isinstance(r, int))])
+    if target not in (completed, completed - 1):
         raise ConnectionFailed(f"the server resumes at round {msg.round} but {client.name!r} "
-                               f"completed round {client.round}: a restarted server goes back at "
+                               f"completed round {completed}: a restarted server goes back at "
                                "most to the round it died in; refusing to rewind further")
     state = run.checkpoint(method, target)
     if state is None:
@@ -402,9 +407,12 @@ def _exchange(client, stream: Stream, name: str, limits: WireLimits, run: RunDir
                 if reconnected:
                     _rewind_if_needed(client, msg, run, method)
                 reconnected = False
-                run.prune_checkpoints(method, keep, before=msg.round - 1)
             t0 = time.perf_counter()
             replies = client.handle(msg)
+            if isinstance(msg, RoundPlan | Finish):
+                # only once the client accepted it: a plan of a bogus round must not delete
+                # the checkpoint that the next restart of the server may ask for
+                run.prune_checkpoints(method, keep, before=msg.round - 1)
             if isinstance(msg, RoundReport | Finish) or any(isinstance(r, RoundReport)
                                                            for r in replies):
                 log.info("%s: %s done in %.2f s", name, type(msg).__name__,

@@ -136,10 +136,11 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
     checkpoint of round 4, asks for round 5 again, and that rewind needs it; before, the
     client deleted it on the bogus message and could then only give up."""
     from fedmuscle_secure.client.grpc_client import _exchange
+    from tiny import tiny_config
+
     from fedmuscle_secure.errors import ProtocolError
     from fedmuscle_secure.messages import Finish
     from fedmuscle_secure.wire_limits import wire_limits
-    from tiny import tiny_config
 
     run, client = _disk(tmp_path, (4, 5)), _Client(5)
     msg = _plan(1000) if kind == "plan" else Finish(client="a", round=1000)
