@@ -124,14 +124,18 @@ def _identities(cfg: ExperimentConfig, certs: Path, name: str):
 
 
 def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
-                 retry: RetrySettings) -> grpc.Channel:
+                 retry: RetrySettings, *, reconnecting: bool = False) -> grpc.Channel:
     """A mutual-TLS channel to ``target``, once it is ready (exponential backoff).
 
     While it is not ready, each attempt also asks :func:`~fedmuscle_secure.tls_probe.probe`
     why: a server that is not up yet is retried until the deadline, but a handshake that
     cannot succeed stops at once (:class:`HandshakeRefused`): the server's certificate does
     not verify against our CA, or the server refused ours twice in a row (twice, so that a
-    server going down mid-handshake is not taken for a refusal)."""
+    server going down mid-handshake is not taken for a refusal). ``reconnecting`` (the
+    client already ran with this server, which is restarting): a failed handshake says
+    nothing about that server, only about whoever holds its port meanwhile, so it is
+    retried until the deadline like a server not up yet (a one-off impostor must not end
+    the organisation's run)."""
     ca, key = certs / "ca" / "ca.crt", certs / "orgs" / org / f"{org}.key"
     crt = certs / "orgs" / org / f"{org}.crt"
     creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes(),
@@ -148,7 +152,8 @@ def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
             ready.cancel()  # stop its polling thread before the channel may close
             found = _diagnose(target, ca, crt, key)
             refusals = refusals + 1 if found and found.verdict is Verdict.CLIENT_REFUSED else 0
-            if found and (found.verdict is Verdict.SERVER_UNTRUSTED or refusals >= 2):
+            if not reconnecting and found and (found.verdict is Verdict.SERVER_UNTRUSTED
+                                               or refusals >= 2):
                 channel.close()
                 raise HandshakeRefused(_refusal_message(found, target, ca, crt)) from None
             if time.monotonic() >= t_end:
@@ -217,7 +222,8 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     watch.connecting(target)
     try:
         while True:
-            stream = Stream(open_channel(certs, org, target, options, retry), name, options,
+            stream = Stream(open_channel(certs, org, target, options, retry,
+                                         reconnecting=client is not None), name, options,
                             recorded)
             watch.connected(target)
             try:

@@ -148,3 +148,64 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
         _exchange(client, _Stream(msg), "a", wire_limits(tiny_config()), run, "muscle", None,
                   keep=1, reconnected=False)
     assert run.checkpoint_labels("muscle") == [4, 5]
+
+
+def _impostor(tmp_path_factory) -> tuple[int, threading.Event]:
+    """A TLS server on 127.0.0.1 with a server certificate of another CA (any process that
+    takes the port while the federation's server restarts)."""
+    import ssl
+
+    other = provision(tmp_path_factory.mktemp("other"), name="other")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(other / "server" / "server.crt", other / "server" / "server.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            try:
+                ctx.wrap_socket(conn, server_side=True).close()
+            except OSError:
+                conn.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], stop
+
+
+def test_an_impostor_on_the_port_during_a_restart_does_not_make_a_client_give_up(
+        tmp_path_factory):
+    """A client that already ran rounds with the federation's server lost it (the server is
+    restarting) and reconnects. An impostor holding the port meanwhile presents a
+    certificate our CA did not issue. At first contact that is a misconfiguration to report
+    at once; on a reconnect it says nothing about the server the client already verified,
+    so the client keeps retrying until its deadline (the server comes back with --resume)
+    instead of giving up on the run after one look at an unauthenticated peer."""
+    from fedmuscle_secure.client.grpc_client import (
+        ConnectionFailed,
+        HandshakeRefused,
+        RetrySettings,
+        open_channel,
+    )
+
+    from fedmuscle_secure.grpc_transport import TransportOptions
+
+    certs = provision(tmp_path_factory.mktemp("ours"))
+    port, stop = _impostor(tmp_path_factory)
+    retry = RetrySettings(initial_s=0.1, max_s=0.2, deadline_s=1.5)
+    try:
+        with pytest.raises(HandshakeRefused):  # first contact: stop at once, say why
+            open_channel(certs, "a", f"127.0.0.1:{port}", TransportOptions(), retry)
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="not reachable within") as err:
+            open_channel(certs, "a", f"127.0.0.1:{port}", TransportOptions(), retry,
+                         reconnecting=True)
+        assert not isinstance(err.value, HandshakeRefused)
+        assert "certificate" in str(err.value) and time.monotonic() - t0 >= 1.4
+    finally:
+        stop.set()
