@@ -124,14 +124,18 @@ def _identities(cfg: ExperimentConfig, certs: Path, name: str):
 
 
 def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
-                 retry: RetrySettings) -> grpc.Channel:
+                 retry: RetrySettings, *, reconnecting: bool = False) -> grpc.Channel:
     """A mutual-TLS channel to ``target``, once it is ready (exponential backoff).
 
     While it is not ready, each attempt also asks :func:`~fedmuscle_secure.tls_probe.probe`
     why: a server that is not up yet is retried until the deadline, but a handshake that
     cannot succeed stops at once (:class:`HandshakeRefused`): the server's certificate does
     not verify against our CA, or the server refused ours twice in a row (twice, so that a
-    server going down mid-handshake is not taken for a refusal)."""
+    server going down mid-handshake is not taken for a refusal). ``reconnecting`` (the
+    client already ran with this server, which is restarting): a failed handshake says
+    nothing about that server, only about whoever holds its port meanwhile, so it is
+    retried until the deadline like a server not up yet (a one-off impostor must not end
+    the organisation's run)."""
     ca, key = certs / "ca" / "ca.crt", certs / "orgs" / org / f"{org}.key"
     crt = certs / "orgs" / org / f"{org}.crt"
     creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes(),
@@ -148,7 +152,8 @@ def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
             ready.cancel()  # stop its polling thread before the channel may close
             found = _diagnose(target, ca, crt, key)
             refusals = refusals + 1 if found and found.verdict is Verdict.CLIENT_REFUSED else 0
-            if found and (found.verdict is Verdict.SERVER_UNTRUSTED or refusals >= 2):
+            if not reconnecting and found and (found.verdict is Verdict.SERVER_UNTRUSTED
+                                               or refusals >= 2):
                 channel.close()
                 raise HandshakeRefused(_refusal_message(found, target, ca, crt)) from None
             if time.monotonic() >= t_end:
@@ -217,7 +222,8 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     watch.connecting(target)
     try:
         while True:
-            stream = Stream(open_channel(certs, org, target, options, retry), name, options,
+            stream = Stream(open_channel(certs, org, target, options, retry,
+                                         reconnecting=client is not None), name, options,
                             recorded)
             watch.connected(target)
             try:
@@ -324,9 +330,14 @@ def _rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str)
     target = msg.round - 1
     if client.stage is ClientStage.IDLE and client.round == target or client.left is not None:
         return
-    if target not in (client.round, client.round - 1):
+    # The bound is the latest round this client completed (its newest checkpoint), not the
+    # round an earlier rewind left it at: else a server dropping the stream after each
+    # rewind walks the client back one round at a time, as far as its checkpoints reach.
+    completed = max([client.round, *(r for r in run.checkpoint_labels(method)
+                                     if isinstance(r, int))])
+    if target not in (completed, completed - 1):
         raise ConnectionFailed(f"the server resumes at round {msg.round} but {client.name!r} "
-                               f"completed round {client.round}: a restarted server goes back at "
+                               f"completed round {completed}: a restarted server goes back at "
                                "most to the round it died in; refusing to rewind further")
     state = run.checkpoint(method, target)
     if state is None:
@@ -402,9 +413,12 @@ def _exchange(client, stream: Stream, name: str, limits: WireLimits, run: RunDir
                 if reconnected:
                     _rewind_if_needed(client, msg, run, method)
                 reconnected = False
-                run.prune_checkpoints(method, keep, before=msg.round - 1)
             t0 = time.perf_counter()
             replies = client.handle(msg)
+            if isinstance(msg, RoundPlan | Finish):
+                # only once the client accepted it: a plan of a bogus round must not delete
+                # the checkpoint that the next restart of the server may ask for
+                run.prune_checkpoints(method, keep, before=msg.round - 1)
             if isinstance(msg, RoundReport | Finish) or any(isinstance(r, RoundReport)
                                                            for r in replies):
                 log.info("%s: %s done in %.2f s", name, type(msg).__name__,
