@@ -107,7 +107,7 @@ def test_a_crashed_client_resumes_its_run_and_audits_and_a_finished_run_is_refus
                 f"127.0.0.1:{port2}", "--out", tmp_path / "server2", "--connect-timeout", "60",
                 log=tmp_path / "server2.log")
     try:
-        again = _client(tmp_path, config, certs, port2, "a", "a-again.log")
+        again = _client(tmp_path, config, certs, port2, "a", "a-again.log", "-q")  # errors only
         assert again.wait(timeout=120) == 2
     finally:
         other.kill()
