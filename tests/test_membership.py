@@ -147,8 +147,8 @@ def test_a_revoked_member_is_cut_off_and_no_restart_runs_a_secure_sum_of_two(tmp
 
 
 def _clients_first(tmp: Path, cfg, orgs) -> dict:
-    """Start the clients of ``orgs`` (retrying every second), wait until each has built its
-    model (its round-0 checkpoint), then the server with an 8 s connect timeout."""
+    """Start the clients of ``orgs`` (retrying every second), wait until each is dialling the
+    server, then start the server with an 8 s connect timeout."""
     config = tmp / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     certs, port = provision(tmp), free_port()
@@ -157,8 +157,9 @@ def _clients_first(tmp: Path, cfg, orgs) -> dict:
                       tmp / f"client-{org}", "--retry-initial", "0.2", "--retry-max", "1",
                       "--retry-deadline", "120", log=tmp / f"{org}.log") for org in orgs}
     for org in orgs:
-        wait_for(lambda org=org: any((tmp / f"client-{org}" / "checkpoints").rglob("*.pt")),
-                 120, f"{org} to build its model", procs[org])
+        # a client writes nothing before first contact (the run id): wait for it to dial
+        wait_for(lambda org=org: "connecting to" in (tmp / f"{org}.log").read_text(),
+                 120, f"{org} to start connecting", procs[org])
     procs["server"] = server(tmp, config, certs, port, "--connect-timeout", "8")
     return procs
 
