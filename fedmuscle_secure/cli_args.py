@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -44,36 +45,28 @@ def _number(text: str, kind: type, what: str) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (``--threads``, ``--jobs``, byte limits): 0 does not mean "all"."""
-    value = _number(text, int, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _bounded(kind: type, what: str, ok: Callable[[float], bool], name: str, doc: str):
+    """An argparse ``type=`` that parses a ``kind`` and refuses values ``ok`` rejects."""
+    def parse(text: str):
+        value = _number(text, kind, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__, parse.__doc__ = name, doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (``--seed``)."""
-    value = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """Seconds > 0 (timeouts, retry waits)."""
-    value = _number(text, float, "a positive number of seconds")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """Seconds >= 0, where 0 turns the limit off (``--stage-timeout``)."""
-    value = _number(text, float, "a number of seconds >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
+positive_int = _bounded(int, "a positive integer", lambda v: v >= 1, "positive_int",
+                        'An integer >= 1 (``--threads``, ``--jobs``, byte limits): 0 does not '
+                        'mean "all".')
+non_negative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0, "non_negative_int",
+                            "An integer >= 0 (``--seed``).")
+positive_float = _bounded(float, "a positive number of seconds", lambda v: v > 0,
+                          "positive_float", "Seconds > 0 (timeouts, retry waits).")
+non_negative_float = _bounded(float, "a number of seconds >= 0", lambda v: v >= 0,
+                              "non_negative_float",
+                              "Seconds >= 0, where 0 turns the limit off (``--stage-timeout``).")
 
 
 def split_host_port(text: str) -> tuple[str, int]:

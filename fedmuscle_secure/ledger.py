@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
 )
 
+from fedmuscle_secure.durable import fsync_dir
 from fedmuscle_secure.errors import LedgerError
 from fedmuscle_secure.identity import sign_entry_hash
 
@@ -86,19 +87,6 @@ from fedmuscle_secure.ledger_format import (  # noqa: F401 - re-exported
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 class _ChainedLog:
     """An fsync'd, hash-chained JSON-lines file opened by exactly one writer."""
 
@@ -130,7 +118,7 @@ class _ChainedLog:
                     raise LedgerError("locked", None, f"{path}: already open for appending "
                                       "(another Ledger object or process holds it)") from None
             if created:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             chunks, offset = [], 0
             while chunk := os.pread(fd, 1 << 20, offset):
                 chunks.append(chunk)

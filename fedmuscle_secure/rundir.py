@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+from fedmuscle_secure.durable import fsync_dir
 from fedmuscle_secure.errors import CheckpointError
 
 METRIC_COLUMNS = [
@@ -154,20 +155,6 @@ class RunDir:
 
 def _checkpoint_name(r: int | str) -> str:
     return "final.pt" if r == FINAL else f"round-{int(r):04d}.pt"
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or unlink in ``folder`` durable before the next step relies on it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def results_config(text: str) -> str:
