@@ -22,7 +22,7 @@ import logging
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.rundir import RunDir, results_config
+from fedmuscle_secure.rundir import RunDir, config_differences, differs_message
 
 log = logging.getLogger("fedmuscle_secure.client")
 
@@ -43,10 +43,11 @@ def inspect_out(run: RunDir, cfg: ExperimentConfig) -> str | None:
         raise ConfigError("--out", f"{root} already holds files but no federation run id "
                                    f"({run.run_id.name}): it is not a run directory this client "
                                    "can resume; choose a new, empty --out")
-    if not run.config.is_file() or (results_config(run.config.read_text())
-                                    != results_config(dump_config(cfg))):
-        raise ConfigError("--config", f"differs from the config {run.config} was started "
-                                      "with; resume with the same config")
+    if not run.config.is_file():
+        raise ConfigError("--out", f"{root} holds a run id but no {run.config.name}: it is not "
+                                   "a run directory this client can resume")
+    if keys := config_differences(run.config.read_text(), dump_config(cfg)):
+        raise ConfigError("--config", differs_message(run.config, keys))
     return recorded
 
 

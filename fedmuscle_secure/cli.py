@@ -99,15 +99,14 @@ def _check_run_dir(out: Path, resume: bool, cfg) -> None:
     """``--out`` fits ``--resume`` (a run of this config to continue) or not (nothing there
     yet): a usage error, said before the data and models are built."""
     from fedmuscle_secure.config import dump_config
-    from fedmuscle_secure.rundir import results_config
+    from fedmuscle_secure.rundir import config_differences, differs_message
 
     resolved = out / "config.resolved.yaml"
     if resume and not resolved.is_file():
         raise ConfigError("--out", f"{out}: nothing to resume (no config.resolved.yaml); "
                                    "drop --resume to start a run there")
-    if resume and results_config(resolved.read_text()) != results_config(dump_config(cfg)):
-        raise ConfigError("CONFIG", f"differs from the config {out} was started with; resume "
-                                    f"with the same config (e.g. {resolved})")
+    if resume and (keys := config_differences(resolved.read_text(), dump_config(cfg))):
+        raise ConfigError("CONFIG", differs_message(resolved, keys))
     if not resume and out.is_dir() and any(out.iterdir()):
         raise ConfigError("--out", f"{out} already holds a run; pass --resume to continue it "
                                    "or choose another --out")

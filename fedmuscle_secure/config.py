@@ -218,10 +218,45 @@ def validate_model(model: type[BaseModel], raw: Any, source: str) -> Any:
         err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         msg = err["msg"]
         field = _loc(err["loc"])
-        if msg.startswith("Value error, ") and ":" in msg:
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key{_nearest_key(model, err['loc'])}"
+        elif msg.startswith("Value error, ") and ":" in msg:
             field, _, msg = msg[len("Value error, "):].partition(": ")
         more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-        raise ConfigError(field, f"{msg}; got {err.get('input')!r}{more}") from None
+        raise ConfigError(field, f"{msg}{_got(err)}{more}") from None
+
+
+def _got(err: dict) -> str:
+    """``; got VALUE`` for a scalar the user wrote; nothing for a whole section (a model
+    validator's input is the config itself, which the message must not dump)."""
+    value = err.get("input")
+    if isinstance(value, dict | list) or err["type"] == "extra_forbidden":
+        return ""
+    text = repr(value)
+    return f"; got {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def _nearest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """`` (did you mean 'training'?)`` for a misspelt key, from the fields of the section
+    it sits in; the valid keys when none is close."""
+    import difflib
+
+    node: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(node, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        args = getattr(ann, "__args__", ())  # list[ClientConfig] -> ClientConfig
+        node = next((a for a in (ann, *args) if isinstance(a, type) and
+                     issubclass(a, BaseModel)), None)
+        if node is None:
+            return ""
+    keys = list(getattr(node, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; expected one of {keys}" if keys else ""
 
 
 def parse_config(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
@@ -295,6 +330,11 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             raise ConfigError("data.path", f"dataset {d.dataset!r} needs a path to its files")
         if not Path(d.path).exists():
             raise ConfigError("data.path", f"{d.path!r} does not exist")
+        for i, c in enumerate(cfg.clients):
+            if c.task != "classify":
+                raise ConfigError(
+                    f"clients.{i}.task", f"task {c.task!r} is defined on the digits' labels 0..9 "
+                    f"(DESIGN §8); with data.dataset {d.dataset!r} use 'classify'")
     for key, mech in (("representation_noise", cfg.privacy.representation_noise),
                       ("dp_sgd", cfg.privacy.dp_sgd)):
         if mech.enabled and (mech.noise_multiplier is None) == (mech.target_epsilon is None):

@@ -29,7 +29,7 @@ from fedmuscle_secure.data.source import load_dataset
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
 from fedmuscle_secure.progress import NORMAL, QUIET
 from fedmuscle_secure.round_progress import RunProgress
-from fedmuscle_secure.rundir import FINAL, RunDir, results_config
+from fedmuscle_secure.rundir import FINAL, RunDir, config_differences, differs_message
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 from fedmuscle_secure.summary import client_table, write_summary
 
@@ -183,9 +183,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
     if resume:
         if not run.config.is_file():
             raise CheckpointError(f"{run.root}: nothing to resume (no config.resolved.yaml)")
-        if results_config(run.config.read_text()) != results_config(resolved):
-            raise CheckpointError(f"{run.config}: the config differs from the one this run was "
-                                  "started with; resume with the same config")
+        if keys := config_differences(run.config.read_text(), resolved):
+            raise CheckpointError(f"{run.config}: the config {differs_message(run.config, keys)}")
     elif run.root.exists() and any(run.root.iterdir()):
         raise CheckpointError(f"{run.root} already holds a run; pass --resume to continue it or "
                               "choose another --out")

@@ -165,3 +165,31 @@ def results_config(text: str) -> str:
     if isinstance(raw, dict):
         raw.pop("checkpoint", None)
     return yaml.safe_dump(raw, sort_keys=False)
+
+
+def config_differences(recorded: str, resolved: str) -> list[str]:
+    """The dotted keys in which two resolved configs differ, ``checkpoint`` aside (what
+    :func:`results_config` compares); empty when a resume may go on."""
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for k, v in node.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        if isinstance(node, list):
+            out = {f"{prefix}length": len(node)}
+            for k, v in enumerate(node):
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix.rstrip("."): node}
+
+    a = flat(yaml.safe_load(results_config(recorded)) or {})
+    b = flat(yaml.safe_load(results_config(resolved)) or {})
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))
+
+
+def differs_message(path: Path, keys: list[str]) -> str:
+    """``differs from the config PATH was started with (keys: ...)``, at most six keys."""
+    shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+    return (f"differs from the config {path} was started with (in {shown}); resume with the "
+            "same config")

@@ -77,7 +77,7 @@ from fedmuscle_secure.grpc_transport import (
 )
 from fedmuscle_secure.progress import OPERATOR
 from fedmuscle_secure.provision import Trust
-from fedmuscle_secure.rundir import FINAL, RunDir, results_config
+from fedmuscle_secure.rundir import FINAL, RunDir, config_differences, differs_message
 from fedmuscle_secure.tls_trust import _load_cert
 from fedmuscle_secure.trust_reload import LiveTrust
 from fedmuscle_secure.wire_chunks import Chunk
@@ -226,9 +226,8 @@ def _open_run(cfg: ExperimentConfig, out: str | Path, resume: bool) -> tuple[Run
     if resume:
         if not run.config.is_file():
             raise ConfigError("--out", f"{run.root}: nothing to resume (no config.resolved.yaml)")
-        if results_config(run.config.read_text()) != results_config(resolved):
-            raise ConfigError("--config", f"differs from the config {run.config} was started "
-                                          "with; resume with the same config")
+        if keys := config_differences(run.config.read_text(), resolved):
+            raise ConfigError("--config", differs_message(run.config, keys))
     elif run.root.exists() and any(run.root.iterdir()):
         raise ConfigError("--out", f"{run.root} already holds a run; pass --resume to continue "
                                    "it after a restart, or choose another --out")

@@ -74,3 +74,29 @@ def test_overrides_are_validated():
     with pytest.raises(ConfigError) as exc:
         cfg.with_overrides(**{"muscle.batch_size": 100000})
     assert exc.value.field == "muscle.batch_size"
+
+
+def test_config_errors_suggest_the_key_and_never_dump_the_config():
+    """A misspelt key names the nearest valid one; a rule over the whole config (duplicate
+    client names) says what is wrong without printing the config back."""
+    raw = _raw()
+    raw["trainig"] = raw.pop("training")
+    with pytest.raises(ConfigError, match=r"trainig: unknown key \(did you mean 'training'\?\)"):
+        parse_config(raw)
+    raw = _raw()
+    raw["clients"][1]["name"] = raw["clients"][0]["name"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert str(err.value).startswith("clients.1.name: duplicate client name")
+    assert "{" not in str(err.value) and len(str(err.value)) < 120
+
+
+def test_digit_tasks_are_refused_on_other_datasets(tmp_path):
+    raw = _raw()
+    raw["data"].update(dataset="cifar10", path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"clients\.0\.task: task 'coarse' is defined on the "
+                                          r"digits' labels .* use 'classify'"):
+        parse_config(raw)
+    for c in raw["clients"]:
+        c["task"] = "classify"
+    parse_config(raw)

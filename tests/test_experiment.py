@@ -57,5 +57,8 @@ def test_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path):
     run_experiment(cfg, tmp_path / "r", progress=False)
     with pytest.raises(CheckpointError):
         run_experiment(cfg, tmp_path / "r", progress=False)
-    with pytest.raises(CheckpointError, match="config differs"):
+    with pytest.raises(CheckpointError, match=r"config differs .* \(in seed\)"):
         run_experiment(cfg.with_overrides(seed=1), tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(CheckpointError, match=r"\(in muscle\.dim, training\.rounds\)"):
+        run_experiment(cfg.with_overrides(**{"training.rounds": 2, "muscle.dim": 8}),
+                       tmp_path / "r", resume=True, progress=False)
