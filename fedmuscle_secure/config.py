@@ -303,7 +303,8 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             )
     m = cfg.muscle
     _check_baseline(cfg)
-    if m.method in PEER_SELECTING and m.num_selected >= n:
+    # under secagg the group is every surviving member: num_selected is not used
+    if m.method in PEER_SELECTING and cfg.protection != "secagg" and m.num_selected >= n:
         raise ConfigError(
             "muscle.num_selected",
             f"M={m.num_selected} must be smaller than the number of clients N={n} (M <= N-1)",

@@ -100,3 +100,16 @@ def test_digit_tasks_are_refused_on_other_datasets(tmp_path):
     for c in raw["clients"]:
         c["task"] = "classify"
     parse_config(raw)
+
+
+def test_num_selected_is_not_checked_where_secagg_does_not_use_it():
+    """Under secagg the group is every surviving member; a three-organisation secagg
+    federation with the default M = 3 is valid, the same federation in plain is not."""
+    raw = _raw()
+    raw["clients"] = raw["clients"][:3]
+    raw["muscle"].update(method="muscle_sum", num_selected=3)
+    raw.update(protection="secagg", secagg={"threshold": 2})
+    parse_config(raw)
+    raw.update(protection="plain")
+    with pytest.raises(ConfigError, match="muscle.num_selected"):
+        parse_config(raw)
