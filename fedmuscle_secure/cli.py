@@ -43,9 +43,17 @@ def _default_config() -> Path:
     return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
 
 
-def _latest_run(name: str) -> Path | None:
-    runs = sorted(Path("runs").glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
-    return runs[-1] if runs else None
+def _latest_run(cfg: ExperimentConfig) -> Path | None:
+    """The newest ``runs/<name>-seed<seed>-*`` started with this very config (another
+    config whose name shares the prefix, ``digits-dp`` for ``digits``, is not one)."""
+    from fedmuscle_secure.config import dump_config
+    from fedmuscle_secure.rundir import config_differences
+
+    resolved = dump_config(cfg)
+    runs = [p for p in Path("runs").glob(f"{cfg.name}-seed{cfg.seed}-*")
+            if (p / "config.resolved.yaml").is_file()
+            and not config_differences((p / "config.resolved.yaml").read_text(), resolved)]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -62,9 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = args.out
     if out is None and args.resume:
-        out = _latest_run(cfg.name)
+        out = _latest_run(cfg)
         if out is None:
-            raise ConfigError("--resume", f"no run of {cfg.name!r} under runs/ to resume; pass --out")
+            raise ConfigError("--resume", f"no run of this config ({cfg.name!r}, seed {cfg.seed}) "
+                                          "under runs/ to resume; pass --out")
     if out is None:
         out = Path("runs") / f"{cfg.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.out = writable_dir(out, "--out")  # also what an interruption says to resume

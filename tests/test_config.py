@@ -113,3 +113,28 @@ def test_num_selected_is_not_checked_where_secagg_does_not_use_it():
     raw.update(protection="plain")
     with pytest.raises(ConfigError, match="muscle.num_selected"):
         parse_config(raw)
+
+
+def test_resume_without_out_picks_a_run_of_this_very_config(tmp_path, monkeypatch):
+    """`run --resume` looks for runs/<name>-seed<seed>-* started with this config: neither
+    another config sharing the name's prefix nor the same name with other settings."""
+    import os
+    import time as _time
+
+    from fedmuscle_secure.cli import _latest_run
+    from fedmuscle_secure.config import dump_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(DEFAULT)
+    other = cfg.with_overrides(name=f"{cfg.name}-dp")
+    changed = cfg.with_overrides(**{"training.rounds": cfg.training.rounds + 1})
+    for folder, c in ((f"{cfg.name}-seed{cfg.seed}-1", cfg),
+                      (f"{other.name}-seed{cfg.seed}-2", other),
+                      (f"{cfg.name}-seed{cfg.seed}-3", changed)):
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+        (tmp_path / "runs" / folder / "config.resolved.yaml").write_text(dump_config(c))
+        _time.sleep(0.01)
+        os.utime(tmp_path / "runs" / folder)
+    assert _latest_run(cfg) == Path("runs") / f"{cfg.name}-seed{cfg.seed}-1"
+    assert _latest_run(cfg.with_overrides(seed=cfg.seed + 1)) is None
+    assert main(["run", str(DEFAULT), "--seed", str(cfg.seed + 1), "--resume"]) == 2
