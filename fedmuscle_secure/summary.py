@@ -130,13 +130,21 @@ def _privacy_table(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
                      f"{left} |")
     dp = p.dp_sgd
     rn = p.representation_noise
+    dp_text = _given(("noise multiplier", dp.noise_multiplier), ("target ε", dp.target_epsilon),
+                     ("clip", dp.max_grad_norm), ("expected batch", dp.expected_batch_size))
+    rn_text = _given(("noise multiplier", rn.noise_multiplier), ("target ε", rn.target_epsilon))
+    budgets = _given(("record ε ≤", p.budget.record_epsilon), ("client ε ≤", p.budget.client_epsilon))
     lines += ["", f"DP-SGD: {'on' if dp.enabled else 'off'}"
-              + (f" (noise multiplier {dp.noise_multiplier}, target ε {dp.target_epsilon}, "
-                 f"clip {dp.max_grad_norm}, expected batch {dp.expected_batch_size})" if dp.enabled else "")
+              + (f" ({dp_text})" if dp.enabled else "")
               + f"; representation noise: {'on' if rn.enabled else 'off'}"
-              + (f" (noise multiplier {rn.noise_multiplier}, target ε {rn.target_epsilon})" if rn.enabled else "")
-              + f"; budgets: record {p.budget.record_epsilon}, client {p.budget.client_epsilon}."]
+              + (f" ({rn_text})" if rn.enabled else "")
+              + f"; budgets: {budgets or 'none set'}."]
     return "\n".join(lines)
+
+
+def _given(*pairs: tuple[str, object]) -> str:
+    """``name value, ...`` for the settings the config gives (never a Python ``None``)."""
+    return ", ".join(f"{name} {value}" for name, value in pairs if value is not None)
 
 
 def _membership_section(rows: list[dict[str, Any]], transport: str) -> str:

@@ -146,6 +146,7 @@ def test_summary_under_dp_lists_what_was_kept_and_labels_the_local_reference(tmp
     assert "test_metric" in sent and "eps_record" in sent
     for row in res.rows:  # the simulator plays every organisation: its rows are complete
         assert not math.isnan(float(row["val_metric"]))
+    assert "None" not in summary and "DP-SGD: on (" in summary  # settings given, never None
     assert audit_run(res.run_dir).exit_code() == 0
 
 
