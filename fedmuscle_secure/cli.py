@@ -59,13 +59,16 @@ def _latest_run(cfg: ExperimentConfig) -> Path | None:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from fedmuscle_secure.config import load_config
+    from fedmuscle_secure.config import load_config, parse_overrides
     from fedmuscle_secure.experiment import run_experiment
     from fedmuscle_secure.summary import client_table, comparisons
 
     cfg = load_config(args.config or _default_config())
+    overrides = parse_overrides(args.set)
     if args.seed is not None:
-        cfg = cfg.with_overrides(seed=args.seed)
+        overrides["seed"] = args.seed
+    if overrides:
+        cfg = cfg.with_overrides(**overrides)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out
@@ -146,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the newest runs/<name>-*) from its "
                         "last checkpoint")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config setting, validated like the file: a dotted path "
+                        "and a YAML value, e.g. --set training.rounds=3 --set "
+                        "clients.0.model=resnet18 (repeatable; recorded in config.resolved.yaml)")
     r.add_argument("--seed", type=non_negative_int, default=None,
                    help="override the config's experiment seed")
     r.add_argument("--threads", type=positive_int, default=None,

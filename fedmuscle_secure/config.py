@@ -192,15 +192,41 @@ class ExperimentConfig(_Strict):
         return self
 
     def with_overrides(self, **changes: Any) -> ExperimentConfig:
-        """A copy with dotted-path overrides, validated like a fresh config."""
+        """A copy with dotted-path overrides (``clients.0.model``), validated like a fresh
+        config; a path that leads nowhere is a :class:`ConfigError` naming it."""
         raw = self.model_dump(mode="json")
         for dotted, value in changes.items():
             node = raw
             *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node[int(p)] if isinstance(node, list) else node[p]
-            node[leaf] = value
+            try:
+                for p in parents:
+                    node = node[int(p)] if isinstance(node, list) else node[p]
+                if isinstance(node, list):
+                    node[int(leaf)] = value
+                elif isinstance(node, dict):
+                    node[leaf] = value  # an unknown leaf is refused by validation below
+                else:
+                    raise TypeError
+            except (KeyError, IndexError, ValueError, TypeError):
+                raise ConfigError(dotted, "no such setting in the config (a dotted path such as "
+                                          "training.rounds or clients.0.model)") from None
         return parse_config(raw)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs: the value is read as YAML (``3``, ``0.5``, ``true``,
+    ``[60, 40, 60]``, ``null``), the key is a dotted path checked by
+    :meth:`ExperimentConfig.with_overrides`."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", f"expected KEY=VALUE (e.g. training.rounds=3), got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key.strip()}", f"cannot read the value {text!r}") from None
+    return out
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -138,3 +138,30 @@ def test_resume_without_out_picks_a_run_of_this_very_config(tmp_path, monkeypatc
     assert _latest_run(cfg) == Path("runs") / f"{cfg.name}-seed{cfg.seed}-1"
     assert _latest_run(cfg.with_overrides(seed=cfg.seed + 1)) is None
     assert main(["run", str(DEFAULT), "--seed", str(cfg.seed + 1), "--resume"]) == 2
+
+
+@pytest.mark.parametrize("pair, says", [
+    ("training.rounds=many", "training.rounds: Input should be a valid integer"),
+    ("training.roundz=3", "training.roundz: unknown key (did you mean 'rounds'?)"),
+    ("nosuch.key=1", "nosuch.key: no such setting"),
+    ("clients.9.model=resnet18", "clients.9.model: no such setting"),
+    ("rounds", "--set: expected KEY=VALUE"),
+])
+def test_set_overrides_are_validated_like_the_file(pair, says, capsys):
+    assert main(["run", str(DEFAULT), "--set", pair]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+
+
+def test_set_overrides_reach_the_resolved_config(tmp_path):
+    from tiny import tiny_config
+
+    from fedmuscle_secure.config import dump_config
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_config(tiny_config(compare_local=False)))
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "-q", "--set", "training.rounds=1",
+                 "--set", "muscle.dim=8"]) == 0
+    resolved = load_config(out / "config.resolved.yaml")
+    assert resolved.training.rounds == 1 and resolved.muscle.dim == 8
