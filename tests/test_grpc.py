@@ -35,7 +35,7 @@ from deploy_driver import (
 from deploy_driver import rows as read_rows
 from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV, STALL_ENV
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
-from tiny import tiny_config
+from tiny import FOUR, FOUR_CLIENTS, tiny_config
 
 from fedmuscle_secure import provision as pki
 from fedmuscle_secure import provision_revocation as revocation
@@ -167,14 +167,6 @@ def _check_final_models(tmp: Path, cfg) -> None:
             assert own[-1]["round"] == "final"
     finally:
         torch.set_num_threads(threads)
-
-
-FOUR = ("a", "b", "c", "d")
-FOUR_CLIENTS = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
-                {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
-                {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
-                 "projection": {"kind": "linear"}},
-                {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
 
 
 def _audit_ok(tmp: Path, org: str, certs: Path, *, run_dir: bool = False) -> dict:

@@ -33,19 +33,11 @@ from deploy_driver import (
     wait_all,
     wait_for,
 )
-from tiny import tiny_config
+from tiny import FOUR, FOUR_CLIENTS, tiny_config
 
 from fedmuscle_secure import provision_revocation as revocation
 
 pytestmark = pytest.mark.slow
-
-FOUR = ("a", "b", "c", "d")
-FOUR_CLIENTS = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
-                {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
-                {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
-                 "projection": {"kind": "linear"}},
-                {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
-
 
 def _events(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []

@@ -25,3 +25,13 @@ def tiny_config(**over):
             node = node[p]
         node[leaf] = value  # a top-level key ("data", "clients") replaces the whole section
     return parse_config(raw)
+
+
+#: Four small organisations for the deployment tests that need a secure sum to survive a
+#: departure (secagg needs at least three members left).
+FOUR = ("a", "b", "c", "d")
+FOUR_CLIENTS = [{"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
+                {"name": "b", "model": "test_vit", "image_size": 16, "task": "attributes"},
+                {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
+                 "projection": {"kind": "linear"}},
+                {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
