@@ -45,9 +45,9 @@ import yaml
 
 from fedmuscle_secure import simulator
 from fedmuscle_secure.config import load_config
-from fedmuscle_secure.experiment import make_split, methods_of
+from fedmuscle_secure.experiment.run import make_split, methods_of
 from fedmuscle_secure.simulator import build_federation, run_round
-from fedmuscle_secure.wire import encode
+from fedmuscle_secure.transport.codec import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,7 +154,7 @@ def simulate(cfg, threads: int, count: dict | None = None) -> dict[int, float]:
 def _cli(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli", *args],
+        return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli.main", *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
@@ -165,7 +165,7 @@ def _certs(cfg, config: Path, pki: Path, tmp: Path) -> tuple[Path, Path]:
     if cfg.protection != "ckks":
         return pki, pki
     keys = tmp / "ckks-keys"
-    subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "provision", "ckks",
+    subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli.main", "provision", "ckks",
                     "--config", str(config), "--out", str(keys)], check=True,
                    stdout=subprocess.DEVNULL)
     dirs = []
@@ -187,7 +187,7 @@ def deploy(cfg, config: Path, tmp: Path, timeout: float):
         "name": "bench-grpc", "server": {"name": "fl-server", "hosts": ["127.0.0.1"]},
         "organizations": [{"name": o, "client_id": o} for o in orgs]}))
     certs = tmp / "pki"
-    subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "provision", "init",
+    subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli.main", "provision", "init",
                     "--project", str(project), "--out", str(certs)], check=True,
                    stdout=subprocess.DEVNULL)
     server_certs, org_certs = _certs(cfg, config, certs, tmp)

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 from _stopwatch import Stopwatch
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_server import SecAggServer
-from fedmuscle_secure.crypto.sum_encoding import SumEncoding
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.server import SecAggServer
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import peer_sums
 
 from fedmuscle_secure.config import load_config
-from fedmuscle_secure.experiment import make_split
-from fedmuscle_secure.identity import generate_identity
+from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.simulator import build_federation
 
 N_CLIENTS = 10

@@ -49,7 +49,7 @@ def _field(number: int, body: bytes) -> bytes:
 
 def hostile_payload() -> bytes:
     """The Envelope bytes, built without materialising 12 million Python strings."""
-    from fedmuscle_secure.wire_pb import fedmuscle_pb2 as pb
+    from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 
     head = pb.UnmaskRequest(recipient="a", instance_id=b"\x01" * 16).SerializeToString()
     request = head + _field(3, b"x") * NAMES                      # survivors: "x", "x", ...
@@ -65,11 +65,11 @@ def child(case: str, path: str, config: str) -> None:
     """Receive the payload in ``path`` as ``case`` says; print the peak growth in KiB."""
     from fedmuscle_secure.config import load_config
     from fedmuscle_secure.errors import ProtocolError
-    from fedmuscle_secure.grpc_transport import Inbound, TransportOptions
-    from fedmuscle_secure.wire import _ENVELOPE_TYPE, Direction, _from_proto
-    from fedmuscle_secure.wire_chunks import Chunk
-    from fedmuscle_secure.wire_limits import wire_limits
-    from fedmuscle_secure.wire_pb import fedmuscle_pb2 as pb
+    from fedmuscle_secure.transport.streams import Inbound, TransportOptions
+    from fedmuscle_secure.transport.codec import _ENVELOPE_TYPE, Direction, _from_proto
+    from fedmuscle_secure.transport.chunks import Chunk
+    from fedmuscle_secure.transport.limits import wire_limits
+    from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 
     limits = wire_limits(load_config(config))
     data = Path(path).read_bytes()
@@ -104,7 +104,7 @@ def main() -> None:
         child(args.child[0], args.child[1], args.config)
         return
     from fedmuscle_secure.config import load_config
-    from fedmuscle_secure.wire_limits import wire_limits
+    from fedmuscle_secure.transport.limits import wire_limits
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     payload = hostile_payload()

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from fedmuscle_secure.config import load_config
-from fedmuscle_secure.experiment import make_split, run_method
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.experiment.run import make_split, run_method
+from fedmuscle_secure.experiment.rundir import RunDir
 
 
 def _one(config: str, seed: int, method: str, out: str, threads: int) -> dict:

@@ -17,7 +17,7 @@ a server restarted with ``--resume`` re-sends the plan of the round after its la
 checkpoint, and the client first rewinds to its own checkpoint of that round (model and
 optimizers; the privacy accountants are rebuilt from the ledger, so releases of the
 interrupted round stay counted; a signed ``server_lost`` ledger entry marks the releases
-the server may not have received, :meth:`~fedmuscle_secure.ledger.Ledger.mark_server_lost`).
+the server may not have received, :meth:`~fedmuscle_secure.records.ledger.Ledger.mark_server_lost`).
 A refusal (``PERMISSION_DENIED``: the server dropped this
 client, e.g. after a protocol error or because its certificate was revoked), the server
 giving up the run (``FAILED_PRECONDITION``, with its reason: too few organisations
@@ -35,7 +35,7 @@ ledger, in every mode, is this organisation's ``DIR/identities/<id>.key`` (only 
 is written to the run directory's ``keys/``); under ``secagg`` every peer's
 ``DIR/identities/<id>.pub`` too; under ``ckks`` the federation's secret context from
 ``DIR/ckks/secret.ctx``
-(:mod:`fedmuscle_secure.provision_keys`).
+(:mod:`fedmuscle_secure.provision.keys`).
 """
 
 from __future__ import annotations
@@ -61,16 +61,16 @@ from fedmuscle_secure.client.own_run import (
 
 from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
-from fedmuscle_secure.grpc_transport import (
+from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,
     Direction,
     Inbound,
     TransportOptions,
 )
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
-from fedmuscle_secure.rundir import RunDir
-from fedmuscle_secure.tls_probe import Probe, Verdict
-from fedmuscle_secure.wire_limits import WireLimits, wire_limits
+from fedmuscle_secure.experiment.rundir import RunDir
+from fedmuscle_secure.transport.tls_probe import Probe, Verdict
+from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 
 log = logging.getLogger("fedmuscle_secure.client")
 
@@ -113,7 +113,7 @@ def _identities(cfg: ExperimentConfig, certs: Path, name: str):
     public half is written, to ``out/keys``, once the run directory is this run's) and, under
     secagg, every organisation's identity (the peers' public ones) for the key
     advertisements, else None."""
-    from fedmuscle_secure.identity import load_private, load_public
+    from fedmuscle_secure.crypto.identity import load_private, load_public
 
     folder = certs / "identities"
     own = load_private(folder / f"{name}.key")
@@ -127,7 +127,7 @@ def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
                  retry: RetrySettings, *, reconnecting: bool = False) -> grpc.Channel:
     """A mutual-TLS channel to ``target``, once it is ready (exponential backoff).
 
-    While it is not ready, each attempt also asks :func:`~fedmuscle_secure.tls_probe.probe`
+    While it is not ready, each attempt also asks :func:`~fedmuscle_secure.transport.tls_probe.probe`
     why: a server that is not up yet is retried until the deadline, but a handshake that
     cannot succeed stops at once (:class:`HandshakeRefused`): the server's certificate does
     not verify against our CA, or the server refused ours twice in a row (twice, so that a
@@ -169,8 +169,8 @@ def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
 
 def _diagnose(target: str, ca: Path, crt: Path, key: Path) -> Probe | None:
     """The probe's verdict for a ``HOST:PORT`` target (None for other gRPC target forms)."""
-    from fedmuscle_secure.cli_args import split_host_port
-    from fedmuscle_secure.tls_probe import probe
+    from fedmuscle_secure.cli.args import split_host_port
+    from fedmuscle_secure.transport.tls_probe import probe
 
     try:
         host, port = split_host_port(target)
@@ -198,7 +198,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     ``out`` is new (missing or empty), or this organisation's run directory of the run the
     server is resuming (:mod:`fedmuscle_secure.client.own_run`): nothing is written there
     before the server's run id was checked against it."""
-    from fedmuscle_secure.experiment import make_split, methods_of
+    from fedmuscle_secure.experiment.run import make_split, methods_of
 
     validate_deployable(cfg)
     options, retry = options or TransportOptions(), retry or RetrySettings()
@@ -209,12 +209,12 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     split = make_split(cfg)
     contexts = None
     if cfg.protection == "ckks" and method != "local":
-        from fedmuscle_secure.provision_keys import client_ckks
+        from fedmuscle_secure.provision.keys import client_ckks
 
         contexts = client_ckks(cfg, certs)
     own, identities = _identities(cfg, certs, name)
     limits = wire_limits(cfg)
-    from fedmuscle_secure.deploy_progress import ClientProgress
+    from fedmuscle_secure.console.deploy import ClientProgress
 
     watch = ClientProgress(cfg, method, name, log)
     client = records = None
@@ -266,7 +266,7 @@ def _build(cfg: ExperimentConfig, split, method: str, name: str, run: RunDir, ru
     """The client and its records, in a run directory of run ``run_id``: a new one (its
     checkpoint of round 0 is what round 1 starts from), or this run's, resumed from its
     latest checkpoint. Returns (client, records, whether the first plan may rewind)."""
-    from fedmuscle_secure.identity import save_public
+    from fedmuscle_secure.crypto.identity import save_public
     from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 
     if not resuming:
@@ -357,7 +357,7 @@ class OwnRecords:
     as ``run`` writes them (the server's rows hold only what was sent, DESIGN §4.4), and,
     after the closing LocalUpdate, the model it keeps: ``model/final.pt`` and
     ``model/final.json`` (:func:`fedmuscle_secure.models.load_final` loads it). ``watch``
-    (:class:`~fedmuscle_secure.deploy_progress.ClientProgress`) also gets the operator's
+    (:class:`~fedmuscle_secure.console.deploy.ClientProgress`) also gets the operator's
     line of each report."""
 
     def __init__(self, run: RunDir, cfg: ExperimentConfig, method: str, client,

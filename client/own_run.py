@@ -22,7 +22,7 @@ import logging
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.rundir import RunDir, config_differences, differs_message
+from fedmuscle_secure.experiment.rundir import RunDir, config_differences, differs_message
 
 log = logging.getLogger("fedmuscle_secure.client")
 

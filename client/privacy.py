@@ -20,7 +20,7 @@ import torch
 from fedmuscle_secure.dp.accounting import DpEventRecord, PrivacyAccountant
 from fedmuscle_secure.dp.noise import clip_rows, gaussian_release, representation_sensitivity
 from fedmuscle_secure.errors import PrivacyBudgetExceeded
-from fedmuscle_secure.ledger import Ledger, payload_digest
+from fedmuscle_secure.records.ledger import Ledger, payload_digest
 
 RECORD, CLIENT = "record", "client"
 

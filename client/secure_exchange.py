@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_messages import MaskedInput, SecAggSetup, exchange_label
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.messages import MaskedInput, SecAggSetup, exchange_label
 
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import SecAggEnvelope
-from fedmuscle_secure.secagg_setup import SecAggParameters
+from fedmuscle_secure.federation.secagg import SecAggParameters
 
 if TYPE_CHECKING:
     from fedmuscle_secure.client.privacy import ClientPrivacy

@@ -18,7 +18,7 @@ from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_
 from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.client.release_record import ReleaseGuard, ReleaseRecord
 from fedmuscle_secure.client.report_policy import ReportGate, ReportPolicy
-from fedmuscle_secure.crypto.secagg_messages import MaskedInput
+from fedmuscle_secure.crypto.secagg.messages import MaskedInput
 
 from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.data.tasks import Task

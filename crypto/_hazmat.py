@@ -3,7 +3,7 @@
 Everything cryptographic the secagg protocol does goes through the recipes here, built on
 ``cryptography``'s hazmat layer: X25519 key agreement, HKDF-SHA256, AES-256-GCM, ChaCha20
 as the mask PRG, Ed25519 signatures on advertised keys. The protocol code
-(:mod:`crypto.secagg_client`, :mod:`crypto.secagg_server`) never touches a primitive
+(:mod:`crypto.secagg.client`, :mod:`crypto.secagg.server`) never touches a primitive
 directly, so there is one place to review.
 
 Choices that have no safe default are explicit and versioned: every HKDF ``info`` and every

@@ -2,6 +2,6 @@
 
 import sys
 
-from fedmuscle_secure.cli import main
+from fedmuscle_secure.cli.main import main
 
 sys.exit(main())

@@ -159,7 +159,7 @@ class ServerConfig(_Strict):
 class CheckpointConfig(_Strict):
     """Round checkpoints kept per method by ``run``, the deployed server and client (each
     holds models and Adam states: disk grows with ``keep``). Changes no result, so a run
-    may be resumed with another value (:func:`fedmuscle_secure.rundir.results_config`)."""
+    may be resumed with another value (:func:`fedmuscle_secure.experiment.rundir.results_config`)."""
 
     keep: int = Field(default=1, ge=1, description="round checkpoints kept per method (>= 1)")
 

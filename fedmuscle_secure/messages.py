@@ -157,7 +157,7 @@ class Finish:
 class SecAggEnvelope:
     """One secure-aggregation stage message (DESIGN §4.2) of exchange (round, epoch, batch),
     either direction; ``client`` is the client end. The setup also carries the public
-    :class:`~fedmuscle_secure.crypto.sum_encoding.SumEncoding` of the exchange."""
+    :class:`~fedmuscle_secure.crypto.secagg.sum_encoding.SumEncoding` of the exchange."""
 
     client: str
     round: int
@@ -286,7 +286,7 @@ def _encrypted_bytes(value: object) -> int:
 def payload_bytes(msg: Message) -> int:
     """Bytes of tensor payload a message carries (what a wire format must move)."""
     if isinstance(msg, SecAggEnvelope):
-        from fedmuscle_secure.crypto.secagg_messages import secagg_payload_bytes
+        from fedmuscle_secure.crypto.secagg.messages import secagg_payload_bytes
 
         return secagg_payload_bytes(msg.body)
     if isinstance(msg, ENCRYPTED):

@@ -30,8 +30,8 @@ from fedmuscle_secure.messages import (
     payload_bytes,
 )
 from fedmuscle_secure.models import build_client_model
-from fedmuscle_secure.privacy_setup import calibrate, dp_enabled, identity_key
-from fedmuscle_secure.round_progress import PhaseTracker
+from fedmuscle_secure.federation.privacy import calibrate, dp_enabled, identity_key
+from fedmuscle_secure.console.rounds import PhaseTracker
 from fedmuscle_secure.seeding import derive_seed
 from fedmuscle_secure.server.computation import resolve_device
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
@@ -79,7 +79,7 @@ def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
     """The shared pieces of :func:`build_federation`. A deployment passes what its side
     holds: ``identities`` (the organisations' Ed25519 identities) and ``ckks_contexts``
     (``(params, secret bytes or None, public bytes or None)``, from
-    :mod:`fedmuscle_secure.provision_keys`) instead of making them in-process."""
+    :mod:`fedmuscle_secure.provision.keys`) instead of making them in-process."""
     n = len(cfg.clients)
     tau = pair_matrix(cfg.muscle.temperature, n, "muscle.temperature").to(torch.float32)
     tau_p = pair_matrix(cfg.muscle.temperature_prime, n, "muscle.temperature_prime").to(torch.float32)
@@ -170,7 +170,7 @@ def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> 
     tau, gamma = setup.tau, setup.gamma
     secure_server = None
     if setup.secure:
-        from fedmuscle_secure.secagg_setup import secagg_parameters
+        from fedmuscle_secure.federation.secagg import secagg_parameters
         from fedmuscle_secure.server.secure_exchange import SecureExchanges
 
         cal = setup.calibration
@@ -213,7 +213,7 @@ def open_receipts(record_dir: Path | None):
     """The server's receipt log in ``record_dir`` (DESIGN §5.4), or None without one."""
     if record_dir is None:
         return None
-    from fedmuscle_secure.ledger import ReceiptLog
+    from fedmuscle_secure.records.ledger import ReceiptLog
 
     return ReceiptLog.open(record_dir / "receipts.jsonl")
 
@@ -234,7 +234,7 @@ def provision_ckks_bytes(cfg: ExperimentConfig, representation_sigma: float | No
     """The provisioning step (DESIGN §4.3): one CKKS context for the federation, as
     ``(params, secret bytes, public bytes)``. Clients get the bytes with the secret key, the
     server a public copy without it; both travel as bytes, as they do between organisations
-    (:mod:`fedmuscle_secure.provision_keys` writes them to files for a deployment)."""
+    (:mod:`fedmuscle_secure.provision.keys` writes them to files for a deployment)."""
     from fedmuscle_secure.crypto.ckks import SecretContext
 
     params = ckks_parameters(cfg, representation_sigma)
@@ -262,7 +262,7 @@ def _ckks_server(cfg: ExperimentConfig, provisioned: tuple, tau: float):
 def _identities(cfg: ExperimentConfig, record_dir: Path | None) -> dict:
     """Every organisation's Ed25519 identity (signs its secagg key advertisements and its
     ledger): from ``record_dir/keys`` when the run keeps records, else made in memory."""
-    from fedmuscle_secure.identity import generate_identity
+    from fedmuscle_secure.crypto.identity import generate_identity
 
     if record_dir is None:
         return {c.name: generate_identity() for c in cfg.clients}
@@ -281,7 +281,7 @@ def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibrati
     from fedmuscle_secure.client.secure_exchange import SecureExchangeClient
     from fedmuscle_secure.config import ConfigError
     from fedmuscle_secure.errors import EncodingError
-    from fedmuscle_secure.secagg_setup import secagg_parameters
+    from fedmuscle_secure.federation.secagg import secagg_parameters
 
     sigma = calibration.representation_sigma if calibration is not None else None
     params = secagg_parameters(cfg, sigma)
@@ -314,8 +314,8 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
         record_budget=budget.record_epsilon, client_budget=budget.client_epsilon)
     ledger = None
     if record_dir is not None:
-        from fedmuscle_secure.identity import public_pem
-        from fedmuscle_secure.ledger import Ledger
+        from fedmuscle_secure.crypto.identity import public_pem
+        from fedmuscle_secure.records.ledger import Ledger
 
         key = identity if identity is not None else identity_key(record_dir / "keys", name)
         (record_dir / "ledger").mkdir(parents=True, exist_ok=True)
@@ -349,7 +349,7 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
 def record_receipt(receipts, msg: Representations | TaskOutputs | SecAggEnvelope) -> None:
     """The server side's receipt of a payload, digested as it arrived (§5.4); the
     simulator and the gRPC server (:mod:`server.grpc_server`) both call this."""
-    from fedmuscle_secure.ledger import payload_digest
+    from fedmuscle_secure.records.ledger import payload_digest
 
     if isinstance(msg, EncryptedRepresentations):
         digest, size = payload_digest(*msg.payload_parts())
@@ -361,7 +361,7 @@ def record_receipt(receipts, msg: Representations | TaskOutputs | SecAggEnvelope
 
 
 def carries_release(msg: Message) -> bool:
-    from fedmuscle_secure.crypto.secagg_messages import MaskedInput
+    from fedmuscle_secure.crypto.secagg.messages import MaskedInput
 
     return isinstance(msg, (Representations, EncryptedRepresentations, TaskOutputs)) or (
         isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput))

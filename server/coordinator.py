@@ -19,7 +19,7 @@ the slowest member may lag behind the fastest one. Deadlines are checked while
 :meth:`Coordinator.wait` waits (every ``min(1 s, stage_timeout_s / 4)``).
 
 Membership changes (:meth:`Coordinator.check_membership`). With a ``revocations`` check
-(the server's :class:`~fedmuscle_secure.trust_reload.LiveTrust`), the coordinator asks at
+(the server's :class:`~fedmuscle_secure.transport.trust_reload.LiveTrust`), the coordinator asks at
 every stage boundary (the stage the server waits in changed, or a round starts) and on
 every tick of :meth:`Coordinator.wait` whether the CRL now revokes a connected member's
 certificate; such a member's stream is ended with ``PERMISSION_DENIED`` and the reason (its

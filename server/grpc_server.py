@@ -9,13 +9,13 @@ transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
   refused (``PERMISSION_DENIED``, reason logged), a second stream of a connected client too,
   and so is an organisation barred from the run (excluded, absent at the start, revoked).
   The CRL is re-read when ``crl.pem`` changes, checked on every new connection and at every
-  stage boundary (:class:`~fedmuscle_secure.trust_reload.LiveTrust`): a member revoked
+  stage boundary (:class:`~fedmuscle_secure.transport.trust_reload.LiveTrust`): a member revoked
   mid-run has its stream ended with ``PERMISSION_DENIED`` and is dropped as a ``Leave``;
   a certificate of another CA, or an expired one, already fails gRPC's TLS handshake and
   never reaches the servicer: the ``server`` command logs those with the peer and the
-  reason (:mod:`fedmuscle_secure.grpc_core_log`);
+  reason (:mod:`fedmuscle_secure.transport.grpc_core_log`);
 * a reader thread reassembles chunks, decodes (client → server messages only, under the
-  federation's :class:`~fedmuscle_secure.wire_limits.WireLimits`) and
+  federation's :class:`~fedmuscle_secure.transport.limits.WireLimits`) and
   :meth:`Coordinator.submit` s the message
   (``server.handle``; replies are routed to their recipients' outboxes). A
   :class:`ProtocolError` aborts that stream with the reason (``INVALID_ARGUMENT``) and the
@@ -38,7 +38,7 @@ answers with its closing ``RoundReport`` (round R + 1), written as the ``final``
 run directory gets ``config.resolved.yaml``, ``events.jsonl``, ``metrics.csv`` (rows as in
 ``run``, with what the clients' report policy kept at home marked ``not reported``),
 ``summary.md`` and a server checkpoint per round (server state and rows).
-Limits and keep-alive: :class:`~fedmuscle_secure.grpc_transport.TransportOptions`.
+Limits and keep-alive: :class:`~fedmuscle_secure.transport.streams.TransportOptions`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_depl
 from fedmuscle_secure.config_deployment import quorum
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
-from fedmuscle_secure.grpc_transport import (
+from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,
     RUN_ID_MISMATCH,
     Direction,
@@ -75,14 +75,14 @@ from fedmuscle_secure.grpc_transport import (
     TransportOptions,
     outbound,
 )
-from fedmuscle_secure.progress import OPERATOR
-from fedmuscle_secure.provision import Trust
-from fedmuscle_secure.rundir import FINAL, RunDir, config_differences, differs_message
-from fedmuscle_secure.tls_trust import _load_cert
-from fedmuscle_secure.trust_reload import LiveTrust
-from fedmuscle_secure.wire_chunks import Chunk
-from fedmuscle_secure.wire_limits import WireLimits, wire_limits
-from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
+from fedmuscle_secure.console.progress import OPERATOR
+from fedmuscle_secure.provision.ca import Trust
+from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
+from fedmuscle_secure.transport.tls_trust import _load_cert
+from fedmuscle_secure.transport.trust_reload import LiveTrust
+from fedmuscle_secure.transport.chunks import Chunk
+from fedmuscle_secure.transport.limits import WireLimits, wire_limits
+from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
 __all__ = ["Coordinator", "FedMuscleServicer", "ServeSettings", "TransportError", "serve",
            "start_grpc_server"]
@@ -264,9 +264,9 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     left would be fewer than the protection needs it raises :class:`QuorumLost` before
     listening.
     """
-    from fedmuscle_secure.experiment import config_digest, make_split, methods_of
+    from fedmuscle_secure.experiment.run import config_digest, make_split, methods_of
     from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
-    from fedmuscle_secure.summary import write_summary
+    from fedmuscle_secure.experiment.summary import write_summary
 
     validate_deployable(cfg)
     if exclude and not resume:
@@ -277,7 +277,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     trust = LiveTrust(certs)
     contexts = None
     if cfg.protection == "ckks" and method != "local":
-        from fedmuscle_secure.provision_keys import server_ckks
+        from fedmuscle_secure.provision.keys import server_ckks
 
         contexts = server_ckks(cfg, certs)
     run, resolved, run_id = _open_run(cfg, out, resume)
@@ -320,7 +320,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
               stage_timeout_s=settings.stage_timeout_s,
               min_clients=quorum(cfg, len(server.active)),
               **({"excluded": excluded} if resume else {}))
-    from fedmuscle_secure.deploy_progress import ServerProgress
+    from fedmuscle_secure.console.deploy import ServerProgress
 
     watch = ServerProgress(cfg, method, coordinator, start=start, log=log)
     watch.listening(listen, port, start, list(server.active))
@@ -410,7 +410,7 @@ def _server_identities(cfg: ExperimentConfig, certs: Path, method: str) -> dict 
     """Under secagg: every organisation's Ed25519 public identity, from ``certs/identities``."""
     if not (cfg.protection == "secagg" and method == "muscle_sum"):
         return None
-    from fedmuscle_secure.identity import load_public
+    from fedmuscle_secure.crypto.identity import load_public
 
     folder = certs / "identities"
     return {c.name: load_public(folder / f"{c.name}.pub") for c in cfg.clients}

@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fedmuscle_secure.crypto.secagg_messages import SecAggStage, exchange_label, min_group
-from fedmuscle_secure.crypto.secagg_server import SecAggAborted, SecAggServer
-from fedmuscle_secure.crypto.sum_encoding import SumEncoding
+from fedmuscle_secure.crypto.secagg.messages import SecAggStage, exchange_label, min_group
+from fedmuscle_secure.crypto.secagg.server import SecAggAborted, SecAggServer
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import sum_form_terms
 
 from fedmuscle_secure.errors import ProtocolError

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedmuscle_secure import provision as pki
-from fedmuscle_secure.provision_keys import make_identity
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision.keys import make_identity
 
 ORGS = ("a", "b", "c")
 
@@ -37,7 +37,7 @@ def provision(root: Path, orgs=ORGS, name: str = "grpc-test") -> Path:
 def cli(*args: str | Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log, "a") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli", *map(str, args)],
+        return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli.main", *map(str, args)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 

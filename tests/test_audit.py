@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from audit_fixtures import DELTA, RECORD, ROUNDS, build_run, eps_after, kinds, lines, write
 
-from fedmuscle_secure.audit import (
+from fedmuscle_secure.records.audit import (
     EXIT_CODES,
     PRECEDENCE,
     AuditReport,
@@ -16,16 +16,16 @@ from fedmuscle_secure.audit import (
     audit_ledger,
     audit_run,
 )
-from fedmuscle_secure.audit_cli import main_audit
+from fedmuscle_secure.cli.audit import main_audit
 from fedmuscle_secure.dp.accounting import DpEventRecord
-from fedmuscle_secure.identity import (
+from fedmuscle_secure.crypto.identity import (
     generate_identity,
     load_private,
     load_public,
     public_pem,
     sign_entry_hash,
 )
-from fedmuscle_secure.ledger import Ledger, ReceiptLog, entry_hash
+from fedmuscle_secure.records.ledger import Ledger, ReceiptLog, entry_hash
 
 
 @pytest.fixture(scope="module")

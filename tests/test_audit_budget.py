@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from audit_fixtures import RECORD, ROUNDS, build_run, eps_after, kinds, lines, release
 
-from fedmuscle_secure.audit import EXIT_CODES, audit_run
+from fedmuscle_secure.records.audit import EXIT_CODES, audit_run
 from fedmuscle_secure.dp.accounting import EPSILON_RTOL
 
 

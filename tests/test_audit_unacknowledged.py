@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 from audit_fixtures import build_run, kinds, lines, rechain, release, write
 
-from fedmuscle_secure.audit import EXIT_CODES, audit_run
-from fedmuscle_secure.identity import generate_identity, load_private
-from fedmuscle_secure.ledger import Ledger, ReceiptLog
+from fedmuscle_secure.records.audit import EXIT_CODES, audit_run
+from fedmuscle_secure.crypto.identity import generate_identity, load_private
+from fedmuscle_secure.records.ledger import Ledger, ReceiptLog
 
 
 def _release(led: Ledger, r: int, batch: int, data: bytes) -> int:

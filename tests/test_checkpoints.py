@@ -12,13 +12,13 @@ import torch
 import yaml
 from tiny import tiny_config
 
-from fedmuscle_secure.cli import main
-from fedmuscle_secure.compare_runner import read_marker
+from fedmuscle_secure.cli.main import main
+from fedmuscle_secure.compare.runner import read_marker
 from fedmuscle_secure.config import parse_config
 from fedmuscle_secure.errors import ConfigError, RunInterrupted
-from fedmuscle_secure.experiment import run_experiment
-from fedmuscle_secure.rundir import FINAL, RunDir
-from fedmuscle_secure.summary import write_summary
+from fedmuscle_secure.experiment.run import run_experiment
+from fedmuscle_secure.experiment.rundir import FINAL, RunDir
+from fedmuscle_secure.experiment.summary import write_summary
 
 
 def _names(run: RunDir, method: str) -> list[str]:
@@ -66,7 +66,7 @@ def test_a_crash_while_writing_never_leaves_no_checkpoint(tmp_path, monkeypatch)
     def crash(*_):
         raise OSError("power lost")
 
-    monkeypatch.setattr("fedmuscle_secure.rundir.os.replace", crash)
+    monkeypatch.setattr("fedmuscle_secure.experiment.rundir.os.replace", crash)
     with pytest.raises(OSError):
         run.save_checkpoint("m", 2, {"r": 2}, keep=1)
     assert run.latest_checkpoint("m") == (1, {"r": 1})

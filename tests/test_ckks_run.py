@@ -9,9 +9,9 @@ import torch
 from fedmuscle_secure.crypto.ckks import decrypt_matrix
 from tiny import tiny_config
 
-from fedmuscle_secure.audit import audit_run
+from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.experiment import make_split, run_experiment
+from fedmuscle_secure.experiment.run import make_split, run_experiment
 from fedmuscle_secure.messages import EncryptedRepresentations
 from fedmuscle_secure.simulator import build_federation, run_round
 

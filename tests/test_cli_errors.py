@@ -26,7 +26,7 @@ from audit_fixtures import build_run
 from deploy_driver import provision
 from tiny import tiny_config
 
-from fedmuscle_secure.cli import main
+from fedmuscle_secure.cli.main import main
 
 
 def run_main(argv: list[str]) -> int:
@@ -307,7 +307,7 @@ def test_compare_with_a_bad_grid_field_or_import(world, tmp_path, capsys):
 
 def _cli(*args, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli.main", *map(str, args)],
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
@@ -392,8 +392,8 @@ def test_a_reader_closing_stdout_early_ends_the_command_quietly(world, tmp_path,
 
 
 def test_the_readme_exit_code_table_lists_every_code_the_cli_returns():
-    from fedmuscle_secure import cli_errors
-    from fedmuscle_secure.audit import EXIT_CODES
+    from fedmuscle_secure.cli import exits as cli_errors
+    from fedmuscle_secure.records.audit import EXIT_CODES
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     cells = [re.split(r"(?<!\\)\|", line) for line in readme.splitlines()

@@ -32,7 +32,7 @@ from deploy_driver import rows as read_rows
 from fedmuscle_secure.client.grpc_client import STALL_ENV
 from tiny import tiny_config
 
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.experiment.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_a_crashed_client_resumes_its_run_and_audits_and_a_finished_run_is_refus
               if e["kind"] == "egress"]
     assert len(egress) == len(set(egress)) and (2, (0, 0)) in egress
     assert any(e["kind"] == "server_lost" and "restarted" in e["body"]["reason"] for e in ledger)
-    audit = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit", out_a.root,
+    audit = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli.main", "audit", out_a.root,
                             "--receipts", tmp_path / "server" / "receipts.jsonl",
                             "--trusted-keys", certs / "identities", "--json"],
                            check=False, capture_output=True, text=True)

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from tiny import tiny_config
 
-from fedmuscle_secure.cli import main
-from fedmuscle_secure.compare_grid import expand_file
-from fedmuscle_secure.compare_runner import read_marker, run_cell
+from fedmuscle_secure.cli.main import main
+from fedmuscle_secure.compare.grid import expand_file
+from fedmuscle_secure.compare.runner import read_marker, run_cell
 from fedmuscle_secure.config import dump_config
 from fedmuscle_secure.errors import RunInterrupted
-from fedmuscle_secure.experiment import run_experiment
+from fedmuscle_secure.experiment.run import run_experiment
 
 
 def events(out):
@@ -135,7 +135,7 @@ def test_interrupted_cell_is_resumed(tmp_path, monkeypatch):
         seen.append((resume, out.exists()))
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("fedmuscle_secure.experiment.run_experiment", fake_run)
+    monkeypatch.setattr("fedmuscle_secure.experiment.run.run_experiment", fake_run)
     junk = tmp_path / "cells" / "other"
     junk.mkdir()
     (junk / "events.jsonl").write_text("")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from tiny import tiny_config
 
-from fedmuscle_secure.compare_grid import expand_file, load_grid
+from fedmuscle_secure.compare.grid import expand_file, load_grid
 from fedmuscle_secure.errors import ConfigError
 
 

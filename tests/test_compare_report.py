@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from fedmuscle_secure.compare_report import positive_from, write_report
-from fedmuscle_secure.rundir import RunDir
+from fedmuscle_secure.compare.report import positive_from, write_report
+from fedmuscle_secure.experiment.rundir import RunDir
 
 META = {"x": ("resnet10t", "digit10", "accuracy"), "y": ("test_vit", "attributes", "micro_f1")}
 

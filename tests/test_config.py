@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmuscle_secure.cli import main
+from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.config import load_config, parse_config
 from fedmuscle_secure.errors import ConfigError
 
@@ -121,7 +121,7 @@ def test_resume_without_out_picks_a_run_of_this_very_config(tmp_path, monkeypatc
     import os
     import time as _time
 
-    from fedmuscle_secure.cli import _latest_run
+    from fedmuscle_secure.cli.main import _latest_run
     from fedmuscle_secure.config import dump_config
 
     monkeypatch.chdir(tmp_path)

@@ -5,7 +5,7 @@ import pytest
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
-from fedmuscle_secure.experiment import run_experiment
+from fedmuscle_secure.experiment.run import run_experiment
 
 
 def _rows(path):

@@ -37,15 +37,15 @@ from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV, STALL_ENV
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import FOUR, FOUR_CLIENTS, tiny_config
 
-from fedmuscle_secure import provision as pki
-from fedmuscle_secure import provision_revocation as revocation
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.experiment import make_split, run_experiment
-from fedmuscle_secure.grpc_transport import TransportOptions
+from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.messages import RoundReport
 from fedmuscle_secure.simulator import build_federation, build_server, federation_setup
-from fedmuscle_secure.wire_limits import wire_limits
-from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc
+from fedmuscle_secure.transport.limits import wire_limits
+from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +174,7 @@ def _audit_ok(tmp: Path, org: str, certs: Path, *, run_dir: bool = False) -> dic
     server's receipt log and the provisioned identities, as its officer runs it; the report.
     The org's run directory holds its identity's public half only, never the private key."""
     target = tmp / f"client-{org}"
-    out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
+    out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli.main", "audit",
                           target if run_dir else target / "ledger" / f"{org}.jsonl",
                           "--receipts", tmp / "server" / "receipts.jsonl",
                           "--trusted-keys", certs / "identities", "--json"],
@@ -421,7 +421,7 @@ def test_ckks_deployment_matches_the_simulator(tmp_path):
     """The key holder provisions the CKKS context; the server gets only public.ctx (a
     server directory holding secret.ctx is refused) and the clients the secret context."""
     from fedmuscle_secure.errors import ConfigError
-    from fedmuscle_secure.provision_keys import provision_ckks, server_ckks
+    from fedmuscle_secure.provision.keys import provision_ckks, server_ckks
 
     cfg = tiny_config(**{"protection": "ckks", "muscle.method": "muscle_sum",
                          "muscle.exchange": "per_epoch", "training.rounds": 1,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedmuscle_secure.errors import IdentityError, LedgerError
-from fedmuscle_secure.identity import (
+from fedmuscle_secure.crypto.identity import (
     generate_identity,
     load_private,
     load_public,
@@ -19,7 +19,7 @@ from fedmuscle_secure.identity import (
     sign_entry_hash,
     verify_entry_signature,
 )
-from fedmuscle_secure.ledger import (
+from fedmuscle_secure.records.ledger import (
     GENESIS_PREV,
     Ledger,
     ReceiptLog,

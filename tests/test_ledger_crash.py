@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmuscle_secure.identity import generate_identity, save_identity
-from fedmuscle_secure.ledger import Ledger, read_entries
+from fedmuscle_secure.crypto.identity import generate_identity, save_identity
+from fedmuscle_secure.records.ledger import Ledger, read_entries
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 # lands inside the write() of a line and leaves a torn tail.
 CHILD = r"""
 import sys
-from fedmuscle_secure.identity import load_private
-from fedmuscle_secure.ledger import Ledger
+from fedmuscle_secure.crypto.identity import load_private
+from fedmuscle_secure.records.ledger import Ledger
 path, key_path = sys.argv[1], sys.argv[2]
 led = Ledger.open(path, client="a", signing_key=load_private(key_path))
 print("ready", flush=True)

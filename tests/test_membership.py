@@ -35,8 +35,7 @@ from deploy_driver import (
 )
 from tiny import FOUR, FOUR_CLIENTS, tiny_config
 
-from fedmuscle_secure import provision_revocation as revocation
-
+from fedmuscle_secure.provision import revocation
 pytestmark = pytest.mark.slow
 
 def _events(path: Path) -> list[dict]:
@@ -52,7 +51,7 @@ def _rounds_in_metrics(run: Path) -> set[str]:
 def _audit(tmp: Path, org: str, certs: Path) -> dict:
     """The organisation's officer audits its run directory against the server's receipt log
     and the provisioned identities."""
-    out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli", "audit",
+    out = subprocess.run([sys.executable, "-m", "fedmuscle_secure.cli.main", "audit",
                           tmp / f"client-{org}", "--receipts", tmp / "server" / "receipts.jsonl",
                           "--trusted-keys", certs / "identities", "--json"],
                          check=False, capture_output=True, text=True)

@@ -41,7 +41,7 @@ def test_the_final_model_round_trips_through_its_files(tmp_path, dp_sgd):
     same model: same outputs on the same inputs, DP-SGD's replaced layers included."""
     from tiny import tiny_config
 
-    from fedmuscle_secure.experiment import make_split
+    from fedmuscle_secure.experiment.run import make_split
     from fedmuscle_secure.models import load_final, save_final
     from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 

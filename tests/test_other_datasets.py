@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from tiny import tiny_config
 
-from fedmuscle_secure.experiment import run_experiment
+from fedmuscle_secure.experiment.run import run_experiment
 
 
 def _write_cifar10(root, per_file=40):

@@ -6,10 +6,10 @@ import json
 import pytest
 from tiny import tiny_config
 
-from fedmuscle_secure.audit_cli import main_audit
+from fedmuscle_secure.cli.audit import main_audit
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.dp.noise import representation_sensitivity
-from fedmuscle_secure.experiment import run_experiment
+from fedmuscle_secure.experiment.run import run_experiment
 
 
 def _rows(path):

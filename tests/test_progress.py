@@ -1,4 +1,4 @@
-"""The progress display (fedmuscle_secure.progress, round_progress): a redrawn bar only on a
+"""The progress display (fedmuscle_secure.console.progress, round_progress): a redrawn bar only on a
 terminal, complete lines everywhere else, and log records never sharing a line with the bar."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 import torch
 
 from fedmuscle_secure.messages import Finish, PeerSums, RoundPlan
-from fedmuscle_secure.progress import (
+from fedmuscle_secure.console.progress import (
     DEBUG,
     DETAIL,
     NORMAL,
@@ -23,7 +23,7 @@ from fedmuscle_secure.progress import (
     log_level,
     verbosity_of,
 )
-from fedmuscle_secure.round_progress import PhaseTracker, epsilon_text
+from fedmuscle_secure.console.rounds import PhaseTracker, epsilon_text
 
 CLEAR = "\r\x1b[K"
 
@@ -173,7 +173,7 @@ def _dp_config(**over):
 
 
 def test_an_organisation_logs_its_round_with_its_own_epsilon_and_traffic(caplog):
-    from fedmuscle_secure.deploy_progress import ClientProgress
+    from fedmuscle_secure.console.deploy import ClientProgress
     from fedmuscle_secure.messages import Representations, RoundReport
 
     cfg = _dp_config()
@@ -202,7 +202,7 @@ def test_the_server_line_names_the_epsilon_the_members_reported_and_who_left(cap
 
     from fedmuscle_secure.server.state import StageWait
 
-    from fedmuscle_secure.deploy_progress import ServerProgress
+    from fedmuscle_secure.console.deploy import ServerProgress
 
     waiting = [None]
     server = SimpleNamespace(clients=["a", "b", "c"], active=["a", "b", "c"], round=0,

@@ -1,4 +1,4 @@
-"""PKI provisioning for the mutual-TLS deployment (DESIGN §6): fedmuscle_secure.provision."""
+"""PKI provisioning for the mutual-TLS deployment (DESIGN §6): fedmuscle_secure.provision.ca."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedmuscle_secure import provision as pki
-from fedmuscle_secure import provision_revocation as revocation
-from fedmuscle_secure.cli import main
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
+from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.errors import ConfigError, IdentityError
 
 PROJECT = {

@@ -21,14 +21,14 @@ from collections import Counter, deque
 
 import pytest
 import torch
-from fedmuscle_secure.crypto.secagg_messages import MaskedInput
-from fedmuscle_secure.crypto.secagg_server import SecAggServer
+from fedmuscle_secure.crypto.secagg.messages import MaskedInput
+from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from round_driver import drive, restart, snapshot
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.experiment import make_split
-from fedmuscle_secure.ledger import read_entries
+from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     ExchangeAborted,
@@ -213,10 +213,10 @@ def test_a_secure_federation_below_three_members_stops_with_an_error():
 def test_audit_fails_a_ledger_with_two_releases_for_one_exchange(tmp_path):
     """A ledger that shows two releases for one exchange (a client built before the rule,
     or one that broke it) fails `audit` with its own code, naming the second entry."""
-    from fedmuscle_secure.audit import audit_ledger
-    from fedmuscle_secure.audit_report import EXIT_CODES
-    from fedmuscle_secure.identity import generate_identity, public_pem
-    from fedmuscle_secure.ledger import Ledger
+    from fedmuscle_secure.records.audit import audit_ledger
+    from fedmuscle_secure.records.audit_report import EXIT_CODES
+    from fedmuscle_secure.crypto.identity import generate_identity, public_pem
+    from fedmuscle_secure.records.ledger import Ledger
 
     key = generate_identity()
     path = tmp_path / "ledger" / "a.jsonl"

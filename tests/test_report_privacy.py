@@ -19,8 +19,8 @@ import math
 import pytest
 from tiny import tiny_config
 
-from fedmuscle_secure.audit import audit_run
-from fedmuscle_secure.experiment import make_split, run_experiment
+from fedmuscle_secure.records.audit import audit_run
+from fedmuscle_secure.experiment.run import make_split, run_experiment
 from fedmuscle_secure.messages import Finish, RoundReport
 from fedmuscle_secure.simulator import build_federation, run_round
 
@@ -164,8 +164,8 @@ def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_
     from fedmuscle_secure.server.grpc_server import Coordinator, ServeSettings, _rounds
 
     from fedmuscle_secure.data import get_task
-    from fedmuscle_secure.rundir import RunDir
-    from fedmuscle_secure.summary import write_summary
+    from fedmuscle_secure.experiment.rundir import RunDir
+    from fedmuscle_secure.experiment.summary import write_summary
 
     cfg = _config(CLIENT_LEVEL, **SECAGG)
     split = make_split(cfg)

@@ -10,7 +10,7 @@ import time
 import pytest
 from deploy_driver import provision
 
-from fedmuscle_secure.tls_probe import Verdict, probe
+from fedmuscle_secure.transport.tls_probe import Verdict, probe
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ class _Stream:
     def __init__(self, *messages) -> None:
         import itertools
 
-        from fedmuscle_secure.grpc_transport import TransportOptions, outbound
+        from fedmuscle_secure.transport.streams import TransportOptions, outbound
 
         self.options, counter = TransportOptions(), itertools.count()
         self.responses = [c for m in messages for c in outbound(m, "server", counter,
@@ -101,7 +101,7 @@ def _plan(r: int):
 
 
 def _disk(tmp_path, rounds):
-    from fedmuscle_secure.rundir import RunDir
+    from fedmuscle_secure.experiment.rundir import RunDir
 
     run = RunDir(tmp_path)
     for r in rounds:
@@ -140,7 +140,7 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
 
     from fedmuscle_secure.errors import ProtocolError
     from fedmuscle_secure.messages import Finish
-    from fedmuscle_secure.wire_limits import wire_limits
+    from fedmuscle_secure.transport.limits import wire_limits
 
     run, client = _disk(tmp_path, (4, 5)), _Client(5)
     msg = _plan(1000) if kind == "plan" else Finish(client="a", round=1000)
@@ -193,7 +193,7 @@ def test_an_impostor_on_the_port_during_a_restart_does_not_make_a_client_give_up
         open_channel,
     )
 
-    from fedmuscle_secure.grpc_transport import TransportOptions
+    from fedmuscle_secure.transport.streams import TransportOptions
 
     certs = provision(tmp_path_factory.mktemp("ours"))
     port, stop = _impostor(tmp_path_factory)

@@ -12,9 +12,9 @@ import yaml
 from test_progress import CLEAR, Terminal
 from tiny import tiny_config
 
-from fedmuscle_secure.cli import main
-from fedmuscle_secure.experiment import methods_of, run_experiment
-from fedmuscle_secure.round_progress import RunProgress
+from fedmuscle_secure.cli.main import main
+from fedmuscle_secure.experiment.run import methods_of, run_experiment
+from fedmuscle_secure.console.rounds import RunProgress
 
 ROUND_LINE = re.compile(r"^(\w+) round (\d+)/(\d+)  .*run (\d+)/(\d+) rounds .*ETA ", re.MULTILINE)
 

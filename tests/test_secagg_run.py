@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 from fedmuscle_secure.client.privacy import share_noise_multiplier
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_server import SecAggServer
-from fedmuscle_secure.crypto.sum_encoding import SumEncoding
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.server import SecAggServer
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import sum_form_terms
 from tiny import tiny_config
 
-from fedmuscle_secure.audit import audit_run
+from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.experiment import make_split, run_experiment
-from fedmuscle_secure.identity import generate_identity
+from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.losses import (
     leave_one_out_terms,
     muscle_sum_loss,
@@ -226,7 +226,7 @@ def test_a_clip_that_breaks_the_recorded_gaussian_noise_is_refused_with_the_mini
     ledger would claim an ε the mechanism does not have). Refused, naming secagg.clip and
     the smallest clip for which the chance that any coordinate of the run is clipped stays
     below δ/100; a clip above it is accepted."""
-    from fedmuscle_secure.secagg_setup import min_clip_sds, secagg_parameters
+    from fedmuscle_secure.federation.secagg import min_clip_sds, secagg_parameters
 
     sigma = 1.0
     std = secagg_parameters(_clip_config(100.0, True), sigma).share_std
@@ -247,7 +247,7 @@ def test_a_clip_that_breaks_the_recorded_gaussian_noise_is_refused_with_the_mini
 
 def test_a_clip_below_one_without_noise_is_only_a_warning(caplog):
     """No noise, no accounting: a clip below 1 cuts unit-row coordinates (accuracy only)."""
-    from fedmuscle_secure.secagg_setup import secagg_parameters
+    from fedmuscle_secure.federation.secagg import secagg_parameters
 
     with caplog.at_level("WARNING", logger="fedmuscle_secure.secagg"):
         assert secagg_parameters(_clip_config(0.5, False), None).value_clip == 0.5

@@ -32,8 +32,8 @@ from fedmuscle_secure.crypto.ckks import (
     encrypt_matrix,
     encrypt_row_values,
 )
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_messages import (
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.messages import (
     AdvertiseKeys,
     ConsistencyCheck,
     ConsistencySignature,
@@ -47,13 +47,13 @@ from fedmuscle_secure.crypto.secagg_messages import (
     UnmaskShares,
     frozen_map,
 )
-from fedmuscle_secure.crypto.secagg_server import SecAggServer
-from fedmuscle_secure.crypto.shamir import PRIME_256
-from fedmuscle_secure.crypto.sum_encoding import SumEncoding
+from fedmuscle_secure.crypto.secagg.server import SecAggServer
+from fedmuscle_secure.crypto.secagg.shamir import PRIME_256
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmuscle_secure import wire
+from fedmuscle_secure.transport import codec as wire
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
     EncryptedPeers,
@@ -72,9 +72,9 @@ from fedmuscle_secure.messages import (
     SitOut,
     SumTerms,
 )
-from fedmuscle_secure.wire_chunks import Chunk, Reassembler, chunk
-from fedmuscle_secure.wire_pb import _generate
-from fedmuscle_secure.wire_pb import fedmuscle_pb2 as pb
+from fedmuscle_secure.transport.chunks import Chunk, Reassembler, chunk
+from fedmuscle_secure.transport.wire_pb import _generate
+from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 
 GEN = torch.Generator().manual_seed(0)
 PEERS = (("c1", "c2"), ("c2", "c3"))
@@ -514,7 +514,7 @@ def test_oversize_is_checked_before_buffering():
 
 def test_committed_generated_code_matches_the_proto(tmp_path: Path):
     """Regenerating from proto/fedmuscle.proto gives exactly the committed files; if not,
-    run ``python -m fedmuscle_secure.wire_pb`` and commit the result."""
+    run ``python -m fedmuscle_secure.transport.wire_pb`` and commit the result."""
     written = _generate.generate(tmp_path)
     assert [p.name for p in written] == list(_generate.GENERATED)
     for p in written:
@@ -523,7 +523,7 @@ def test_committed_generated_code_matches_the_proto(tmp_path: Path):
 
 
 def test_grpc_service_is_a_bidirectional_chunk_stream():
-    from fedmuscle_secure.wire_pb import fedmuscle_pb2_grpc as rpc  # package-relative import
+    from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc  # package-relative import
 
     method = pb.DESCRIPTOR.services_by_name["FedMuscle"].methods_by_name["Exchange"]
     assert method.client_streaming and method.server_streaming
@@ -612,8 +612,7 @@ def test_the_unpickling_tripwire_fires(monkeypatch, how):
     import io
     import pickle
 
-    from fedmuscle_secure import wire_tensor
-
+    from fedmuscle_secure.transport import tensor as wire_tensor
     unpickler = pickle._Unpickler  # the pure-Python class, taken before the tripwires
     if how == "bound by name":
         monkeypatch.setattr(wire_tensor, "loads", pickle.loads, raising=False)

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_messages import STAGE_OF, SecAggStage
-from fedmuscle_secure.crypto.secagg_server import SecAggAborted, SecAggServer
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.messages import STAGE_OF, SecAggStage
+from fedmuscle_secure.crypto.secagg.server import SecAggAborted, SecAggServer
 
 from fedmuscle_secure.errors import ProtocolError
 

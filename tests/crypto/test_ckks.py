@@ -38,7 +38,7 @@ from fedmuscle_secure.crypto.ckks import (
     scale,
     sq_norm_minus,
 )
-from fedmuscle_secure.crypto.ckks_ops import _build_envelope, _parse_envelope
+from fedmuscle_secure.crypto.ckks.ops import _build_envelope, _parse_envelope
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tenseal import sealapi

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_messages import (
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.messages import (
     ConsistencyCheck,
     ConsistencySignature,
     SecAggSetup,
@@ -23,7 +23,7 @@ from fedmuscle_secure.crypto.secagg_messages import (
     UnmaskShares,
     frozen_map,
 )
-from fedmuscle_secure.crypto.secagg_server import SecAggAborted, SecAggServer
+from fedmuscle_secure.crypto.secagg.server import SecAggAborted, SecAggServer
 from secagg_driver import LENGTH, edge_vectors, identities, names, public, run, run_instance, start
 
 from fedmuscle_secure.errors import ProtocolError
@@ -53,7 +53,7 @@ def _three_with_t2():
 def test_client_refuses_a_key_book_of_two():
     inst = _three_with_t2()
     ads = [inst.clients[c].advertise() for c in ("c0", "c1")]
-    from fedmuscle_secure.crypto.secagg_messages import KeyBook
+    from fedmuscle_secure.crypto.secagg.messages import KeyBook
 
     book = KeyBook("c0", inst.server.instance_id, tuple(ads))
     _refused(lambda: inst.clients["c0"].handle(book), "server", "advertise_keys", "at least 3")
@@ -163,7 +163,7 @@ def test_survivor_signatures_are_bound_to_the_exchange():
     restarted and forgot the ids they had seen) cannot replay the survivor-view signatures
     it collected: the exchange label is signed into the view."""
     from fedmuscle_secure.crypto import _hazmat as hz
-    from fedmuscle_secure.crypto.secagg_messages import exchange_label
+    from fedmuscle_secure.crypto.secagg.messages import exchange_label
 
     from fedmuscle_secure.errors import IdentityError
 

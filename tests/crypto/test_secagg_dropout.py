@@ -8,8 +8,8 @@ Oracles are Python integers reduced mod 2**64 (see ``secagg_driver.expected_sum`
 from __future__ import annotations
 
 import pytest
-from fedmuscle_secure.crypto.secagg_messages import SecAggStage
-from fedmuscle_secure.crypto.secagg_server import SecAggAborted
+from fedmuscle_secure.crypto.secagg.messages import SecAggStage
+from fedmuscle_secure.crypto.secagg.server import SecAggAborted
 from secagg_driver import STAGES, edge_vectors, expected_sum, names, run, run_instance, start
 
 N, T = 6, 4

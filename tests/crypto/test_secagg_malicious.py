@@ -24,8 +24,8 @@ from collections import deque
 import pytest
 import torch
 from fedmuscle_secure.crypto import _hazmat as hz
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_messages import (
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.messages import (
     KeyBook,
     SecAggSetup,
     SecAggStage,
@@ -33,9 +33,9 @@ from fedmuscle_secure.crypto.secagg_messages import (
     exchange_label,
     frozen_map,
 )
-from fedmuscle_secure.crypto.secagg_server import SecAggAborted
-from fedmuscle_secure.crypto.shamir import PRIME_256, robust_reconstruct
-from fedmuscle_secure.crypto.sum_encoding import SumEncoding
+from fedmuscle_secure.crypto.secagg.server import SecAggAborted
+from fedmuscle_secure.crypto.secagg.shamir import PRIME_256, robust_reconstruct
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.secure_exchange import SecureExchanges
 from secagg_driver import edge_vectors, expected_sum, identities, names, public, run, start
 

@@ -12,8 +12,8 @@ import random
 import pytest
 import torch
 from fedmuscle_secure.crypto import _hazmat as hz
-from fedmuscle_secure.crypto.secagg_client import SecAggClient
-from fedmuscle_secure.crypto.secagg_messages import (
+from fedmuscle_secure.crypto.secagg.client import SecAggClient
+from fedmuscle_secure.crypto.secagg.messages import (
     ConsistencyCheck,
     KeyBook,
     MaskedInput,
@@ -21,8 +21,8 @@ from fedmuscle_secure.crypto.secagg_messages import (
     ShareInbox,
     UnmaskShares,
 )
-from fedmuscle_secure.crypto.secagg_server import unmask_sum
-from fedmuscle_secure.crypto.shamir import int_to_bytes32, reconstruct
+from fedmuscle_secure.crypto.secagg.server import unmask_sum
+from fedmuscle_secure.crypto.secagg.shamir import int_to_bytes32, reconstruct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from secagg_driver import (

@@ -8,7 +8,7 @@ import secrets
 from collections import Counter
 
 import pytest
-from fedmuscle_secure.crypto.shamir import (
+from fedmuscle_secure.crypto.secagg.shamir import (
     PRIME_256,
     Decoded,
     ShareDecodingError,

@@ -1,0 +1,276 @@
+"""``audit``'s privacy checks: ε recomputed from the recorded events, and the budget rules
+checked on every entry, not only where the client wrote an ``epsilon`` (DESIGN §5.3, §5.4).
+
+The genesis is what the client declared before it released anything (δ, a budget per
+guarantee, the noise multipliers); every later entry is held to it:
+
+* each ``epsilon`` entry: recorded ε equal to the independent recomputation (dp-accounting)
+  from the ``dp_event`` entries of rounds up to its own, within ``EPSILON_RTOL``; its budget
+  the genesis's; neither ε over that budget;
+* ``dp_event`` entries after the last ``epsilon`` of their guarantee (a client that crashed,
+  or a ledger cut before its round closed): their cumulative ε, recomputed the same way,
+  within the budget;
+* nothing spent or released (``dp_event``, ``egress``) after a ``refusal`` or ``leave``;
+* with representation noise on (genesis ``noise_multiplier.client`` not null), every
+  ``egress`` preceded by its own client-level ``dp_event`` (same round and exchange): a
+  release that the accountant never saw is a release outside the guarantee.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from fedmuscle_secure.records.audit_report import AuditReport, fail
+from fedmuscle_secure.errors import FedMuscleError
+from fedmuscle_secure.records.ledger import canonical_json
+
+__all__ = ["check_privacy"]
+
+_STOPS = ("refusal", "leave")
+_GUARANTEES = ("record", "client")
+
+
+def _isclose(recorded: float, recomputed: float, rtol: float) -> bool:
+    return math.isclose(recorded, recomputed, rel_tol=rtol, abs_tol=1e-12)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@contextmanager
+def _quiet_accountants() -> Iterator[None]:
+    """dp-accounting logs (through absl) every fractional RDP order whose series it drops;
+    expected and harmless here, so keep them out of the audit's output."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+@lru_cache(maxsize=256)
+def _independent_epsilon(events: tuple, delta: float) -> float:
+    """dp-accounting's ε, cached: clients of one config record identical event sequences."""
+    from fedmuscle_secure.dp.accounting import independent_epsilon
+
+    with _quiet_accountants():
+        return float(independent_epsilon(events, delta))
+
+
+def _opacus_replay(used: list, delta: float) -> tuple[float, float | None]:
+    """The client's own accountant (Opacus RDP) replayed: (ε, optimal RDP order)."""
+    from fedmuscle_secure.dp.accounting import compute_epsilon_report
+
+    with _quiet_accountants():
+        replay = compute_epsilon_report(used, delta)
+    return replay.epsilon_rdp, replay.rdp_order
+
+
+def _below_cross_check_order(used: list, delta: float, claim: float) -> float | None:
+    """Opacus's replayed ε when EPSILON_RTOL does not apply (optimal RDP order below
+    EPSILON_RTOL_MIN_ORDER, where dp-accounting's bound is the looser one) and ``claim``
+    matches that replay; None otherwise (a real mismatch)."""
+    from fedmuscle_secure.dp.accounting import EPSILON_RTOL, EPSILON_RTOL_MIN_ORDER
+
+    eps, order = _opacus_replay(used, delta)
+    if order is not None and order < EPSILON_RTOL_MIN_ORDER and _isclose(claim, eps, EPSILON_RTOL):
+        return eps
+    return None
+
+
+def _declared(genesis: dict | None, field: str) -> dict[str, Any]:
+    """``genesis[field]`` as {guarantee: value} ({} when the genesis does not declare it)."""
+    value = (genesis or {}).get(field)
+    return {g: value.get(g) for g in _GUARANTEES} if isinstance(value, dict) else {}
+
+
+def _events(client: str, ordered: list[dict], report: AuditReport):
+    """The dp_events per guarantee as (seq, round, record), and the stop/egress rules."""
+    from fedmuscle_secure.dp.accounting import DpEventRecord
+
+    events: dict[str, list[tuple[int, int, Any]]] = defaultdict(list)
+    stopped_at: dict | None = None
+    for e in ordered:
+        body, seq, kind = e["body"], e["seq"], e["kind"]
+        if kind in _STOPS and stopped_at is None:
+            stopped_at = e
+        if kind in ("dp_event", "egress") and stopped_at is not None:
+            what = "kept spending privacy" if kind == "dp_event" else "released a payload"
+            report.failures.append(fail(
+                "budget_exceeded", client, seq, f"{kind} recorded after the "
+                f"{stopped_at['kind']} at seq {stopped_at['seq']}: the client {what} after it "
+                "refused or left"))
+        if kind != "dp_event":
+            continue
+        try:
+            record = DpEventRecord.from_dict(body)
+            if not isinstance(body.get("round"), int):
+                raise TypeError("round: expected an int")
+        except (KeyError, TypeError, ValueError, FedMuscleError) as exc:
+            report.failures.append(fail("malformed", client, seq, "dp_event body does not "
+                                        f"describe a DP event: {type(exc).__name__}: {exc}"))
+            continue
+        events[record.guarantee].append((seq, body["round"], record))
+    return events
+
+
+def _check_accounted_egress(client: str, ordered: list[dict], genesis: dict | None,
+                            report: AuditReport) -> None:
+    """With representation noise on, each egress consumes one earlier client-level
+    dp_event of the same (round, exchange); one without is a release the accountant missed."""
+    if _declared(genesis, "noise_multiplier").get("client") is None:
+        return
+    pending: Counter = Counter()
+    for e in ordered:
+        body = e["body"]
+        key = canonical_json([body.get("round"), body.get("exchange")])
+        if e["kind"] == "dp_event" and body.get("guarantee") == "client":
+            pending[key] += 1
+        elif e["kind"] == "egress":
+            if pending[key] > 0:
+                pending[key] -= 1
+                continue
+            report.failures.append(fail(
+                "budget_exceeded", client, e["seq"],
+                f"egress of round {body.get('round')} exchange {body.get('exchange')} has no "
+                "client-level dp_event for its (round, exchange) although the genesis declares "
+                "representation noise: a release outside the accounting"))
+
+
+def check_privacy(client: str, ordered: list[dict], genesis: dict | None,
+                  report: AuditReport) -> dict:
+    """ε recomputation and budget rules (module docstring); returns
+    {(round, guarantee): table cells}."""
+    from fedmuscle_secure.dp.accounting import EPSILON_RTOL  # lazy: dp-accounting, opacus
+
+    fails = report.failures
+    events = _events(client, ordered, report)
+    _check_accounted_egress(client, ordered, genesis, report)
+    budgets = _declared(genesis, "budget")
+    cells: dict[tuple[Any, str], dict] = {}
+    cache: dict[tuple[str, int, float], tuple[list, float]] = {}
+    last_epsilon: dict[str, int] = {}
+    delta_seen: float | None = None
+    for e in ordered:
+        if e["kind"] != "epsilon":
+            continue
+        body, seq = e["body"], e["seq"]
+        g, r, delta, eps = (body.get(k) for k in ("guarantee", "round", "delta", "epsilon_rdp"))
+        recorded_budget = body.get("budget")
+        if not (g in _GUARANTEES and isinstance(r, int) and _is_number(delta)
+                and _is_number(eps) and (recorded_budget is None or _is_number(recorded_budget))):
+            fails.append(fail("malformed", client, seq, "epsilon body needs guarantee "
+                              "('record'|'client'), round (int), delta, epsilon_rdp (numbers), "
+                              "budget (number|null)"))
+            continue
+        last_epsilon[g], delta_seen = seq, delta
+        budget = recorded_budget
+        declared = budgets.get(g)
+        if _is_number(declared):
+            if recorded_budget != declared:
+                fails.append(fail("budget_exceeded", client, seq, f"{g}-level ε after round {r} "
+                                  f"records budget {recorded_budget} but the genesis declares "
+                                  f"{declared:g}: the budget was dropped or changed"))
+            budget = declared
+        if (g, r, delta) not in cache:
+            used = [rec for _, rnd, rec in events.get(g, []) if rnd <= r]
+            try:
+                cache[(g, r, delta)] = used, _independent_epsilon(tuple(used), float(delta))
+            except (TypeError, ValueError, FedMuscleError) as exc:
+                fails.append(fail("malformed", client, seq, f"cannot recompute ε for {g!r} "
+                                  f"round {r}: {type(exc).__name__}: {exc}"))
+                continue
+        used, recomputed = cache[(g, r, delta)]
+        reference = recomputed
+        if not _isclose(eps, recomputed, EPSILON_RTOL):
+            replayed = (_below_cross_check_order(used, delta, eps) if recomputed >= eps
+                        else None)
+            if replayed is None:
+                fails.append(fail("epsilon_mismatch", client, seq,
+                                  f"{g}-level ε after round {r} recorded {eps:.6g}, recomputed "
+                                  f"{recomputed:.6g} (dp-accounting RDP) from {len(used)} "
+                                  f"recorded events (δ={delta:g}, relative tolerance "
+                                  f"{EPSILON_RTOL:g})"))
+            else:
+                reference = replayed
+                report.notes.append(
+                    f"{client}: seq {seq}: {g}-level ε {eps:.6g} after round {r} matches the "
+                    f"Opacus replay; dp-accounting gives {recomputed:.6g}, looser at low RDP "
+                    "orders where the cross-check tolerance does not apply")
+        if budget is not None:
+            if eps > budget:
+                fails.append(fail("budget_exceeded", client, seq, f"{g}-level ε {eps:.6g} after "
+                                  f"round {r} exceeds the budget {budget:g}"))
+            elif reference > budget * (1 + EPSILON_RTOL):
+                fails.append(fail("budget_exceeded", client, seq, f"{g}-level ε recomputed "
+                                  f"{reference:.6g} after round {r} exceeds the budget "
+                                  f"{budget:g} (recorded {eps:.6g})"))
+        cells[(r, g)] = {f"epsilon_{g}": eps, f"recomputed_{g}": recomputed, f"budget_{g}": budget}
+    delta = (genesis or {}).get("delta")
+    delta = delta if _is_number(delta) else delta_seen
+    for g in _GUARANTEES:
+        _check_trailing(client, g, events.get(g, []), last_epsilon.get(g, -1), budgets.get(g),
+                        delta, report)
+    return cells
+
+
+def _check_trailing(client: str, g: str, events: list[tuple[int, int, Any]], after: int,
+                    budget: Any, delta: Any, report: AuditReport) -> None:
+    """dp_events of ``g`` after its last epsilon entry (seq ``after``): no epsilon entry
+    vouches for them, so recompute their cumulative ε and hold it to the declared budget;
+    the first event that crosses it is the one reported."""
+    from fedmuscle_secure.dp.accounting import EPSILON_RTOL
+
+    trailing = [i for i, (seq, _, _) in enumerate(events) if seq > after]
+    if not trailing or not _is_number(budget):
+        return
+    if not _is_number(delta):
+        report.failures.append(fail("malformed", client, events[trailing[0]][0], "cannot "
+                                    f"recompute the {g}-level ε of dp_events after the last "
+                                    "epsilon entry: neither the genesis nor an epsilon entry "
+                                    "records δ"))
+        return
+
+    def crosses(k: int) -> float | None:
+        """ε of events[: k + 1] when it exceeds the budget, else None."""
+        used = [rec for _, _, rec in events[: k + 1]]
+        eps = _independent_epsilon(tuple(used), float(delta))
+        if eps <= budget * (1 + EPSILON_RTOL):
+            return None
+        replay, order = _opacus_replay(used, float(delta))
+        from fedmuscle_secure.dp.accounting import EPSILON_RTOL_MIN_ORDER
+
+        if order is not None and order < EPSILON_RTOL_MIN_ORDER and replay <= budget:
+            return None  # dp-accounting's looser bound; the client's accountant stayed within
+        return eps
+
+    try:
+        if crosses(trailing[-1]) is None:
+            return
+        lo, hi = 0, len(trailing) - 1  # ε only grows with more events: find the first crossing
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if crosses(trailing[mid]) is None:
+                lo = mid + 1
+            else:
+                hi = mid
+        k = trailing[lo]
+        eps = crosses(k)
+    except (TypeError, ValueError, FedMuscleError) as exc:
+        report.failures.append(fail("malformed", client, events[trailing[0]][0], "cannot "
+                                    f"recompute the {g}-level ε: {type(exc).__name__}: {exc}"))
+        return
+    seq, rnd, _ = events[k]
+    report.failures.append(fail(
+        "budget_exceeded", client, seq, f"{g}-level ε recomputed {eps:.6g} after this "
+        f"dp_event (round {rnd}, {k + 1} events) exceeds the budget {budget:g}; no epsilon "
+        "entry follows it (the ledger stops, or was cut, before the round closed)"))
