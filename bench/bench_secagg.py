@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from _stopwatch import Stopwatch
+from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
@@ -34,7 +35,6 @@ from fedmuscle_secure.server.computation import peer_sums
 
 from fedmuscle_secure.config import load_config
 from fedmuscle_secure.experiment.run import make_split
-from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.simulator import build_federation
 
 N_CLIENTS = 10

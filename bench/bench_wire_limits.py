@@ -65,10 +65,10 @@ def child(case: str, path: str, config: str) -> None:
     """Receive the payload in ``path`` as ``case`` says; print the peak growth in KiB."""
     from fedmuscle_secure.config import load_config
     from fedmuscle_secure.errors import ProtocolError
-    from fedmuscle_secure.transport.streams import Inbound, TransportOptions
-    from fedmuscle_secure.transport.codec import _ENVELOPE_TYPE, Direction, _from_proto
     from fedmuscle_secure.transport.chunks import Chunk
+    from fedmuscle_secure.transport.codec import _ENVELOPE_TYPE, Direction, _from_proto
     from fedmuscle_secure.transport.limits import wire_limits
+    from fedmuscle_secure.transport.streams import Inbound, TransportOptions
     from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 
     limits = wire_limits(load_config(config))

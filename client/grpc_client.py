@@ -61,16 +61,16 @@ from fedmuscle_secure.client.own_run import (
 
 from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
+from fedmuscle_secure.experiment.rundir import RunDir
+from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
+from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,
     Direction,
     Inbound,
     TransportOptions,
 )
-from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
-from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.transport.tls_probe import Probe, Verdict
-from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 
 log = logging.getLogger("fedmuscle_secure.client")
 
@@ -267,6 +267,7 @@ def _build(cfg: ExperimentConfig, split, method: str, name: str, run: RunDir, ru
     checkpoint of round 0 is what round 1 starts from), or this run's, resumed from its
     latest checkpoint. Returns (client, records, whether the first plan may rewind)."""
     from fedmuscle_secure.crypto.identity import save_public
+
     from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 
     if not resuming:

@@ -15,13 +15,13 @@ import time
 import grpc
 
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,
     RUN_ID_MISMATCH,
     TransportOptions,
     outbound,
 )
-from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
 _CLOSE = object()

@@ -21,8 +21,8 @@ from fedmuscle_secure.crypto.secagg.messages import MaskedInput, SecAggSetup, ex
 
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.messages import SecAggEnvelope
 from fedmuscle_secure.federation.secagg import SecAggParameters
+from fedmuscle_secure.messages import SecAggEnvelope
 
 if TYPE_CHECKING:
     from fedmuscle_secure.client.privacy import ClientPrivacy

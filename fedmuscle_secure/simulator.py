@@ -18,7 +18,9 @@ import torch
 from fedmuscle_secure.client.report_policy import policy_for
 from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, LabelledData, PlanSpec
 from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.console.rounds import PhaseTracker
 from fedmuscle_secure.data import FederatedSplit, get_task
+from fedmuscle_secure.federation.privacy import calibrate, dp_enabled, identity_key
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
@@ -30,8 +32,6 @@ from fedmuscle_secure.messages import (
     payload_bytes,
 )
 from fedmuscle_secure.models import build_client_model
-from fedmuscle_secure.federation.privacy import calibrate, dp_enabled, identity_key
-from fedmuscle_secure.console.rounds import PhaseTracker
 from fedmuscle_secure.seeding import derive_seed
 from fedmuscle_secure.server.computation import resolve_device
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings

@@ -65,8 +65,13 @@ from fedmuscle_secure.server.membership import (
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.config_deployment import quorum
+from fedmuscle_secure.console.progress import OPERATOR
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
+from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
+from fedmuscle_secure.provision.ca import Trust
+from fedmuscle_secure.transport.chunks import Chunk
+from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,
     RUN_ID_MISMATCH,
@@ -75,13 +80,8 @@ from fedmuscle_secure.transport.streams import (
     TransportOptions,
     outbound,
 )
-from fedmuscle_secure.console.progress import OPERATOR
-from fedmuscle_secure.provision.ca import Trust
-from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
 from fedmuscle_secure.transport.tls_trust import _load_cert
 from fedmuscle_secure.transport.trust_reload import LiveTrust
-from fedmuscle_secure.transport.chunks import Chunk
-from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
 __all__ = ["Coordinator", "FedMuscleServicer", "ServeSettings", "TransportError", "serve",
@@ -265,8 +265,8 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     listening.
     """
     from fedmuscle_secure.experiment.run import config_digest, make_split, methods_of
-    from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
     from fedmuscle_secure.experiment.summary import write_summary
+    from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
 
     validate_deployable(cfg)
     if exclude and not resume:

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from fedmuscle_secure.records.audit import AuditReport
-from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.crypto.identity import generate_identity, public_pem, save_identity
 from fedmuscle_secure.crypto.identity import sign_entry_hash as _sign
-from fedmuscle_secure.records.ledger import Ledger, ReceiptLog, canonical_json, entry_hash, payload_digest
+
+from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
+from fedmuscle_secure.records.audit import AuditReport
+from fedmuscle_secure.records.ledger import (
+    Ledger,
+    ReceiptLog,
+    canonical_json,
+    entry_hash,
+    payload_digest,
+)
 
 DELTA = 1e-5
 RECORD = {"guarantee": "record", "mechanism": "poisson_gaussian", "noise_multiplier": 1.0,

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 from audit_fixtures import DELTA, RECORD, ROUNDS, build_run, eps_after, kinds, lines, write
+from fedmuscle_secure.crypto.identity import (
+    generate_identity,
+    load_private,
+    load_public,
+    public_pem,
+    sign_entry_hash,
+)
 
+from fedmuscle_secure.cli.audit import main_audit
+from fedmuscle_secure.dp.accounting import DpEventRecord
 from fedmuscle_secure.records.audit import (
     EXIT_CODES,
     PRECEDENCE,
@@ -15,15 +24,6 @@ from fedmuscle_secure.records.audit import (
     _fail,
     audit_ledger,
     audit_run,
-)
-from fedmuscle_secure.cli.audit import main_audit
-from fedmuscle_secure.dp.accounting import DpEventRecord
-from fedmuscle_secure.crypto.identity import (
-    generate_identity,
-    load_private,
-    load_public,
-    public_pem,
-    sign_entry_hash,
 )
 from fedmuscle_secure.records.ledger import Ledger, ReceiptLog, entry_hash
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from audit_fixtures import RECORD, ROUNDS, build_run, eps_after, kinds, lines, release
 
-from fedmuscle_secure.records.audit import EXIT_CODES, audit_run
 from fedmuscle_secure.dp.accounting import EPSILON_RTOL
+from fedmuscle_secure.records.audit import EXIT_CODES, audit_run
 
 
 def test_dp_events_after_the_last_epsilon_crossing_the_budget_fail(tmp_path):

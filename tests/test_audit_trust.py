@@ -22,11 +22,16 @@ from audit_fixtures import (
     rechain,
     write,
 )
+from fedmuscle_secure.crypto.identity import (
+    generate_identity,
+    load_private,
+    public_pem,
+    save_public,
+)
 
-from fedmuscle_secure.records.audit import EXIT_CODES, audit_ledger_file, audit_run
 from fedmuscle_secure.cli.audit import main_audit
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
-from fedmuscle_secure.crypto.identity import generate_identity, load_private, public_pem, save_public
+from fedmuscle_secure.records.audit import EXIT_CODES, audit_ledger_file, audit_run
 from fedmuscle_secure.records.ledger import Ledger
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 from audit_fixtures import build_run, kinds, lines, rechain, release, write
+from fedmuscle_secure.crypto.identity import generate_identity, load_private
 
 from fedmuscle_secure.records.audit import EXIT_CODES, audit_run
-from fedmuscle_secure.crypto.identity import generate_identity, load_private
 from fedmuscle_secure.records.ledger import Ledger, ReceiptLog
 
 

@@ -9,10 +9,10 @@ import torch
 from fedmuscle_secure.crypto.ckks import decrypt_matrix
 from tiny import tiny_config
 
-from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.experiment.run import make_split, run_experiment
 from fedmuscle_secure.messages import EncryptedRepresentations
+from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.simulator import build_federation, run_round
 
 # CKKS is approximate: at scale 2^40 a fresh or summed ciphertext decrypts within ~1e-7 of

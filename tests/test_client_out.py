@@ -20,14 +20,14 @@ from fedmuscle_secure.client.grpc_client import ConnectionFailed, RetrySettings,
 from fedmuscle_secure.server.grpc_server import Coordinator, new_run_id, start_grpc_server
 from tiny import tiny_config
 
-from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.config import dump_config
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.experiment.run import make_split
-from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.experiment.rundir import RunDir
+from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.simulator import build_server, federation_setup
 from fedmuscle_secure.transport.limits import wire_limits
+from fedmuscle_secure.transport.streams import TransportOptions
 
 CFG = tiny_config(compare_local=False)
 QUICK = RetrySettings(initial_s=0.1, max_s=0.2, deadline_s=3.0)

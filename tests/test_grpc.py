@@ -37,14 +37,14 @@ from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV, STALL_ENV
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import FOUR, FOUR_CLIENTS, tiny_config
 
-from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.experiment.run import make_split, run_experiment
-from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.messages import RoundReport
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.simulator import build_federation, build_server, federation_setup
 from fedmuscle_secure.transport.limits import wire_limits
+from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow

@@ -25,11 +25,11 @@ from fedmuscle_secure.client.grpc_client import RetrySettings, run_client
 from fedmuscle_secure.server.grpc_server import ServeSettings, serve
 from tiny import tiny_config
 
-from fedmuscle_secure.transport.streams import Direction, Inbound, TransportOptions, outbound
 from fedmuscle_secure.messages import Representations, RoundPlan, RoundReport
-from fedmuscle_secure.transport.codec import encode
 from fedmuscle_secure.transport.chunks import Chunk, chunk
+from fedmuscle_secure.transport.codec import encode
 from fedmuscle_secure.transport.limits import wire_limits
+from fedmuscle_secure.transport.streams import Direction, Inbound, TransportOptions, outbound
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow

@@ -29,13 +29,13 @@ from fedmuscle_secure.client.grpc_client import (
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import tiny_config
 
-from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.experiment.run import make_split
-from fedmuscle_secure.transport.grpc_core_log import CoreLogBridge
-from fedmuscle_secure.transport.streams import TransportOptions
+from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.simulator import build_server, federation_setup
-from fedmuscle_secure.transport.tls_probe import Verdict, probe
+from fedmuscle_secure.transport.grpc_core_log import CoreLogBridge
 from fedmuscle_secure.transport.limits import wire_limits
+from fedmuscle_secure.transport.streams import TransportOptions
+from fedmuscle_secure.transport.tls_probe import Verdict, probe
 
 
 def org_folder(root: Path, name: str, *, ca: list[Path], org_dir: Path, org: str = "a",

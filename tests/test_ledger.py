@@ -8,8 +8,6 @@ import stat
 
 import pytest
 import torch
-
-from fedmuscle_secure.errors import IdentityError, LedgerError
 from fedmuscle_secure.crypto.identity import (
     generate_identity,
     load_private,
@@ -19,6 +17,8 @@ from fedmuscle_secure.crypto.identity import (
     sign_entry_hash,
     verify_entry_signature,
 )
+
+from fedmuscle_secure.errors import IdentityError, LedgerError
 from fedmuscle_secure.records.ledger import (
     GENESIS_PREV,
     Ledger,

@@ -36,6 +36,7 @@ from deploy_driver import (
 from tiny import FOUR, FOUR_CLIENTS, tiny_config
 
 from fedmuscle_secure.provision import revocation
+
 pytestmark = pytest.mark.slow
 
 def _events(path: Path) -> list[dict]:

@@ -8,7 +8,6 @@ import logging
 
 import torch
 
-from fedmuscle_secure.messages import Finish, PeerSums, RoundPlan
 from fedmuscle_secure.console.progress import (
     DEBUG,
     DETAIL,
@@ -24,6 +23,7 @@ from fedmuscle_secure.console.progress import (
     verbosity_of,
 )
 from fedmuscle_secure.console.rounds import PhaseTracker, epsilon_text
+from fedmuscle_secure.messages import Finish, PeerSums, RoundPlan
 
 CLEAR = "\r\x1b[K"
 

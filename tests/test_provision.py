@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.errors import ConfigError, IdentityError
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
 
 PROJECT = {
     "name": "demo-federation",

@@ -28,7 +28,6 @@ from tiny import tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.experiment.run import make_split
-from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     ExchangeAborted,
@@ -38,6 +37,7 @@ from fedmuscle_secure.messages import (
     SitOut,
     SumTerms,
 )
+from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round
 
 FOUR = [
@@ -213,9 +213,10 @@ def test_a_secure_federation_below_three_members_stops_with_an_error():
 def test_audit_fails_a_ledger_with_two_releases_for_one_exchange(tmp_path):
     """A ledger that shows two releases for one exchange (a client built before the rule,
     or one that broke it) fails `audit` with its own code, naming the second entry."""
+    from fedmuscle_secure.crypto.identity import generate_identity, public_pem
+
     from fedmuscle_secure.records.audit import audit_ledger
     from fedmuscle_secure.records.audit_report import EXIT_CODES
-    from fedmuscle_secure.crypto.identity import generate_identity, public_pem
     from fedmuscle_secure.records.ledger import Ledger
 
     key = generate_identity()

@@ -19,9 +19,9 @@ import math
 import pytest
 from tiny import tiny_config
 
-from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.experiment.run import make_split, run_experiment
 from fedmuscle_secure.messages import Finish, RoundReport
+from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.simulator import build_federation, run_round
 
 PRIVATE = {"val_metric", "task_loss"}

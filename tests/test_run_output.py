@@ -13,8 +13,8 @@ from test_progress import CLEAR, Terminal
 from tiny import tiny_config
 
 from fedmuscle_secure.cli.main import main
-from fedmuscle_secure.experiment.run import methods_of, run_experiment
 from fedmuscle_secure.console.rounds import RunProgress
+from fedmuscle_secure.experiment.run import methods_of, run_experiment
 
 ROUND_LINE = re.compile(r"^(\w+) round (\d+)/(\d+)  .*run (\d+)/(\d+) rounds .*ETA ", re.MULTILINE)
 

@@ -8,21 +8,21 @@ import math
 import pytest
 import torch
 from fedmuscle_secure.client.privacy import share_noise_multiplier
+from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import sum_form_terms
 from tiny import tiny_config
 
-from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.experiment.run import make_split, run_experiment
-from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.losses import (
     leave_one_out_terms,
     muscle_sum_loss,
     muscle_sum_loss_from_terms,
 )
+from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.simulator import build_federation, run_round
 
 TAU, GAMMA = 0.2, 1.3

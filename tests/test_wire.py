@@ -53,7 +53,6 @@ from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmuscle_secure.transport import codec as wire
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
     EncryptedPeers,
@@ -72,6 +71,7 @@ from fedmuscle_secure.messages import (
     SitOut,
     SumTerms,
 )
+from fedmuscle_secure.transport import codec as wire
 from fedmuscle_secure.transport.chunks import Chunk, Reassembler, chunk
 from fedmuscle_secure.transport.wire_pb import _generate
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
@@ -523,7 +523,9 @@ def test_committed_generated_code_matches_the_proto(tmp_path: Path):
 
 
 def test_grpc_service_is_a_bidirectional_chunk_stream():
-    from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc  # package-relative import
+    from fedmuscle_secure.transport.wire_pb import (
+        fedmuscle_pb2_grpc as rpc,  # package-relative import
+    )
 
     method = pb.DESCRIPTOR.services_by_name["FedMuscle"].methods_by_name["Exchange"]
     assert method.client_streaming and method.server_streaming

@@ -32,10 +32,8 @@ from fedmuscle_secure.crypto.secagg.messages import (
 from test_wire import CKKS, PLAIN, fake_matrix
 from tiny import tiny_config
 
-from fedmuscle_secure.transport import codec as wire
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.experiment.run import make_split
-from fedmuscle_secure.transport.streams import Inbound, TransportOptions
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     PeerTerms,
@@ -43,9 +41,11 @@ from fedmuscle_secure.messages import (
     SecAggEnvelope,
 )
 from fedmuscle_secure.simulator import build_federation
-from fedmuscle_secure.transport.codec import DIRECTION, Direction
+from fedmuscle_secure.transport import codec as wire
 from fedmuscle_secure.transport.chunks import Chunk
+from fedmuscle_secure.transport.codec import DIRECTION, Direction
 from fedmuscle_secure.transport.limits import CAPS, WireLimits, message_bounds, wire_limits
+from fedmuscle_secure.transport.streams import Inbound, TransportOptions
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 
 UP, DOWN = Direction.TO_SERVER, Direction.TO_CLIENT

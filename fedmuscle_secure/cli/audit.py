@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from fedmuscle_secure.errors import ConfigError, DataError, IdentityError
 from fedmuscle_secure.records.audit import (
     EXIT_CODES,
     EXIT_MEANINGS,
@@ -19,7 +20,6 @@ from fedmuscle_secure.records.audit import (
     audit_ledger_file,
     audit_run,
 )
-from fedmuscle_secure.errors import ConfigError, DataError, IdentityError
 
 
 def add_audit_parser(subparsers: Any) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 from pathlib import Path
 
-from fedmuscle_secure.transport import grpc_core_log
 from fedmuscle_secure.cli.args import (
     host_port,
     non_negative_float,
@@ -20,9 +19,10 @@ from fedmuscle_secure.cli.args import (
     positive_int,
     writable_dir,
 )
-from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.console.progress import add_verbosity_options
+from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.transport import grpc_core_log
+from fedmuscle_secure.transport.streams import TransportOptions
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -94,8 +94,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from fedmuscle_secure.client.grpc_client import RetrySettings, client_id_of, run_client
     from fedmuscle_secure.cli.deploy_checks import check_client_certs
+    from fedmuscle_secure.client.grpc_client import RetrySettings, client_id_of, run_client
 
     writable_dir(args.out, "--out")
     cfg, options = _prepare(args)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from fedmuscle_secure.cli import exits as cli_errors
 from fedmuscle_secure.cli.args import OneLineParser, non_negative_int, positive_int, writable_dir
-from fedmuscle_secure.errors import ConfigError, FedMuscleError
 from fedmuscle_secure.console.progress import add_verbosity_options
+from fedmuscle_secure.errors import ConfigError, FedMuscleError
 
 if TYPE_CHECKING:
     from fedmuscle_secure.config import ExperimentConfig
@@ -96,9 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_display(cfg: ExperimentConfig, args: argparse.Namespace) -> RunProgress:
     """``run``'s progress on stdout at the verbosity of --quiet/-v; --no-progress: plain
     lines even on a terminal (no bar)."""
-    from fedmuscle_secure.experiment.run import methods_of
     from fedmuscle_secure.console.progress import DETAIL, configure_logging, verbosity_of
     from fedmuscle_secure.console.rounds import RunProgress
+    from fedmuscle_secure.experiment.run import methods_of
 
     level = verbosity_of(args.quiet, args.verbose)
     if level >= DETAIL:  # the library's own INFO/DEBUG records, on stderr

@@ -17,10 +17,10 @@ from typing import Any
 
 from cryptography import x509
 
-from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.cli.args import writable_dir
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.provision.keys import IDENTITIES, make_identity, provision_ckks
 from fedmuscle_secure.provision.project import load_project
 from fedmuscle_secure.transport.tls_trust import CLIENTS_FILE, CRL_FILE, load_trust

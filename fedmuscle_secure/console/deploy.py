@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.messages import Finish, Message, RoundPlan, payload_bytes
 from fedmuscle_secure.console.progress import (
     DETAIL,
     OPERATOR,
@@ -40,6 +39,7 @@ from fedmuscle_secure.console.rounds import (
     score_text,
     traffic_text,
 )
+from fedmuscle_secure.messages import Finish, Message, RoundPlan, payload_bytes
 
 
 def _bar(total: int, label: str, status=None) -> Progress:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.messages import Finish, Message, RoundPlan
 from fedmuscle_secure.console.progress import (
     DETAIL,
     NORMAL,
@@ -21,6 +20,7 @@ from fedmuscle_secure.console.progress import (
     is_terminal,
     megabytes,
 )
+from fedmuscle_secure.messages import Finish, Message, RoundPlan
 
 #: The metrics a round line shows by default (with -v: every metric).
 HEADLINE = ("test_metric", "val_metric", "task_loss", "cl_loss")

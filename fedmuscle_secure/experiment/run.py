@@ -24,14 +24,14 @@ import numpy as np
 import torch
 
 from fedmuscle_secure.config import ExperimentConfig, dump_config
+from fedmuscle_secure.console.progress import NORMAL, QUIET
+from fedmuscle_secure.console.rounds import RunProgress
 from fedmuscle_secure.data import FederatedSplit, federated_split
 from fedmuscle_secure.data.source import load_dataset
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
-from fedmuscle_secure.console.progress import NORMAL, QUIET
-from fedmuscle_secure.console.rounds import RunProgress
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
-from fedmuscle_secure.simulator import Federation, build_federation, run_round
 from fedmuscle_secure.experiment.summary import client_table, write_summary
+from fedmuscle_secure.simulator import Federation, build_federation, run_round
 
 
 @dataclass(frozen=True)

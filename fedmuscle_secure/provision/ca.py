@@ -47,8 +47,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.crypto.identity import _write_atomic
+from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.provision.project import (  # noqa: F401 - re-exported
     Organization,
     Project,

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.crypto.identity import check_client_name, generate_identity, save_identity
+from fedmuscle_secure.errors import ConfigError, IdentityError
 
 IDENTITIES = "identities"
 CKKS_DIR = "ckks"

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 from cryptography import x509
 
-from fedmuscle_secure.errors import ConfigError, IdentityError, yaml_problem
 from fedmuscle_secure.crypto.identity import check_client_name
+from fedmuscle_secure.errors import ConfigError, IdentityError, yaml_problem
 
 __all__ = ["Organization", "Project", "ValidityDays", "load_project", "parse_project"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.crypto.identity import _write_atomic
+from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.provision.ca import (
     Authority,
     _build_crl,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedmuscle_secure.crypto.identity import load_public
+from fedmuscle_secure.errors import DataError, FedMuscleError, LedgerError
 from fedmuscle_secure.records.audit_receipts import check_receipts, load_receipts
 from fedmuscle_secure.records.audit_report import (
     EXIT_CODES,
@@ -40,8 +42,6 @@ from fedmuscle_secure.records.audit_trust import (
     refuse_inside,
     verification_key,
 )
-from fedmuscle_secure.errors import DataError, FedMuscleError, LedgerError
-from fedmuscle_secure.crypto.identity import load_public
 from fedmuscle_secure.records.ledger import canonical_json, scan_file
 
 __all__ = [

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from fedmuscle_secure.records.audit_report import AuditReport, fail
 from fedmuscle_secure.errors import FedMuscleError
+from fedmuscle_secure.records.audit_report import AuditReport, fail
 from fedmuscle_secure.records.ledger import canonical_json
 
 __all__ = ["check_privacy"]

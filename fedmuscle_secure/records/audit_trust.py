@@ -24,9 +24,9 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedmuscle_secure.records.audit_report import AuditReport, fail
-from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.crypto.identity import check_client_name, load_public, load_public_pem
+from fedmuscle_secure.errors import ConfigError, IdentityError
+from fedmuscle_secure.records.audit_report import AuditReport, fail
 
 __all__ = [
     "SELF_DECLARED",

@@ -40,9 +40,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
 )
 
+from fedmuscle_secure.crypto.identity import sign_entry_hash
 from fedmuscle_secure.durable import fsync_dir
 from fedmuscle_secure.errors import LedgerError
-from fedmuscle_secure.crypto.identity import sign_entry_hash
 
 try:  # POSIX advisory lock: one writer per ledger file
     import fcntl

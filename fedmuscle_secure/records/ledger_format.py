@@ -19,8 +19,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedmuscle_secure.errors import IdentityError, LedgerError
 from fedmuscle_secure.crypto.identity import verify_entry_signature
+from fedmuscle_secure.errors import IdentityError, LedgerError
 
 log = logging.getLogger("fedmuscle_secure.records.ledger")
 

@@ -67,9 +67,9 @@ from fedmuscle_secure.messages import (
     SitOut,
     SumTerms,
 )
-from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 from fedmuscle_secure.transport.scan import oneof_member, scan
 from fedmuscle_secure.transport.tensor import DTYPES, tensor_from_proto, tensor_to_proto
+from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 
 if TYPE_CHECKING:
     from fedmuscle_secure.transport.limits import WireLimits

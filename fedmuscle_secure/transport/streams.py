@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fedmuscle_secure.messages import Message
-from fedmuscle_secure.transport.codec import Direction, decode, encode
 from fedmuscle_secure.transport.chunks import Chunk, Reassembler, chunk
+from fedmuscle_secure.transport.codec import Direction, decode, encode
 from fedmuscle_secure.transport.limits import WireLimits
 
 #: gRPC initial-metadata key of the federation run id the server sends on every accepted

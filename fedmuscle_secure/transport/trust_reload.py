@@ -34,7 +34,13 @@ from typing import Any
 from cryptography import x509
 
 from fedmuscle_secure.errors import IdentityError
-from fedmuscle_secure.transport.tls_trust import CRL_FILE, Trust, _parse_crl, _read_crl_file, load_trust
+from fedmuscle_secure.transport.tls_trust import (
+    CRL_FILE,
+    Trust,
+    _parse_crl,
+    _read_crl_file,
+    load_trust,
+)
 
 __all__ = ["LiveTrust"]
 log = logging.getLogger("fedmuscle_secure.server")

@@ -29,13 +29,13 @@ from fedmuscle_secure.server.membership import (
 )
 from tiny import tiny_config
 
-from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.errors import ConfigError, IdentityError, QuorumLost
 from fedmuscle_secure.experiment.run import make_split
-from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
-from fedmuscle_secure.simulator import build_federation
 from fedmuscle_secure.experiment.summary import write_summary
+from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
+from fedmuscle_secure.simulator import build_federation
 from fedmuscle_secure.transport.tls_trust import CRL_FILE
 from fedmuscle_secure.transport.trust_reload import LiveTrust
 
