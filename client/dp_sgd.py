@@ -55,7 +55,7 @@ def urandom_gaussian(shape: tuple[int, ...], std: float) -> torch.Tensor:
     """N(0, std²) samples from OS entropy (Box–Muller on 53-bit uniforms, float64).
 
     The default noise source when the caller passes no ``noise_fn``: never the experiment
-    seed, never torch's global generator (CONVENTIONS "Randomness").
+    seed, never torch's global generator (DESIGN §13.2).
     """
     n = math.prod(shape)
     if n == 0:

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 #: Domain-separation label prefixed to the 32 hash bytes of a ledger entry before signing,
 #: so a ledger signature can never be replayed as a signature on anything else the same
-#: identity key signs (CONVENTIONS "no defaults for dangerous choices"). Versioned.
+#: identity key signs (DESIGN §13.4). Versioned.
 LEDGER_SIGNATURE_LABEL = b"fedmuscle-secure/ledger-entry/v1\x00"
 
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -64,7 +64,7 @@ def check_client_name(client: str) -> str:
 
 
 def generate_identity() -> Ed25519PrivateKey:
-    """A fresh Ed25519 identity key from the OS CSPRNG (CONVENTIONS "Randomness")."""
+    """A fresh Ed25519 identity key from the OS CSPRNG (DESIGN §13.2)."""
     return Ed25519PrivateKey.generate()
 
 
@@ -209,7 +209,7 @@ def sign_entry_hash(key: Ed25519PrivateKey, entry_hash: str) -> str:
 def verify_entry_signature(public_key: Ed25519PublicKey, entry_hash: str, sig: str | None) -> None:
     """Raise :class:`IdentityError` unless ``sig`` signs ``entry_hash`` under ``public_key``.
 
-    Returns nothing on success (CONVENTIONS: raise, never return a bool).
+    Returns nothing on success (DESIGN §13.3: raise, never return a bool).
     """
     if sig is None:
         raise IdentityError("entry is unsigned but a public key was given to verify it")

@@ -1,4 +1,4 @@
-"""One small exception hierarchy (CONVENTIONS "Errors").
+"""One small exception hierarchy (DESIGN §13.3).
 
 Every message names the field, file, peer or stage at fault and what was expected,
 so a user can fix the input without reading a traceback.
@@ -88,7 +88,7 @@ class LedgerError(FedMuscleError):
 def yaml_problem(exc: Exception) -> str:
     """A YAML parser error on one line: ``line 2, column 1: expected the node content, but
     found '<stream end>'``. PyYAML's own text spans several lines with a caret drawing,
-    which breaks the one-line error a user reads (CONVENTIONS "Errors")."""
+    which breaks the one-line error a user reads (DESIGN §13.3)."""
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -1,4 +1,4 @@
-"""Experiment seeds (CONVENTIONS "Randomness"): explicit, recorded, and never for secrets.
+"""Experiment seeds (DESIGN §13.2): explicit, recorded, and never for secrets.
 
 Every random draw of an experiment (data split, model init, shuffling, views, peer
 selection) comes from a generator seeded by :func:`derive_seed` from the experiment seed

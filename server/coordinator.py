@@ -2,7 +2,7 @@
 
 The gRPC servicer (:mod:`fedmuscle_secure.server.grpc_server`) only moves messages; this
 :class:`Coordinator` hands each received message to :class:`FedMuscleServer` under one lock
-and routes the replies to their recipients' outboxes (CONVENTIONS "Boundaries").
+and routes the replies to their recipients' outboxes (DESIGN §13.1).
 
 Stage deadlines. A member that keeps its connection open but stops answering would hold a
 round until the round timeout (an hour by default). The coordinator keeps the clock of the

@@ -2,7 +2,7 @@
 
 One :class:`~fedmuscle_secure.server.coordinator.Coordinator` owns the server state machine,
 a lock, one outbox per connected client and the stage deadlines (``--stage-timeout``); the
-transport only moves messages (CONVENTIONS "Boundaries"). Per client stream:
+transport only moves messages (DESIGN §13.1). Per client stream:
 
 * the peer certificate (``auth_context()["x509_pem_cert"]``) is mapped to a client id by
   :meth:`Trust.verify_peer`; unknown, revoked, expired or foreign-CA certificates are

@@ -1,4 +1,4 @@
-"""``fedmuscle-secure``: one entry point with subcommands (CONVENTIONS "CLI").
+"""``fedmuscle-secure``: one entry point with subcommands (DESIGN §13.6).
 
 Exit codes (README "Exit codes"): 0 ok, 1 failure at run time, 2 bad usage or
 configuration, 10-21 ``audit`` verdicts, 130 interrupted (Ctrl-C), 141 stdout closed by its

@@ -12,7 +12,7 @@ gives label skew with per-client class proportions drawn from Dir(alpha)
 (Hsu et al., 2019, "Measuring the effects of non-identical data distribution");
 ``partition="classes"`` gives each client a fixed number of classes; ``"iid"`` is the
 control. Everything is drawn from ``np.random.default_rng(seed)``: this is an
-experiment seed (CONVENTIONS "Randomness"), recorded in the run directory, never
+experiment seed (DESIGN §13.2), recorded in the run directory, never
 used for masks, keys or DP noise.
 
 No sample index ever lands in two parts: every draw removes what it takes from the

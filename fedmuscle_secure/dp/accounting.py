@@ -1,6 +1,6 @@
 """DP events, ε accounting and noise calibration (DESIGN §5.3).
 
-Analysis apart from bookkeeping (CONVENTIONS, after Opacus ``accountants/analysis`` and
+Analysis apart from bookkeeping (DESIGN §13.4, after Opacus ``accountants/analysis`` and
 dp-accounting's frozen ``DpEvent`` values):
 
 * :class:`~fedmuscle_secure.dp.events.DpEventRecord` (in :mod:`.events`, re-exported

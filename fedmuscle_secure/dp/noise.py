@@ -2,7 +2,7 @@
 
 DP noise must not be predictable from anything an adversary could learn (the experiment
 seed is written to the run directory), so it never comes from ``random``, numpy or torch
-generators (CONVENTIONS "Randomness"). :func:`chacha20_words` is the one generator of DP
+generators (DESIGN §13.2). :func:`chacha20_words` is the one generator of DP
 randomness (this noise, and DP-SGD's Poisson sampling in :mod:`fedmuscle_secure.dp.sampling`):
 each call draws a fresh 256-bit ChaCha20 key and a fresh 96-bit nonce from ``os.urandom``
 (block counter from 0) and encrypts zeros to get the keystream, read as 64-bit words.

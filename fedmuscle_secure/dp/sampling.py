@@ -1,4 +1,4 @@
-"""Poisson sampling for DP-SGD from the CSPRNG (DESIGN §5.2, CONVENTIONS "Randomness").
+"""Poisson sampling for DP-SGD from the CSPRNG (DESIGN §5.2, §13.2).
 
 The ε reported for DP-SGD is that of a Poisson-subsampled Gaussian mechanism: each record
 is in a step's batch independently with probability q, and amplification by subsampling

@@ -1,4 +1,4 @@
-"""The run directory of CONVENTIONS: resolved config, events, metrics, checkpoints.
+"""The run directory (DESIGN §11.1): resolved config, events, metrics, checkpoints.
 
 Everything is written so that a crash loses nothing already reported: events are appended
 and fsync'd, metrics and checkpoints are written to a temporary file and renamed.

@@ -138,7 +138,7 @@ def parse_project(raw: Any, *, source: str = "project.yaml") -> Project:
     """Validate a project mapping, collecting every problem; raise one :class:`ConfigError`.
 
     Its ``field`` is the first problem's dotted path; its message lists them all, each
-    with what was expected (CONVENTIONS "validators that collect and explain").
+    with what was expected (DESIGN §13.3: validators collect and explain).
     """
     if not isinstance(raw, dict):
         raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")

@@ -6,7 +6,7 @@ exactly: tensors bit for bit with their dtype and shape, ``batch = None`` (``per
 kept apart from batch 0, tuples of tuples as tuples, and the secure-aggregation maps
 restored as read-only maps (:func:`~fedmuscle_secure.crypto.secagg.messages.frozen_map`).
 Tensors are explicit dtype / shape / little-endian bytes and ciphertexts opaque bytes:
-nothing received is ever unpickled or ``torch.load``-ed (CONVENTIONS "Wire format").
+nothing received is ever unpickled or ``torch.load``-ed (DESIGN §13.5).
 
 Received bytes come from another organization, so :func:`decode` checks everything the
 protobuf parser does not — allowed dtype, shape against byte length, a message in every
