@@ -348,7 +348,7 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
 
 def record_receipt(receipts, msg: Representations | TaskOutputs | SecAggEnvelope) -> None:
     """The server side's receipt of a payload, digested as it arrived (§5.4); the
-    simulator and the gRPC server (:mod:`server.grpc_server`) both call this."""
+    simulator and the gRPC server (:mod:`server.grpc.process`) both call this."""
     from fedmuscle_secure.records.ledger import payload_digest
 
     if isinstance(msg, EncryptedRepresentations):

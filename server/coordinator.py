@@ -1,6 +1,6 @@
 """The server state machine behind a lock, one outbox per client, and stage deadlines (DESIGN §6).
 
-The gRPC servicer (:mod:`fedmuscle_secure.server.grpc_server`) only moves messages; this
+The gRPC servicer (:mod:`fedmuscle_secure.server.grpc.process`) only moves messages; this
 :class:`Coordinator` hands each received message to :class:`FedMuscleServer` under one lock
 and routes the replies to their recipients' outboxes (DESIGN §13.1).
 

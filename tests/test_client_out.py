@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from deploy_driver import provision
-from fedmuscle_secure.client.grpc_client import ConnectionFailed, RetrySettings, run_client
-from fedmuscle_secure.server.grpc_server import Coordinator, new_run_id, start_grpc_server
+from fedmuscle_secure.client.grpc.process import ConnectionFailed, RetrySettings, run_client
+from fedmuscle_secure.server.grpc.process import Coordinator, new_run_id, start_grpc_server
 from tiny import tiny_config
 
 from fedmuscle_secure.config import dump_config

@@ -29,7 +29,7 @@ from deploy_driver import (
     wait_for,
 )
 from deploy_driver import rows as read_rows
-from fedmuscle_secure.client.grpc_client import STALL_ENV
+from fedmuscle_secure.client.grpc.process import STALL_ENV
 from tiny import tiny_config
 
 from fedmuscle_secure.experiment.rundir import RunDir

@@ -121,7 +121,7 @@ def test_resume_without_out_picks_a_run_of_this_very_config(tmp_path, monkeypatc
     import os
     import time as _time
 
-    from fedmuscle_secure.cli.main import _latest_run
+    from fedmuscle_secure.cli.run import latest_run as _latest_run
     from fedmuscle_secure.config import dump_config
 
     monkeypatch.chdir(tmp_path)

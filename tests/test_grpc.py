@@ -33,8 +33,8 @@ from deploy_driver import (
     wait_for,
 )
 from deploy_driver import rows as read_rows
-from fedmuscle_secure.client.grpc_client import FAILPOINT_ENV, STALL_ENV
-from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
+from fedmuscle_secure.client.grpc.process import FAILPOINT_ENV, STALL_ENV
+from fedmuscle_secure.server.grpc.process import Coordinator, start_grpc_server
 from tiny import FOUR, FOUR_CLIENTS, tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
@@ -388,7 +388,7 @@ def test_server_killed_and_restarted_resumes_without_a_second_release(tmp_path):
 
 
 def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
-    from fedmuscle_secure.server.grpc_server import serve
+    from fedmuscle_secure.server.grpc.process import serve
 
     from fedmuscle_secure.errors import ConfigError
 
@@ -403,8 +403,8 @@ def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
 
 
 def test_baselines_are_refused_by_both_processes(tmp_path):
-    from fedmuscle_secure.client.grpc_client import run_client
-    from fedmuscle_secure.server.grpc_server import serve
+    from fedmuscle_secure.client.grpc.process import run_client
+    from fedmuscle_secure.server.grpc.process import serve
 
     from fedmuscle_secure.errors import ConfigError
 

@@ -21,8 +21,8 @@ import grpc
 import pytest
 import torch
 from deploy_driver import free_port, provision
-from fedmuscle_secure.client.grpc_client import RetrySettings, run_client
-from fedmuscle_secure.server.grpc_server import ServeSettings, serve
+from fedmuscle_secure.client.grpc.process import RetrySettings, run_client
+from fedmuscle_secure.server.grpc.process import ServeSettings, serve
 from tiny import tiny_config
 
 from fedmuscle_secure.messages import Representations, RoundPlan, RoundReport

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_driver import cli, free_port, provision, server, wait_for
-from fedmuscle_secure.client.grpc_client import (
+from fedmuscle_secure.client.grpc.process import (
     ConnectionFailed,
     HandshakeRefused,
     RetrySettings,
     open_channel,
 )
-from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
+from fedmuscle_secure.server.grpc.process import Coordinator, start_grpc_server
 from tiny import tiny_config
 
 from fedmuscle_secure.experiment.run import make_split

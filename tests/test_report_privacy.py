@@ -159,13 +159,12 @@ def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_
     import queue
     import threading
 
-    from fedmuscle_secure.client.grpc_client import OwnRecords
+    from fedmuscle_secure.client.grpc.process import OwnRecords
     from fedmuscle_secure.client.report_policy import NOT_REPORTED
-    from fedmuscle_secure.server.grpc_server import Coordinator, ServeSettings, _rounds
+    from fedmuscle_secure.server.grpc.process import Coordinator, ServerRun, ServeSettings
 
     from fedmuscle_secure.data import get_task
     from fedmuscle_secure.experiment.rundir import RunDir
-    from fedmuscle_secure.experiment.summary import write_summary
 
     cfg = _config(CLIENT_LEVEL, **SECAGG)
     split = make_split(cfg)
@@ -197,10 +196,10 @@ def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_
     thread.start()
     run = RunDir(tmp_path / "server")
     run.create()
-    tasks = {c.name: (c, get_task(c.task, split.num_classes)) for c in cfg.clients}
+    metrics = {c.name: get_task(c.task, split.num_classes).metric for c in cfg.clients}
     try:
-        rows = _rounds(cfg, run, coordinator, ServeSettings(60.0, 600.0), "muscle_sum", [], 1,
-                       tasks, write_summary)
+        rows = ServerRun(cfg, run, coordinator, ServeSettings(60.0, 600.0), "muscle_sum",
+                         metrics).rounds([], 1)
     finally:
         stop.set()
         thread.join()

@@ -116,13 +116,13 @@ def test_a_server_cannot_rewind_a_client_one_round_at_a_time_past_the_round_it_d
     may have died in round 5). Dropping the stream again and sending the plan of round 4
     must not rewind it to 3: the bound is the round the client completed, not the round a
     previous rewind left it at; else a server walks it back as far as checkpoints reach."""
-    from fedmuscle_secure.client.grpc_client import ConnectionFailed, _rewind_if_needed
+    from fedmuscle_secure.client.grpc.process import ConnectionFailed, rewind_if_needed
 
     run, client = _disk(tmp_path, (3, 4, 5)), _Client(5)
-    _rewind_if_needed(client, _plan(5), run, "muscle")
+    rewind_if_needed(client, _plan(5), run, "muscle")
     assert client.round == 4
     with pytest.raises(ConnectionFailed, match="refusing to rewind further"):
-        _rewind_if_needed(client, _plan(4), run, "muscle")
+        rewind_if_needed(client, _plan(4), run, "muscle")
     assert client.round == 4
 
 
@@ -135,7 +135,7 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
     have pruned round 4 first: the server, restarted (or restarting the client) from its
     checkpoint of round 4, asks for round 5 again, and that rewind needs it; before, the
     client deleted it on the bogus message and could then only give up."""
-    from fedmuscle_secure.client.grpc_client import _exchange
+    from fedmuscle_secure.client.grpc.process import exchange
     from tiny import tiny_config
 
     from fedmuscle_secure.errors import ProtocolError
@@ -145,7 +145,7 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
     run, client = _disk(tmp_path, (4, 5)), _Client(5)
     msg = _plan(1000) if kind == "plan" else Finish(client="a", round=1000)
     with pytest.raises(ProtocolError, match="expected round 6"):
-        _exchange(client, _Stream(msg), "a", wire_limits(tiny_config()), run, "muscle", None,
+        exchange(client, _Stream(msg), "a", wire_limits(tiny_config()), run, "muscle", None,
                   keep=1, reconnected=False)
     assert run.checkpoint_labels("muscle") == [4, 5]
 
@@ -186,7 +186,7 @@ def test_an_impostor_on_the_port_during_a_restart_does_not_make_a_client_give_up
     at once; on a reconnect it says nothing about the server the client already verified,
     so the client keeps retrying until its deadline (the server comes back with --resume)
     instead of giving up on the run after one look at an unauthenticated peer."""
-    from fedmuscle_secure.client.grpc_client import (
+    from fedmuscle_secure.client.grpc.process import (
         ConnectionFailed,
         HandshakeRefused,
         RetrySettings,

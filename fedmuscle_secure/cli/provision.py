@@ -158,6 +158,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+CA_HELP = "CA directory made by 'provision init'"
+
+
 def add_provision_parser(subparsers: Any) -> None:
     """Register ``provision`` and its subcommands on the CLI (``cli.build_parser``)."""
     p = subparsers.add_parser(
@@ -168,8 +171,13 @@ def add_provision_parser(subparsers: Any) -> None:
                     "certificate subject (CN) to client id that the server enforces. Keys are "
                     "ECDSA P-256, signatures SHA-256 (accepted by gRPC/BoringSSL everywhere).")
     sub = p.add_subparsers(dest="provision_command", required=True, metavar="ACTION")
-    ca_help = "CA directory made by 'provision init'"
+    for add in (_add_init, _add_csr, _add_identity, _add_ckks, _add_sign, _add_revoke, _add_crl,
+                _add_list, _add_verify):
+        add(sub)
 
+
+def _add_init(sub: Any) -> None:
+    """``provision init``."""
     s = sub.add_parser("init", help="create a CA directory from project.yaml",
                        description="Create DIR/ca (ca.key 0600, ca.crt), DIR/server, "
                                    "DIR/orgs/<org>/ (key 0600 + certificate per organization), "
@@ -188,6 +196,9 @@ def add_provision_parser(subparsers: Any) -> None:
                    help="replace the CA, server, org, CRL and client files of an existing DIR")
     s.set_defaults(func=cmd_init)
 
+
+def _add_csr(sub: Any) -> None:
+    """``provision csr``."""
     s = sub.add_parser("csr", help="(organization) make your own key and a CSR",
                        description="Write DIR/NAME.key (mode 0600; it never leaves DIR) and "
                                    "DIR/NAME.csr, the request to send to the CA operator.")
@@ -196,6 +207,9 @@ def add_provision_parser(subparsers: Any) -> None:
     s.add_argument("--force", action="store_true", help="replace an existing NAME.key")
     s.set_defaults(func=cmd_csr)
 
+
+def _add_identity(sub: Any) -> None:
+    """``provision identity``."""
     s = sub.add_parser("identity", help="(organization) make your own Ed25519 identity",
                        description="Write DIR/identities/ID.key (mode 0600; it never leaves "
                                    "the organization: it signs the org's secagg key adverts "
@@ -207,6 +221,9 @@ def add_provision_parser(subparsers: Any) -> None:
     s.add_argument("--force", action="store_true", help="replace an existing identity")
     s.set_defaults(func=cmd_identity)
 
+
+def _add_ckks(sub: Any) -> None:
+    """``provision ckks``."""
     s = sub.add_parser("ckks", help="(key-holding organization) make the CKKS context",
                        description="For protection 'ckks': write DIR/ckks/secret.ctx (mode 0600; "
                                    "the secret key every organization decrypts with: give it to "
@@ -219,11 +236,14 @@ def add_provision_parser(subparsers: Any) -> None:
     s.add_argument("--force", action="store_true", help="replace an existing context")
     s.set_defaults(func=cmd_ckks)
 
+
+def _add_sign(sub: Any) -> None:
+    """``provision sign``."""
     s = sub.add_parser("sign", help="(CA operator) issue a certificate for an org's CSR",
                        description="Check the CSR's signature and CN, issue a clientAuth "
                                    "certificate, write DIR/orgs/<org>/<org>.crt, map the CN to "
                                    "--client-id in clients.yaml and deliver a copy (--cert-out).")
-    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=CA_HELP)
     s.add_argument("--csr", type=Path, required=True, metavar="FILE", help="the org's CSR")
     s.add_argument("--client-id", required=True, metavar="ID", help="client id of the org")
     s.add_argument("--days", type=_days, default=None,
@@ -232,35 +252,47 @@ def add_provision_parser(subparsers: Any) -> None:
                    help="where to deliver the certificate (default: <org>.crt beside the CSR)")
     s.set_defaults(func=cmd_sign)
 
+
+def _add_revoke(sub: Any) -> None:
+    """``provision revoke``."""
     s = sub.add_parser("revoke", help="revoke an organization's certificate (re-signs the CRL)",
                        description="Add ORG's current certificate serial to DIR/crl.pem, "
                                    "re-signed with a fresh next update. Copy it to the "
                                    "server's --certs: a running server re-reads crl.pem when it "
                                    "changes, refuses the certificate from then on and drops a "
                                    "connected organisation at the next stage boundary.")
-    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=CA_HELP)
     s.add_argument("org", metavar="ORG", help="organization name")
     s.add_argument("--reason", choices=REASONS, default="unspecified", help="CRL reason code")
     s.set_defaults(func=cmd_revoke)
 
+
+def _add_crl(sub: Any) -> None:
+    """``provision crl``."""
     s = sub.add_parser("crl", help="re-sign the CRL with a new next update",
                        description="The server refuses every peer once the CRL's next update "
                                    "has passed; run this (e.g. from cron) before that.")
-    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=CA_HELP)
     s.add_argument("--days", type=_days, default=None,
                    help="days until next update (default: validity_days.crl)")
     s.set_defaults(func=cmd_crl)
 
+
+def _add_list(sub: Any) -> None:
+    """``provision list``."""
     s = sub.add_parser("list", help="organization certificates, serials, validity, status",
                        description="Every organization certificate (current and archived) "
                                    "with its client id, serial, validity and revocation status.")
-    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=CA_HELP)
     s.add_argument("--json", action="store_true", help="print {ca_dir, orgs: [...]} as JSON")
     s.set_defaults(func=cmd_list)
 
+
+def _add_verify(sub: Any) -> None:
+    """``provision verify``."""
     s = sub.add_parser("verify", help="check a peer certificate as the server will",
                        description="Print the client id of CERT, or fail (exit 1) naming why "
                                    "the server would refuse it.")
-    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=ca_help)
+    s.add_argument("--ca", type=_ca_folder, required=True, metavar="DIR", help=CA_HELP)
     s.add_argument("cert", type=Path, metavar="CERT", help="certificate, PEM or DER")
     s.set_defaults(func=cmd_verify)

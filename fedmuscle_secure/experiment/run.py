@@ -14,9 +14,8 @@ its own ε. The deployment never runs it.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from fedmuscle_secure.console.progress import NORMAL, QUIET
 from fedmuscle_secure.console.rounds import RunProgress
 from fedmuscle_secure.data import FederatedSplit, federated_split
 from fedmuscle_secure.data.source import load_dataset
-from fedmuscle_secure.errors import CheckpointError, RunInterrupted
-from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
+from fedmuscle_secure.errors import ConfigError, RunInterrupted
+from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
+from fedmuscle_secure.experiment.rundir import FINAL, RunDir, check_start, config_digest
 from fedmuscle_secure.experiment.summary import client_table, write_summary
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 
@@ -57,14 +57,6 @@ def methods_of(cfg: ExperimentConfig) -> list[str]:
     return [m, "local"] if cfg.compare_local and m != "local" else [m]
 
 
-def _row(method: str, r: int | str, cfg: ExperimentConfig, name: str, fed: Federation,
-         metrics: dict[str, float]) -> dict[str, Any]:
-    client = fed.clients[name]
-    spec = next(c for c in cfg.clients if c.name == name)
-    return {"method": method, "round": r, "client": name, "model": spec.model, "task": spec.task,
-            "metric": client.task.metric, **metrics}
-
-
 def _display(cfg: ExperimentConfig, methods: list[str],
              progress: bool | RunProgress) -> tuple[RunProgress, bool]:
     """(the display to report to, whether this caller made it and closes it): ``progress``
@@ -87,87 +79,96 @@ def run_method(cfg: ExperimentConfig, split: FederatedSplit, method: str, run: R
     main = methods_of(cfg)[0]
     display, own = _display(cfg, [method], progress)
     fed = build_federation(cfg, split, method, record_dir=run.root if method == main else None)
+    loop = _MethodRun(cfg, fed, method, RoundRecorder(run, method, cfg.checkpoint.keep),
+                      display, prior_rows)
     try:
-        return _run_rounds(cfg, fed, method, run, resume=resume, display=display,
-                           prior_rows=prior_rows, stop_after=stop_after)
+        start = loop.resume() if resume else 1
+        if start is None:  # it had finished
+            return loop.rows
+        loop.rounds(start, stop_after)
+        loop.finish()
+        return loop.rows
     finally:
         fed.close()
         if own:
             display.close()
 
 
-def _run_rounds(cfg: ExperimentConfig, fed: Federation, method: str, run: RunDir, *, resume: bool,
-                display: RunProgress, prior_rows: list[dict[str, Any]],
-                stop_after: int | None) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    start = 1
-    if resume and (ck := run.latest_checkpoint(method)) is not None:
+@dataclass
+class _MethodRun:
+    """One method's federation driven round by round, and what it records."""
+
+    cfg: ExperimentConfig
+    fed: Federation
+    method: str
+    records: RoundRecorder
+    display: RunProgress
+    prior_rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def _row(self, r: int | str, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        return metric_row(self.cfg, self.method, r, name, self.fed.clients[name].task.metric,
+                          metrics)
+
+    def _state(self) -> dict[str, Any]:
+        return {"clients": {n: c.state_dict() for n, c in self.fed.clients.items()},
+                "server": self.fed.server.state_dict()}
+
+    def resume(self) -> int | None:
+        """The round to start from after the latest checkpoint (None: the method finished)."""
+        ck = self.records.run.latest_checkpoint(self.method)
+        if ck is None:
+            return 1
         r0, state = ck
-        rows = list(state["rows"])
-        run.event("resume", method=method, from_round=r0)
-        display.resumed(method, min(r0, cfg.training.rounds))
+        self.rows = list(state["rows"])
+        self.records.run.event("resume", method=self.method, from_round=r0)
+        self.display.resumed(self.method, min(r0, self.cfg.training.rounds))
         if state.get("finished"):
-            return rows
+            return None
         for name, cstate in state["clients"].items():
-            fed.clients[name].load_state_dict(cstate)
-        fed.server.load_state_dict(state["server"])
-        start = int(r0) + 1
-    rounds = cfg.training.rounds
-    for r in range(start, rounds + 1):
-        t0 = time.perf_counter()
+            self.fed.clients[name].load_state_dict(cstate)
+        self.fed.server.load_state_dict(state["server"])
+        return int(r0) + 1
 
-        def on_phase(p: str, r: int = r) -> None:
-            display.phase(method, r, p)
+    def rounds(self, start: int, stop_after: int | None) -> None:
+        """Rounds ``start``..R, each recorded and checkpointed."""
+        rounds, method, display = self.cfg.training.rounds, self.method, self.display
+        for r in range(start, rounds + 1):
+            t0 = time.perf_counter()
 
-        per_client = run_round(fed, r, on_phase=on_phase)
-        for name, m in per_client.items():
-            rows.append(_row(method, r, cfg, name, fed, m))
-        seconds = time.perf_counter() - t0
-        display.round_end(method, r, per_client, seconds)
-        run.event("round_end", method=method, round=r, seconds=seconds,
-                  selection=fed.server.last_selection, metrics=per_client)
-        for d in fed.server.departures:
-            if d["round"] == r:
-                run.event("client_left", method=method, **d)
-        for e in fed.server.sat_out:
-            if e["round"] == r:
-                run.event("exchange_sat_out", method=method, **e)
-        if fed.server.settings.secure is not None:
-            for e in fed.server.settings.secure.events:
-                if e["round"] == r:
-                    run.event(e["event"], method=method, **{k: v for k, v in e.items() if k != "event"})
-        _checkpoint(run, method, r, fed, rows, finished=False, keep=cfg.checkpoint.keep)
-        run.write_metrics(prior_rows + rows)
-        if stop_after is not None and r >= stop_after and r < rounds:
-            raise RunInterrupted(f"{method}: stopped after round {r} (stop_after)")
-    finals: dict[str, dict[str, float]] = {}
-    for i, (name, client) in enumerate(fed.clients.items()):
-        display.phase(method, "final", f"final local update {name} ({i + 1}/{len(fed.clients)})")
-        t0 = time.perf_counter()
-        m = client.finish()
-        m.update(bytes_sent=0.0, bytes_received=0.0, wall_time_s=time.perf_counter() - t0)
-        if client.privacy is not None:
-            ps = client.privacy.settings
-            m.update(releases=client.privacy.releases, sigma_record=ps.dpsgd_sigma,
-                     sigma_client=ps.representation_sigma)
-        if client.left is not None:
-            m.update(left_round=client.left["round"], left_reason=client.left["reason"])
-        rows.append(_row(method, "final", cfg, name, fed, m))
-        finals[name] = m
-    display.final(method, finals)
-    _checkpoint(run, method, FINAL, fed, rows, finished=True, keep=cfg.checkpoint.keep)
-    return rows
+            def on_phase(p: str, r: int = r) -> None:
+                display.phase(method, r, p)
 
+            per_client = run_round(self.fed, r, on_phase=on_phase)
+            self.rows += [self._row(r, name, m) for name, m in per_client.items()]
+            seconds = time.perf_counter() - t0
+            display.round_end(method, r, per_client, seconds)
+            self.records.events(r, self.fed.server, seconds, per_client)
+            self.records.checkpoint(r, self._state(), self.rows, finished=False)
+            self.records.run.write_metrics(self.prior_rows + self.rows)
+            if stop_after is not None and r >= stop_after and r < rounds:
+                raise RunInterrupted(f"{method}: stopped after round {r} (stop_after)")
 
-def _checkpoint(run: RunDir, method: str, r: int | str, fed: Federation,
-                rows: list[dict[str, Any]], finished: bool, keep: int) -> None:
-    state = {"clients": {n: c.state_dict() for n, c in fed.clients.items()},
-             "server": fed.server.state_dict(), "rows": rows, "finished": finished}
-    run.save_checkpoint(method, r, state, keep=keep)
-
-
-def config_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def finish(self) -> None:
+        """Every client's closing local update, its ``final`` row and the final checkpoint."""
+        finals: dict[str, dict[str, float]] = {}
+        clients = self.fed.clients
+        for i, (name, client) in enumerate(clients.items()):
+            self.display.phase(self.method, "final",
+                               f"final local update {name} ({i + 1}/{len(clients)})")
+            t0 = time.perf_counter()
+            m = client.finish()
+            m.update(bytes_sent=0.0, bytes_received=0.0, wall_time_s=time.perf_counter() - t0)
+            if client.privacy is not None:
+                ps = client.privacy.settings
+                m.update(releases=client.privacy.releases, sigma_record=ps.dpsgd_sigma,
+                         sigma_client=ps.representation_sigma)
+            if client.left is not None:
+                m.update(left_round=client.left["round"], left_reason=client.left["reason"])
+            self.rows.append(self._row("final", name, m))
+            finals[name] = m
+        self.display.final(self.method, finals)
+        self.records.checkpoint(FINAL, self._state(), self.rows, finished=True)
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False,
@@ -177,19 +178,31 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
 
     ``progress``: True shows one bar over every method's rounds on a terminal and one line
     per round elsewhere (stdout); False nothing; or the :class:`RunProgress` to report to.
+    A new run that fails its configuration checks before its first checkpoint (the split,
+    the federation) leaves no run directory behind.
     """
     run = RunDir(out)
     resolved = dump_config(cfg)
-    if resume:
-        if not run.config.is_file():
-            raise CheckpointError(f"{run.root}: nothing to resume (no config.resolved.yaml)")
-        if keys := config_differences(run.config.read_text(), resolved):
-            raise CheckpointError(f"{run.config}: the config {differs_message(run.config, keys)}")
-    elif run.root.exists() and any(run.root.iterdir()):
-        raise CheckpointError(f"{run.root} already holds a run; pass --resume to continue it or "
-                              "choose another --out")
-    run.create()
-    run.config.write_text(resolved)
+    check_start(run, resolved, resume)
+    existed = run.root.is_dir()
+    try:
+        rows = _run_methods(cfg, run, resolved, resume=resume, progress=progress,
+                            stop_after=stop_after)
+    except ConfigError:
+        if not resume:
+            run.remove_unstarted(existed=existed)
+        raise
+    final = {m: {r["client"]: float(r["test_metric"]) for r in rows
+                 if r["method"] == m and r["round"] == "final"} for m in methods_of(cfg)}
+    write_summary(run.summary, cfg, rows)
+    run.event("run_end", final=final)
+    return RunResult(run.root, final, rows)
+
+
+def _run_methods(cfg: ExperimentConfig, run: RunDir, resolved: str, *, resume: bool,
+                 progress: bool | RunProgress, stop_after: int | None) -> list[dict[str, Any]]:
+    """Start (or resume) the run directory, then every method in turn; their metric rows."""
+    run.start(resolved)
     split = make_split(cfg)
     run.event("run_start" if not resume else "run_resume", seed=cfg.seed,
               config_sha256=config_digest(resolved), split=split.summary(),
@@ -206,11 +219,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
     finally:
         if own:
             display.close()
-    final = {m: {r["client"]: float(r["test_metric"]) for r in rows
-                 if r["method"] == m and r["round"] == "final"} for m in methods_of(cfg)}
-    write_summary(run.summary, cfg, rows)
-    run.event("run_end", final=final)
-    return RunResult(run.root, final, rows)
+    return rows
 
 
-__all__ = ["RunResult", "client_table", "make_split", "run_experiment"]
+__all__ = ["RunResult", "client_table", "config_digest", "make_split", "run_experiment"]

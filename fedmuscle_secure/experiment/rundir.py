@@ -9,11 +9,13 @@ and ``final.pt`` (the finished run); ``checkpoint.keep`` of them are kept per me
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch
 import yaml
 
 from fedmuscle_secure.durable import fsync_dir
-from fedmuscle_secure.errors import CheckpointError
+from fedmuscle_secure.errors import CheckpointError, ConfigError
 
 METRIC_COLUMNS = [
     "method", "round", "client", "model", "task", "metric", "test_metric", "val_metric",
@@ -56,6 +58,26 @@ class RunDir:
 
     def create(self) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def start(self, resolved: str) -> None:
+        """Create the directory and record the resolved config it runs (a resume rewrites
+        the same text: :func:`check_start` compared it first)."""
+        self.create()
+        self.config.write_text(resolved)
+
+    def has_checkpoints(self) -> bool:
+        """Whether any round of any method was checkpointed here (the run really started)."""
+        return self.checkpoints.is_dir() and any(self.checkpoints.rglob("*.pt"))
+
+    def remove_unstarted(self, *, existed: bool) -> None:
+        """Undo a start that failed before its first checkpoint: nothing is left that
+        ``--resume`` or a new start would trip over. A directory the operator made
+        (``existed``, and empty: :func:`check_start`) is kept, emptied."""
+        if self.has_checkpoints() or not self.root.is_dir():
+            return
+        shutil.rmtree(self.root)
+        if existed:
+            self.root.mkdir()
 
     def event(self, kind: str, **fields: Any) -> None:
         line = json.dumps({"time": time.time(), "event": kind, **fields}, default=str)
@@ -186,6 +208,42 @@ def config_differences(recorded: str, resolved: str) -> list[str]:
     a = flat(yaml.safe_load(results_config(recorded)) or {})
     b = flat(yaml.safe_load(results_config(resolved)) or {})
     return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))
+
+
+def config_digest(text: str, length: int = 16) -> str:
+    """The hex SHA-256 prefix that names a resolved config in events and markers."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class StartWording:
+    """How a command names a run directory it refuses: its flags and what to type instead.
+    Without one (a library call) the refusal is a :class:`CheckpointError`."""
+
+    config_flag: str = "CONFIG"
+    held_hint: str = "pass --resume to continue it or choose another --out"
+    empty_hint: str = ""
+
+
+def check_start(run: RunDir, resolved: str, resume: bool,
+                wording: StartWording | None = None) -> None:
+    """The one check before a run directory is written: ``resume`` needs a run of this very
+    config there (``checkpoint`` aside), a new run an empty or missing directory. Every
+    starter calls it (``run`` before it builds data and models, so a usage error costs
+    nothing; the library and the gRPC server before they write)."""
+    if resume and not run.config.is_file():
+        what = f"{run.root}: nothing to resume (no config.resolved.yaml)"
+        hint = f"; {wording.empty_hint}" if wording is not None and wording.empty_hint else ""
+        raise (CheckpointError(what) if wording is None else ConfigError("--out", what + hint))
+    if resume and (keys := config_differences(run.config.read_text(), resolved)):
+        if wording is None:
+            raise CheckpointError(f"{run.config}: the config {differs_message(run.config, keys)}")
+        raise ConfigError(wording.config_flag, differs_message(run.config, keys))
+    if not resume and run.root.is_dir() and any(run.root.iterdir()):
+        held = f"{run.root} already holds a run; "
+        if wording is None:
+            raise CheckpointError(held + StartWording.held_hint)
+        raise ConfigError("--out", held + wording.held_hint)
 
 
 def differs_message(path: Path, keys: list[str]) -> str:

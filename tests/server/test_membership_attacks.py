@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from deploy_driver import provision
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
-from fedmuscle_secure.server.membership import barred_on_resume
+from fedmuscle_secure.server.grpc.membership import barred_on_resume
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import IdentityError

@@ -20,13 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from deploy_driver import provision
 from fedmuscle_secure.server.coordinator import Abort, Coordinator, TransportError
-from fedmuscle_secure.server.grpc_server import _stream_failure
-from fedmuscle_secure.server.membership import (
+from fedmuscle_secure.server.grpc.membership import (
     EXCLUDED,
     barred_on_resume,
     final_row_metrics,
     resolve_exclusions,
 )
+from fedmuscle_secure.server.grpc.servicer import stream_failure
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import ConfigError, IdentityError, QuorumLost
@@ -299,7 +299,7 @@ def test_a_departed_member_keeps_a_final_row_and_a_line_in_the_summary(tmp_path)
 
 def test_a_broken_stream_has_a_reason():
     """The drop reason used to read ``stream failed: `` (a bare RpcError has no code)."""
-    assert _stream_failure(grpc.RpcError()) == \
+    assert stream_failure(grpc.RpcError()) == \
         "stream closed by the client (cancelled, or its connection was lost)"
 
     class Failed(grpc.RpcError):
@@ -309,4 +309,4 @@ def test_a_broken_stream_has_a_reason():
         def details(self):
             return "too big"
 
-    assert _stream_failure(Failed()) == "stream failed (RESOURCE_EXHAUSTED): too big"
+    assert stream_failure(Failed()) == "stream failed (RESOURCE_EXHAUSTED): too big"

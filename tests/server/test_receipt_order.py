@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from fedmuscle_secure.server.grpc_server import Coordinator
+from fedmuscle_secure.server.grpc.process import Coordinator
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import LedgerError
