@@ -117,3 +117,17 @@ def test_shipped_grids_expand(tmp_path):
     methods = {c.method for c in paper.cells} | {i.split("__")[0] for i, _ in paper.invalid}
     assert methods == {"muscle", "muscle_sum", "pairwise", "gram", "fedhenn", "cofed", "feddf",
                        "simclr", "pseudo_label", "local"}
+
+
+def test_set_overrides_the_base_before_the_grid_and_is_checked_like_run_set(tmp_path):
+    base = tiny_config(**{"training.rounds": 1}).model_dump(mode="json")
+    del base["training"]  # a path the file does not spell out is still a setting
+    path = write_grid(tmp_path, {"seeds": [0], "overrides": {"muscle": {"dim": 8}},
+                                 "grids": [{"method": ["muscle"]}]}, base=base)
+    exp = expand_file(path, overrides={"training.rounds": 3, "muscle.dim": 4})
+    assert {c.config.training.rounds for c in exp.cells} == {3}
+    assert {c.config.muscle.dim for c in exp.cells} == {8}  # the grid's overrides apply after
+    with pytest.raises(ConfigError, match="training.roundz"):
+        expand_file(path, overrides={"training.roundz": 3})
+    with pytest.raises(ConfigError, match="training.rounds"):
+        expand_file(path, overrides={"training.rounds": -1})

@@ -7,6 +7,7 @@ import io
 import logging
 
 import torch
+from fake_clock import Clock
 
 from fedmuscle_secure.console.progress import (
     DEBUG,
@@ -35,14 +36,6 @@ class Terminal(io.StringIO):
         if self.closed:  # as a real file's
             raise ValueError("I/O operation on closed file")
         return True
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_terminal_detection(monkeypatch):
@@ -109,7 +102,7 @@ def test_the_bar_fits_the_terminal_width():
 
 
 def test_rate_and_eta_count_only_this_process_s_rounds():
-    clock = Clock()
+    clock = Clock(100.0)
     rate = RateEstimate(10, clock=clock)
     rate.skip(4)  # resumed after round 4: those rounds took time this process never saw
     assert rate.per_unit is None and rate.remaining is None

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from fedmuscle_secure.cli.args import positive_int, writable_dir
+from fedmuscle_secure.config import parse_overrides
 from fedmuscle_secure.errors import ConfigError
 
 
@@ -37,6 +38,11 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "still covers every finished cell")
     c.add_argument("--skip-invalid", action="store_true",
                    help="run the valid cells when some cells' configs are invalid (they are listed)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting of the grid's base config, validated like the "
+                        "file (as `run --set`): a dotted path and a YAML value, e.g. --set "
+                        "training.rounds=3; applied before the grid's overrides and axes "
+                        "(repeatable; recorded in each cell's config.resolved.yaml)")
     c.add_argument("--dry-run", action="store_true", help="print the cells and exit")
     c.add_argument("--report-only", action="store_true",
                    help="run nothing; regenerate the report from the finished cells in OUT")
@@ -124,7 +130,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError("--jobs", f"must be at least 1, got {args.jobs}")
-    exp = expand_file(args.grid, allow_invalid=args.skip_invalid)
+    exp = expand_file(args.grid, allow_invalid=args.skip_invalid,
+                      overrides=parse_overrides(args.set))
     out = args.out or Path("runs") / exp.spec.name
     if not args.dry_run:
         args.out = writable_dir(out, "--out")

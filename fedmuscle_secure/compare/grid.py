@@ -219,10 +219,36 @@ def expand(spec: GridSpec, base: dict[str, Any]) -> Expansion:
     return Expansion(spec, ordered, invalid)
 
 
-def expand_file(path: str | Path, *, allow_invalid: bool = False) -> Expansion:
+def with_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The raw base config with ``--set`` overrides (dotted paths), checked as ``run --set``
+    checks them (:meth:`ExperimentConfig.with_overrides` on the parsed base) and applied to
+    the raw mapping, so the grid's own overrides still merge into what the file said."""
+    if not overrides:
+        return base
+    resolved = parse_config(base, source="base").with_overrides(**overrides)
+    full = resolved.model_dump(mode="json")
+    out = copy.deepcopy(base)
+    for dotted in overrides:
+        node, ref = out, full
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            k = int(key) if isinstance(ref, list) else key
+            ref = ref[k]
+            if isinstance(node, dict) and k not in node:
+                node[k] = copy.deepcopy(ref)
+            node = node[k]
+        k = int(leaf) if isinstance(node, list) else leaf
+        node[k] = copy.deepcopy(ref[k])
+    return out
+
+
+def expand_file(path: str | Path, *, allow_invalid: bool = False,
+                overrides: dict[str, Any] | None = None) -> Expansion:
     """Load and expand a grid file; invalid cells raise a :class:`ConfigError` naming every one
-    of them unless ``allow_invalid`` (then they are returned in ``invalid``)."""
+    of them unless ``allow_invalid`` (then they are returned in ``invalid``). ``overrides``
+    (``compare --set``) change the base config before the grid's own overrides apply."""
     spec, base = load_grid(path)
+    base = with_settings(base, overrides or {})
     exp = expand(spec, base)
     if exp.invalid and not allow_invalid:
         lines = "\n".join(f"  {cid}: {err}" for cid, err in exp.invalid)

@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from deploy_driver import provision
+from fake_clock import Clock
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
 from fedmuscle_secure.server.grpc.membership import barred_on_resume
 from tiny import tiny_config
@@ -50,13 +51,6 @@ def _secagg(rounds: int = 1):
 
 # --- a revoked member racing the revocation ---------------------------------------------------
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Federation:

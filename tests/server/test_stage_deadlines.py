@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from fake_clock import Clock
 from fedmuscle_secure.server.coordinator import Abort, Coordinator
 from tiny import tiny_config
 
@@ -25,13 +26,6 @@ FOUR = [{"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"}
          "projection": {"kind": "linear"}},
         {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Harness:
