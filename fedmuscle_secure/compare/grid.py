@@ -13,7 +13,6 @@ Invalid cells (``parse_config`` raises) are reported at expansion time, each nam
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from fedmuscle_secure.config import (
     validate_model,
 )
 from fedmuscle_secure.errors import ConfigError, yaml_problem
-from fedmuscle_secure.experiment.rundir import results_config
+from fedmuscle_secure.experiment.rundir import config_digest, results_config
 
 _SAFE = r"^[A-Za-z0-9_.+-]+$"
 LOCAL = "local"
@@ -144,7 +143,7 @@ def load_grid(path: str | Path) -> tuple[GridSpec, dict[str, Any]]:
 
 
 def _digest(cfg: ExperimentConfig) -> str:
-    return hashlib.sha256(results_config(dump_config(cfg)).encode()).hexdigest()[:8]
+    return config_digest(results_config(dump_config(cfg)), 8)
 
 
 def _local_raw(cell_raw: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
@@ -28,7 +27,7 @@ from typing import Any
 
 from fedmuscle_secure.compare.grid import Cell
 from fedmuscle_secure.config import dump_config
-from fedmuscle_secure.experiment.rundir import RunDir, results_config
+from fedmuscle_secure.experiment.rundir import RunDir, config_digest, results_config
 
 MARKER = "cell.json"
 THREADS_PER_CELL = 2
@@ -57,7 +56,7 @@ def same_config(marker: dict[str, Any], cell: Cell) -> bool:
 
 def config_sha(text: str) -> str:
     """Digest of a resolved config's results part (:func:`.rundir.results_config`)."""
-    return hashlib.sha256(results_config(text).encode()).hexdigest()[:16]
+    return config_digest(results_config(text))
 
 
 def _drop_checkpoints(cell_dir: Path, cell_id: str) -> None:
