@@ -7,6 +7,7 @@ import io
 import logging
 
 import torch
+from helpers.clock import Clock
 
 from fedmuscle_secure.console.progress import (
     DEBUG,
@@ -35,14 +36,6 @@ class Terminal(io.StringIO):
         if self.closed:  # as a real file's
             raise ValueError("I/O operation on closed file")
         return True
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_terminal_detection(monkeypatch):

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
 from fedmuscle_secure.server.membership import barred_on_resume
+from helpers.clock import Clock
 from helpers.deploy_driver import provision
 from helpers.tiny import tiny_config
 
@@ -49,14 +50,6 @@ def _secagg(rounds: int = 1):
 
 
 # --- a revoked member racing the revocation ---------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Federation:

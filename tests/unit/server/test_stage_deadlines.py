@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from fedmuscle_secure.server.coordinator import Abort, Coordinator
+from helpers.clock import Clock
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.experiment.run import make_split
@@ -24,14 +25,6 @@ FOUR = [{"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"}
         {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
          "projection": {"kind": "linear"}},
         {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"}]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Harness:
