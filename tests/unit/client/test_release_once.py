@@ -1,7 +1,7 @@
 """A client releases at most once per exchange (DESIGN §4.4), in every mode.
 
 Attacks reproduced here, in the in-process simulator (the gRPC restart path is in
-``tests/test_grpc.py``):
+``tests/e2e/test_grpc.py``):
 
 * a server that crashed (or says it did) after it had every client's release of an
   exchange re-runs the round after ``--resume``; the clients rewind to their checkpoints.
