@@ -17,49 +17,20 @@ import json
 import math
 
 import pytest
-from helpers.tiny import tiny_config
+from helpers.report_privacy import (
+    CLIENT_LEVEL,
+    FROM_THE_MODEL,
+    PRIVATE,
+    RECORD_LEVEL,
+    SECAGG,
+    ledger_reports,
+    report_config,
+    round_as_the_server_sees_it,
+)
 
-from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.experiment.run import make_split
 from fedmuscle_secure.messages import Finish, RoundReport
-from fedmuscle_secure.records.audit import audit_run
-from fedmuscle_secure.simulator import build_federation, run_round
-
-PRIVATE = {"val_metric", "task_loss"}
-FROM_THE_MODEL = {"test_metric", "cl_loss", "cl_steps", "clipped_values"}
-
-RECORD_LEVEL = {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "expected_batch_size": 8}}
-CLIENT_LEVEL = {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}
-SECAGG = {"protection": "secagg", "muscle.method": "muscle_sum", "muscle.exchange": "per_epoch"}
-
-
-def _config(privacy: dict, **over):
-    return tiny_config(**{"training.rounds": 1, "compare_local": False, "privacy": privacy,
-                          **over})
-
-
-def _round_as_the_server_sees_it(cfg, record_dir):
-    """One round of the simulator; the reports the server received, and the rows."""
-    fed = build_federation(cfg, make_split(cfg), cfg.muscle.method, record_dir=record_dir)
-    received: list[RoundReport] = []
-    handle = fed.server.handle
-
-    def spy(msg):
-        if isinstance(msg, RoundReport):
-            received.append(msg)
-        return handle(msg)
-
-    fed.server.handle = spy
-    try:
-        rows = run_round(fed, 1)
-    finally:
-        fed.close()
-    assert sorted(r.client for r in received) == ["a", "b", "c"]
-    return fed, {r.client: r for r in received}, rows
-
-
-def _ledger_reports(record_dir, client):
-    lines = (record_dir / "ledger" / f"{client}.jsonl").read_text().splitlines()
-    return [e["body"] for e in map(json.loads, lines) if e["kind"] == "report"]
+from fedmuscle_secure.simulator import build_federation
 
 
 @pytest.mark.parametrize("privacy,over,withheld", [
@@ -70,8 +41,8 @@ def _ledger_reports(record_dir, client):
 ], ids=["record-level", "client-level", "both", "secagg-client-level"])
 def test_server_reading_reports_under_dp_gets_nothing_the_accounting_does_not_cover(
         tmp_path, privacy, over, withheld):
-    cfg = _config(privacy, **over)
-    fed, received, rows = _round_as_the_server_sees_it(cfg, tmp_path)
+    cfg = report_config(privacy, **over)
+    fed, received, rows = round_as_the_server_sees_it(cfg, tmp_path)
     for name, report in received.items():
         # the attack: what reached the server
         assert not withheld & set(report.metrics), (name, sorted(report.metrics))
@@ -86,7 +57,7 @@ def test_server_reading_reports_under_dp_gets_nothing_the_accounting_does_not_co
             assert rows[name][metric] == kept[metric] or math.isnan(kept[metric])
         assert not math.isnan(rows[name]["val_metric"])
         # its ledger says what left
-        (entry,) = _ledger_reports(tmp_path, name)
+        (entry,) = ledger_reports(tmp_path, name)
         assert entry["round"] == 1 and entry["sent"] == sorted(report.metrics)
         assert entry["withheld"] == sorted(report.withheld)
         assert entry["report_private_metrics"] is False
@@ -98,56 +69,14 @@ def test_every_metric_a_client_computes_is_classified():
     from fedmuscle_secure.client.report_policy import METRIC_SOURCES
 
     for privacy, over in [(RECORD_LEVEL, SECAGG), (CLIENT_LEVEL, {})]:
-        cfg = _config(privacy, **over)
-        fed, received, _ = _round_as_the_server_sees_it(cfg, None)  # no ledger: no files
+        cfg = report_config(privacy, **over)
+        fed, received, _ = round_as_the_server_sees_it(cfg, None)  # no ledger: no files
         for name, client in fed.clients.items():
             closing = client.handle(Finish(name, 2))[0]  # the deployment's final report
             for report in (received[name], closing):
                 computed = {*report.metrics, *report.withheld}
                 assert computed == set(client.report_gate.kept[report.round])
                 assert computed <= set(METRIC_SOURCES), computed - set(METRIC_SOURCES)
-
-
-@pytest.mark.slow
-def test_report_private_metrics_on_sends_them_and_the_summary_and_ledger_say_so(tmp_path):
-    cfg = _config({**RECORD_LEVEL, "report_private_metrics": True}, **SECAGG)
-    fed, received, _ = _round_as_the_server_sees_it(cfg, tmp_path / "sim")
-    for name, report in received.items():
-        assert PRIVATE | FROM_THE_MODEL <= set(report.metrics) and report.withheld == ()
-        assert report.metrics["val_metric"] == fed.clients[name].report_gate.kept[1]["val_metric"]
-        (entry,) = _ledger_reports(tmp_path / "sim", name)
-        assert entry["report_private_metrics"] is True and "val_metric" in entry["sent"]
-    res = run_experiment(cfg, tmp_path / "run", progress=False)
-    summary = (res.run_dir / "summary.md").read_text()
-    section = summary.split("## Metrics sent to the server", 1)[1].split("\n## ", 1)[0]
-    assert "`privacy.report_private_metrics` is on" in section
-    assert "val_metric" in section.split("Sent to the server:", 1)[1].split("\n", 1)[0]
-    assert "Kept at the client" not in section
-    assert audit_run(res.run_dir).exit_code() == 0  # `report` entries: audit accepts them
-
-
-@pytest.mark.slow
-def test_summary_under_dp_lists_what_was_kept_and_labels_the_local_reference(tmp_path):
-    cfg = _config(RECORD_LEVEL).with_overrides(compare_local=True)
-    res = run_experiment(cfg, tmp_path / "run", progress=False)
-    summary = (res.run_dir / "summary.md").read_text()
-    own = max(float(r["eps_record"]) for r in res.rows
-              if r["method"] == "local" and r["round"] == "final")
-    fed = max(float(r["eps_record"]) for r in res.rows
-              if r["method"] == "muscle" and r["round"] == "final")
-    assert own > 0 and "**`local` is an out-of-budget reference.**" in summary
-    assert f"its own record-level ε up to {own:.3f}" in summary
-    assert f"at most ε = {own + fed:.3f}" in summary and "no ledger" in summary
-    assert sorted(p.stem for p in (res.run_dir / "ledger").iterdir()) == ["a", "b", "c"]
-    section = summary.split("## Metrics sent to the server", 1)[1].split("\n## ", 1)[0]
-    kept = section.split("Kept at the client:", 1)[1].split("\n", 1)[0]
-    sent = section.split("Sent to the server:", 1)[1].split("\n", 1)[0]
-    assert "val_metric" in kept and "task_loss" in kept and "val_metric" not in sent
-    assert "test_metric" in sent and "eps_record" in sent
-    for row in res.rows:  # the simulator plays every organisation: its rows are complete
-        assert not math.isnan(float(row["val_metric"]))
-    assert "None" not in summary and "DP-SGD: on (" in summary  # settings given, never None
-    assert audit_run(res.run_dir).exit_code() == 0
 
 
 def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_theirs(tmp_path):
@@ -167,7 +96,7 @@ def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_
     from fedmuscle_secure.experiment.rundir import RunDir
     from fedmuscle_secure.experiment.summary import write_summary
 
-    cfg = _config(CLIENT_LEVEL, **SECAGG)
+    cfg = report_config(CLIENT_LEVEL, **SECAGG)
     split = make_split(cfg)
     fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path / "orgs")
     coordinator = Coordinator(fed.server, final_round=2)
@@ -246,12 +175,12 @@ def _csv(path):
 def test_report_private_metrics_default_follows_dp_and_an_explicit_value_wins(privacy, expected):
     from fedmuscle_secure.client.report_policy import reports_private_metrics
 
-    assert reports_private_metrics(_config(privacy)) is expected
+    assert reports_private_metrics(report_config(privacy)) is expected
 
 
 def test_report_private_metrics_must_be_a_boolean():
     from fedmuscle_secure.errors import ConfigError
 
     with pytest.raises(ConfigError) as exc:
-        _config({"report_private_metrics": "maybe"})
+        report_config({"report_private_metrics": "maybe"})
     assert exc.value.field == "privacy.report_private_metrics"
