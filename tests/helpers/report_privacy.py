@@ -13,7 +13,6 @@ from helpers.tiny import tiny_config
 PRIVATE = {"val_metric", "task_loss"}
 FROM_THE_MODEL = {"test_metric", "cl_loss", "cl_steps", "clipped_values"}
 
-
 RECORD_LEVEL = {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "expected_batch_size": 8}}
 CLIENT_LEVEL = {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}
 SECAGG = {"protection": "secagg", "muscle.method": "muscle_sum", "muscle.exchange": "per_epoch"}
