@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
-from helpers.tiny import tiny_config
+from helpers.baselines import baseline_config
 
 from fedmuscle_secure.baselines import SILENT, pseudo_label
-from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.experiment.run import make_split
 from fedmuscle_secure.messages import (
     GroupOutputs,
     PeerKernel,
@@ -20,28 +20,12 @@ from fedmuscle_secure.messages import (
 )
 from fedmuscle_secure.simulator import build_federation, run_round
 
-# Two clients share the digit10 output space (cofed votes / feddf ensembles need a
-# partner); "a" (coarse) is alone in its space and takes the fallback path.
-CLIENTS = [
-    {"name": "a", "model": "test_resnet", "image_size": 16, "task": "coarse"},
-    {"name": "b", "model": "test_resnet", "image_size": 16, "task": "digit10"},
-    {"name": "c", "model": "resnet10t", "image_size": 8, "task": "digit10",
-     "projection": {"kind": "linear"}},
-]
 NB = 3  # public batches per round: 96 // 32
-
-
-DATA = {"public_size": 96, "test_size": 30, "shard_size": 20, "val_fraction": 0.25}  # seconds
-
-
-def _cfg(method, **over):
-    return tiny_config(**{"training.rounds": 1, "clients": CLIENTS, "data": DATA,
-                          "muscle.method": method, **over})
 
 
 @pytest.fixture(scope="module")
 def split():
-    return make_split(_cfg("gram"))
+    return make_split(baseline_config("gram"))
 
 
 def _spy(obj, seen):
@@ -72,7 +56,7 @@ def test_method_runs_one_round_with_its_messages(method, exchange, release, repl
                                                  monkeypatch):
     # every prediction counts as confident, so pseudo_label and cofed's fallback do step
     monkeypatch.setattr(pseudo_label, "THRESHOLD", 0.0)
-    fed = build_federation(_cfg(method, **{"muscle.exchange": exchange}), split, method,
+    fed = build_federation(baseline_config(method, **{"muscle.exchange": exchange}), split, method,
                            record_dir=tmp_path)
     sent, replies = [], []
     for client in fed.clients.values():
@@ -105,12 +89,3 @@ def test_method_runs_one_round_with_its_messages(method, exchange, release, repl
     else:
         assert steps == {"a": NB, "b": NB, "c": NB}
         assert all(math.isfinite(m["cl_loss"]) for m in metrics.values())
-
-
-@pytest.mark.slow
-def test_run_writes_summary_against_local(tmp_path):
-    cfg = _cfg("simclr", **{"training.final_local_update": False})
-    res = run_experiment(cfg, tmp_path / "run", progress=False)
-    assert set(res.final) == {"simclr", "local"}
-    assert all(math.isfinite(v) for per in res.final.values() for v in per.values())
-    assert "`simclr`" in (res.run_dir / "summary.md").read_text()
