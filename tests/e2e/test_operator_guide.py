@@ -12,32 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "operators.md"
-START, END = "<!-- walkthrough:", "<!-- end walkthrough -->"
-
-
-def walkthrough() -> str:
-    """The shell blocks between the walkthrough markers, in order."""
-    text = GUIDE.read_text()
-    body = text[text.index(START):text.index(END)]
-    blocks = re.findall(r"```sh\n(.*?)```", body, re.DOTALL)
-    assert len(blocks) >= 8, "the walkthrough lost its blocks"
-    return "\n".join(blocks)
+from helpers.operator_guide import walkthrough
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_the_walkthrough_names_every_mode_and_the_csr_path():
-    script = walkthrough()
-    assert re.search(r"^MODE=plain\b", script, re.MULTILINE) and re.search(r"^PORT=\d+$", script, re.MULTILINE)
-    for needed in ("provision csr", "provision identity", "provision sign", "provision init",
-                   "provision ckks", "--trusted-keys", "audit"):
-        assert needed in script, needed
 
 
 @pytest.mark.slow
