@@ -21,9 +21,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Everything but the end-to-end tests (real processes, whole runs): a few minutes.
+# The unit tests only (tests/unit/, no test marked slow), not the end-to-end tests of
+# tests/e2e/ (real processes, whole runs): a few minutes.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_loss.py

@@ -22,8 +22,8 @@ Python's own stderr (``sys.stderr``, the logging handlers) writes to the real st
 directly, not through the pipe. A client installs it too (``side="client"``, no tracer):
 there the core's line about the server's handshake becomes an INFO record, since the
 client explains the failure itself in one line (:mod:`fedmuscle_secure.transport.tls_probe`). The line formats are gRPC's, not an API: the test
-``tests/test_handshake_errors.py`` pins them with a real server and a foreign-CA client, so
-a gRPC upgrade that changes them fails there. When gRPC was imported before :func:`install`
+``tests/e2e/test_handshake_errors_processes.py`` pins them with a real server and a
+foreign-CA client, so a gRPC upgrade that changes them fails there. When gRPC was imported before :func:`install`
 (the tracer could not be turned on), the reason is still logged, with the peer unknown.
 """
 

@@ -1,0 +1,132 @@
+"""``compare`` grid schema and cell expansion (DESIGN §7): fields named in errors, the
+product of axes, deduplicated local cells and the Δ reference of each cell."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from helpers.paths import REPO
+from helpers.tiny import tiny_config
+
+from fedmuscle_secure.compare.grid import expand_file, load_grid
+from fedmuscle_secure.errors import ConfigError
+
+
+def write_grid(tmp_path, grid, base=None):
+    base = base or tiny_config(**{"training.rounds": 1}).model_dump(mode="json")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "base": "base.yaml", **grid}))
+    return path
+
+
+DP = {"none": {}, "rec8": {"privacy": {"dp_sgd": {"enabled": True, "target_epsilon": 8.0}}},
+      "cli1": {"privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}}}
+
+
+@pytest.mark.parametrize("grid, field", [
+    ({"seeds": [0], "grids": [{"methods": ["muscle"]}]}, "grids.0.methods"),
+    ({"seeds": [0], "grids": [{"method": ["muscle"], "dp": ["nope"]}]}, "grids.0.dp.0"),
+    ({"grids": [{"method": ["muscle"]}]}, "seeds"),
+    ({"seeds": [0], "grids": []}, "grids"),
+    ({"seeds": [0, 0], "grids": [{"method": ["muscle"]}]}, "seeds"),
+    ({"seeds": [0], "dp_levels": {"a b": {}}, "grids": [{"method": ["muscle"]}]}, "dp_levels.a b"),
+    ({"seeds": [0], "grids": [{"method": ["mus/cle"]}]}, "grids.0.method.0"),
+    ({"seeds": [0], "extra": 1, "grids": [{"method": ["muscle"]}]}, "extra"),
+])
+def test_schema_errors_name_the_field(tmp_path, grid, field):
+    with pytest.raises(ConfigError) as exc:
+        load_grid(write_grid(tmp_path, grid))
+    assert exc.value.field == field
+
+
+def test_missing_base_is_named(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "base": "nope.yaml", "seeds": [0],
+                                    "grids": [{"method": ["muscle"]}]}))
+    with pytest.raises(ConfigError) as exc:
+        load_grid(path)
+    assert exc.value.field == "base" and "nope.yaml" in str(exc.value)
+
+
+def test_expansion_product_local_dedup_and_references(tmp_path):
+    grid = {"seeds": [0, 1], "dp_levels": DP, "grids": [
+        {"method": ["muscle", "muscle_sum", "local"], "protection": ["plain", "secagg"],
+         "dp": ["none", "rec8", "cli1"], "exchange": ["per_batch", "per_epoch"]},
+        {"method": ["muscle_sum"], "dp": ["none"], "exchange": ["per_epoch"]},  # duplicates
+    ]}
+    path = write_grid(tmp_path, grid)
+    # secagg trains only the sum form: every muscle × secagg cell is invalid, each named.
+    with pytest.raises(ConfigError) as exc:
+        expand_file(path)
+    assert "muscle__secagg__none__per_batch__s0" in str(exc.value)
+    assert "12 cell(s)" in str(exc.value)
+    exp = expand_file(path, allow_invalid=True)
+    assert len(exp.invalid) == 12
+    ids = [c.id for c in exp.cells]
+    assert len(ids) == len(set(ids))
+    local = [c for c in exp.cells if c.is_local]
+    # local depends on the seed and DP-SGD only: not on protection, exchange or rep. noise
+    assert sorted(c.id for c in local) == ["local__none__s0", "local__none__s1",
+                                           "local__rec8__s0", "local__rec8__s1"]
+    others = [c for c in exp.cells if not c.is_local]
+    # muscle: plain × 3 dp × 2 exchanges × 2 seeds; muscle_sum: 2 protections × ... (block 2
+    # repeats cells of block 1 and adds none)
+    assert len(others) == 12 + 24
+    by_id = exp.by_id()
+    for c in others:
+        ref = by_id[c.ref]
+        assert ref.is_local and ref.seed == c.seed == c.config.seed
+        assert ref.config.privacy.dp_sgd == c.config.privacy.dp_sgd
+        assert ref.config.training == c.config.training
+        assert not c.config.compare_local and not ref.config.compare_local
+        assert c.config.muscle.method == c.method and c.config.protection == c.protection
+        assert c.config.muscle.exchange == c.exchange
+        assert c.id == f"{c.method}__{c.protection}__{c.dp}__{c.exchange}__s{c.seed}"
+    assert by_id["muscle_sum__secagg__cli1__per_epoch__s1"].ref == "local__none__s1"
+    assert by_id["muscle__plain__rec8__per_batch__s0"].ref == "local__rec8__s0"
+    assert by_id["local__none__s0"].config.privacy.representation_noise.enabled is False
+    assert by_id["muscle__plain__cli1__per_batch__s0"].config.privacy.representation_noise.enabled
+
+
+def test_block_overrides_that_change_local_training_get_their_own_reference(tmp_path):
+    grid = {"seeds": [3], "overrides": {"training": {"local_epochs": 1}}, "grids": [
+        {"method": ["muscle"]},
+        {"method": ["pairwise"], "overrides": {"training": {"local_epochs": 2}}},
+    ]}
+    exp = expand_file(write_grid(tmp_path, grid))
+    by_id = exp.by_id()
+    a, b = by_id["muscle__plain__none__per_batch__s3"], by_id["pairwise__plain__none__per_batch__s3"]
+    assert a.ref != b.ref
+    assert by_id[a.ref].config.training.local_epochs == 1
+    assert by_id[b.ref].config.training.local_epochs == 2
+
+
+def test_shipped_grids_expand(tmp_path):
+    root = REPO / "configs"
+    exp = expand_file(root / "compare-secure.yaml")
+    assert len([c for c in exp.cells if c.is_local]) == 9
+    # 3 DP-SGD settings x 3 seeds of local references (the curve shares the no-DP-SGD ones),
+    # 3 protections x 3 DP levels x 3 seeds, and the curve: no noise + 5 sigmas, x 3 seeds.
+    assert len(exp.cells) == 9 + 27 + 6 * 3
+    curve = [c for c in exp.cells if c.exchange == "per_batch"]
+    assert len(curve) == 6 * 3 and all(c.ref and c.ref.startswith("local__none__") for c in curve)
+    assert len({c.dp for c in curve if c.dp.startswith("client-sigma-")}) == 5
+    paper = expand_file(root / "compare-paper.yaml", allow_invalid=True)
+    methods = {c.method for c in paper.cells} | {i.split("__")[0] for i, _ in paper.invalid}
+    assert methods == {"muscle", "muscle_sum", "pairwise", "gram", "fedhenn", "cofed", "feddf",
+                       "simclr", "pseudo_label", "local"}
+
+
+def test_set_overrides_the_base_before_the_grid_and_is_checked_like_run_set(tmp_path):
+    base = tiny_config(**{"training.rounds": 1}).model_dump(mode="json")
+    del base["training"]  # a path the file does not spell out is still a setting
+    path = write_grid(tmp_path, {"seeds": [0], "overrides": {"muscle": {"dim": 8}},
+                                 "grids": [{"method": ["muscle"]}]}, base=base)
+    exp = expand_file(path, overrides={"training.rounds": 3, "muscle.dim": 4})
+    assert {c.config.training.rounds for c in exp.cells} == {3}
+    assert {c.config.muscle.dim for c in exp.cells} == {8}  # the grid's overrides apply after
+    with pytest.raises(ConfigError, match="training.roundz"):
+        expand_file(path, overrides={"training.roundz": 3})
+    with pytest.raises(ConfigError, match="training.rounds"):
+        expand_file(path, overrides={"training.rounds": -1})

@@ -1,0 +1,42 @@
+"""``run_experiment`` refuses to overwrite a run directory or to resume it with another
+config, naming the keys that differ; a start that fails a config check leaves nothing behind."""
+
+import pytest
+from helpers.tiny import tiny_config
+
+from fedmuscle_secure.errors import CheckpointError, ConfigError
+from fedmuscle_secure.experiment.run import run_experiment
+
+
+def test_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path):
+    cfg = tiny_config(**{"training.rounds": 1, "compare_local": False})
+    run_experiment(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError):
+        run_experiment(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match=r"config differs .* \(in seed\)"):
+        run_experiment(cfg.with_overrides(seed=1), tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(CheckpointError, match=r"\(in muscle\.dim, training\.rounds\)"):
+        run_experiment(cfg.with_overrides(**{"training.rounds": 2, "muscle.dim": 8}),
+                       tmp_path / "r", resume=True, progress=False)
+
+
+def test_a_start_that_fails_a_config_check_leaves_no_run_directory(tmp_path):
+    bad = tiny_config(**{"training.rounds": 1, "compare_local": False,
+                         "data.test_size": 10**7})  # more than the dataset holds: the split refuses
+    with pytest.raises(ConfigError, match="data.test_size"):
+        run_experiment(bad, tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "made").mkdir()
+    with pytest.raises(ConfigError, match="data.test_size"):
+        run_experiment(bad, tmp_path / "made", progress=False)
+    assert (tmp_path / "made").is_dir() and not any((tmp_path / "made").iterdir())
+
+
+def test_resume_of_a_run_that_never_ran_a_round_starts_it(tmp_path):
+    from fedmuscle_secure.config import dump_config
+    from fedmuscle_secure.experiment.rundir import RunDir
+
+    cfg = tiny_config(**{"training.rounds": 1, "compare_local": False})
+    RunDir(tmp_path / "r").start(dump_config(cfg))  # recorded, then stopped before round 1
+    res = run_experiment(cfg, tmp_path / "r", resume=True, progress=False)
+    assert set(res.final[cfg.muscle.method]) == {c.name for c in cfg.clients}
