@@ -10,7 +10,7 @@ guarantee costs"); the caller composes the DP-SGD steps of every round in its ow
 ``steps`` and ``sample_rate`` as this module reports them.
 
 The model is made Opacus-ready (BatchNorm → GroupNorm, out-of-place residuals, a probe of
-per-sample gradients) by :mod:`client.dp_model`.
+per-sample gradients) by :mod:`fedmuscle_secure.models.private`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from fedmuscle_secure.client.dp_model import (  # noqa: F401  (re-exported: the front door)
-    GRAD_SAMPLE_MODES,
-    HOOK_WARNING,
-    MODE_ATTR,
-    _probe_mode,
-    make_private_model,
-    per_sample_gradient_error,
-    recommended_grad_sample_mode,
-)
 from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
@@ -41,6 +32,15 @@ from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.dp.sampling import CsprngPoissonSampler
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.models.private import (  # noqa: F401  (re-exported: the front door)
+    GRAD_SAMPLE_MODES,
+    HOOK_WARNING,
+    MODE_ATTR,
+    _probe_mode,
+    make_private_model,
+    per_sample_gradient_error,
+    recommended_grad_sample_mode,
+)
 
 NoiseFn = Callable[[tuple[int, ...], float], torch.Tensor]
 

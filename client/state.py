@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from fedmuscle_secure.client.contrastive import contrastive_loss, random_affine_view
+from fedmuscle_secure.client.contrastive import contrastive_loss
 from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.client.release_record import ReleaseGuard, ReleaseRecord
 from fedmuscle_secure.client.report_policy import ReportGate, ReportPolicy
@@ -22,6 +22,7 @@ from fedmuscle_secure.crypto.secagg.messages import MaskedInput
 
 from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.data.tasks import Task
+from fedmuscle_secure.data.views import random_affine_view
 from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError
 from fedmuscle_secure.messages import (
     EncryptedPeers,

@@ -23,17 +23,14 @@ from fedmuscle_secure.data import FederatedSplit, get_task
 from fedmuscle_secure.federation.privacy import calibrate, dp_enabled, identity_key
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
 from fedmuscle_secure.messages import (
-    EncryptedRepresentations,
     Message,
-    Representations,
     RoundReport,
-    SecAggEnvelope,
-    TaskOutputs,
     payload_bytes,
 )
 from fedmuscle_secure.models import build_client_model
 from fedmuscle_secure.seeding import derive_seed
 from fedmuscle_secure.server.computation import resolve_device
+from fedmuscle_secure.server.receipts import carries_release, record_receipt
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
 
 
@@ -344,27 +341,6 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
                              weight_decay=cfg.training.weight_decay, config=config,
                              noise_fn=lambda shape, std: csprng_normal(shape, std=std))
     return ClientPrivacy(name, settings, ledger), dpsgd
-
-
-def record_receipt(receipts, msg: Representations | TaskOutputs | SecAggEnvelope) -> None:
-    """The server side's receipt of a payload, digested as it arrived (§5.4); the
-    simulator and the gRPC server (:mod:`server.grpc_server`) both call this."""
-    from fedmuscle_secure.records.ledger import payload_digest
-
-    if isinstance(msg, EncryptedRepresentations):
-        digest, size = payload_digest(*msg.payload_parts())
-    elif isinstance(msg, TaskOutputs):
-        digest, size = payload_digest(msg.outputs)
-    else:
-        digest, size = payload_digest(msg.z if isinstance(msg, Representations) else msg.body.masked)
-    receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)
-
-
-def carries_release(msg: Message) -> bool:
-    from fedmuscle_secure.crypto.secagg.messages import MaskedInput
-
-    return isinstance(msg, (Representations, EncryptedRepresentations, TaskOutputs)) or (
-        isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput))
 
 
 def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, float]]:
