@@ -168,11 +168,11 @@ def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> 
     secure_server = None
     if setup.secure:
         from fedmuscle_secure.federation.secagg import secagg_parameters
-        from fedmuscle_secure.server.secure_exchange import SecureExchanges
+        from fedmuscle_secure.server.protection import SecAggServerProtection
 
         cal = setup.calibration
         params = secagg_parameters(cfg, cal.representation_sigma if cal is not None else None)
-        secure_server = SecureExchanges(
+        secure_server = SecAggServerProtection(
             threshold=params.threshold,
             identities={k: _public(v) for k, v in setup.identities.items()},
             encoding_for=params.encoding, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]),
@@ -240,20 +240,20 @@ def provision_ckks_bytes(cfg: ExperimentConfig, representation_sigma: float | No
 
 
 def _ckks_client(cfg: ExperimentConfig, name: str, method: str, provisioned: tuple, tau, gamma):
-    from fedmuscle_secure.client.ckks_exchange import CkksClient
+    from fedmuscle_secure.client.protection.ckks import CkksClientProtection
     from fedmuscle_secure.crypto.ckks import SecretContext
 
     params, secret_bytes, _ = provisioned
-    return CkksClient(name, SecretContext.from_bytes(secret_bytes, params), method=method,
+    return CkksClientProtection(name, SecretContext.from_bytes(secret_bytes, params), method=method,
                       clients=[c.name for c in cfg.clients], tau=tau, gamma=gamma)
 
 
 def _ckks_server(cfg: ExperimentConfig, provisioned: tuple, tau: float):
     from fedmuscle_secure.crypto.ckks import PublicContext
-    from fedmuscle_secure.server.ckks_exchange import CkksServerSide
+    from fedmuscle_secure.server.protection import CkksServerProtection
 
     params, _, public_bytes = provisioned
-    return CkksServerSide(PublicContext.from_bytes(public_bytes, params), tau, cfg.ckks.galois_keys)
+    return CkksServerProtection(PublicContext.from_bytes(public_bytes, params), tau, cfg.ckks.galois_keys)
 
 
 def _identities(cfg: ExperimentConfig, record_dir: Path | None) -> dict:
@@ -275,7 +275,7 @@ def _public(key):
 
 
 def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibration, privacy):
-    from fedmuscle_secure.client.secure_exchange import SecureExchangeClient
+    from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
     from fedmuscle_secure.config import ConfigError
     from fedmuscle_secure.errors import EncodingError
     from fedmuscle_secure.federation.secagg import secagg_parameters
@@ -287,7 +287,7 @@ def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibrati
     except EncodingError as exc:
         raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
     peers = {k: _public(v) for k, v in identities.items() if k != name}
-    return SecureExchangeClient(name, identities[name], peers, params, privacy)
+    return SecAggClientProtection(name, identities[name], peers, params, privacy)
 
 
 def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: LabelledData,
