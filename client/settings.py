@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 from fedmuscle_secure.client.report_policy import ReportPolicy
 
+from fedmuscle_secure.messages import RoundPlan
+from fedmuscle_secure.seeding import public_batches
+
 
 @dataclass(frozen=True)
 class LabelledData:
@@ -25,6 +28,13 @@ class PlanSpec:
     public_size: int
     batch_size: int
     cl_epochs: int
+
+    def matches(self, plan: RoundPlan, seed: int) -> bool:
+        """Whether ``plan`` has this exchange mode and exactly the round seed's public rows."""
+        want = public_batches(seed, plan.round, public_size=self.public_size,
+                              batch_size=self.batch_size, cl_epochs=self.cl_epochs)
+        return plan.exchange == self.exchange and plan.batches.shape == want.shape \
+            and torch.equal(plan.batches, want)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ from fedmuscle_secure.messages import (
     SitOut,
 )
 from fedmuscle_secure.models import ClientModel
-from fedmuscle_secure.seeding import public_batches
 
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting, tenseal) only where configured
     from fedmuscle_secure.client.dp_sgd import DPSGDTrainer
@@ -173,10 +172,7 @@ class FedMuscleClient:
         spec = self.settings.plan
         if spec is None or plan.batches.shape[0] == 0:  # an empty plan releases nothing
             return
-        want = public_batches(self.settings.seed, plan.round, public_size=spec.public_size,
-                              batch_size=spec.batch_size, cl_epochs=spec.cl_epochs)
-        if plan.exchange != spec.exchange or plan.batches.shape != want.shape \
-                or not torch.equal(plan.batches, want):
+        if not spec.matches(plan, self.settings.seed):
             raise ProtocolError(SERVER, self.stage.value, f"the plan of round {plan.round} is not "
                                 f"the configured one (exchange {plan.exchange!r}, expected "
                                 f"{spec.exchange!r}; the public rows must be those the round "
