@@ -40,11 +40,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedmuscle_secure.messages import RoundReport
-from fedmuscle_secure.report_metrics import (  # noqa: F401  (the first two: re-exported)
+from fedmuscle_secure.messages import (  # noqa: F401  (the first two: re-exported)
     METRIC_SOURCES,
     NOT_REPORTED,
     MetricSource,
+    RoundReport,
     source_of,
 )
 

@@ -68,8 +68,8 @@ from fedmuscle_secure.console.progress import OPERATOR
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
+from fedmuscle_secure.messages import as_received
 from fedmuscle_secure.provision.ca import Trust
-from fedmuscle_secure.report_metrics import as_received
 from fedmuscle_secure.transport.chunks import Chunk
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (
