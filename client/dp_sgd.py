@@ -165,14 +165,16 @@ class DPSGDTrainer:
         # iterated (it draws with torch.rand from an MT19937): the batches come from the CSPRNG
         opacus_sampler = self._loader.batch_sampler
         self.sample_rate: float = float(opacus_sampler.sample_rate)
-        self._sampler = CsprngPoissonSampler(num_samples=int(x.shape[0]), sample_rate=self.sample_rate,
-                                             steps=len(opacus_sampler))
+        # the index batches of one epoch, drawn afresh on each pass (any iterable of index
+        # lists with a length will do, e.g. a fixed schedule in a test)
+        self.sampler = CsprngPoissonSampler(num_samples=int(x.shape[0]), sample_rate=self.sample_rate,
+                                            steps=len(opacus_sampler))
         self.disable_per_sample_hooks()
 
     @property
     def steps_per_epoch(self) -> int:
         """Noisy steps per epoch (Opacus's DPDataLoader: int(1 / sample_rate))."""
-        return len(self._sampler)
+        return len(self.sampler)
 
     @property
     def expected_batch_size(self) -> int:
@@ -194,7 +196,7 @@ class DPSGDTrainer:
                 warnings.filterwarnings("ignore", message=_VMAP_WARNING)
                 for _ in range(epochs):
                     total, seen = 0.0, 0
-                    for idx in self._sampler:
+                    for idx in self.sampler:
                         total += self._step(idx)
                         seen += len(idx)
                         steps += 1
