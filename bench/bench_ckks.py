@@ -86,15 +86,12 @@ def primitives(cfg, repeats: int) -> None:
 
 
 def _instrument() -> None:
-    from fedmuscle_secure.client import ckks_exchange as client_side
-    from fedmuscle_secure.server import ckks_exchange as server_side
+    from fedmuscle_secure.client.protection.ckks import CkksClientProtection
+    from fedmuscle_secure.server.protection.ckks import CkksServerProtection
 
-    client_side.CkksClient.protect = CKKS.wrap(client_side.CkksClient.protect)
-    client_side.CkksClient.open = CKKS.wrap(client_side.CkksClient.open)
-    server_side.ckks_replies = CKKS.wrap(server_side.ckks_replies)
-    from fedmuscle_secure.server import state
-
-    state.ckks_replies = server_side.ckks_replies  # the server imported the name directly
+    CkksClientProtection.protect = CKKS.wrap(CkksClientProtection.protect)
+    CkksClientProtection.open = CKKS.wrap(CkksClientProtection.open)
+    CkksServerProtection.replies = CKKS.wrap(CkksServerProtection.replies)
 
 
 def round_table(cfg, repeats: int) -> None:

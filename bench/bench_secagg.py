@@ -149,11 +149,11 @@ SECAGG = Stopwatch()  # encoding, keys, shares, masks, unmasking, decoding
 
 
 def _instrument() -> None:
-    from fedmuscle_secure.client.secure_exchange import SecureExchangeClient
-    from fedmuscle_secure.server.secure_exchange import SecureExchanges
+    from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
+    from fedmuscle_secure.server.protection.secagg import SecAggServerProtection
 
-    for cls, names in ((SecureExchangeClient, ("begin", "handle")),
-                       (SecureExchanges, ("handle", "start_round"))):
+    for cls, names in ((SecAggClientProtection, ("begin", "handle")),
+                       (SecAggServerProtection, ("handle", "start_round"))):
         for name in names:
             setattr(cls, name, SECAGG.wrap(getattr(cls, name)))
 

@@ -10,7 +10,7 @@ guarantee costs"); the caller composes the DP-SGD steps of every round in its ow
 ``steps`` and ``sample_rate`` as this module reports them.
 
 The model is made Opacus-ready (BatchNorm → GroupNorm, out-of-place residuals, a probe of
-per-sample gradients) by :mod:`client.dp_model`.
+per-sample gradients) by :mod:`fedmuscle_secure.models.private`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from fedmuscle_secure.client.dp_model import (  # noqa: F401  (re-exported: the front door)
-    GRAD_SAMPLE_MODES,
-    HOOK_WARNING,
-    MODE_ATTR,
-    _probe_mode,
-    make_private_model,
-    per_sample_gradient_error,
-    recommended_grad_sample_mode,
-)
 from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
@@ -41,6 +32,15 @@ from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.dp.sampling import CsprngPoissonSampler
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.models.private import (  # noqa: F401  (re-exported: the front door)
+    GRAD_SAMPLE_MODES,
+    HOOK_WARNING,
+    MODE_ATTR,
+    _probe_mode,
+    make_private_model,
+    per_sample_gradient_error,
+    recommended_grad_sample_mode,
+)
 
 NoiseFn = Callable[[tuple[int, ...], float], torch.Tensor]
 
@@ -165,14 +165,16 @@ class DPSGDTrainer:
         # iterated (it draws with torch.rand from an MT19937): the batches come from the CSPRNG
         opacus_sampler = self._loader.batch_sampler
         self.sample_rate: float = float(opacus_sampler.sample_rate)
-        self._sampler = CsprngPoissonSampler(num_samples=int(x.shape[0]), sample_rate=self.sample_rate,
-                                             steps=len(opacus_sampler))
+        # the index batches of one epoch, drawn afresh on each pass (any iterable of index
+        # lists with a length will do, e.g. a fixed schedule in a test)
+        self.sampler = CsprngPoissonSampler(num_samples=int(x.shape[0]), sample_rate=self.sample_rate,
+                                            steps=len(opacus_sampler))
         self.disable_per_sample_hooks()
 
     @property
     def steps_per_epoch(self) -> int:
         """Noisy steps per epoch (Opacus's DPDataLoader: int(1 / sample_rate))."""
-        return len(self._sampler)
+        return len(self.sampler)
 
     @property
     def expected_batch_size(self) -> int:
@@ -194,7 +196,7 @@ class DPSGDTrainer:
                 warnings.filterwarnings("ignore", message=_VMAP_WARNING)
                 for _ in range(epochs):
                     total, seen = 0.0, 0
-                    for idx in self._sampler:
+                    for idx in self.sampler:
                         total += self._step(idx)
                         seen += len(idx)
                         steps += 1

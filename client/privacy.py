@@ -120,7 +120,7 @@ class ClientPrivacy:
         return payload
 
     # -- client level under secagg: distributed noise (DESIGN §5.1) ---------------------
-    def secure_release(self, round_: int, exchange: tuple[int, int | None], z: torch.Tensor, *,
+    def secagg_release(self, round_: int, exchange: tuple[int, int | None], z: torch.Tensor, *,
                        threshold: int, t_collude: int) -> tuple[torch.Tensor, DpEventRecord | None]:
         """clip → this client's share of the distributed noise; (nb, B, d) in and out.
 
@@ -130,7 +130,7 @@ class ClientPrivacy:
         remainder, (t − t_collude) shares, carries the target σ whatever the drops, and that
         σ is what the accountant records. The release is admitted here (may raise
         :class:`PrivacyBudgetExceeded`, recording the refusal) and recorded by
-        :meth:`record_secure_release` once the masked input exists, the point from which the
+        :meth:`record_secagg_release` once the masked input exists, the point from which the
         server can learn a sum that contains it.
         """
         z, clipped = clip_rows(z, 1.0)
@@ -146,7 +146,7 @@ class ClientPrivacy:
         noisy, _ = gaussian_release(z, noise_multiplier=share_noise_multiplier(sigma, threshold, t_collude))
         return noisy, event
 
-    def record_secure_release(self, round_: int, exchange: tuple[int, int | None],
+    def record_secagg_release(self, round_: int, exchange: tuple[int, int | None],
                               event: DpEventRecord | None, masked: torch.Tensor, *, group: int,
                               threshold: int, t_collude: int, clipped_values: int) -> None:
         """Record the release of a masked input (dp_event with the guaranteed σ, egress)."""
@@ -165,7 +165,7 @@ class ClientPrivacy:
 
     def abort_exchange(self, round_: int, exchange: tuple[int, int | None], reason: str,
                        released: bool) -> None:
-        """The secure exchange ended without a sum; a release already recorded for it stays
+        """The secagg exchange ended without a sum; a release already recorded for it stays
         counted (the client cannot see from its side whether others unmasked it)."""
         self._log("abort", {"round": round_, "exchange": [exchange[0], exchange[1]],
                             "reason": reason, "masked_input_sent": released})

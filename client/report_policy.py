@@ -36,48 +36,22 @@ into its own run directory.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedmuscle_secure.messages import RoundReport
+from fedmuscle_secure.messages import (  # noqa: F401  (the first two: re-exported)
+    METRIC_SOURCES,
+    NOT_REPORTED,
+    MetricSource,
+    RoundReport,
+    source_of,
+)
 
 if TYPE_CHECKING:
     from fedmuscle_secure.client.privacy import ClientPrivacy
 
     from fedmuscle_secure.config import ExperimentConfig
-
-#: What the server's rows hold for a metric the client computed but did not send.
-NOT_REPORTED = "not reported"
-
-
-class MetricSource(enum.Enum):
-    """What a metric is computed from (module docs)."""
-
-    ACCOUNTING = "config and protocol"
-    MODEL_ON_PUBLIC = "the model on public data"
-    PRIVATE_RECORDS = "private records"
-
-
-METRIC_SOURCES: dict[str, MetricSource] = {
-    "eps_record": MetricSource.ACCOUNTING,
-    "eps_client": MetricSource.ACCOUNTING,
-    "releases": MetricSource.ACCOUNTING,
-    "secagg_aborted": MetricSource.ACCOUNTING,
-    "left_round": MetricSource.ACCOUNTING,
-    "test_metric": MetricSource.MODEL_ON_PUBLIC,
-    "cl_loss": MetricSource.MODEL_ON_PUBLIC,
-    "cl_steps": MetricSource.MODEL_ON_PUBLIC,
-    "clipped_values": MetricSource.MODEL_ON_PUBLIC,
-    "val_metric": MetricSource.PRIVATE_RECORDS,
-    "task_loss": MetricSource.PRIVATE_RECORDS,
-}
-
-
-def source_of(name: str) -> MetricSource:
-    """The class of metric ``name``; unknown names are private records (fail closed)."""
-    return METRIC_SOURCES.get(name, MetricSource.PRIVATE_RECORDS)
 
 
 @dataclass(frozen=True)
@@ -141,12 +115,6 @@ def policy_for(cfg: ExperimentConfig, method: str) -> ReportPolicy:
     return ReportPolicy(report_private=reports_private_metrics(cfg),
                         record_level=p.dp_sgd.enabled,
                         client_level=p.representation_noise.enabled and method != "local")
-
-
-def as_received(report: RoundReport) -> dict[str, float | str]:
-    """A report's metrics as the server records them: the withheld ones as
-    :data:`NOT_REPORTED` (not zero, not absent: the reader sees they exist and stayed home)."""
-    return {**report.metrics, **{name: NOT_REPORTED for name in report.withheld}}
 
 
 class ReportGate:

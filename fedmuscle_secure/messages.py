@@ -10,6 +10,7 @@ length ``nb`` (1 in ``per_batch`` mode).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, fields
 
 import torch
@@ -118,7 +119,7 @@ class PeerKernel:
 @dataclass(frozen=True)
 class RoundReport:
     """Client → server: the round is done on this client, with the metrics its report
-    policy lets leave (:mod:`fedmuscle_secure.client.report_policy`); ``withheld`` names
+    policy lets leave (:mod:`fedmuscle_secure.client.report_policy`, :data:`METRIC_SOURCES`); ``withheld`` names
     those it computed and kept (names only: which metrics exist follows from the config)."""
 
     client: str
@@ -131,6 +132,48 @@ class RoundReport:
         if both or len(set(self.withheld)) != len(self.withheld):
             raise ValueError(f"withheld names must be unique and not among the metrics sent; "
                              f"got withheld {list(self.withheld)} with metrics {sorted(self.metrics)}")
+
+
+# -- what a round report may name (DESIGN §4.4) ------------------------------------------
+# Shared by both sides: a client's report policy decides from a metric's source whether it
+# may leave; the server records those withheld as NOT_REPORTED (as_received).
+
+#: What the server's rows hold for a metric the client computed but did not send.
+NOT_REPORTED = "not reported"
+
+
+class MetricSource(enum.Enum):
+    """What a metric is computed from (module docs)."""
+
+    ACCOUNTING = "config and protocol"
+    MODEL_ON_PUBLIC = "the model on public data"
+    PRIVATE_RECORDS = "private records"
+
+
+METRIC_SOURCES: dict[str, MetricSource] = {
+    "eps_record": MetricSource.ACCOUNTING,
+    "eps_client": MetricSource.ACCOUNTING,
+    "releases": MetricSource.ACCOUNTING,
+    "secagg_aborted": MetricSource.ACCOUNTING,
+    "left_round": MetricSource.ACCOUNTING,
+    "test_metric": MetricSource.MODEL_ON_PUBLIC,
+    "cl_loss": MetricSource.MODEL_ON_PUBLIC,
+    "cl_steps": MetricSource.MODEL_ON_PUBLIC,
+    "clipped_values": MetricSource.MODEL_ON_PUBLIC,
+    "val_metric": MetricSource.PRIVATE_RECORDS,
+    "task_loss": MetricSource.PRIVATE_RECORDS,
+}
+
+
+def source_of(name: str) -> MetricSource:
+    """The class of metric ``name``; unknown names are private records (fail closed)."""
+    return METRIC_SOURCES.get(name, MetricSource.PRIVATE_RECORDS)
+
+
+def as_received(report: RoundReport) -> dict[str, float | str]:
+    """A report's metrics as the server records them: the withheld ones as
+    :data:`NOT_REPORTED` (not zero, not absent: the reader sees they exist and stayed home)."""
+    return {**report.metrics, **{name: NOT_REPORTED for name in report.withheld}}
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,14 @@ from fedmuscle_secure.data import FederatedSplit, get_task
 from fedmuscle_secure.federation.privacy import calibrate, dp_enabled, identity_key
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
 from fedmuscle_secure.messages import (
-    EncryptedRepresentations,
     Message,
-    Representations,
     RoundReport,
-    SecAggEnvelope,
-    TaskOutputs,
     payload_bytes,
 )
 from fedmuscle_secure.models import build_client_model
 from fedmuscle_secure.seeding import derive_seed
 from fedmuscle_secure.server.computation import resolve_device
+from fedmuscle_secure.server.receipts import carries_release, record_receipt
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
 
 
@@ -171,11 +168,11 @@ def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> 
     secure_server = None
     if setup.secure:
         from fedmuscle_secure.federation.secagg import secagg_parameters
-        from fedmuscle_secure.server.secure_exchange import SecureExchanges
+        from fedmuscle_secure.server.protection import SecAggServerProtection
 
         cal = setup.calibration
         params = secagg_parameters(cfg, cal.representation_sigma if cal is not None else None)
-        secure_server = SecureExchanges(
+        secure_server = SecAggServerProtection(
             threshold=params.threshold,
             identities={k: _public(v) for k, v in setup.identities.items()},
             encoding_for=params.encoding, tau=float(tau[0, 1]), gamma=float(gamma[0, 1]),
@@ -243,20 +240,20 @@ def provision_ckks_bytes(cfg: ExperimentConfig, representation_sigma: float | No
 
 
 def _ckks_client(cfg: ExperimentConfig, name: str, method: str, provisioned: tuple, tau, gamma):
-    from fedmuscle_secure.client.ckks_exchange import CkksClient
+    from fedmuscle_secure.client.protection.ckks import CkksClientProtection
     from fedmuscle_secure.crypto.ckks import SecretContext
 
     params, secret_bytes, _ = provisioned
-    return CkksClient(name, SecretContext.from_bytes(secret_bytes, params), method=method,
+    return CkksClientProtection(name, SecretContext.from_bytes(secret_bytes, params), method=method,
                       clients=[c.name for c in cfg.clients], tau=tau, gamma=gamma)
 
 
 def _ckks_server(cfg: ExperimentConfig, provisioned: tuple, tau: float):
     from fedmuscle_secure.crypto.ckks import PublicContext
-    from fedmuscle_secure.server.ckks_exchange import CkksServerSide
+    from fedmuscle_secure.server.protection import CkksServerProtection
 
     params, _, public_bytes = provisioned
-    return CkksServerSide(PublicContext.from_bytes(public_bytes, params), tau, cfg.ckks.galois_keys)
+    return CkksServerProtection(PublicContext.from_bytes(public_bytes, params), tau, cfg.ckks.galois_keys)
 
 
 def _identities(cfg: ExperimentConfig, record_dir: Path | None) -> dict:
@@ -278,7 +275,7 @@ def _public(key):
 
 
 def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibration, privacy):
-    from fedmuscle_secure.client.secure_exchange import SecureExchangeClient
+    from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
     from fedmuscle_secure.config import ConfigError
     from fedmuscle_secure.errors import EncodingError
     from fedmuscle_secure.federation.secagg import secagg_parameters
@@ -290,7 +287,7 @@ def _secure_client(cfg: ExperimentConfig, name: str, identities: dict, calibrati
     except EncodingError as exc:
         raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
     peers = {k: _public(v) for k, v in identities.items() if k != name}
-    return SecureExchangeClient(name, identities[name], peers, params, privacy)
+    return SecAggClientProtection(name, identities[name], peers, params, privacy)
 
 
 def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: LabelledData,
@@ -344,27 +341,6 @@ def _client_privacy(cfg: ExperimentConfig, name: str, model, task, train: Labell
                              weight_decay=cfg.training.weight_decay, config=config,
                              noise_fn=lambda shape, std: csprng_normal(shape, std=std))
     return ClientPrivacy(name, settings, ledger), dpsgd
-
-
-def record_receipt(receipts, msg: Representations | TaskOutputs | SecAggEnvelope) -> None:
-    """The server side's receipt of a payload, digested as it arrived (§5.4); the
-    simulator and the gRPC server (:mod:`server.grpc.process`) both call this."""
-    from fedmuscle_secure.records.ledger import payload_digest
-
-    if isinstance(msg, EncryptedRepresentations):
-        digest, size = payload_digest(*msg.payload_parts())
-    elif isinstance(msg, TaskOutputs):
-        digest, size = payload_digest(msg.outputs)
-    else:
-        digest, size = payload_digest(msg.z if isinstance(msg, Representations) else msg.body.masked)
-    receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)
-
-
-def carries_release(msg: Message) -> bool:
-    from fedmuscle_secure.crypto.secagg.messages import MaskedInput
-
-    return isinstance(msg, (Representations, EncryptedRepresentations, TaskOutputs)) or (
-        isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput))
 
 
 def run_round(fed: Federation, r: int, on_phase=None) -> dict[str, dict[str, float]]:

@@ -41,12 +41,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from fedmuscle_secure.client.report_policy import as_received
+from fedmuscle_secure.server.receipts import carries_release, record_receipt
 from fedmuscle_secure.server.state import FedMuscleServer
 
 from fedmuscle_secure.errors import FedMuscleError, IdentityError, ProtocolError
-from fedmuscle_secure.messages import Finish, Leave, Message, RoundReport, payload_bytes
-from fedmuscle_secure.simulator import carries_release, record_receipt
+from fedmuscle_secure.messages import (
+    Finish,
+    Leave,
+    Message,
+    RoundReport,
+    as_received,
+    payload_bytes,
+)
 
 log = logging.getLogger("fedmuscle_secure.server")
 CLOSE = object()  # an outbox item: end the stream normally

@@ -10,8 +10,12 @@ Stage deadlines (DESIGN §6) are the transport's clock and this machine's decisi
 with the stage, who answered, who has not) and :meth:`FedMuscleServer.close_stage` is what
 the transport calls once that has lasted too long. Inside a secure sum the silent members
 are dropped from that instance and sit out the rest of the round (they stay in the
-federation, :mod:`server.secure_exchange`); a member that owes a plain or encrypted release
+federation, :mod:`server.protection.secagg`); a member that owes a plain or encrypted release
 or its round report is treated as a :class:`Leave`.
+
+The mode-specific part (plain / secagg / ckks) is one strategy,
+:class:`~fedmuscle_secure.server.protection.ServerProtection`, chosen when the server is
+built; this machine never asks which mode is on.
 """
 
 from __future__ import annotations
@@ -20,29 +24,25 @@ import enum
 from dataclasses import dataclass
 
 import torch
-from fedmuscle_secure.server.ckks_exchange import CkksServerSide, ckks_replies
-from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
-from fedmuscle_secure.server.secure_exchange import SecureExchanges
+from fedmuscle_secure.server.protection import (
+    CkksServerProtection,
+    ReplyInputs,
+    SecAggServerProtection,
+    protection_of,
+)
+from fedmuscle_secure.server.protection.base import Release
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.baselines import OUTPUT_RELEASING
-from fedmuscle_secure.baselines.fedhenn import peer_kernels
 from fedmuscle_secure.baselines.group_outputs import group_output_replies
-from fedmuscle_secure.errors import ProtocolError, QuorumLost
+from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
-    EncryptedRepresentations,
     ExchangeAborted,
     Leave,
     Message,
-    PeerKernel,
-    PeerSums,
-    PeerTerms,
-    Representations,
     RoundPlan,
     RoundReport,
-    SecAggEnvelope,
     SitOut,
-    TaskOutputs,
 )
 from fedmuscle_secure.seeding import derive_seed, public_batches
 
@@ -74,8 +74,8 @@ class ServerSettings:
     gamma: torch.Tensor    # (N, N) γ per pair
     seed: int
     device: torch.device
-    secure: SecureExchanges | None = None  # protection: secagg (DESIGN §4.2)
-    ckks: CkksServerSide | None = None      # protection: ckks (DESIGN §4.3)
+    secure: SecAggServerProtection | None = None  # protection: secagg (DESIGN §4.2)
+    ckks: CkksServerProtection | None = None      # protection: ckks (DESIGN §4.3)
     output_spaces: tuple[str, ...] = ()     # per client (order of ``clients``): its task name;
     #                                          cofed/feddf aggregate within one output space
 
@@ -87,11 +87,13 @@ class FedMuscleServer:
         self.clients = list(clients)
         self.index = {c: i for i, c in enumerate(self.clients)}
         self.settings = settings
+        self.protection = protection_of(settings.secure, settings.ckks)  # fixed for the run
+        self._release_types = self.protection.release_types(settings.method)
         self.active: list[str] = list(clients)
         self.stage = ServerStage.IDLE
         self.round = 0
         self._plan: torch.Tensor | None = None
-        self._pending: dict[str, Representations | TaskOutputs] = {}
+        self._pending: dict[str, Release] = {}
         self._sitting: dict[str, SitOut] = {}  # clients that sit out the current exchange
         self.sat_out: list[dict[str, object]] = []  # (round, epoch, batch, clients), for events
         self.reports: dict[str, RoundReport] = {}
@@ -115,22 +117,14 @@ class FedMuscleServer:
                                 f"{self.round + 1} finished")
         if r != self.round + 1:
             raise ProtocolError("server", self.stage.value, f"expected round {self.round + 1}, got {r}")
-        secure = self.settings.secure
-        if secure is not None and 0 < len(self.active) < secure.min_group:
-            raise QuorumLost(f"round {r}: only {len(self.active)} clients are left "
-                             f"({self.active}); a secure sum needs at least {secure.min_group} "
-                             f"(threshold t={secure.threshold}, never fewer than 3), so no later "
-                             "exchange could run; the run stops here (its ledgers and checkpoints "
-                             f"up to round {self.round} stand)")
+        self.protection.check_quorum(r, self.active, self.round)
         self._plan = self.public_batches(r)
         if len(self.active) < 2:  # nobody to align with: LocalUpdate only
             self._plan = self._plan[:0]
         self._pending, self._sitting, self.reports = {}, {}, {}
         self.stage = ServerStage.COLLECTING
         plans: list[Message] = [RoundPlan(c, r, self.settings.exchange, self._plan) for c in self.active]
-        if self.settings.secure is not None:
-            plans += self.settings.secure.start_round(r, self._plan, self.settings.exchange, self.active)
-        return plans
+        return plans + self.protection.start_round(r, self._plan, self.settings.exchange, self.active)
 
     @property
     def round_complete(self) -> bool:
@@ -144,18 +138,9 @@ class FedMuscleServer:
                                 f"in this federation (active: {self.active})")
         if self.stage is not ServerStage.COLLECTING:
             raise ProtocolError(sender, self.stage.value, f"{type(msg).__name__} arrived between rounds")
-        if isinstance(msg, SecAggEnvelope) and self.settings.secure is not None:
-            return self.settings.secure.handle(msg, self.active)
-        if isinstance(msg, SitOut):
-            if self.settings.secure is not None:
-                return self.settings.secure.sit_out(msg, self.active)
-            return self._on_representations(msg)
-        if isinstance(msg, Representations) and self.settings.secure is None \
-                and self.settings.ckks is None and self.settings.method not in OUTPUT_RELEASING:
-            return self._on_representations(msg)
-        if isinstance(msg, TaskOutputs) and self.settings.method in OUTPUT_RELEASING:
-            return self._on_representations(msg)
-        if isinstance(msg, EncryptedRepresentations) and self.settings.ckks is not None:
+        if isinstance(msg, self.protection.stage_types):
+            return self.protection.on_stage(msg, self.active)
+        if isinstance(msg, (SitOut, *self._release_types)):
             return self._on_representations(msg)
         if isinstance(msg, RoundReport):
             return self._on_report(msg)
@@ -163,8 +148,7 @@ class FedMuscleServer:
             return self._on_leave(msg)
         raise ProtocolError(sender, self.stage.value, f"server cannot accept a {type(msg).__name__}")
 
-    def _on_representations(self, msg: Representations | EncryptedRepresentations | TaskOutputs
-                            | SitOut) -> list[Message]:
+    def _on_representations(self, msg: Release | SitOut) -> list[Message]:
         r = self.round + 1
         if msg.round != r:
             raise ProtocolError(msg.client, self.stage.value, f"release for round {msg.round} during round {r}")
@@ -179,7 +163,10 @@ class FedMuscleServer:
         if isinstance(msg, SitOut):
             self._sitting[msg.client] = msg
         else:
-            self._check_shape(msg)
+            assert self._plan is not None
+            nb = 1 if msg.batch is not None else self._plan.shape[1]
+            self.protection.check_release(msg, nb, self.settings.batch_size,
+                                          self.settings.method, self.stage.value)
             self._pending[msg.client] = msg
         return self._maybe_reply()
 
@@ -215,9 +202,7 @@ class FedMuscleServer:
         self._sitting.pop(msg.client, None)
         self.reports.pop(msg.client, None)
         self.departures.append({"client": msg.client, "round": msg.round, "reason": msg.reason})
-        out = self._maybe_reply()
-        if self.settings.secure is not None:
-            out += self.settings.secure.drop(msg.client, self.active)
+        out = self._maybe_reply() + self.protection.drop(msg.client, self.active)
         self._maybe_finish_round()
         return out
 
@@ -240,9 +225,9 @@ class FedMuscleServer:
         if self.stage is not ServerStage.COLLECTING:
             return None
         r = self.round + 1
-        secure = self.settings.secure.waiting() if self.settings.secure is not None else None
-        if secure is not None:
-            return StageWait(*secure)
+        own = self.protection.waiting()  # the mode's own stage (a secure sum's), if any
+        if own is not None:
+            return StageWait(*own)
         answered = {**self._pending, **self._sitting}  # a sit-out answers the exchange too
         if answered:
             first = next(iter(answered.values()))
@@ -261,35 +246,15 @@ class FedMuscleServer:
         self.deadlines.append({"round": r, "stage": "/".join(str(k) for k in wait.key
                                                              if not isinstance(k, bytes)),
                                "silent": list(wait.awaited), "reason": reason})
-        if wait.key[0] == "secagg":
-            assert self.settings.secure is not None
-            return self.settings.secure.close_stage(self.active)
+        if self.protection.waiting() is not None:
+            return self.protection.close_stage(self.active)
         out: list[Message] = []
         for c in wait.awaited:
             out += self._on_leave(Leave(c, r, f"missed the {wait.key[0]} deadline: {reason}"))
         return out
 
-    def _check_shape(self, msg: Representations | EncryptedRepresentations | TaskOutputs) -> None:
-        assert self._plan is not None
-        nb = 1 if msg.batch is not None else self._plan.shape[1]
-        if isinstance(msg, EncryptedRepresentations):
-            want_q = nb if self.settings.method == "muscle_sum" else 0
-            shapes = {enc.shape[0] for enc in (*msg.z, *msg.sq_norms)}
-            if len(msg.z) != nb or len(msg.sq_norms) != want_q or shapes != {self.settings.batch_size}:
-                raise ProtocolError(msg.client, self.stage.value,
-                                    f"encrypted release must hold nb={nb} matrices of B="
-                                    f"{self.settings.batch_size} rows and {want_q} squared-norm "
-                                    f"vectors; got {len(msg.z)} and {len(msg.sq_norms)}")
-            return
-        z = msg.outputs if isinstance(msg, TaskOutputs) else msg.z
-        if z.ndim != 3 or z.shape[0] != nb or z.shape[1] != self.settings.batch_size \
-                or z.dtype != torch.float32 or not torch.isfinite(z).all():
-            raise ProtocolError(msg.client, self.stage.value,
-                                f"{type(msg).__name__} must be finite float32 of shape (nb={nb}, "
-                                f"B={self.settings.batch_size}, width); got {z.dtype} {tuple(z.shape)}")
-
     def _reply(self, epoch: int, batch: int | None) -> list[Message]:
-        """Everyone's release is in: compute every client's reply in batched torch."""
+        """Everyone's release is in: compute every client's reply (the protection's math)."""
         s = self.settings
         order = [c for c in self.active if c in self._pending]
         if s.method in OUTPUT_RELEASING:  # cofed / feddf: per output space, no peer selection
@@ -298,46 +263,27 @@ class FedMuscleServer:
                                        spaces, device=s.device)
             self.last_selection = {m.client: list(m.members) for m in out}
             return list(out)
-        m_eff = min(s.num_selected, len(order) - 1)  # fewer peers once clients have left
-        if s.ckks is None:
-            z = torch.stack([self._pending[c].z for c in order], dim=0)  # (N, nb, B, d)
-        idx = torch.tensor([self.index[c] for c in order])
-        inv_tau, gamma = s.inv_tau[idx][:, idx], s.gamma[idx][:, idx]
-        nb = 1 if batch is not None else int(self._plan.shape[1])
-        sels, per_batch = [], []
-        for b in range(nb):
-            g = torch.Generator().manual_seed(
-                derive_seed(self.round_seed(self.round + 1), "peers", epoch, batch if batch is not None else b))
-            chosen = select_peers(list(range(len(order))), m_eff, g)
-            sel = selection_tensor(chosen, list(range(len(order))))
-            sels.append(sel)
-            if s.ckks is not None:
-                continue
-            if s.method == "fedhenn":
-                per_batch.append(peer_kernels(z[:, b], sel, device=s.device))
-            elif s.method == "muscle_sum":
-                per_batch.append(peer_sums(z[:, b], membership_matrix(sel, len(order)), device=s.device))
-            else:
-                per_batch.append(peer_terms(z[:, b], sel, inv_tau, gamma, device=s.device,
-                                            with_alpha=s.method == "muscle"))
+        assert self._plan is not None
+        sels = self._selections(epoch, batch, len(order),
+                                1 if batch is not None else int(self._plan.shape[1]))
         self.last_selection = {order[n]: [order[m] for m in sels[0][n].tolist()] for n in range(len(order))}
-        r = self.round + 1
-        if s.ckks is not None:
-            return ckks_replies(s.ckks, s.method, r, epoch, batch, order, self._pending, sels)
-        out: list[Message] = []
-        for n, c in enumerate(order):
-            peers = tuple(tuple(order[m] for m in sel[n].tolist()) for sel in sels)
-            if s.method == "fedhenn":
-                out.append(PeerKernel(c, r, epoch, batch, peers, torch.stack([pb[n] for pb in per_batch])))
-            elif s.method == "muscle_sum":
-                u = torch.stack([pb[0][n] for pb in per_batch])
-                q = torch.stack([pb[1][n] for pb in per_batch])
-                out.append(PeerSums(c, r, epoch, batch, peers, u, q, includes_self=False))
-            else:
-                sp = torch.stack([pb.scaled_peers[n] for pb in per_batch])
-                la = torch.stack([pb.log_alpha_pairs[n] for pb in per_batch])
-                out.append(PeerTerms(c, r, epoch, batch, peers, sp, la))
-        return out
+        idx = torch.tensor([self.index[c] for c in order])
+        return self.protection.replies(ReplyInputs(
+            method=s.method, round=self.round + 1, epoch=epoch, batch=batch, order=order,
+            releases=self._pending, selections=sels, inv_tau=s.inv_tau[idx][:, idx],
+            gamma=s.gamma[idx][:, idx], device=s.device))
+
+    def _selections(self, epoch: int, batch: int | None, n: int, nb: int) -> list[torch.Tensor]:
+        """Per batch, the (n, M) peers each releasing client aligns to (DESIGN §3), drawn
+        from the round seed; M shrinks once clients have left."""
+        m_eff = min(self.settings.num_selected, n - 1)
+        sels = []
+        for b in range(nb):
+            g = torch.Generator().manual_seed(derive_seed(
+                self.round_seed(self.round + 1), "peers", epoch, batch if batch is not None else b))
+            chosen = select_peers(list(range(n)), m_eff, g)
+            sels.append(selection_tensor(chosen, list(range(n))))
+        return sels
 
     def _on_report(self, msg: RoundReport) -> list[Message]:
         if msg.round != self.round + 1 or msg.client in self.reports:

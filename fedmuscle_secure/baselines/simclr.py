@@ -8,7 +8,7 @@ Adaptation here: no communication; each client trains its own encoder and projec
 (the same ones the federated methods align) on the round's public batches, one optimizer
 step per batch with the contrastive-phase optimizer. SimCLR's colour/crop augmentations do
 not suit 1-channel 8×8 digits, so a view is a random affine warp (rotation, scale, shift:
-the views the other methods use, :func:`~fedmuscle_secure.client.contrastive.random_affine_view`)
+the views the other methods use, :func:`~fedmuscle_secure.data.views.random_affine_view`)
 plus small Gaussian pixel noise (5 % of the batch's pixel std). τ = 0.2 (the paper's
 contrastive temperature of this project, DESIGN §2.1). §8.1 found that about half of
 FedMuscle's gain on the embedded benchmark comes from this alone, so it is a baseline.
@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fedmuscle_secure.data.views import random_affine_view
 
 __all__ = ["NOISE", "TEMPERATURE", "nt_xent", "simclr_view"]
 
@@ -38,8 +40,6 @@ def nt_xent(z1: Tensor, z2: Tensor, tau: float = TEMPERATURE) -> Tensor:
 
 def simclr_view(x: Tensor, generator: torch.Generator, *, size: int) -> Tensor:
     """One random view: affine warp to the model's input size, then pixel noise."""
-    from fedmuscle_secure.client.contrastive import random_affine_view
-
     v = random_affine_view(x, generator, size=size)
     noise = torch.randn(v.shape, generator=generator, dtype=v.dtype)
     return v + NOISE * v.detach().std() * noise

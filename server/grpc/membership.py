@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedmuscle_secure.client.report_policy import METRIC_SOURCES, NOT_REPORTED
-
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.config_deployment import min_members
 from fedmuscle_secure.errors import ConfigError, QuorumLost
+from fedmuscle_secure.messages import METRIC_SOURCES, NOT_REPORTED
 
 #: Reasons recorded for departures the server decided between rounds; an organisation that
 #: left with one of them is refused again when the server is restarted with ``--resume``.

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmuscle_secure.client.report_policy import as_received
 from fedmuscle_secure.crypto.identity import load_public
 from fedmuscle_secure.server.coordinator import Coordinator, TransportError
 from fedmuscle_secure.server.grpc.membership import (
@@ -61,6 +60,7 @@ from fedmuscle_secure.experiment.rundir import (
     config_digest,
 )
 from fedmuscle_secure.experiment.summary import write_summary
+from fedmuscle_secure.messages import as_received
 from fedmuscle_secure.provision.keys import server_ckks
 from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
 from fedmuscle_secure.transport.limits import wire_limits

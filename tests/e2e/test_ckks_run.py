@@ -24,7 +24,7 @@ def _losses(cfg, method: str) -> dict[str, list[float]]:
     fed = build_federation(cfg, make_split(cfg), method)
     try:
         run_round(fed, 1)
-        return {c: list(client._cl_losses) for c, client in fed.clients.items()}
+        return {c: list(client.cl_losses) for c, client in fed.clients.items()}
     finally:
         fed.close()
 

@@ -27,7 +27,7 @@ def test_secagg_run_steps_equal_plain_sum_form(exchange):
     for name, cfg in (("plain", plain_cfg), ("secagg", secure_cfg)):
         fed = build_federation(cfg, split, "muscle_sum")
         run_round(fed, 1)
-        losses[name] = {c: list(client._cl_losses) for c, client in fed.clients.items()}
+        losses[name] = {c: list(client.cl_losses) for c, client in fed.clients.items()}
         fed.close()
     for c in losses["plain"]:
         assert len(losses["secagg"][c]) == len(losses["plain"][c]) > 0

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from fedmuscle_secure.client.dp_sgd import (
+    MODE_ATTR,
     DPSGDConfig,
     DPSGDTrainer,
     make_private_model,
@@ -103,7 +104,7 @@ def test_timm_inplace_residual_breaks_hooks_and_is_detected(private_models):
     for m in model.modules():
         if isinstance(m, BasicBlock):
             m.__class__ = BasicBlock  # back to timm's in-place forward
-    del model._dp_grad_sample_mode
+    delattr(model, MODE_ATTR)
     x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
     try:
         err = per_sample_gradient_error(model, x, grad_sample_mode="hooks")
@@ -297,7 +298,7 @@ def test_empty_poisson_batches_are_noise_only_steps(private_models):
 
     trainer = DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=0.0, noise_fn=noise_fn,
                            config=DPSGDConfig(1.0, 1.0, expected_batch_size=1))
-    trainer._sampler = [[], [0, 2], []]  # force empty batches (normally ~1/3 of them here)
+    trainer.sampler = [[], [0, 2], []]  # force empty batches (normally ~1/3 of them here)
     per_step = len([p for n, p in model.named_parameters() if not n.startswith("projection.")])
     loss, steps = trainer.run(2)
     assert steps == 6 and len(calls) == 6 * per_step and math.isfinite(loss)
@@ -361,11 +362,11 @@ def test_poisson_batches_cannot_be_replayed_from_captured_generator_state(privat
     assert trainer.sample_rate == 0.5 and trainer.steps_per_epoch == 2  # Opacus's q and steps
     generators = _generators(trainer)
     states, global_state = [g.get_state() for g in generators], torch.get_rng_state()
-    first = list(trainer._sampler)
+    first = list(trainer.sampler)
     for g, state in zip(generators, states, strict=True):
         g.set_state(state)
     torch.set_rng_state(global_state)
-    second = list(trainer._sampler)
+    second = list(trainer.sampler)
     assert len(first) == len(second) == 2
     assert first != second
 

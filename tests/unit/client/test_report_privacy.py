@@ -66,7 +66,7 @@ def test_server_reading_reports_under_dp_gets_nothing_the_accounting_does_not_co
 def test_every_metric_a_client_computes_is_classified():
     """A metric added later without a class would be withheld (fail closed); this keeps the
     classification complete for what the client computes today, in every protected mode."""
-    from fedmuscle_secure.client.report_policy import METRIC_SOURCES
+    from fedmuscle_secure.messages import METRIC_SOURCES
 
     for privacy, over in [(RECORD_LEVEL, SECAGG), (CLIENT_LEVEL, {})]:
         cfg = report_config(privacy, **over)
@@ -89,11 +89,11 @@ def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_
     import threading
 
     from fedmuscle_secure.client.grpc.process import OwnRecords
-    from fedmuscle_secure.client.report_policy import NOT_REPORTED
     from fedmuscle_secure.server.grpc.process import Coordinator, ServerRun, ServeSettings
 
     from fedmuscle_secure.data import get_task
     from fedmuscle_secure.experiment.rundir import RunDir
+    from fedmuscle_secure.messages import NOT_REPORTED
 
     cfg = report_config(CLIENT_LEVEL, **SECAGG)
     split = make_split(cfg)

@@ -19,12 +19,12 @@ def test_server_holds_no_secret_key_and_counts_ciphertext_bytes():
     fed = build_federation(cfg, make_split(cfg), "muscle_sum")
     client = fed.clients["a"]
     plan = fed.server.start_round(1)[0]
-    client._local_update = lambda label: 0.0  # only the release matters here
+    client.training.run = lambda label, r: 0.0  # only the release matters here
     (release,) = client.handle(plan)
     assert isinstance(release, EncryptedRepresentations)
     with pytest.raises(ConfigError, match="secret key"):
         decrypt_matrix(fed.server.settings.ckks.context, release.z[0])
-    decrypted = decrypt_matrix(client.ckks.context, release.z[0])
+    decrypted = decrypt_matrix(client.protection.context, release.z[0])
     assert decrypted.shape == (cfg.muscle.batch_size, cfg.muscle.dim)
     assert torch.allclose(decrypted.norm(dim=1), torch.ones(cfg.muscle.batch_size, dtype=torch.float64),
                           atol=1e-5)

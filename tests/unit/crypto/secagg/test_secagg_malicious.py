@@ -36,7 +36,7 @@ from fedmuscle_secure.crypto.secagg.messages import (
 from fedmuscle_secure.crypto.secagg.server import SecAggAborted
 from fedmuscle_secure.crypto.secagg.shamir import PRIME_256, robust_reconstruct
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-from fedmuscle_secure.server.secure_exchange import SecureExchanges
+from fedmuscle_secure.server.protection import SecAggServerProtection
 from helpers.crypto.secagg_driver import (
     edge_vectors,
     expected_sum,
@@ -258,8 +258,8 @@ def test_blame_is_recorded_in_the_round_events_and_the_liar_stays_out():
     """Through the server's exchange driver (what ``run`` and the gRPC server use): the
     liar's name reaches events.jsonl, and the round's next exchange is opened without it."""
     clients, ids = names(6), identities(names(6))
-    ex = SecureExchanges(threshold=3, identities=public(ids), tau=0.2, gamma=1.0, device="cpu",
-                         encoding_for=lambda nb, g: SumEncoding(nb, 2, 3, g, 1.0, 1.0))
+    ex = SecAggServerProtection(threshold=3, identities=public(ids), tau=0.2, gamma=1.0, device="cpu",
+                                encoding_for=lambda nb, g: SumEncoding(nb, 2, 3, g, 1.0, 1.0))
     queue = deque(ex.start_round(1, torch.zeros(2, 1), "per_epoch", clients))  # two exchanges
     instances, lie, delivered = {}, _liar("c4", "seed"), []
     while queue:

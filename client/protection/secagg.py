@@ -1,7 +1,7 @@
-"""A client's side of the secure exchanges under ``protection: secagg`` (DESIGN §4.2, §5.1).
+"""``protection: secagg`` on the client: its side of each secure sum (DESIGN §4.2, §5.1).
 
 Owned by :class:`~fedmuscle_secure.client.state.FedMuscleClient`; one pipeline owns the
-order clip → noise share → encode → mask: :meth:`SecureExchangeClient.begin` takes the
+order clip → noise share → encode → mask: :meth:`SecAggClientProtection.begin` takes the
 batch's representations, privatizes and encodes them, and starts a fresh
 :class:`SecAggClient` (new keys and seed) for the instance; :meth:`handle` forwards the
 later stages. The release is recorded in the ledger when the masked input is produced,
@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import MaskedInput, SecAggSetup, exchange_label
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.federation.secagg import SecAggParameters
-from fedmuscle_secure.messages import SecAggEnvelope
+from fedmuscle_secure.messages import Message, SecAggEnvelope, SumTerms
 
 if TYPE_CHECKING:
     from fedmuscle_secure.client.privacy import ClientPrivacy
@@ -38,9 +39,27 @@ class OwnContribution:
     sq_norm: torch.Tensor  # (nb, B) float64
 
 
-class SecureExchangeClient:
+class SecAggParams(Protocol):
+    """The public secagg parameters a client derives from the config (DESIGN §4.2)."""
+
+    threshold: int
+    t_collude: int
+
+    @property
+    def expected_sq_norm(self) -> float: ...
+
+    def encoding(self, batches: int, group_size: int) -> SumEncoding: ...
+
+
+class SecAggClientProtection(ClientProtection):
+    """One secure sum per exchange; the server opens each with a setup (module docs)."""
+
+    server_opens_exchange = True
+    reply_types = (SumTerms,)
+    stage_types = (SecAggEnvelope,)
+
     def __init__(self, name: str, identity: Ed25519PrivateKey,
-                 peer_identities: Mapping[str, Ed25519PublicKey], params: SecAggParameters,
+                 peer_identities: Mapping[str, Ed25519PublicKey], params: SecAggParams,
                  privacy: ClientPrivacy | None) -> None:
         self.name = name
         self._identity = identity
@@ -53,10 +72,48 @@ class SecureExchangeClient:
         self._clipped = 0
         self.masked_sent = False
         self.clipped_values = 0              # over the run, reported in the ledger per release
-        self.aborted = 0                     # exchanges that ended without a sum
+        self.aborted_count = 0               # exchanges that ended without a sum
+        self._own: OwnContribution | None = None
+        self._reported = (0, 0)              # (aborted, clipped) at the last round report
 
-    def begin(self, env: SecAggEnvelope, z: torch.Tensor) -> tuple[SecAggEnvelope, OwnContribution]:
-        """Start the instance of ``env`` (a setup) with representations ``z`` (nb, B, d)."""
+    # -- the state machine's hooks (ClientProtection) ------------------------------------
+    @property
+    def in_progress(self) -> bool:
+        return self.instance is not None
+
+    def is_setup(self, msg: Message) -> bool:
+        """A setup carries the instance's encoding; the later stages do not."""
+        assert isinstance(msg, SecAggEnvelope)
+        return msg.encoding is not None
+
+    def step(self, msg: Message) -> tuple[Message, bool]:
+        assert isinstance(msg, SecAggEnvelope)
+        reply = self.handle(msg)
+        return reply, isinstance(reply.body, MaskedInput)  # the masked input is the release
+
+    def aborted(self, recorded: bool) -> bool:
+        """Count the abort; the release left if the masked input was sent."""
+        self.aborted_count += 1
+        return self.masked_sent
+
+    def own_sq_norm(self, index: int) -> torch.Tensor | None:
+        return self._own.sq_norm[index] if self._own is not None else None
+
+    def exchange_over(self) -> None:
+        self.end()
+
+    def round_metrics(self) -> dict[str, float]:
+        """Exchanges aborted and coordinates clipped since the last report."""
+        aborted, clipped = self._reported
+        self._reported = (self.aborted_count, self.clipped_values)
+        return {"secagg_aborted": float(self.aborted_count - aborted),
+                "clipped_values": float(self.clipped_values - clipped)}
+
+    # -- one secure sum -------------------------------------------------------------------
+    def begin(self, env: Message, z: torch.Tensor) -> tuple[SecAggEnvelope, torch.Tensor]:
+        """Start the instance of ``env`` (a setup) with representations ``z`` (nb, B, d);
+        returns the advertisement and the own contribution (decoded) for leave-one-out."""
+        assert isinstance(env, SecAggEnvelope)
         setup = env.body
         assert isinstance(setup, SecAggSetup)
         nb = int(z.shape[0])
@@ -67,7 +124,7 @@ class SecureExchangeClient:
                                 f"{self.params.threshold} (configs out of sync?)")
         ex = (env.epoch, env.batch)
         if self.privacy is not None:  # may raise PrivacyBudgetExceeded (refusal recorded)
-            z, self._event = self.privacy.secure_release(
+            z, self._event = self.privacy.secagg_release(
                 env.round, ex, z, threshold=self.params.threshold, t_collude=self.params.t_collude)
         else:
             z, self._event = clip_rows(z, 1.0)[0], None
@@ -83,7 +140,8 @@ class SecureExchangeClient:
                                      seen_instances=self._seen,
                                      label=exchange_label(env.round, env.epoch, env.batch))
         self.masked_sent = False
-        return self._wrap(env, self.instance.advertise()), OwnContribution(own_z, own_q)
+        self._own = OwnContribution(own_z, own_q)
+        return self._wrap(env, self.instance.advertise()), own_z
 
     def handle(self, env: SecAggEnvelope) -> SecAggEnvelope:
         if self.instance is None:
@@ -92,7 +150,7 @@ class SecureExchangeClient:
         if isinstance(reply, MaskedInput):
             self.masked_sent = True
             if self.privacy is not None:
-                self.privacy.record_secure_release(
+                self.privacy.record_secagg_release(
                     env.round, (env.epoch, env.batch), self._event, reply.masked,
                     group=len(self.instance.participants), threshold=self.params.threshold,
                     t_collude=self.params.t_collude, clipped_values=self._clipped)
@@ -100,7 +158,7 @@ class SecureExchangeClient:
 
     def end(self) -> None:
         """The exchange is over (sum received or aborted): forget the instance."""
-        self.instance, self._event, self.masked_sent = None, None, False
+        self.instance, self._event, self.masked_sent, self._own = None, None, False, None
 
     def _wrap(self, env: SecAggEnvelope, body: object) -> SecAggEnvelope:
         return SecAggEnvelope(self.name, env.round, env.epoch, env.batch, body)

@@ -155,7 +155,8 @@ def load_final(path: str | Path) -> FinalModel:
         raise ConfigError(str(record), f"not a final-model record ({type(exc).__name__}: {exc}); "
                                        "expected the final.json written beside final.pt") from None
     if spec.get("dp_sgd"):
-        from fedmuscle_secure.client.dp_model import make_private_model
+        # deferred: opacus is heavy, and models.private imports this package
+        from fedmuscle_secure.models.private import make_private_model
 
         model = make_private_model(model, client=str(spec.get("client", "?")))
     try:

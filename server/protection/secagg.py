@@ -1,4 +1,4 @@
-"""The server's secure exchanges of one round under ``protection: secagg`` (DESIGN §3, §4.2).
+"""``protection: secagg`` on the server: the secure sums of a round (DESIGN §3, §4.2).
 
 One :class:`SecAggServer` instance per exchange (per CL epoch, or per batch in
 ``per_batch``), over every active client that has not dropped earlier in the round (a
@@ -6,12 +6,12 @@ client that drops stays out for the rest of the round). When the instance comple
 unmasked int64 sum is decoded into U and q, the §2.2 terms S = U/τ and log α are computed
 once in batched torch on the server's device, and every survivor receives them. An
 instance that aborts (fewer than t clients reached a stage) is recorded in
-:attr:`SecureExchanges.events` and every client still in it is told, so it skips that
+:attr:`SecAggServerProtection.events` and every client still in it is told, so it skips that
 step; the round goes on with the next exchange. A client the instance blamed for revealing
 wrong shares (:attr:`SecAggServer.blamed`) is recorded by name and, like a dropped client,
 stays out for the rest of the round.
 
-Stage deadlines (DESIGN §6): the transport calls :meth:`SecureExchanges.close_stage` when
+Stage deadlines (DESIGN §6): the transport calls :meth:`SecAggServerProtection.close_stage` when
 a stage has waited too long (:meth:`waiting` says what it waits for). The members that did
 not answer are dropped from the instance, as a vanished client would be, but they are still
 connected and still in the federation: they sit out the rest of the round. Each gets an
@@ -30,13 +30,16 @@ from fedmuscle_secure.crypto.secagg.messages import SecAggStage, exchange_label,
 from fedmuscle_secure.crypto.secagg.server import SecAggAborted, SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import sum_form_terms
+from fedmuscle_secure.server.protection.base import ServerProtection
 
-from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.errors import ProtocolError, QuorumLost
 from fedmuscle_secure.messages import ExchangeAborted, Message, SecAggEnvelope, SitOut, SumTerms
 
 
-class SecureExchanges:
-    """Drives the secure exchanges of a round; owned by :class:`FedMuscleServer`."""
+class SecAggServerProtection(ServerProtection):
+    """Drives the secure sums of a round; owned by :class:`FedMuscleServer`."""
+
+    stage_types = (SecAggEnvelope, SitOut)
 
     def __init__(self, *, threshold: int, identities: Mapping[str, Ed25519PublicKey],
                  encoding_for: Callable[[int, int], SumEncoding], tau: float, gamma: float,
@@ -46,7 +49,7 @@ class SecureExchanges:
         self.encoding_for = encoding_for  # (batches per exchange, group size) → SumEncoding
         self.tau, self.gamma = tau, gamma
         self.device = device
-        self.events: list[dict] = []      # aborts and dropouts, for events.jsonl
+        self._events: list[dict] = []     # aborts and dropouts, for events.jsonl
         self.instance: SecAggServer | None = None
         self._round = 0
         self._queue: list[tuple[int, int | None]] = []
@@ -64,6 +67,34 @@ class SecureExchanges:
     @property
     def busy(self) -> bool:
         return self.instance is not None or bool(self._queue)
+
+    @property
+    def events(self) -> list[dict]:
+        """Aborts, dropouts, blames and sit-outs of the run, for ``events.jsonl``."""
+        return self._events
+
+    @property
+    def encoding(self) -> SumEncoding | None:
+        """The fixed-point encoding of the running instance, or None between instances."""
+        return self._current[2] if self._current is not None else None
+
+    def release_types(self, method: str) -> tuple[type, ...]:
+        return ()  # a release is the masked input of a secure sum: one of its stages
+
+    def check_quorum(self, r: int, active: list[str], completed: int) -> None:
+        """A round needs at least :attr:`min_group` members, else no exchange could run."""
+        if 0 < len(active) < self.min_group:
+            raise QuorumLost(f"round {r}: only {len(active)} clients are left "
+                             f"({active}); a secure sum needs at least {self.min_group} "
+                             f"(threshold t={self.threshold}, never fewer than 3), so no later "
+                             "exchange could run; the run stops here (its ledgers and checkpoints "
+                             f"up to round {completed} stand)")
+
+    def on_stage(self, msg: SecAggEnvelope | SitOut, active: list[str]) -> list[Message]:
+        """A stage message of the running instance, or a member sitting the exchange out."""
+        if isinstance(msg, SitOut):
+            return self.sit_out(msg, active)
+        return self.handle(msg, active)
 
     def start_round(self, r: int, plan: torch.Tensor, exchange: str, active: list[str]) -> list[Message]:
         t, nb = int(plan.shape[0]), int(plan.shape[1]) if plan.dim() > 1 else 0
@@ -102,7 +133,7 @@ class SecureExchanges:
 
     def _abort_notices(self, group: list[str], epoch: int, batch: int | None, reason: str,
                        stage: str) -> list[Message]:
-        self.events.append({"event": "secagg_aborted", "round": self._round, "epoch": epoch,
+        self._events.append({"event": "secagg_aborted", "round": self._round, "epoch": epoch,
                             "batch": batch, "stage": stage, "reason": reason})
         return [ExchangeAborted(c, self._round, epoch, batch, reason) for c in group]
 
@@ -142,7 +173,7 @@ class SecureExchanges:
     def _sitters_told(self, epoch: int, batch: int | None, active: list[str]) -> list[Message]:
         if not self._sat_out:
             return []
-        self.events.append({"event": "exchange_sat_out", "round": self._round, "epoch": epoch,
+        self._events.append({"event": "exchange_sat_out", "round": self._round, "epoch": epoch,
                             "batch": batch, "clients": sorted(self._sat_out)})
         return [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} sat out this exchange")
                 for c in sorted(self._sat_out) if c in active]
@@ -190,11 +221,11 @@ class SecureExchanges:
             return sitting + [SecAggEnvelope(m.recipient, self._round, epoch, batch, m)
                               for m in replies]
         if inst.blamed:  # revealed wrong shares: corrected, named, out for the round
-            self.events.append({"event": "secagg_blamed", "round": self._round, "epoch": epoch,
+            self._events.append({"event": "secagg_blamed", "round": self._round, "epoch": epoch,
                                 "batch": batch, "blamed": {c: str(e) for c, e in inst.blamed.items()}})
         dropped = {c: s for c, s in inst.dropped_at.items() if c not in self._sat_out}
         if dropped:
-            self.events.append({"event": "secagg_dropouts", "round": self._round, "epoch": epoch,
+            self._events.append({"event": "secagg_dropouts", "round": self._round, "epoch": epoch,
                                 "batch": batch, "dropped": dropped})
         self._dropped |= set(dropped)
         u, q = enc.decode(inst.result)

@@ -1,0 +1,64 @@
+"""A client's local training: LocalUpdate on its private shard, and its evaluation.
+
+Record-level DP-SGD replaces the plain LocalUpdate when configured: the accountant is
+asked first (DESIGN §5.2; a refusal raises :class:`PrivacyBudgetExceeded`) and the steps
+taken are recorded after. The task optimizer lives here; the contrastive phase has its own
+(:mod:`fedmuscle_secure.client.contrastive_phase`, §8.1: sharing Adam state hurt).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from fedmuscle_secure.client.local_update import evaluate, local_update
+from fedmuscle_secure.client.settings import ClientSettings, LabelledData
+
+from fedmuscle_secure.data.tasks import Task
+from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.seeding import derive_seed
+
+if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting) only where DP is configured
+    from fedmuscle_secure.client.dp_sgd import DPSGDTrainer
+    from fedmuscle_secure.client.privacy import ClientPrivacy
+
+
+class LocalTraining:
+    """LocalUpdate (plain or DP-SGD) and evaluation of one client's task model."""
+
+    def __init__(self, name: str, model: ClientModel, task: Task, *, train: LabelledData,
+                 val: LabelledData, test: LabelledData, settings: ClientSettings,
+                 privacy: ClientPrivacy | None, dpsgd: DPSGDTrainer | None) -> None:
+        self.name, self.model, self.task = name, model, task
+        self.train, self.val, self.test = train, val, test
+        self.settings = settings
+        self.privacy = privacy
+        # Its per-sample hooks are on only inside DPSGDTrainer.run, so the contrastive
+        # phase pays nothing for them.
+        self.dpsgd = dpsgd
+        self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                               weight_decay=settings.weight_decay)
+
+    def run(self, label: int | str, r: int) -> float:
+        """LocalUpdate of round ``r`` (``label``: the round, or ``"final"``); returns the
+        last epoch's mean task loss. Under DP-SGD may raise :class:`PrivacyBudgetExceeded`."""
+        s = self.settings
+        torch.manual_seed(derive_seed(s.seed, self.name, label, "local-modules"))
+        if self.dpsgd is not None:
+            assert self.privacy is not None
+            steps = s.local_epochs * self.dpsgd.steps_per_epoch
+            self.privacy.admit_local_update(r, steps, self.dpsgd.sample_rate)
+            loss, taken = self.dpsgd.run(s.local_epochs)
+            self.privacy.record_local_update(r, taken, self.dpsgd.sample_rate)
+            return loss
+        gen = torch.Generator().manual_seed(derive_seed(s.seed, self.name, label, "local"))
+        return local_update(self.model, self.task_optimizer, self.task, self.train.x,
+                            self.train.targets, epochs=s.local_epochs,
+                            batch_size=s.local_batch_size, generator=gen)
+
+    def evaluate(self) -> dict[str, float]:
+        """``val_metric`` reads private records (the shard's held-out split) directly;
+        ``test_metric`` is the model on the shared test split. Which of them may leave the
+        client is the report policy's decision, not this method's."""
+        return {"val_metric": evaluate(self.model, self.task, self.val.x, self.val.targets),
+                "test_metric": evaluate(self.model, self.task, self.test.x, self.test.targets)}
