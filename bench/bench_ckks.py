@@ -34,7 +34,7 @@ from fedmuscle_secure.crypto.ckks import (
 )
 
 from fedmuscle_secure.config import ckks_parameters, load_config
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation
 
 CKKS = Stopwatch()  # encrypt, server evaluation, decrypt

@@ -1,7 +1,7 @@
 """The gRPC + mutual-TLS client of one organisation (DESIGN §6).
 
 It builds exactly the :class:`FedMuscleClient` the simulator builds for that organisation
-(same split, seeds and model initialisation: :func:`~fedmuscle_secure.simulator.build_client`),
+(same split, seeds and model initialisation: :func:`~fedmuscle_secure.federation.clients.build_client`),
 connects with its provisioned key and certificate, opens ``FedMuscle.Exchange`` and loops:
 reassemble → decode → ``client.handle`` → encode → chunk → send. No protocol logic lives
 here. The signed ledger is written in the client's own run directory (``ledger/``), as in
@@ -45,7 +45,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -58,10 +60,20 @@ from fedmuscle_secure.client.own_run import (
     resume,
     start_fresh,
 )
+from fedmuscle_secure.crypto.identity import load_private, load_public, save_public
 
 from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
 from fedmuscle_secure.experiment.rundir import RunDir
+from fedmuscle_secure.federation.ckks import client_ckks
+from fedmuscle_secure.federation.clients import build_client, final_model_spec
+from fedmuscle_secure.federation.setup import (
+    FederationSetup,
+    Protection,
+    decide_protection,
+    federation_setup,
+)
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (
@@ -108,16 +120,14 @@ def client_id_of(certs: Path, org: str) -> str:
     return org
 
 
-def _identities(cfg: ExperimentConfig, certs: Path, name: str):
+def _identities(cfg: ExperimentConfig, certs: Path, name: str, protection: Protection):
     """Own provisioned Ed25519 private identity (it signs the ledger in every mode; only its
     public half is written, to ``out/keys``, once the run directory is this run's) and, under
     secagg, every organisation's identity (the peers' public ones) for the key
     advertisements, else None."""
-    from fedmuscle_secure.crypto.identity import load_private, load_public
-
     folder = certs / "identities"
     own = load_private(folder / f"{name}.key")
-    if not (cfg.protection == "secagg" and cfg.muscle.method == "muscle_sum"):
+    if protection.mode != "secagg":
         return own, None
     return own, {c.name: own if c.name == name else load_public(folder / f"{c.name}.pub")
                  for c in cfg.clients}
@@ -198,7 +208,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     ``out`` is new (missing or empty), or this organisation's run directory of the run the
     server is resuming (:mod:`fedmuscle_secure.client.own_run`): nothing is written there
     before the server's run id was checked against it."""
-    from fedmuscle_secure.experiment.run import make_split, methods_of
+    from fedmuscle_secure.experiment.run import methods_of
 
     validate_deployable(cfg)
     options, retry = options or TransportOptions(), retry or RetrySettings()
@@ -207,12 +217,11 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     recorded = inspect_out(run, cfg)
     method = methods_of(cfg)[0]
     split = make_split(cfg)
+    protection = decide_protection(cfg, method, split)
     contexts = None
-    if cfg.protection == "ckks" and method != "local":
-        from fedmuscle_secure.provision.keys import client_ckks
-
-        contexts = client_ckks(cfg, certs)
-    own, identities = _identities(cfg, certs, name)
+    if protection.mode == "ckks":
+        contexts = client_ckks(cfg, certs, protection.sigma_client)
+    own, identities = _identities(cfg, certs, name, protection)
     limits = wire_limits(cfg)
     from fedmuscle_secure.console.deploy import ClientProgress
 
@@ -230,9 +239,11 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
                 served = _served_run_id(stream, name, run, target)
                 if client is None:  # first contact: check, then the first write
                     check_run_id(run, recorded, served, target)
-                    client, records, reconnected = _build(cfg, split, method, name, run, served,
-                                                          recorded is not None, own, identities,
-                                                          contexts, watch)
+                    client, records, reconnected = _build(
+                        cfg, split, name, run, served, recorded is not None, own,
+                        partial(federation_setup, cfg, split, method, record_dir=run.root,
+                                ckks_contexts=contexts, identities=identities,
+                                protection=protection), watch)
                     recorded = served
                 elif served != recorded:
                     raise ConnectionFailed(f"the server at {target} now runs federation run "
@@ -261,20 +272,17 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     return final
 
 
-def _build(cfg: ExperimentConfig, split, method: str, name: str, run: RunDir, run_id: str,
-           resuming: bool, own, identities, contexts, watch=None):
+def _build(cfg: ExperimentConfig, split, name: str, run: RunDir, run_id: str,
+           resuming: bool, own, make_setup: Callable[[], FederationSetup], watch=None):
     """The client and its records, in a run directory of run ``run_id``: a new one (its
     checkpoint of round 0 is what round 1 starts from), or this run's, resumed from its
-    latest checkpoint. Returns (client, records, whether the first plan may rewind)."""
-    from fedmuscle_secure.crypto.identity import save_public
-
-    from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
-
+    latest checkpoint. ``make_setup``: the federation's setup, made once the run directory
+    is this run's. Returns (client, records, whether the first plan may rewind)."""
     if not resuming:
         start_fresh(run, cfg, run_id)
     save_public(own, run.root / "keys", name)
-    setup = federation_setup(cfg, split, method, record_dir=run.root, ckks_contexts=contexts,
-                             identities=identities)
+    setup = make_setup()
+    method = setup.method
     client = build_client(cfg, split, method, name, setup, record_dir=run.root, identity=own)
     records = OwnRecords(run, cfg, method, client, final_model_spec(cfg, name, setup, client),
                          watch=watch)

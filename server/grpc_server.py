@@ -55,6 +55,7 @@ from typing import Any
 
 import grpc
 from fedmuscle_secure.client.report_policy import as_received
+from fedmuscle_secure.crypto.identity import load_public
 from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator, TransportError
 from fedmuscle_secure.server.membership import (
     EXCLUDED,
@@ -69,6 +70,10 @@ from fedmuscle_secure.console.progress import OPERATOR
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
+from fedmuscle_secure.federation.ckks import server_ckks
+from fedmuscle_secure.federation.server import build_server, open_receipts
+from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.provision.ca import Trust
 from fedmuscle_secure.transport.chunks import Chunk
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
@@ -264,9 +269,8 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     left would be fewer than the protection needs it raises :class:`QuorumLost` before
     listening.
     """
-    from fedmuscle_secure.experiment.run import config_digest, make_split, methods_of
+    from fedmuscle_secure.experiment.run import config_digest, methods_of
     from fedmuscle_secure.experiment.summary import write_summary
-    from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
 
     validate_deployable(cfg)
     if exclude and not resume:
@@ -275,11 +279,11 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     options, settings = options or TransportOptions(), settings or ServeSettings()
     certs, method, rounds = Path(certs), methods_of(cfg)[0], cfg.training.rounds
     trust = LiveTrust(certs)
+    split = make_split(cfg)
+    protection = decide_protection(cfg, method, split)
     contexts = None
-    if cfg.protection == "ckks" and method != "local":
-        from fedmuscle_secure.provision.keys import server_ckks
-
-        contexts = server_ckks(cfg, certs)
+    if protection.mode == "ckks":
+        contexts = server_ckks(cfg, certs, protection.sigma_client)
     run, resolved, run_id = _open_run(cfg, out, resume)
     trust.on_event = run.event
     ck = run.latest_checkpoint(method) if resume else None
@@ -289,9 +293,8 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     excluded = resolve_exclusions(  # before any work: a refused exclusion runs nothing
         cfg, ck[1]["server"]["active"] if ck is not None else [c.name for c in cfg.clients],
         exclude, trust.trust.clients)
-    split = make_split(cfg)
-    setup = federation_setup(cfg, split, method, ckks_contexts=contexts,
-                             identities=_server_identities(cfg, certs, method))
+    setup = federation_setup(cfg, split, method, ckks_contexts=contexts, protection=protection,
+                             identities=_server_identities(cfg, certs, protection))
     server = build_server(cfg, method, setup)
     rows: list[dict[str, Any]] = []
     start = 1
@@ -406,11 +409,9 @@ def _rounds(cfg: ExperimentConfig, run: RunDir, coordinator: Coordinator, settin
     return rows
 
 
-def _server_identities(cfg: ExperimentConfig, certs: Path, method: str) -> dict | None:
+def _server_identities(cfg: ExperimentConfig, certs: Path, protection: Protection) -> dict | None:
     """Under secagg: every organisation's Ed25519 public identity, from ``certs/identities``."""
-    if not (cfg.protection == "secagg" and method == "muscle_sum"):
+    if protection.mode != "secagg":
         return None
-    from fedmuscle_secure.crypto.identity import load_public
-
     folder = certs / "identities"
     return {c.name: load_public(folder / f"{c.name}.pub") for c in cfg.clients}

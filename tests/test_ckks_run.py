@@ -10,7 +10,8 @@ from fedmuscle_secure.crypto.ckks import decrypt_matrix
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.experiment.run import run_experiment
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import EncryptedRepresentations
 from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.simulator import build_federation, run_round
@@ -83,7 +84,7 @@ def test_ckks_run_ledgers_audit_against_ciphertext_receipts(tmp_path):
 
 
 def test_noise_too_large_for_the_ckks_modulus_is_refused_naming_the_parameter():
-    from fedmuscle_secure.simulator import ckks_parameters
+    from fedmuscle_secure.federation.ckks import ckks_parameters
 
     cfg = tiny_config(**{"muscle.method": "muscle_sum", "protection": "ckks",
                          "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 5.0}}})

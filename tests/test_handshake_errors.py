@@ -29,9 +29,10 @@ from fedmuscle_secure.client.grpc_client import (
 from fedmuscle_secure.server.grpc_server import Coordinator, start_grpc_server
 from tiny import tiny_config
 
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.server import build_server
+from fedmuscle_secure.federation.setup import federation_setup
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.simulator import build_server, federation_setup
 from fedmuscle_secure.transport.grpc_core_log import CoreLogBridge
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions

@@ -18,7 +18,7 @@ from tiny import tiny_config
 from fedmuscle_secure.config import parse_config
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.dp.noise import representation_sensitivity
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Leave
 from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round

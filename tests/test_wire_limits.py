@@ -33,7 +33,7 @@ from test_wire import CKKS, PLAIN, fake_matrix
 from tiny import tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     PeerTerms,

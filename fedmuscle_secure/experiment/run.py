@@ -26,11 +26,11 @@ import torch
 from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.console.progress import NORMAL, QUIET
 from fedmuscle_secure.console.rounds import RunProgress
-from fedmuscle_secure.data import FederatedSplit, federated_split
-from fedmuscle_secure.data.source import load_dataset
+from fedmuscle_secure.data import FederatedSplit
 from fedmuscle_secure.errors import CheckpointError, RunInterrupted
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
 from fedmuscle_secure.experiment.summary import client_table, write_summary
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 
 
@@ -41,15 +41,6 @@ class RunResult:
     run_dir: Path
     final: dict[str, dict[str, float]]       # method -> client -> final test metric
     rows: list[dict[str, Any]]
-
-
-def make_split(cfg: ExperimentConfig) -> FederatedSplit:
-    x, y = load_dataset(cfg.data)
-    d = cfg.data
-    return federated_split(
-        x, y, num_clients=len(cfg.clients), public_size=d.public_size, test_size=d.test_size,
-        shard_size=d.shard_size, partition=d.partition, dirichlet_alpha=d.dirichlet_alpha,
-        classes_per_client=d.classes_per_client, val_fraction=d.val_fraction, seed=cfg.seed)
 
 
 def methods_of(cfg: ExperimentConfig) -> list[str]:
@@ -213,4 +204,4 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = Fal
     return RunResult(run.root, final, rows)
 
 
-__all__ = ["RunResult", "client_table", "make_split", "run_experiment"]
+__all__ = ["RunResult", "client_table", "run_experiment"]

@@ -9,7 +9,8 @@ import pytest
 from tiny import tiny_config
 
 from fedmuscle_secure.baselines import SILENT, pseudo_label
-from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.experiment.run import run_experiment
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import (
     GroupOutputs,
     PeerKernel,
