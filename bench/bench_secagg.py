@@ -33,7 +33,7 @@ from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import peer_sums
 
-from fedmuscle_secure.config import load_config
+from fedmuscle_secure.federation.checks import load_config
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation
 

@@ -14,11 +14,11 @@ from tiny import tiny_config
 
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.compare.runner import read_marker
-from fedmuscle_secure.config import parse_config
 from fedmuscle_secure.errors import ConfigError, RunInterrupted
 from fedmuscle_secure.experiment.run import run_experiment
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir
 from fedmuscle_secure.experiment.summary import write_summary
+from fedmuscle_secure.federation.checks import parse_config
 
 
 def _names(run: RunDir, method: str) -> list[str]:

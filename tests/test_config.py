@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from fedmuscle_secure.cli.main import main
-from fedmuscle_secure.config import load_config, parse_config
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.federation.checks import load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "configs" / "digits.yaml"

@@ -15,9 +15,9 @@ from __future__ import annotations
 from round_driver import drive, restart, snapshot
 from tiny import tiny_config
 
-from fedmuscle_secure.config import parse_config
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.dp.noise import representation_sensitivity
+from fedmuscle_secure.federation.checks import parse_config
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Leave
 from fedmuscle_secure.records.ledger import read_entries

@@ -167,7 +167,7 @@ def test_abort_when_fewer_than_t_remain_is_recorded_without_release(tmp_path):
                          "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 2.0}}})
     raw = cfg.model_dump(mode="json")
     raw["clients"][2]["budget"] = {"client_epsilon": 5.0}  # round 1: ε 4.0, round 2: 6.0
-    from fedmuscle_secure.config import parse_config
+    from fedmuscle_secure.federation.checks import parse_config
 
     cfg = parse_config(raw)
     run_experiment(cfg, tmp_path / "run", progress=False)

@@ -52,8 +52,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _prepare(args: argparse.Namespace):
     import torch
 
-    from fedmuscle_secure.config import load_config
     from fedmuscle_secure.console.progress import configure_logging, verbosity_of
+    from fedmuscle_secure.federation.checks import load_config
 
     configure_logging(verbosity_of(args.quiet, args.verbose))
     if args.threads is not None:

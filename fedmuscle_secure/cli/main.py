@@ -59,16 +59,17 @@ def _latest_run(cfg: ExperimentConfig) -> Path | None:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from fedmuscle_secure.config import load_config, parse_overrides
+    from fedmuscle_secure.config import parse_overrides
     from fedmuscle_secure.experiment.run import run_experiment
     from fedmuscle_secure.experiment.summary import client_table, comparisons
+    from fedmuscle_secure.federation.checks import load_config, with_overrides
 
     cfg = load_config(args.config or _default_config())
     overrides = parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
     if overrides:
-        cfg = cfg.with_overrides(**overrides)
+        cfg = with_overrides(cfg, overrides)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out

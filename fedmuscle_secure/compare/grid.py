@@ -23,15 +23,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedmuscle_secure.config import (
-    ExperimentConfig,
-    dump_config,
-    parse_config,
-    read_yaml,
-    validate_model,
-)
+from fedmuscle_secure.config import ExperimentConfig, dump_config, read_yaml, validate_model
 from fedmuscle_secure.errors import ConfigError, yaml_problem
 from fedmuscle_secure.experiment.rundir import results_config
+from fedmuscle_secure.federation.checks import parse_config
 
 _SAFE = r"^[A-Za-z0-9_.+-]+$"
 LOCAL = "local"
