@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment
+from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment, default_threshold
 from fedmuscle_secure.config_yaml import parse_overrides, read_yaml, validate_model
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.methods import (
@@ -318,11 +318,6 @@ def validate_deployable(cfg: ExperimentConfig) -> None:
                           "muscle, muscle_sum, pairwise and local")
 
 
-def default_threshold(n: int) -> int:
-    """Default secagg threshold: a majority of the N configured clients, at least 2."""
-    return max(2, n // 2 + 1)
-
-
 def _check_secagg(cfg: ExperimentConfig) -> None:
     if cfg.protection != "secagg":
         return
@@ -360,6 +355,18 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
-__all__ = ["BASELINES", "METHODS", "OUTPUT_RELEASING", "PEER_SELECTING", "SILENT",
-           "ExperimentConfig", "dump_config", "load_config", "parse_config", "parse_overrides",
-           "read_yaml", "validate_model"]
+__all__ = [
+    "BASELINES",
+    "METHODS",
+    "OUTPUT_RELEASING",
+    "PEER_SELECTING",
+    "SILENT",
+    "ExperimentConfig",
+    "default_threshold",
+    "dump_config",
+    "load_config",
+    "parse_config",
+    "parse_overrides",
+    "read_yaml",
+    "validate_model",
+]
