@@ -23,6 +23,7 @@ import time
 import torch
 from _stopwatch import Stopwatch
 from fedmuscle_secure.crypto.ckks import (
+    CkksParameters,
     SecretContext,
     add,
     decrypt_matrix,
@@ -33,8 +34,8 @@ from fedmuscle_secure.crypto.ckks import (
     sq_norm_minus,
 )
 
-from fedmuscle_secure.config import ckks_parameters, load_config
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation
 
 CKKS = Stopwatch()  # encrypt, server evaluation, decrypt
@@ -50,7 +51,7 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def primitives(cfg, repeats: int) -> None:
-    params = ckks_parameters(cfg.with_overrides(protection="ckks"))
+    params = CkksParameters(**cfg.ckks.model_dump())
     secret = SecretContext.create(params)
     public = secret.to_public()
     b, d, m = cfg.muscle.batch_size, cfg.muscle.dim, cfg.muscle.num_selected

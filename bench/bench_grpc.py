@@ -44,8 +44,9 @@ import torch
 import yaml
 
 from fedmuscle_secure import simulator
-from fedmuscle_secure.config import load_config
-from fedmuscle_secure.experiment.run import make_split, methods_of
+from fedmuscle_secure.experiment.run import methods_of
+from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation, run_round
 from fedmuscle_secure.transport.codec import encode
 

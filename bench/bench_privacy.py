@@ -30,9 +30,9 @@ from _stopwatch import Stopwatch
 from fedmuscle_secure.client.privacy import ClientPrivacy
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from fedmuscle_secure.config import load_config
 from fedmuscle_secure.dp.sampling import CsprngPoissonSampler
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation, run_round
 
 # the client's privacy machinery (clip, noise, accountant, ledger): the overhead itself

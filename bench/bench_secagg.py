@@ -33,8 +33,8 @@ from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.server.computation import peer_sums
 
-from fedmuscle_secure.config import load_config
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation
 
 N_CLIENTS = 10

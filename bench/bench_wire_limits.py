@@ -63,8 +63,8 @@ def _peak_kib() -> int:
 
 def child(case: str, path: str, config: str) -> None:
     """Receive the payload in ``path`` as ``case`` says; print the peak growth in KiB."""
-    from fedmuscle_secure.config import load_config
     from fedmuscle_secure.errors import ProtocolError
+    from fedmuscle_secure.federation.checks import load_config
     from fedmuscle_secure.transport.chunks import Chunk
     from fedmuscle_secure.transport.codec import _ENVELOPE_TYPE, Direction, _from_proto
     from fedmuscle_secure.transport.limits import wire_limits
@@ -103,7 +103,7 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], args.config)
         return
-    from fedmuscle_secure.config import load_config
+    from fedmuscle_secure.federation.checks import load_config
     from fedmuscle_secure.transport.limits import wire_limits
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}")

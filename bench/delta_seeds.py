@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from fedmuscle_secure.config import load_config
-from fedmuscle_secure.experiment.run import make_split, run_method
+from fedmuscle_secure.experiment.run import run_method
 from fedmuscle_secure.experiment.rundir import RunDir
+from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.split import make_split
 
 
 def _one(config: str, seed: int, method: str, out: str, threads: int) -> dict:

@@ -1,7 +1,10 @@
 """Typed experiment configuration (DESIGN §7), loaded from YAML.
 
 Every validation error becomes a :class:`ConfigError` naming the dotted field path
-(``clients.2.model``) and what was expected, and the CLI exits with code 2 on it.
+(``clients.2.model``) and what was expected, and the CLI exits with code 2 on it. This
+module checks what the config alone decides; the rules that need a layer (model and task
+names, temperatures, codecs, CKKS parameters) are :mod:`fedmuscle_secure.federation.checks`,
+which every entry point that loads a config for use calls.
 """
 
 from __future__ import annotations
@@ -10,17 +13,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedmuscle_secure.baselines import BASELINES, OUTPUT_RELEASING, PEER_SELECTING, SILENT
-from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment
-from fedmuscle_secure.errors import ConfigError, yaml_problem
-
-METHODS = ("muscle", "muscle_sum", "pairwise", "local",
-           "gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
-"""``muscle``: exact Muscle loss (§2.1); ``muscle_sum``: sum form (§2.2);
-``pairwise``: pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference); the
-rest are the baselines of §2.3 (:mod:`fedmuscle_secure.baselines`), ``plain`` only."""
+from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment, default_threshold
+from fedmuscle_secure.config_yaml import parse_overrides, read_yaml, validate_model
+from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.methods import (
+    BASELINES,
+    METHODS,
+    MUSCLE_METHODS,
+    OUTPUT_RELEASING,
+    PEER_SELECTING,
+    SILENT,
+)
 
 
 class _Strict(BaseModel):
@@ -87,8 +92,7 @@ class TrainingConfig(_Strict):
 class MuscleConfig(_Strict):
     """Contrastive-phase settings (DESIGN §2, §2.1, §2.2)."""
 
-    method: Literal["muscle", "muscle_sum", "pairwise", "local", "gram", "fedhenn",
-                    "pseudo_label", "cofed", "feddf", "simclr"] = "muscle"
+    method: Literal[METHODS] = "muscle"  # the registry, fedmuscle_secure.methods
     num_selected: int = Field(default=3, gt=0, description="M, peers per client")
     batch_size: int = Field(default=64, gt=1, description="B, public rows per batch")
     dim: int = Field(default=64, gt=0, description="d, shared representation width")
@@ -213,95 +217,11 @@ class ExperimentConfig(_Strict):
         return parse_config(raw)
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs: the value is read as YAML (``3``, ``0.5``, ``true``,
-    ``[60, 40, 60]``, ``null``), the key is a dotted path checked by
-    :meth:`ExperimentConfig.with_overrides`."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError("--set", f"expected KEY=VALUE (e.g. training.rounds=3), got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key.strip()}", f"cannot read the value {text!r}") from None
-    return out
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "<root>"
-
-
-def validate_model(model: type[BaseModel], raw: Any, source: str) -> Any:
-    """``model.model_validate(raw)`` with the first problem as a :class:`ConfigError` naming
-    the field path (an unknown key first: a misspelt key also makes the real one missing)."""
-    if not isinstance(raw, dict):
-        raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        msg = err["msg"]
-        field = _loc(err["loc"])
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key{_nearest_key(model, err['loc'])}"
-        elif msg.startswith("Value error, ") and ":" in msg:
-            field, _, msg = msg[len("Value error, "):].partition(": ")
-        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-        raise ConfigError(field, f"{msg}{_got(err)}{more}") from None
-
-
-def _got(err: dict) -> str:
-    """``; got VALUE`` for a scalar the user wrote; nothing for a whole section (a model
-    validator's input is the config itself, which the message must not dump)."""
-    value = err.get("input")
-    if isinstance(value, dict | list) or err["type"] == "extra_forbidden":
-        return ""
-    text = repr(value)
-    return f"; got {text if len(text) <= 80 else text[:77] + '...'}"
-
-
-def _nearest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """`` (did you mean 'training'?)`` for a misspelt key, from the fields of the section
-    it sits in; the valid keys when none is close."""
-    import difflib
-
-    node: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(node, "model_fields", {}).get(part)
-        ann = getattr(field, "annotation", None)
-        args = getattr(ann, "__args__", ())  # list[ClientConfig] -> ClientConfig
-        node = next((a for a in (ann, *args) if isinstance(a, type) and
-                     issubclass(a, BaseModel)), None)
-        if node is None:
-            return ""
-    keys = list(getattr(node, "model_fields", {}))
-    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f"; expected one of {keys}" if keys else ""
-
-
 def parse_config(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
     """Validate a mapping into an :class:`ExperimentConfig` and check cross-field rules."""
     cfg = validate_model(ExperimentConfig, raw, source)
     check_semantics(cfg)
     return cfg
-
-
-def read_yaml(path: str | Path, what: str = "config") -> Any:
-    """The parsed YAML of ``path``; a missing file or bad YAML is a :class:`ConfigError`."""
-    p = Path(path)
-    if not p.is_file():
-        state = "is not a file" if p.exists() else "does not exist"
-        raise ConfigError(f"<{what}>", f"{what} file {str(p)!r} {state}")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"<{what}>", f"{p} is not valid YAML: {yaml_problem(exc)}") from None
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -310,26 +230,35 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 def check_semantics(cfg: ExperimentConfig) -> None:
-    """Rules that span fields: sizes, model and task names, temperatures, data paths."""
-    import timm
-
-    from fedmuscle_secure.data.tasks import TASK_NAMES
-    from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
-
-    n = len(cfg.clients)
-    for i, c in enumerate(cfg.clients):
-        if not timm.is_model(c.model):
-            raise ConfigError(
-                f"clients.{i}.model",
-                f"unknown timm model {c.model!r}; expected a name from timm.list_models()",
-            )
-        if c.task not in TASK_NAMES:
-            raise ConfigError(
-                f"clients.{i}.task", f"unknown task {c.task!r}; expected one of {list(TASK_NAMES)}"
-            )
-    m = cfg.muscle
+    """Rules that span fields: sizes, method and protection, data paths, privacy."""
     _check_baseline(cfg)
-    # under secagg the group is every surviving member: num_selected is not used
+    _check_sizes(cfg)
+    m = cfg.muscle
+    if m.method == "muscle_sum" and (
+        not isinstance(m.temperature, (int, float)) or not isinstance(m.temperature_prime, (int, float))
+    ):
+        raise ConfigError(
+            "muscle.temperature",
+            "the sum form (§2.2) needs one uniform temperature and temperature_prime (scalars)",
+        )
+    _check_data(cfg)
+    for key, mech in (("representation_noise", cfg.privacy.representation_noise),
+                      ("dp_sgd", cfg.privacy.dp_sgd)):
+        if mech.enabled and (mech.noise_multiplier is None) == (mech.target_epsilon is None):
+            raise ConfigError(f"privacy.{key}",
+                              "enabled: give exactly one of noise_multiplier or target_epsilon")
+    _check_secagg(cfg)
+    if cfg.protection == "ckks" and m.method not in MUSCLE_METHODS:
+        raise ConfigError("muscle.method", f"unsupported under ckks: {m.method!r}")
+    check_deployment(cfg)
+    if cfg.data.partition == "classes" and cfg.data.classes_per_client is None:
+        raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
+
+
+def _check_sizes(cfg: ExperimentConfig) -> None:
+    """M ≤ N − 1 where peers are selected (under secagg the group is every surviving
+    member: num_selected is not used) and B no larger than the public set."""
+    m, n = cfg.muscle, len(cfg.clients)
     if m.method in PEER_SELECTING and cfg.protection != "secagg" and m.num_selected >= n:
         raise ConfigError(
             "muscle.num_selected",
@@ -341,37 +270,23 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             f"B={m.batch_size} is larger than the public set (data.public_size="
             f"{cfg.data.public_size})",
         )
-    tau = pair_matrix(m.temperature, n, "muscle.temperature")
-    tau_p = pair_matrix(m.temperature_prime, n, "muscle.temperature_prime")
-    gamma_from_temperatures(tau, tau_p)
-    if m.method == "muscle_sum" and (
-        not isinstance(m.temperature, (int, float)) or not isinstance(m.temperature_prime, (int, float))
-    ):
-        raise ConfigError(
-            "muscle.temperature",
-            "the sum form (§2.2) needs one uniform temperature and temperature_prime (scalars)",
-        )
+
+
+def _check_data(cfg: ExperimentConfig) -> None:
+    """A dataset other than the embedded digits needs its files, and the digit tasks are
+    defined on the digits' labels only."""
     d = cfg.data
-    if d.dataset != "digits":
-        if d.path is None:
-            raise ConfigError("data.path", f"dataset {d.dataset!r} needs a path to its files")
-        if not Path(d.path).exists():
-            raise ConfigError("data.path", f"{d.path!r} does not exist")
-        for i, c in enumerate(cfg.clients):
-            if c.task != "classify":
-                raise ConfigError(
-                    f"clients.{i}.task", f"task {c.task!r} is defined on the digits' labels 0..9 "
-                    f"(DESIGN §8); with data.dataset {d.dataset!r} use 'classify'")
-    for key, mech in (("representation_noise", cfg.privacy.representation_noise),
-                      ("dp_sgd", cfg.privacy.dp_sgd)):
-        if mech.enabled and (mech.noise_multiplier is None) == (mech.target_epsilon is None):
-            raise ConfigError(f"privacy.{key}",
-                              "enabled: give exactly one of noise_multiplier or target_epsilon")
-    _check_secagg(cfg)
-    _check_ckks(cfg)
-    check_deployment(cfg)
-    if d.partition == "classes" and d.classes_per_client is None:
-        raise ConfigError("data.classes_per_client", "required when data.partition is 'classes'")
+    if d.dataset == "digits":
+        return
+    if d.path is None:
+        raise ConfigError("data.path", f"dataset {d.dataset!r} needs a path to its files")
+    if not Path(d.path).exists():
+        raise ConfigError("data.path", f"{d.path!r} does not exist")
+    for i, c in enumerate(cfg.clients):
+        if c.task != "classify":
+            raise ConfigError(
+                f"clients.{i}.task", f"task {c.task!r} is defined on the digits' labels 0..9 "
+                f"(DESIGN §8); with data.dataset {d.dataset!r} use 'classify'")
 
 
 def _check_baseline(cfg: ExperimentConfig) -> None:
@@ -403,11 +318,6 @@ def validate_deployable(cfg: ExperimentConfig) -> None:
                           "muscle, muscle_sum, pairwise and local")
 
 
-def default_threshold(n: int) -> int:
-    """Default secagg threshold: a majority of the N configured clients, at least 2."""
-    return max(2, n // 2 + 1)
-
-
 def _check_secagg(cfg: ExperimentConfig) -> None:
     if cfg.protection != "secagg":
         return
@@ -431,47 +341,6 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
                           "disjoint groups of t clients different survivor sets, collect one "
                           "client's self-mask-seed shares from one group and its mask-key shares "
                           "from the other, and unmask that client's input")
-    if s.frac_bits is not None:
-        from fedmuscle_secure.crypto.encoding import FixedPointCodec
-        from fedmuscle_secure.errors import EncodingError
-
-        try:
-            FixedPointCodec(clip=s.clip or 1.0, frac_bits=s.frac_bits, num_clients=n)
-        except EncodingError as exc:
-            raise ConfigError("secagg.frac_bits", str(exc)) from None
-
-
-def ckks_parameters(cfg: ExperimentConfig):
-    from fedmuscle_secure.crypto.ckks import CkksParameters
-
-    c = cfg.ckks
-    return CkksParameters(poly_modulus_degree=c.poly_modulus_degree,
-                          coeff_mod_bit_sizes=tuple(c.coeff_mod_bit_sizes),
-                          global_scale_bits=c.global_scale_bits, galois_keys=c.galois_keys)
-
-
-def _check_ckks(cfg: ExperimentConfig) -> None:
-    """One row (padded to a power of two) must fit a ciphertext; the sum form needs depth 1;
-    the largest value is ||U||² over M unit rows (noise off) — with representation noise the
-    bound is checked when the noise is known (the federation's set-up)."""
-    if cfg.protection != "ckks":
-        return
-    if cfg.muscle.method not in ("muscle", "muscle_sum", "pairwise", "local"):
-        raise ConfigError("muscle.method", f"unsupported under ckks: {cfg.muscle.method!r}")
-    validate_ckks(cfg, noise_std=0.0)
-
-
-def validate_ckks(cfg: ExperimentConfig, *, noise_std: float):
-    """Validate the CKKS parameters for this config (raises :class:`ConfigError` naming
-    them) and return them: a row padded to a power of two per slot block, depth 1, and the
-    largest value ||U||² of M rows whose coordinates carry noise up to 6 sd (``noise_std``
-    per coordinate; 0 for unit rows without noise)."""
-    params = ckks_parameters(cfg)
-    d = cfg.muscle.dim
-    m = cfg.muscle.num_selected
-    params.validate(packed_length=1 << (d - 1).bit_length(), depth=1,
-                    max_abs_value=float((m * (1 + 6 * noise_std * d ** 0.5)) ** 2))
-    return params
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
@@ -484,3 +353,20 @@ def dump_config(cfg: ExperimentConfig) -> str:
     if cfg.deployment == DeploymentConfig():
         raw.pop("deployment")
     return yaml.safe_dump(raw, sort_keys=False)
+
+
+__all__ = [
+    "BASELINES",
+    "METHODS",
+    "OUTPUT_RELEASING",
+    "PEER_SELECTING",
+    "SILENT",
+    "ExperimentConfig",
+    "default_threshold",
+    "dump_config",
+    "load_config",
+    "parse_config",
+    "parse_overrides",
+    "read_yaml",
+    "validate_model",
+]

@@ -30,12 +30,15 @@ class DeploymentConfig(BaseModel):
         "of them. Under secagg never below max(3, t)")
 
 
+def default_threshold(n: int) -> int:
+    """Default secagg threshold: a majority of the N configured clients, at least 2."""
+    return max(2, n // 2 + 1)
+
+
 def min_members(cfg: ExperimentConfig) -> int:
     """The fewest organisations the protection may run with: under secagg the secure sum's
     minimum group max(3, t) (with fewer, each member could subtract its own input from a sum
     and learn the others'), else 1."""
-    from fedmuscle_secure.config import default_threshold
-
     if cfg.protection != "secagg":
         return 1
     return max(3, cfg.secagg.threshold or default_threshold(len(cfg.clients)))

@@ -1,7 +1,7 @@
 """The gRPC + mutual-TLS client of one organisation (DESIGN §6).
 
 It builds exactly the :class:`FedMuscleClient` the simulator builds for that organisation
-(same split, seeds and model initialisation: :func:`~fedmuscle_secure.simulator.build_client`),
+(same split, seeds and model initialisation: :func:`~fedmuscle_secure.federation.clients.build_client`),
 connects with its provisioned key and certificate, opens ``FedMuscle.Exchange`` and loops:
 reassemble → decode → ``client.handle`` → encode → chunk → send. No protocol logic lives
 here. The signed ledger is written in the client's own run directory (``ledger/``), as in
@@ -71,11 +71,13 @@ from fedmuscle_secure.crypto.identity import load_private, load_public, save_pub
 from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.console.deploy import ClientProgress
 from fedmuscle_secure.errors import IdentityError
-from fedmuscle_secure.experiment.run import make_split, methods_of
+from fedmuscle_secure.experiment.run import methods_of
+from fedmuscle_secure.federation.ckks import client_ckks
+from fedmuscle_secure.federation.clients import build_client, final_model_spec
+from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
-from fedmuscle_secure.provision.keys import client_ckks
-from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,
@@ -90,14 +92,14 @@ __all__ = ["FAILPOINT_ENV", "STALL_ENV", "ConnectionFailed", "HandshakeRefused",
 log = logging.getLogger("fedmuscle_secure.client")
 
 
-def _identities(cfg: ExperimentConfig, certs: Path, name: str):
+def _identities(cfg: ExperimentConfig, certs: Path, name: str, protection: Protection):
     """Own provisioned Ed25519 private identity (it signs the ledger in every mode; only its
     public half is written, to ``out/keys``, once the run directory is this run's) and, under
     secagg, every organisation's identity (the peers' public ones) for the key
     advertisements, else None."""
     folder = certs / "identities"
     own = load_private(folder / f"{name}.key")
-    if not (cfg.protection == "secagg" and cfg.muscle.method == "muscle_sum"):
+    if protection.mode != "secagg":
         return own, None
     return own, {c.name: own if c.name == name else load_public(folder / f"{c.name}.pub")
                  for c in cfg.clients}
@@ -118,9 +120,11 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     recorded = inspect_out(run, cfg)
     method = methods_of(cfg)[0]
     split = make_split(cfg)
-    contexts = client_ckks(cfg, certs) if cfg.protection == "ckks" and method != "local" else None
-    own, identities = _identities(cfg, certs, name)
-    member = _Member(cfg, name, method, run, split, own, identities, contexts,
+    protection = decide_protection(cfg, method, split)  # σ calibrated once, for all below
+    contexts = (client_ckks(cfg, certs, protection.sigma_client)
+                if protection.mode == "ckks" else None)
+    own, identities = _identities(cfg, certs, name, protection)
+    member = _Member(cfg, name, method, run, split, own, identities, contexts, protection,
                      ClientProgress(cfg, method, name, log), recorded)
     member.watch.connecting(target)
     try:
@@ -156,6 +160,7 @@ class _Member:
     own: Any
     identities: dict | None
     contexts: Any
+    protection: Protection
     watch: ClientProgress
     recorded: str | None
     client: Any = None
@@ -188,7 +193,8 @@ class _Member:
             start_fresh(run, cfg, run_id)
         save_public(self.own, run.root / "keys", name)
         setup = federation_setup(cfg, self.split, method, record_dir=run.root,
-                                 ckks_contexts=self.contexts, identities=self.identities)
+                                 ckks_contexts=self.contexts, identities=self.identities,
+                                 protection=self.protection)
         client = build_client(cfg, self.split, method, name, setup, record_dir=run.root,
                               identity=self.own)
         records = OwnRecords(run, cfg, method, client,

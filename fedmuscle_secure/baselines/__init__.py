@@ -8,19 +8,10 @@ side of each is a small :class:`~fedmuscle_secure.baselines.phases.PublicPhase` 
 release, which loss for a reply); the server side is batched torch in the modules.
 
 This package's ``__init__`` imports nothing heavy so the client's loss dispatch can import
-its modules without a cycle.
+its modules without a cycle. The method names and kinds live in the registry
+:mod:`fedmuscle_secure.methods`.
 """
 
-BASELINES: tuple[str, ...] = ("gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
-"""Method names (``muscle.method``) of the baselines."""
-
-SILENT: tuple[str, ...] = ("pseudo_label", "simclr")
-"""Baselines that release nothing: no message leaves the client in their public phase."""
-
-OUTPUT_RELEASING: tuple[str, ...] = ("cofed", "feddf")
-"""Baselines that release task outputs (predictions, logits) rather than representations."""
-
-PEER_SELECTING: tuple[str, ...] = ("muscle", "muscle_sum", "pairwise", "gram", "fedhenn")
-"""Methods whose server reply is built from M selected peers (so need M ≤ N − 1)."""
+from fedmuscle_secure.methods import BASELINES, OUTPUT_RELEASING, PEER_SELECTING, SILENT
 
 __all__ = ["BASELINES", "OUTPUT_RELEASING", "PEER_SELECTING", "SILENT"]

@@ -7,13 +7,14 @@ import argparse
 from pathlib import Path
 
 from fedmuscle_secure.cli.args import positive_int
-from fedmuscle_secure.config import ExperimentConfig, load_config
+from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.console.progress import (
     add_verbosity_options,
     configure_logging,
     verbosity_of,
 )
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.federation.checks import load_config
 from fedmuscle_secure.transport.streams import TransportOptions
 
 __all__ = ["add_common_options", "prepare"]

@@ -81,7 +81,7 @@ def cmd_identity(args: argparse.Namespace) -> int:
 
 def cmd_ckks(args: argparse.Namespace) -> int:
     """``provision ckks``: the federation's CKKS context, made by the key-holding org."""
-    from fedmuscle_secure.config import load_config
+    from fedmuscle_secure.federation.checks import load_config
 
     cfg = load_config(args.config)
     writable_dir(args.out, "--out")

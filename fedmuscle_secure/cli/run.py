@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmuscle_secure.cli.args import non_negative_int, positive_int, writable_dir
-from fedmuscle_secure.config import ExperimentConfig, dump_config, load_config, parse_overrides
+from fedmuscle_secure.config import ExperimentConfig, dump_config, parse_overrides
 from fedmuscle_secure.console.progress import (
     DETAIL,
     add_verbosity_options,
@@ -22,6 +22,7 @@ from fedmuscle_secure.experiment.rundir import (
     check_start,
     config_differences,
 )
+from fedmuscle_secure.federation.checks import load_config, with_overrides
 
 if TYPE_CHECKING:
     from fedmuscle_secure.console.rounds import RunProgress
@@ -65,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     if overrides:
-        cfg = cfg.with_overrides(**overrides)
+        cfg = with_overrides(cfg, overrides)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out

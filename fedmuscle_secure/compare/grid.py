@@ -22,15 +22,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedmuscle_secure.config import (
-    ExperimentConfig,
-    dump_config,
-    parse_config,
-    read_yaml,
-    validate_model,
-)
+from fedmuscle_secure.config import ExperimentConfig, dump_config, read_yaml, validate_model
 from fedmuscle_secure.errors import ConfigError, yaml_problem
 from fedmuscle_secure.experiment.rundir import config_digest, results_config
+from fedmuscle_secure.federation.checks import parse_config, with_overrides
 
 _SAFE = r"^[A-Za-z0-9_.+-]+$"
 LOCAL = "local"
@@ -224,7 +219,7 @@ def with_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
     the raw mapping, so the grid's own overrides still merge into what the file said."""
     if not overrides:
         return base
-    resolved = parse_config(base, source="base").with_overrides(**overrides)
+    resolved = with_overrides(parse_config(base, source="base"), overrides)
     full = resolved.model_dump(mode="json")
     out = copy.deepcopy(base)
     for dotted in overrides:

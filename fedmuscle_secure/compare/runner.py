@@ -94,8 +94,8 @@ def run_cell(meta: dict[str, Any], config_text: str, cell_dir: str, threads: int
     import torch
     import yaml
 
-    from fedmuscle_secure.config import parse_config
     from fedmuscle_secure.experiment.run import run_experiment
+    from fedmuscle_secure.federation.checks import parse_config
 
     torch.set_num_threads(threads)
     d = Path(cell_dir)

@@ -124,18 +124,10 @@ def federated_split(
     """
     x, y = _check_arrays(x, y)
     num_classes = int(y.max()) + 1
-    _check_config(
-        n=len(y),
-        num_classes=num_classes,
-        num_clients=num_clients,
-        public_size=public_size,
-        test_size=test_size,
-        shard_size=shard_size,
-        partition=partition,
-        dirichlet_alpha=dirichlet_alpha,
-        classes_per_client=classes_per_client,
-        val_fraction=val_fraction,
-    )
+    _check_config(n=len(y), num_classes=num_classes, num_clients=num_clients,
+                  public_size=public_size, test_size=test_size, shard_size=shard_size,
+                  partition=partition, dirichlet_alpha=dirichlet_alpha,
+                  classes_per_client=classes_per_client, val_fraction=val_fraction)
     rng = np.random.default_rng(seed)
 
     test_idx = _stratified_sample(y, np.arange(len(y)), test_size, num_classes, rng)
@@ -146,38 +138,41 @@ def federated_split(
     if partition == "iid":
         shard_idx = _iid_shards(pool, num_clients, shard_size, rng)
     elif partition == "dirichlet":
-        shard_idx = _dirichlet_shards(
-            y, pool, num_clients, shard_size, dirichlet_alpha, num_classes, rng
-        )
+        shard_idx = _dirichlet_shards(y, pool, num_clients, shard_size, dirichlet_alpha,
+                                      num_classes, rng)
     else:
         assert classes_per_client is not None  # checked in _check_config
-        shard_idx = _class_shards(
-            y, pool, num_clients, shard_size, classes_per_client, num_classes, rng
-        )
-
-    shards = []
-    for idx in shard_idx:
-        idx = rng.permutation(idx)
-        n_val = _val_count(len(idx), val_fraction)
-        if len(idx) - n_val < MIN_TRAIN_PER_CLIENT:
-            raise ConfigError(
-                "data.shard_size",
-                f"a client shard of {len(idx)} samples leaves {len(idx) - n_val} for "
-                f"training after validation (val_fraction={val_fraction}); expected at "
-                f"least {MIN_TRAIN_PER_CLIENT}: raise data.shard_size or lower "
-                "data.public_size / data.test_size / data.num_clients",
-            )
-        val, train = idx[:n_val], idx[n_val:]
-        shards.append(Shard(x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val]))
+        shard_idx = _class_shards(y, pool, num_clients, shard_size, classes_per_client,
+                                  num_classes, rng)
+    shards = tuple(_shard(x, y, idx, val_fraction, rng) for idx in shard_idx)
 
     test_idx = rng.permutation(test_idx)
     return FederatedSplit(
         public_x=x[public_idx],
         test_x=x[test_idx],
         test_y=y[test_idx],
-        shards=tuple(shards),
+        shards=shards,
         num_classes=num_classes,
     )
+
+
+def _shard(x: np.ndarray, y: np.ndarray, idx: np.ndarray, val_fraction: float,
+           rng: np.random.Generator) -> Shard:
+    """One client's shard: its indices shuffled, the first ``round(val_fraction·n)`` (at
+    least 1 when ``val_fraction > 0``) for validation; refuses a shard left with fewer than
+    :data:`MIN_TRAIN_PER_CLIENT` training samples."""
+    idx = rng.permutation(idx)
+    n_val = _val_count(len(idx), val_fraction)
+    if len(idx) - n_val < MIN_TRAIN_PER_CLIENT:
+        raise ConfigError(
+            "data.shard_size",
+            f"a client shard of {len(idx)} samples leaves {len(idx) - n_val} for "
+            f"training after validation (val_fraction={val_fraction}); expected at "
+            f"least {MIN_TRAIN_PER_CLIENT}: raise data.shard_size or lower "
+            "data.public_size / data.test_size / data.num_clients",
+        )
+    val, train = idx[:n_val], idx[n_val:]
+    return Shard(x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val])
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,12 +25,12 @@ import torch
 from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.console.progress import NORMAL, QUIET
 from fedmuscle_secure.console.rounds import RunProgress
-from fedmuscle_secure.data import FederatedSplit, federated_split
-from fedmuscle_secure.data.source import load_dataset
+from fedmuscle_secure.data import FederatedSplit
 from fedmuscle_secure.errors import ConfigError, RunInterrupted
 from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, check_start, config_digest
 from fedmuscle_secure.experiment.summary import client_table, write_summary
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 
 
@@ -41,15 +41,6 @@ class RunResult:
     run_dir: Path
     final: dict[str, dict[str, float]]       # method -> client -> final test metric
     rows: list[dict[str, Any]]
-
-
-def make_split(cfg: ExperimentConfig) -> FederatedSplit:
-    x, y = load_dataset(cfg.data)
-    d = cfg.data
-    return federated_split(
-        x, y, num_clients=len(cfg.clients), public_size=d.public_size, test_size=d.test_size,
-        shard_size=d.shard_size, partition=d.partition, dirichlet_alpha=d.dirichlet_alpha,
-        classes_per_client=d.classes_per_client, val_fraction=d.val_fraction, seed=cfg.seed)
 
 
 def methods_of(cfg: ExperimentConfig) -> list[str]:
@@ -222,4 +213,4 @@ def _run_methods(cfg: ExperimentConfig, run: RunDir, resolved: str, *, resume: b
     return rows
 
 
-__all__ = ["RunResult", "client_table", "config_digest", "make_split", "run_experiment"]
+__all__ = ["RunResult", "client_table", "config_digest", "run_experiment"]

@@ -1,4 +1,4 @@
-"""Wires the privacy configuration (DESIGN §5) into each simulated client.
+"""The federation's DP calibration (DESIGN §5), done once per process from the config.
 
 Calibration happens here, once, before any data is touched: a target ε becomes a noise
 multiplier for the whole run (representation noise: every released batch of every round;
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.crypto.identity import generate_identity, load_private, save_identity
+from fedmuscle_secure.dp.accounting import calibrate_noise_multiplier
 
 
 @dataclass(frozen=True)
@@ -35,28 +37,34 @@ def poisson_batches(train_rows: int, expected_batch_size: int) -> int:
 
 
 def calibrate(cfg: ExperimentConfig, train_sizes: dict[str, int]) -> Calibration:
-    from fedmuscle_secure.dp.accounting import calibrate_noise_multiplier
-
+    """σ of every mechanism for the whole run; ``train_sizes``: each client's private rows."""
     p, tr = cfg.privacy, cfg.training
-    nb = cfg.data.public_size // cfg.muscle.batch_size
-    releases = tr.rounds * tr.cl_epochs * nb
+    releases = tr.rounds * tr.cl_epochs * (cfg.data.public_size // cfg.muscle.batch_size)
     rep = p.representation_noise
-    rep_sigma = None
+    sigma_client = None
     if rep.enabled:
-        rep_sigma = rep.noise_multiplier or calibrate_noise_multiplier(
+        sigma_client = rep.noise_multiplier or calibrate_noise_multiplier(
             target_epsilon=rep.target_epsilon, delta=p.delta, sample_rate=1.0, steps=releases)
+    sigmas, rates = _dpsgd_sigmas(cfg, train_sizes) if p.dp_sgd.enabled else ({}, {})
+    return Calibration(sigma_client, sigmas, rates, releases)
+
+
+def _dpsgd_sigmas(cfg: ExperimentConfig, train_sizes: dict[str, int]
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per client σ_record and Poisson sampling rate: every step of every LocalUpdate, the
+    closing one included, draws from the client's own shard (sizes differ, so σ's do)."""
+    p, tr = cfg.privacy, cfg.training
+    updates = tr.rounds + (1 if tr.final_local_update else 0)
     sigmas: dict[str, float] = {}
     rates: dict[str, float] = {}
-    if p.dp_sgd.enabled:
-        updates = tr.rounds + (1 if tr.final_local_update else 0)
-        for name, n in train_sizes.items():
-            batches = poisson_batches(n, p.dp_sgd.expected_batch_size)
-            q = 1.0 / batches
-            rates[name] = q
-            steps = updates * tr.local_epochs * batches
-            sigmas[name] = p.dp_sgd.noise_multiplier or calibrate_noise_multiplier(
-                target_epsilon=p.dp_sgd.target_epsilon, delta=p.delta, sample_rate=q, steps=steps)
-    return Calibration(rep_sigma, sigmas, rates, releases)
+    for name, n in train_sizes.items():
+        batches = poisson_batches(n, p.dp_sgd.expected_batch_size)
+        q = 1.0 / batches
+        rates[name] = q
+        steps = updates * tr.local_epochs * batches
+        sigmas[name] = p.dp_sgd.noise_multiplier or calibrate_noise_multiplier(
+            target_epsilon=p.dp_sgd.target_epsilon, delta=p.delta, sample_rate=q, steps=steps)
+    return sigmas, rates
 
 
 def identity_key(keys_dir: Path, client: str):
@@ -65,8 +73,6 @@ def identity_key(keys_dir: Path, client: str):
     Simulation only: the simulator plays every organisation, so it makes their keys and
     keeps them in its run directory, and an audit of that directory can only call them
     self-declared. A deployed client signs with its provisioned identity instead."""
-    from fedmuscle_secure.crypto.identity import generate_identity, load_private, save_identity
-
     path = keys_dir / f"{client}.key"
     if path.is_file():
         return load_private(path)

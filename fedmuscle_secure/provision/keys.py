@@ -12,8 +12,9 @@
   server. Parameters come from the experiment config and are checked for the noisy values
   when representation noise is on, exactly as the simulator provisions them.
 
-Each side then loads only what it may hold: :func:`server_ckks` refuses a context with a
-secret key, :func:`client_ckks` one without.
+Each side then loads only what it may hold
+(:func:`fedmuscle_secure.federation.ckks.server_ckks` refuses a context with a secret key,
+``client_ckks`` one without).
 """
 
 from __future__ import annotations
@@ -23,13 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.crypto.identity import check_client_name, generate_identity, save_identity
+from fedmuscle_secure.crypto.identity import (
+    _write_atomic,
+    check_client_name,
+    generate_identity,
+    save_identity,
+)
 from fedmuscle_secure.errors import ConfigError, IdentityError
+from fedmuscle_secure.federation.ckks import (
+    CKKS_DIR,
+    PUBLIC_CONTEXT,
+    SECRET_CONTEXT,
+    provision_ckks_keys,
+)
+from fedmuscle_secure.federation.setup import decide_protection
 
 IDENTITIES = "identities"
-CKKS_DIR = "ckks"
-SECRET_CONTEXT = "secret.ctx"
-PUBLIC_CONTEXT = "public.ctx"
 
 
 def make_identity(client_id: str, out: str | os.PathLike, *, force: bool = False) -> tuple[Path, Path]:
@@ -49,19 +59,6 @@ def make_identity(client_id: str, out: str | os.PathLike, *, force: bool = False
         raise ConfigError("--out", str(exc)) from None
 
 
-def _sigma(cfg: ExperimentConfig) -> float | None:
-    """The representation-noise multiplier the federation will use (calibrated as the
-    simulator calibrates it, from the config and the data split it implies)."""
-    from fedmuscle_secure.experiment.run import make_split
-    from fedmuscle_secure.federation.privacy import calibrate, dp_enabled
-
-    if not dp_enabled(cfg):
-        return None
-    split = make_split(cfg)
-    cal = calibrate(cfg, {c.name: len(split.shards[i].y_train) for i, c in enumerate(cfg.clients)})
-    return cal.representation_sigma
-
-
 @dataclass(frozen=True)
 class CkksFiles:
     secret_path: Path
@@ -70,9 +67,6 @@ class CkksFiles:
 
 def provision_ckks(cfg: ExperimentConfig, out: str | os.PathLike, *, force: bool = False) -> CkksFiles:
     """One CKKS context for the federation of ``cfg`` (``protection: ckks``)."""
-    from fedmuscle_secure.crypto.identity import _write_atomic
-    from fedmuscle_secure.simulator import provision_ckks_bytes
-
     if cfg.protection != "ckks":
         raise ConfigError("protection", f"provision ckks needs a config with protection 'ckks', "
                                         f"got {cfg.protection!r}")
@@ -81,44 +75,13 @@ def provision_ckks(cfg: ExperimentConfig, out: str | os.PathLike, *, force: bool
     if files.secret_path.exists() and not force:
         raise ConfigError("--out", f"{files.secret_path} already exists (pass --force to "
                                    "replace it: every organization must then get the new one)")
-    _, secret, public = provision_ckks_bytes(cfg, _sigma(cfg))
+    protection = decide_protection(cfg, cfg.muscle.method)  # σ as the federation calibrates it
+    _, secret, public = provision_ckks_keys(cfg, protection.sigma_client)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_atomic(files.secret_path, secret, 0o600)
     _write_atomic(files.public_path, public, 0o644)
     return files
 
 
-def _read(path: Path, what: str) -> bytes:
-    if not path.is_file():
-        raise ConfigError("--certs", f"{path} not found; expected {what} "
-                                     "(made by `fedmuscle-secure provision ckks`)")
-    return path.read_bytes()
-
-
-def server_ckks(cfg: ExperimentConfig, certs: Path) -> tuple:
-    """The server's CKKS provisioning: parameters and the public context only."""
-    from fedmuscle_secure.crypto.ckks import PublicContext
-    from fedmuscle_secure.simulator import ckks_parameters
-
-    if (certs / CKKS_DIR / SECRET_CONTEXT).exists():
-        raise ConfigError("--certs", f"{certs / CKKS_DIR / SECRET_CONTEXT} is on the server: the "
-                                     "secret CKKS context must never reach the server; remove it "
-                                     "and keep only public.ctx there")
-    params = ckks_parameters(cfg, _sigma(cfg))
-    public = _read(certs / CKKS_DIR / PUBLIC_CONTEXT, "the federation's public CKKS context")
-    PublicContext.from_bytes(public, params)  # refuses a context holding a secret key
-    return params, None, public
-
-
-def client_ckks(cfg: ExperimentConfig, certs: Path) -> tuple:
-    """An organization's CKKS provisioning: parameters and the shared secret context."""
-    from fedmuscle_secure.crypto.ckks import SecretContext
-    from fedmuscle_secure.simulator import ckks_parameters
-
-    params = ckks_parameters(cfg, _sigma(cfg))
-    secret = _read(certs / CKKS_DIR / SECRET_CONTEXT, "the federation's secret CKKS context")
-    SecretContext.from_bytes(secret, params)
-    return params, secret, None
-
-
-__all__ = ["CkksFiles", "client_ckks", "make_identity", "provision_ckks", "server_ckks"]
+__all__ = ["CKKS_DIR", "PUBLIC_CONTEXT", "SECRET_CONTEXT", "CkksFiles", "make_identity",
+           "provision_ckks"]

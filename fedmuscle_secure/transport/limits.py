@@ -90,10 +90,10 @@ def _ckks_sizes(cfg: ExperimentConfig) -> tuple[int, int]:
     """(ciphertexts per encrypted B × d matrix, upper bound on one ciphertext's bytes)."""
     if cfg.protection != "ckks":
         return 0, 0
-    from fedmuscle_secure.config import ckks_parameters
+    from fedmuscle_secure.crypto.ckks import CkksParameters
     from fedmuscle_secure.crypto.ckks.ops import RowLayout
 
-    params = ckks_parameters(cfg)
+    params = CkksParameters(**cfg.ckks.model_dump())
     layout = RowLayout.for_shape(cfg.muscle.batch_size, cfg.muscle.dim, params)
     primes = len(params.coeff_mod_bit_sizes) - 1  # the special prime is not in a ciphertext
     return layout.num_ciphertexts, 2 * params.poly_modulus_degree * primes * 8 + _CIPHERTEXT_HEADER

@@ -51,7 +51,11 @@ from fedmuscle_secure.console.deploy import ServerProgress
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, QuorumLost
 from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
-from fedmuscle_secure.experiment.run import make_split, methods_of
+from fedmuscle_secure.experiment.run import methods_of
+from fedmuscle_secure.federation.ckks import server_ckks
+from fedmuscle_secure.federation.server import build_server, open_receipts
+from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.experiment.rundir import (
     FINAL,
     RunDir,
@@ -61,8 +65,6 @@ from fedmuscle_secure.experiment.rundir import (
 )
 from fedmuscle_secure.experiment.summary import write_summary
 from fedmuscle_secure.messages import as_received
-from fedmuscle_secure.provision.keys import server_ckks
-from fedmuscle_secure.simulator import build_server, federation_setup, open_receipts
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.trust_reload import LiveTrust
@@ -132,7 +134,9 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     options, settings = options or TransportOptions(), settings or ServeSettings()
     certs, method = Path(certs), methods_of(cfg)[0]
     trust = LiveTrust(certs)
-    contexts = server_ckks(cfg, certs) if cfg.protection == "ckks" and method != "local" else None
+    split = make_split(cfg)
+    protection = decide_protection(cfg, method, split)
+    contexts = server_ckks(cfg, certs, protection.sigma_client) if protection.mode == "ckks" else None
     run, resolved, run_id = _open_run(cfg, out, resume)
     trust.on_event = run.event
     ck = run.latest_checkpoint(method) if resume else None
@@ -142,9 +146,8 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     excluded = resolve_exclusions(  # before any work: a refused exclusion runs nothing
         cfg, ck[1]["server"]["active"] if ck is not None else [c.name for c in cfg.clients],
         exclude, trust.trust.clients)
-    split = make_split(cfg)
-    setup = federation_setup(cfg, split, method, ckks_contexts=contexts,
-                             identities=_server_identities(cfg, certs, method))
+    setup = federation_setup(cfg, split, method, ckks_contexts=contexts, protection=protection,
+                             identities=_server_identities(cfg, certs, protection))
     server = build_server(cfg, method, setup)
     rows, start = _restore(server, ck, excluded)
     coordinator, receipts = _coordinator(cfg, run, server, settings, trust, excluded)
@@ -279,9 +282,9 @@ class ServerRun:
             self.watch.finished(coordinator.finals, self.run.root)
 
 
-def _server_identities(cfg: ExperimentConfig, certs: Path, method: str) -> dict | None:
+def _server_identities(cfg: ExperimentConfig, certs: Path, protection: Protection) -> dict | None:
     """Under secagg: every organisation's Ed25519 public identity, from ``certs/identities``."""
-    if not (cfg.protection == "secagg" and method == "muscle_sum"):
+    if protection.mode != "secagg":
         return None
     folder = certs / "identities"
     return {c.name: load_public(folder / f"{c.name}.pub") for c in cfg.clients}

@@ -38,11 +38,14 @@ from helpers.deploy_driver import rows as read_rows
 from helpers.tiny import FOUR, FOUR_CLIENTS, tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.experiment.run import run_experiment
+from fedmuscle_secure.federation.server import build_server
+from fedmuscle_secure.federation.setup import federation_setup
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import RoundReport
 from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.provision import revocation
-from fedmuscle_secure.simulator import build_federation, build_server, federation_setup
+from fedmuscle_secure.simulator import build_federation
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
@@ -421,7 +424,8 @@ def test_ckks_deployment_matches_the_simulator(tmp_path):
     """The key holder provisions the CKKS context; the server gets only public.ctx (a
     server directory holding secret.ctx is refused) and the clients the secret context."""
     from fedmuscle_secure.errors import ConfigError
-    from fedmuscle_secure.provision.keys import provision_ckks, server_ckks
+    from fedmuscle_secure.federation.ckks import server_ckks
+    from fedmuscle_secure.provision.keys import provision_ckks
 
     cfg = tiny_config(**{"protection": "ckks", "muscle.method": "muscle_sum",
                          "muscle.exchange": "per_epoch", "training.rounds": 1,
@@ -431,7 +435,7 @@ def test_ckks_deployment_matches_the_simulator(tmp_path):
     certs = provision(tmp_path)
     provision_ckks(cfg, certs)
     with pytest.raises(ConfigError, match="never reach the server"):
-        server_ckks(cfg, certs)
+        server_ckks(cfg, certs, None)
     server_certs = tmp_path / "server-certs"  # what the server operator holds
     shutil.copytree(certs, server_certs, ignore=shutil.ignore_patterns("secret.ctx", "*.key"))
     shutil.copy(certs / "server" / "server.key", server_certs / "server" / "server.key")

@@ -65,7 +65,7 @@ def test_client_over_budget_leaves_and_the_others_continue(tmp_path):
                                                                             "noise_multiplier": sigma}}})
     raw = cfg.model_dump(mode="json")
     raw["clients"][2]["budget"] = {"client_epsilon": budget}
-    from fedmuscle_secure.config import parse_config
+    from fedmuscle_secure.federation.checks import parse_config
 
     res = run_experiment(parse_config(raw), tmp_path / "run", progress=False)
     rows = [r for r in _rows(res.run_dir / "metrics.csv") if r["round"] != "final"]
@@ -88,7 +88,7 @@ def test_client_over_budget_leaves_and_the_others_continue(tmp_path):
 
 @pytest.mark.slow
 def test_record_level_budget_stops_dp_sgd_before_it_is_exceeded(tmp_path):
-    from fedmuscle_secure.config import parse_config
+    from fedmuscle_secure.federation.checks import parse_config
 
     cfg = tiny_config(**{"training.rounds": 3, "compare_local": False, "privacy": {
         "delta": 1e-5, "dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "expected_batch_size": 8}}})

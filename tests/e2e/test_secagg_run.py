@@ -9,7 +9,8 @@ import math
 import pytest
 from helpers.tiny import tiny_config
 
-from fedmuscle_secure.experiment.run import make_split, run_experiment
+from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.experiment.run import run_experiment
 from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.simulator import build_federation, run_round
 
@@ -72,7 +73,7 @@ def test_abort_when_fewer_than_t_remain_is_recorded_without_release(tmp_path):
                          "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 2.0}}})
     raw = cfg.model_dump(mode="json")
     raw["clients"][2]["budget"] = {"client_epsilon": 5.0}  # round 1: ε 4.0, round 2: 6.0
-    from fedmuscle_secure.config import parse_config
+    from fedmuscle_secure.federation.checks import parse_config
 
     cfg = parse_config(raw)
     run_experiment(cfg, tmp_path / "run", progress=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers.tiny import tiny_config
 
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import SecAggEnvelope
 from fedmuscle_secure.simulator import build_federation
 from fedmuscle_secure.transport import codec as wire

@@ -47,7 +47,7 @@ def eps_after(event: str, rounds: int) -> float:
 
 def genesis(client: str, key, *, clients, budget_record, scope="federation",
             client_sigma: float | None = CLIENT["noise_multiplier"]) -> dict:
-    """The genesis body the simulator writes (``fedmuscle_secure.simulator._client_privacy``)."""
+    """The genesis body the simulator writes (``fedmuscle_secure.federation.client_privacy``)."""
     return {"client": client, "public_key": public_pem(key), "delta": DELTA,
             "method": "muscle", "protection": "plain", "clients": list(clients), "scope": scope,
             "budget": {"record": budget_record, "client": None},

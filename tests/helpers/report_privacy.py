@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import RoundReport
 from fedmuscle_secure.simulator import build_federation, run_round
 from helpers.tiny import tiny_config

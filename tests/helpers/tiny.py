@@ -1,6 +1,6 @@
 """A tiny experiment config for end-to-end tests (seconds on 2 cores)."""
 
-from fedmuscle_secure.config import parse_config
+from fedmuscle_secure.federation.checks import parse_config
 
 
 def tiny_config(**over):

@@ -7,8 +7,8 @@ import yaml
 from helpers.paths import REPO
 
 from fedmuscle_secure.cli.main import main
-from fedmuscle_secure.config import load_config, parse_config
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.federation.checks import load_config, parse_config
 
 DEFAULT = REPO / "configs" / "digits.yaml"
 

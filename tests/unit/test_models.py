@@ -41,9 +41,10 @@ def test_the_final_model_round_trips_through_its_files(tmp_path, dp_sgd):
     same model: same outputs on the same inputs, DP-SGD's replaced layers included."""
     from helpers.tiny import tiny_config
 
-    from fedmuscle_secure.experiment.run import make_split
+    from fedmuscle_secure.federation.clients import build_client, final_model_spec
+    from fedmuscle_secure.federation.setup import federation_setup
+    from fedmuscle_secure.federation.split import make_split
     from fedmuscle_secure.models import load_final, save_final
-    from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 
     over = {"compare_local": False}
     if dp_sgd:

@@ -9,7 +9,7 @@ import pytest
 from helpers.baselines import baseline_config
 
 from fedmuscle_secure.baselines import SILENT, pseudo_label
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import (
     GroupOutputs,
     PeerKernel,

@@ -22,10 +22,11 @@ from helpers.tiny import tiny_config
 
 from fedmuscle_secure.config import dump_config
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.experiment.run import make_split
 from fedmuscle_secure.experiment.rundir import RunDir
+from fedmuscle_secure.federation.server import build_server
+from fedmuscle_secure.federation.setup import federation_setup
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.simulator import build_server, federation_setup
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from helpers.round_driver import drive, restart, snapshot
 from helpers.tiny import tiny_config
 
-from fedmuscle_secure.config import parse_config
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.dp.noise import representation_sensitivity
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.checks import parse_config
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Leave
 from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round

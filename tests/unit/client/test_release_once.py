@@ -27,7 +27,7 @@ from helpers.round_driver import drive, restart, snapshot
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     ExchangeAborted,

@@ -28,7 +28,7 @@ from helpers.report_privacy import (
     round_as_the_server_sees_it,
 )
 
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Finish, RoundReport
 from fedmuscle_secure.simulator import build_federation
 

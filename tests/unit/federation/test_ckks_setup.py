@@ -9,7 +9,7 @@ from fedmuscle_secure.crypto.ckks import decrypt_matrix
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import EncryptedRepresentations
 from fedmuscle_secure.simulator import build_federation
 
@@ -35,7 +35,7 @@ def test_server_holds_no_secret_key_and_counts_ciphertext_bytes():
 
 
 def test_noise_too_large_for_the_ckks_modulus_is_refused_naming_the_parameter():
-    from fedmuscle_secure.simulator import ckks_parameters
+    from fedmuscle_secure.federation.ckks import ckks_parameters
 
     cfg = tiny_config(**{"muscle.method": "muscle_sum", "protection": "ckks",
                          "privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 5.0}}})

@@ -16,7 +16,7 @@ from fedmuscle_secure.server.computation import sum_form_terms
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.losses import (
     leave_one_out_terms,
     muscle_sum_loss,

@@ -28,7 +28,7 @@ from helpers.deploy_driver import provision
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import IdentityError
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
 from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.simulator import build_federation

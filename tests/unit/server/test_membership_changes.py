@@ -30,8 +30,8 @@ from helpers.deploy_driver import provision
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import ConfigError, IdentityError, QuorumLost
-from fedmuscle_secure.experiment.run import make_split
 from fedmuscle_secure.experiment.summary import write_summary
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
 from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.provision import revocation

@@ -14,7 +14,7 @@ from fedmuscle_secure.server.grpc.process import Coordinator
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import LedgerError
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.records.ledger import ReceiptLog, payload_digest, read_receipts
 from fedmuscle_secure.simulator import build_federation, carries_release
 

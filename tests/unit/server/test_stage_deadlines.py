@@ -15,7 +15,7 @@ from fedmuscle_secure.server.coordinator import Abort, Coordinator
 from helpers.clock import Clock
 from helpers.tiny import tiny_config
 
-from fedmuscle_secure.experiment.run import make_split
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import ExchangeAborted, RoundPlan, SecAggEnvelope, SumTerms
 from fedmuscle_secure.simulator import build_federation
 

@@ -1,0 +1,82 @@
+"""Config checks that need a layer below the config (DESIGN §7): model and task names,
+the temperature matrices, the fixed-point codec of secagg and the CKKS parameters.
+
+:mod:`fedmuscle_secure.config` checks what the config alone decides; these rules need
+``timm``, :mod:`~fedmuscle_secure.data`, :mod:`~fedmuscle_secure.losses` or
+:mod:`~fedmuscle_secure.crypto`. Every entry point that loads a config for use goes
+through :func:`load_config` / :func:`parse_config` here, so both kinds of
+:class:`ConfigError` are raised on loading, before any run directory or file is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+
+from fedmuscle_secure import config
+from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.crypto.encoding import FixedPointCodec
+from fedmuscle_secure.data.tasks import TASK_NAMES
+from fedmuscle_secure.errors import ConfigError, EncodingError
+from fedmuscle_secure.federation.ckks import validate_ckks
+from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
+
+
+def check_layers(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Raise the first :class:`ConfigError` of the layer rules; return ``cfg``."""
+    _check_models_and_tasks(cfg)
+    _check_temperatures(cfg)
+    _check_codec(cfg)
+    if cfg.protection == "ckks":
+        # unit rows here; with representation noise the bound is checked again when the
+        # noise is known (the federation's set-up)
+        validate_ckks(cfg, noise_std=0.0)
+    return cfg
+
+
+def parse_config(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
+    """:func:`fedmuscle_secure.config.parse_config` and the layer rules."""
+    return check_layers(config.parse_config(raw, source=source))
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """:func:`fedmuscle_secure.config.load_config` and the layer rules."""
+    return check_layers(config.load_config(path))
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """:meth:`ExperimentConfig.with_overrides` (``--set``) and the layer rules."""
+    return check_layers(cfg.with_overrides(**overrides))
+
+
+def _check_models_and_tasks(cfg: ExperimentConfig) -> None:
+    for i, c in enumerate(cfg.clients):
+        if not timm.is_model(c.model):
+            raise ConfigError(f"clients.{i}.model",
+                              f"unknown timm model {c.model!r}; expected a name from "
+                              "timm.list_models()")
+        if c.task not in TASK_NAMES:
+            raise ConfigError(f"clients.{i}.task",
+                              f"unknown task {c.task!r}; expected one of {list(TASK_NAMES)}")
+
+
+def _check_temperatures(cfg: ExperimentConfig) -> None:
+    """τ and τ' must be valid pair matrices over the N clients, with γ defined."""
+    m, n = cfg.muscle, len(cfg.clients)
+    tau = pair_matrix(m.temperature, n, "muscle.temperature")
+    tau_p = pair_matrix(m.temperature_prime, n, "muscle.temperature_prime")
+    gamma_from_temperatures(tau, tau_p)
+
+
+def _check_codec(cfg: ExperimentConfig) -> None:
+    """An explicit ``secagg.frac_bits`` must give a fixed-point codec whose group sum of N
+    clipped values cannot overflow."""
+    s = cfg.secagg
+    if cfg.protection != "secagg" or s.frac_bits is None:
+        return
+    try:
+        FixedPointCodec(clip=s.clip or 1.0, frac_bits=s.frac_bits, num_clients=len(cfg.clients))
+    except EncodingError as exc:
+        raise ConfigError("secagg.frac_bits", str(exc)) from None

@@ -1,0 +1,91 @@
+"""The federation's CKKS parameters and contexts (DESIGN §4.3).
+
+The parameters come from the config's ``ckks`` section and are validated for the values
+the federation will encrypt: unit rows, or with representation noise rows whose
+coordinates carry noise of the calibrated σ. The contexts are made once by the key holder
+(:func:`provision_ckks_keys`; ``provision ckks`` writes them to files) and each deployed
+side loads only what it may hold: :func:`server_ckks` refuses a context with a secret key,
+:func:`client_ckks` one without.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.crypto.ckks import CkksParameters, PublicContext, SecretContext
+from fedmuscle_secure.dp.noise import representation_sensitivity
+from fedmuscle_secure.errors import ConfigError
+
+#: Where ``provision ckks`` writes the contexts under its output (certs) directory.
+CKKS_DIR = "ckks"
+SECRET_CONTEXT = "secret.ctx"
+PUBLIC_CONTEXT = "public.ctx"
+
+
+class CkksKeys(NamedTuple):
+    """One side's CKKS provisioning: the parameters and the serialized contexts it holds
+    (clients: the secret one; the server: the public one; the other is None)."""
+
+    params: CkksParameters
+    secret: bytes | None
+    public: bytes | None
+
+
+def validate_ckks(cfg: ExperimentConfig, *, noise_std: float) -> CkksParameters:
+    """Validate the CKKS parameters for this config (raises :class:`ConfigError` naming
+    them) and return them: a row padded to a power of two per slot block, depth 1, and the
+    largest value ||U||² of M rows whose coordinates carry noise up to 6 sd (``noise_std``
+    per coordinate; 0 for unit rows without noise)."""
+    params = CkksParameters(**cfg.ckks.model_dump())
+    d = cfg.muscle.dim
+    m = cfg.muscle.num_selected
+    params.validate(packed_length=1 << (d - 1).bit_length(), depth=1,
+                    max_abs_value=float((m * (1 + 6 * noise_std * d ** 0.5)) ** 2))
+    return params
+
+
+def ckks_parameters(cfg: ExperimentConfig, sigma_client: float | None) -> CkksParameters:
+    """The federation's CKKS parameters, re-validated for the noisy values when
+    representation noise (client-level σ ``sigma_client``) is on."""
+    std = 0.0
+    if sigma_client is not None:
+        std = sigma_client * representation_sensitivity(cfg.muscle.batch_size)
+    return validate_ckks(cfg, noise_std=std)
+
+
+def provision_ckks_keys(cfg: ExperimentConfig, sigma_client: float | None) -> CkksKeys:
+    """The provisioning step: one CKKS context for the federation, with both halves.
+    Clients get the bytes with the secret key, the server a public copy without it; both
+    travel as bytes, as they do between organisations."""
+    params = ckks_parameters(cfg, sigma_client)
+    secret = SecretContext.create(params)
+    return CkksKeys(params, secret.serialize(), secret.to_public().serialize())
+
+
+def _read(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise ConfigError("--certs", f"{path} not found; expected {what} "
+                                     "(made by `fedmuscle-secure provision ckks`)")
+    return path.read_bytes()
+
+
+def server_ckks(cfg: ExperimentConfig, certs: Path, sigma_client: float | None) -> CkksKeys:
+    """The server's CKKS provisioning: parameters and the public context only."""
+    if (certs / CKKS_DIR / SECRET_CONTEXT).exists():
+        raise ConfigError("--certs", f"{certs / CKKS_DIR / SECRET_CONTEXT} is on the server: the "
+                                     "secret CKKS context must never reach the server; remove it "
+                                     "and keep only public.ctx there")
+    params = ckks_parameters(cfg, sigma_client)
+    public = _read(certs / CKKS_DIR / PUBLIC_CONTEXT, "the federation's public CKKS context")
+    PublicContext.from_bytes(public, params)  # refuses a context holding a secret key
+    return CkksKeys(params, None, public)
+
+
+def client_ckks(cfg: ExperimentConfig, certs: Path, sigma_client: float | None) -> CkksKeys:
+    """An organisation's CKKS provisioning: parameters and the shared secret context."""
+    params = ckks_parameters(cfg, sigma_client)
+    secret = _read(certs / CKKS_DIR / SECRET_CONTEXT, "the federation's secret CKKS context")
+    SecretContext.from_bytes(secret, params)
+    return CkksKeys(params, secret, None)

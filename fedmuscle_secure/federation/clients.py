@@ -1,0 +1,119 @@
+"""Builds one organisation's :class:`FedMuscleClient` from the federation's setup.
+
+The model is initialised from the experiment seed and the organisation's name, so the
+simulator and a deployed client build the same object (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedmuscle_secure.client.protection.ckks import CkksClientProtection
+from fedmuscle_secure.client.dp_sgd import make_private_model
+from fedmuscle_secure.client.report_policy import policy_for
+from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
+from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, LabelledData, PlanSpec
+from fedmuscle_secure.config import ClientConfig, ExperimentConfig
+from fedmuscle_secure.crypto.ckks import SecretContext
+from fedmuscle_secure.data import FederatedSplit, Task, get_task
+from fedmuscle_secure.errors import ConfigError, EncodingError
+from fedmuscle_secure.federation.client_privacy import Records, client_privacy
+from fedmuscle_secure.federation.setup import FederationSetup, public_identity
+from fedmuscle_secure.models import build_client_model
+from fedmuscle_secure.seeding import derive_seed
+
+
+def _labelled(task: Task, x: np.ndarray, y: np.ndarray) -> LabelledData:
+    return LabelledData(torch.from_numpy(np.ascontiguousarray(x)), task.targets(y))
+
+
+def _spec(cfg: ExperimentConfig, name: str) -> tuple[int, ClientConfig]:
+    """The position and config of the organisation called ``name``."""
+    i = next((k for k, c in enumerate(cfg.clients) if c.name == name), None)
+    if i is None:
+        raise ConfigError("clients", f"no client named {name!r}; expected one of "
+                                     f"{[c.name for c in cfg.clients]}")
+    return i, cfg.clients[i]
+
+
+def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name: str,
+                 setup: FederationSetup, record_dir: Path | None = None,
+                 identity=None) -> FedMuscleClient:
+    """One organisation's :class:`FedMuscleClient` for ``method`` (``setup``'s).
+
+    ``identity``: the organisation's provisioned Ed25519 private key, which signs its
+    ledger (a deployment passes it; the ledger's genesis then says ``scope:
+    organisation``). None: the simulator's own key for it in ``record_dir/keys``."""
+    i, c = _spec(cfg, name)
+    task = get_task(c.task, split.num_classes)
+    model = _model(setup, i, c, task)
+    shard = split.shards[i]
+    train = _labelled(task, shard.x_train, shard.y_train)
+    privacy, dpsgd = None, None
+    if record_dir is not None or setup.calibration is not None:
+        privacy, dpsgd = client_privacy(setup, c, model, task, train, Records(record_dir, identity))
+    return FedMuscleClient(
+        c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
+        test=_labelled(task, split.test_x, split.test_y), public_x=setup.public_x,
+        settings=_settings(setup, c), privacy=privacy, dpsgd=dpsgd,
+        secure=_secagg_client(setup, c.name, privacy) if setup.secagg is not None else None,
+        ckks=_ckks_client(setup, c.name) if setup.ckks is not None else None)
+
+
+def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch.nn.Module:
+    """The organisation's model, seeded by the experiment seed and its name; under DP-SGD
+    with the layers Opacus needs (BatchNorm → GroupNorm etc.)."""
+    torch.manual_seed(derive_seed(setup.cfg.seed, c.name, "init"))
+    model = build_client_model(
+        model=c.model, model_kwargs=c.model_kwargs, in_chans=setup.in_chans,
+        image_size=c.image_size, dim=setup.cfg.muscle.dim, num_outputs=task.num_outputs,
+        projection=c.projection.kind, hidden=c.projection.hidden, field=f"clients.{i}.model")
+    if setup.calibration is not None and setup.calibration.dpsgd_sigma:
+        model = make_private_model(model, client=c.name)
+    return model
+
+
+def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
+    cfg, tr = setup.cfg, setup.cfg.training
+    return ClientSettings(
+        method=setup.method, local_epochs=tr.local_epochs, local_batch_size=tr.local_batch_size,
+        lr=c.lr or tr.lr, cl_lr=c.cl_lr or tr.cl_lr, weight_decay=tr.weight_decay,
+        augment=tr.augment, tau=float(setup.tau[0, 1]), gamma=float(setup.gamma[0, 1]),
+        seed=cfg.seed, report=policy_for(cfg, setup.method),
+        plan=PlanSpec(exchange=cfg.muscle.exchange, public_size=int(setup.public_x.shape[0]),
+                      batch_size=cfg.muscle.batch_size, cl_epochs=tr.cl_epochs))
+
+
+def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
+                     client: FedMuscleClient) -> dict:
+    """What :func:`~fedmuscle_secure.models.save_final` records beside an organisation's
+    final weights: the arguments :func:`build_client` gave ``build_client_model``, whether
+    DP-SGD changed its layers, and the task and metric the model serves."""
+    c = next(spec for spec in cfg.clients if spec.name == name)
+    return {"client": name, "round": client.round, "task": c.task, "metric": client.task.metric,
+            "dp_sgd": client.dpsgd is not None,
+            "architecture": {"model": c.model, "model_kwargs": dict(c.model_kwargs),
+                             "in_chans": setup.in_chans, "image_size": c.image_size,
+                             "dim": cfg.muscle.dim, "num_outputs": client.task.num_outputs,
+                             "projection": c.projection.kind, "hidden": c.projection.hidden}}
+
+
+def _secagg_client(setup: FederationSetup, name: str, privacy) -> SecAggClientProtection:
+    """The organisation's side of the secure sums; refuses a config with no safe
+    fixed-point encoding of its exchanges."""
+    cfg, params = setup.cfg, setup.secagg
+    try:
+        params.encoding(cfg.data.public_size // cfg.muscle.batch_size, len(cfg.clients))
+    except EncodingError as exc:
+        raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
+    peers = {k: public_identity(v) for k, v in setup.identities.items() if k != name}
+    return SecAggClientProtection(name, setup.identities[name], peers, params, privacy)
+
+
+def _ckks_client(setup: FederationSetup, name: str) -> CkksClientProtection:
+    params, secret_bytes, _ = setup.ckks
+    return CkksClientProtection(name, SecretContext.from_bytes(secret_bytes, params), method=setup.method,
+                      clients=setup.client_names, tau=setup.tau, gamma=setup.gamma)

@@ -1,0 +1,51 @@
+"""Builds the :class:`FedMuscleServer` of a federation from its setup (DESIGN §3, §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.crypto.ckks import PublicContext
+from fedmuscle_secure.federation.setup import FederationSetup, public_identity
+from fedmuscle_secure.records.ledger import ReceiptLog
+from fedmuscle_secure.server.protection import CkksServerProtection
+from fedmuscle_secure.server.computation import resolve_device
+from fedmuscle_secure.server.protection import SecAggServerProtection
+from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
+
+
+def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> FedMuscleServer:
+    """The :class:`FedMuscleServer` of ``method`` over every configured client."""
+    tau, gamma = setup.tau, setup.gamma
+    return FedMuscleServer(setup.client_names, ServerSettings(
+        method=method, exchange=cfg.muscle.exchange, num_selected=cfg.muscle.num_selected,
+        batch_size=cfg.muscle.batch_size, public_size=int(setup.public_x.shape[0]),
+        cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
+        device=resolve_device(cfg.server.device),
+        secure=_secagg_server(setup) if setup.secagg is not None else None,
+        output_spaces=tuple(c.task for c in cfg.clients),
+        ckks=_ckks_server(setup) if setup.ckks is not None else None))
+
+
+def _secagg_server(setup: FederationSetup) -> SecAggServerProtection:
+    """The server's side of the secure sums: it verifies the organisations' key adverts
+    with their public identities."""
+    params = setup.secagg
+    return SecAggServerProtection(
+        threshold=params.threshold,
+        identities={k: public_identity(v) for k, v in setup.identities.items()},
+        encoding_for=params.encoding, tau=float(setup.tau[0, 1]), gamma=float(setup.gamma[0, 1]),
+        device=resolve_device(setup.cfg.server.device))
+
+
+def _ckks_server(setup: FederationSetup) -> CkksServerProtection:
+    params, _, public_bytes = setup.ckks
+    return CkksServerProtection(PublicContext.from_bytes(public_bytes, params), float(setup.tau[0, 1]),
+                          setup.cfg.ckks.galois_keys)
+
+
+def open_receipts(record_dir: Path | None) -> ReceiptLog | None:
+    """The server's receipt log in ``record_dir`` (DESIGN §5.4), or None without one."""
+    if record_dir is None:
+        return None
+    return ReceiptLog.open(record_dir / "receipts.jsonl")

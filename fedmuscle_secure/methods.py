@@ -1,0 +1,30 @@
+"""The method registry (DESIGN §2): every ``muscle.method`` name and what kind it is.
+
+Root vocabulary: the config validates method names against it, and the baselines, the
+server and the checks read the kinds from it, so no layer asks another which method is
+which.
+"""
+
+from __future__ import annotations
+
+MUSCLE_METHODS: tuple[str, ...] = ("muscle", "muscle_sum", "pairwise", "local")
+"""``muscle``: exact Muscle loss (§2.1); ``muscle_sum``: sum form (§2.2); ``pairwise``:
+pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
+
+BASELINES: tuple[str, ...] = ("gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
+"""Method names (``muscle.method``) of the baselines (§2.3), ``plain`` only."""
+
+METHODS: tuple[str, ...] = MUSCLE_METHODS + BASELINES
+"""Every method the harness runs."""
+
+SILENT: tuple[str, ...] = ("pseudo_label", "simclr")
+"""Baselines that release nothing: no message leaves the client in their public phase."""
+
+OUTPUT_RELEASING: tuple[str, ...] = ("cofed", "feddf")
+"""Baselines that release task outputs (predictions, logits) rather than representations."""
+
+PEER_SELECTING: tuple[str, ...] = ("muscle", "muscle_sum", "pairwise", "gram", "fedhenn")
+"""Methods whose server reply is built from M selected peers (so need M ≤ N − 1)."""
+
+__all__ = ["BASELINES", "METHODS", "MUSCLE_METHODS", "OUTPUT_RELEASING", "PEER_SELECTING",
+           "SILENT"]
