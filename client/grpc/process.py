@@ -72,11 +72,11 @@ from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.console.deploy import ClientProgress
 from fedmuscle_secure.errors import IdentityError
 from fedmuscle_secure.experiment.run import methods_of
+from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.federation.ckks import client_ckks
 from fedmuscle_secure.federation.clients import build_client, final_model_spec
 from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
 from fedmuscle_secure.federation.split import make_split
-from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmuscle_secure.client.protection.ckks import CkksClientProtection
 from fedmuscle_secure.client.dp_sgd import make_private_model
-from fedmuscle_secure.client.report_policy import policy_for
+from fedmuscle_secure.client.protection.ckks import CkksClientProtection
 from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
+from fedmuscle_secure.client.report_policy import policy_for
 from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, LabelledData, PlanSpec
 from fedmuscle_secure.config import ClientConfig, ExperimentConfig
 from fedmuscle_secure.crypto.ckks import SecretContext

@@ -8,9 +8,8 @@ from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.ckks import PublicContext
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
 from fedmuscle_secure.records.ledger import ReceiptLog
-from fedmuscle_secure.server.protection import CkksServerProtection
 from fedmuscle_secure.server.computation import resolve_device
-from fedmuscle_secure.server.protection import SecAggServerProtection
+from fedmuscle_secure.server.protection import CkksServerProtection, SecAggServerProtection
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
 
 

@@ -52,10 +52,6 @@ from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, QuorumLost
 from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
 from fedmuscle_secure.experiment.run import methods_of
-from fedmuscle_secure.federation.ckks import server_ckks
-from fedmuscle_secure.federation.server import build_server, open_receipts
-from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
-from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.experiment.rundir import (
     FINAL,
     RunDir,
@@ -64,6 +60,10 @@ from fedmuscle_secure.experiment.rundir import (
     config_digest,
 )
 from fedmuscle_secure.experiment.summary import write_summary
+from fedmuscle_secure.federation.ckks import server_ckks
+from fedmuscle_secure.federation.server import build_server, open_receipts
+from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
+from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import as_received
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions

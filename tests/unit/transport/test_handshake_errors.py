@@ -25,10 +25,10 @@ from helpers.deploy_driver import free_port
 from helpers.tiny import tiny_config
 from helpers.tls_folders import tls_files, two_pkis
 
-from fedmuscle_secure.federation.split import make_split
-from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.federation.server import build_server
 from fedmuscle_secure.federation.setup import federation_setup
+from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.provision import ca as pki
 from fedmuscle_secure.transport.grpc_core_log import CoreLogBridge
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
