@@ -46,8 +46,6 @@ from fedmuscle_secure.models import ClientModel
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting, tenseal) only where configured
     from fedmuscle_secure.client.dp_sgd import DPSGDTrainer
     from fedmuscle_secure.client.privacy import ClientPrivacy
-    from fedmuscle_secure.client.protection.ckks import CkksClientProtection
-    from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
 
 SERVER = "server"
 
@@ -65,9 +63,8 @@ class FedMuscleClient:
                  val: LabelledData, test: LabelledData, public_x: torch.Tensor,
                  settings: ClientSettings, privacy: ClientPrivacy | None = None,
                  dpsgd: DPSGDTrainer | None = None,
-                 secure: SecAggClientProtection | None = None,
-                 ckks: CkksClientProtection | None = None) -> None:
-        """``secure``/``ckks``: the protection of a secagg/ckks federation (else plain)."""
+                 protection: ClientProtection | None = None) -> None:
+        """``protection``: the strategy of a secagg or ckks federation (None: plain)."""
         self.name = name
         self.model = model
         self.task = task
@@ -75,7 +72,7 @@ class FedMuscleClient:
         self.report_gate = ReportGate(settings.report)  # full metrics stay here, per round
         self.privacy = privacy
         self.dpsgd = dpsgd  # record-level DP-SGD replaces the plain LocalUpdate when set
-        self.protection: ClientProtection = secure or ckks or PlainClientProtection()
+        self.protection: ClientProtection = protection or PlainClientProtection()
         # At most one release per exchange, and never the same content twice (DESIGN §4.4):
         # remembered from the ledger so the rule survives a restart; asked again, the client
         # sits the exchange out.

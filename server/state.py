@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import torch
 from fedmuscle_secure.server.protection import (
-    CkksServerProtection,
+    PlainServerProtection,
     ReplyInputs,
-    SecAggServerProtection,
-    protection_of,
+    ServerProtection,
 )
 from fedmuscle_secure.server.protection.base import Release
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
@@ -74,8 +73,8 @@ class ServerSettings:
     gamma: torch.Tensor    # (N, N) γ per pair
     seed: int
     device: torch.device
-    secure: SecAggServerProtection | None = None  # protection: secagg (DESIGN §4.2)
-    ckks: CkksServerProtection | None = None      # protection: ckks (DESIGN §4.3)
+    #: the mode's strategy (DESIGN §4), chosen when the federation is built; None: plain
+    protection: ServerProtection | None = None
     output_spaces: tuple[str, ...] = ()     # per client (order of ``clients``): its task name;
     #                                          cofed/feddf aggregate within one output space
 
@@ -87,7 +86,7 @@ class FedMuscleServer:
         self.clients = list(clients)
         self.index = {c: i for i, c in enumerate(self.clients)}
         self.settings = settings
-        self.protection = protection_of(settings.secure, settings.ckks)  # fixed for the run
+        self.protection = settings.protection or PlainServerProtection()  # fixed for the run
         self._release_types = self.protection.release_types(settings.method)
         self.active: list[str] = list(clients)
         self.stage = ServerStage.IDLE

@@ -55,11 +55,10 @@ class RoundRecorder:
             for e in entries:
                 if e["round"] == r:
                     self.run.event(kind, method=self.method, **e)
-        if server.settings.secure is not None:
-            for e in server.settings.secure.events:
-                if e["round"] == r:
-                    self.run.event(e["event"], method=self.method,
-                                   **{k: v for k, v in e.items() if k != "event"})
+        for e in server.protection.events:
+            if e["round"] == r:
+                self.run.event(e["event"], method=self.method,
+                               **{k: v for k, v in e.items() if k != "event"})
 
     def checkpoint(self, r: int | str, state: dict[str, Any], rows: list[dict[str, Any]], *,
                    finished: bool) -> None:

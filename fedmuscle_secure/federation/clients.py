@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fedmuscle_secure.client.dp_sgd import make_private_model
+from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.client.protection.ckks import CkksClientProtection
 from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
 from fedmuscle_secure.client.report_policy import policy_for
@@ -59,8 +60,16 @@ def build_client(cfg: ExperimentConfig, split: FederatedSplit, method: str, name
         c.name, model, task, train=train, val=_labelled(task, shard.x_val, shard.y_val),
         test=_labelled(task, split.test_x, split.test_y), public_x=setup.public_x,
         settings=_settings(setup, c), privacy=privacy, dpsgd=dpsgd,
-        secure=_secagg_client(setup, c.name, privacy) if setup.secagg is not None else None,
-        ckks=_ckks_client(setup, c.name) if setup.ckks is not None else None)
+        protection=_protection(setup, c.name, privacy))
+
+
+def _protection(setup: FederationSetup, name: str, privacy) -> ClientProtection | None:
+    """The client's strategy for the setup's protection mode (None: plain)."""
+    if setup.secagg is not None:
+        return _secagg_client(setup, name, privacy)
+    if setup.ckks is not None:
+        return _ckks_client(setup, name)
+    return None
 
 
 def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch.nn.Module:

@@ -9,7 +9,11 @@ from fedmuscle_secure.crypto.ckks import PublicContext
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
 from fedmuscle_secure.records.ledger import ReceiptLog
 from fedmuscle_secure.server.computation import resolve_device
-from fedmuscle_secure.server.protection import CkksServerProtection, SecAggServerProtection
+from fedmuscle_secure.server.protection import (
+    CkksServerProtection,
+    SecAggServerProtection,
+    ServerProtection,
+)
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
 
 
@@ -21,9 +25,16 @@ def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> 
         batch_size=cfg.muscle.batch_size, public_size=int(setup.public_x.shape[0]),
         cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
         device=resolve_device(cfg.server.device),
-        secure=_secagg_server(setup) if setup.secagg is not None else None,
-        output_spaces=tuple(c.task for c in cfg.clients),
-        ckks=_ckks_server(setup) if setup.ckks is not None else None))
+        output_spaces=tuple(c.task for c in cfg.clients), protection=_protection(setup)))
+
+
+def _protection(setup: FederationSetup) -> ServerProtection | None:
+    """The server's strategy for the setup's protection mode (None: plain)."""
+    if setup.secagg is not None:
+        return _secagg_server(setup)
+    if setup.ckks is not None:
+        return _ckks_server(setup)
+    return None
 
 
 def _secagg_server(setup: FederationSetup) -> SecAggServerProtection:

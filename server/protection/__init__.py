@@ -1,7 +1,8 @@
 """The server's side of each protection mode (DESIGN §4): one strategy object per mode.
 
 :class:`~fedmuscle_secure.server.state.FedMuscleServer` holds exactly one, chosen when it
-is built (:func:`protection_of`), and never asks which mode is on: the strategy says which
+is built (the federation builder passes it in :class:`ServerSettings`; ``plain`` when none
+is given), and never asks which mode is on: the strategy says which
 release messages it collects, runs the mode's own stages (the secure sums of ``secagg``)
 and turns the collected releases into replies.
 """
@@ -14,14 +15,5 @@ from fedmuscle_secure.server.protection.plain import PlainServerProtection
 from fedmuscle_secure.server.protection.secagg import SecAggServerProtection
 
 __all__ = ["CkksServerProtection", "PlainServerProtection", "ReplyInputs", "SecAggServerProtection",
-           "ServerProtection", "protection_of"]
+           "ServerProtection"]
 
-
-def protection_of(secagg: SecAggServerProtection | None,
-                  ckks: CkksServerProtection | None) -> ServerProtection:
-    """The strategy of the configured mode: the one given, else ``plain``."""
-    if secagg is not None:
-        return secagg
-    if ckks is not None:
-        return ckks
-    return PlainServerProtection()

@@ -136,7 +136,7 @@ def test_a_second_secure_setup_for_a_released_exchange_is_refused(tmp_path):
         return len([m for m in sent if _release_of(m)]) == len(fed.clients)
 
     assert not drive(fed, 1, stop=masked_all, seen=sent)
-    enc = fed.server.settings.secure.encoding
+    enc = fed.server.protection.encoding
     group = ["a", "b", "d"]
     second = SecAggServer(group, 3, enc.vector_length)
     for setup in second.start():

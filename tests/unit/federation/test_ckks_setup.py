@@ -23,7 +23,7 @@ def test_server_holds_no_secret_key_and_counts_ciphertext_bytes():
     (release,) = client.handle(plan)
     assert isinstance(release, EncryptedRepresentations)
     with pytest.raises(ConfigError, match="secret key"):
-        decrypt_matrix(fed.server.settings.ckks.context, release.z[0])
+        decrypt_matrix(fed.server.protection.context, release.z[0])
     decrypted = decrypt_matrix(client.protection.context, release.z[0])
     assert decrypted.shape == (cfg.muscle.batch_size, cfg.muscle.dim)
     assert torch.allclose(decrypted.norm(dim=1), torch.ones(cfg.muscle.batch_size, dtype=torch.float64),

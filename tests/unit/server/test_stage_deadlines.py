@@ -108,7 +108,7 @@ def test_a_member_silent_inside_a_secure_sum_sits_out_the_round_and_the_others_f
     assert notices == [(0, True), (1, True)]
     assert "d" in h.coordinator.outboxes and "d" in s.active  # still connected and a member
     assert not any(isinstance(m, Abort) for m in h.received["d"])
-    assert [(e["event"], e["dropped"]) for e in s.settings.secure.events] == [
+    assert [(e["event"], e["dropped"]) for e in s.protection.events] == [
         ("secagg_dropouts", {"d": "masked_input"})]
     assert [(d["round"], d["stage"], d["silent"]) for d in s.deadlines] == [
         (1, "secagg/1/0/0/masked_input", ["d"])]
