@@ -266,8 +266,7 @@ def _build(cfg: ExperimentConfig, split, method: str, name: str, run: RunDir, ru
     """The client and its records, in a run directory of run ``run_id``: a new one (its
     checkpoint of round 0 is what round 1 starts from), or this run's, resumed from its
     latest checkpoint. Returns (client, records, whether the first plan may rewind)."""
-    from fedmuscle_secure.crypto.identity import save_public
-
+    from fedmuscle_secure.records.identity_files import save_public
     from fedmuscle_secure.simulator import build_client, federation_setup, final_model_spec
 
     if not resuming:

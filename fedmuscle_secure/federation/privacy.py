@@ -65,7 +65,8 @@ def identity_key(keys_dir: Path, client: str):
     Simulation only: the simulator plays every organisation, so it makes their keys and
     keeps them in its run directory, and an audit of that directory can only call them
     self-declared. A deployed client signs with its provisioned identity instead."""
-    from fedmuscle_secure.crypto.identity import generate_identity, load_private, save_identity
+    from fedmuscle_secure.crypto.identity import generate_identity, load_private
+    from fedmuscle_secure.records.identity_files import save_identity
 
     path = keys_dir / f"{client}.key"
     if path.is_file():

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedmuscle_secure.crypto.identity import _write_atomic
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.provision.project import (  # noqa: F401 - re-exported
     Organization,
@@ -224,7 +224,7 @@ def _write_clients(ca_dir: Path, clients: Mapping[str, str]) -> None:
             "`fedmuscle-secure provision`.\n"
             + yaml.safe_dump({"version": 1, "clients": dict(sorted(clients.items()))},
                              sort_keys=False))
-    _write_atomic(ca_dir / CLIENTS_FILE, text.encode(), 0o644)
+    write_atomic(ca_dir / CLIENTS_FILE, text.encode(), 0o644)
 
 
 def _validity(ca_dir: Path) -> ValidityDays:
@@ -246,8 +246,8 @@ def _write_key_cert(folder: Path, stem: str, key: ec.EllipticCurvePrivateKey | N
                     cert: x509.Certificate) -> Path:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if key is not None:
-        _write_atomic(folder / f"{stem}.key", _key_pem(key), 0o600)
-    _write_atomic(folder / f"{stem}.crt", _pem(cert), 0o644)
+        write_atomic(folder / f"{stem}.key", _key_pem(key), 0o600)
+    write_atomic(folder / f"{stem}.crt", _pem(cert), 0o644)
     return folder / f"{stem}.crt"
 
 
@@ -286,9 +286,9 @@ def init_ca_dir(project: Project, out: str | os.PathLike, *, days: int | None = 
             cert = issue_certificate(ca, key.public_key(), common_name=org.name,
                                      usage=Usage.CLIENT, **_leaf_window(leaf["org"], now))
             _write_key_cert(tmp / "orgs" / org.name, org.name, key, cert)
-        _write_atomic(tmp / CRL_FILE, _pem(_build_crl(ca, [], 1, v.crl, now)), 0o644)
+        write_atomic(tmp / CRL_FILE, _pem(_build_crl(ca, [], 1, v.crl, now)), 0o644)
         _write_clients(tmp, {o.name: o.client_id for o in project.organizations})
-        _write_atomic(tmp / RESOLVED_PROJECT,
+        write_atomic(tmp / RESOLVED_PROJECT,
                       yaml.safe_dump(project.to_dict(), sort_keys=False).encode(), 0o644)
         if not out.exists():
             tmp.chmod(0o755)
@@ -331,8 +331,8 @@ def make_csr(org: str, out: str | os.PathLike, *, force: bool = False) -> CsrFil
     csr = (x509.CertificateSigningRequestBuilder().subject_name(_subject(org, None))
            .sign(key, _HASH()))
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(key_path, _key_pem(key), 0o600)
-    _write_atomic(csr_path, _pem(csr), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(csr_path, _pem(csr), 0o644)
     return CsrFiles(key_path, csr_path)
 
 
@@ -407,5 +407,5 @@ def sign_csr(ca_dir: str | os.PathLike, csr_path: str | os.PathLike, client_id: 
     _write_clients(ca_dir, {**clients, org: client_id})
     delivered = Path(cert_out) if cert_out is not None else csr_path.with_name(f"{org}.crt")
     if delivered.resolve() != cert_path.resolve():
-        _write_atomic(delivered, _pem(cert), 0o644)
+        write_atomic(delivered, _pem(cert), 0o644)
     return SignedCert(org, client_id, cert.serial_number, cert_path, delivered)

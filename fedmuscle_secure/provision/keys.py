@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.crypto.identity import check_client_name, generate_identity, save_identity
+from fedmuscle_secure.crypto.identity import check_client_name, generate_identity
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError, IdentityError
+from fedmuscle_secure.records.identity_files import save_identity
 
 IDENTITIES = "identities"
 CKKS_DIR = "ckks"
@@ -70,7 +72,6 @@ class CkksFiles:
 
 def provision_ckks(cfg: ExperimentConfig, out: str | os.PathLike, *, force: bool = False) -> CkksFiles:
     """One CKKS context for the federation of ``cfg`` (``protection: ckks``)."""
-    from fedmuscle_secure.crypto.identity import _write_atomic
     from fedmuscle_secure.simulator import provision_ckks_bytes
 
     if cfg.protection != "ckks":
@@ -83,8 +84,8 @@ def provision_ckks(cfg: ExperimentConfig, out: str | os.PathLike, *, force: bool
                                    "replace it: every organization must then get the new one)")
     _, secret, public = provision_ckks_bytes(cfg, _sigma(cfg))
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(files.secret_path, secret, 0o600)
-    _write_atomic(files.public_path, public, 0o644)
+    write_atomic(files.secret_path, secret, 0o600)
+    write_atomic(files.public_path, public, 0o644)
     return files
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fedmuscle_secure.crypto.identity import _write_atomic
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.provision.ca import (
     Authority,
@@ -44,7 +44,7 @@ def _resign_crl(ca_dir: Path, ca: Authority, extra: list[x509.RevokedCertificate
     old = _load_crl(ca_dir, ca.cert)
     number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     crl = _build_crl(ca, [*old, *extra], number + 1, days or _validity(ca_dir).crl, now)
-    _write_atomic(ca_dir / CRL_FILE, _pem(crl), 0o644)
+    write_atomic(ca_dir / CRL_FILE, _pem(crl), 0o644)
     return crl
 
 
