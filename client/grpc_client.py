@@ -59,7 +59,7 @@ from fedmuscle_secure.client.own_run import (
     start_fresh,
 )
 
-from fedmuscle_secure.config import ExperimentConfig, validate_deployable
+from fedmuscle_secure.config import ExperimentConfig, ckks_parameters, validate_deployable
 from fedmuscle_secure.errors import FedMuscleError, IdentityError
 from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
@@ -213,7 +213,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
 
         contexts = client_ckks(cfg, certs)
     own, identities = _identities(cfg, certs, name)
-    limits = wire_limits(cfg)
+    limits = wire_limits(cfg, ckks_parameters(cfg) if cfg.protection == "ckks" else None)
     from fedmuscle_secure.console.deploy import ClientProgress
 
     watch = ClientProgress(cfg, method, name, log)

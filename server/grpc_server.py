@@ -63,7 +63,12 @@ from fedmuscle_secure.server.membership import (
     resolve_exclusions,
 )
 
-from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
+from fedmuscle_secure.config import (
+    ExperimentConfig,
+    ckks_parameters,
+    dump_config,
+    validate_deployable,
+)
 from fedmuscle_secure.config_deployment import quorum
 from fedmuscle_secure.console.progress import OPERATOR
 from fedmuscle_secure.data import get_task
@@ -307,7 +312,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
                               revocations=trust.revoked, on_event=run.event)
     for client, why in barred_on_resume(server.departures, excluded).items():
         coordinator.bar(client, why)
-    limits = wire_limits(cfg)
+    limits = wire_limits(cfg, ckks_parameters(cfg) if cfg.protection == "ckks" else None)
     try:
         grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits,
                                               run_id=run_id)

@@ -32,6 +32,7 @@ from fedmuscle_secure.crypto.secagg.messages import (
 from test_wire import CKKS, PLAIN, fake_matrix
 from tiny import tiny_config
 
+from fedmuscle_secure.config import ckks_parameters
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.experiment.run import make_split
 from fedmuscle_secure.messages import (
@@ -300,6 +301,14 @@ def test_wire_limits_refuse_nonsense():
         WireLimits(clients=-1, batches=1, ciphertexts=0, max_payload_bytes=1)
 
 
+def test_ckks_limits_need_the_federations_parameters():
+    """The transport does not derive CKKS parameters from a config: its caller passes them."""
+    cfg = tiny_config(protection="ckks")
+    with pytest.raises(ValueError, match="CKKS parameters"):
+        wire_limits(cfg)
+    assert wire_limits(cfg, ckks_parameters(cfg)).ciphertexts >= 1
+
+
 # --- honest federations pass their own limits --------------------------------------------------
 
 
@@ -307,7 +316,7 @@ def _round_through_the_wire(cfg) -> set[str]:
     """One round of ``cfg``'s real state machines, every message encoded and decoded by
     its receiver under the federation's limits and direction; the kinds that travelled."""
     fed = build_federation(cfg, make_split(cfg), cfg.muscle.method)
-    limits = wire_limits(cfg)
+    limits = wire_limits(cfg, ckks_parameters(cfg) if cfg.protection == "ckks" else None)
     kinds: set[str] = set()
 
     def cross(msg, direction: Direction):
