@@ -169,7 +169,7 @@ def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
 
 def _diagnose(target: str, ca: Path, crt: Path, key: Path) -> Probe | None:
     """The probe's verdict for a ``HOST:PORT`` target (None for other gRPC target forms)."""
-    from fedmuscle_secure.cli.args import split_host_port
+    from fedmuscle_secure.transport.address import split_host_port
     from fedmuscle_secure.transport.tls_probe import probe
 
     try:

@@ -85,7 +85,7 @@ from fedmuscle_secure.transport.streams import (
     TransportOptions,
     outbound,
 )
-from fedmuscle_secure.transport.tls_trust import _load_cert
+from fedmuscle_secure.transport.tls_trust import load_cert
 from fedmuscle_secure.transport.trust_reload import LiveTrust
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
@@ -117,7 +117,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             reason = f"client id {client!r} is not in this federation's config"
             log.warning("refused %s: %s", context.peer(), reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-        return client, _load_cert(pems[0], "peer certificate")
+        return client, load_cert(pems[0], "peer certificate")
 
     def Exchange(self, request_iterator: Iterator[Chunk],
                  context: grpc.ServicerContext) -> Iterator[Chunk]:
@@ -131,7 +131,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
         log.info("client %s connected from %s", client, context.peer(), extra=OPERATOR)
         if self.run_id is not None:  # before any message: the client checks it first
             context.send_initial_metadata(((RUN_ID_METADATA, self.run_id),))
-        threading.Thread(target=self._read, args=(client, request_iterator), daemon=True,
+        threading.Thread(target=self.read_file, args=(client, request_iterator), daemon=True,
                          name=f"reader-{client}").start()
         counter = itertools.count()
         while True:
@@ -153,7 +153,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
         log.warning("refused %s: %s", context.peer(), reason)
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
 
-    def _read(self, client: str, requests: Iterator[Chunk]) -> None:
+    def read_file(self, client: str, requests: Iterator[Chunk]) -> None:
         inbound = Inbound(self.options, self.limits, expect=Direction.TO_SERVER, sender=client)
         reason, abort = "stream closed by the client", None
         try:

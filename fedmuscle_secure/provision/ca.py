@@ -53,7 +53,7 @@ from fedmuscle_secure.provision.project import (  # noqa: F401 - re-exported
     Organization,
     Project,
     ValidityDays,
-    _check_org,
+    check_org,
     load_project,
     parse_project,
 )
@@ -61,14 +61,14 @@ from fedmuscle_secure.transport.tls_trust import (
     CLIENTS_FILE,
     CRL_FILE,
     Trust,
-    _attr,
-    _cert_file,
-    _load_crl,
-    _now,
-    _pem,
-    _read,
-    _read_clients,
+    load_cert_file,
+    load_crl,
     load_trust,
+    name_attribute,
+    pem_bytes,
+    read_clients,
+    read_file,
+    utc_now,
 )
 
 __all__ = [
@@ -124,7 +124,7 @@ class Authority:
     @property
     def federation(self) -> str:
         """The federation name: the CA subject's O, copied into every certificate it issues."""
-        return _attr(self.cert.subject, NameOID.ORGANIZATION_NAME) or ""
+        return name_attribute(self.cert.subject, NameOID.ORGANIZATION_NAME) or ""
 
 
 def new_authority(federation: str, *, days: int, now: datetime | None = None) -> Authority:
@@ -133,7 +133,7 @@ def new_authority(federation: str, *, days: int, now: datetime | None = None) ->
     pathlen 0 and CA=false on every leaf: nothing below this CA can sign certificates, so a
     stolen organization key cannot mint other identities.
     """
-    now, key = _now(now), generate_key()
+    now, key = utc_now(now), generate_key()
     name = _subject(f"{federation} CA", federation)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -188,7 +188,7 @@ def _leaf_window(days: int, now: datetime) -> dict[str, datetime]:
     return {"not_before": now - CLOCK_SKEW, "not_after": now + timedelta(days=days)}
 
 
-def _build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: int, days: int,
+def build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: int, days: int,
                now: datetime) -> x509.CertificateRevocationList:
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
@@ -208,10 +208,10 @@ def _build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: in
 def load_authority(ca_dir: str | os.PathLike) -> Authority:
     """Read ``ca/ca.key`` and ``ca/ca.crt`` and check that the key is the certificate's."""
     ca_dir = Path(ca_dir)
-    cert = _cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
+    cert = load_cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
     key_path = ca_dir / "ca" / "ca.key"
     try:
-        key = serialization.load_pem_private_key(_read(key_path, "CA key"), password=None)
+        key = serialization.load_pem_private_key(read_file(key_path, "CA key"), password=None)
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"{key_path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
@@ -227,17 +227,17 @@ def _write_clients(ca_dir: Path, clients: Mapping[str, str]) -> None:
     write_atomic(ca_dir / CLIENTS_FILE, text.encode(), 0o644)
 
 
-def _validity(ca_dir: Path) -> ValidityDays:
+def validity_days(ca_dir: Path) -> ValidityDays:
     path = ca_dir / RESOLVED_PROJECT
     if not path.is_file():
         return ValidityDays()
-    raw = yaml.safe_load(_read(path, "resolved project"))
+    raw = yaml.safe_load(read_file(path, "resolved project"))
     days = raw.get("validity_days") if isinstance(raw, dict) else None
     return ValidityDays(**{k: v for k, v in (days or {}).items()
                            if k in ValidityDays.__dataclass_fields__ and isinstance(v, int)})
 
 
-def _org_paths(ca_dir: Path, org: str) -> tuple[Path, Path]:
+def org_paths(ca_dir: Path, org: str) -> tuple[Path, Path]:
     folder = ca_dir / "orgs" / org
     return folder / f"{org}.key", folder / f"{org}.crt"
 
@@ -247,7 +247,7 @@ def _write_key_cert(folder: Path, stem: str, key: ec.EllipticCurvePrivateKey | N
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if key is not None:
         write_atomic(folder / f"{stem}.key", _key_pem(key), 0o600)
-    write_atomic(folder / f"{stem}.crt", _pem(cert), 0o644)
+    write_atomic(folder / f"{stem}.crt", pem_bytes(cert), 0o644)
     return folder / f"{stem}.crt"
 
 
@@ -260,7 +260,7 @@ def init_ca_dir(project: Project, out: str | os.PathLike, *, days: int | None = 
     ``force`` replaces only the entries this function writes. ``days`` overrides the
     server and organization validity.
     """
-    out, now = Path(out), _now(now)
+    out, now = Path(out), utc_now(now)
     if days is not None and not 1 <= days <= project.validity.ca:
         raise ConfigError("--days", f"expected 1 to {project.validity.ca} days (the CA's "
                                     f"validity), got {days}")
@@ -286,7 +286,7 @@ def init_ca_dir(project: Project, out: str | os.PathLike, *, days: int | None = 
             cert = issue_certificate(ca, key.public_key(), common_name=org.name,
                                      usage=Usage.CLIENT, **_leaf_window(leaf["org"], now))
             _write_key_cert(tmp / "orgs" / org.name, org.name, key, cert)
-        write_atomic(tmp / CRL_FILE, _pem(_build_crl(ca, [], 1, v.crl, now)), 0o644)
+        write_atomic(tmp / CRL_FILE, pem_bytes(build_crl(ca, [], 1, v.crl, now)), 0o644)
         _write_clients(tmp, {o.name: o.client_id for o in project.organizations})
         write_atomic(tmp / RESOLVED_PROJECT,
                       yaml.safe_dump(project.to_dict(), sort_keys=False).encode(), 0o644)
@@ -321,7 +321,7 @@ def make_csr(org: str, out: str | os.PathLike, *, force: bool = False) -> CsrFil
     DESIGN §6 "each org may instead generate its key locally and send a CSR": only the CSR
     leaves the organization; :func:`sign_csr` never sees the key.
     """
-    _check_org(org, "--org")
+    check_org(org, "--org")
     out = Path(out)
     key_path, csr_path = out / f"{org}.key", out / f"{org}.csr"
     if key_path.exists() and not force:
@@ -332,7 +332,7 @@ def make_csr(org: str, out: str | os.PathLike, *, force: bool = False) -> CsrFil
            .sign(key, _HASH()))
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(key_path, _key_pem(key), 0o600)
-    write_atomic(csr_path, _pem(csr), 0o644)
+    write_atomic(csr_path, pem_bytes(csr), 0o644)
     return CsrFiles(key_path, csr_path)
 
 
@@ -349,10 +349,10 @@ class SignedCert:
 
 def _archive_revoked(ca_dir: Path, org: str, crl: x509.CertificateRevocationList) -> None:
     """Move a revoked current certificate (and key) of ``org`` to ``revoked/<serial>.*``."""
-    key_path, cert_path = _org_paths(ca_dir, org)
+    key_path, cert_path = org_paths(ca_dir, org)
     if not cert_path.exists():
         return
-    old = _cert_file(cert_path, "organization certificate")
+    old = load_cert_file(cert_path, "organization certificate")
     if crl.get_revoked_certificate_by_serial_number(old.serial_number) is None:
         raise ConfigError("--csr", f"organization {org!r} already has a certificate that is not "
                                    f"revoked ({cert_path}, serial {old.serial_number:x}); "
@@ -374,9 +374,9 @@ def sign_csr(ca_dir: str | os.PathLike, csr_path: str | os.PathLike, client_id: 
     extensions the CSR asks for. Writes ``orgs/<org>/<org>.crt``, updates ``clients.yaml``
     and delivers a copy to ``cert_out`` (default: beside the CSR, ``<org>.crt``).
     """
-    ca_dir, csr_path, now = Path(ca_dir), Path(csr_path), _now(now)
+    ca_dir, csr_path, now = Path(ca_dir), Path(csr_path), utc_now(now)
     ca = load_authority(ca_dir)
-    data = _read(csr_path, "certificate signing request")
+    data = read_file(csr_path, "certificate signing request")
     try:
         csr = (x509.load_pem_x509_csr(data) if data.lstrip().startswith(b"-----BEGIN")
                else x509.load_der_x509_csr(data))
@@ -384,28 +384,28 @@ def sign_csr(ca_dir: str | os.PathLike, csr_path: str | os.PathLike, client_id: 
         raise IdentityError(f"{csr_path}: not a PEM or DER CSR ({exc})") from None
     if not csr.is_signature_valid:
         raise IdentityError(f"{csr_path}: CSR signature does not verify under the key it carries")
-    org = _attr(csr.subject, NameOID.COMMON_NAME)
+    org = name_attribute(csr.subject, NameOID.COMMON_NAME)
     if org is None:
         raise IdentityError(f"{csr_path}: expected exactly one subject CN (the org name), got "
                             f"{csr.subject.rfc4514_string()!r}")
-    _check_org(org, f"{csr_path}: subject CN")
+    check_org(org, f"{csr_path}: subject CN")
     key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise IdentityError(f"{csr_path}: expected an ECDSA P-256 key, got {type(key).__name__}")
-    _check_org(client_id, "--client-id")
-    clients = _read_clients(ca_dir)
+    check_org(client_id, "--client-id")
+    clients = read_clients(ca_dir)
     if clients.get(org, client_id) != client_id:
         raise ConfigError("--client-id", f"{org!r} is client {clients[org]!r} in "
                                          f"{ca_dir / CLIENTS_FILE}; expected that id")
     other = next((cn for cn, cid in clients.items() if cid == client_id and cn != org), None)
     if other is not None:
         raise ConfigError("--client-id", f"{client_id!r} is already the client id of {other!r}")
-    _archive_revoked(ca_dir, org, _load_crl(ca_dir, ca.cert))
+    _archive_revoked(ca_dir, org, load_crl(ca_dir, ca.cert))
     cert = issue_certificate(ca, key, common_name=org, usage=Usage.CLIENT,
-                             **_leaf_window(days or _validity(ca_dir).org, now))
+                             **_leaf_window(days or validity_days(ca_dir).org, now))
     cert_path = _write_key_cert(ca_dir / "orgs" / org, org, None, cert)
     _write_clients(ca_dir, {**clients, org: client_id})
     delivered = Path(cert_out) if cert_out is not None else csr_path.with_name(f"{org}.crt")
     if delivered.resolve() != cert_path.resolve():
-        write_atomic(delivered, _pem(cert), 0o644)
+        write_atomic(delivered, pem_bytes(cert), 0o644)
     return SignedCert(org, client_id, cert.serial_number, cert_path, delivered)

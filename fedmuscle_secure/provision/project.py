@@ -92,7 +92,7 @@ def _name_problem(value: Any, limit: int = 64) -> str | None:
         if len(value) > limit else None
 
 
-def _check_org(org: str, field: str) -> str:
+def check_org(org: str, field: str) -> str:
     try:
         check_client_name(org)
     except IdentityError as exc:
@@ -119,7 +119,7 @@ def _parse_orgs(raw: Any, problems: list[tuple[str, str]]) -> list[Organization]
             try:
                 if not isinstance(value, str):
                     raise ConfigError(key, f"expected a string, got {value!r}")
-                _check_org(value, key)
+                check_org(value, key)
             except ConfigError as exc:
                 problems.append((f"organizations.{i}.{key}", str(exc).split(": ", 1)[1]))
                 ok = False
