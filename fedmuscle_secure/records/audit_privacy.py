@@ -13,22 +13,23 @@ guarantee, the noise multipliers); every later entry is held to it:
 * nothing spent or released (``dp_event``, ``egress``) after a ``refusal`` or ``leave``;
 * with representation noise on (genesis ``noise_multiplier.client`` not null), every
   ``egress`` preceded by its own client-level ``dp_event`` (same round and exchange): a
-  release that the accountant never saw is a release outside the guarantee.
+  release that the accountant never saw is a release outside the guarantee (the rule is
+  :func:`~fedmuscle_secure.records.audit_releases.check_accounted_egress`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from fedmuscle_secure.errors import FedMuscleError
+from fedmuscle_secure.records.audit_releases import check_accounted_egress
 from fedmuscle_secure.records.audit_report import AuditReport, fail
-from fedmuscle_secure.records.ledger import canonical_json
 
 __all__ = ["check_privacy"]
 
@@ -123,29 +124,6 @@ def _events(client: str, ordered: list[dict], report: AuditReport):
     return events
 
 
-def _check_accounted_egress(client: str, ordered: list[dict], genesis: dict | None,
-                            report: AuditReport) -> None:
-    """With representation noise on, each egress consumes one earlier client-level
-    dp_event of the same (round, exchange); one without is a release the accountant missed."""
-    if _declared(genesis, "noise_multiplier").get("client") is None:
-        return
-    pending: Counter = Counter()
-    for e in ordered:
-        body = e["body"]
-        key = canonical_json([body.get("round"), body.get("exchange")])
-        if e["kind"] == "dp_event" and body.get("guarantee") == "client":
-            pending[key] += 1
-        elif e["kind"] == "egress":
-            if pending[key] > 0:
-                pending[key] -= 1
-                continue
-            report.failures.append(fail(
-                "budget_exceeded", client, e["seq"],
-                f"egress of round {body.get('round')} exchange {body.get('exchange')} has no "
-                "client-level dp_event for its (round, exchange) although the genesis declares "
-                "representation noise: a release outside the accounting"))
-
-
 def check_privacy(client: str, ordered: list[dict], genesis: dict | None,
                   report: AuditReport) -> dict:
     """ε recomputation and budget rules (module docstring); returns
@@ -154,7 +132,9 @@ def check_privacy(client: str, ordered: list[dict], genesis: dict | None,
 
     fails = report.failures
     events = _events(client, ordered, report)
-    _check_accounted_egress(client, ordered, genesis, report)
+    check_accounted_egress(client, ordered,
+                           _declared(genesis, "noise_multiplier").get("client") is not None,
+                           report)
     budgets = _declared(genesis, "budget")
     cells: dict[tuple[Any, str], dict] = {}
     cache: dict[tuple[str, int, float], tuple[list, float]] = {}

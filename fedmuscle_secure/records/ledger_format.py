@@ -161,10 +161,20 @@ def scan_chain(
     (a seq lower than one before it, or repeated), deleted (a seq gap), and a broken link
     (``prev`` ≠ hash of seq-1 while both are present: an entry was re-hashed) as edited.
     """
-    entries: list[dict] = []
     problems: list[ChainProblem] = []
-    lines = body.split(b"\n")[:-1] if body else []
+    placed = _read_lines(body, public_key, client, problems)
+    by_seq = _order(placed, problems)
+    _gaps(by_seq, problems)
+    _links(by_seq, problems)
+    return [entry for _, entry in placed], problems
+
+
+def _read_lines(body: bytes, public_key: Ed25519PublicKey | None, client: str | None,
+                problems: list[ChainProblem]) -> list[tuple[int, dict]]:
+    """Each well-formed line as ``(line number, entry)``; a malformed line is reported and
+    left out, an edited or badly signed one reported and kept (its seq still counts)."""
     placed: list[tuple[int, dict]] = []
+    lines = body.split(b"\n")[:-1] if body else []
     for lineno, raw in enumerate(lines, start=1):
         entry, why = _parse_json_line(raw)
         if why is None:
@@ -186,8 +196,11 @@ def scan_chain(
             except IdentityError as exc:
                 problems.append(ChainProblem("signature", seq, lineno, str(exc)))
         placed.append((lineno, entry))
-        entries.append(entry)
+    return placed
 
+
+def _order(placed: list[tuple[int, dict]], problems: list[ChainProblem]) -> dict[int, dict]:
+    """The first entry of each seq; a seq repeated or lower than one before it is reordered."""
     by_seq: dict[int, dict] = {}
     highest = -1
     for lineno, entry in placed:
@@ -199,16 +212,24 @@ def scan_chain(
                 "reordered", seq, lineno, f"seq {seq} comes after seq {highest}"))
         by_seq.setdefault(seq, entry)
         highest = max(highest, seq)
-    present = sorted(by_seq)
+    return by_seq
+
+
+def _gaps(by_seq: dict[int, dict], problems: list[ChainProblem]) -> None:
+    """Every run of missing seqs, reported once as deleted."""
     expected = 0
-    for seq in present:
+    for seq in sorted(by_seq):
         if seq > expected:
             span = (f"entry {expected} is" if seq - 1 == expected
                     else f"entries {expected}..{seq - 1} are")
             problems.append(ChainProblem(
                 "deleted", expected, None, f"{span} missing (next present: {seq})"))
         expected = seq + 1
-    for seq in present:
+
+
+def _links(by_seq: dict[int, dict], problems: list[ChainProblem]) -> None:
+    """A ``prev`` that is not the hash of the entry before it (both present): re-hashed."""
+    for seq in sorted(by_seq):
         if seq == 0:
             want = GENESIS_PREV
         elif seq - 1 in by_seq:
@@ -220,7 +241,6 @@ def scan_chain(
                 "edited", seq, None,
                 f"prev does not match the hash of entry {seq - 1}: that entry was re-hashed "
                 "or this link was edited" if seq else "prev of entry 0 is not 64 zeros"))
-    return entries, problems
 
 
 def scan_file(
