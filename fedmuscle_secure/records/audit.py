@@ -56,9 +56,6 @@ __all__ = [
     "audit_run",
 ]
 
-_fail = fail  # the name the tests and older callers use
-
-
 def audit_ledger(path: str | Path, public_key: Ed25519PublicKey | None, *,
                  receipts: list[dict] | None, client: str | None = None,
                  key_source: str = TRUSTED, key_path: str | None = None) -> AuditReport:

@@ -40,7 +40,8 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
 
 
-def _is_hex(value: Any, length: int | None = 64) -> bool:
+def is_hex(value: Any, length: int | None = 64) -> bool:
+    """``value`` is lowercase hex (of ``length`` characters, unless None): a hash or signature."""
     return (isinstance(value, str) and (length is None or len(value) == length)
             and set(value) <= _HEX)
 
@@ -137,14 +138,14 @@ def _check_fields(entry: Any) -> str | None:
     checks = (
         (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0,
          "seq: a non-negative int"),
-        (_is_hex(entry["prev"]), "prev: 64 lowercase hex characters"),
+        (is_hex(entry["prev"]), "prev: 64 lowercase hex characters"),
         (isinstance(entry["time"], (int, float)) and not isinstance(entry["time"], bool),
          "time: a number"),
         (isinstance(entry["client"], str), "client: a string"),
         (isinstance(entry["kind"], str) and entry["kind"] != "", "kind: a non-empty string"),
         (isinstance(entry["body"], dict), "body: an object"),
-        (_is_hex(entry["hash"]), "hash: 64 lowercase hex characters"),
-        (entry["sig"] is None or _is_hex(entry["sig"], None), "sig: hex or null"),
+        (is_hex(entry["hash"]), "hash: 64 lowercase hex characters"),
+        (entry["sig"] is None or is_hex(entry["sig"], None), "sig: hex or null"),
     )
     bad = [what for ok, what in checks if not ok]
     return "expected " + "; ".join(bad) if bad else None
@@ -257,7 +258,9 @@ def scan_file(
     return ChainScan(path, entries, problems, tail, len(body))
 
 
-def _raise_first(path: Path, problems: Sequence[ChainProblem]) -> None:
+def raise_first_problem(path: Path, problems: Sequence[ChainProblem]) -> None:
+    """Raise the first of ``problems`` as a :class:`LedgerError` naming ``path`` and the line,
+    with how many more there are (a writer refuses a ledger it cannot extend safely)."""
     first = problems[0]
     where = f"line {first.line}: " if first.line is not None else ""
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
@@ -288,7 +291,7 @@ def read_receipts(path: str | os.PathLike) -> list[dict]:
     any other problem raises :class:`LedgerError`."""
     scan = scan_file(path, public_key=None)
     if scan.problems:
-        _raise_first(scan.path, scan.problems)
+        raise_first_problem(scan.path, scan.problems)
     if scan.tail is not None:
         log.warning("%s: ignoring a torn last line of %d bytes", scan.path, len(scan.tail))
     return [receipt_view(e) for e in scan.entries if e["kind"] == "receipt"]
