@@ -74,7 +74,6 @@ from fedmuscle_secure.console.progress import OPERATOR
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError, QuorumLost
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, config_differences, differs_message
-from fedmuscle_secure.provision.ca import Trust
 from fedmuscle_secure.transport.chunks import Chunk
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (
@@ -85,7 +84,7 @@ from fedmuscle_secure.transport.streams import (
     TransportOptions,
     outbound,
 )
-from fedmuscle_secure.transport.tls_trust import load_cert
+from fedmuscle_secure.transport.tls_trust import Trust, load_cert
 from fedmuscle_secure.transport.trust_reload import LiveTrust
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
