@@ -28,6 +28,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from fedmuscle_secure.dp.accounting import (
+    EPSILON_RTOL,
+    EPSILON_RTOL_MIN_ORDER,
+    DpEventRecord,
+    compute_epsilon_report,
+    independent_epsilon,
+)
 from fedmuscle_secure.errors import FedMuscleError
 from fedmuscle_secure.records.audit_releases import check_accounted_egress
 from fedmuscle_secure.records.audit_report import AuditReport, fail
@@ -62,16 +69,12 @@ def _quiet_accountants() -> Iterator[None]:
 @lru_cache(maxsize=256)
 def _independent_epsilon(events: tuple, delta: float) -> float:
     """dp-accounting's ε, cached: clients of one config record identical event sequences."""
-    from fedmuscle_secure.dp.accounting import independent_epsilon
-
     with _quiet_accountants():
         return float(independent_epsilon(events, delta))
 
 
 def _opacus_replay(used: list, delta: float) -> tuple[float, float | None]:
     """The client's own accountant (Opacus RDP) replayed: (ε, optimal RDP order)."""
-    from fedmuscle_secure.dp.accounting import compute_epsilon_report
-
     with _quiet_accountants():
         replay = compute_epsilon_report(used, delta)
     return replay.epsilon_rdp, replay.rdp_order
@@ -81,8 +84,6 @@ def _below_cross_check_order(used: list, delta: float, claim: float) -> float | 
     """Opacus's replayed ε when EPSILON_RTOL does not apply (optimal RDP order below
     EPSILON_RTOL_MIN_ORDER, where dp-accounting's bound is the looser one) and ``claim``
     matches that replay; None otherwise (a real mismatch)."""
-    from fedmuscle_secure.dp.accounting import EPSILON_RTOL, EPSILON_RTOL_MIN_ORDER
-
     eps, order = _opacus_replay(used, delta)
     if order is not None and order < EPSILON_RTOL_MIN_ORDER and _isclose(claim, eps, EPSILON_RTOL):
         return eps
@@ -97,8 +98,6 @@ def _declared(genesis: dict | None, field: str) -> dict[str, Any]:
 
 def _events(client: str, ordered: list[dict], report: AuditReport):
     """The dp_events per guarantee as (seq, round, record), and the stop/egress rules."""
-    from fedmuscle_secure.dp.accounting import DpEventRecord
-
     events: dict[str, list[tuple[int, int, Any]]] = defaultdict(list)
     stopped_at: dict | None = None
     for e in ordered:
@@ -185,8 +184,6 @@ def _reference(client: str, x: _Epsilon, used: list, recomputed: float,
                report: AuditReport) -> float:
     """The recomputed ε the budget is checked against; a recorded ε that matches neither
     dp-accounting nor (at low RDP orders) the Opacus replay is an ``epsilon_mismatch``."""
-    from fedmuscle_secure.dp.accounting import EPSILON_RTOL  # lazy: dp-accounting, opacus
-
     if _isclose(x.eps, recomputed, EPSILON_RTOL):
         return recomputed
     replayed = _below_cross_check_order(used, x.delta, x.eps) if recomputed >= x.eps else None
@@ -206,8 +203,6 @@ def _reference(client: str, x: _Epsilon, used: list, recomputed: float,
 def _check_budget(client: str, x: _Epsilon, budget: Any, reference: float,
                   report: AuditReport) -> None:
     """Neither the recorded nor the recomputed ε over the budget (if there is one)."""
-    from fedmuscle_secure.dp.accounting import EPSILON_RTOL  # lazy: dp-accounting, opacus
-
     if budget is None:
         return
     if x.eps > budget:
@@ -257,8 +252,6 @@ def _check_trailing(client: str, g: str, events: list[tuple[int, int, Any]], aft
     """dp_events of ``g`` after its last epsilon entry (seq ``after``): no epsilon entry
     vouches for them, so recompute their cumulative ε and hold it to the declared budget;
     the first event that crosses it is the one reported."""
-    from fedmuscle_secure.dp.accounting import EPSILON_RTOL
-
     trailing = [i for i, (seq, _, _) in enumerate(events) if seq > after]
     if not trailing or not _is_number(budget):
         return
@@ -276,8 +269,6 @@ def _check_trailing(client: str, g: str, events: list[tuple[int, int, Any]], aft
         if eps <= budget * (1 + EPSILON_RTOL):
             return None
         replay, order = _opacus_replay(used, float(delta))
-        from fedmuscle_secure.dp.accounting import EPSILON_RTOL_MIN_ORDER
-
         if order is not None and order < EPSILON_RTOL_MIN_ORDER and replay <= budget:
             return None  # dp-accounting's looser bound; the client's accountant stayed within
         return eps

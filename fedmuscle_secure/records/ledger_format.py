@@ -63,7 +63,7 @@ def payload_digest(*parts: Any) -> tuple[str, int]:
             data = bytes(part)
             header = {"dtype": "bytes", "shape": [len(data)]}
         else:
-            import torch
+            import torch  # deferred: heavy, and an audit reads digests without hashing tensors
 
             if not isinstance(part, torch.Tensor):
                 raise TypeError(f"payload_digest takes tensors or bytes, got {type(part).__name__}")
