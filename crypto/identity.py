@@ -2,7 +2,9 @@
 
 A client signs every entry of its privacy ledger with its identity key, so a ledger
 rewritten afterwards no longer verifies under the public key the server (or an auditor)
-holds. This module is the only place that serialises those keys.
+holds. This module is the only place that serialises those keys; the files that hold
+them are written by :mod:`fedmuscle_secure.records.identity_files` (one atomic write for
+the whole project, in :mod:`fedmuscle_secure.durable`, which ``crypto/`` does not import).
 
 Key custody: **in deployment the private key never leaves the organisation** that
 generated it (``provision init`` or ``provision identity``: ``identities/<client>.key``);
@@ -19,7 +21,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -37,9 +38,8 @@ __all__ = [
     "load_private",
     "load_public",
     "load_public_pem",
+    "private_pem",
     "public_pem",
-    "save_identity",
-    "save_public",
     "sign_entry_hash",
     "verify_entry_signature",
 ]
@@ -76,71 +76,13 @@ def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     ).decode("ascii")
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a same-folder temp file (created with ``mode``) + rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def save_identity(
-    key: Ed25519PrivateKey, dir: str | os.PathLike, client: str, *, overwrite: bool = False
-) -> tuple[Path, Path]:
-    """Write ``dir/<client>.key`` (PKCS8 PEM, unencrypted, mode 0600) and ``dir/<client>.pub``.
-
-    Used by the simulator, which holds every simulated organisation's key in its run
-    directory; in deployment the private key never leaves the organisation. An existing
-    key is never replaced silently: pass ``overwrite=True`` to rotate it.
-    Returns ``(private_path, public_path)``.
-    """
-    if not isinstance(key, Ed25519PrivateKey):
-        raise IdentityError(f"identity key for {client!r} must be an Ed25519PrivateKey, "
-                            f"got {type(key).__name__}")
-    check_client_name(client)
-    folder = Path(dir)
-    key_path, pub_path = folder / f"{client}.key", folder / f"{client}.pub"
-    if not overwrite and (key_path.exists() or pub_path.exists()):
-        raise IdentityError(f"{key_path}: an identity for {client!r} already exists; "
-                            "load it with load_private() or pass overwrite=True")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        private_bytes = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write_atomic(key_path, private_bytes, 0o600)
-        _write_atomic(pub_path, public_pem(key).encode("ascii"), 0o644)
-    except OSError as exc:
-        raise IdentityError(f"{folder}: cannot write the identity of {client!r}: {exc}") from exc
-    return key_path, pub_path
-
-
-def save_public(key: Ed25519PrivateKey | Ed25519PublicKey, dir: str | os.PathLike,
-                client: str) -> Path:
-    """Write only ``dir/<client>.pub`` (what a deployed organisation's run directory holds:
-    its private identity key stays in its provisioned ``identities/``). Returns the path."""
-    check_client_name(client)
-    folder = Path(dir)
-    path = folder / f"{client}.pub"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, public_pem(key).encode("ascii"), 0o644)
-    except OSError as exc:
-        raise IdentityError(f"{path}: cannot write the public identity of {client!r}: "
-                            f"{exc}") from exc
-    return path
+def private_pem(key: Ed25519PrivateKey) -> bytes:
+    """Unencrypted PKCS8 PEM of ``key`` (what ``<client>.key`` holds; the file is mode 0600)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -19,6 +19,7 @@ import yaml
 
 from fedmuscle_secure.errors import FedMuscleError
 from fedmuscle_secure.transport.streams import TransportOptions
+from fedmuscle_secure.transport.address import split_host_port
 from fedmuscle_secure.transport.tls_probe import Probe, Verdict, probe
 
 __all__ = ["ConnectionFailed", "HandshakeRefused", "RetrySettings", "ServerLost", "client_id_of",
@@ -105,9 +106,6 @@ def open_channel(certs: Path, org: str, target: str, options: TransportOptions,
 
 def _diagnose(target: str, ca: Path, crt: Path, key: Path) -> Probe | None:
     """The probe's verdict for a ``HOST:PORT`` target (None for other gRPC target forms)."""
-    # the one import of cli/ outside it, until the address parser lives below transport/
-    from fedmuscle_secure.cli.args import split_host_port
-
     try:
         host, port = split_host_port(target)
     except ValueError:

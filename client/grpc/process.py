@@ -66,7 +66,8 @@ from fedmuscle_secure.client.grpc.own_run import (
 from fedmuscle_secure.client.grpc.records import OwnRecords
 from fedmuscle_secure.client.grpc.stream import Stream
 from fedmuscle_secure.client.state import ClientStage
-from fedmuscle_secure.crypto.identity import load_private, load_public, save_public
+from fedmuscle_secure.crypto.identity import load_private, load_public
+from fedmuscle_secure.records.identity_files import save_public
 
 from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.console.deploy import ClientProgress
@@ -126,6 +127,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     own, identities = _identities(cfg, certs, name, protection)
     member = _Member(cfg, name, method, run, split, own, identities, contexts, protection,
                      ClientProgress(cfg, method, name, log), recorded)
+    limits = wire_limits(cfg, contexts.params if contexts is not None else None)
     member.watch.connecting(target)
     try:
         while True:
@@ -134,7 +136,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
                             member.recorded)
             member.watch.connected(target)
             try:
-                final = member.take_part(stream, target, wire_limits(cfg))
+                final = member.take_part(stream, target, limits)
                 break
             except ServerLost as exc:
                 member.lost(exc)

@@ -102,69 +102,83 @@ class CkksParameters:
         if not _is_int(depth) or depth < 0:
             raise ValueError(f"depth must be a non-negative int, got {depth!r}")
         out: list[tuple[str, str]] = []
-
-        def bad(field: str, message: str) -> None:
-            out.append((field, message))
-
-        n, bits, scale = self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.global_scale_bits
-        n_ok = _is_int(n) and n in MAX_COEFF_BITS
-        if not n_ok:
-            bad(f"{_FIELD}.poly_modulus_degree",
-                f"got {n!r}; use a power of two in {sorted(MAX_COEFF_BITS)}")
-        elif n // 2 < packed_length:
-            need = max(1024, 1 << (2 * packed_length - 1).bit_length())
-            bad(f"{_FIELD}.poly_modulus_degree",
-                f"N={n} gives {n // 2} slots < packed length {packed_length}; "
-                f"use poly_modulus_degree >= {need}")
-        scale_ok = _is_int(scale) and PRIME_BITS[0] <= scale <= PRIME_BITS[1]
-        if not scale_ok:
-            bad(f"{_FIELD}.global_scale_bits",
-                f"got {scale!r}; use an int in [{PRIME_BITS[0]}, {PRIME_BITS[1]}] "
-                "(40 is the usual choice)")
-        if not isinstance(self.galois_keys, bool):
-            bad(f"{_FIELD}.galois_keys", f"got {self.galois_keys!r}; use true or false")
+        n_ok, scale_ok = self._ring_problems(packed_length, out)
+        bits = self.coeff_mod_bit_sizes
         if not isinstance(bits, tuple) or not all(_is_int(b) for b in bits):
-            bad(f"{_FIELD}.coeff_mod_bit_sizes",
-                f"got {bits!r}; use a tuple of ints such as (60, 40, 60)")
+            out.append((f"{_FIELD}.coeff_mod_bit_sizes",
+                        f"got {bits!r}; use a tuple of ints such as (60, 40, 60)"))
             return out
         if len(bits) < 2:
-            bad(f"{_FIELD}.coeff_mod_bit_sizes",
-                f"got {len(bits)} prime(s); CKKS needs at least a first and a special "
-                "(last) prime, plus one middle prime per multiplication")
+            out.append((f"{_FIELD}.coeff_mod_bit_sizes",
+                        (f"got {len(bits)} prime(s); CKKS needs at least a first and a special "
+                        "(last) prime, plus one middle prime per multiplication")))
             return out
+        self._chain_problems(depth, n_ok, out)
+        if scale_ok:
+            self._scale_problems(max_abs_value, out)
+        if bits[-1] < max(bits[:-1]):
+            out.append((f"{_FIELD}.coeff_mod_bit_sizes[{len(bits) - 1}]",
+                        (f"special (last) prime has {bits[-1]} bits < the largest other prime "
+                        f"({max(bits[:-1])}); make it at least as large (60 is usual)")))
+        return out
+
+    def _ring_problems(self, packed_length: int, out: list[tuple[str, str]]) -> tuple[bool, bool]:
+        """Ring degree, scale and Galois-key problems; returns whether N and the scale are
+        usable (the coefficient-chain checks need them)."""
+        n, scale = self.poly_modulus_degree, self.global_scale_bits
+        n_ok = _is_int(n) and n in MAX_COEFF_BITS
+        if not n_ok:
+            out.append((f"{_FIELD}.poly_modulus_degree",
+                        f"got {n!r}; use a power of two in {sorted(MAX_COEFF_BITS)}"))
+        elif n // 2 < packed_length:
+            need = max(1024, 1 << (2 * packed_length - 1).bit_length())
+            out.append((f"{_FIELD}.poly_modulus_degree",
+                        (f"N={n} gives {n // 2} slots < packed length {packed_length}; "
+                        f"use poly_modulus_degree >= {need}")))
+        scale_ok = _is_int(scale) and PRIME_BITS[0] <= scale <= PRIME_BITS[1]
+        if not scale_ok:
+            out.append((f"{_FIELD}.global_scale_bits",
+                        (f"got {scale!r}; use an int in [{PRIME_BITS[0]}, {PRIME_BITS[1]}] "
+                        "(40 is the usual choice)")))
+        if not isinstance(self.galois_keys, bool):
+            out.append((f"{_FIELD}.galois_keys", f"got {self.galois_keys!r}; use true or false"))
+        return n_ok, scale_ok
+
+    def _chain_problems(self, depth: int, n_ok: bool, out: list[tuple[str, str]]) -> None:
+        """Each prime's size, the depth the chain allows, and SEAL's security bound on it."""
+        n, bits = self.poly_modulus_degree, self.coeff_mod_bit_sizes
         for i, b in enumerate(bits):
             if not PRIME_BITS[0] <= b <= PRIME_BITS[1]:
-                bad(f"{_FIELD}.coeff_mod_bit_sizes[{i}]",
-                    f"{b} bits; SEAL primes have {PRIME_BITS[0]}..{PRIME_BITS[1]} bits")
+                out.append((f"{_FIELD}.coeff_mod_bit_sizes[{i}]",
+                            f"{b} bits; SEAL primes have {PRIME_BITS[0]}..{PRIME_BITS[1]} bits"))
         if len(bits) - 2 < depth:
-            bad(f"{_FIELD}.coeff_mod_bit_sizes",
-                f"{len(bits)} primes give depth {len(bits) - 2} < required {depth}; add "
-                f"{depth - len(bits) + 2} middle prime(s) of global_scale_bits bits")
+            out.append((f"{_FIELD}.coeff_mod_bit_sizes",
+                        (f"{len(bits)} primes give depth {len(bits) - 2} < required {depth}; add "
+                        f"{depth - len(bits) + 2} middle prime(s) of global_scale_bits bits")))
         if n_ok and sum(bits) > MAX_COEFF_BITS[n]:
-            bad(f"{_FIELD}.coeff_mod_bit_sizes",
-                f"total {sum(bits)} bits exceeds SEAL's 128-bit-security bound "
-                f"{MAX_COEFF_BITS[n]} for N={n}; use a larger poly_modulus_degree or "
-                "fewer / smaller primes")
-        if scale_ok:
-            for i, b in enumerate(bits[1:-1], start=1):
-                if b != scale:
-                    bad(f"{_FIELD}.coeff_mod_bit_sizes[{i}]",
-                        f"middle prime has {b} bits != global_scale_bits={scale}; each "
-                        "rescale would multiply values by 2**(scale - bits)")
-            if bits[0] < scale + MIN_INTEGER_BITS:
-                bad(f"{_FIELD}.coeff_mod_bit_sizes[0]",
-                    f"first prime has {bits[0]} bits; it needs >= global_scale_bits + "
-                    f"{MIN_INTEGER_BITS} = {scale + MIN_INTEGER_BITS} to hold the "
-                    "integer part of the decrypted result")
-            elif max_abs_value is not None and max_abs_value >= self.max_abs_value:
-                bad(f"{_FIELD}.coeff_mod_bit_sizes[0]",
-                    f"values up to {max_abs_value} need |x| < 2**(first - scale - 2) = "
-                    f"{self.max_abs_value}; use a larger first prime or a smaller scale")
-        if bits[-1] < max(bits[:-1]):
-            bad(f"{_FIELD}.coeff_mod_bit_sizes[{len(bits) - 1}]",
-                f"special (last) prime has {bits[-1]} bits < the largest other prime "
-                f"({max(bits[:-1])}); make it at least as large (60 is usual)")
-        return out
+            out.append((f"{_FIELD}.coeff_mod_bit_sizes",
+                        (f"total {sum(bits)} bits exceeds SEAL's 128-bit-security bound "
+                        f"{MAX_COEFF_BITS[n]} for N={n}; use a larger poly_modulus_degree or "
+                        "fewer / smaller primes")))
+
+    def _scale_problems(self, max_abs_value: float | None, out: list[tuple[str, str]]) -> None:
+        """Middle primes equal to the scale, and a first prime that holds the integer part
+        of the largest value (``max_abs_value``, when given)."""
+        bits, scale = self.coeff_mod_bit_sizes, self.global_scale_bits
+        for i, b in enumerate(bits[1:-1], start=1):
+            if b != scale:
+                out.append((f"{_FIELD}.coeff_mod_bit_sizes[{i}]",
+                            (f"middle prime has {b} bits != global_scale_bits={scale}; each "
+                            "rescale would multiply values by 2**(scale - bits)")))
+        if bits[0] < scale + MIN_INTEGER_BITS:
+            out.append((f"{_FIELD}.coeff_mod_bit_sizes[0]",
+                        (f"first prime has {bits[0]} bits; it needs >= global_scale_bits + "
+                        f"{MIN_INTEGER_BITS} = {scale + MIN_INTEGER_BITS} to hold the "
+                        "integer part of the decrypted result")))
+        elif max_abs_value is not None and max_abs_value >= self.max_abs_value:
+            out.append((f"{_FIELD}.coeff_mod_bit_sizes[0]",
+                        (f"values up to {max_abs_value} need |x| < 2**(first - scale - 2) = "
+                        f"{self.max_abs_value}; use a larger first prime or a smaller scale")))
 
     def validate(
         self, *, packed_length: int, depth: int, max_abs_value: float | None = None

@@ -21,13 +21,13 @@ TenSEAL 0.3.18 exposes no rotation on ``CKKSVector``; its ``sum_`` rotates by
 squared vector as ``d'`` in its protobuf envelope (``CKKSVectorProto``, field 1 ``sizes``;
 tenseal/proto/tensors.proto), calls ``sum_`` (exactly the rotations 1..d'/2, with the
 Galois keys, applied to every slot at once), and re-labels it back. The envelope codec only
-ever reads bytes TenSEAL itself produced in this process.
+ever reads bytes TenSEAL itself produced in this process
+(:mod:`fedmuscle_secure.crypto.ckks.envelope`).
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -35,6 +35,7 @@ from typing import TypeVar
 import tenseal as ts
 import torch
 from fedmuscle_secure.crypto.ckks.context import CkksParameters, PublicContext, SecretContext
+from fedmuscle_secure.crypto.ckks.envelope import build_envelope, parse_envelope
 
 from fedmuscle_secure.errors import ConfigError, EncodingError
 
@@ -351,76 +352,12 @@ def sq_norm_minus(
     return EncryptedRowValues(layout, tuple(out))
 
 
-# --- CKKSVectorProto envelope (only for bytes TenSEAL produced in this process) ----------
+# --- re-labelling through the CKKSVectorProto envelope (:mod:`.envelope`) -----------------
 
 
 def _relabel(ctx: PublicContext, vec: ts.CKKSVector, size: int) -> ts.CKKSVector:
     """The same ciphertext with TenSEAL's logical size set to ``size``."""
-    _, cts, scale_ = _parse_envelope(vec.serialize())
+    _, cts, scale_ = parse_envelope(vec.serialize())
     if len(cts) != 1:
         raise EncodingError(f"internal: expected one ciphertext, found {len(cts)}")
-    return ts.ckks_vector_from(ctx._ts, _build_envelope([size], cts, scale_))
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise EncodingError("CKKSVectorProto: truncated or oversized varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, i
-
-
-def _put_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _parse_envelope(buf: bytes) -> tuple[list[int], list[bytes], float]:
-    """Decode ``CKKSVectorProto`` {1: packed uint32 sizes, 2: bytes ciphertexts, 3: double}."""
-    sizes: list[int] = []
-    cts: list[bytes] = []
-    scale_ = 0.0
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if field == 1 and wire == 0:
-            v, i = _varint(buf, i)
-            sizes.append(v)
-        elif field in (1, 2) and wire == 2:
-            n, i = _varint(buf, i)
-            if i + n > len(buf):
-                raise EncodingError("CKKSVectorProto: field runs past the end")
-            if field == 2:
-                cts.append(buf[i : i + n])
-                i += n
-            else:
-                end, i0 = i + n, i
-                while i0 < end:
-                    v, i0 = _varint(buf, i0)
-                    sizes.append(v)
-                i = end
-        elif field == 3 and wire == 1 and i + 8 <= len(buf):
-            (scale_,) = struct.unpack("<d", buf[i : i + 8])
-            i += 8
-        else:
-            raise EncodingError(f"CKKSVectorProto: unexpected field {field} (wire type {wire})")
-    return sizes, cts, scale_
-
-
-def _build_envelope(sizes: Sequence[int], cts: Sequence[bytes], scale_: float) -> bytes:
-    packed = b"".join(_put_varint(s) for s in sizes)
-    out = [b"\x0a", _put_varint(len(packed)), packed]
-    for c in cts:
-        out += [b"\x12", _put_varint(len(c)), c]
-    out += [b"\x19", struct.pack("<d", scale_)]
-    return b"".join(out)
+    return ts.ckks_vector_from(ctx._ts, build_envelope([size], cts, scale_))

@@ -45,17 +45,13 @@ from fedmuscle_secure.crypto.secagg.messages import (
     frozen_map,
     min_group,
 )
+from fedmuscle_secure.crypto.secagg.positions import pair_sign, share_x
 from fedmuscle_secure.crypto.secagg.shamir import PRIME_256, split
 
 from fedmuscle_secure.errors import IdentityError, ProtocolError
 
 SERVER = "server"
 _SHARE_BYTES = 66  # one element of the M521 field
-
-
-def pair_sign(me: str, peer: str) -> int:
-    """+1 if ``me`` adds the pair mask with ``peer``, −1 if it subtracts it."""
-    return 1 if me < peer else -1
 
 
 class SecAggClient:
@@ -134,9 +130,6 @@ class SecAggClient:
             raise ProtocolError(SERVER, self.stage.value, f"{type(msg).__name__} belongs to another "
                                 "instance (a replay?)")
 
-    def _x(self, client: str) -> int:
-        return self.participants.index(client) + 1
-
     # -- stages ------------------------------------------------------------------------
     def advertise(self) -> AdvertiseKeys:
         sig = hz.sign_advert(self._identity, self.instance_id, self.name,
@@ -197,7 +190,7 @@ class SecAggClient:
         key_shares = dict(split(self._mask_key.private_bytes(), threshold=self.threshold, num_shares=n))
         out: dict[str, bytes] = {}
         for peer, ad in adverts.items():
-            x = self._x(peer)
+            x = share_x(self.participants, peer)
             plain = seed_shares[x].to_bytes(_SHARE_BYTES, "big") + key_shares[x].to_bytes(_SHARE_BYTES, "big")
             if peer == self.name:
                 self._received[peer] = (seed_shares[x], key_shares[x])

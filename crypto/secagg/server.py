@@ -35,7 +35,6 @@ from typing import NoReturn
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedmuscle_secure.crypto import _hazmat as hz
-from fedmuscle_secure.crypto.secagg.client import pair_sign
 from fedmuscle_secure.crypto.secagg.messages import (
     ORDER,
     STAGE_OF,
@@ -55,6 +54,7 @@ from fedmuscle_secure.crypto.secagg.messages import (
     frozen_map,
     min_group,
 )
+from fedmuscle_secure.crypto.secagg.positions import pair_sign, share_x
 from fedmuscle_secure.crypto.secagg.shamir import (
     PRIME_256,
     ShareDecodingError,
@@ -318,9 +318,6 @@ class SecAggServer:
             self.dropped_at[s] = stage
             raise
 
-    def _x(self, client: str) -> int:
-        return self.participants.index(client) + 1
-
     def _abort_unmask(self, reason: str) -> NoReturn:
         self.abort_reason = reason
         self.stage = SecAggStage.ABORTED
@@ -332,7 +329,7 @@ class SecAggServer:
         otherwise the instance aborts (a wrong secret would make a wrong sum)."""
         field = "seed_shares" if kind == "seed" else "key_shares"
         what = f"the {'self-mask seed' if kind == 'seed' else 'mask key'} of {owner!r}"
-        holder_at = {self._x(h): h for h in self.unmasks}
+        holder_at = {share_x(self.participants, h): h for h in self.unmasks}
         points = [(x, getattr(self.unmasks[h], field)[owner]) for x, h in holder_at.items()]
         try:
             decoded = robust_reconstruct(points, threshold=self.threshold)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.transport.address import split_host_port
 
 __all__ = ["OneLineParser", "host_port", "non_negative_float", "non_negative_int",
-           "positive_float", "positive_int", "split_host_port", "writable_dir"]
+           "positive_float", "positive_int", "writable_dir"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,18 +68,6 @@ positive_float = _bounded(float, "a positive number of seconds", lambda v: v > 0
 non_negative_float = _bounded(float, "a number of seconds >= 0", lambda v: v >= 0,
                               "non_negative_float",
                               "Seconds >= 0, where 0 turns the limit off (``--stage-timeout``).")
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); raises ValueError."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(text)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or int(port) > 65535:
-        raise ValueError(text)
-    return host, int(port)
 
 
 def host_port(text: str) -> str:

@@ -179,7 +179,7 @@ def check_listen(listen: str) -> None:
     still running, or not be an address of this machine)."""
     import socket
 
-    from fedmuscle_secure.cli.args import split_host_port
+    from fedmuscle_secure.transport.address import split_host_port
 
     try:
         host, port = split_host_port(listen)

@@ -20,7 +20,7 @@ from cryptography import x509
 from fedmuscle_secure.cli.args import writable_dir
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
+from fedmuscle_secure.provision import csr, revocation
 from fedmuscle_secure.provision.keys import IDENTITIES, make_identity, provision_ckks
 from fedmuscle_secure.provision.project import load_project
 from fedmuscle_secure.transport.tls_trust import CLIENTS_FILE, CRL_FILE, load_trust
@@ -95,7 +95,7 @@ def cmd_ckks(args: argparse.Namespace) -> int:
 def cmd_csr(args: argparse.Namespace) -> int:
     """``provision csr``: an organization's own key and certificate signing request."""
     writable_dir(args.out, "--out")
-    files = pki.make_csr(args.org, args.out, force=args.force)
+    files = csr.make_csr(args.org, args.out, force=args.force)
     print(f"key (keep it here, mode 0600): {files.key_path}")
     print(f"CSR (send it to the CA operator): {files.csr_path}")
     return 0
@@ -105,7 +105,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     """``provision sign``: the CA operator issues a certificate for a CSR."""
     if args.cert_out is not None:
         writable_dir(args.cert_out.parent, "--cert-out")
-    signed = pki.sign_csr(args.ca, args.csr, args.client_id, days=args.days,
+    signed = csr.sign_csr(args.ca, args.csr, args.client_id, days=args.days,
                           cert_out=args.cert_out)
     print(f"signed {signed.org!r} as client {signed.client_id!r}, serial {signed.serial:x}")
     print(f"  certificate: {signed.cert_path}")

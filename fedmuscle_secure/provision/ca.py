@@ -26,7 +26,8 @@ does with them at run time (:class:`~fedmuscle_secure.transport.tls_trust.Trust`
 :func:`~fedmuscle_secure.transport.tls_trust.load_trust`) is :mod:`fedmuscle_secure.transport.tls_trust`.
 Reading and validating ``project.yaml`` is :mod:`fedmuscle_secure.provision.project`.
 Both modules' public names are re-exported here. Revoking, re-signing the CRL and listing
-certificates is :mod:`fedmuscle_secure.provision.revocation`. The command line is
+certificates is :mod:`fedmuscle_secure.provision.revocation`; an organisation's own key and
+CSR, and signing it, :mod:`fedmuscle_secure.provision.csr`. The command line is
 :mod:`fedmuscle_secure.cli.provision`.
 """
 
@@ -47,13 +48,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedmuscle_secure.crypto.identity import _write_atomic
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.provision.project import (  # noqa: F401 - re-exported
     Organization,
     Project,
     ValidityDays,
-    _check_org,
+    check_org,
     load_project,
     parse_project,
 )
@@ -61,20 +62,19 @@ from fedmuscle_secure.transport.tls_trust import (
     CLIENTS_FILE,
     CRL_FILE,
     Trust,
-    _attr,
-    _cert_file,
-    _load_crl,
-    _now,
-    _pem,
-    _read,
-    _read_clients,
+    load_cert_file,
     load_trust,
+    name_attribute,
+    pem_bytes,
+    read_file,
+    utc_now,
 )
 
 __all__ = [
-    "Authority", "CsrFiles", "Project", "SignedCert", "Trust", "Usage", "ValidityDays",
-    "generate_key", "init_ca_dir", "issue_certificate", "load_authority", "load_project",
-    "load_trust", "make_csr", "new_authority", "sign_csr",
+    "SIGNATURE_HASH", "Authority", "Project", "Trust", "Usage", "ValidityDays", "build_crl",
+    "generate_key", "init_ca_dir", "issue_certificate", "key_pem", "leaf_window",
+    "load_authority", "load_project", "load_trust", "new_authority", "org_paths", "subject_name",
+    "validity_days", "write_clients", "write_key_cert",
 ]
 
 #: ``not_valid_before`` is back-dated by this much so a peer whose clock is a little behind
@@ -83,7 +83,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 RESOLVED_PROJECT = "project.resolved.yaml"
 #: What ``init --force`` replaces in an existing directory; anything else there is left alone.
 _MANAGED = ("ca", "server", "orgs", CRL_FILE, CLIENTS_FILE, RESOLVED_PROJECT)
-_HASH = hashes.SHA256
+SIGNATURE_HASH = hashes.SHA256
 
 
 class Usage(enum.Enum):
@@ -98,12 +98,12 @@ def generate_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
-def _subject(common_name: str, federation: str | None) -> x509.Name:
+def subject_name(common_name: str, federation: str | None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation)] if federation else []
     return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
@@ -124,7 +124,7 @@ class Authority:
     @property
     def federation(self) -> str:
         """The federation name: the CA subject's O, copied into every certificate it issues."""
-        return _attr(self.cert.subject, NameOID.ORGANIZATION_NAME) or ""
+        return name_attribute(self.cert.subject, NameOID.ORGANIZATION_NAME) or ""
 
 
 def new_authority(federation: str, *, days: int, now: datetime | None = None) -> Authority:
@@ -133,8 +133,8 @@ def new_authority(federation: str, *, days: int, now: datetime | None = None) ->
     pathlen 0 and CA=false on every leaf: nothing below this CA can sign certificates, so a
     stolen organization key cannot mint other identities.
     """
-    now, key = _now(now), generate_key()
-    name = _subject(f"{federation} CA", federation)
+    now, key = utc_now(now), generate_key()
+    name = subject_name(f"{federation} CA", federation)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + timedelta(days=days))
@@ -142,7 +142,7 @@ def new_authority(federation: str, *, days: int, now: datetime | None = None) ->
             .add_extension(_key_usage(ca=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
-            .sign(key, _HASH()))
+            .sign(key, SIGNATURE_HASH()))
     return Authority(key, cert)
 
 
@@ -167,7 +167,7 @@ def issue_certificate(
     eku = ExtendedKeyUsageOID.SERVER_AUTH if usage is Usage.SERVER else \
         ExtendedKeyUsageOID.CLIENT_AUTH
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (x509.CertificateBuilder().subject_name(_subject(common_name, ca.federation))
+    builder = (x509.CertificateBuilder().subject_name(subject_name(common_name, ca.federation))
                .issuer_name(ca.cert.subject).public_key(public_key)
                .serial_number(x509.random_serial_number())
                .not_valid_before(not_before).not_valid_after(not_after)
@@ -181,14 +181,14 @@ def issue_certificate(
                    critical=False))
     if hosts:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(hosts)), critical=False)
-    return builder.sign(ca.key, _HASH())
+    return builder.sign(ca.key, SIGNATURE_HASH())
 
 
-def _leaf_window(days: int, now: datetime) -> dict[str, datetime]:
+def leaf_window(days: int, now: datetime) -> dict[str, datetime]:
     return {"not_before": now - CLOCK_SKEW, "not_after": now + timedelta(days=days)}
 
 
-def _build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: int, days: int,
+def build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: int, days: int,
                now: datetime) -> x509.CertificateRevocationList:
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
@@ -199,7 +199,7 @@ def _build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: in
                    critical=False))
     for entry in revoked:
         builder = builder.add_revoked_certificate(entry)
-    return builder.sign(ca.key, _HASH())
+    return builder.sign(ca.key, SIGNATURE_HASH())
 
 
 # --- files of a CA directory -----------------------------------------------------------
@@ -208,10 +208,10 @@ def _build_crl(ca: Authority, revoked: list[x509.RevokedCertificate], number: in
 def load_authority(ca_dir: str | os.PathLike) -> Authority:
     """Read ``ca/ca.key`` and ``ca/ca.crt`` and check that the key is the certificate's."""
     ca_dir = Path(ca_dir)
-    cert = _cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
+    cert = load_cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
     key_path = ca_dir / "ca" / "ca.key"
     try:
-        key = serialization.load_pem_private_key(_read(key_path, "CA key"), password=None)
+        key = serialization.load_pem_private_key(read_file(key_path, "CA key"), password=None)
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"{key_path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
@@ -219,35 +219,35 @@ def load_authority(ca_dir: str | os.PathLike) -> Authority:
     return Authority(key, cert)
 
 
-def _write_clients(ca_dir: Path, clients: Mapping[str, str]) -> None:
+def write_clients(ca_dir: Path, clients: Mapping[str, str]) -> None:
     text = ("# Certificate subject CN -> client id (DESIGN §6); written by "
             "`fedmuscle-secure provision`.\n"
             + yaml.safe_dump({"version": 1, "clients": dict(sorted(clients.items()))},
                              sort_keys=False))
-    _write_atomic(ca_dir / CLIENTS_FILE, text.encode(), 0o644)
+    write_atomic(ca_dir / CLIENTS_FILE, text.encode(), 0o644)
 
 
-def _validity(ca_dir: Path) -> ValidityDays:
+def validity_days(ca_dir: Path) -> ValidityDays:
     path = ca_dir / RESOLVED_PROJECT
     if not path.is_file():
         return ValidityDays()
-    raw = yaml.safe_load(_read(path, "resolved project"))
+    raw = yaml.safe_load(read_file(path, "resolved project"))
     days = raw.get("validity_days") if isinstance(raw, dict) else None
     return ValidityDays(**{k: v for k, v in (days or {}).items()
                            if k in ValidityDays.__dataclass_fields__ and isinstance(v, int)})
 
 
-def _org_paths(ca_dir: Path, org: str) -> tuple[Path, Path]:
+def org_paths(ca_dir: Path, org: str) -> tuple[Path, Path]:
     folder = ca_dir / "orgs" / org
     return folder / f"{org}.key", folder / f"{org}.crt"
 
 
-def _write_key_cert(folder: Path, stem: str, key: ec.EllipticCurvePrivateKey | None,
+def write_key_cert(folder: Path, stem: str, key: ec.EllipticCurvePrivateKey | None,
                     cert: x509.Certificate) -> Path:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if key is not None:
-        _write_atomic(folder / f"{stem}.key", _key_pem(key), 0o600)
-    _write_atomic(folder / f"{stem}.crt", _pem(cert), 0o644)
+        write_atomic(folder / f"{stem}.key", key_pem(key), 0o600)
+    write_atomic(folder / f"{stem}.crt", pem_bytes(cert), 0o644)
     return folder / f"{stem}.crt"
 
 
@@ -260,7 +260,7 @@ def init_ca_dir(project: Project, out: str | os.PathLike, *, days: int | None = 
     ``force`` replaces only the entries this function writes. ``days`` overrides the
     server and organization validity.
     """
-    out, now = Path(out), _now(now)
+    out, now = Path(out), utc_now(now)
     if days is not None and not 1 <= days <= project.validity.ca:
         raise ConfigError("--days", f"expected 1 to {project.validity.ca} days (the CA's "
                                     f"validity), got {days}")
@@ -275,20 +275,20 @@ def init_ca_dir(project: Project, out: str | os.PathLike, *, days: int | None = 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_key_cert(tmp / "ca", "ca", ca.key, ca.cert)
+        write_key_cert(tmp / "ca", "ca", ca.key, ca.cert)
         key = generate_key()
         cert = issue_certificate(ca, key.public_key(), common_name=project.server_name,
                                  usage=Usage.SERVER, hosts=project.server_hosts,
-                                 **_leaf_window(leaf["server"], now))
-        _write_key_cert(tmp / "server", "server", key, cert)
+                                 **leaf_window(leaf["server"], now))
+        write_key_cert(tmp / "server", "server", key, cert)
         for org in project.organizations:
             key = generate_key()
             cert = issue_certificate(ca, key.public_key(), common_name=org.name,
-                                     usage=Usage.CLIENT, **_leaf_window(leaf["org"], now))
-            _write_key_cert(tmp / "orgs" / org.name, org.name, key, cert)
-        _write_atomic(tmp / CRL_FILE, _pem(_build_crl(ca, [], 1, v.crl, now)), 0o644)
-        _write_clients(tmp, {o.name: o.client_id for o in project.organizations})
-        _write_atomic(tmp / RESOLVED_PROJECT,
+                                     usage=Usage.CLIENT, **leaf_window(leaf["org"], now))
+            write_key_cert(tmp / "orgs" / org.name, org.name, key, cert)
+        write_atomic(tmp / CRL_FILE, pem_bytes(build_crl(ca, [], 1, v.crl, now)), 0o644)
+        write_clients(tmp, {o.name: o.client_id for o in project.organizations})
+        write_atomic(tmp / RESOLVED_PROJECT,
                       yaml.safe_dump(project.to_dict(), sort_keys=False).encode(), 0o644)
         if not out.exists():
             tmp.chmod(0o755)
@@ -305,107 +305,3 @@ def init_ca_dir(project: Project, out: str | os.PathLike, *, days: int | None = 
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class CsrFiles:
-    """What ``provision csr`` wrote: the org's key (stays home) and the CSR to send."""
-
-    key_path: Path
-    csr_path: Path
-
-
-def make_csr(org: str, out: str | os.PathLike, *, force: bool = False) -> CsrFiles:
-    """An organization's own key (``out/<org>.key``, 0600) and CSR (``out/<org>.csr``).
-
-    DESIGN §6 "each org may instead generate its key locally and send a CSR": only the CSR
-    leaves the organization; :func:`sign_csr` never sees the key.
-    """
-    _check_org(org, "--org")
-    out = Path(out)
-    key_path, csr_path = out / f"{org}.key", out / f"{org}.csr"
-    if key_path.exists() and not force:
-        raise ConfigError("--out", f"{key_path} already exists; expected no key for {org!r} "
-                                   "there (pass --force to make a new one)")
-    key = generate_key()
-    csr = (x509.CertificateSigningRequestBuilder().subject_name(_subject(org, None))
-           .sign(key, _HASH()))
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(key_path, _key_pem(key), 0o600)
-    _write_atomic(csr_path, _pem(csr), 0o644)
-    return CsrFiles(key_path, csr_path)
-
-
-@dataclass(frozen=True)
-class SignedCert:
-    """What ``provision sign`` issued: the org, its client id and where the certificate is."""
-
-    org: str
-    client_id: str
-    serial: int
-    cert_path: Path
-    delivered_path: Path
-
-
-def _archive_revoked(ca_dir: Path, org: str, crl: x509.CertificateRevocationList) -> None:
-    """Move a revoked current certificate (and key) of ``org`` to ``revoked/<serial>.*``."""
-    key_path, cert_path = _org_paths(ca_dir, org)
-    if not cert_path.exists():
-        return
-    old = _cert_file(cert_path, "organization certificate")
-    if crl.get_revoked_certificate_by_serial_number(old.serial_number) is None:
-        raise ConfigError("--csr", f"organization {org!r} already has a certificate that is not "
-                                   f"revoked ({cert_path}, serial {old.serial_number:x}); "
-                                   "revoke it first")
-    archive = cert_path.parent / "revoked"
-    archive.mkdir(mode=0o700, exist_ok=True)
-    for path in (key_path, cert_path):
-        if path.exists():
-            os.replace(path, archive / f"{old.serial_number:x}{path.suffix}")
-
-
-def sign_csr(ca_dir: str | os.PathLike, csr_path: str | os.PathLike, client_id: str, *,
-             days: int | None = None, cert_out: str | os.PathLike | None = None,
-             now: datetime | None = None) -> SignedCert:
-    """Issue a clientAuth certificate for a CSR and map its CN to ``client_id``.
-
-    Checks the CSR's self-signature (the requester holds the key), its single CN and its
-    key type; builds the subject itself (CN from the CSR, O from the CA) and ignores any
-    extensions the CSR asks for. Writes ``orgs/<org>/<org>.crt``, updates ``clients.yaml``
-    and delivers a copy to ``cert_out`` (default: beside the CSR, ``<org>.crt``).
-    """
-    ca_dir, csr_path, now = Path(ca_dir), Path(csr_path), _now(now)
-    ca = load_authority(ca_dir)
-    data = _read(csr_path, "certificate signing request")
-    try:
-        csr = (x509.load_pem_x509_csr(data) if data.lstrip().startswith(b"-----BEGIN")
-               else x509.load_der_x509_csr(data))
-    except ValueError as exc:
-        raise IdentityError(f"{csr_path}: not a PEM or DER CSR ({exc})") from None
-    if not csr.is_signature_valid:
-        raise IdentityError(f"{csr_path}: CSR signature does not verify under the key it carries")
-    org = _attr(csr.subject, NameOID.COMMON_NAME)
-    if org is None:
-        raise IdentityError(f"{csr_path}: expected exactly one subject CN (the org name), got "
-                            f"{csr.subject.rfc4514_string()!r}")
-    _check_org(org, f"{csr_path}: subject CN")
-    key = csr.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise IdentityError(f"{csr_path}: expected an ECDSA P-256 key, got {type(key).__name__}")
-    _check_org(client_id, "--client-id")
-    clients = _read_clients(ca_dir)
-    if clients.get(org, client_id) != client_id:
-        raise ConfigError("--client-id", f"{org!r} is client {clients[org]!r} in "
-                                         f"{ca_dir / CLIENTS_FILE}; expected that id")
-    other = next((cn for cn, cid in clients.items() if cid == client_id and cn != org), None)
-    if other is not None:
-        raise ConfigError("--client-id", f"{client_id!r} is already the client id of {other!r}")
-    _archive_revoked(ca_dir, org, _load_crl(ca_dir, ca.cert))
-    cert = issue_certificate(ca, key, common_name=org, usage=Usage.CLIENT,
-                             **_leaf_window(days or _validity(ca_dir).org, now))
-    cert_path = _write_key_cert(ca_dir / "orgs" / org, org, None, cert)
-    _write_clients(ca_dir, {**clients, org: client_id})
-    delivered = Path(cert_out) if cert_out is not None else csr_path.with_name(f"{org}.crt")
-    if delivered.resolve() != cert_path.resolve():
-        _write_atomic(delivered, _pem(cert), 0o644)
-    return SignedCert(org, client_id, cert.serial_number, cert_path, delivered)

@@ -24,12 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.crypto.identity import (
-    _write_atomic,
-    check_client_name,
-    generate_identity,
-    save_identity,
-)
+from fedmuscle_secure.crypto.identity import check_client_name, generate_identity
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.federation.ckks import (
     CKKS_DIR,
@@ -38,6 +34,7 @@ from fedmuscle_secure.federation.ckks import (
     provision_ckks_keys,
 )
 from fedmuscle_secure.federation.setup import decide_protection
+from fedmuscle_secure.records.identity_files import save_identity
 
 IDENTITIES = "identities"
 
@@ -78,8 +75,8 @@ def provision_ckks(cfg: ExperimentConfig, out: str | os.PathLike, *, force: bool
     protection = decide_protection(cfg, cfg.muscle.method)  # σ as the federation calibrates it
     _, secret, public = provision_ckks_keys(cfg, protection.sigma_client)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(files.secret_path, secret, 0o600)
-    _write_atomic(files.public_path, public, 0o644)
+    write_atomic(files.secret_path, secret, 0o600)
+    write_atomic(files.public_path, public, 0o644)
     return files
 
 

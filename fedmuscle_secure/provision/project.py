@@ -92,7 +92,7 @@ def _name_problem(value: Any, limit: int = 64) -> str | None:
         if len(value) > limit else None
 
 
-def _check_org(org: str, field: str) -> str:
+def check_org(org: str, field: str) -> str:
     try:
         check_client_name(org)
     except IdentityError as exc:
@@ -119,7 +119,7 @@ def _parse_orgs(raw: Any, problems: list[tuple[str, str]]) -> list[Organization]
             try:
                 if not isinstance(value, str):
                     raise ConfigError(key, f"expected a string, got {value!r}")
-                _check_org(value, key)
+                check_org(value, key)
             except ConfigError as exc:
                 problems.append((f"organizations.{i}.{key}", str(exc).split(": ", 1)[1]))
                 ok = False
@@ -134,15 +134,7 @@ def _parse_orgs(raw: Any, problems: list[tuple[str, str]]) -> list[Organization]
     return orgs
 
 
-def parse_project(raw: Any, *, source: str = "project.yaml") -> Project:
-    """Validate a project mapping, collecting every problem; raise one :class:`ConfigError`.
-
-    Its ``field`` is the first problem's dotted path; its message lists them all, each
-    with what was expected (DESIGN §13.3: validators collect and explain).
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")
-    problems: list[tuple[str, str]] = []
+def _unknown_keys(raw: dict, problems: list[tuple[str, str]]) -> None:
     sections = {"<root>": raw, "server": raw.get("server"),
                 "validity_days": raw.get("validity_days")}
     for where, allowed in _KEYS.items():
@@ -150,9 +142,11 @@ def parse_project(raw: Any, *, source: str = "project.yaml") -> Project:
         for key in sorted(set(section) - allowed) if isinstance(section, dict) else ():
             path = key if where == "<root>" else f"{where}.{key}"
             problems.append((path, f"unknown field; expected one of {sorted(allowed)}"))
-    if (p := _name_problem(raw.get("name"), 60)) is not None:
-        problems.append(("name", p))
-    server, hosts = raw.get("server"), []
+
+
+def _parse_server(server: Any, problems: list[tuple[str, str]]) -> tuple[dict, list]:
+    """The server mapping ({} when it is not one) and its hosts as SANs."""
+    hosts: list = []
     if not isinstance(server, dict):
         problems.append(("server", f"expected a mapping {{name, hosts}}, got {server!r}"))
         server = {}
@@ -172,8 +166,12 @@ def parse_project(raw: Any, *, source: str = "project.yaml") -> Project:
             problems.append((f"server.hosts.{i}", f"duplicate host {host!r}"))
         else:
             hosts.append(san)
-    orgs = _parse_orgs(raw.get("organizations"), problems)
-    vraw = raw.get("validity_days") or {}
+    return server, hosts
+
+
+def _parse_validity(vraw: Any, problems: list[tuple[str, str]]) -> dict[str, int]:
+    """The valid ``validity_days`` entries (defaults filled in); a leaf may not outlive its CA."""
+    vraw = vraw or {}
     if not isinstance(vraw, dict):
         problems.append(("validity_days", (f"expected a mapping {{ca, server, org, crl}} of "
                                           f"days, got {vraw!r}")))
@@ -190,6 +188,24 @@ def parse_project(raw: Any, *, source: str = "project.yaml") -> Project:
         if key in vals and vals[key] > vals.get("ca", vals[key]):
             problems.append((f"validity_days.{key}", (f"{vals[key]} days exceeds validity_days.ca "
                              f"({vals['ca']}); expected a certificate that expires before its CA")))
+    return vals
+
+
+def parse_project(raw: Any, *, source: str = "project.yaml") -> Project:
+    """Validate a project mapping, collecting every problem; raise one :class:`ConfigError`.
+
+    Its ``field`` is the first problem's dotted path; its message lists them all, each
+    with what was expected (DESIGN §13.3: validators collect and explain).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>", f"{source} must be a YAML mapping, got {type(raw).__name__}")
+    problems: list[tuple[str, str]] = []
+    _unknown_keys(raw, problems)
+    if (p := _name_problem(raw.get("name"), 60)) is not None:
+        problems.append(("name", p))
+    server, hosts = _parse_server(raw.get("server"), problems)
+    orgs = _parse_orgs(raw.get("organizations"), problems)
+    vals = _parse_validity(raw.get("validity_days"), problems)
     if problems:
         field, first = problems[0]
         more = "".join(f"\n  {f}: {m}" for f, m in problems[1:])

@@ -15,25 +15,25 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fedmuscle_secure.crypto.identity import _write_atomic
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.provision.ca import (
     Authority,
-    _build_crl,
-    _check_org,
-    _org_paths,
-    _validity,
+    build_crl,
+    check_org,
     load_authority,
+    org_paths,
+    validity_days,
 )
 from fedmuscle_secure.transport.tls_trust import (
     CRL_FILE,
-    _cert_file,
-    _load_crl,
-    _now,
-    _pem,
-    _read_clients,
-    _revocation,
-    _window,
+    load_cert_file,
+    load_crl,
+    pem_bytes,
+    read_clients,
+    revocation_entry,
+    utc_now,
+    validity_problem,
 )
 
 __all__ = ["CertStatus", "list_certificates", "refresh_crl", "revoke"]
@@ -41,10 +41,10 @@ __all__ = ["CertStatus", "list_certificates", "refresh_crl", "revoke"]
 
 def _resign_crl(ca_dir: Path, ca: Authority, extra: list[x509.RevokedCertificate],
                 days: int | None, now: datetime) -> x509.CertificateRevocationList:
-    old = _load_crl(ca_dir, ca.cert)
+    old = load_crl(ca_dir, ca.cert)
     number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    crl = _build_crl(ca, [*old, *extra], number + 1, days or _validity(ca_dir).crl, now)
-    _write_atomic(ca_dir / CRL_FILE, _pem(crl), 0o644)
+    crl = build_crl(ca, [*old, *extra], number + 1, days or validity_days(ca_dir).crl, now)
+    write_atomic(ca_dir / CRL_FILE, pem_bytes(crl), 0o644)
     return crl
 
 
@@ -57,15 +57,15 @@ def revoke(ca_dir: str | os.PathLike, org: str, *,
     (:class:`~fedmuscle_secure.transport.trust_reload.LiveTrust` re-reads it when it changes).
     Returns the revoked certificate.
     """
-    ca_dir, now = Path(ca_dir), _now(now)
+    ca_dir, now = Path(ca_dir), utc_now(now)
     ca = load_authority(ca_dir)
-    _, cert_path = _org_paths(ca_dir, _check_org(org, "ORG"))
+    _, cert_path = org_paths(ca_dir, check_org(org, "ORG"))
     if not cert_path.is_file():
         known = sorted(p.name for p in (ca_dir / "orgs").glob("*") if p.is_dir())
         raise ConfigError("ORG", f"no certificate {cert_path} for organization {org!r}; "
                                  f"expected one of {known}")
-    cert = _cert_file(cert_path, "organization certificate")
-    if _load_crl(ca_dir, ca.cert).get_revoked_certificate_by_serial_number(
+    cert = load_cert_file(cert_path, "organization certificate")
+    if load_crl(ca_dir, ca.cert).get_revoked_certificate_by_serial_number(
             cert.serial_number) is not None:
         raise IdentityError(f"{cert_path}: serial {cert.serial_number:x} is already revoked")
     entry = (x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
@@ -80,7 +80,7 @@ def refresh_crl(ca_dir: str | os.PathLike, *, days: int | None = None,
                 now: datetime | None = None) -> x509.CertificateRevocationList:
     """Re-sign the CRL with the same entries and a new next-update (before it goes stale)."""
     ca_dir = Path(ca_dir)
-    return _resign_crl(ca_dir, load_authority(ca_dir), [], days, _now(now))
+    return _resign_crl(ca_dir, load_authority(ca_dir), [], days, utc_now(now))
 
 
 @dataclass(frozen=True)
@@ -102,18 +102,18 @@ class CertStatus:
 def list_certificates(ca_dir: str | os.PathLike, *,
                       now: datetime | None = None) -> list[CertStatus]:
     """Every organization certificate in ``ca_dir`` (current and archived), with its status."""
-    ca_dir, now = Path(ca_dir), _now(now)
-    ca_cert = _cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
-    crl, clients = _load_crl(ca_dir, ca_cert), _read_clients(ca_dir)
+    ca_dir, now = Path(ca_dir), utc_now(now)
+    ca_cert = load_cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
+    crl, clients = load_crl(ca_dir, ca_cert), read_clients(ca_dir)
     rows = []
     for folder in sorted(p for p in (ca_dir / "orgs").glob("*") if p.is_dir()):
         current = folder / f"{folder.name}.crt"
         for path in [current, *sorted((folder / "revoked").glob("*.crt"))]:
             if not path.is_file():
                 continue
-            cert = _cert_file(path, "organization certificate")
-            revoked = _revocation(crl, cert.serial_number)
-            window = _window(cert, now)
+            cert = load_cert_file(path, "organization certificate")
+            revoked = revocation_entry(crl, cert.serial_number)
+            window = validity_problem(cert, now)
             status = "revoked" if revoked else ("valid" if window is None else window[0])
             rows.append(CertStatus(
                 org=folder.name, client_id=clients.get(folder.name),

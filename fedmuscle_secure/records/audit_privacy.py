@@ -13,22 +13,31 @@ guarantee, the noise multipliers); every later entry is held to it:
 * nothing spent or released (``dp_event``, ``egress``) after a ``refusal`` or ``leave``;
 * with representation noise on (genesis ``noise_multiplier.client`` not null), every
   ``egress`` preceded by its own client-level ``dp_event`` (same round and exchange): a
-  release that the accountant never saw is a release outside the guarantee.
+  release that the accountant never saw is a release outside the guarantee (the rule is
+  :func:`~fedmuscle_secure.records.audit_releases.check_accounted_egress`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from fedmuscle_secure.dp.accounting import (
+    EPSILON_RTOL,
+    EPSILON_RTOL_MIN_ORDER,
+    DpEventRecord,
+    compute_epsilon_report,
+    independent_epsilon,
+)
 from fedmuscle_secure.errors import FedMuscleError
+from fedmuscle_secure.records.audit_releases import check_accounted_egress
 from fedmuscle_secure.records.audit_report import AuditReport, fail
-from fedmuscle_secure.records.ledger import canonical_json
 
 __all__ = ["check_privacy"]
 
@@ -60,16 +69,12 @@ def _quiet_accountants() -> Iterator[None]:
 @lru_cache(maxsize=256)
 def _independent_epsilon(events: tuple, delta: float) -> float:
     """dp-accounting's ε, cached: clients of one config record identical event sequences."""
-    from fedmuscle_secure.dp.accounting import independent_epsilon
-
     with _quiet_accountants():
         return float(independent_epsilon(events, delta))
 
 
 def _opacus_replay(used: list, delta: float) -> tuple[float, float | None]:
     """The client's own accountant (Opacus RDP) replayed: (ε, optimal RDP order)."""
-    from fedmuscle_secure.dp.accounting import compute_epsilon_report
-
     with _quiet_accountants():
         replay = compute_epsilon_report(used, delta)
     return replay.epsilon_rdp, replay.rdp_order
@@ -79,8 +84,6 @@ def _below_cross_check_order(used: list, delta: float, claim: float) -> float | 
     """Opacus's replayed ε when EPSILON_RTOL does not apply (optimal RDP order below
     EPSILON_RTOL_MIN_ORDER, where dp-accounting's bound is the looser one) and ``claim``
     matches that replay; None otherwise (a real mismatch)."""
-    from fedmuscle_secure.dp.accounting import EPSILON_RTOL, EPSILON_RTOL_MIN_ORDER
-
     eps, order = _opacus_replay(used, delta)
     if order is not None and order < EPSILON_RTOL_MIN_ORDER and _isclose(claim, eps, EPSILON_RTOL):
         return eps
@@ -95,8 +98,6 @@ def _declared(genesis: dict | None, field: str) -> dict[str, Any]:
 
 def _events(client: str, ordered: list[dict], report: AuditReport):
     """The dp_events per guarantee as (seq, round, record), and the stop/egress rules."""
-    from fedmuscle_secure.dp.accounting import DpEventRecord
-
     events: dict[str, list[tuple[int, int, Any]]] = defaultdict(list)
     stopped_at: dict | None = None
     for e in ordered:
@@ -123,98 +124,121 @@ def _events(client: str, ordered: list[dict], report: AuditReport):
     return events
 
 
-def _check_accounted_egress(client: str, ordered: list[dict], genesis: dict | None,
-                            report: AuditReport) -> None:
-    """With representation noise on, each egress consumes one earlier client-level
-    dp_event of the same (round, exchange); one without is a release the accountant missed."""
-    if _declared(genesis, "noise_multiplier").get("client") is None:
+@dataclass(frozen=True)
+class _Epsilon:
+    """One well-formed ``epsilon`` entry: its guarantee ``g``, round ``r``, δ, recorded ε and
+    recorded budget (None: no budget)."""
+
+    seq: int
+    g: str
+    r: int
+    delta: float
+    eps: float
+    recorded_budget: float | None
+
+
+def _epsilon_entry(client: str, e: dict, report: AuditReport) -> _Epsilon | None:
+    """The entry's fields, or None (and a ``malformed`` failure) when one is missing."""
+    body, seq = e["body"], e["seq"]
+    g, r, delta, eps = (body.get(k) for k in ("guarantee", "round", "delta", "epsilon_rdp"))
+    recorded_budget = body.get("budget")
+    if not (g in _GUARANTEES and isinstance(r, int) and _is_number(delta)
+            and _is_number(eps) and (recorded_budget is None or _is_number(recorded_budget))):
+        report.failures.append(fail(
+            "malformed", client, seq, "epsilon body needs guarantee ('record'|'client'), "
+            "round (int), delta, epsilon_rdp (numbers), budget (number|null)"))
+        return None
+    return _Epsilon(seq, g, r, delta, eps, recorded_budget)
+
+
+def _held_budget(client: str, x: _Epsilon, declared: Any, report: AuditReport) -> Any:
+    """The budget ``x`` is held to: the genesis's when it declares one (a recorded budget
+    that differs from it is a failure), else the recorded one."""
+    if not _is_number(declared):
+        return x.recorded_budget
+    if x.recorded_budget != declared:
+        report.failures.append(fail(
+            "budget_exceeded", client, x.seq, f"{x.g}-level ε after round {x.r} records budget "
+            f"{x.recorded_budget} but the genesis declares {declared:g}: the budget was dropped "
+            "or changed"))
+    return declared
+
+
+def _recomputed(client: str, x: _Epsilon, events: dict, cache: dict,
+                report: AuditReport) -> tuple[list, float] | None:
+    """(the events up to round ``x.r``, their independently recomputed ε), cached per
+    (guarantee, round, δ); None (and a ``malformed`` failure) when it cannot be computed."""
+    key = (x.g, x.r, x.delta)
+    if key not in cache:
+        used = [rec for _, rnd, rec in events.get(x.g, []) if rnd <= x.r]
+        try:
+            cache[key] = used, _independent_epsilon(tuple(used), float(x.delta))
+        except (TypeError, ValueError, FedMuscleError) as exc:
+            report.failures.append(fail("malformed", client, x.seq, f"cannot recompute ε for "
+                                        f"{x.g!r} round {x.r}: {type(exc).__name__}: {exc}"))
+            return None
+    return cache[key]
+
+
+def _reference(client: str, x: _Epsilon, used: list, recomputed: float,
+               report: AuditReport) -> float:
+    """The recomputed ε the budget is checked against; a recorded ε that matches neither
+    dp-accounting nor (at low RDP orders) the Opacus replay is an ``epsilon_mismatch``."""
+    if _isclose(x.eps, recomputed, EPSILON_RTOL):
+        return recomputed
+    replayed = _below_cross_check_order(used, x.delta, x.eps) if recomputed >= x.eps else None
+    if replayed is None:
+        report.failures.append(fail(
+            "epsilon_mismatch", client, x.seq, f"{x.g}-level ε after round {x.r} recorded "
+            f"{x.eps:.6g}, recomputed {recomputed:.6g} (dp-accounting RDP) from {len(used)} "
+            f"recorded events (δ={x.delta:g}, relative tolerance {EPSILON_RTOL:g})"))
+        return recomputed
+    report.notes.append(
+        f"{client}: seq {x.seq}: {x.g}-level ε {x.eps:.6g} after round {x.r} matches the "
+        f"Opacus replay; dp-accounting gives {recomputed:.6g}, looser at low RDP "
+        "orders where the cross-check tolerance does not apply")
+    return replayed
+
+
+def _check_budget(client: str, x: _Epsilon, budget: Any, reference: float,
+                  report: AuditReport) -> None:
+    """Neither the recorded nor the recomputed ε over the budget (if there is one)."""
+    if budget is None:
         return
-    pending: Counter = Counter()
-    for e in ordered:
-        body = e["body"]
-        key = canonical_json([body.get("round"), body.get("exchange")])
-        if e["kind"] == "dp_event" and body.get("guarantee") == "client":
-            pending[key] += 1
-        elif e["kind"] == "egress":
-            if pending[key] > 0:
-                pending[key] -= 1
-                continue
-            report.failures.append(fail(
-                "budget_exceeded", client, e["seq"],
-                f"egress of round {body.get('round')} exchange {body.get('exchange')} has no "
-                "client-level dp_event for its (round, exchange) although the genesis declares "
-                "representation noise: a release outside the accounting"))
+    if x.eps > budget:
+        report.failures.append(fail("budget_exceeded", client, x.seq, f"{x.g}-level ε "
+                                    f"{x.eps:.6g} after round {x.r} exceeds the budget "
+                                    f"{budget:g}"))
+    elif reference > budget * (1 + EPSILON_RTOL):
+        report.failures.append(fail("budget_exceeded", client, x.seq, f"{x.g}-level ε "
+                                    f"recomputed {reference:.6g} after round {x.r} exceeds the "
+                                    f"budget {budget:g} (recorded {x.eps:.6g})"))
 
 
 def check_privacy(client: str, ordered: list[dict], genesis: dict | None,
                   report: AuditReport) -> dict:
     """ε recomputation and budget rules (module docstring); returns
     {(round, guarantee): table cells}."""
-    from fedmuscle_secure.dp.accounting import EPSILON_RTOL  # lazy: dp-accounting, opacus
-
-    fails = report.failures
     events = _events(client, ordered, report)
-    _check_accounted_egress(client, ordered, genesis, report)
+    check_accounted_egress(client, ordered,
+                           _declared(genesis, "noise_multiplier").get("client") is not None,
+                           report)
     budgets = _declared(genesis, "budget")
     cells: dict[tuple[Any, str], dict] = {}
     cache: dict[tuple[str, int, float], tuple[list, float]] = {}
     last_epsilon: dict[str, int] = {}
     delta_seen: float | None = None
     for e in ordered:
-        if e["kind"] != "epsilon":
+        if e["kind"] != "epsilon" or (x := _epsilon_entry(client, e, report)) is None:
             continue
-        body, seq = e["body"], e["seq"]
-        g, r, delta, eps = (body.get(k) for k in ("guarantee", "round", "delta", "epsilon_rdp"))
-        recorded_budget = body.get("budget")
-        if not (g in _GUARANTEES and isinstance(r, int) and _is_number(delta)
-                and _is_number(eps) and (recorded_budget is None or _is_number(recorded_budget))):
-            fails.append(fail("malformed", client, seq, "epsilon body needs guarantee "
-                              "('record'|'client'), round (int), delta, epsilon_rdp (numbers), "
-                              "budget (number|null)"))
+        last_epsilon[x.g], delta_seen = x.seq, x.delta
+        budget = _held_budget(client, x, budgets.get(x.g), report)
+        if (found := _recomputed(client, x, events, cache, report)) is None:
             continue
-        last_epsilon[g], delta_seen = seq, delta
-        budget = recorded_budget
-        declared = budgets.get(g)
-        if _is_number(declared):
-            if recorded_budget != declared:
-                fails.append(fail("budget_exceeded", client, seq, f"{g}-level ε after round {r} "
-                                  f"records budget {recorded_budget} but the genesis declares "
-                                  f"{declared:g}: the budget was dropped or changed"))
-            budget = declared
-        if (g, r, delta) not in cache:
-            used = [rec for _, rnd, rec in events.get(g, []) if rnd <= r]
-            try:
-                cache[(g, r, delta)] = used, _independent_epsilon(tuple(used), float(delta))
-            except (TypeError, ValueError, FedMuscleError) as exc:
-                fails.append(fail("malformed", client, seq, f"cannot recompute ε for {g!r} "
-                                  f"round {r}: {type(exc).__name__}: {exc}"))
-                continue
-        used, recomputed = cache[(g, r, delta)]
-        reference = recomputed
-        if not _isclose(eps, recomputed, EPSILON_RTOL):
-            replayed = (_below_cross_check_order(used, delta, eps) if recomputed >= eps
-                        else None)
-            if replayed is None:
-                fails.append(fail("epsilon_mismatch", client, seq,
-                                  f"{g}-level ε after round {r} recorded {eps:.6g}, recomputed "
-                                  f"{recomputed:.6g} (dp-accounting RDP) from {len(used)} "
-                                  f"recorded events (δ={delta:g}, relative tolerance "
-                                  f"{EPSILON_RTOL:g})"))
-            else:
-                reference = replayed
-                report.notes.append(
-                    f"{client}: seq {seq}: {g}-level ε {eps:.6g} after round {r} matches the "
-                    f"Opacus replay; dp-accounting gives {recomputed:.6g}, looser at low RDP "
-                    "orders where the cross-check tolerance does not apply")
-        if budget is not None:
-            if eps > budget:
-                fails.append(fail("budget_exceeded", client, seq, f"{g}-level ε {eps:.6g} after "
-                                  f"round {r} exceeds the budget {budget:g}"))
-            elif reference > budget * (1 + EPSILON_RTOL):
-                fails.append(fail("budget_exceeded", client, seq, f"{g}-level ε recomputed "
-                                  f"{reference:.6g} after round {r} exceeds the budget "
-                                  f"{budget:g} (recorded {eps:.6g})"))
-        cells[(r, g)] = {f"epsilon_{g}": eps, f"recomputed_{g}": recomputed, f"budget_{g}": budget}
+        used, recomputed = found
+        _check_budget(client, x, budget, _reference(client, x, used, recomputed, report), report)
+        cells[(x.r, x.g)] = {f"epsilon_{x.g}": x.eps, f"recomputed_{x.g}": recomputed,
+                             f"budget_{x.g}": budget}
     delta = (genesis or {}).get("delta")
     delta = delta if _is_number(delta) else delta_seen
     for g in _GUARANTEES:
@@ -228,8 +252,6 @@ def _check_trailing(client: str, g: str, events: list[tuple[int, int, Any]], aft
     """dp_events of ``g`` after its last epsilon entry (seq ``after``): no epsilon entry
     vouches for them, so recompute their cumulative ε and hold it to the declared budget;
     the first event that crosses it is the one reported."""
-    from fedmuscle_secure.dp.accounting import EPSILON_RTOL
-
     trailing = [i for i, (seq, _, _) in enumerate(events) if seq > after]
     if not trailing or not _is_number(budget):
         return
@@ -247,8 +269,6 @@ def _check_trailing(client: str, g: str, events: list[tuple[int, int, Any]], aft
         if eps <= budget * (1 + EPSILON_RTOL):
             return None
         replay, order = _opacus_replay(used, float(delta))
-        from fedmuscle_secure.dp.accounting import EPSILON_RTOL_MIN_ORDER
-
         if order is not None and order < EPSILON_RTOL_MIN_ORDER and replay <= budget:
             return None  # dp-accounting's looser bound; the client's accountant stayed within
         return eps

@@ -69,13 +69,11 @@ from fedmuscle_secure.records.ledger_format import (  # noqa: F401 - re-exported
     GENESIS_PREV,
     ChainProblem,
     ChainScan,
-    _check_fields,
-    _is_hex,
-    _parse_json_line,
-    _raise_first,
     canonical_json,
     entry_hash,
+    is_hex,
     payload_digest,
+    raise_first_problem,
     read_entries,
     read_receipts,
     receipt_view,
@@ -127,7 +125,7 @@ class _ChainedLog:
             public_key = signing_key.public_key() if signing_key is not None else None
             entries, problems = scan_chain(body, public_key=public_key, client=client)
             if problems:
-                _raise_first(path, problems)
+                raise_first_problem(path, problems)
             self = cls(path, fd, entries, len(body), signing_key)
             if tail is not None:
                 self._repair(tail, repair_client)
@@ -280,7 +278,7 @@ class ReceiptLog(_ChainedLog):
         """Record that ``client`` delivered a payload of ``bytes`` bytes with digest ``sha256``."""
         if not isinstance(client, str) or not client:
             raise LedgerError("malformed", None, f"{self.path}: receipt client must be a name")
-        if not _is_hex(sha256):
+        if not is_hex(sha256):
             raise LedgerError("malformed", None, f"{self.path}: receipt sha256 must be 64 "
                               f"lowercase hex characters, got {sha256!r}")
         if not isinstance(bytes, int) or bytes < 0:

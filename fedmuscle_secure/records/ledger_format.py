@@ -40,7 +40,8 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
 
 
-def _is_hex(value: Any, length: int | None = 64) -> bool:
+def is_hex(value: Any, length: int | None = 64) -> bool:
+    """``value`` is lowercase hex (of ``length`` characters, unless None): a hash or signature."""
     return (isinstance(value, str) and (length is None or len(value) == length)
             and set(value) <= _HEX)
 
@@ -62,7 +63,7 @@ def payload_digest(*parts: Any) -> tuple[str, int]:
             data = bytes(part)
             header = {"dtype": "bytes", "shape": [len(data)]}
         else:
-            import torch
+            import torch  # deferred: heavy, and an audit reads digests without hashing tensors
 
             if not isinstance(part, torch.Tensor):
                 raise TypeError(f"payload_digest takes tensors or bytes, got {type(part).__name__}")
@@ -137,14 +138,14 @@ def _check_fields(entry: Any) -> str | None:
     checks = (
         (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0,
          "seq: a non-negative int"),
-        (_is_hex(entry["prev"]), "prev: 64 lowercase hex characters"),
+        (is_hex(entry["prev"]), "prev: 64 lowercase hex characters"),
         (isinstance(entry["time"], (int, float)) and not isinstance(entry["time"], bool),
          "time: a number"),
         (isinstance(entry["client"], str), "client: a string"),
         (isinstance(entry["kind"], str) and entry["kind"] != "", "kind: a non-empty string"),
         (isinstance(entry["body"], dict), "body: an object"),
-        (_is_hex(entry["hash"]), "hash: 64 lowercase hex characters"),
-        (entry["sig"] is None or _is_hex(entry["sig"], None), "sig: hex or null"),
+        (is_hex(entry["hash"]), "hash: 64 lowercase hex characters"),
+        (entry["sig"] is None or is_hex(entry["sig"], None), "sig: hex or null"),
     )
     bad = [what for ok, what in checks if not ok]
     return "expected " + "; ".join(bad) if bad else None
@@ -161,10 +162,20 @@ def scan_chain(
     (a seq lower than one before it, or repeated), deleted (a seq gap), and a broken link
     (``prev`` ≠ hash of seq-1 while both are present: an entry was re-hashed) as edited.
     """
-    entries: list[dict] = []
     problems: list[ChainProblem] = []
-    lines = body.split(b"\n")[:-1] if body else []
+    placed = _read_lines(body, public_key, client, problems)
+    by_seq = _order(placed, problems)
+    _gaps(by_seq, problems)
+    _links(by_seq, problems)
+    return [entry for _, entry in placed], problems
+
+
+def _read_lines(body: bytes, public_key: Ed25519PublicKey | None, client: str | None,
+                problems: list[ChainProblem]) -> list[tuple[int, dict]]:
+    """Each well-formed line as ``(line number, entry)``; a malformed line is reported and
+    left out, an edited or badly signed one reported and kept (its seq still counts)."""
     placed: list[tuple[int, dict]] = []
+    lines = body.split(b"\n")[:-1] if body else []
     for lineno, raw in enumerate(lines, start=1):
         entry, why = _parse_json_line(raw)
         if why is None:
@@ -186,8 +197,11 @@ def scan_chain(
             except IdentityError as exc:
                 problems.append(ChainProblem("signature", seq, lineno, str(exc)))
         placed.append((lineno, entry))
-        entries.append(entry)
+    return placed
 
+
+def _order(placed: list[tuple[int, dict]], problems: list[ChainProblem]) -> dict[int, dict]:
+    """The first entry of each seq; a seq repeated or lower than one before it is reordered."""
     by_seq: dict[int, dict] = {}
     highest = -1
     for lineno, entry in placed:
@@ -199,16 +213,24 @@ def scan_chain(
                 "reordered", seq, lineno, f"seq {seq} comes after seq {highest}"))
         by_seq.setdefault(seq, entry)
         highest = max(highest, seq)
-    present = sorted(by_seq)
+    return by_seq
+
+
+def _gaps(by_seq: dict[int, dict], problems: list[ChainProblem]) -> None:
+    """Every run of missing seqs, reported once as deleted."""
     expected = 0
-    for seq in present:
+    for seq in sorted(by_seq):
         if seq > expected:
             span = (f"entry {expected} is" if seq - 1 == expected
                     else f"entries {expected}..{seq - 1} are")
             problems.append(ChainProblem(
                 "deleted", expected, None, f"{span} missing (next present: {seq})"))
         expected = seq + 1
-    for seq in present:
+
+
+def _links(by_seq: dict[int, dict], problems: list[ChainProblem]) -> None:
+    """A ``prev`` that is not the hash of the entry before it (both present): re-hashed."""
+    for seq in sorted(by_seq):
         if seq == 0:
             want = GENESIS_PREV
         elif seq - 1 in by_seq:
@@ -220,7 +242,6 @@ def scan_chain(
                 "edited", seq, None,
                 f"prev does not match the hash of entry {seq - 1}: that entry was re-hashed "
                 "or this link was edited" if seq else "prev of entry 0 is not 64 zeros"))
-    return entries, problems
 
 
 def scan_file(
@@ -237,7 +258,9 @@ def scan_file(
     return ChainScan(path, entries, problems, tail, len(body))
 
 
-def _raise_first(path: Path, problems: Sequence[ChainProblem]) -> None:
+def raise_first_problem(path: Path, problems: Sequence[ChainProblem]) -> None:
+    """Raise the first of ``problems`` as a :class:`LedgerError` naming ``path`` and the line,
+    with how many more there are (a writer refuses a ledger it cannot extend safely)."""
     first = problems[0]
     where = f"line {first.line}: " if first.line is not None else ""
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
@@ -268,7 +291,7 @@ def read_receipts(path: str | os.PathLike) -> list[dict]:
     any other problem raises :class:`LedgerError`."""
     scan = scan_file(path, public_key=None)
     if scan.problems:
-        _raise_first(scan.path, scan.problems)
+        raise_first_problem(scan.path, scan.problems)
     if scan.tail is not None:
         log.warning("%s: ignoring a torn last line of %d bytes", scan.path, len(scan.tail))
     return [receipt_view(e) for e in scan.entries if e["kind"] == "receipt"]

@@ -19,14 +19,13 @@ lets ``decode(..., expect=...)`` refuse a message of the wrong direction from it
 before any body is decoded. With ``limits`` (the federation's
 :class:`~fedmuscle_secure.transport.limits.WireLimits`) :mod:`fedmuscle_secure.transport.scan` counts
 every repeated field against its cap before the protobuf parser allocates anything.
-Chunking: :mod:`fedmuscle_secure.transport.chunks`; tensors: :mod:`fedmuscle_secure.transport.tensor`.
+Chunking: :mod:`fedmuscle_secure.transport.chunks`; tensors: :mod:`fedmuscle_secure.transport.tensor`;
+field kinds: :mod:`fedmuscle_secure.transport.fields`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
@@ -44,9 +43,7 @@ from fedmuscle_secure.crypto.secagg.messages import (
     ShareInbox,
     UnmaskRequest,
     UnmaskShares,
-    frozen_map,
 )
-from fedmuscle_secure.crypto.secagg.shamir import PRIME_256
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.errors import EncodingError, ProtocolError
 from fedmuscle_secure.messages import (
@@ -67,6 +64,25 @@ from fedmuscle_secure.messages import (
     SitOut,
     SumTerms,
 )
+from fedmuscle_secure.transport.fields import (
+    BYTES_TUPLE,
+    CIPHERTEXTS,
+    GROUPS,
+    IDENTITY,
+    METRICS,
+    NAMES,
+    OPTIONAL,
+    SCALAR,
+    SHARE_BYTES,
+    SHARES,
+    SIGNATURES,
+    TENSOR,
+    Kind,
+    refuse,
+    required,
+    sequence,
+    unencodable,
+)
 from fedmuscle_secure.transport.scan import oneof_member, scan
 from fedmuscle_secure.transport.tensor import DTYPES, tensor_from_proto, tensor_to_proto
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
@@ -77,145 +93,25 @@ if TYPE_CHECKING:
 __all__ = ["DIRECTION", "DTYPES", "SHARE_BYTES", "Direction", "decode", "encode",
            "tensor_from_proto", "tensor_to_proto"]
 
-#: A Shamir share is an element of the M521 field: 521 bits, 66 bytes big-endian.
-SHARE_BYTES = 66
-
-
-def _refuse(reason: str) -> ProtocolError:
-    return ProtocolError("wire", "decode", reason)
-
-
-def _unencodable(reason: str) -> ProtocolError:
-    return ProtocolError("wire", "encode", reason)
-
-
-# --- field kinds: how one dataclass field maps onto the proto field of the same name -----
-
-Encoder = Callable[[ProtoMessage, str, Any, str], None]
-Decoder = Callable[[ProtoMessage, str, str], Any]
-
-
-@dataclass(frozen=True)
-class _Kind:
-    encode: Encoder
-    decode: Decoder
-
-
-def _set(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    setattr(p, name, value)
-
-
-def _get(p: ProtoMessage, name: str, where: str) -> Any:
-    return getattr(p, name)
-
-
-def _get_identity(p: ProtoMessage, name: str, where: str) -> str:
-    value = getattr(p, name)
-    if not value:
-        raise _refuse(f"{where}: missing (empty peer name)")
-    return value
-
-
-def _set_optional(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    if value is not None:
-        setattr(p, name, value)
-
-
-def _get_optional(p: ProtoMessage, name: str, where: str) -> Any:
-    return getattr(p, name) if p.HasField(name) else None
-
-
-def _required(p: ProtoMessage, name: str, where: str) -> Any:
-    if not p.HasField(name):
-        raise _refuse(f"{where}: missing")
-    return getattr(p, name)
-
-
-def _set_names(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    getattr(p, name).extend(_sequence(value, where))
-
-
-def _set_groups(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    for group in _sequence(value, where):
-        getattr(p, name).add().names.extend(_sequence(group, where))
-
-
-def _sequence(value: Any, where: str) -> tuple | list:
-    if not isinstance(value, (tuple, list)):
-        raise _unencodable(f"{where}: expected a tuple, got {type(value).__name__}")
-    return value
-
-
-def _unique(items: Any, where: str) -> dict:
-    out: dict = {}
-    for key, value in items:
-        if key in out:
-            raise _refuse(f"{where}: {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _entries(value: Any, where: str) -> Any:
-    if not isinstance(value, Mapping):
-        raise _unencodable(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value.items()
-
-
-def _set_metrics(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    for key, x in _entries(value, where):
-        getattr(p, name).add(name=key, value=float(x))
-
-
-def _set_ciphertexts(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    for peer, data in _entries(value, where):
-        getattr(p, name).add(peer=peer, ciphertext=data)
-
-
-def _set_signatures(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    for peer, data in _entries(value, where):
-        getattr(p, name).add(peer=peer, signature=data)
-
-
-def _share_to_bytes(value: Any, where: str) -> bytes:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < PRIME_256:
-        raise _unencodable(f"{where}: a share must be an int in [0, 2**521 - 1), got "
-                           f"{type(value).__name__}")
-    return value.to_bytes(SHARE_BYTES, "big")
-
-
-def _share_from_bytes(data: bytes, where: str) -> int:
-    if len(data) != SHARE_BYTES:
-        raise _refuse(f"{where}: a share must be {SHARE_BYTES} bytes, got {len(data)}")
-    value = int.from_bytes(data, "big")
-    if value >= PRIME_256:
-        raise _refuse(f"{where}: share is not below the field prime 2**521 - 1")
-    return value
-
-
-def _set_shares(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-    for peer, share in _entries(value, where):
-        getattr(p, name).add(peer=peer, share=_share_to_bytes(share, f"{where}[{peer!r}]"))
-
-
-def _nested(cls: type) -> _Kind:
+def _nested(cls: type) -> Kind:
     """A required sub-message holding a ``cls`` dataclass."""
     def enc(p: ProtoMessage, name: str, value: Any, where: str) -> None:
         getattr(p, name).SetInParent()
         _to_proto(value, getattr(p, name), where, cls)
 
     def dec(p: ProtoMessage, name: str, where: str) -> Any:
-        return _from_proto(cls, _required(p, name, where), where)
+        return _from_proto(cls, required(p, name, where), where)
 
-    return _Kind(enc, dec)
+    return Kind(enc, dec)
 
 
-def _repeated(cls: type, depth: int = 1) -> _Kind:
+def _repeated(cls: type, depth: int = 1) -> Kind:
     """A tuple (``depth`` 2: tuple of tuples) of ``cls`` dataclasses."""
     def enc(p: ProtoMessage, name: str, value: Any, where: str) -> None:
-        for i, item in enumerate(_sequence(value, where)):
+        for i, item in enumerate(sequence(value, where)):
             sub = getattr(p, name).add()
             if depth == 2:
-                for j, leaf in enumerate(_sequence(item, f"{where}[{i}]")):
+                for j, leaf in enumerate(sequence(item, f"{where}[{i}]")):
                     _to_proto(leaf, sub.matrices.add(), f"{where}[{i}][{j}]", cls)
             else:
                 _to_proto(item, sub, f"{where}[{i}]", cls)
@@ -228,7 +124,7 @@ def _repeated(cls: type, depth: int = 1) -> _Kind:
         return tuple(_from_proto(cls, sub, f"{where}[{i}]")
                      for i, sub in enumerate(getattr(p, name)))
 
-    return _Kind(enc, dec)
+    return Kind(enc, dec)
 
 
 def _set_encoding(p: ProtoMessage, name: str, value: Any, where: str) -> None:
@@ -253,7 +149,7 @@ _BODY_TYPE = {field: cls for cls, field in _BODY.items()}
 def _set_body(p: ProtoMessage, name: str, value: Any, where: str) -> None:
     field = _BODY.get(type(value))
     if field is None:
-        raise _unencodable(f"{where}: {type(value).__name__} is not a secagg stage message")
+        raise unencodable(f"{where}: {type(value).__name__} is not a secagg stage message")
     getattr(p, field).SetInParent()
     _to_proto(value, getattr(p, field), where, type(value))
 
@@ -261,32 +157,15 @@ def _set_body(p: ProtoMessage, name: str, value: Any, where: str) -> None:
 def _get_body(p: ProtoMessage, name: str, where: str) -> Any:
     field = p.WhichOneof(name)
     if field is None:
-        raise _refuse(f"{where}: no stage message (oneof body is empty)")
+        raise refuse(f"{where}: no stage message (oneof body is empty)")
     return _from_proto(_BODY_TYPE[field], getattr(p, field), where)
 
-
-SCALAR = _Kind(_set, _get)
-IDENTITY = _Kind(_set, _get_identity)
-OPTIONAL = _Kind(_set_optional, _get_optional)
-TENSOR = _Kind(lambda p, n, v, w: tensor_to_proto(v, getattr(p, n), where=w),
-               lambda p, n, w: tensor_from_proto(_required(p, n, w), where=w))
-NAMES = _Kind(_set_names, lambda p, n, w: tuple(getattr(p, n)))
-GROUPS = _Kind(_set_groups, lambda p, n, w: tuple(tuple(g.names) for g in getattr(p, n)))
-BYTES_TUPLE = _Kind(_set_names, lambda p, n, w: tuple(getattr(p, n)))
-METRICS = _Kind(_set_metrics,
-                lambda p, n, w: _unique(((m.name, m.value) for m in getattr(p, n)), w))
-CIPHERTEXTS = _Kind(_set_ciphertexts, lambda p, n, w: frozen_map(
-    _unique(((e.peer, e.ciphertext) for e in getattr(p, n)), w)))
-SIGNATURES = _Kind(_set_signatures, lambda p, n, w: frozen_map(
-    _unique(((e.peer, e.signature) for e in getattr(p, n)), w)))
-SHARES = _Kind(_set_shares, lambda p, n, w: frozen_map(
-    _unique(((e.peer, _share_from_bytes(e.share, f"{w}[{e.peer!r}]")) for e in getattr(p, n)), w)))
 
 _EXCHANGE = {"client": IDENTITY, "round": SCALAR, "epoch": SCALAR, "batch": OPTIONAL}
 _LAYOUT = {"layout": _nested(RowLayout), "ciphertexts": BYTES_TUPLE}
 
 #: Every dataclass that travels, field by field (proto fields carry the same names).
-_SPECS: dict[type, dict[str, _Kind]] = {
+_SPECS: dict[type, dict[str, Kind]] = {
     RoundPlan: {"client": IDENTITY, "round": SCALAR, "exchange": SCALAR, "batches": TENSOR},
     Representations: {**_EXCHANGE, "z": TENSOR},
     PeerTerms: {**_EXCHANGE, "peers": GROUPS, "scaled_peers": TENSOR, "log_alpha_pairs": TENSOR},
@@ -299,8 +178,8 @@ _SPECS: dict[type, dict[str, _Kind]] = {
     Finish: {"client": IDENTITY, "round": SCALAR},
     ExchangeAborted: {**_EXCHANGE, "reason": SCALAR},
     SitOut: {**_EXCHANGE, "reason": SCALAR},
-    SecAggEnvelope: {**_EXCHANGE, "body": _Kind(_set_body, _get_body),
-                     "encoding": _Kind(_set_encoding, _get_encoding)},
+    SecAggEnvelope: {**_EXCHANGE, "body": Kind(_set_body, _get_body),
+                     "encoding": Kind(_set_encoding, _get_encoding)},
     SecAggSetup: {"recipient": IDENTITY, "instance_id": SCALAR, "participants": NAMES,
                   "threshold": SCALAR, "vector_length": SCALAR},
     KeyBook: {"recipient": IDENTITY, "instance_id": SCALAR, "adverts": _repeated(AdvertiseKeys)},
@@ -368,12 +247,12 @@ _LIBRARY_ERRORS = (TypeError, ValueError, AttributeError, OverflowError)
 
 def _to_proto(msg: Any, p: ProtoMessage, where: str, cls: type) -> None:
     if type(msg) is not cls:
-        raise _unencodable(f"{where}: expected a {cls.__name__}, got {type(msg).__name__}")
+        raise unencodable(f"{where}: expected a {cls.__name__}, got {type(msg).__name__}")
     for name, kind in _SPECS[cls].items():
         try:
             kind.encode(p, name, getattr(msg, name), f"{where}.{name}")
         except _LIBRARY_ERRORS as e:
-            raise _unencodable(f"{where}.{name}: {e}") from e
+            raise unencodable(f"{where}.{name}: {e}") from e
 
 
 def _from_proto(cls: type, p: ProtoMessage, where: str) -> Any:
@@ -381,7 +260,7 @@ def _from_proto(cls: type, p: ProtoMessage, where: str) -> Any:
     try:
         return cls(**values)
     except (EncodingError, *_LIBRARY_ERRORS) as e:  # the dataclass's own checks
-        raise _refuse(f"{where}: {e}") from e
+        raise refuse(f"{where}: {e}") from e
 
 
 # --- front door ---------------------------------------------------------------------------
@@ -395,7 +274,7 @@ def encode(msg: Message) -> bytes:
     """
     field = _ENVELOPE.get(type(msg))
     if field is None:
-        raise _unencodable(f"{type(msg).__name__} is not a protocol message")
+        raise unencodable(f"{type(msg).__name__} is not a protocol message")
     envelope = pb.Envelope()
     getattr(envelope, field).SetInParent()
     _to_proto(msg, getattr(envelope, field), type(msg).__name__, type(msg))
@@ -431,7 +310,7 @@ def decode(data: bytes, *, expect: Direction | None = None, sender: str = "wire"
     the field.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise _refuse(f"expected bytes, got {type(data).__name__}")
+        raise refuse(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if expect is not None:
         check_direction(message_type(data), expect, sender)
@@ -441,9 +320,9 @@ def decode(data: bytes, *, expect: Direction | None = None, sender: str = "wire"
     try:
         envelope.ParseFromString(data)
     except DecodeError as e:
-        raise _refuse(f"not a fedmuscle.v1.Envelope ({e})") from e
+        raise refuse(f"not a fedmuscle.v1.Envelope ({e})") from e
     field = envelope.WhichOneof("message")
     if field is None:
-        raise _refuse("Envelope carries no message (oneof message is empty)")
+        raise refuse("Envelope carries no message (oneof message is empty)")
     cls = _ENVELOPE_TYPE[field]
     return _from_proto(cls, getattr(envelope, field), cls.__name__)

@@ -4,7 +4,8 @@ Every protocol message's size follows from the config: N clients, M peers, B row
 d, nb batches per exchange (1 under ``per_batch``, ``public_size // B`` under
 ``per_epoch``), T contrastive epochs and, under ``ckks``, the ciphertext size of the CKKS
 parameters. :func:`wire_limits` turns them into the :class:`WireLimits` both ends of the
-deployment decode with:
+deployment decode with. The CKKS parameters are an argument, given by the caller: turning
+a config into them is the federation's work, not the transport's.
 
 * **repeated-field caps** (:meth:`WireLimits.cap`, checked by :mod:`fedmuscle_secure.transport.scan`
   before anything is parsed): name and peer lists (participants, survivors, dropped, key
@@ -30,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.crypto.ckks import CkksParameters, RowLayout
 from fedmuscle_secure.transport.tensor import MAX_NDIM
 
 __all__ = ["CAPS", "MAX_METRICS", "MAX_NDIM", "PAYLOAD_MARGIN", "PAYLOAD_SLACK", "WireLimits",
@@ -86,14 +88,12 @@ class WireLimits:
         return getattr(self, CAPS.get((message, field), "clients"))
 
 
-def _ckks_sizes(cfg: ExperimentConfig) -> tuple[int, int]:
+def _ckks_sizes(cfg: ExperimentConfig, params: CkksParameters | None) -> tuple[int, int]:
     """(ciphertexts per encrypted B × d matrix, upper bound on one ciphertext's bytes)."""
     if cfg.protection != "ckks":
         return 0, 0
-    from fedmuscle_secure.crypto.ckks import CkksParameters
-    from fedmuscle_secure.crypto.ckks.ops import RowLayout
-
-    params = CkksParameters(**cfg.ckks.model_dump())
+    if params is None:
+        raise ValueError("wire limits of a 'ckks' federation need its CKKS parameters")
     layout = RowLayout.for_shape(cfg.muscle.batch_size, cfg.muscle.dim, params)
     primes = len(params.coeff_mod_bit_sizes) - 1  # the special prime is not in a ciphertext
     return layout.num_ciphertexts, 2 * params.poly_modulus_degree * primes * 8 + _CIPHERTEXT_HEADER
@@ -105,12 +105,13 @@ def _batches_per_exchange(cfg: ExperimentConfig) -> int:
     return max(1, cfg.data.public_size // cfg.muscle.batch_size)
 
 
-def message_bounds(cfg: ExperimentConfig) -> dict[str, int]:
-    """Upper bounds on the bytes of each kind of message ``cfg``'s federation sends."""
+def message_bounds(cfg: ExperimentConfig, ckks: CkksParameters | None = None) -> dict[str, int]:
+    """Upper bounds on the bytes of each kind of message ``cfg``'s federation sends;
+    ``ckks``: the federation's CKKS parameters, required under ``protection: ckks``."""
     n, m, b, d = len(cfg.clients), cfg.muscle.num_selected, cfg.muscle.batch_size, cfg.muscle.dim
     nb = _batches_per_exchange(cfg)
     pairs = m * (m - 1) // 2
-    per_matrix, ciphertext = _ckks_sizes(cfg)
+    per_matrix, ciphertext = _ckks_sizes(cfg, ckks)
     bounds = {
         "RoundPlan": cfg.training.cl_epochs * (cfg.data.public_size // b) * b * _ELEMENT,
         "Representations": nb * b * d * _ELEMENT,
@@ -126,9 +127,10 @@ def message_bounds(cfg: ExperimentConfig) -> dict[str, int]:
     return bounds
 
 
-def wire_limits(cfg: ExperimentConfig) -> WireLimits:
-    """The :class:`WireLimits` of ``cfg``'s federation (module docs)."""
-    largest = max(message_bounds(cfg).values())
+def wire_limits(cfg: ExperimentConfig, ckks: CkksParameters | None = None) -> WireLimits:
+    """The :class:`WireLimits` of ``cfg``'s federation (module docs); ``ckks``: its CKKS
+    parameters, required under ``protection: ckks`` (ignored otherwise)."""
+    largest = max(message_bounds(cfg, ckks).values())
     return WireLimits(clients=len(cfg.clients), batches=_batches_per_exchange(cfg),
-                      ciphertexts=_ckks_sizes(cfg)[0],
+                      ciphertexts=_ckks_sizes(cfg, ckks)[0],
                       max_payload_bytes=int(PAYLOAD_MARGIN * largest) + PAYLOAD_SLACK)

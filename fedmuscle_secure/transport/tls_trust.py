@@ -28,7 +28,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmuscle_secure.errors import DataError, IdentityError
 
-__all__ = ["CLIENTS_FILE", "CRL_FILE", "Trust", "load_trust"]
+__all__ = ["CLIENTS_FILE", "CRL_FILE", "MAX_CRL_BYTES", "Trust", "load_cert", "load_cert_file",
+           "load_crl", "load_trust", "name_attribute", "parse_crl", "pem_bytes", "read_clients",
+           "read_crl_file", "read_file", "revocation_entry", "utc_now", "validity_problem"]
 
 CLIENTS_FILE = "clients.yaml"
 CRL_FILE = "crl.pem"
@@ -36,7 +38,8 @@ _EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
               ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
 
 
-def _now(now: datetime | None) -> datetime:
+def utc_now(now: datetime | None) -> datetime:
+    """``now`` (which must be timezone-aware), or the current UTC time when it is None."""
     if now is None:
         return datetime.now(UTC)
     if now.tzinfo is None:
@@ -44,12 +47,14 @@ def _now(now: datetime | None) -> datetime:
     return now
 
 
-def _pem(obj: x509.Certificate | x509.CertificateRevocationList
+def pem_bytes(obj: x509.Certificate | x509.CertificateRevocationList
          | x509.CertificateSigningRequest) -> bytes:
+    """The PEM bytes of a certificate, CRL or CSR, as the CA directory stores them."""
     return obj.public_bytes(serialization.Encoding.PEM)
 
 
-def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+def name_attribute(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+    """The one value of ``oid`` in ``name``, or None when it is absent or repeated."""
     values = name.get_attributes_for_oid(oid)
     return str(values[0].value) if len(values) == 1 else None
 
@@ -57,14 +62,16 @@ def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
 # --- files of a CA directory (public parts) ---------------------------------------------
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_file(path: Path, what: str) -> bytes:
+    """The bytes of ``path``, or :class:`IdentityError` naming the file and ``what`` it is."""
     try:
         return path.read_bytes()
     except OSError as exc:
         raise IdentityError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
 
 
-def _load_cert(data: bytes, source: str) -> x509.Certificate:
+def load_cert(data: bytes, source: str) -> x509.Certificate:
+    """A PEM or DER certificate, or :class:`IdentityError` naming ``source``."""
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
@@ -77,7 +84,7 @@ def _load_cert(data: bytes, source: str) -> x509.Certificate:
 MAX_CRL_BYTES = 16 << 20
 
 
-def _read_crl_file(path: Path) -> bytes:
+def read_crl_file(path: Path) -> bytes:
     """The bytes of the CRL file ``path``, or :class:`IdentityError`. The running server
     re-reads this file under its coordinator's lock, and whoever can write it can put
     anything there: a FIFO would block ``open`` until someone writes to it (freezing the
@@ -97,16 +104,18 @@ def _read_crl_file(path: Path) -> bytes:
     return data
 
 
-def _cert_file(path: Path, what: str) -> x509.Certificate:
-    return _load_cert(_read(path, what), str(path))
+def load_cert_file(path: Path, what: str) -> x509.Certificate:
+    """The certificate in ``path`` (``what`` names it in errors)."""
+    return load_cert(read_file(path, what), str(path))
 
 
-def _load_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
+def load_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
+    """The CRL of the CA directory ``ca_dir``, its signature checked against ``ca_cert``."""
     path = ca_dir / CRL_FILE
-    return _parse_crl(_read_crl_file(path), path, ca_cert)
+    return parse_crl(read_crl_file(path), path, ca_cert)
 
 
-def _parse_crl(data: bytes, path: Path, ca_cert: x509.Certificate,
+def parse_crl(data: bytes, path: Path, ca_cert: x509.Certificate,
                ) -> x509.CertificateRevocationList:
     """``data`` (the bytes of ``path``) as a CRL signed by ``ca_cert``, or raise
     :class:`IdentityError`: a CRL the CA did not sign is never trusted."""
@@ -123,10 +132,11 @@ def _parse_crl(data: bytes, path: Path, ca_cert: x509.Certificate,
     return crl
 
 
-def _read_clients(ca_dir: Path) -> dict[str, str]:
+def read_clients(ca_dir: Path) -> dict[str, str]:
+    """The subject CN → client id map of ``ca_dir`` (``clients.yaml``), one subject per id."""
     path = ca_dir / CLIENTS_FILE
     try:
-        raw = yaml.safe_load(_read(path, "client map"))
+        raw = yaml.safe_load(read_file(path, "client map"))
     except yaml.YAMLError as exc:
         raise DataError(str(path), f"not valid YAML: {exc}") from None
     clients = raw.get("clients") if isinstance(raw, dict) else None
@@ -144,7 +154,9 @@ def _read_clients(ca_dir: Path) -> dict[str, str]:
     return clients
 
 
-def _revocation(crl: x509.CertificateRevocationList, serial: int) -> tuple[datetime, str] | None:
+def revocation_entry(crl: x509.CertificateRevocationList, serial: int,
+                     ) -> tuple[datetime, str] | None:
+    """``(revocation date, reason)`` of ``serial`` in ``crl``, or None if it is not revoked."""
     entry = crl.get_revoked_certificate_by_serial_number(serial)
     if entry is None:
         return None
@@ -155,7 +167,7 @@ def _revocation(crl: x509.CertificateRevocationList, serial: int) -> tuple[datet
     return entry.revocation_date_utc, reason
 
 
-def _window(cert: x509.Certificate, now: datetime) -> tuple[str, str] | None:
+def validity_problem(cert: x509.Certificate, now: datetime) -> tuple[str, str] | None:
     """``(status, detail)`` when ``now`` is outside the certificate's validity, else None."""
     if now < cert.not_valid_before_utc:
         return "not yet valid", f"not yet valid (from {cert.not_valid_before_utc.isoformat()})"
@@ -176,12 +188,12 @@ class Trust:
     @property
     def ca_pem(self) -> bytes:
         """The CA certificate as PEM (``grpc.ssl_server_credentials(root_certificates=...)``)."""
-        return _pem(self.ca_cert)
+        return pem_bytes(self.ca_cert)
 
     def revocation(self, cert: x509.Certificate) -> str | None:
         """Why this CRL revokes ``cert`` (date, reason and CRL file), or None. Only the
         CRL: a connected member is checked with it when the CRL changes mid-run."""
-        if (revoked := _revocation(self.crl, cert.serial_number)) is None:
+        if (revoked := revocation_entry(self.crl, cert.serial_number)) is None:
             return None
         return (f"revoked on {revoked[0].isoformat()} (reason {revoked[1]}) by "
                 f"{self.source / CRL_FILE}")
@@ -195,12 +207,12 @@ class Trust:
         (in the CRL, or the CRL itself is stale), a CA certificate or no clientAuth EKU,
         and a subject CN with no client id (DESIGN §6: unknown or revoked identities).
         """
-        now = _now(now)
+        now = utc_now(now)
         if isinstance(cert, str):
             cert = cert.encode("ascii", errors="replace")
         if not isinstance(cert, x509.Certificate):
-            cert = _load_cert(cert, "peer certificate")
-        cn = _attr(cert.subject, NameOID.COMMON_NAME)
+            cert = load_cert(cert, "peer certificate")
+        cn = name_attribute(cert.subject, NameOID.COMMON_NAME)
         who = f"peer certificate CN={cn!r} serial {cert.serial_number:x}"
         ca_name = self.ca_cert.subject.rfc4514_string()
         try:
@@ -208,7 +220,7 @@ class Trust:
         except (ValueError, TypeError, InvalidSignature):
             raise IdentityError(f"{who}: not signed by our CA {ca_name} (issuer "
                                 f"{cert.issuer.rfc4514_string()})") from None
-        if (window := _window(cert, now)) is not None:
+        if (window := validity_problem(cert, now)) is not None:
             raise IdentityError(f"{who}: {window[1]}")
         next_update = self.crl.next_update_utc
         if next_update is None or now > next_update:
@@ -236,6 +248,6 @@ def load_trust(ca_dir: str | os.PathLike) -> Trust:
     Reload it (call again) to pick up a revocation: the returned object is immutable.
     """
     ca_dir = Path(ca_dir)
-    ca_cert = _cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
-    return Trust(ca_cert, _load_crl(ca_dir, ca_cert),
-                 MappingProxyType(dict(_read_clients(ca_dir))), ca_dir)
+    ca_cert = load_cert_file(ca_dir / "ca" / "ca.crt", "CA certificate")
+    return Trust(ca_cert, load_crl(ca_dir, ca_cert),
+                 MappingProxyType(dict(read_clients(ca_dir))), ca_dir)

@@ -17,7 +17,7 @@ older CRL, validly signed before the revocation, would otherwise un-revoke a mem
 that fails either check is logged as an error and recorded (``crl_rejected``), and the
 last good one stays in force; the server neither crashes nor trusts more than before. The
 file is read without blocking and only if it is a regular file of bounded size
-(:func:`~fedmuscle_secure.transport.tls_trust._read_crl_file`): the check runs under the
+(:func:`~fedmuscle_secure.transport.tls_trust.read_crl_file`): the check runs under the
 coordinator's lock, where a FIFO or an endless file would freeze or exhaust the server.
 """
 
@@ -37,9 +37,9 @@ from fedmuscle_secure.errors import IdentityError
 from fedmuscle_secure.transport.tls_trust import (
     CRL_FILE,
     Trust,
-    _parse_crl,
-    _read_crl_file,
     load_trust,
+    parse_crl,
+    read_crl_file,
 )
 
 __all__ = ["LiveTrust"]
@@ -65,7 +65,7 @@ class LiveTrust:
         self.on_event = on_event
         self._trust: Trust = load_trust(ca_dir)
         self._stamp = self._stat()
-        self._digest = hashlib.sha256(_read_crl_file(self.path)).digest()
+        self._digest = hashlib.sha256(read_crl_file(self.path)).digest()
         self.last_error: str | None = None  # why the newest CRL file was not taken
 
     @property
@@ -91,11 +91,11 @@ class LiveTrust:
             return self._trust
         self._stamp = stamp  # a rejected file is reported once, not at every boundary
         try:
-            data = _read_crl_file(self.path)
+            data = read_crl_file(self.path)
             digest = hashlib.sha256(data).digest()
             if digest == self._digest:
                 return self._trust
-            crl = _parse_crl(data, self.path, self._trust.ca_cert)
+            crl = parse_crl(data, self.path, self._trust.ca_cert)
             old, new = _crl_number(self._trust.crl), _crl_number(crl)
             if new < old:
                 raise IdentityError(f"{self.path}: CRL number {new} is older than the CRL in "

@@ -151,7 +151,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     server = build_server(cfg, method, setup)
     rows, start = _restore(server, ck, excluded)
     coordinator, receipts = _coordinator(cfg, run, server, settings, trust, excluded)
-    limits = wire_limits(cfg)
+    limits = wire_limits(cfg, contexts.params if contexts is not None else None)
     try:
         grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits,
                                               run_id=run_id)

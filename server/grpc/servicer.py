@@ -39,7 +39,6 @@ from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
 
 from fedmuscle_secure.console.progress import OPERATOR
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError
-from fedmuscle_secure.provision.ca import Trust
 from fedmuscle_secure.transport.chunks import Chunk
 from fedmuscle_secure.transport.limits import WireLimits
 from fedmuscle_secure.transport.streams import (
@@ -50,7 +49,7 @@ from fedmuscle_secure.transport.streams import (
     TransportOptions,
     outbound,
 )
-from fedmuscle_secure.transport.tls_trust import _load_cert
+from fedmuscle_secure.transport.tls_trust import Trust, load_cert
 from fedmuscle_secure.transport.trust_reload import LiveTrust
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
@@ -81,7 +80,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             reason = f"client id {client!r} is not in this federation's config"
             log.warning("refused %s: %s", context.peer(), reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-        return client, _load_cert(pems[0], "peer certificate")
+        return client, load_cert(pems[0], "peer certificate")
 
     def Exchange(self, request_iterator: Iterator[Chunk],
                  context: grpc.ServicerContext) -> Iterator[Chunk]:

@@ -5,6 +5,8 @@ direction the config gives."""
 from __future__ import annotations
 
 import pytest
+
+from fedmuscle_secure.federation.ckks import ckks_parameters
 from helpers.tiny import tiny_config
 
 from fedmuscle_secure.federation.split import make_split
@@ -21,7 +23,7 @@ def _round_through_the_wire(cfg) -> set[str]:
     """One round of ``cfg``'s real state machines, every message encoded and decoded by
     its receiver under the federation's limits and direction; the kinds that travelled."""
     fed = build_federation(cfg, make_split(cfg), cfg.muscle.method)
-    limits = wire_limits(cfg)
+    limits = wire_limits(cfg, ckks_parameters(cfg, None) if cfg.protection == "ckks" else None)
     kinds: set[str] = set()
 
     def cross(msg, direction: Direction):

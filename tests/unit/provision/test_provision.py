@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.errors import ConfigError, IdentityError
 from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
+from fedmuscle_secure.provision import csr, revocation
 
 PROJECT = {
     "name": "demo-federation",
@@ -228,7 +228,7 @@ def test_csr_sign_flow_keeps_the_key_at_the_org(
     assert main(["provision", "sign", "--ca", str(ca_dir), "--csr", str(csr_path),
                  "--client-id", "client_2"]) == 2
     assert "revoke it first" in capsys.readouterr().err
-    pki.make_csr("lab-d", home)
+    csr.make_csr("lab-d", home)
     assert main(["provision", "sign", "--ca", str(ca_dir), "--csr", str(home / "lab-d.csr"),
                  "--client-id", "client_0"]) == 2
     assert "already the client id of 'hospital-a'" in capsys.readouterr().err
@@ -236,14 +236,14 @@ def test_csr_sign_flow_keeps_the_key_at_the_org(
 
 
 def test_sign_rejects_a_tampered_csr(tmp_path: Path, ca_dir: Path) -> None:
-    files = pki.make_csr("lab-c", tmp_path / "home")
+    files = csr.make_csr("lab-c", tmp_path / "home")
     der = x509.load_pem_x509_csr(files.csr_path.read_bytes()).public_bytes(
         serialization.Encoding.DER)
     assert der.count(b"lab-c") == 1
     forged = tmp_path / "forged.csr"
     forged.write_bytes(der.replace(b"lab-c", b"lab-x"))  # same length: still parses
     with pytest.raises(IdentityError, match="CSR signature does not verify"):
-        pki.sign_csr(ca_dir, forged, "client_9")
+        csr.sign_csr(ca_dir, forged, "client_9")
     assert not (ca_dir / "orgs" / "lab-x").exists()
     assert "lab-x" not in (ca_dir / "clients.yaml").read_text()
 
@@ -252,8 +252,8 @@ def test_resign_after_revocation_archives_the_old_certificate(tmp_path: Path,
                                                               ca_dir: Path) -> None:
     old = _cert(ca_dir / "orgs" / "hospital-b" / "hospital-b.crt")
     revocation.revoke(ca_dir, "hospital-b", reason=x509.ReasonFlags.key_compromise)
-    files = pki.make_csr("hospital-b", tmp_path / "home")
-    signed = pki.sign_csr(ca_dir, files.csr_path, "client_1")
+    files = csr.make_csr("hospital-b", tmp_path / "home")
+    signed = csr.sign_csr(ca_dir, files.csr_path, "client_1")
     archived = ca_dir / "orgs" / "hospital-b" / "revoked" / f"{old.serial_number:x}.crt"
     assert archived.is_file() and archived.with_suffix(".key").is_file()
     trust = pki.load_trust(ca_dir)

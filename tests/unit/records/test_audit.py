@@ -21,10 +21,10 @@ from fedmuscle_secure.records.audit import (
     EXIT_CODES,
     PRECEDENCE,
     AuditReport,
-    _fail,
     audit_ledger,
     audit_run,
 )
+from fedmuscle_secure.records.audit_report import fail
 from fedmuscle_secure.records.ledger import Ledger, ReceiptLog, entry_hash
 
 
@@ -291,7 +291,7 @@ def test_exit_code_precedence_order():
     assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
     for later_i, later in enumerate(PRECEDENCE):
         for earlier in PRECEDENCE[:later_i]:
-            report = AuditReport(failures=[_fail(later, "a", 1, "x"), _fail(earlier, "a", 2, "y")])
+            report = AuditReport(failures=[fail(later, "a", 1, "x"), fail(earlier, "a", 2, "y")])
             assert report.exit_code() == EXIT_CODES[earlier]
 
 

@@ -13,12 +13,12 @@ from fedmuscle_secure.crypto.identity import (
     load_private,
     load_public,
     public_pem,
-    save_identity,
     sign_entry_hash,
     verify_entry_signature,
 )
 
 from fedmuscle_secure.errors import IdentityError, LedgerError
+from fedmuscle_secure.records.identity_files import save_identity
 from fedmuscle_secure.records.ledger import (
     GENESIS_PREV,
     Ledger,

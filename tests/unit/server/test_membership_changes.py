@@ -84,7 +84,7 @@ def _foreign_crl(pki_dir):
     ca = pki.load_authority(pki_dir)
     other = pki.new_authority(ca.federation, days=30)
     forged = pki.Authority(other.key, ca.cert)  # keeps the real CA's name and key id
-    return pki._pem(pki._build_crl(forged, [], 99, 30, pki._now(None)))
+    return pki.pem_bytes(pki.build_crl(forged, [], 99, 30, pki.utc_now(None)))
 
 
 def _flipped_signature(pki_dir):

@@ -614,6 +614,7 @@ def test_the_unpickling_tripwire_fires(monkeypatch, how):
     import io
     import pickle
 
+    from fedmuscle_secure.transport import fields as wire_fields
     from fedmuscle_secure.transport import tensor as wire_tensor
     unpickler = pickle._Unpickler  # the pure-Python class, taken before the tripwires
     if how == "bound by name":
@@ -634,7 +635,7 @@ def test_the_unpickling_tripwire_fires(monkeypatch, how):
             pass  # a decoder may swallow errors: the recorded call still fails the check
         return real(p, *args, **kwargs)
 
-    monkeypatch.setattr(wire, "tensor_from_proto", unpickling)
+    monkeypatch.setattr(wire_fields, "tensor_from_proto", unpickling)  # the tensor field kind
     with pytest.raises(AssertionError, match="reached an unpickler"):
         _decode_all(calls)
 

@@ -15,6 +15,8 @@ import hashlib
 import types
 
 import pytest
+
+from fedmuscle_secure.federation.ckks import ckks_parameters
 import torch
 from fedmuscle_secure.crypto.secagg.messages import (
     AdvertiseKeys,
@@ -296,3 +298,11 @@ def test_with_the_limit_overridden_the_scan_still_refuses_it(expect, match):
 def test_wire_limits_refuse_nonsense():
     with pytest.raises(ValueError, match="clients"):
         WireLimits(clients=-1, batches=1, ciphertexts=0, max_payload_bytes=1)
+
+
+def test_ckks_limits_need_the_federations_parameters():
+    """The transport does not derive CKKS parameters from a config: its caller passes them."""
+    cfg = tiny_config(protection="ckks")
+    with pytest.raises(ValueError, match="CKKS parameters"):
+        wire_limits(cfg)
+    assert wire_limits(cfg, ckks_parameters(cfg, None)).ciphertexts >= 1

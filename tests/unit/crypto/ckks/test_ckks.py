@@ -38,7 +38,7 @@ from fedmuscle_secure.crypto.ckks import (
     scale,
     sq_norm_minus,
 )
-from fedmuscle_secure.crypto.ckks.ops import _build_envelope, _parse_envelope
+from fedmuscle_secure.crypto.ckks.envelope import build_envelope, parse_envelope
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tenseal import sealapi
@@ -359,9 +359,9 @@ def test_malformed_metadata_is_refused(secret: SecretContext) -> None:
 
 def test_envelope_reproduces_tenseal_bytes(secret: SecretContext) -> None:
     data = ts.ckks_vector(secret._ts, [1.0, 2.0, 3.0]).serialize()
-    sizes, cts, scale_ = _parse_envelope(data)
+    sizes, cts, scale_ = parse_envelope(data)
     assert sizes == [3] and len(cts) == 1 and scale_ == 2.0**40
-    assert _build_envelope(sizes, cts, scale_) == data
+    assert build_envelope(sizes, cts, scale_) == data
 
 
 @settings(max_examples=50, deadline=None)
@@ -371,10 +371,10 @@ def test_envelope_reproduces_tenseal_bytes(secret: SecretContext) -> None:
     scale_=st.floats(allow_nan=False),
 )
 def test_envelope_round_trip_property(sizes, cts, scale_) -> None:
-    assert _parse_envelope(_build_envelope(sizes, cts, scale_)) == (sizes, cts, scale_)
+    assert parse_envelope(build_envelope(sizes, cts, scale_)) == (sizes, cts, scale_)
 
 
 @pytest.mark.parametrize("data", [b"\x0a\xff", b"\x12\x05ab", b"\x22\x00", b"\x19\x00"])
 def test_envelope_rejects_malformed(data: bytes) -> None:
     with pytest.raises(EncodingError, match="CKKSVectorProto"):
-        _parse_envelope(data)
+        parse_envelope(data)
