@@ -22,6 +22,7 @@ import time
 
 import torch
 from _stopwatch import Stopwatch
+
 from fedmuscle_secure.crypto.ckks import (
     CkksParameters,
     SecretContext,
@@ -33,7 +34,6 @@ from fedmuscle_secure.crypto.ckks import (
     scale,
     sq_norm_minus,
 )
-
 from fedmuscle_secure.federation.checks import load_config
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation

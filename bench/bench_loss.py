@@ -32,13 +32,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from fedmuscle_secure.losses import (
     muscle_loss_broadcast,
@@ -204,7 +199,7 @@ def peak_mb(method: str, b: int, m: int, threads: int) -> float:
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=dict(os.environ),  # the package comes from the installed environment
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 from _stopwatch import Stopwatch
-from fedmuscle_secure.client.privacy import ClientPrivacy
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
+from fedmuscle_secure.client.privacy import ClientPrivacy
 from fedmuscle_secure.dp.sampling import CsprngPoissonSampler
 from fedmuscle_secure.federation.checks import load_config
 from fedmuscle_secure.federation.split import make_split

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 from _stopwatch import Stopwatch
+
 from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-from fedmuscle_secure.server.computation import peer_sums
-
 from fedmuscle_secure.federation.checks import load_config
 from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.server.computation import peer_sums
 from fedmuscle_secure.simulator import build_federation
 
 N_CLIENTS = 10
@@ -65,7 +65,7 @@ def ours(z: list[torch.Tensor], dropout: float, threshold: int) -> dict[str, flo
     setups = server.start()
     server_s += time.perf_counter() - t0
     clients, inbox = {}, []
-    for setup, zi in zip(setups, z):
+    for setup, zi in zip(setups, z, strict=True):
         c = setup.recipient
         t0 = time.perf_counter()
         vector = enc.encode(zi.double(), (zi.double() ** 2).sum(-1))[0]
@@ -91,7 +91,7 @@ def ours(z: list[torch.Tensor], dropout: float, threshold: int) -> dict[str, flo
     t0 = time.perf_counter()
     u, _ = enc.decode(server.result)
     server_s += time.perf_counter() - t0
-    want = sum(zi.double() for c, zi in zip(names, z) if c not in dropped)
+    want = sum(zi.double() for c, zi in zip(names, z, strict=True) if c not in dropped)
     correct = float((u - want).abs().max()) <= enc.z_codec.precision_for(n) * 2
     return {"client_s": client_s / n, "server_s": server_s, "total_s": client_s + server_s,
             "correct": float(correct)}

@@ -60,7 +60,7 @@ def main() -> int:
     jobs = [(args.config, s, m, f"{out}/{m}", max(1, 2 // args.jobs))
             for s in args.seeds for m in ["local", *args.methods]]
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(_one, *zip(*jobs)))
+        results = list(pool.map(_one, *zip(*jobs, strict=True)))
     by = {(r["seed"], r["method"]): r for r in results}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

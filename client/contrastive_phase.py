@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.client.contrastive import contrastive_loss
 from fedmuscle_secure.client.protection.base import PlainReply
 from fedmuscle_secure.client.release_record import ReleaseGuard
 from fedmuscle_secure.client.settings import ClientSettings
-
-from fedmuscle_secure.baselines.phases import PublicBatch, no_grad_release, public_phase
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.data.views import random_affine_view
 from fedmuscle_secure.messages import GroupOutputs, SumTerms

@@ -50,7 +50,6 @@ from fedmuscle_secure.messages import (  # noqa: F401  (the first two: re-export
 
 if TYPE_CHECKING:
     from fedmuscle_secure.client.privacy import ClientPrivacy
-
     from fedmuscle_secure.config import ExperimentConfig
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from fedmuscle_secure.client.report_policy import ReportPolicy
 
+from fedmuscle_secure.client.report_policy import ReportPolicy
 from fedmuscle_secure.messages import RoundPlan
 from fedmuscle_secure.seeding import public_batches
 

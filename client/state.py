@@ -18,6 +18,7 @@ import enum
 from typing import TYPE_CHECKING
 
 import torch
+
 from fedmuscle_secure.client.contrastive_phase import ContrastivePhase
 from fedmuscle_secure.client.protection.base import ClientProtection, PlainReply
 from fedmuscle_secure.client.protection.plain import PlainClientProtection
@@ -29,7 +30,6 @@ from fedmuscle_secure.client.settings import (  # noqa: F401  (PlanSpec: re-expo
     PlanSpec,
 )
 from fedmuscle_secure.client.training import LocalTraining
-
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError
 from fedmuscle_secure.messages import (

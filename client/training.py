@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+
 from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.client.settings import ClientSettings, LabelledData
-
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.seeding import derive_seed

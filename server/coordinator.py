@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from fedmuscle_secure.server.receipts import carries_release, record_receipt
-from fedmuscle_secure.server.state import FedMuscleServer
 
 from fedmuscle_secure.errors import FedMuscleError, IdentityError, ProtocolError
 from fedmuscle_secure.messages import (
@@ -53,6 +51,8 @@ from fedmuscle_secure.messages import (
     as_received,
     payload_bytes,
 )
+from fedmuscle_secure.server.receipts import carries_release, record_receipt
+from fedmuscle_secure.server.state import FedMuscleServer
 
 log = logging.getLogger("fedmuscle_secure.server")
 CLOSE = object()  # an outbox item: end the stream normally

@@ -7,7 +7,6 @@ simulator and the deployment's coordinator (:mod:`fedmuscle_secure.server.coordi
 from __future__ import annotations
 
 from fedmuscle_secure.crypto.secagg.messages import MaskedInput
-
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     Message,

@@ -24,13 +24,6 @@ import enum
 from dataclasses import dataclass
 
 import torch
-from fedmuscle_secure.server.protection import (
-    PlainServerProtection,
-    ReplyInputs,
-    ServerProtection,
-)
-from fedmuscle_secure.server.protection.base import Release
-from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.baselines import OUTPUT_RELEASING
 from fedmuscle_secure.baselines.group_outputs import group_output_replies
@@ -44,6 +37,13 @@ from fedmuscle_secure.messages import (
     SitOut,
 )
 from fedmuscle_secure.seeding import derive_seed, public_batches
+from fedmuscle_secure.server.protection import (
+    PlainServerProtection,
+    ReplyInputs,
+    ServerProtection,
+)
+from fedmuscle_secure.server.protection.base import Release
+from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 
 class ServerStage(enum.Enum):

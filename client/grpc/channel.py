@@ -18,8 +18,8 @@ import grpc
 import yaml
 
 from fedmuscle_secure.errors import FedMuscleError
-from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.address import split_host_port
+from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.tls_probe import Probe, Verdict, probe
 
 __all__ = ["ConnectionFailed", "HandshakeRefused", "RetrySettings", "ServerLost", "client_id_of",

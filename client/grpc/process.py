@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from fedmuscle_secure.client.grpc.channel import (
     ConnectionFailed,
     HandshakeRefused,
@@ -66,11 +67,9 @@ from fedmuscle_secure.client.grpc.own_run import (
 from fedmuscle_secure.client.grpc.records import OwnRecords
 from fedmuscle_secure.client.grpc.stream import Stream
 from fedmuscle_secure.client.state import ClientStage
-from fedmuscle_secure.crypto.identity import load_private, load_public
-from fedmuscle_secure.records.identity_files import save_public
-
 from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.console.deploy import ClientProgress
+from fedmuscle_secure.crypto.identity import load_private, load_public
 from fedmuscle_secure.errors import IdentityError
 from fedmuscle_secure.experiment.run import methods_of
 from fedmuscle_secure.experiment.rundir import RunDir
@@ -79,6 +78,7 @@ from fedmuscle_secure.federation.clients import build_client, final_model_spec
 from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
+from fedmuscle_secure.records.identity_files import save_public
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.crypto.ckks import (
     SecretContext,
@@ -21,7 +22,6 @@ from fedmuscle_secure.crypto.ckks import (
     encrypt_matrix,
     encrypt_row_values,
 )
-
 from fedmuscle_secure.losses import server_side_terms
 from fedmuscle_secure.messages import (
     EncryptedPeers,

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import MaskedInput, SecAggSetup, exchange_label
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import Message, SecAggEnvelope, SumTerms

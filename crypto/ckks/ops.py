@@ -34,9 +34,9 @@ from typing import TypeVar
 
 import tenseal as ts
 import torch
+
 from fedmuscle_secure.crypto.ckks.context import CkksParameters, PublicContext, SecretContext
 from fedmuscle_secure.crypto.ckks.envelope import build_envelope, parse_envelope
-
 from fedmuscle_secure.errors import ConfigError, EncodingError
 
 __all__ = [

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, MutableSet
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from fedmuscle_secure.crypto import _hazmat as hz
 from fedmuscle_secure.crypto.secagg.messages import (
     AdvertiseKeys,
@@ -47,7 +48,6 @@ from fedmuscle_secure.crypto.secagg.messages import (
 )
 from fedmuscle_secure.crypto.secagg.positions import pair_sign, share_x
 from fedmuscle_secure.crypto.secagg.shamir import PRIME_256, split
-
 from fedmuscle_secure.errors import IdentityError, ProtocolError
 
 SERVER = "server"

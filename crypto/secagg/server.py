@@ -34,6 +34,7 @@ from typing import NoReturn
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedmuscle_secure.crypto import _hazmat as hz
 from fedmuscle_secure.crypto.secagg.messages import (
     ORDER,
@@ -61,7 +62,6 @@ from fedmuscle_secure.crypto.secagg.shamir import (
     int_to_bytes32,
     robust_reconstruct,
 )
-
 from fedmuscle_secure.errors import IdentityError, ProtocolError
 
 

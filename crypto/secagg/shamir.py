@@ -224,7 +224,7 @@ def _interpolate(points: Sequence[tuple[int, int]], prime: int) -> list[int]:
     k = len(points)
     master = [1]
     for xj, _ in points:  # master ← master · (x − xj)
-        master = [(lo - xj * hi) % prime for lo, hi in zip([0, *master], [*master, 0])]
+        master = [(lo - xj * hi) % prime for lo, hi in zip([0, *master], [*master, 0], strict=True)]
     out = [0] * k
     for xi, yi in points:
         basis, carry = [0] * k, 0  # master / (x − xi), synthetic division from the top
@@ -236,7 +236,7 @@ def _interpolate(points: Sequence[tuple[int, int]], prime: int) -> list[int]:
             if xj != xi:
                 den = den * (xi - xj) % prime
         scale = yi * pow(den, -1, prime) % prime
-        out = [(o + scale * b) % prime for o, b in zip(out, basis)]
+        out = [(o + scale * b) % prime for o, b in zip(out, basis, strict=True)]
     return out
 
 
@@ -254,7 +254,7 @@ def _solve(rows: list[list[int]], prime: int) -> list[int] | None:
         for i, row in enumerate(rows):
             if i != rank and row[col]:
                 f = row[col]
-                rows[i] = [(a - f * b) % prime for a, b in zip(row, rows[rank])]
+                rows[i] = [(a - f * b) % prime for a, b in zip(row, rows[rank], strict=True)]
         pivots.append(col)
         rank += 1
     if any(row[m] for row in rows[rank:]):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from fedmuscle_secure.crypto.encoding import FixedPointCodec
 
+from fedmuscle_secure.crypto.encoding import FixedPointCodec
 from fedmuscle_secure.errors import EncodingError
 
 

@@ -16,7 +16,8 @@ def load_dataset(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     assert cfg.path is not None  # checked by config validation
     if cfg.dataset in ("cifar10", "cifar100"):
         xs, ys = zip(
-            *(load_cifar(cfg.path, variant=cfg.dataset, split=s) for s in ("train", "test"))
+            *(load_cifar(cfg.path, variant=cfg.dataset, split=s) for s in ("train", "test")),
+            strict=True,
         )
         return np.concatenate(xs), np.concatenate(ys)
     x, y, _ = load_image_folder(cfg.path, image_size=cfg.image_size or 32)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.identity import generate_identity, load_private
-from fedmuscle_secure.records.identity_files import save_identity
 from fedmuscle_secure.dp.accounting import calibrate_noise_multiplier
+from fedmuscle_secure.records.identity_files import save_identity
 
 
 @dataclass(frozen=True)

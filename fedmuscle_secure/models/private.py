@@ -180,7 +180,7 @@ def _gradient_mismatch(model: ClientModel, x: torch.Tensor, mode: str,
             ref = math.sqrt(sum(float((b ** 2).sum()) for b in single if b is not None))
             ref = ref or 1e-30
             total = 0.0
-            for (name, p), b in zip(named, single):
+            for (name, p), b in zip(named, single, strict=True):
                 gs = getattr(p, "grad_sample", None)
                 if b is None and gs is None:  # a parameter the task forward does not use
                     continue

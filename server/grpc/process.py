@@ -35,19 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmuscle_secure.crypto.identity import load_public
-from fedmuscle_secure.server.coordinator import Coordinator, TransportError
-from fedmuscle_secure.server.grpc.membership import (
-    EXCLUDED,
-    barred_on_resume,
-    final_row_metrics,
-    resolve_exclusions,
-)
-from fedmuscle_secure.server.grpc.servicer import FedMuscleServicer, start_grpc_server
-
 from fedmuscle_secure.config import ExperimentConfig, dump_config, validate_deployable
 from fedmuscle_secure.config_deployment import quorum
 from fedmuscle_secure.console.deploy import ServerProgress
+from fedmuscle_secure.crypto.identity import load_public
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, QuorumLost
 from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
@@ -65,6 +56,14 @@ from fedmuscle_secure.federation.server import build_server, open_receipts
 from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import as_received
+from fedmuscle_secure.server.coordinator import Coordinator, TransportError
+from fedmuscle_secure.server.grpc.membership import (
+    EXCLUDED,
+    barred_on_resume,
+    final_row_metrics,
+    resolve_exclusions,
+)
+from fedmuscle_secure.server.grpc.servicer import FedMuscleServicer, start_grpc_server
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.trust_reload import LiveTrust

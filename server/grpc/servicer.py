@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
 
 from fedmuscle_secure.console.progress import OPERATOR
 from fedmuscle_secure.errors import ConfigError, IdentityError, ProtocolError
+from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
 from fedmuscle_secure.transport.chunks import Chunk
 from fedmuscle_secure.transport.limits import WireLimits
 from fedmuscle_secure.transport.streams import (

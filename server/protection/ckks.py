@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedmuscle_secure.crypto.ckks import PublicContext, add, scale, sq_norm_minus
-from fedmuscle_secure.server.protection.base import Release, ReplyInputs, ServerProtection
-
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
     EncryptedPeers,
@@ -25,6 +23,7 @@ from fedmuscle_secure.messages import (
     EncryptedSumTerms,
     Message,
 )
+from fedmuscle_secure.server.protection.base import Release, ReplyInputs, ServerProtection
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ exchange is in, every client's reply is computed in batched torch
 from __future__ import annotations
 
 import torch
-from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
-from fedmuscle_secure.server.protection.base import ReplyInputs, ServerProtection
 
 from fedmuscle_secure.baselines import OUTPUT_RELEASING
 from fedmuscle_secure.baselines.fedhenn import peer_kernels
@@ -21,6 +19,8 @@ from fedmuscle_secure.messages import (
     Representations,
     TaskOutputs,
 )
+from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
+from fedmuscle_secure.server.protection.base import ReplyInputs, ServerProtection
 
 
 class PlainServerProtection(ServerProtection):

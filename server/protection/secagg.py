@@ -26,14 +26,14 @@ from collections.abc import Callable, Mapping
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedmuscle_secure.crypto.secagg.messages import SecAggStage, exchange_label, min_group
 from fedmuscle_secure.crypto.secagg.server import SecAggAborted, SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-from fedmuscle_secure.server.computation import sum_form_terms
-from fedmuscle_secure.server.protection.base import ServerProtection
-
 from fedmuscle_secure.errors import ProtocolError, QuorumLost
 from fedmuscle_secure.messages import ExchangeAborted, Message, SecAggEnvelope, SitOut, SumTerms
+from fedmuscle_secure.server.computation import sum_form_terms
+from fedmuscle_secure.server.protection.base import ServerProtection
 
 
 class SecAggServerProtection(ServerProtection):

@@ -3,9 +3,9 @@
 import math
 
 import pytest
-from helpers.baselines import baseline_config
 
 from fedmuscle_secure.experiment.run import run_experiment
+from helpers.baselines import baseline_config
 
 
 @pytest.mark.slow

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 import yaml
-from helpers.checkpoints import checkpoint_files
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.compare.runner import read_marker
 from fedmuscle_secure.errors import RunInterrupted
 from fedmuscle_secure.experiment.run import run_experiment
 from fedmuscle_secure.experiment.rundir import RunDir
+from helpers.checkpoints import checkpoint_files
+from helpers.tiny import tiny_config
 
 
 @pytest.mark.slow

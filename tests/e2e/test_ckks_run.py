@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.experiment.run import run_experiment
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.tiny import tiny_config
 
 # CKKS is approximate: at scale 2^40 a fresh or summed ciphertext decrypts within ~1e-7 of
 # its value and one multiplication (+ rotations) within ~1e-5

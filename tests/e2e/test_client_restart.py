@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fedmuscle_secure.client.grpc.process import STALL_ENV
+from fedmuscle_secure.experiment.rundir import RunDir
 from helpers.deploy_driver import (
     ORGS,
     cli,
@@ -31,8 +33,6 @@ from helpers.deploy_driver import (
 )
 from helpers.deploy_driver import rows as read_rows
 from helpers.tiny import tiny_config
-
-from fedmuscle_secure.experiment.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 

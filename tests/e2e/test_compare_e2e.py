@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 import yaml
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.compare.grid import expand_file
@@ -18,6 +17,7 @@ from fedmuscle_secure.compare.runner import read_marker, run_cell
 from fedmuscle_secure.config import dump_config
 from fedmuscle_secure.errors import RunInterrupted
 from fedmuscle_secure.experiment.run import run_experiment
+from helpers.tiny import tiny_config
 
 
 def events(out):

@@ -2,10 +2,10 @@ import csv
 import json
 
 import pytest
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import RunInterrupted
 from fedmuscle_secure.experiment.run import run_experiment
+from helpers.tiny import tiny_config
 
 
 def _rows(path):

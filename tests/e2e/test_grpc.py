@@ -22,8 +22,21 @@ import grpc
 import pytest
 import torch
 import yaml
+
 from fedmuscle_secure.client.grpc.process import FAILPOINT_ENV, STALL_ENV
+from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.experiment.run import run_experiment
+from fedmuscle_secure.federation.server import build_server
+from fedmuscle_secure.federation.setup import federation_setup
+from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.messages import RoundReport
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.server.grpc.process import Coordinator, start_grpc_server
+from fedmuscle_secure.simulator import build_federation
+from fedmuscle_secure.transport.limits import wire_limits
+from fedmuscle_secure.transport.streams import TransportOptions
+from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 from helpers.deploy_driver import (
     ORGS,
     cli,
@@ -36,19 +49,6 @@ from helpers.deploy_driver import (
 )
 from helpers.deploy_driver import rows as read_rows
 from helpers.tiny import FOUR, FOUR_CLIENTS, tiny_config
-
-from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.experiment.run import run_experiment
-from fedmuscle_secure.federation.server import build_server
-from fedmuscle_secure.federation.setup import federation_setup
-from fedmuscle_secure.federation.split import make_split
-from fedmuscle_secure.messages import RoundReport
-from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
-from fedmuscle_secure.simulator import build_federation
-from fedmuscle_secure.transport.limits import wire_limits
-from fedmuscle_secure.transport.streams import TransportOptions
-from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,6 @@ def _check_final_models(tmp: Path, cfg) -> None:
     """Each organisation kept its closing model (model/final.pt + final.json): loaded with
     models.load_final, it scores on the test split what the organisation reported."""
     from fedmuscle_secure.client.local_update import evaluate
-
     from fedmuscle_secure.data import get_task
     from fedmuscle_secure.models import load_final
 
@@ -391,9 +390,8 @@ def test_server_killed_and_restarted_resumes_without_a_second_release(tmp_path):
 
 
 def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
-    from fedmuscle_secure.server.grpc.process import serve
-
     from fedmuscle_secure.errors import ConfigError
+    from fedmuscle_secure.server.grpc.process import serve
 
     certs = provision(tmp_path)
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -407,9 +405,8 @@ def test_resume_refuses_another_config_or_an_empty_directory(tmp_path):
 
 def test_baselines_are_refused_by_both_processes(tmp_path):
     from fedmuscle_secure.client.grpc.process import run_client
-    from fedmuscle_secure.server.grpc.process import serve
-
     from fedmuscle_secure.errors import ConfigError
+    from fedmuscle_secure.server.grpc.process import serve
 
     cfg = tiny_config(**{"muscle.method": "simclr"})
     for start in (lambda: serve(cfg, tmp_path, "127.0.0.1:0", tmp_path / "s"),

@@ -20,17 +20,17 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from fedmuscle_secure.client.grpc.process import RetrySettings, run_client
-from fedmuscle_secure.server.grpc.process import ServeSettings, serve
-from helpers.deploy_driver import free_port, provision
-from helpers.tiny import tiny_config
 
+from fedmuscle_secure.client.grpc.process import RetrySettings, run_client
 from fedmuscle_secure.messages import Representations, RoundPlan, RoundReport
+from fedmuscle_secure.server.grpc.process import ServeSettings, serve
 from fedmuscle_secure.transport.chunks import Chunk, chunk
 from fedmuscle_secure.transport.codec import encode
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import Direction, Inbound, TransportOptions, outbound
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2_grpc as rpc
+from helpers.deploy_driver import free_port, provision
+from helpers.tiny import tiny_config
 
 pytestmark = pytest.mark.slow
 

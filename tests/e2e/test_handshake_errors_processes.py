@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from fedmuscle_secure.transport.tls_probe import Verdict, probe
 from helpers.deploy_driver import cli, free_port, server, wait_for
 from helpers.tiny import tiny_config
 from helpers.tls_folders import tls_files, two_pkis
-
-from fedmuscle_secure.transport.tls_probe import Verdict, probe
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.records.identity_files import save_identity
-from helpers.paths import REPO
-
-from fedmuscle_secure.records.identity_files import save_identity
 from fedmuscle_secure.records.ledger import Ledger, read_entries
+from helpers.paths import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
+
+from fedmuscle_secure.provision import revocation
 from helpers.deploy_driver import (
     cli,
     free_port,
@@ -34,8 +36,6 @@ from helpers.deploy_driver import (
     wait_for,
 )
 from helpers.tiny import FOUR, FOUR_CLIENTS, tiny_config
-
-from fedmuscle_secure.provision import revocation
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers.tiny import tiny_config
 from PIL import Image
 
 from fedmuscle_secure.experiment.run import run_experiment
+from helpers.tiny import tiny_config
 
 
 def _write_cifar10(root, per_file=40):

@@ -4,12 +4,12 @@ import csv
 import json
 
 import pytest
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.cli.audit import main_audit
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.dp.noise import representation_sensitivity
 from fedmuscle_secure.experiment.run import run_experiment
+from helpers.tiny import tiny_config
 
 
 def _rows(path):

@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+
+from fedmuscle_secure.experiment.run import run_experiment
+from fedmuscle_secure.records.audit import audit_run
 from helpers.report_privacy import (
     FROM_THE_MODEL,
     PRIVATE,
@@ -15,9 +18,6 @@ from helpers.report_privacy import (
     report_config,
     round_as_the_server_sees_it,
 )
-
-from fedmuscle_secure.experiment.run import run_experiment
-from fedmuscle_secure.records.audit import audit_run
 
 
 @pytest.mark.slow

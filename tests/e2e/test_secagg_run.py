@@ -7,12 +7,12 @@ import json
 import math
 
 import pytest
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.experiment.run import run_experiment
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.records.audit import audit_run
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.tiny import tiny_config
 
 
 @pytest.mark.slow

@@ -7,14 +7,13 @@ from __future__ import annotations
 import pytest
 
 from fedmuscle_secure.federation.ckks import ckks_parameters
-from helpers.tiny import tiny_config
-
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import SecAggEnvelope
 from fedmuscle_secure.simulator import build_federation
 from fedmuscle_secure.transport import codec as wire
 from fedmuscle_secure.transport.codec import Direction
 from fedmuscle_secure.transport.limits import wire_limits
+from helpers.tiny import tiny_config
 
 UP, DOWN = Direction.TO_SERVER, Direction.TO_CLIENT
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 import yaml
+
 from fedmuscle_secure.crypto.identity import generate_identity, public_pem
 from fedmuscle_secure.crypto.identity import sign_entry_hash as _sign
-
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.records.audit import AuditReport
 from fedmuscle_secure.records.identity_files import save_identity

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.paths import REPO
 
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.federation.checks import load_config, parse_config
+from helpers.paths import REPO
 
 DEFAULT = REPO / "configs" / "digits.yaml"
 
@@ -154,9 +154,8 @@ def test_set_overrides_are_validated_like_the_file(pair, says, capsys):
 
 
 def test_set_overrides_reach_the_resolved_config(tmp_path):
-    from helpers.tiny import tiny_config
-
     from fedmuscle_secure.config import dump_config
+    from helpers.tiny import tiny_config
 
     config = tmp_path / "tiny.yaml"
     config.write_text(dump_config(tiny_config(compare_local=False)))

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from helpers.paths import REPO as ROOT
 
 DESIGN = ROOT / "docs" / "design.md"

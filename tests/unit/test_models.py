@@ -39,12 +39,11 @@ def test_unknown_model_and_bad_kwargs_name_the_field():
 def test_the_final_model_round_trips_through_its_files(tmp_path, dp_sgd):
     """What an organisation keeps (models.save_final) loads back (models.load_final) as the
     same model: same outputs on the same inputs, DP-SGD's replaced layers included."""
-    from helpers.tiny import tiny_config
-
     from fedmuscle_secure.federation.clients import build_client, final_model_spec
     from fedmuscle_secure.federation.setup import federation_setup
     from fedmuscle_secure.federation.split import make_split
     from fedmuscle_secure.models import load_final, save_final
+    from helpers.tiny import tiny_config
 
     over = {"compare_local": False}
     if dp_sgd:

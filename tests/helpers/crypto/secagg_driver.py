@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import STAGE_OF, SecAggStage
 from fedmuscle_secure.crypto.secagg.server import SecAggAborted, SecAggServer
-
 from fedmuscle_secure.errors import ProtocolError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

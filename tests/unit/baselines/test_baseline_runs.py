@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from helpers.baselines import baseline_config
 
 from fedmuscle_secure.baselines import SILENT, pseudo_label
 from fedmuscle_secure.federation.split import make_split
@@ -19,6 +18,7 @@ from fedmuscle_secure.messages import (
     TaskOutputs,
 )
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.baselines import baseline_config
 
 NB = 3  # public batches per round: 96 // 32
 

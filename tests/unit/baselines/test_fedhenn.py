@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.baselines.fedhenn import fedhenn_loss, linear_cka, peer_kernels
+from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 
 def _np_cka(k, l):

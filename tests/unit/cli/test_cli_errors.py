@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from fedmuscle_secure.cli.main import main
 from helpers.audit_fixtures import build_run
 from helpers.deploy_driver import provision
 from helpers.paths import REPO
 from helpers.tiny import tiny_config
-
-from fedmuscle_secure.cli.main import main
 
 
 def run_main(argv: list[str]) -> int:

@@ -15,11 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fedmuscle_secure.client.grpc.process import ConnectionFailed, RetrySettings, run_client
-from fedmuscle_secure.server.grpc.process import Coordinator, new_run_id, start_grpc_server
-from helpers.deploy_driver import provision
-from helpers.tiny import tiny_config
 
+from fedmuscle_secure.client.grpc.process import ConnectionFailed, RetrySettings, run_client
 from fedmuscle_secure.config import dump_config
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.experiment.rundir import RunDir
@@ -27,8 +24,11 @@ from fedmuscle_secure.federation.server import build_server
 from fedmuscle_secure.federation.setup import federation_setup
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.server.grpc.process import Coordinator, new_run_id, start_grpc_server
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
+from helpers.deploy_driver import provision
+from helpers.tiny import tiny_config
 
 CFG = tiny_config(compare_local=False)
 QUICK = RetrySettings(initial_s=0.1, max_s=0.2, deadline_s=3.0)

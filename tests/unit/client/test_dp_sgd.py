@@ -9,6 +9,11 @@ import math
 
 import pytest
 import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
+from timm.models.resnet import BasicBlock
+from torch import nn
+
 from fedmuscle_secure.client.dp_sgd import (
     MODE_ATTR,
     DPSGDConfig,
@@ -18,11 +23,6 @@ from fedmuscle_secure.client.dp_sgd import (
     recommended_grad_sample_mode,
     urandom_gaussian,
 )
-from opacus.grad_sample import GradSampleModule
-from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
-from timm.models.resnet import BasicBlock
-from torch import nn
-
 from fedmuscle_secure.data.tasks import get_task
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel, build_client_model
@@ -180,7 +180,7 @@ def _contrastive_step(model: ClientModel) -> None:
     model.represent(torch.rand(8, 1, 8, 8))[:, 0].sum().backward()
     opt.step()
     assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, encoder))
+    assert any(not torch.equal(a, b) for a, b in zip(before, encoder, strict=True))
 
 
 def _trainer(model: ClientModel, n: int, batch: int) -> DPSGDTrainer:
@@ -280,7 +280,7 @@ def test_clipping_bounds_the_summed_gradient(identical_rows, private_models, mon
     assert len(norms) == steps
     nonzero = [n for n in norms if n > 0]  # empty batches leave a zero gradient
     assert len(nonzero) == len(batch_sizes) > 0
-    for norm, batch in zip(nonzero, batch_sizes):
+    for norm, batch in zip(nonzero, batch_sizes, strict=True):
         summed = norm * trainer.expected_batch_size
         assert summed <= c * batch * (1 + 1e-4)
         if identical_rows:

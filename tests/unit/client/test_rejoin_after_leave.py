@@ -12,9 +12,6 @@ and the others finish; its ledger shows no spending after the leave.
 
 from __future__ import annotations
 
-from helpers.round_driver import drive, restart, snapshot
-from helpers.tiny import tiny_config
-
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.dp.noise import representation_sensitivity
 from fedmuscle_secure.federation.checks import parse_config
@@ -22,6 +19,8 @@ from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Leave
 from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.round_driver import drive, restart, snapshot
+from helpers.tiny import tiny_config
 
 
 def _config():

@@ -21,11 +21,9 @@ from collections import Counter, deque
 
 import pytest
 import torch
+
 from fedmuscle_secure.crypto.secagg.messages import MaskedInput
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
-from helpers.round_driver import drive, restart, snapshot
-from helpers.tiny import tiny_config
-
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import (
@@ -39,6 +37,8 @@ from fedmuscle_secure.messages import (
 )
 from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.round_driver import drive, restart, snapshot
+from helpers.tiny import tiny_config
 
 FOUR = [
     {"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"},
@@ -214,7 +214,6 @@ def test_audit_fails_a_ledger_with_two_releases_for_one_exchange(tmp_path):
     """A ledger that shows two releases for one exchange (a client built before the rule,
     or one that broke it) fails `audit` with its own code, naming the second entry."""
     from fedmuscle_secure.crypto.identity import generate_identity, public_pem
-
     from fedmuscle_secure.records.audit import audit_ledger
     from fedmuscle_secure.records.audit_report import EXIT_CODES
     from fedmuscle_secure.records.ledger import Ledger

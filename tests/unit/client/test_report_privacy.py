@@ -17,6 +17,10 @@ import json
 import math
 
 import pytest
+
+from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.messages import Finish, RoundReport
+from fedmuscle_secure.simulator import build_federation
 from helpers.report_privacy import (
     CLIENT_LEVEL,
     FROM_THE_MODEL,
@@ -27,10 +31,6 @@ from helpers.report_privacy import (
     report_config,
     round_as_the_server_sees_it,
 )
-
-from fedmuscle_secure.federation.split import make_split
-from fedmuscle_secure.messages import Finish, RoundReport
-from fedmuscle_secure.simulator import build_federation
 
 
 @pytest.mark.parametrize("privacy,over,withheld", [
@@ -89,11 +89,10 @@ def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_
     import threading
 
     from fedmuscle_secure.client.grpc.process import OwnRecords
-    from fedmuscle_secure.server.grpc.process import Coordinator, ServerRun, ServeSettings
-
     from fedmuscle_secure.data import get_task
     from fedmuscle_secure.experiment.rundir import RunDir
     from fedmuscle_secure.messages import NOT_REPORTED
+    from fedmuscle_secure.server.grpc.process import Coordinator, ServerRun, ServeSettings
 
     cfg = report_config(CLIENT_LEVEL, **SECAGG)
     split = make_split(cfg)

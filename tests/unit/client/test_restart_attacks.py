@@ -8,9 +8,9 @@ import threading
 import time
 
 import pytest
-from helpers.deploy_driver import provision
 
 from fedmuscle_secure.transport.tls_probe import Verdict, probe
+from helpers.deploy_driver import provision
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +136,10 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
     checkpoint of round 4, asks for round 5 again, and that rewind needs it; before, the
     client deleted it on the bogus message and could then only give up."""
     from fedmuscle_secure.client.grpc.process import exchange
-    from helpers.tiny import tiny_config
-
     from fedmuscle_secure.errors import ProtocolError
     from fedmuscle_secure.messages import Finish
     from fedmuscle_secure.transport.limits import wire_limits
+    from helpers.tiny import tiny_config
 
     run, client = _disk(tmp_path, (4, 5)), _Client(5)
     msg = _plan(1000) if kind == "plan" else Finish(client="a", round=1000)
@@ -192,7 +191,6 @@ def test_an_impostor_on_the_port_during_a_restart_does_not_make_a_client_give_up
         RetrySettings,
         open_channel,
     )
-
     from fedmuscle_secure.transport.streams import TransportOptions
 
     certs = provision(tmp_path_factory.mktemp("ours"))

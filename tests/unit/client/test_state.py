@@ -1,11 +1,11 @@
 import pytest
 import torch
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import PeerTerms, Representations, RoundPlan, RoundReport
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.tiny import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers.paths import REPO
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.compare.grid import expand_file, load_grid
 from fedmuscle_secure.errors import ConfigError
+from helpers.paths import REPO
+from helpers.tiny import tiny_config
 
 
 def write_grid(tmp_path, grid, base=None):

@@ -7,7 +7,6 @@ import io
 import logging
 
 import torch
-from helpers.clock import Clock
 
 from fedmuscle_secure.console.progress import (
     DEBUG,
@@ -25,6 +24,7 @@ from fedmuscle_secure.console.progress import (
 )
 from fedmuscle_secure.console.rounds import PhaseTracker, epsilon_text
 from fedmuscle_secure.messages import Finish, PeerSums, RoundPlan
+from helpers.clock import Clock
 
 CLEAR = "\r\x1b[K"
 
@@ -193,9 +193,8 @@ def test_the_server_line_names_the_epsilon_the_members_reported_and_who_left(cap
     import threading
     from types import SimpleNamespace
 
-    from fedmuscle_secure.server.state import StageWait
-
     from fedmuscle_secure.console.deploy import ServerProgress
+    from fedmuscle_secure.server.state import StageWait
 
     waiting = [None]
     server = SimpleNamespace(clients=["a", "b", "c"], active=["a", "b", "c"], round=0,

@@ -9,12 +9,12 @@ import re
 from pathlib import Path
 
 import yaml
-from helpers.tiny import tiny_config
 from test_progress import CLEAR, Terminal
 
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.console.rounds import RunProgress
 from fedmuscle_secure.experiment.run import methods_of, run_experiment
+from helpers.tiny import tiny_config
 
 ROUND_LINE = re.compile(r"^(\w+) round (\d+)/(\d+)  .*run (\d+)/(\d+) rounds .*ETA ", re.MULTILINE)
 

@@ -7,10 +7,10 @@ from fractions import Fraction
 
 import pytest
 import torch
-from fedmuscle_secure.crypto.encoding import INT64_MAX, FixedPointCodec, max_units
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedmuscle_secure.crypto.encoding import INT64_MAX, FixedPointCodec, max_units
 from fedmuscle_secure.errors import EncodingError
 
 SETTINGS = settings(max_examples=60, deadline=None)

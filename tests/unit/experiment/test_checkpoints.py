@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers.checkpoints import checkpoint_files
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir
 from fedmuscle_secure.experiment.summary import write_summary
 from fedmuscle_secure.federation.checks import parse_config
+from helpers.checkpoints import checkpoint_files
+from helpers.tiny import tiny_config
 
 
 @pytest.mark.parametrize("keep", [0, -1, "two"])

@@ -2,10 +2,10 @@
 config, naming the keys that differ; a start that fails a config check leaves nothing behind."""
 
 import pytest
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import CheckpointError, ConfigError
 from fedmuscle_secure.experiment.run import run_experiment
+from helpers.tiny import tiny_config
 
 
 def test_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path):

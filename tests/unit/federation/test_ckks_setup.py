@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fedmuscle_secure.crypto.ckks import decrypt_matrix
-from helpers.tiny import tiny_config
 
+from fedmuscle_secure.crypto.ckks import decrypt_matrix
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import EncryptedRepresentations
 from fedmuscle_secure.simulator import build_federation
+from helpers.tiny import tiny_config
 
 
 def test_server_holds_no_secret_key_and_counts_ciphertext_bytes():

@@ -7,14 +7,12 @@ import math
 
 import pytest
 import torch
+
 from fedmuscle_secure.client.privacy import share_noise_multiplier
 from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-from fedmuscle_secure.server.computation import sum_form_terms
-from helpers.tiny import tiny_config
-
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.losses import (
@@ -22,7 +20,9 @@ from fedmuscle_secure.losses import (
     muscle_sum_loss,
     muscle_sum_loss_from_terms,
 )
+from fedmuscle_secure.server.computation import sum_form_terms
 from fedmuscle_secure.simulator import build_federation
+from helpers.tiny import tiny_config
 
 TAU, GAMMA = 0.2, 1.3
 

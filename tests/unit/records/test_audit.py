@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from fedmuscle_secure.cli.audit import main_audit
 from fedmuscle_secure.crypto.identity import (
     generate_identity,
     load_private,
@@ -13,9 +15,6 @@ from fedmuscle_secure.crypto.identity import (
     public_pem,
     sign_entry_hash,
 )
-from helpers.audit_fixtures import DELTA, RECORD, ROUNDS, build_run, eps_after, kinds, lines, write
-
-from fedmuscle_secure.cli.audit import main_audit
 from fedmuscle_secure.dp.accounting import DpEventRecord
 from fedmuscle_secure.records.audit import (
     EXIT_CODES,
@@ -26,6 +25,7 @@ from fedmuscle_secure.records.audit import (
 )
 from fedmuscle_secure.records.audit_report import fail
 from fedmuscle_secure.records.ledger import Ledger, ReceiptLog, entry_hash
+from helpers.audit_fixtures import DELTA, RECORD, ROUNDS, build_run, eps_after, kinds, lines, write
 
 
 @pytest.fixture(scope="module")

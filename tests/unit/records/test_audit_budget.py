@@ -7,10 +7,10 @@ one cut short by a crash) that the audit used to pass and must not.
 from __future__ import annotations
 
 import pytest
-from helpers.audit_fixtures import RECORD, ROUNDS, build_run, eps_after, kinds, lines, release
 
 from fedmuscle_secure.dp.accounting import EPSILON_RTOL
 from fedmuscle_secure.records.audit import EXIT_CODES, audit_run
+from helpers.audit_fixtures import RECORD, ROUNDS, build_run, eps_after, kinds, lines, release
 
 
 def test_dp_events_after_the_last_epsilon_crossing_the_budget_fail(tmp_path):

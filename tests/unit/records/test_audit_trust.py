@@ -12,6 +12,17 @@ import shutil
 
 import pytest
 import yaml
+
+from fedmuscle_secure.cli.audit import main_audit
+from fedmuscle_secure.crypto.identity import (
+    generate_identity,
+    load_private,
+    public_pem,
+)
+from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
+from fedmuscle_secure.records.audit import EXIT_CODES, audit_ledger_file, audit_run
+from fedmuscle_secure.records.identity_files import save_public
+from fedmuscle_secure.records.ledger import Ledger
 from helpers.audit_fixtures import (
     CLIENT,
     DELTA,
@@ -22,17 +33,6 @@ from helpers.audit_fixtures import (
     rechain,
     write,
 )
-from fedmuscle_secure.crypto.identity import (
-    generate_identity,
-    load_private,
-    public_pem,
-)
-
-from fedmuscle_secure.cli.audit import main_audit
-from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
-from fedmuscle_secure.records.audit import EXIT_CODES, audit_ledger_file, audit_run
-from fedmuscle_secure.records.identity_files import save_public
-from fedmuscle_secure.records.ledger import Ledger
 
 
 @pytest.fixture

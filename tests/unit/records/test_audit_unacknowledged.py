@@ -11,11 +11,11 @@ an unacknowledged release. Anything else stays a failure.
 from __future__ import annotations
 
 import pytest
-from fedmuscle_secure.crypto.identity import generate_identity, load_private
-from helpers.audit_fixtures import build_run, kinds, lines, rechain, release, write
 
+from fedmuscle_secure.crypto.identity import generate_identity, load_private
 from fedmuscle_secure.records.audit import EXIT_CODES, audit_run
 from fedmuscle_secure.records.ledger import Ledger, ReceiptLog
+from helpers.audit_fixtures import build_run, kinds, lines, rechain, release, write
 
 
 def _release(led: Ledger, r: int, batch: int, data: bytes) -> int:

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 import torch
+
 from fedmuscle_secure.crypto.identity import (
     generate_identity,
     load_private,
@@ -16,7 +17,6 @@ from fedmuscle_secure.crypto.identity import (
     sign_entry_hash,
     verify_entry_signature,
 )
-
 from fedmuscle_secure.errors import IdentityError, LedgerError
 from fedmuscle_secure.records.identity_files import save_identity
 from fedmuscle_secure.records.ledger import (

@@ -3,10 +3,10 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
-from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 from fedmuscle_secure.losses import muscle_loss, muscle_loss_from_server
+from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
+from fedmuscle_secure.server.selection import select_peers, selection_tensor
 
 
 def _setup(n=5, b=6, d=4, m=3, seed=0):

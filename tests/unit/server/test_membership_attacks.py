@@ -21,19 +21,19 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
-from fedmuscle_secure.server.grpc.membership import barred_on_resume
-from helpers.clock import Clock
-from helpers.deploy_driver import provision
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import IdentityError
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
 from fedmuscle_secure.provision import revocation
+from fedmuscle_secure.server.coordinator import CLOSE, Abort, Coordinator
+from fedmuscle_secure.server.grpc.membership import barred_on_resume
 from fedmuscle_secure.simulator import build_federation
 from fedmuscle_secure.transport.tls_trust import CRL_FILE, load_trust
 from fedmuscle_secure.transport.trust_reload import LiveTrust
+from helpers.clock import Clock
+from helpers.deploy_driver import provision
+from helpers.tiny import tiny_config
 
 TIMEOUT = 30.0
 FOUR = [{"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"},

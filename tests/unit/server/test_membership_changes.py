@@ -18,6 +18,13 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from fedmuscle_secure.errors import ConfigError, IdentityError, QuorumLost
+from fedmuscle_secure.experiment.summary import write_summary
+from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
+from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.server.coordinator import Abort, Coordinator, TransportError
 from fedmuscle_secure.server.grpc.membership import (
     EXCLUDED,
@@ -26,18 +33,11 @@ from fedmuscle_secure.server.grpc.membership import (
     resolve_exclusions,
 )
 from fedmuscle_secure.server.grpc.servicer import stream_failure
-from helpers.deploy_driver import provision
-from helpers.tiny import tiny_config
-
-from fedmuscle_secure.errors import ConfigError, IdentityError, QuorumLost
-from fedmuscle_secure.experiment.summary import write_summary
-from fedmuscle_secure.federation.split import make_split
-from fedmuscle_secure.messages import SecAggEnvelope, SumTerms
-from fedmuscle_secure.provision import ca as pki
-from fedmuscle_secure.provision import revocation
 from fedmuscle_secure.simulator import build_federation
 from fedmuscle_secure.transport.tls_trust import CRL_FILE
 from fedmuscle_secure.transport.trust_reload import LiveTrust
+from helpers.deploy_driver import provision
+from helpers.tiny import tiny_config
 
 FOUR = [{"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"},
         {"name": "b", "model": "test_resnet", "image_size": 8, "task": "attributes"},

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from fedmuscle_secure.server.grpc.process import Coordinator
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.errors import LedgerError
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.records.ledger import ReceiptLog, payload_digest, read_receipts
+from fedmuscle_secure.server.grpc.process import Coordinator
 from fedmuscle_secure.simulator import build_federation, carries_release
+from helpers.tiny import tiny_config
 
 ORGS = ("a", "b", "c")
 

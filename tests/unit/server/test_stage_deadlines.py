@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from fedmuscle_secure.server.coordinator import Abort, Coordinator
-from helpers.clock import Clock
-from helpers.tiny import tiny_config
 
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import ExchangeAborted, RoundPlan, SecAggEnvelope, SumTerms
+from fedmuscle_secure.server.coordinator import Abort, Coordinator
 from fedmuscle_secure.simulator import build_federation
+from helpers.clock import Clock
+from helpers.tiny import tiny_config
 
 TIMEOUT = 30.0
 FOUR = [{"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"},

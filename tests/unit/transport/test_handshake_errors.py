@@ -14,25 +14,25 @@ import re
 from pathlib import Path
 
 import pytest
+
 from fedmuscle_secure.client.grpc.process import (
     ConnectionFailed,
     HandshakeRefused,
     RetrySettings,
     open_channel,
 )
-from fedmuscle_secure.server.grpc.process import Coordinator, start_grpc_server
-from helpers.deploy_driver import free_port
-from helpers.tiny import tiny_config
-from helpers.tls_folders import tls_files, two_pkis
-
 from fedmuscle_secure.federation.server import build_server
 from fedmuscle_secure.federation.setup import federation_setup
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.provision import ca as pki
+from fedmuscle_secure.server.grpc.process import Coordinator, start_grpc_server
 from fedmuscle_secure.transport.grpc_core_log import CoreLogBridge
 from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.tls_probe import Verdict, probe
+from helpers.deploy_driver import free_port
+from helpers.tiny import tiny_config
+from helpers.tls_folders import tls_files, two_pkis
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,9 @@ import numpy as np
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedmuscle_secure.crypto.ckks import (
     CkksParameters,
     EncryptedMatrix,
@@ -50,9 +53,6 @@ from fedmuscle_secure.crypto.secagg.messages import (
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.shamir import PRIME_256
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
     EncryptedPeers,

@@ -15,9 +15,9 @@ import hashlib
 import types
 
 import pytest
-
-from fedmuscle_secure.federation.ckks import ckks_parameters
 import torch
+from test_wire import CKKS, PLAIN, fake_matrix
+
 from fedmuscle_secure.crypto.secagg.messages import (
     AdvertiseKeys,
     ConsistencyCheck,
@@ -31,10 +31,8 @@ from fedmuscle_secure.crypto.secagg.messages import (
     UnmaskShares,
     frozen_map,
 )
-from helpers.tiny import tiny_config
-from test_wire import CKKS, PLAIN, fake_matrix
-
 from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.federation.ckks import ckks_parameters
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
     PeerTerms,
@@ -47,6 +45,7 @@ from fedmuscle_secure.transport.codec import DIRECTION, Direction
 from fedmuscle_secure.transport.limits import CAPS, WireLimits, message_bounds, wire_limits
 from fedmuscle_secure.transport.streams import Inbound, TransportOptions
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
+from helpers.tiny import tiny_config
 
 UP, DOWN = Direction.TO_SERVER, Direction.TO_CLIENT
 CFG = tiny_config()              # N = 3 clients, per_batch: nb = 1
@@ -279,7 +278,7 @@ def _varint(n: int) -> bytes:
 def test_an_oversize_list_is_refused_while_reassembling_under_the_derived_limit():
     inbound = Inbound(TransportOptions(), LIMITS, expect=DOWN, sender="server")
     with pytest.raises(ProtocolError, match="oversize") as info:
-        for i, piece in enumerate(_hostile_chunks(1_000_000)):
+        for i, piece in enumerate(_hostile_chunks(1_000_000)):  # noqa: B007 (read below)
             inbound.add(piece)
     assert i <= LIMITS.max_payload_bytes // (1 << 20) + 1  # refused at the limit, not the end
     assert info.value.stage == "reassemble"

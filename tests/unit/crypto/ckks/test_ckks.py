@@ -23,6 +23,10 @@ import os
 import pytest
 import tenseal as ts
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tenseal import sealapi
+
 from fedmuscle_secure.crypto.ckks import (
     CkksParameters,
     EncryptedMatrix,
@@ -39,10 +43,6 @@ from fedmuscle_secure.crypto.ckks import (
     sq_norm_minus,
 )
 from fedmuscle_secure.crypto.ckks.envelope import build_envelope, parse_envelope
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from tenseal import sealapi
-
 from fedmuscle_secure.errors import ConfigError, EncodingError
 
 PARAMS = CkksParameters(8192, (60, 40, 60), 40, True)

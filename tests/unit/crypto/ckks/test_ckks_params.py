@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from fedmuscle_secure.crypto.ckks import MAX_COEFF_BITS, CkksParameters, SecretContext
 
+from fedmuscle_secure.crypto.ckks import MAX_COEFF_BITS, CkksParameters, SecretContext
 from fedmuscle_secure.errors import ConfigError
 
 VALID = CkksParameters(8192, (60, 40, 60), 40, True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import (
     ConsistencyCheck,
@@ -24,6 +25,7 @@ from fedmuscle_secure.crypto.secagg.messages import (
     frozen_map,
 )
 from fedmuscle_secure.crypto.secagg.server import SecAggAborted, SecAggServer
+from fedmuscle_secure.errors import ProtocolError
 from helpers.crypto.secagg_driver import (
     LENGTH,
     edge_vectors,
@@ -34,8 +36,6 @@ from helpers.crypto.secagg_driver import (
     run_instance,
     start,
 )
-
-from fedmuscle_secure.errors import ProtocolError
 
 
 def _refused(fn, peer: str, stage: str, match: str) -> ProtocolError:
@@ -173,7 +173,6 @@ def test_survivor_signatures_are_bound_to_the_exchange():
     it collected: the exchange label is signed into the view."""
     from fedmuscle_secure.crypto import _hazmat as hz
     from fedmuscle_secure.crypto.secagg.messages import exchange_label
-
     from fedmuscle_secure.errors import IdentityError
 
     ids = identities(names(3))

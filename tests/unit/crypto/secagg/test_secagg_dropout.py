@@ -8,6 +8,7 @@ Oracles are Python integers reduced mod 2**64 (see ``secagg_driver.expected_sum`
 from __future__ import annotations
 
 import pytest
+
 from fedmuscle_secure.crypto.secagg.messages import SecAggStage
 from fedmuscle_secure.crypto.secagg.server import SecAggAborted
 from helpers.crypto.secagg_driver import (

@@ -23,6 +23,7 @@ from collections import deque
 
 import pytest
 import torch
+
 from fedmuscle_secure.crypto import _hazmat as hz
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import (
@@ -36,6 +37,8 @@ from fedmuscle_secure.crypto.secagg.messages import (
 from fedmuscle_secure.crypto.secagg.server import SecAggAborted
 from fedmuscle_secure.crypto.secagg.shamir import PRIME_256, robust_reconstruct
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
+from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.messages import ExchangeAborted, SecAggEnvelope, SumTerms
 from fedmuscle_secure.server.protection import SecAggServerProtection
 from helpers.crypto.secagg_driver import (
     edge_vectors,
@@ -46,9 +49,6 @@ from helpers.crypto.secagg_driver import (
     run,
     start,
 )
-
-from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.messages import ExchangeAborted, SecAggEnvelope, SumTerms
 
 P25519 = 2**255 - 19
 

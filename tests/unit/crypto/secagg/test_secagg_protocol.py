@@ -11,6 +11,9 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedmuscle_secure.crypto import _hazmat as hz
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import (
@@ -23,6 +26,7 @@ from fedmuscle_secure.crypto.secagg.messages import (
 )
 from fedmuscle_secure.crypto.secagg.server import unmask_sum
 from fedmuscle_secure.crypto.secagg.shamir import int_to_bytes32, reconstruct
+from fedmuscle_secure.errors import ProtocolError
 from helpers.crypto.secagg_driver import (
     INT64_MAX,
     INT64_MIN,
@@ -36,10 +40,6 @@ from helpers.crypto.secagg_driver import (
     start,
     to_signed,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from fedmuscle_secure.errors import ProtocolError
 
 INT64 = st.integers(INT64_MIN, INT64_MAX)
 

@@ -8,6 +8,9 @@ import secrets
 from collections import Counter
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
 from fedmuscle_secure.crypto.secagg.shamir import (
     PRIME_256,
     Decoded,
@@ -18,8 +21,6 @@ from fedmuscle_secure.crypto.secagg.shamir import (
     robust_reconstruct,
     split,
 )
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
 SMALL = [(11, 5, 2), (11, 5, 3), (13, 4, 2), (13, 4, 3), (7, 4, 1), (7, 4, 4)]
 
