@@ -121,7 +121,7 @@ class ContrastivePhase:
             self._optimize(self.phase.reply_loss(self.model, self.task, self._batch(idx), reply,
                                                  index, self.name))
             return
-        group = reply.group if isinstance(reply, SumTerms) else reply.peers[index]
+        group = reply.peers if isinstance(reply, SumTerms) else reply.peers[index]
         if not group:  # every peer has left the federation: nothing to align to
             return
         s = self.settings

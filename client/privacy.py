@@ -28,8 +28,8 @@ RECORD, CLIENT = "record", "client"
 @dataclass(frozen=True)
 class PrivacySettings:
     delta: float
-    representation_sigma: float | None   # None: representation noise off
-    dpsgd_sigma: float | None            # None: no DP-SGD
+    sigma_client: float | None   # None: representation noise off
+    sigma_record: float | None            # None: no DP-SGD
     max_grad_norm: float
     record_budget: float | None
     client_budget: float | None
@@ -76,18 +76,18 @@ class ClientPrivacy:
 
     # -- record level: DP-SGD in LocalUpdate -------------------------------------------
     def dpsgd_event(self, steps: int, sample_rate: float) -> DpEventRecord:
-        assert self.settings.dpsgd_sigma is not None
+        assert self.settings.sigma_record is not None
         return DpEventRecord(guarantee=RECORD, mechanism="poisson_gaussian",
-                             noise_multiplier=self.settings.dpsgd_sigma, sample_rate=sample_rate,
+                             noise_multiplier=self.settings.sigma_record, sample_rate=sample_rate,
                              steps=steps, sensitivity=self.settings.max_grad_norm,
                              neighbouring="add_remove_record")
 
     def admit_local_update(self, round_: int, steps: int, sample_rate: float) -> None:
-        if self.settings.dpsgd_sigma is not None:
+        if self.settings.sigma_record is not None:
             self._admit(round_, self.dpsgd_event(steps, sample_rate), "local update (DP-SGD)")
 
     def record_local_update(self, round_: int, steps: int, sample_rate: float) -> None:
-        if self.settings.dpsgd_sigma is not None and steps > 0:
+        if self.settings.sigma_record is not None and steps > 0:
             self._record(round_, None, self.dpsgd_event(steps, sample_rate))
 
     # -- client level: representation releases ----------------------------------------
@@ -99,7 +99,7 @@ class ClientPrivacy:
         releasing anything that would take the client past its client-level budget.
         """
         nb, rows = int(z.shape[0]), int(z.shape[1])
-        sigma = self.settings.representation_sigma
+        sigma = self.settings.sigma_client
         ex = [exchange[0], exchange[1]]
         if sigma is not None:
             event = DpEventRecord(guarantee=CLIENT, mechanism="gaussian", noise_multiplier=sigma,
@@ -135,7 +135,7 @@ class ClientPrivacy:
         """
         z, clipped = clip_rows(z, 1.0)
         self.clipped_rows += clipped
-        sigma = self.settings.representation_sigma
+        sigma = self.settings.sigma_client
         if sigma is None:
             return z, None
         nb, rows = int(z.shape[0]), int(z.shape[1])

@@ -277,18 +277,6 @@ class FedMuscleClient:
         self.stage = ClientStage.AWAIT_REPLY
         return SitOut(self.name, r, epoch, batch, reason)
 
-    def _sit_out(self, r: int, epoch: int, batch: int | None, reason: str) -> SitOut:
-        """Do not release for this exchange (:class:`ReleaseGuard` says why): it counts as a
-        drop for this exchange only; the server answers ExchangeAborted."""
-        if self.privacy is not None:
-            self.privacy.sit_out(r, (epoch, batch), reason)
-        self._exchange = (epoch, batch)
-        self._released = None
-        self.contrastive.drop_pending()
-        self._sitting_out = True
-        self.stage = ClientStage.AWAIT_REPLY
-        return SitOut(self.name, r, epoch, batch, reason)
-
     def _representations(self, epoch: int, batch: int | None) -> torch.Tensor:
         """Z^n of exchange (epoch, batch) of the current plan, (nb, B, d)."""
         assert self._plan is not None

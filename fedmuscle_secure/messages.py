@@ -91,15 +91,15 @@ class TaskOutputs:
 
 @dataclass(frozen=True)
 class GroupOutputs:
-    """Server → client (``cofed``/``feddf``): the mean over ``members`` (the clients of the
-    recipient's output space; ``cofed`` includes the recipient, ``feddf`` does not) of
-    their :class:`TaskOutputs`, (nb, B, C). Empty ``members``: nobody to learn from."""
+    """Server → client (``cofed``/``feddf``): the mean over ``peers`` (the recipient's Q_n:
+    the clients of its output space; ``cofed`` includes the recipient, ``feddf`` does not)
+    of their :class:`TaskOutputs`, (nb, B, C). Empty ``peers``: nobody to learn from."""
 
     client: str
     round: int
     epoch: int
     batch: int | None
-    members: tuple[str, ...]
+    peers: tuple[str, ...]
     mean: torch.Tensor
 
 
@@ -212,15 +212,16 @@ class SecAggEnvelope:
 
 @dataclass(frozen=True)
 class SumTerms:
-    """Server → client under ``secagg``: the §2.2 terms from the unmasked group sums,
-    S = U/τ (nb, B, d) and log α = −(γ/2)(||U||² − q) (nb, B). The group is every survivor,
-    the recipient included, so the client applies the leave-one-out correction."""
+    """Server → client under ``secagg``: the §2.2 terms from the unmasked sums over
+    ``peers``, S = U/τ (nb, B, d) and log α = −(γ/2)(||U||² − q) (nb, B). Under secagg Q_n
+    is every survivor, the recipient included (one tuple for every batch of the exchange),
+    so the client applies the leave-one-out correction."""
 
     client: str
     round: int
     epoch: int
     batch: int | None
-    group: tuple[str, ...]
+    peers: tuple[str, ...]
     scaled_sum: torch.Tensor
     log_alpha: torch.Tensor
     includes_self: bool = True

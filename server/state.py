@@ -260,7 +260,7 @@ class FedMuscleServer:
             spaces = {c: s.output_spaces[self.index[c]] for c in order}
             out = group_output_replies(s.method, self.round + 1, epoch, batch, order, self._pending,
                                        spaces, device=s.device)
-            self.last_selection = {m.client: list(m.members) for m in out}
+            self.last_selection = {m.client: list(m.peers) for m in out}
             return list(out)
         assert self._plan is not None
         sels = self._selections(epoch, batch, len(order),

@@ -2,7 +2,7 @@
 
 It builds exactly the :class:`FedMuscleClient` the simulator builds for that organisation
 (same split, seeds and model initialisation: :func:`~fedmuscle_secure.federation.clients.build_client`),
-connects with its provisioned key and certificate, opens ``FedMuscle.Exchange`` and loops:
+connects with its provisioned key and certificate, opens ``FedMuscle.Stream`` and loops:
 reassemble → decode → ``client.handle`` → encode → chunk → send. No protocol logic lives
 here. The signed ledger is written in the client's own run directory (``ledger/``), as in
 simulation, and so are the organisation's own full metrics (:class:`~fedmuscle_secure.client.grpc.records.OwnRecords`: a
@@ -75,11 +75,16 @@ from fedmuscle_secure.experiment.run import methods_of
 from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.federation.ckks import client_ckks
 from fedmuscle_secure.federation.clients import build_client, final_model_spec
-from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
+from fedmuscle_secure.federation.setup import (
+    Protection,
+    decide_protection,
+    federation_setup,
+    federation_wire_limits,
+)
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import Finish, RoundPlan, RoundReport
 from fedmuscle_secure.records.identity_files import save_public
-from fedmuscle_secure.transport.limits import WireLimits, wire_limits
+from fedmuscle_secure.transport.limits import WireLimits
 from fedmuscle_secure.transport.streams import (
     RUN_ID_METADATA,
     Direction,
@@ -88,8 +93,8 @@ from fedmuscle_secure.transport.streams import (
 )
 
 __all__ = ["FAILPOINT_ENV", "STALL_ENV", "ConnectionFailed", "HandshakeRefused", "OwnRecords",
-           "RetrySettings", "ServerLost", "client_id_of", "exchange", "open_channel",
-           "rewind_if_needed", "run_client"]
+           "RetrySettings", "ServerLost", "client_id_of", "open_channel",
+           "rewind_if_needed", "run_client", "run_stream"]
 log = logging.getLogger("fedmuscle_secure.client")
 
 
@@ -127,7 +132,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     own, identities = _identities(cfg, certs, name, protection)
     member = _Member(cfg, name, method, run, split, own, identities, contexts, protection,
                      ClientProgress(cfg, method, name, log), recorded)
-    limits = wire_limits(cfg, contexts.params if contexts is not None else None)
+    limits = federation_wire_limits(cfg, protection)
     member.watch.connecting(target)
     try:
         while True:
@@ -182,7 +187,7 @@ class _Member:
                                    f"{served}, not {self.recorded}: a restarted server must "
                                    "be started with --resume on its run directory")
         self.run.event("connected", client=self.name, run_id=served)
-        return exchange(self.client, stream, self.name, limits, self.run, self.method,
+        return run_stream(self.client, stream, self.name, limits, self.run, self.method,
                         self.records, keep=self.cfg.checkpoint.keep,
                         reconnected=self.reconnected, watch=self.watch)
 
@@ -290,7 +295,7 @@ def rewind_if_needed(client, msg: RoundPlan | Finish, run: RunDir, method: str) 
     client.load_state_dict(state)
 
 
-def exchange(client, stream: Stream, name: str, limits: WireLimits, run: RunDir, method: str,
+def run_stream(client, stream: Stream, name: str, limits: WireLimits, run: RunDir, method: str,
               records: OwnRecords, *, keep: int, reconnected: bool,
               watch=None) -> dict[str, float]:
     """One stream to the server until Finish. Only on a stream opened after the server was

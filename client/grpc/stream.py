@@ -1,4 +1,4 @@
-"""One ``FedMuscle.Exchange`` stream of a deployed client (DESIGN §6): the queue feeding its
+"""One ``FedMuscle.Stream`` stream of a deployed client (DESIGN §6): the queue feeding its
 request side, its responses, and the federation run id exchanged when it opens.
 
 A client resuming a run sends its recorded run id with the call's metadata; the server
@@ -28,7 +28,7 @@ _CLOSE = object()
 
 
 class Stream:
-    """An open ``Exchange`` call on ``channel`` (closed with it by :meth:`close`)."""
+    """An open ``Stream`` call on ``channel`` (closed with it by :meth:`close`)."""
 
     def __init__(self, channel: grpc.Channel, name: str, options: TransportOptions,
                  recorded: str | None) -> None:
@@ -41,7 +41,7 @@ class Stream:
                 yield from outbound(msg, name, counter, options)
 
         metadata = ((RUN_ID_METADATA, recorded),) if recorded is not None else None
-        self.responses = rpc.FedMuscleStub(channel).Exchange(requests(), metadata=metadata)
+        self.responses = rpc.FedMuscleStub(channel).Stream(requests(), metadata=metadata)
 
     def run_id(self, run: RunDir, target: str) -> str | None:
         """The federation run id the server sent with its initial metadata, or None (the

@@ -66,6 +66,6 @@ def group_output_replies(method: str, round_: int, epoch: int, batch: int | None
     means = group_means([releases[c].outputs for c in order], w, device=device)
     out = []
     for n, c in enumerate(order):
-        members = tuple(order[m] for m in range(len(order)) if w[n, m] > 0)
-        out.append(GroupOutputs(c, round_, epoch, batch, members, means[n]))
+        peers = tuple(order[m] for m in range(len(order)) if w[n, m] > 0)
+        out.append(GroupOutputs(c, round_, epoch, batch, peers, means[n]))
     return out

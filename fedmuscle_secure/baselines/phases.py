@@ -84,7 +84,7 @@ class CofedPhase(PublicPhase):
 
     def reply_loss(self, model: ClientModel, task: Task, batch: PublicBatch, reply: GroupOutputs,
                    index: int, me: str) -> Tensor | None:
-        alone = all(m == me for m in reply.members)
+        alone = all(m == me for m in reply.peers)
         return cofed.cofed_loss(model, task, batch.x, batch.train_x, reply.mean[index], alone)
 
 
@@ -96,7 +96,7 @@ class FeddfPhase(PublicPhase):
 
     def reply_loss(self, model: ClientModel, task: Task, batch: PublicBatch, reply: GroupOutputs,
                    index: int, me: str) -> Tensor | None:
-        if not [m for m in reply.members if m != me]:
+        if not [m for m in reply.peers if m != me]:
             return None  # no partner shares this output space: nothing to distil from
         model.train()
         return feddf.distillation_loss(task, model(batch.train_x), reply.mean[index])

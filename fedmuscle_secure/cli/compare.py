@@ -147,15 +147,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     info: dict = {"grid": str(args.grid), "out": str(out), "cells": [c.meta() for c in cells],
                   "invalid": [{"id": i, "error": e} for i, e in exp.invalid]}
     if args.dry_run:
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            print(f"{len(cells)} cell(s) of {exp.spec.name} into {out}/cells "
-                  f"(jobs {jobs}, {threads} torch thread(s) each):")
-            for c in cells:
-                print(f"  {c.id}" + (f"    Δ vs {c.ref}" if c.ref else ""))
-            for i, e in exp.invalid:
-                print(f"  INVALID {i}: {e}")
+        _print_plan(args, info, exp, cells, out, jobs, threads)
         return 0
     failed: dict[str, str] = {}
     if args.imports:
@@ -175,15 +167,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     info["report"] = report
     if args.publish:
         info["published"] = publish(out, args.publish)
+    _print_outcome(args, info, cells, report, failed)
+    return 1 if failed else 0
+
+
+def _print_plan(args: argparse.Namespace, info: dict, exp, cells: list, out: Path, jobs: int,
+                threads: int) -> None:
+    """``--dry-run``: the cells that would run, where, and the grid's invalid ones."""
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"{len(cells)} cell(s) of {exp.spec.name} into {out}/cells "
+          f"(jobs {jobs}, {threads} torch thread(s) each):")
+    for c in cells:
+        print(f"  {c.id}" + (f"    Δ vs {c.ref}" if c.ref else ""))
+    for i, e in exp.invalid:
+        print(f"  INVALID {i}: {e}")
+
+
+def _print_outcome(args: argparse.Namespace, info: dict, cells: list, report: dict,
+                   failed: dict[str, str]) -> None:
+    """The report's files, unfinished and failed cells (or all of it as JSON)."""
     if args.json:
         info["cells"] = [c.id for c in cells]
         print(json.dumps(info, indent=2, default=str))
-    else:
-        print(f"{report['cells']} finished cell(s); report: {report['markdown']}, {report['csv']}")
-        if report["missing"]:
-            print(f"not finished: {len(report['missing'])} cell(s)")
-        for cid, err in failed.items():
-            print(f"FAILED {cid}: {err}")
-        if args.publish:
-            print(f"published to {args.publish}")
-    return 1 if failed else 0
+        return
+    print(f"{report['cells']} finished cell(s); report: {report['markdown']}, {report['csv']}")
+    if report["missing"]:
+        print(f"not finished: {len(report['missing'])} cell(s)")
+    for cid, err in failed.items():
+        print(f"FAILED {cid}: {err}")
+    if args.publish:
+        print(f"published to {args.publish}")

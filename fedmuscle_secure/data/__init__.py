@@ -3,7 +3,8 @@ federated split into public / test / private shards, and the client tasks."""
 
 from fedmuscle_secure.data.digits import load_digits_images
 from fedmuscle_secure.data.loaders import load_cifar, load_image_folder
-from fedmuscle_secure.data.splits import PARTITIONS, FederatedSplit, Shard, federated_split
+from fedmuscle_secure.data.split_checks import PARTITIONS
+from fedmuscle_secure.data.splits import FederatedSplit, Shard, federated_split
 from fedmuscle_secure.data.tasks import TASK_NAMES, Task, accuracy, get_task, micro_f1
 
 __all__ = [

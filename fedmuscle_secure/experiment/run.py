@@ -152,8 +152,8 @@ class _MethodRun:
             m.update(bytes_sent=0.0, bytes_received=0.0, wall_time_s=time.perf_counter() - t0)
             if client.privacy is not None:
                 ps = client.privacy.settings
-                m.update(releases=client.privacy.releases, sigma_record=ps.dpsgd_sigma,
-                         sigma_client=ps.representation_sigma)
+                m.update(releases=client.privacy.releases, sigma_record=ps.sigma_record,
+                         sigma_client=ps.sigma_client)
             if client.left is not None:
                 m.update(left_round=client.left["round"], left_reason=client.left["reason"])
             self.rows.append(self._row("final", name, m))

@@ -72,12 +72,22 @@ class RunDir:
     def remove_unstarted(self, *, existed: bool) -> None:
         """Undo a start that failed before its first checkpoint: nothing is left that
         ``--resume`` or a new start would trip over. A directory the operator made
-        (``existed``, and empty: :func:`check_start`) is kept, emptied."""
-        if self.has_checkpoints() or not self.root.is_dir():
+        (``existed``, and empty: :func:`check_start`) is kept, emptied. Once any ledger
+        records more than its genesis (a release, a refusal), the directory stays as it
+        is: what a ledger says left the organisation is never deleted."""
+        if self.has_checkpoints() or not self.root.is_dir() or self._ledgers_used():
             return
         shutil.rmtree(self.root)
         if existed:
             self.root.mkdir()
+
+    def _ledgers_used(self) -> bool:
+        """Whether a ledger under ``ledger/`` holds an entry after its genesis."""
+        for path in (self.root / "ledger").glob("*.jsonl"):
+            with open(path, "rb") as fh:
+                if sum(1 for line in fh if line.strip()) > 1:
+                    return True
+        return False
 
     def event(self, kind: str, **fields: Any) -> None:
         line = json.dumps({"time": time.time(), "event": kind, **fields}, default=str)

@@ -89,3 +89,4 @@ def client_ckks(cfg: ExperimentConfig, certs: Path, sigma_client: float | None) 
     secret = _read(certs / CKKS_DIR / SECRET_CONTEXT, "the federation's secret CKKS context")
     SecretContext.from_bytes(secret, params)
     return CkksKeys(params, secret, None)
+

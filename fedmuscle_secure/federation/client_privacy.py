@@ -35,15 +35,15 @@ def client_privacy(setup: FederationSetup, spec: ClientConfig, model, task: Task
     budget = spec.budget or p.budget
     sigma_client = setup.protection.sigma_client
     settings = PrivacySettings(
-        delta=p.delta, representation_sigma=sigma_client if setup.method != "local" else None,
-        dpsgd_sigma=setup.protection.sigma_record(spec.name), max_grad_norm=p.dp_sgd.max_grad_norm,
+        delta=p.delta, sigma_client=sigma_client if setup.method != "local" else None,
+        sigma_record=setup.protection.sigma_record(spec.name), max_grad_norm=p.dp_sgd.max_grad_norm,
         record_budget=budget.record_epsilon, client_budget=budget.client_epsilon)
     ledger = None
     if records.record_dir is not None:
         ledger = _open_ledger(setup, spec, settings, records)
     dpsgd = None
-    if settings.dpsgd_sigma is not None:
-        dpsgd = _dpsgd_trainer(setup, spec, model, task, train, settings.dpsgd_sigma)
+    if settings.sigma_record is not None:
+        dpsgd = _dpsgd_trainer(setup, spec, model, task, train, settings.sigma_record)
     return ClientPrivacy(spec.name, settings, ledger), dpsgd
 
 
@@ -67,9 +67,9 @@ def _open_ledger(setup: FederationSetup, spec: ClientConfig, settings: PrivacySe
             "method": setup.method, "protection": cfg.protection, "clients": setup.client_names,
             "scope": "federation" if records.identity is None else "organisation",
             "budget": {"record": budget.record_epsilon, "client": budget.client_epsilon},
-            "noise_multiplier": {"record": settings.dpsgd_sigma,
-                                 "client": settings.representation_sigma},
-            "max_grad_norm": p.dp_sgd.max_grad_norm if settings.dpsgd_sigma else None})
+            "noise_multiplier": {"record": settings.sigma_record,
+                                 "client": settings.sigma_client},
+            "max_grad_norm": p.dp_sgd.max_grad_norm if settings.sigma_record else None})
     return ledger
 
 

@@ -80,7 +80,7 @@ def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch
         model=c.model, model_kwargs=c.model_kwargs, in_chans=setup.in_chans,
         image_size=c.image_size, dim=setup.cfg.muscle.dim, num_outputs=task.num_outputs,
         projection=c.projection.kind, hidden=c.projection.hidden, field=f"clients.{i}.model")
-    if setup.calibration is not None and setup.calibration.dpsgd_sigma:
+    if setup.calibration is not None and setup.calibration.sigma_record:
         model = make_private_model(model, client=c.name)
     return model
 

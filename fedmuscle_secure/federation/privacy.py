@@ -20,8 +20,8 @@ from fedmuscle_secure.records.identity_files import save_identity
 
 @dataclass(frozen=True)
 class Calibration:
-    representation_sigma: float | None
-    dpsgd_sigma: dict[str, float]          # per client (their shard sizes differ)
+    sigma_client: float | None
+    sigma_record: dict[str, float]          # per client (their shard sizes differ)
     dpsgd_sample_rate: dict[str, float]
     releases_per_run: int                  # Gaussian events per client over the run
 
@@ -46,11 +46,11 @@ def calibrate(cfg: ExperimentConfig, train_sizes: dict[str, int]) -> Calibration
     if rep.enabled:
         sigma_client = rep.noise_multiplier or calibrate_noise_multiplier(
             target_epsilon=rep.target_epsilon, delta=p.delta, sample_rate=1.0, steps=releases)
-    sigmas, rates = _dpsgd_sigmas(cfg, train_sizes) if p.dp_sgd.enabled else ({}, {})
+    sigmas, rates = _sigmas_record(cfg, train_sizes) if p.dp_sgd.enabled else ({}, {})
     return Calibration(sigma_client, sigmas, rates, releases)
 
 
-def _dpsgd_sigmas(cfg: ExperimentConfig, train_sizes: dict[str, int]
+def _sigmas_record(cfg: ExperimentConfig, train_sizes: dict[str, int]
                   ) -> tuple[dict[str, float], dict[str, float]]:
     """Per client σ_record and Poisson sampling rate: every step of every LocalUpdate, the
     closing one included, draws from the client's own shard (sizes differ, so σ's do)."""

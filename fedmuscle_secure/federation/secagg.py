@@ -104,14 +104,14 @@ class SecAggParameters:
         return 1.0 + self.dim * self.share_std**2
 
 
-def secagg_parameters(cfg: ExperimentConfig, representation_sigma: float | None) -> SecAggParameters:
+def secagg_parameters(cfg: ExperimentConfig, sigma_client: float | None) -> SecAggParameters:
     s = cfg.secagg
     n = len(cfg.clients)
     t = s.threshold or default_threshold(n)
     t_collude = s.t_collude if s.t_collude is not None else t - 1
     std = 0.0
-    if representation_sigma is not None:
-        std = representation_sigma / math.sqrt(t - t_collude) * representation_sensitivity(cfg.muscle.batch_size)
+    if sigma_client is not None:
+        std = sigma_client / math.sqrt(t - t_collude) * representation_sensitivity(cfg.muscle.batch_size)
     params = SecAggParameters(threshold=t, t_collude=t_collude, share_std=std,
                               dim=cfg.muscle.dim, rows=cfg.muscle.batch_size, value_clip=s.clip,
                               frac_bits=s.frac_bits)

@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.data import FederatedSplit
-from fedmuscle_secure.federation.ckks import CkksKeys, provision_ckks_keys
+from fedmuscle_secure.federation.ckks import CkksKeys, ckks_parameters, provision_ckks_keys
 from fedmuscle_secure.federation.privacy import Calibration, calibrate, dp_enabled, identity_key
 from fedmuscle_secure.federation.secagg import SecAggParameters, secagg_parameters
 from fedmuscle_secure.federation.split import make_split, train_sizes
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
+from fedmuscle_secure.transport.limits import WireLimits, wire_limits
 
 Mode = Literal["plain", "secagg", "ckks"]
 
@@ -51,11 +52,11 @@ class Protection:
     @property
     def sigma_client(self) -> float | None:
         """Client-level σ of representation noise (DESIGN §5.1), None when it is off."""
-        return self.calibration.representation_sigma if self.calibration is not None else None
+        return self.calibration.sigma_client if self.calibration is not None else None
 
     def sigma_record(self, client: str) -> float | None:
         """Record-level σ of ``client``'s DP-SGD (DESIGN §5.2), None when it is off."""
-        return self.calibration.dpsgd_sigma.get(client) if self.calibration is not None else None
+        return self.calibration.sigma_record.get(client) if self.calibration is not None else None
 
 
 def decide_protection(cfg: ExperimentConfig, method: str,
@@ -134,3 +135,10 @@ def public_identity(key):
     """The Ed25519 public key of an identity given as a private or a public key (a
     deployment holds only its own private key and its peers' public keys, DESIGN §6)."""
     return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+
+def federation_wire_limits(cfg: ExperimentConfig, protection: Protection) -> WireLimits:
+    """The wire limits both deployment processes decode under. A ``ckks`` config sizes its
+    ciphertext bounds from its CKKS parameters whatever the method (``local`` exchanges
+    nothing, but its limits are the federation's)."""
+    params = ckks_parameters(cfg, protection.sigma_client) if cfg.protection == "ckks" else None
+    return wire_limits(cfg, params)

@@ -2,7 +2,7 @@
 
 A serialized ``Envelope`` can exceed gRPC's per-message limit (4 MiB by default; CKKS
 ciphertexts alone are hundreds of KiB each), so the transport sends it as the chunks
-:func:`chunk` cuts, over the ``FedMuscle.Exchange`` stream, and the receiver feeds them to
+:func:`chunk` cuts, over the ``FedMuscle.Stream`` stream, and the receiver feeds them to
 a :class:`Reassembler`. Both are pure functions of their inputs: no gRPC, no I/O.
 
 The reassembler holds one stream at a time (chunks of one payload are sent back to back on

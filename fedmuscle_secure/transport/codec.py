@@ -171,7 +171,7 @@ _SPECS: dict[type, dict[str, Kind]] = {
     PeerTerms: {**_EXCHANGE, "peers": GROUPS, "scaled_peers": TENSOR, "log_alpha_pairs": TENSOR},
     PeerSums: {**_EXCHANGE, "peers": GROUPS, "peer_sum": TENSOR, "peer_sq_norm_sum": TENSOR,
                "includes_self": SCALAR},
-    SumTerms: {**_EXCHANGE, "group": NAMES, "scaled_sum": TENSOR, "log_alpha": TENSOR,
+    SumTerms: {**_EXCHANGE, "peers": NAMES, "scaled_sum": TENSOR, "log_alpha": TENSOR,
                "includes_self": SCALAR},
     RoundReport: {"client": IDENTITY, "round": SCALAR, "metrics": METRICS, "withheld": NAMES},
     Leave: {"client": IDENTITY, "round": SCALAR, "reason": SCALAR},

@@ -2,7 +2,7 @@
 
 Both ends move protocol messages as ``Envelope`` bytes (:mod:`fedmuscle_secure.transport.codec`) cut
 into ``Chunk`` messages (:mod:`fedmuscle_secure.transport.chunks`) over the one bidirectional
-``FedMuscle.Exchange`` stream. Nothing here knows the protocol: it encodes, chunks,
+``FedMuscle.Stream`` stream. Nothing here knows the protocol: it encodes, chunks,
 reassembles and decodes. An :class:`Inbound` decodes one direction only (the server's
 accepts client → server messages, a client's server → client ones, from the peer it
 names) under the federation's :class:`~fedmuscle_secure.transport.limits.WireLimits`.
@@ -39,7 +39,7 @@ from fedmuscle_secure.transport.codec import Direction, decode, encode
 from fedmuscle_secure.transport.limits import WireLimits
 
 #: gRPC initial-metadata key of the federation run id the server sends on every accepted
-#: ``Exchange`` stream, before any message: connection-level information, so it travels
+#: ``Stream`` call, before any message: connection-level information, so it travels
 #: in the (TLS-protected) HTTP/2 headers and the wire message table stays as it is. A
 #: client compares it with the run id its run directory recorded at first contact.
 RUN_ID_METADATA = "fedmuscle-run-id"

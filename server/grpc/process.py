@@ -53,7 +53,12 @@ from fedmuscle_secure.experiment.rundir import (
 from fedmuscle_secure.experiment.summary import write_summary
 from fedmuscle_secure.federation.ckks import server_ckks
 from fedmuscle_secure.federation.server import build_server, open_receipts
-from fedmuscle_secure.federation.setup import Protection, decide_protection, federation_setup
+from fedmuscle_secure.federation.setup import (
+    Protection,
+    decide_protection,
+    federation_setup,
+    federation_wire_limits,
+)
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import as_received
 from fedmuscle_secure.server.coordinator import Coordinator, TransportError
@@ -64,7 +69,6 @@ from fedmuscle_secure.server.grpc.membership import (
     resolve_exclusions,
 )
 from fedmuscle_secure.server.grpc.servicer import FedMuscleServicer, start_grpc_server
-from fedmuscle_secure.transport.limits import wire_limits
 from fedmuscle_secure.transport.streams import TransportOptions
 from fedmuscle_secure.transport.trust_reload import LiveTrust
 
@@ -136,6 +140,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     split = make_split(cfg)
     protection = decide_protection(cfg, method, split)
     contexts = server_ckks(cfg, certs, protection.sigma_client) if protection.mode == "ckks" else None
+    limits = federation_wire_limits(cfg, protection)  # before the run directory is written
     run, resolved, run_id = _open_run(cfg, out, resume)
     trust.on_event = run.event
     ck = run.latest_checkpoint(method) if resume else None
@@ -150,7 +155,6 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     server = build_server(cfg, method, setup)
     rows, start = _restore(server, ck, excluded)
     coordinator, receipts = _coordinator(cfg, run, server, settings, trust, excluded)
-    limits = wire_limits(cfg, contexts.params if contexts is not None else None)
     try:
         grpc_server, port = start_grpc_server(coordinator, trust, certs, listen, options, limits,
                                               run_id=run_id)

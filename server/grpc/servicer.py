@@ -58,7 +58,7 @@ log = logging.getLogger("fedmuscle_secure.server")
 
 
 class FedMuscleServicer(rpc.FedMuscleServicer):
-    """``Exchange``: authenticate the peer, then pump chunks both ways (module docs)."""
+    """``Stream``: authenticate the peer, then pump chunks both ways (module docs)."""
 
     def __init__(self, coordinator: Coordinator, trust: Trust | LiveTrust,
                  options: TransportOptions, limits: WireLimits, run_id: str | None = None) -> None:
@@ -82,7 +82,7 @@ class FedMuscleServicer(rpc.FedMuscleServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         return client, load_cert(pems[0], "peer certificate")
 
-    def Exchange(self, request_iterator: Iterator[Chunk],
+    def Stream(self, request_iterator: Iterator[Chunk],
                  context: grpc.ServicerContext) -> Iterator[Chunk]:
         client, cert = self._identify(context)
         self._check_run_id(client, context)

@@ -491,10 +491,10 @@ def _channel(target: str, ca: Path, org_dir: Path, org: str) -> grpc.Channel:
 
 
 def _exchange(channel: grpc.Channel) -> grpc.RpcError | None:
-    """Open Exchange, send nothing, read to the end; the error the server ended it with."""
+    """Open the stream, send nothing, read to the end; the error the server ended it with."""
     with channel:
         try:
-            for _ in rpc.FedMuscleStub(channel).Exchange(iter(()), timeout=20):
+            for _ in rpc.FedMuscleStub(channel).Stream(iter(()), timeout=20):
                 pass
         except grpc.RpcError as exc:
             return exc

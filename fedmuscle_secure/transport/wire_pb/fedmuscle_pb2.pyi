@@ -95,12 +95,12 @@ class PeerSums(_message.Message):
     def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Names, _Mapping]]] = ..., peer_sum: _Optional[_Union[Tensor, _Mapping]] = ..., peer_sq_norm_sum: _Optional[_Union[Tensor, _Mapping]] = ..., includes_self: _Optional[bool] = ...) -> None: ...
 
 class SumTerms(_message.Message):
-    __slots__ = ("client", "round", "epoch", "batch", "group", "scaled_sum", "log_alpha", "includes_self")
+    __slots__ = ("client", "round", "epoch", "batch", "peers", "scaled_sum", "log_alpha", "includes_self")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
-    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     SCALED_SUM_FIELD_NUMBER: _ClassVar[int]
     LOG_ALPHA_FIELD_NUMBER: _ClassVar[int]
     INCLUDES_SELF_FIELD_NUMBER: _ClassVar[int]
@@ -108,11 +108,11 @@ class SumTerms(_message.Message):
     round: int
     epoch: int
     batch: int
-    group: _containers.RepeatedScalarFieldContainer[str]
+    peers: _containers.RepeatedScalarFieldContainer[str]
     scaled_sum: Tensor
     log_alpha: Tensor
     includes_self: bool
-    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., group: _Optional[_Iterable[str]] = ..., scaled_sum: _Optional[_Union[Tensor, _Mapping]] = ..., log_alpha: _Optional[_Union[Tensor, _Mapping]] = ..., includes_self: _Optional[bool] = ...) -> None: ...
+    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ..., peers: _Optional[_Iterable[str]] = ..., scaled_sum: _Optional[_Union[Tensor, _Mapping]] = ..., log_alpha: _Optional[_Union[Tensor, _Mapping]] = ..., includes_self: _Optional[bool] = ...) -> None: ...
 
 class RoundReport(_message.Message):
     __slots__ = ("client", "round", "metrics", "withheld")

@@ -35,8 +35,8 @@ class FedMuscleStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Exchange = channel.stream_stream(
-                '/fedmuscle.v1.FedMuscle/Exchange',
+        self.Stream = channel.stream_stream(
+                '/fedmuscle.v1.FedMuscle/Stream',
                 request_serializer=fedmuscle__pb2.Chunk.SerializeToString,
                 response_deserializer=fedmuscle__pb2.Chunk.FromString,
                 _registered_method=True)
@@ -46,7 +46,7 @@ class FedMuscleServicer:
     """Bidirectional stream of chunks, each completed stream one serialized Envelope.
     """
 
-    def Exchange(self, request_iterator, context):
+    def Stream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -55,8 +55,8 @@ class FedMuscleServicer:
 
 def add_FedMuscleServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Exchange': grpc.stream_stream_rpc_method_handler(
-                    servicer.Exchange,
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
                     request_deserializer=fedmuscle__pb2.Chunk.FromString,
                     response_serializer=fedmuscle__pb2.Chunk.SerializeToString,
             ),
@@ -73,7 +73,7 @@ class FedMuscle:
     """
 
     @staticmethod
-    def Exchange(request_iterator,
+    def Stream(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -86,7 +86,7 @@ class FedMuscle:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/fedmuscle.v1.FedMuscle/Exchange',
+            '/fedmuscle.v1.FedMuscle/Stream',
             fedmuscle__pb2.Chunk.SerializeToString,
             fedmuscle__pb2.Chunk.FromString,
             options,

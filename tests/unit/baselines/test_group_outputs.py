@@ -39,7 +39,7 @@ def _replies(method, outs):
 def test_feddf_ensemble_leaves_the_recipient_out():
     outs = _releases(1)
     reps = _replies("feddf", outs)
-    assert reps[0].members == ("c2", "c4") and reps[3].members == ()
+    assert reps[0].peers == ("c2", "c4") and reps[3].peers == ()
     torch.testing.assert_close(reps[0].mean, (outs[2] + outs[4]) / 2)
     torch.testing.assert_close(reps[1].mean, outs[5])
 
@@ -54,7 +54,7 @@ def test_cofed_votes_include_the_recipient_and_give_vote_shares():
             outs.append(torch.nn.functional.one_hot(torch.randint(0, WIDTH[s], (1, 4), generator=g),
                                                     WIDTH[s]).float())
     reps = _replies("cofed", outs)
-    assert reps[0].members == ("c0", "c2", "c4") and reps[3].members == ("c3",)
+    assert reps[0].peers == ("c0", "c2", "c4") and reps[3].peers == ("c3",)
     for k in range(4):
         for c in range(10):
             votes = sum(int(outs[m][0, k].argmax() == c) for m in (0, 2, 4))

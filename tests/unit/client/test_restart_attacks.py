@@ -135,7 +135,7 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
     have pruned round 4 first: the server, restarted (or restarting the client) from its
     checkpoint of round 4, asks for round 5 again, and that rewind needs it; before, the
     client deleted it on the bogus message and could then only give up."""
-    from fedmuscle_secure.client.grpc.process import exchange
+    from fedmuscle_secure.client.grpc.process import run_stream
     from fedmuscle_secure.errors import ProtocolError
     from fedmuscle_secure.messages import Finish
     from fedmuscle_secure.transport.limits import wire_limits
@@ -144,7 +144,7 @@ def test_a_refused_plan_does_not_prune_the_checkpoint_a_legitimate_rewind_needs(
     run, client = _disk(tmp_path, (4, 5)), _Client(5)
     msg = _plan(1000) if kind == "plan" else Finish(client="a", round=1000)
     with pytest.raises(ProtocolError, match="expected round 6"):
-        exchange(client, _Stream(msg), "a", wire_limits(tiny_config()), run, "muscle", None,
+        run_stream(client, _Stream(msg), "a", wire_limits(tiny_config()), run, "muscle", None,
                   keep=1, reconnected=False)
     assert run.checkpoint_labels("muscle") == [4, 5]
 

@@ -40,3 +40,18 @@ def test_resume_of_a_run_that_never_ran_a_round_starts_it(tmp_path):
     RunDir(tmp_path / "r").start(dump_config(cfg))  # recorded, then stopped before round 1
     res = run_experiment(cfg, tmp_path / "r", resume=True, progress=False)
     assert set(res.final[cfg.muscle.method]) == {c.name for c in cfg.clients}
+
+
+def test_a_failed_start_never_deletes_a_ledger_that_recorded_a_release(tmp_path):
+    from fedmuscle_secure.config import dump_config
+    from fedmuscle_secure.experiment.rundir import RunDir
+
+    cfg = tiny_config(**{"training.rounds": 1, "compare_local": False})
+    for entries, kept in ((['{"kind": "genesis"}'], False),
+                          (['{"kind": "genesis"}', '{"kind": "egress"}'], True)):
+        run = RunDir(tmp_path / f"r{len(entries)}")
+        run.start(dump_config(cfg))
+        (run.root / "ledger").mkdir()
+        (run.root / "ledger" / "a.jsonl").write_text("\n".join(entries) + "\n")
+        run.remove_unstarted(existed=False)
+        assert run.root.exists() == kept

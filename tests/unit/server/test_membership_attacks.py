@@ -348,6 +348,6 @@ def test_a_member_revoked_after_answering_the_stage_in_flight_does_not_stall_the
     f.pump()
     assert s.waiting() is None and s.round == 1, f"stalled waiting for {s.waiting().awaited}"
     for c in "abc":
-        assert [m.group for m in f.received[c] if isinstance(m, SumTerms)] == \
+        assert [m.peers for m in f.received[c] if isinstance(m, SumTerms)] == \
             [("a", "b", "c")] * 2
     f.fed.close()

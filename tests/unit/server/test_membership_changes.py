@@ -184,7 +184,7 @@ def test_a_member_revoked_mid_round_is_dropped_at_the_next_stage_boundary():
     #                                  of the stages after it (no key book, no shares)
     assert {c for c, _ in receipts.got} == {"a", "b", "c"}  # nothing received from d
     for c in "abc":
-        assert {m.group for m in received[c] if isinstance(m, SumTerms)} == {("a", "b", "c")}
+        assert {m.peers for m in received[c] if isinstance(m, SumTerms)} == {("a", "b", "c")}
     assert [(k, f["client"], f["round"]) for k, f in events] == [("client_revoked", "d", 1)]
     with pytest.raises(IdentityError, match="may not take part"):
         coordinator.connect("d", cert="cert-d")  # and it cannot come back

@@ -102,7 +102,7 @@ def test_a_member_silent_inside_a_secure_sum_sits_out_the_round_and_the_others_f
     h.later(2)
     for c in "abc":  # the exchange completed without d, and the next ones too
         sums = [m for m in h.received[c] if isinstance(m, SumTerms)]
-        assert [(m.batch, m.group) for m in sums] == [(0, ("a", "b", "c")), (1, ("a", "b", "c"))]
+        assert [(m.batch, m.peers) for m in sums] == [(0, ("a", "b", "c")), (1, ("a", "b", "c"))]
     notices = [(m.batch, "sits out" in m.reason) for m in h.received["d"]
                if isinstance(m, ExchangeAborted)]
     assert notices == [(0, True), (1, True)]
@@ -117,7 +117,7 @@ def test_a_member_silent_inside_a_secure_sum_sits_out_the_round_and_the_others_f
     h.coordinator.start_round(2)
     h.pump()
     assert s.round == 2
-    assert [m.group for m in h.received["d"] if isinstance(m, SumTerms)] == [
+    assert [m.peers for m in h.received["d"] if isinstance(m, SumTerms)] == [
         ("a", "b", "c", "d")] * 2
     h.fed.close()
 

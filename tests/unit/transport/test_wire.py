@@ -527,7 +527,7 @@ def test_grpc_service_is_a_bidirectional_chunk_stream():
         fedmuscle_pb2_grpc as rpc,  # package-relative import
     )
 
-    method = pb.DESCRIPTOR.services_by_name["FedMuscle"].methods_by_name["Exchange"]
+    method = pb.DESCRIPTOR.services_by_name["FedMuscle"].methods_by_name["Stream"]
     assert method.client_streaming and method.server_streaming
     assert method.input_type.name == method.output_type.name == "Chunk"
     assert callable(rpc.add_FedMuscleServicer_to_server) and rpc.FedMuscleStub
