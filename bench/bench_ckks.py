@@ -34,7 +34,7 @@ from fedmuscle_secure.crypto.ckks import (
     scale,
     sq_norm_minus,
 )
-from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.checks import load_config, with_overrides
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation
 
@@ -104,7 +104,7 @@ def round_table(cfg, repeats: int) -> None:
     for method in ("muscle_sum", "muscle"):
         times = {}
         for protection in ("plain", "ckks"):
-            c = cfg.with_overrides(**{"muscle.method": method, "protection": protection,
+            c = with_overrides(cfg, {"muscle.method": method, "protection": protection,
                                       "training.rounds": repeats + 1})
             fed = build_federation(c, split, method)
             times[protection], times[protection + "_m"] = CKKS.median_round(fed, repeats + 1)

@@ -31,7 +31,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from fedmuscle_secure.client.privacy import ClientPrivacy
 from fedmuscle_secure.dp.sampling import CsprngPoissonSampler
-from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.checks import load_config, with_overrides
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation, run_round
 
@@ -101,15 +101,15 @@ def main() -> int:
         sampling_table()
         print(f"# load average at end: {os.getloadavg()[0]:.2f}")
         return 0
-    base = load_config(args.config).with_overrides(**{"training.rounds": args.rounds})
+    base = with_overrides(load_config(args.config), {"training.rounds": args.rounds})
     split = make_split(base)
     variants = {
         "plain": (base, False),
         "plain+ledger": (base, True),
         # as shipped in digits-dp-client.yaml / digits-dp.yaml: ε = 8 at δ = 1e-5, calibrated
-        "repr. noise": (base.with_overrides(**{"privacy.representation_noise.enabled": True,
+        "repr. noise": (with_overrides(base, {"privacy.representation_noise.enabled": True,
                                                "privacy.representation_noise.target_epsilon": 8.0}), True),
-        "DP-SGD": (base.with_overrides(**{"privacy.dp_sgd.enabled": True,
+        "DP-SGD": (with_overrides(base, {"privacy.dp_sgd.enabled": True,
                                           "privacy.dp_sgd.target_epsilon": 8.0}), True),
     }
     print(f"# bench_privacy: {args.config}, {args.rounds} rounds each, {args.threads} threads, "

@@ -32,7 +32,7 @@ from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.checks import load_config, with_overrides
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.server.computation import peer_sums
 from fedmuscle_secure.simulator import build_federation
@@ -168,7 +168,7 @@ def round_table(cfg, repeats: int) -> None:
     for exchange in ("per_epoch", "per_batch"):
         times = {}
         for protection in ("plain", "secagg"):
-            c = cfg.with_overrides(**{"muscle.method": "muscle_sum", "muscle.exchange": exchange,
+            c = with_overrides(cfg, {"muscle.method": "muscle_sum", "muscle.exchange": exchange,
                                       "muscle.num_selected": len(cfg.clients) - 1,
                                       "protection": protection, "training.rounds": repeats + 1})
             fed = build_federation(c, split, "muscle_sum")

@@ -23,13 +23,13 @@ import torch
 
 from fedmuscle_secure.experiment.run import run_method
 from fedmuscle_secure.experiment.rundir import RunDir
-from fedmuscle_secure.federation.checks import load_config
+from fedmuscle_secure.federation.checks import load_config, with_overrides
 from fedmuscle_secure.federation.split import make_split
 
 
 def _one(config: str, seed: int, method: str, out: str, threads: int) -> dict:
     torch.set_num_threads(threads)
-    cfg = load_config(config).with_overrides(seed=seed)
+    cfg = with_overrides(load_config(config), {"seed": seed})
     run = RunDir(Path(out) / f"seed{seed}")
     run.create()
     rows = run_method(cfg, make_split(cfg), method, run, resume=False, progress=False, prior_rows=[])

@@ -185,6 +185,68 @@ def cycles() -> list[list[str]]:
     return found
 
 
+#: The rules of DESIGN §9 one by one, each as (rule, the parts it constrains, the parts they
+#: may import besides themselves). The layer test above implies them all; each is kept as
+#: its own test so a failure names the rule broken.
+ALL_PARTS = set().union(*LAYERS)
+ROLES = {"server", "client", "server process", "client process"}
+CONTRACTS: list[tuple[str, set[str], set[str]]] = [
+    ("crypto imports errors only", {"crypto"}, {"errors"}),
+    ("the vocabulary imports no layer (config does no layer checks)", {"vocabulary"},
+     {"crypto", "errors"}),
+    ("losses, dp and data import the vocabulary only", {"losses", "dp", "data"},
+     {"vocabulary", "crypto", "errors"}),
+    ("baselines import the vocabulary, losses, dp and data only", {"baselines"},
+     {"losses", "dp", "data", "vocabulary", "crypto", "errors"}),
+    ("transport never imports a role, the assembly, a driver or the command line",
+     {"transport"}, {"vocabulary", "crypto", "errors"}),
+    ("records and console import only what lies below them", {"records", "console"},
+     {"baselines", "losses", "dp", "data", "vocabulary", "crypto", "errors"}),
+    ("client never imports server", {"client", "client process"},
+     ALL_PARTS - {"server", "server process", "cli", "__main__", "compare"}),
+    ("server never imports client", {"server", "server process"},
+     ALL_PARTS - {"client", "client process", "cli", "__main__", "compare"}),
+    ("the state machines' roles never import the assembly or a driver", {"server", "client"},
+     ALL_PARTS - ROLES - {"federation", "provision", "simulator", "experiment", "compare", "cli",
+                          "__main__"}),
+    ("only the processes, drivers and provisioning build through federation",
+     ALL_PARTS - {"federation", "server process", "client process", "simulator", "experiment",
+                  "provision", "compare", "cli", "__main__"},
+     ALL_PARTS - {"federation", "server process", "client process", "simulator", "experiment",
+                  "provision", "compare", "cli", "__main__"}),
+    ("nothing imports cli", ALL_PARTS - {"cli", "__main__"}, ALL_PARTS - {"cli", "__main__"}),
+]
+
+
+def contract_violations(sources: set[str], allowed: set[str]) -> list[str]:
+    bad = []
+    for module, targets in GRAPH.items():
+        src = part_of(module)
+        if src not in sources:
+            continue
+        for target, line, _ in targets:
+            dst = part_of(target)
+            if dst != src and dst not in allowed:
+                bad.append(f"{MODULES[module]}:{line}: {src} imports {target} ({dst})")
+    return sorted(set(bad))
+
+
+@pytest.mark.parametrize("rule,sources,allowed", CONTRACTS, ids=[c[0] for c in CONTRACTS])
+def test_contract(rule, sources, allowed):
+    bad = contract_violations(sources, allowed)
+    assert not bad, f"{rule}:\n" + "\n".join(bad)
+
+
+def test_the_readme_layout_names_every_package():
+    """Every package of the tree is named in the README's layout section."""
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    packages = {path.parent for path in MODULES.values() if path.name == "__init__.py"}
+    missing = sorted(str(p.relative_to(REPO)) for p in packages
+                     if p.name + "/" not in layout and "wire_pb" not in p.parts)
+    assert not missing, f"README 'Layout' does not name: {missing}"
+
+
 def test_every_part_is_in_a_layer():
     parts = {part_of(m) for m in MODULES}
     assert parts <= set().union(*LAYERS), parts - set().union(*LAYERS)
