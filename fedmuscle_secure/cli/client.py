@@ -21,11 +21,11 @@ __all__ = ["add_client_parser", "cmd_client"]
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    # deferred: the client process imports torch and the federation (seconds)
+    writable_dir(args.out, "--out")
+    cfg, options = prepare(args)  # logging first: the client process imports opacus,
+    # which would configure a bare root logger; and torch and the federation take seconds
     from fedmuscle_secure.client.grpc.process import RetrySettings, client_id_of, run_client
 
-    writable_dir(args.out, "--out")
-    cfg, options = prepare(args)
     check_client_certs(cfg, args.certs, args.org, client_id_of(args.certs, args.org))
     retry = RetrySettings(initial_s=args.retry_initial, max_s=args.retry_max,
                           deadline_s=args.retry_deadline)

@@ -14,7 +14,6 @@ from fedmuscle_secure.console.progress import (
     verbosity_of,
 )
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.federation.checks import load_config
 from fedmuscle_secure.transport.streams import TransportOptions
 
 __all__ = ["add_common_options", "prepare"]
@@ -62,4 +61,8 @@ def prepare(args: argparse.Namespace) -> tuple[ExperimentConfig, TransportOption
             keepalive_timeout_ms=args.keepalive_timeout_ms)
     except ValueError as exc:
         raise ConfigError("--max-*-bytes", str(exc)) from None
+    # deferred, after configure_logging: the federation layer imports torch and its
+    # libraries, one of which configures the root logger if it is still bare
+    from fedmuscle_secure.federation.checks import load_config
+
     return load_config(args.config), options

@@ -22,7 +22,6 @@ from fedmuscle_secure.experiment.rundir import (
     check_start,
     config_differences,
 )
-from fedmuscle_secure.federation.checks import load_config, with_overrides
 
 if TYPE_CHECKING:
     from fedmuscle_secure.console.rounds import RunProgress
@@ -60,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from fedmuscle_secure.experiment.run import run_experiment
     from fedmuscle_secure.experiment.summary import client_table, comparisons
+    from fedmuscle_secure.federation.checks import load_config, with_overrides
 
     cfg = load_config(args.config or _default_config())
     overrides = parse_overrides(args.set)

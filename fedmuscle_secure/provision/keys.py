@@ -27,13 +27,6 @@ from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.identity import check_client_name, generate_identity
 from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError, IdentityError
-from fedmuscle_secure.federation.ckks import (
-    CKKS_DIR,
-    PUBLIC_CONTEXT,
-    SECRET_CONTEXT,
-    provision_ckks_keys,
-)
-from fedmuscle_secure.federation.setup import decide_protection
 from fedmuscle_secure.records.identity_files import save_identity
 
 IDENTITIES = "identities"
@@ -67,6 +60,16 @@ def provision_ckks(cfg: ExperimentConfig, out: str | os.PathLike, *, force: bool
     if cfg.protection != "ckks":
         raise ConfigError("protection", f"provision ckks needs a config with protection 'ckks', "
                                         f"got {cfg.protection!r}")
+    # deferred: the federation layer imports torch, opacus and TenSEAL, which the other
+    # provisioning commands never need (and opacus configures a bare root logger)
+    from fedmuscle_secure.federation.ckks import (
+        CKKS_DIR,
+        PUBLIC_CONTEXT,
+        SECRET_CONTEXT,
+        provision_ckks_keys,
+    )
+    from fedmuscle_secure.federation.setup import decide_protection
+
     folder = Path(out) / CKKS_DIR
     files = CkksFiles(folder / SECRET_CONTEXT, folder / PUBLIC_CONTEXT)
     if files.secret_path.exists() and not force:
@@ -80,5 +83,5 @@ def provision_ckks(cfg: ExperimentConfig, out: str | os.PathLike, *, force: bool
     return files
 
 
-__all__ = ["CKKS_DIR", "PUBLIC_CONTEXT", "SECRET_CONTEXT", "CkksFiles", "make_identity",
+__all__ = ["CkksFiles", "make_identity",
            "provision_ckks"]
