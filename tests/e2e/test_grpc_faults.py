@@ -91,7 +91,7 @@ class _RawStream:
         self.channel = grpc.secure_channel(target, creds)
         grpc.channel_ready_future(self.channel).result(timeout=60)
         self.sending: queue.Queue = queue.Queue()
-        self.responses = rpc.FedMuscleStub(self.channel).Exchange(iter(self.sending.get, None),
+        self.responses = rpc.FedMuscleStub(self.channel).Stream(iter(self.sending.get, None),
                                                                    timeout=90)
 
     def send(self, *pieces: Chunk) -> None:
