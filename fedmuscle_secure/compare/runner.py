@@ -27,6 +27,7 @@ from typing import Any
 
 from fedmuscle_secure.compare.grid import Cell
 from fedmuscle_secure.config import dump_config
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.experiment.rundir import RunDir, config_digest, results_config
 
 MARKER = "cell.json"
@@ -79,9 +80,7 @@ def read_marker(cell_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def log_event(out: Path, kind: str, **fields: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from fedmuscle_secure.durable import fsync_dir
+from fedmuscle_secure.durable import fsync_dir, write_atomic
 from fedmuscle_secure.errors import CheckpointError, ConfigError
 
 METRIC_COLUMNS = [
@@ -33,15 +33,6 @@ METRIC_COLUMNS = [
 ]
 FINAL = "final"
 """The label of the checkpoint written when a method's run finished (``final.pt``)."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class RunDir:
@@ -102,7 +93,7 @@ class RunDir:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        atomic_write(self.metrics, buf.getvalue().encode())
+        write_atomic(self.metrics, buf.getvalue().encode())
 
     # -- checkpoints ------------------------------------------------------------------
     def checkpoint_dir(self, method: str) -> Path:
@@ -118,7 +109,7 @@ class RunDir:
         path = d / _checkpoint_name(r)
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write(path, buf.getvalue())
+        write_atomic(path, buf.getvalue())
         fsync_dir(d)
         self.prune_checkpoints(method, keep)
         return path
@@ -173,7 +164,7 @@ class RunDir:
         return self.run_id.read_text().strip() or None
 
     def write_run_id(self, run_id: str) -> None:
-        atomic_write(self.run_id, (run_id + "\n").encode())
+        write_atomic(self.run_id, (run_id + "\n").encode())
 
     @staticmethod
     def _load(path: Path) -> dict[str, Any]:

@@ -8,8 +8,8 @@ phase shapes the representation the task head uses without forcing the task into
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError
 
 
@@ -130,12 +131,10 @@ def save_final(model: nn.Module, spec: dict[str, Any], folder: Path) -> Path:
     to a temporary name and renamed, so a crash never leaves half a model."""
     folder.mkdir(parents=True, exist_ok=True)
     weights, record = folder / FINAL_WEIGHTS, folder / FINAL_SPEC
-    tmp = weights.with_suffix(".pt.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, weights)
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, record)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    write_atomic(weights, buf.getvalue())
+    write_atomic(record, (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
     return weights
 
 
