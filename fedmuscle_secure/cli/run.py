@@ -53,6 +53,9 @@ def latest_run(cfg: ExperimentConfig) -> Path | None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the experiment; a run directory that does not fit ``--resume`` is refused before
     the data and models are built."""
+    level = verbosity_of(args.quiet, args.verbose)
+    if level >= DETAIL:  # the library's own INFO/DEBUG records, on stderr; set up before
+        configure_logging(level)  # the run loop imports opacus, which claims a bare root logger
     # deferred: torch and the run loop take seconds to import, which --help and the other
     # subcommands should not pay
     import torch
@@ -80,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.out = writable_dir(out, "--out")  # also what an interruption says to resume
     check_start(RunDir(out), dump_config(cfg), args.resume, RUN_WORDING)
     t0 = time.perf_counter()
-    result = run_experiment(cfg, out, resume=args.resume, progress=_run_display(cfg, args))
+    result = run_experiment(cfg, out, resume=args.resume, progress=_run_display(cfg, args, level))
     print(f"\nRun directory: {result.run_dir}  ({time.perf_counter() - t0:.0f} s)\n")
     cmps = comparisons(cfg, result.rows)
     for cmp in cmps:
@@ -91,16 +94,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_display(cfg: ExperimentConfig, args: argparse.Namespace) -> RunProgress:
-    """``run``'s progress on stdout at the verbosity of --quiet/-v; --no-progress: plain
-    lines even on a terminal (no bar)."""
+def _run_display(cfg: ExperimentConfig, args: argparse.Namespace, level: int) -> RunProgress:
+    """``run``'s progress on stdout at verbosity ``level`` (--quiet/-v); --no-progress:
+    plain lines even on a terminal (no bar)."""
     # deferred with the run loop (cmd_run)
     from fedmuscle_secure.console.rounds import RunProgress
     from fedmuscle_secure.experiment.run import methods_of
 
-    level = verbosity_of(args.quiet, args.verbose)
-    if level >= DETAIL:  # the library's own INFO/DEBUG records, on stderr
-        configure_logging(level)
     return RunProgress(cfg, methods_of(cfg), verbosity=level,
                        bar=False if args.no_progress else None)
 
