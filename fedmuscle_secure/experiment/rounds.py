@@ -24,7 +24,7 @@ class _Server(Protocol):
     departures: list[dict[str, Any]]
     sat_out: list[dict[str, Any]]
     deadlines: list[dict[str, object]]
-    settings: Any
+    protection: Any  # the mode's strategy; its ``events`` are the mode's own (secagg's)
 
 
 def metric_row(cfg: ExperimentConfig, method: str, r: int | str, client: str, metric: str,
