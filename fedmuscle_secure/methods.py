@@ -7,6 +7,8 @@ which.
 
 from __future__ import annotations
 
+from typing import Literal
+
 MUSCLE_METHODS: tuple[str, ...] = ("muscle", "muscle_sum", "pairwise", "local")
 """``muscle``: exact Muscle loss (§2.1); ``muscle_sum``: sum form (§2.2); ``pairwise``:
 pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
@@ -26,5 +28,19 @@ OUTPUT_RELEASING: tuple[str, ...] = ("cofed", "feddf")
 PEER_SELECTING: tuple[str, ...] = ("muscle", "muscle_sum", "pairwise", "gram", "fedhenn")
 """Methods whose server reply is built from M selected peers (so need M ≤ N − 1)."""
 
+Mode = Literal["plain", "secagg", "ckks"]
+
+
+def protection_mode(protection: str, method: str) -> Mode:
+    """The protection ``method`` runs under in a federation configured with ``protection``:
+    secagg protects the sum form only and ckks every collaborative method; the ``local``
+    reference releases nothing, so runs plain."""
+    if protection == "secagg" and method == "muscle_sum":
+        return "secagg"
+    if protection == "ckks" and method != "local":
+        return "ckks"
+    return "plain"
+
+
 __all__ = ["BASELINES", "METHODS", "MUSCLE_METHODS", "OUTPUT_RELEASING", "PEER_SELECTING",
-           "SILENT"]
+           "SILENT", "Mode", "protection_mode"]

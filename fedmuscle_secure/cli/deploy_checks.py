@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.methods import protection_mode
 
 __all__ = ["check_client_certs", "check_listen", "check_server_certs"]
 
@@ -109,7 +110,7 @@ def _matching_key(key_path: Path, cert: x509.Certificate, cert_path: Path) -> No
 def _signed_adverts(cfg: ExperimentConfig) -> bool:
     """Whether every process needs every organisation's public identity (secagg's signed key
     advertisements; the condition under which the deployment loads them)."""
-    return cfg.protection == "secagg" and cfg.muscle.method == "muscle_sum"
+    return protection_mode(cfg.protection, cfg.muscle.method) == "secagg"
 
 
 def _org_folders(certs: Path) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,19 +24,8 @@ from fedmuscle_secure.federation.privacy import Calibration, calibrate, dp_enabl
 from fedmuscle_secure.federation.secagg import SecAggParameters, secagg_parameters
 from fedmuscle_secure.federation.split import make_split, train_sizes
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
+from fedmuscle_secure.methods import Mode, protection_mode
 from fedmuscle_secure.transport.limits import WireLimits, wire_limits
-
-Mode = Literal["plain", "secagg", "ckks"]
-
-
-def protection_mode(cfg: ExperimentConfig, method: str) -> Mode:
-    """The protection ``method`` runs under: secagg protects the sum form only and ckks
-    every collaborative method; the ``local`` reference releases nothing, so runs plain."""
-    if cfg.protection == "secagg" and method == "muscle_sum":
-        return "secagg"
-    if cfg.protection == "ckks" and method != "local":
-        return "ckks"
-    return "plain"
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,7 @@ def decide_protection(cfg: ExperimentConfig, method: str,
     calibration = None
     if dp_enabled(cfg):
         calibration = calibrate(cfg, train_sizes(cfg, split or make_split(cfg)))
-    return Protection(protection_mode(cfg, method), calibration)
+    return Protection(protection_mode(cfg.protection, method), calibration)
 
 
 @dataclass(frozen=True)
@@ -135,6 +123,7 @@ def public_identity(key):
     """The Ed25519 public key of an identity given as a private or a public key (a
     deployment holds only its own private key and its peers' public keys, DESIGN §6)."""
     return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+
 
 def federation_wire_limits(cfg: ExperimentConfig, protection: Protection) -> WireLimits:
     """The wire limits both deployment processes decode under. A ``ckks`` config sizes its
