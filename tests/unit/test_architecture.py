@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.paths import REPO
+
 PACKAGE = "fedmuscle_secure"
 #: Where each installed package's source lives (pyproject.toml's package-dir mapping).
 SOURCES = {PACKAGE: REPO / "fedmuscle_secure", f"{PACKAGE}.crypto": REPO / "crypto",
@@ -130,6 +131,12 @@ def _level(part: str) -> int:
     raise AssertionError(f"part {part!r} is in no layer of tests/test_architecture.py")
 
 
+def _where(module: str) -> Path:
+    """The module's file, relative to the repository when it lies inside it."""
+    path = MODULES[module]
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def layer_violations() -> list[str]:
     bad = []
     for module, targets in GRAPH.items():
@@ -142,9 +149,7 @@ def layer_violations() -> list[str]:
             sideways = _level(dst) == _level(src) and any(
                 {src, dst} <= group for group in INDEPENDENT)
             if upward or sideways:
-                path = MODULES[module]
-                where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-                bad.append(f"{where}:{line}: {src} imports {target} ({dst}"
+                bad.append(f"{_where(module)}:{line}: {src} imports {target} ({dst}"
                            f"{' is above it' if upward else ' is independent of it'})")
     return sorted(set(bad))
 
@@ -227,7 +232,7 @@ def contract_violations(sources: set[str], allowed: set[str]) -> list[str]:
         for target, line, _ in targets:
             dst = part_of(target)
             if dst != src and dst not in allowed:
-                bad.append(f"{MODULES[module]}:{line}: {src} imports {target} ({dst})")
+                bad.append(f"{_where(module)}:{line}: {src} imports {target} ({dst})")
     return sorted(set(bad))
 
 
