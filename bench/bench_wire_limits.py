@@ -65,14 +65,13 @@ def child(case: str, path: str, config: str) -> None:
     """Receive the payload in ``path`` as ``case`` says; print the peak growth in KiB."""
     from fedmuscle_secure.errors import ProtocolError
     from fedmuscle_secure.federation.checks import load_config
-    from fedmuscle_secure.federation.setup import decide_protection, federation_wire_limits
+    from fedmuscle_secure.federation.setup import federation_wire_limits
     from fedmuscle_secure.transport.chunks import Chunk
     from fedmuscle_secure.transport.codec import _ENVELOPE_TYPE, Direction, _from_proto
     from fedmuscle_secure.transport.streams import Inbound, TransportOptions
     from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 
-    cfg = load_config(config)
-    limits = federation_wire_limits(cfg, decide_protection(cfg, cfg.muscle.method))
+    limits = federation_wire_limits(load_config(config))
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).digest()
     before, outcome = _peak_kib(), "accepted"
@@ -105,12 +104,11 @@ def main() -> None:
         child(args.child[0], args.child[1], args.config)
         return
     from fedmuscle_secure.federation.checks import load_config
-    from fedmuscle_secure.federation.setup import decide_protection, federation_wire_limits
+    from fedmuscle_secure.federation.setup import federation_wire_limits
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     payload = hostile_payload()
-    cfg = load_config(args.config)
-    limit = federation_wire_limits(cfg, decide_protection(cfg, cfg.muscle.method)).max_payload_bytes
+    limit = federation_wire_limits(load_config(args.config)).max_payload_bytes
     print(f"config {args.config}: derived max_payload_bytes = {limit} bytes; hostile "
           f"UnmaskRequest of {len(payload)} bytes ({NAMES} one-byte survivor names)\n")
     print(f"{'case':36s} {'peak RSS growth':>16s} {'× message':>10s}  outcome")

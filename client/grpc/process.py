@@ -132,7 +132,7 @@ def run_client(cfg: ExperimentConfig, org: str, certs: str | Path, target: str, 
     own, identities = _identities(cfg, certs, name, protection)
     member = _Member(cfg, name, method, run, split, own, identities, contexts, protection,
                      ClientProgress(cfg, method, name, log), recorded)
-    limits = federation_wire_limits(cfg, protection)
+    limits = federation_wire_limits(cfg)
     member.watch.connecting(target)
     try:
         while True:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.data import FederatedSplit
-from fedmuscle_secure.federation.ckks import CkksKeys, ckks_parameters, provision_ckks_keys
+from fedmuscle_secure.federation.ckks import CkksKeys, provision_ckks_keys, validate_ckks
 from fedmuscle_secure.federation.privacy import Calibration, calibrate, dp_enabled, identity_key
 from fedmuscle_secure.federation.secagg import SecAggParameters, secagg_parameters
 from fedmuscle_secure.federation.split import make_split, train_sizes
@@ -125,9 +125,9 @@ def public_identity(key):
     return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
 
 
-def federation_wire_limits(cfg: ExperimentConfig, protection: Protection) -> WireLimits:
+def federation_wire_limits(cfg: ExperimentConfig) -> WireLimits:
     """The wire limits both deployment processes decode under. A ``ckks`` config sizes its
     ciphertext bounds from its CKKS parameters whatever the method (``local`` exchanges
-    nothing, but its limits are the federation's)."""
-    params = ckks_parameters(cfg, protection.sigma_client) if cfg.protection == "ckks" else None
-    return wire_limits(cfg, params)
+    nothing, but its limits are the federation's). The sizes depend on the parameters
+    alone, not on σ: no calibration (nor the data it needs) is asked for here."""
+    return wire_limits(cfg, validate_ckks(cfg, noise_std=0.0) if cfg.protection == "ckks" else None)

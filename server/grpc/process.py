@@ -140,7 +140,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
     split = make_split(cfg)
     protection = decide_protection(cfg, method, split)
     contexts = server_ckks(cfg, certs, protection.sigma_client) if protection.mode == "ckks" else None
-    limits = federation_wire_limits(cfg, protection)  # before the run directory is written
+    limits = federation_wire_limits(cfg)  # before the run directory is written
     run, resolved, run_id = _open_run(cfg, out, resume)
     trust.on_event = run.event
     ck = run.latest_checkpoint(method) if resume else None

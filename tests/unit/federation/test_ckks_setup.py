@@ -49,8 +49,8 @@ def test_noise_too_large_for_the_ckks_modulus_is_refused_naming_the_parameter():
 def test_a_ckks_deployment_sizes_its_wire_limits_from_its_parameters_whatever_the_method(method):
     """Both deployment processes decode under these limits; ``local`` under ``ckks`` starts
     too (it exchanges nothing, but its limits are the federation's)."""
-    from fedmuscle_secure.federation.setup import decide_protection, federation_wire_limits
+    from fedmuscle_secure.federation.setup import federation_wire_limits
 
     cfg = tiny_config(**{"muscle.method": method, "protection": "ckks"})
-    limits = federation_wire_limits(cfg, decide_protection(cfg, method))
+    limits = federation_wire_limits(cfg)
     assert limits.ciphertexts >= 1
