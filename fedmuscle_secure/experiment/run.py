@@ -29,7 +29,7 @@ from fedmuscle_secure.data import FederatedSplit
 from fedmuscle_secure.errors import ConfigError, RunInterrupted
 from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, check_start, config_digest
-from fedmuscle_secure.experiment.summary import client_table, write_summary
+from fedmuscle_secure.experiment.summary import write_summary
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import Federation, build_federation, run_round
 
@@ -213,4 +213,4 @@ def _run_methods(cfg: ExperimentConfig, run: RunDir, resolved: str, *, resume: b
     return rows
 
 
-__all__ = ["RunResult", "client_table", "config_digest", "run_experiment"]
+__all__ = ["RunResult", "methods_of", "run_experiment", "run_method"]
