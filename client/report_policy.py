@@ -40,9 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedmuscle_secure.messages import (  # noqa: F401  (the first two: re-exported)
-    METRIC_SOURCES,
-    NOT_REPORTED,
+from fedmuscle_secure.messages import (
     MetricSource,
     RoundReport,
     source_of,

@@ -24,11 +24,7 @@ from fedmuscle_secure.client.protection.base import ClientProtection, PlainReply
 from fedmuscle_secure.client.protection.plain import PlainClientProtection
 from fedmuscle_secure.client.release_record import ReleaseGuard, ReleaseRecord
 from fedmuscle_secure.client.report_policy import ReportGate
-from fedmuscle_secure.client.settings import (  # noqa: F401  (PlanSpec: re-exported)
-    ClientSettings,
-    LabelledData,
-    PlanSpec,
-)
+from fedmuscle_secure.client.settings import ClientSettings, LabelledData
 from fedmuscle_secure.client.training import LocalTraining
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fedmuscle_secure.baselines import OUTPUT_RELEASING
 from fedmuscle_secure.baselines.group_outputs import group_output_replies
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
@@ -36,6 +35,7 @@ from fedmuscle_secure.messages import (
     RoundReport,
     SitOut,
 )
+from fedmuscle_secure.methods import OUTPUT_RELEASING
 from fedmuscle_secure.seeding import derive_seed, public_batches
 from fedmuscle_secure.server.protection import (
     PlainServerProtection,

@@ -11,7 +11,3 @@ This package's ``__init__`` imports nothing heavy so the client's loss dispatch 
 its modules without a cycle. The method names and kinds live in the registry
 :mod:`fedmuscle_secure.methods`.
 """
-
-from fedmuscle_secure.methods import BASELINES, OUTPUT_RELEASING, PEER_SELECTING, SILENT
-
-__all__ = ["BASELINES", "OUTPUT_RELEASING", "PEER_SELECTING", "SILENT"]

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmuscle_secure.client.report_policy import METRIC_SOURCES, NOT_REPORTED, policy_for
+from fedmuscle_secure.client.report_policy import policy_for
 from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.messages import METRIC_SOURCES, NOT_REPORTED
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fedmuscle_secure.client.dp_sgd import DPSGDConfig, DPSGDTrainer, recommended_grad_sample_mode
 from fedmuscle_secure.client.privacy import ClientPrivacy, PrivacySettings
-from fedmuscle_secure.client.state import LabelledData
+from fedmuscle_secure.client.settings import LabelledData
 from fedmuscle_secure.config import ClientConfig
 from fedmuscle_secure.crypto.identity import public_pem
 from fedmuscle_secure.data import Task

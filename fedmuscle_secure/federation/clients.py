@@ -16,7 +16,8 @@ from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.client.protection.ckks import CkksClientProtection
 from fedmuscle_secure.client.protection.secagg import SecAggClientProtection
 from fedmuscle_secure.client.report_policy import policy_for
-from fedmuscle_secure.client.state import ClientSettings, FedMuscleClient, LabelledData, PlanSpec
+from fedmuscle_secure.client.settings import ClientSettings, LabelledData, PlanSpec
+from fedmuscle_secure.client.state import FedMuscleClient
 from fedmuscle_secure.config import ClientConfig, ExperimentConfig
 from fedmuscle_secure.crypto.ckks import SecretContext
 from fedmuscle_secure.data import FederatedSplit, Task, get_task

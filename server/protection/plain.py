@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from fedmuscle_secure.baselines import OUTPUT_RELEASING
 from fedmuscle_secure.baselines.fedhenn import peer_kernels
 from fedmuscle_secure.messages import (
     Message,
@@ -19,6 +18,7 @@ from fedmuscle_secure.messages import (
     Representations,
     TaskOutputs,
 )
+from fedmuscle_secure.methods import OUTPUT_RELEASING
 from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
 from fedmuscle_secure.server.protection.base import ReplyInputs, ServerProtection
 

@@ -3,9 +3,9 @@ unit-norm is released, DP-SGD everywhere, and the deployment's refusal."""
 
 import pytest
 
-from fedmuscle_secure.baselines import BASELINES
 from fedmuscle_secure.config import validate_deployable
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.methods import BASELINES
 from helpers.tiny import tiny_config
 
 NOISE = {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from fedmuscle_secure.baselines import SILENT, pseudo_label
+from fedmuscle_secure.baselines import pseudo_label
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import (
     GroupOutputs,
@@ -17,6 +17,7 @@ from fedmuscle_secure.messages import (
     RoundReport,
     TaskOutputs,
 )
+from fedmuscle_secure.methods import SILENT
 from fedmuscle_secure.simulator import build_federation, run_round
 from helpers.baselines import baseline_config
 
