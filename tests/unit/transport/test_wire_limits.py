@@ -16,7 +16,6 @@ import types
 
 import pytest
 import torch
-from test_wire import CKKS, PLAIN, fake_matrix
 
 from fedmuscle_secure.crypto.secagg.messages import (
     AdvertiseKeys,
@@ -46,6 +45,7 @@ from fedmuscle_secure.transport.limits import CAPS, WireLimits, message_bounds, 
 from fedmuscle_secure.transport.streams import Inbound, TransportOptions
 from fedmuscle_secure.transport.wire_pb import fedmuscle_pb2 as pb
 from helpers.tiny import tiny_config
+from helpers.wire_samples import CKKS, PLAIN, fake_matrix
 
 UP, DOWN = Direction.TO_SERVER, Direction.TO_CLIENT
 CFG = tiny_config()              # N = 3 clients, per_batch: nb = 1
