@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -59,13 +57,6 @@ def test_cli_exits_2_on_bad_config(tmp_path, capsys, label, mutate, field):
     err = capsys.readouterr().err
     assert field in err
     assert not (tmp_path / "run").exists()
-
-
-def test_console_script_exit_code_and_missing_file(tmp_path):
-    exe = Path(sys.executable).parent / "fedmuscle-secure"
-    res = subprocess.run([str(exe), "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True, check=False)
-    assert res.returncode == 2
-    assert "nope.yaml" in res.stderr
 
 
 def test_overrides_are_validated():

@@ -1,33 +1,25 @@
 """Every user error on every subcommand: exit 2 (usage or configuration) or 1 (run time), one
-line on stderr naming the flag, file or organisation at fault, never a traceback; Ctrl-C
-exits 130 saying how to go on; a reader closing stdout early ends the command quietly (141).
+line on stderr naming the flag, file or organisation at fault, never a traceback.
 
-Most cases run ``cli.main`` in this process (argparse errors end in SystemExit, as they do
-for the console script); Ctrl-C and the closed pipe need a real process.
+Every case runs ``cli.main`` in this process (argparse errors end in SystemExit, as they do
+for the console script). What needs a real process (Ctrl-C exits 130 saying how to go on, a
+reader closing stdout early ends the command quietly with 141, the console script's exit
+code) is in tests/e2e/test_cli_processes.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shlex
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from fedmuscle_secure.cli.main import main
-from helpers.audit_fixtures import build_run
-from helpers.deploy_driver import provision
+from helpers.cli_world import make_world, one_line
 from helpers.paths import REPO
-from helpers.tiny import tiny_config
 
 
 def run_main(argv: list[str]) -> int:
@@ -35,14 +27,6 @@ def run_main(argv: list[str]) -> int:
         return main([str(a) for a in argv])
     except SystemExit as exc:  # argparse: usage errors and --help
         return int(exc.code or 0)
-
-
-def one_line(err: str) -> str:
-    """The single non-empty stderr line (and no traceback)."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    return lines[0]
 
 
 def unwritable(tmp: Path) -> Path:
@@ -64,28 +48,7 @@ def unwritable(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    """Files the commands can be pointed at: a tiny config, a grid, a provisioned CA folder,
-    a file where a folder is expected, a malformed YAML file."""
-    root = tmp_path_factory.mktemp("world")
-    config = root / "tiny.yaml"
-    cfg = tiny_config(compare_local=False, **{"training.rounds": 1})
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    grid = root / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"name": "g", "base": "tiny.yaml", "seeds": [0],
-                                    "grids": [{"method": ["muscle"]}]}))
-    (root / "a-file").write_text("not a folder\n")
-    (root / "bad.yaml").write_text("clients: [\n")
-    certs = provision(root)
-    # the folder organisation a copies to its host (README "Deployment")
-    org_a = root / "org-a-certs"
-    (org_a / "identities").mkdir(parents=True)
-    shutil.copytree(certs / "ca", org_a / "ca")
-    shutil.copytree(certs / "orgs" / "a", org_a / "orgs" / "a")
-    shutil.copy(certs / "identities" / "a.key", org_a / "identities")
-    for pub in (certs / "identities").glob("*.pub"):
-        shutil.copy(pub, org_a / "identities")
-    return {"root": root, "config": config, "grid": grid, "file": root / "a-file",
-            "bad": root / "bad.yaml", "certs": certs, "org_a": org_a}
+    return make_world(tmp_path_factory.mktemp("world"))
 
 
 def _server(w, out, *extra):
@@ -302,94 +265,6 @@ def test_compare_with_a_bad_grid_field_or_import(world, tmp_path, capsys):
     assert run_main(["compare", world["grid"], "--out", tmp_path / "o", "--report-only",
                      "--import", tmp_path / "nowhere"]) == 2
     assert "--import" in one_line(capsys.readouterr().err)
-
-
-# --- Ctrl-C and a closed stdout: real processes --------------------------------------------
-
-def _cli(*args, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fedmuscle_secure.cli.main", *map(str, args)],
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
-
-
-def _interrupt_once(proc: subprocess.Popen, started) -> str:
-    """SIGINT to ``proc`` once ``started()``; its stderr, after checking it exited 130."""
-    t_end = time.monotonic() + 300
-    while not started():
-        assert proc.poll() is None and time.monotonic() < t_end, proc.stderr.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 130, err
-    return one_line(err)
-
-
-def test_ctrl_c_during_run_exits_130_with_the_resume_command(world, tmp_path):
-    out = tmp_path / "run"
-    proc = _cli("run", world["config"], "--out", out, "--no-progress", "--threads", "1",
-                stdout=subprocess.DEVNULL)
-    line = _interrupt_once(proc, lambda: (out / "events.jsonl").is_file())  # it started
-    assert line.startswith("fedmuscle-secure: interrupted; resume with: ")
-    command = shlex.split(line.split("resume with: ", 1)[1])
-    assert command[:3] == ["fedmuscle-secure", "run", str(world["config"])]
-    assert "--resume" in command and command[command.index("--out") + 1] == str(out)
-
-
-def test_ctrl_c_during_compare_ends_its_workers_and_says_to_run_it_again(world, tmp_path):
-    """The terminal's Ctrl-C reaches every process of the group; here only the parent gets
-    it, which must end the workers (before: it waited for their cells to finish, and each
-    worker that did get it printed its own traceback)."""
-    long = tiny_config(compare_local=False, **{"training.rounds": 10000})  # hours per cell
-    (tmp_path / "long.yaml").write_text(yaml.safe_dump(long.model_dump(mode="json")))
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"name": "g", "base": "long.yaml", "seeds": [0],
-                                    "grids": [{"method": ["muscle"]}]}))
-    out = tmp_path / "cmp"
-    proc = _cli("compare", grid, "--out", out, "--jobs", "2", "--threads", "1",
-                "--no-progress", stdout=subprocess.DEVNULL)
-    log = out / "compare.jsonl"
-
-    def workers() -> list[int]:
-        return [json.loads(x)["pid"] for x in log.read_text().splitlines()
-                if json.loads(x)["event"] == "cell_start"] if log.is_file() else []
-
-    def gone(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return "zombie" in Path(f"/proc/{pid}/status").read_text()
-
-    try:
-        line = _interrupt_once(proc, lambda: bool(workers()))
-        assert line.startswith("fedmuscle-secure: interrupted; run it again: "
-                               "fedmuscle-secure compare")
-        t_end = time.monotonic() + 30
-        while not all(gone(p) for p in workers()):
-            assert time.monotonic() < t_end, f"workers {workers()} still running"
-            time.sleep(0.1)
-    finally:
-        for pid in workers():  # never leave an hours-long cell behind
-            if not gone(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.parametrize("argv", [["audit", "{run}", "--json"], ["audit", "{run}"],
-                                  ["provision", "list", "--ca", "{ca}", "--json"],
-                                  ["compare", "{grid}", "--dry-run"]], ids=" ".join)
-def test_a_reader_closing_stdout_early_ends_the_command_quietly(world, tmp_path, argv):
-    """``audit --json | head``: the reader is gone before the first write."""
-    run = build_run(tmp_path)
-    args = [a.format(run=run, ca=world["certs"], grid=world["grid"]) for a in argv]
-    proc = _cli(*args, stdout=subprocess.PIPE)
-    proc.stdout.close()  # as `head` does once it has its lines
-    err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 141, err
-    assert err == ""
 
 
 def test_the_readme_exit_code_table_lists_every_code_the_cli_returns():
