@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedmuscle_secure.compare.report import Setting, mean_std
+from fedmuscle_secure.compare.cells import Setting, mean_std
 
 
 def _slug(parts: tuple[str, ...]) -> str:

@@ -13,121 +13,57 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmuscle_secure.compare.runner import MARKER
+from fedmuscle_secure.compare.cells import (
+    CellResult,
+    Setting,
+    as_float,
+    cell_delta,
+    load_cells,
+    mean_std,
+    pm,
+    reference_of,
+    settings,
+)
+from fedmuscle_secure.compare.paired import (
+    Interval,
+    paired_comparisons,
+    t_interval,
+    verdict_section,
+    write_paired_csv,
+)
 
 CSV_COLUMNS = [
     "cell", "method", "protection", "dp", "exchange", "seed", "client", "model", "task", "metric",
     "test_metric", "local_metric", "gain_points", "rel_pct", "mb_sent_per_round",
     "mb_received_per_round", "compute_s_per_round", "cell_wall_time_s", "eps_record",
-    "eps_client", "ref_cell",
+    "eps_client", "ref_cell", "setting_delta_ci95_low", "setting_delta_ci95_high",
+    "client_gain_ci95_low", "client_gain_ci95_high",
 ]
 
 
-def _f(v: Any) -> float | None:
-    try:
-        return None if v in (None, "") else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
-def pm(xs: list[float], digits: int = 2) -> str:
-    m, s = mean_std(xs)
-    return "–" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-@dataclass
-class CellResult:
-    """One finished cell: its axes and per-client final metrics, traffic and ε."""
-
-    meta: dict[str, Any]
-    clients: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return self.meta["id"]
-
-    def setting(self) -> tuple[str, str, str, str]:
-        m = self.meta
-        return (m["method"], m["protection"], m["dp"], m["exchange"])
-
-
-def _client_stats(rows: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        c = out.setdefault(r["client"], {"model": r["model"], "task": r["task"], "metric": r["metric"],
-                                         "sent": [], "recv": [], "time": [], "eps_record": None,
-                                         "eps_client": None, "test_metric": None})
-        if r["round"] == "final":
-            c["test_metric"] = _f(r["test_metric"])
-        else:
-            c["sent"].append(_f(r["bytes_sent"]) or 0.0)
-            c["recv"].append(_f(r["bytes_received"]) or 0.0)
-            c["time"].append(_f(r["wall_time_s"]) or 0.0)
-        for k in ("eps_record", "eps_client"):  # the last reported value (final row last)
-            if _f(r.get(k)) is not None:
-                c[k] = _f(r[k])
-    for c in out.values():
-        n = max(len(c["sent"]), 1)
-        c["mb_sent"] = sum(c.pop("sent")) / n / 1e6
-        c["mb_recv"] = sum(c.pop("recv")) / n / 1e6
-        c["compute_s"] = sum(c.pop("time")) / n
+def setting_intervals(s: Setting) -> dict[str, Interval]:
+    """The t-intervals over seeds of a setting's Δ against local (key ``""``) and of each
+    client's gain in points against its local reference (key: the client)."""
+    out = {"": t_interval([d["delta_pct"] for d in s.deltas])} if s.deltas else {}
+    for name in (s.cells[0].clients if s.deltas else {}):
+        gains = [d["per_client"][name][2] for d in s.deltas if name in d["per_client"]]
+        if gains:
+            out[name] = t_interval(gains)
     return out
 
 
-def load_cells(out: str | Path) -> dict[str, CellResult]:
-    """Every cell under ``OUT/cells`` whose marker says done."""
-    cells: dict[str, CellResult] = {}
-    for d in sorted((Path(out) / "cells").glob("*")):
-        p = d / MARKER
-        if not p.is_file():
-            continue
-        meta = json.loads(p.read_text())
-        if meta.get("status") != "done" or not (d / "metrics.csv").is_file():
-            continue
-        with open(d / "metrics.csv", newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r["method"] == meta["method"]]
-        cells[meta["id"]] = CellResult(meta, _client_stats(rows))
-    return cells
-
-
-def _ref(cell: CellResult, cells: dict[str, CellResult]) -> CellResult | None:
-    return cell if cell.meta["method"] == "local" else cells.get(cell.meta.get("ref") or "")
-
-
-def cell_delta(cell: CellResult, ref: CellResult) -> dict[str, Any]:
-    """Δ(%) (mean relative gain), mean gain in points, per client, against ``ref``."""
-    rel, gain, per = [], [], {}
-    for name, c in cell.clients.items():
-        me, lo = c["test_metric"], ref.clients.get(name, {}).get("test_metric")
-        if me is None or lo is None:
-            continue
-        g = 100.0 * (me - lo)
-        r = 100.0 * (me - lo) / lo if lo > 0 else float("nan")
-        per[name] = (me, lo, g, r)
-        gain.append(g)
-        rel.append(r)
-    return {"delta_pct": statistics.fmean(rel) if rel else float("nan"),
-            "gain_points": statistics.fmean(gain) if gain else float("nan"), "per_client": per}
-
-
-def results_rows(cells: dict[str, CellResult]) -> list[dict[str, Any]]:
+def results_rows(cells: dict[str, CellResult], sets: list[Setting]) -> list[dict[str, Any]]:
+    """One row per cell × client; the interval columns are over the seeds of its setting."""
+    intervals = {s.key: setting_intervals(s) for s in sets if s.key[0] != "local"}
     rows = []
     for cell in cells.values():
-        ref = _ref(cell, cells)
+        ci = intervals.get(cell.setting(), {})
+        nan = Interval(math.nan, math.nan, math.nan)
+        ref = reference_of(cell, cells)
         d = cell_delta(cell, ref) if ref else {"per_client": {}}
         for name, c in cell.clients.items():
             me, lo, g, r = d["per_client"].get(name, (c["test_metric"], None, None, None))
@@ -139,7 +75,11 @@ def results_rows(cells: dict[str, CellResult]) -> list[dict[str, Any]]:
                          "mb_received_per_round": c["mb_recv"], "compute_s_per_round": c["compute_s"],
                          "cell_wall_time_s": cell.meta.get("wall_time_s"),
                          "eps_record": c["eps_record"], "eps_client": c["eps_client"],
-                         "ref_cell": cell.meta.get("ref") or ""})
+                         "ref_cell": cell.meta.get("ref") or "",
+                         "setting_delta_ci95_low": ci.get("", nan).low,
+                         "setting_delta_ci95_high": ci.get("", nan).high,
+                         "client_gain_ci95_low": ci.get(name, nan).low,
+                         "client_gain_ci95_high": ci.get(name, nan).high})
     return rows
 
 
@@ -150,49 +90,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     path.write_text(buf.getvalue())
-
-
-@dataclass
-class Setting:
-    """One (method, protection, dp, exchange) over its seeds."""
-
-    key: tuple[str, str, str, str]
-    cells: list[CellResult]
-    refs: list[CellResult]
-    deltas: list[dict[str, Any]]
-
-    @property
-    def label(self) -> str:
-        return "/".join(k for k in self.key if k not in ("-",))
-
-    def eps(self, kind: str) -> list[float]:
-        """Per seed, the largest ε of any client (the guarantee every client gets)."""
-        out = []
-        for c in self.cells:
-            vals = [v[kind] for v in c.clients.values() if v[kind] is not None]
-            if vals:
-                out.append(max(vals))
-        return out
-
-    def client_values(self, name: str, local: bool = False) -> list[float]:
-        src = self.refs if local else self.cells
-        return [100.0 * c.clients[name]["test_metric"] for c in src
-                if name in c.clients and c.clients[name]["test_metric"] is not None]
-
-
-def settings(cells: dict[str, CellResult], order: list[str] | None = None) -> list[Setting]:
-    """Cells grouped by setting, in ``order`` (cell ids, grid order) or sorted."""
-    ids = [i for i in (order or sorted(cells)) if i in cells]
-    groups: dict[tuple[str, str, str, str], Setting] = {}
-    for cid in ids:
-        cell = cells[cid]
-        s = groups.setdefault(cell.setting(), Setting(cell.setting(), [], [], []))
-        ref = _ref(cell, cells)
-        s.cells.append(cell)
-        if ref is not None:
-            s.refs.append(ref)
-            s.deltas.append(cell_delta(cell, ref))
-    return list(groups.values())
 
 
 def poster_table(group: list[Setting]) -> str:
@@ -242,7 +139,7 @@ def comm_table(sets: list[Setting]) -> str:
                      + f"{mean_std([c['mb_sent'] for c in per])[0]:.3f} | "
                      + f"{mean_std([c['mb_recv'] for c in per])[0]:.3f} | "
                      + f"{mean_std([c['compute_s'] for c in per])[0]:.2f} | "
-                     + pm([_f(c.meta.get("wall_time_s")) for c in s.cells], 1) + " |")
+                     + pm([as_float(c.meta.get("wall_time_s")) for c in s.cells], 1) + " |")
     return "\n".join(lines)
 
 
@@ -321,7 +218,7 @@ def table_groups(sets: list[Setting]) -> dict[tuple[str, str, str], list[Setting
 
 
 def markdown(name: str, sets: list[Setting], n_cells: int, missing: list[str],
-             plots: list[str]) -> str:
+             plots: list[str], verdicts: list[str]) -> str:
     seeds = sorted({c.meta["seed"] for s in sets for c in s.cells})
     parts = [f"# Comparison: {name}", "",
              (f"{n_cells} finished cells, seeds {seeds}. Cells: final test metric (%) per client, "
@@ -332,6 +229,7 @@ def markdown(name: str, sets: list[Setting], n_cells: int, missing: list[str],
     if missing:
         parts += [f"**Incomplete:** {len(missing)} cell(s) have not finished: "
                   + ", ".join(f"`{m}`" for m in missing), ""]
+    parts += verdicts
     groups = table_groups(sets)
     for (prot, dp, exch), group in groups.items():
         if len(groups) > 1:
@@ -359,9 +257,13 @@ def write_report(out: str | Path, name: str, order: list[str] | None = None,
     out = Path(out)
     cells = load_cells(out)
     missing = [c for c in (expected or []) if c not in cells]
-    write_csv(out / "results.csv", results_rows(cells))
     sets = settings(cells, order)
+    write_csv(out / "results.csv", results_rows(cells, sets))
+    comparisons = paired_comparisons(sets)
+    write_paired_csv(out / "paired.csv", comparisons)
     plots = write_plots(out, sets, table_groups(sets)) if cells else []
-    (out / "results.md").write_text(markdown(name, sets, len(cells), missing, plots))
-    return {"csv": str(out / "results.csv"), "markdown": str(out / "results.md"),
+    (out / "results.md").write_text(markdown(name, sets, len(cells), missing, plots,
+                                             verdict_section(comparisons)))
+    return {"csv": str(out / "results.csv"), "paired": str(out / "paired.csv"),
+            "markdown": str(out / "results.md"),
             "plots": [str(out / p) for p in plots], "cells": len(cells), "missing": missing}
