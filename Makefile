@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_ckks.py
 	$(PY) bench/bench_grpc.py
 	$(PY) bench/bench_wire_limits.py
+	$(PY) bench/bench_shapes.py
 
 # Regenerate the comparison reports (DESIGN §7) in docs/results/ with one command; cells are
 # kept in runs/compare-*/cells, so an interrupted `make results` resumes where it stopped.

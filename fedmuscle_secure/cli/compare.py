@@ -63,8 +63,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 #: What a finished cell's record is: enough to rebuild the report (marker + metrics) and to
-#: see exactly what ran (the resolved config).
-RECORD_FILES = ("cell.json", "metrics.csv", "config.resolved.yaml")
+#: see exactly what ran (the resolved config) and where (versions and CPU capability).
+RECORD_FILES = ("cell.json", "metrics.csv", "config.resolved.yaml", "environment.json")
 
 
 def _done(cell_dir: Path) -> dict | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmuscle_secure.compare.runner import MARKER
+from fedmuscle_secure.experiment.rundir import RunDir
 
 
 def as_float(v: Any) -> float | None:
@@ -42,6 +43,7 @@ class CellResult:
 
     meta: dict[str, Any]
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    environment: dict[str, Any] | None = None  # the first recorded (environment.json)
 
     @property
     def id(self) -> str:
@@ -87,7 +89,8 @@ def load_cells(out: str | Path) -> dict[str, CellResult]:
             continue
         with open(d / "metrics.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if r["method"] == meta["method"]]
-        cells[meta["id"]] = CellResult(meta, _client_stats(rows))
+        envs = RunDir(d).environments()
+        cells[meta["id"]] = CellResult(meta, _client_stats(rows), envs[0] if envs else None)
     return cells
 
 

@@ -35,6 +35,7 @@ from fedmuscle_secure.compare.paired import (
     verdict_section,
     write_paired_csv,
 )
+from fedmuscle_secure.experiment.environment import environment_differences
 
 CSV_COLUMNS = [
     "cell", "method", "protection", "dp", "exchange", "seed", "client", "model", "task", "metric",
@@ -209,6 +210,26 @@ def local_reference_note(sets: list[Setting]) -> str:
             "composition), not by either. A deployment never runs the local reference.")
 
 
+def environment_note(cells: list[CellResult]) -> str:
+    """Where the cells ran (DESIGN §11): one environment, or what differs between them, since
+    the same config and seed give other numbers on another CPU instruction set or library
+    version."""
+    envs = [c.environment for c in cells if c.environment]
+    if not envs:
+        return ""
+    first, unknown = envs[0], len(cells) - len(envs)
+    diffs = sorted({d for e in envs[1:] for d in environment_differences(first, e)})
+    pk = first.get("packages", {})
+    where = (f"CPU capability {first.get('cpu_capability')}, {first.get('torch_threads')} torch "
+             f"thread(s), torch {pk.get('torch')}, timm {pk.get('timm')}, numpy {pk.get('numpy')}")
+    text = (f"**Environment.** All {len(envs)} recorded cells ran with {where}." if not diffs
+            else f"**Environment.** The cells ran in more than one environment ({where} for "
+            f"the first; differing: {'; '.join(diffs)}). The same config and seed give other "
+            "numbers on another CPU instruction set or library version, so paired differences "
+            "between cells of different environments include that effect.")
+    return text + (f" {unknown} cell(s) recorded no environment." if unknown else "")
+
+
 def table_groups(sets: list[Setting]) -> dict[tuple[str, str, str], list[Setting]]:
     out: dict[tuple[str, str, str], list[Setting]] = {}
     for s in sets:
@@ -244,6 +265,8 @@ def markdown(name: str, sets: list[Setting], n_cells: int, missing: list[str],
               *[line + "\n" for line in smallest_positive_eps(sets)]]
     if note := local_reference_note(sets):
         parts += [note, ""]
+    if env := environment_note([c for s in sets for c in s.cells]):
+        parts += [env, ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)

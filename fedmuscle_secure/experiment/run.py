@@ -19,14 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from fedmuscle_secure.config import ExperimentConfig, dump_config
 from fedmuscle_secure.console.progress import NORMAL, QUIET
 from fedmuscle_secure.console.rounds import RunProgress
 from fedmuscle_secure.data import FederatedSplit
 from fedmuscle_secure.errors import ConfigError, RunInterrupted
+from fedmuscle_secure.experiment.environment import software_environment
 from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
 from fedmuscle_secure.experiment.rundir import FINAL, RunDir, check_start, config_digest
 from fedmuscle_secure.experiment.summary import write_summary
@@ -195,9 +193,11 @@ def _run_methods(cfg: ExperimentConfig, run: RunDir, resolved: str, *, resume: b
     """Start (or resume) the run directory, then every method in turn; their metric rows."""
     run.start(resolved)
     split = make_split(cfg)
+    env = software_environment()
     run.event("run_start" if not resume else "run_resume", seed=cfg.seed,
               config_sha256=config_digest(resolved), split=split.summary(),
-              torch=torch.__version__, numpy=np.__version__, torch_threads=torch.get_num_threads())
+              environment=env)
+    run.record_environment(env)
     rows: list[dict[str, Any]] = []
     display, own = _display(cfg, methods_of(cfg), progress)
     try:

@@ -46,6 +46,7 @@ class RunDir:
         self.summary = self.root / "summary.md"
         self.checkpoints = self.root / "checkpoints"
         self.run_id = self.root / "run_id"
+        self.environment = self.root / "environment.json"
 
     def create(self) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,22 @@ class RunDir:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def record_environment(self, env: dict[str, Any]) -> None:
+        """Append ``env`` (versions, CPU capability: experiment/environment.py) to
+        ``environment.json``, one entry per start or resume of the run, so a run resumed on
+        another machine says so."""
+        entries = self.environments()
+        entries.append({"time": time.time(), **env})
+        write_atomic(self.environment, (json.dumps(entries, indent=1) + "\n").encode())
+
+    def environments(self) -> list[dict[str, Any]]:
+        """The recorded entries (empty for a run that recorded none)."""
+        try:
+            data = json.loads(self.environment.read_text())
+        except (OSError, ValueError):
+            return []
+        return data if isinstance(data, list) else []
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()

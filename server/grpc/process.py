@@ -41,6 +41,7 @@ from fedmuscle_secure.console.deploy import ServerProgress
 from fedmuscle_secure.crypto.identity import load_public
 from fedmuscle_secure.data import get_task
 from fedmuscle_secure.errors import ConfigError, QuorumLost
+from fedmuscle_secure.experiment.environment import software_environment
 from fedmuscle_secure.experiment.rounds import RoundRecorder, metric_row
 from fedmuscle_secure.experiment.run import methods_of
 from fedmuscle_secure.experiment.rundir import (
@@ -168,6 +169,7 @@ def serve(cfg: ExperimentConfig, certs: str | Path, listen: str, out: str | Path
               stage_timeout_s=settings.stage_timeout_s,
               min_clients=quorum(cfg, len(server.active)),
               **({"excluded": excluded} if resume else {}))
+    run.record_environment(software_environment())
     watch = ServerProgress(cfg, method, coordinator, start=start, log=log)
     watch.listening(listen, port, start, list(server.active))
     metrics = {c.name: get_task(c.task, split.num_classes).metric for c in cfg.clients}
