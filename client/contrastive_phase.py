@@ -40,7 +40,8 @@ class ContrastivePhase:
         params = model.parameters() if self.phase is not None and self.phase.trains_head \
             else model.encoder_parameters()
         self.optimizer = torch.optim.Adam(params, lr=settings.cl_lr,
-                                          weight_decay=settings.weight_decay)
+                                          weight_decay=settings.weight_decay,
+                                          fused=settings.fused_optimizer)
         self.losses: list[float] = []               # this round's, one per step
         self._views: torch.Generator | None = None
         self._pending: torch.Tensor | None = None   # per_batch: anchor with its graph

@@ -129,7 +129,7 @@ class DPSGDTrainer:
 
     def __init__(self, model: ClientModel, task: Task, x: torch.Tensor, targets: torch.Tensor, *,
                  lr: float, weight_decay: float, config: DPSGDConfig,
-                 noise_fn: NoiseFn | None = None) -> None:
+                 noise_fn: NoiseFn | None = None, fused: bool = True) -> None:
         if x.shape[0] == 0 or x.shape[0] != targets.shape[0]:
             raise ConfigError("dp_sgd", f"expected a non-empty private shard with one target "
                                         f"per row, got {x.shape[0]} rows and "
@@ -155,7 +155,7 @@ class DPSGDTrainer:
         with warnings.catch_warnings():  # "Secure RNG turned off": our noise is noise_fn's
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             self._engine = PrivacyEngine(accountant="rdp")
-        adam = torch.optim.Adam(self._params, lr=lr, weight_decay=weight_decay)
+        adam = torch.optim.Adam(self._params, lr=lr, weight_decay=weight_decay, fused=fused)
         self._module, self._optimizer, self._loader = self._engine.make_private(
             module=model, optimizer=adam, data_loader=loader,
             noise_multiplier=config.noise_multiplier, max_grad_norm=config.max_grad_norm,

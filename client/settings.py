@@ -53,3 +53,4 @@ class ClientSettings:
     seed: int
     report: ReportPolicy  # which metrics a RoundReport may carry (DESIGN §4.4)
     plan: PlanSpec | None = None  # what a round plan must be; None: unchecked
+    fused_optimizer: bool = True  # Adam's fused kernel (training.fused_optimizer)

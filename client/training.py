@@ -37,7 +37,8 @@ class LocalTraining:
         # phase pays nothing for them.
         self.dpsgd = dpsgd
         self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
-                                               weight_decay=settings.weight_decay)
+                                               weight_decay=settings.weight_decay,
+                                               fused=settings.fused_optimizer)
 
     def run(self, label: int | str, r: int) -> float:
         """LocalUpdate of round ``r`` (``label``: the round, or ``"final"``); returns the

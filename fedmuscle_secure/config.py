@@ -87,6 +87,9 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     augment: bool = True
     final_local_update: bool = True
+    # Adam's fused kernel (one pass over every parameter, CPU and CUDA); false: PyTorch's
+    # per-tensor loop. The same algorithm; float rounding differs in the last bits.
+    fused_optimizer: bool = True
 
 
 class MuscleConfig(_Strict):

@@ -83,4 +83,5 @@ def _dpsgd_trainer(setup: FederationSetup, spec: ClientConfig, model, task: Task
                          grad_sample_mode=recommended_grad_sample_mode(model))
     return DPSGDTrainer(model, task, train.x, train.targets, lr=spec.lr or tr.lr,
                         weight_decay=tr.weight_decay, config=config,
+                        fused=tr.fused_optimizer,
                         noise_fn=lambda shape, std: csprng_normal(shape, std=std))

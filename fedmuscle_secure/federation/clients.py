@@ -94,7 +94,8 @@ def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
         augment=tr.augment, tau=float(setup.tau[0, 1]), gamma=float(setup.gamma[0, 1]),
         seed=cfg.seed, report=policy_for(cfg, setup.method),
         plan=PlanSpec(exchange=cfg.muscle.exchange, public_size=int(setup.public_x.shape[0]),
-                      batch_size=cfg.muscle.batch_size, cl_epochs=tr.cl_epochs))
+                      batch_size=cfg.muscle.batch_size, cl_epochs=tr.cl_epochs),
+        fused_optimizer=tr.fused_optimizer)
 
 
 def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
