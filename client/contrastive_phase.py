@@ -36,8 +36,9 @@ class ContrastivePhase:
         self.guard = guard  # told when the encoder changes (a new release may follow)
         # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
         self.phase = public_phase(settings.method)
-        # Baselines that train on labels/logits of the public data move the head too.
-        params = model.parameters() if self.phase is not None and self.phase.trains_head \
+        # Baselines that train on labels/logits of the public data move the head too; a
+        # frozen backbone (adapters, DESIGN §2.5) stays out of either optimizer.
+        params = model.trainable_parameters() if self.phase is not None and self.phase.trains_head \
             else model.encoder_parameters()
         self.optimizer = torch.optim.Adam(params, lr=settings.cl_lr,
                                           weight_decay=settings.weight_decay,

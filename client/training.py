@@ -36,7 +36,7 @@ class LocalTraining:
         # Its per-sample hooks are on only inside DPSGDTrainer.run, so the contrastive
         # phase pays nothing for them.
         self.dpsgd = dpsgd
-        self.task_optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
+        self.task_optimizer = torch.optim.Adam(model.trainable_parameters(), lr=settings.lr,
                                                weight_decay=settings.weight_decay,
                                                fused=settings.fused_optimizer)
 

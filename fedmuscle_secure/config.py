@@ -61,12 +61,28 @@ class BudgetConfig(_Strict):
     client_epsilon: float | None = Field(default=None, gt=0)
 
 
+class AdapterConfig(_Strict):
+    """LoRA adapters on a client's backbone (DESIGN §2.5): the backbone's own weights are
+    frozen; the adapters (rank r, updates scaled by alpha / r, dropout on their input), the
+    projection head and the task head train. ``targets``: names or name suffixes of the
+    Linear / Conv2d layers to adapt (null: the architecture family's default)."""
+
+    kind: Literal["lora"] = "lora"
+    rank: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16.0, gt=0)
+    targets: list[str] | None = Field(default=None, min_length=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
 class ClientConfig(_Strict):
     """One organization: its own timm architecture, task and training knobs."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     model: str
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    pretrained: bool = False  # timm's published weights, from the local cache only
+    pretrained_file: str | None = Field(default=None, min_length=1)  # or the client's own file
+    adapter: AdapterConfig | None = None  # None: the whole model trains
     image_size: int = Field(default=16, gt=0)
     task: str
     projection: ProjectionConfig = ProjectionConfig()
@@ -245,6 +261,7 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             "the sum form (§2.2) needs one uniform temperature and temperature_prime (scalars)",
         )
     _check_data(cfg)
+    _check_pretrained(cfg)
     for key, mech in (("representation_noise", cfg.privacy.representation_noise),
                       ("dp_sgd", cfg.privacy.dp_sgd)):
         if mech.enabled and (mech.noise_multiplier is None) == (mech.target_epsilon is None):
@@ -290,6 +307,17 @@ def _check_data(cfg: ExperimentConfig) -> None:
             raise ConfigError(
                 f"clients.{i}.task", f"task {c.task!r} is defined on the digits' labels 0..9 "
                 f"(DESIGN §8); with data.dataset {d.dataset!r} use 'classify'")
+
+
+def _check_pretrained(cfg: ExperimentConfig) -> None:
+    """One source of starting weights per client. The file itself is checked where the model
+    is built (:func:`fedmuscle_secure.models.build_client_model`): in a deployment each
+    organisation holds only its own file, so another's path means nothing here."""
+    for i, c in enumerate(cfg.clients):
+        if c.pretrained and c.pretrained_file is not None:
+            raise ConfigError(f"clients.{i}.pretrained_file", "give either pretrained: true "
+                              "(timm's weights from the local cache) or pretrained_file (your "
+                              "own file), not both")
 
 
 def _check_baseline(cfg: ExperimentConfig) -> None:
@@ -351,15 +379,25 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
     ``deployment`` is left out while it holds only defaults: it changes nothing a run
     computes, and so runs made before it existed still match their configs (``--resume``,
-    ``compare --import``)."""
+    ``compare --import``). A client's starting-weight and adapter keys are left out while
+    unset, for the same reason: a run that starts from scratch reads as it always did."""
     raw = cfg.model_dump(mode="json")
     if cfg.deployment == DeploymentConfig():
         raw.pop("deployment")
+    for client in raw["clients"]:
+        for key, unset in _CLIENT_OPTIONAL.items():
+            if client.get(key) == unset:
+                client.pop(key)
     return yaml.safe_dump(raw, sort_keys=False)
+
+
+#: Client keys :func:`dump_config` leaves out at these values (the defaults).
+_CLIENT_OPTIONAL: dict[str, Any] = {"pretrained": False, "pretrained_file": None, "adapter": None}
 
 
 __all__ = [
     "BASELINES",
+    "AdapterConfig",
     "METHODS",
     "OUTPUT_RELEASING",
     "PEER_SELECTING",

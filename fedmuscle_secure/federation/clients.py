@@ -24,7 +24,7 @@ from fedmuscle_secure.data import FederatedSplit, Task, get_task
 from fedmuscle_secure.errors import ConfigError, EncodingError
 from fedmuscle_secure.federation.client_privacy import Records, client_privacy
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
-from fedmuscle_secure.models import build_client_model
+from fedmuscle_secure.models import Weights, build_client_model
 from fedmuscle_secure.seeding import derive_seed
 
 
@@ -73,14 +73,24 @@ def _protection(setup: FederationSetup, name: str, privacy) -> ClientProtection 
     return None
 
 
+def _weights(i: int, c: ClientConfig) -> Weights | None:
+    """The client's starting weights (DESIGN §2.5); a relative ``pretrained_file`` is read
+    from the working directory, as ``data.path`` is."""
+    if c.pretrained_file is not None:
+        return Weights(Path(c.pretrained_file), f"clients.{i}.pretrained_file")
+    return Weights(None, f"clients.{i}.pretrained") if c.pretrained else None
+
+
 def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch.nn.Module:
-    """The organisation's model, seeded by the experiment seed and its name; under DP-SGD
-    with the layers Opacus needs (BatchNorm → GroupNorm etc.)."""
+    """The organisation's model, seeded by the experiment seed and its name, from its
+    starting weights, with its adapters; under DP-SGD with the layers Opacus needs
+    (BatchNorm → GroupNorm etc.)."""
     torch.manual_seed(derive_seed(setup.cfg.seed, c.name, "init"))
     model = build_client_model(
         model=c.model, model_kwargs=c.model_kwargs, in_chans=setup.in_chans,
         image_size=c.image_size, dim=setup.cfg.muscle.dim, num_outputs=task.num_outputs,
-        projection=c.projection.kind, hidden=c.projection.hidden, field=f"clients.{i}.model")
+        projection=c.projection.kind, hidden=c.projection.hidden, field=f"clients.{i}.model",
+        weights=_weights(i, c), adapter=_adapter(c), adapter_field=f"clients.{i}.adapter")
     if setup.calibration is not None and setup.calibration.sigma_record:
         model = make_private_model(model, client=c.name)
     return model
@@ -101,15 +111,21 @@ def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
 def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
                      client: FedMuscleClient) -> dict:
     """What :func:`~fedmuscle_secure.models.save_final` records beside an organisation's
-    final weights: the arguments :func:`build_client` gave ``build_client_model``, whether
-    DP-SGD changed its layers, and the task and metric the model serves."""
+    final weights: the arguments :func:`build_client` gave ``build_client_model`` (not the
+    starting weights: ``final.pt`` holds every weight), whether DP-SGD changed its layers,
+    and the task and metric the model serves."""
     c = next(spec for spec in cfg.clients if spec.name == name)
     return {"client": name, "round": client.round, "task": c.task, "metric": client.task.metric,
             "dp_sgd": client.dpsgd is not None,
             "architecture": {"model": c.model, "model_kwargs": dict(c.model_kwargs),
                              "in_chans": setup.in_chans, "image_size": c.image_size,
                              "dim": cfg.muscle.dim, "num_outputs": client.task.num_outputs,
-                             "projection": c.projection.kind, "hidden": c.projection.hidden}}
+                             "projection": c.projection.kind, "hidden": c.projection.hidden,
+                             "adapter": _adapter(c)}}
+
+
+def _adapter(c: ClientConfig) -> dict | None:
+    return None if c.adapter is None else c.adapter.model_dump(mode="json")
 
 
 def _secagg_client(setup: FederationSetup, name: str, privacy) -> SecAggClientProtection:

@@ -1,9 +1,12 @@
 """A client's model θ^n = {w^n, φ^n} (DESIGN §2).
 
-The encoder w^n is any timm backbone (``pretrained=False``: nothing is downloaded) whose
-pooled features of width h_n go through a projection head to the shared width d and are
-L2-normalised; the task head φ^n reads the backbone features directly, so the contrastive
-phase shapes the representation the task head uses without forcing the task into d.
+The encoder w^n is any timm backbone whose pooled features of width h_n go through a
+projection head to the shared width d and are L2-normalised; the task head φ^n reads the
+backbone features directly, so the contrastive phase shapes the representation the task
+head uses without forcing the task into d. The backbone starts from random weights, from the
+client's own weights file or from timm's published weights in the local cache
+(:mod:`~fedmuscle_secure.models.pretrained`: nothing is downloaded), and may carry LoRA
+adapters (:mod:`~fedmuscle_secure.models.adapter`) with its own weights frozen (DESIGN §2.5).
 """
 
 from __future__ import annotations
@@ -21,30 +24,43 @@ from torch import nn
 
 from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.models.adapter import apply_lora
+from fedmuscle_secure.models.pretrained import cached_weights, create_pretrained, read_weights
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a backbone's starting weights come from: ``file``, or (None) timm's published
+    weights in the local cache. ``field`` is the config field that asked, named in errors."""
+
+    file: Path | None
+    field: str
 
 
 def create_backbone(
     name: str, *, in_chans: int, image_size: int, kwargs: dict[str, Any] | None = None,
-    field: str = "model",
+    field: str = "model", weights: Weights | None = None,
 ) -> tuple[nn.Module, int]:
     """A timm backbone with its classifier removed (``num_classes=0`` → pooled features),
     and the width of those features, measured on a probe batch (``num_features`` is not
     always the output width: MobileNetV3's head adds a wider layer after pooling).
 
     ``img_size`` is passed only to architectures whose constructor takes it (ViTs, Mixers);
-    convolutional nets adapt to any input size through global pooling.
+    convolutional nets adapt to any input size through global pooling. ``weights``: the
+    starting weights (None: random), checked against the architecture while loading.
     """
     if not timm.is_model(name):
         raise ConfigError(field, f"unknown timm model {name!r}; expected a name from timm.list_models()")
     kw = dict(kwargs or {})
     kw.update(pretrained=False, in_chans=in_chans, num_classes=0)
-    try:
-        try:
-            model = timm.create_model(name, img_size=image_size, **kw)
-        except TypeError:  # this architecture has no img_size argument
-            model = timm.create_model(name, **kw)
-    except Exception as exc:  # noqa: BLE001 - timm raises many kinds on bad kwargs; name the field
-        raise ConfigError(field, f"timm could not build {name!r} with {kwargs or {}}: {exc}") from None
+    if weights is not None:
+        # random first: a bad kwarg is the model field's error, not the weights file's
+        _create(name, image_size, kw, kwargs, field)
+        path = weights.file if weights.file is not None else cached_weights(name, weights.field)
+        model = create_pretrained(name, read_weights(path, weights.field), kwargs=kw,
+                                  image_size=image_size, source=path, field=weights.field)
+    else:
+        model = _create(name, image_size, kw, kwargs, field)
     try:
         with torch.no_grad():
             was = model.training
@@ -60,6 +76,17 @@ def create_backbone(
     return model, int(out.shape[1])
 
 
+def _create(name: str, image_size: int, kw: dict[str, Any], given: dict[str, Any] | None,
+            field: str) -> nn.Module:
+    try:
+        try:
+            return timm.create_model(name, img_size=image_size, **kw)
+        except TypeError:  # this architecture has no img_size argument
+            return timm.create_model(name, **kw)
+    except Exception as exc:  # noqa: BLE001 - timm raises many kinds on bad kwargs; name the field
+        raise ConfigError(field, f"timm could not build {name!r} with {given or {}}: {exc}") from None
+
+
 def projection_head(kind: str, in_features: int, hidden: int, dim: int) -> nn.Module:
     """MLP (Linear-ReLU-Linear) or linear projection to the shared width d (§8.1: MLP is better)."""
     if kind == "linear":
@@ -68,17 +95,36 @@ def projection_head(kind: str, in_features: int, hidden: int, dim: int) -> nn.Mo
 
 
 class ClientModel(nn.Module):
-    """Backbone → (projection → L2 norm) for the shared space, and → task head for the task."""
+    """Backbone → (projection → L2 norm) for the shared space, and → task head for the task.
+
+    ``frozen_backbone``: the backbone carries adapters and its own weights do not train.
+    Its batch-norm layers then stay in eval mode whatever :meth:`train` says: the frozen
+    part is one fixed function (statistics included), each sample's output depends on that
+    sample alone, which Opacus's per-sample gradients need, and no private batch statistic
+    is written into the model."""
 
     def __init__(
         self, backbone: nn.Module, *, width: int, image_size: int, dim: int, num_outputs: int,
-        projection: str = "mlp", hidden: int = 256,
+        projection: str = "mlp", hidden: int = 256, frozen_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.image_size = image_size
+        self.frozen_backbone = frozen_backbone
         self.projection = projection_head(projection, width, hidden, dim)
         self.head = nn.Linear(width, num_outputs)
+
+    def train(self, mode: bool = True) -> ClientModel:
+        super().train(mode)
+        for m in self.frozen_norms():
+            m.eval()
+        return self
+
+    def frozen_norms(self) -> list[nn.Module]:
+        """The batch-norm layers held in eval mode (none unless the backbone is frozen)."""
+        if not self.frozen_backbone:
+            return []
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
@@ -96,20 +142,31 @@ class ClientModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """θ^n as the task optimizer sees it: every parameter that trains (with adapters,
+        the frozen backbone weights are left out)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """w^n: what the contrastive phase updates (backbone and projection)."""
-        return [*self.backbone.parameters(), *self.projection.parameters()]
+        """w^n: what the contrastive phase updates (backbone and projection; with adapters,
+        the adapters and the projection)."""
+        return [p for p in (*self.backbone.parameters(), *self.projection.parameters())
+                if p.requires_grad]
 
 
 def build_client_model(
     *, model: str, model_kwargs: dict[str, Any], in_chans: int, image_size: int, dim: int,
-    num_outputs: int, projection: str, hidden: int, field: str,
+    num_outputs: int, projection: str, hidden: int, field: str, adapter: dict[str, Any] | None = None,
+    weights: Weights | None = None, adapter_field: str = "adapter",
 ) -> ClientModel:
+    """The client's model. ``adapter`` (an ``AdapterConfig`` as a dict) puts LoRA adapters on
+    the backbone after its starting weights are loaded; ``adapter_field`` names it in errors."""
     backbone, width = create_backbone(model, in_chans=in_chans, image_size=image_size,
-                                      kwargs=model_kwargs, field=field)
+                                      kwargs=model_kwargs, field=field, weights=weights)
+    if adapter is not None:
+        backbone = apply_lora(backbone, adapter, model=model, field=adapter_field)
     return ClientModel(backbone, width=width, image_size=image_size, dim=dim, num_outputs=num_outputs,
-                       projection=projection, hidden=hidden)
-
+                       projection=projection, hidden=hidden, frozen_backbone=adapter is not None)
 
 
 # -- the model an organisation keeps -------------------------------------------------------

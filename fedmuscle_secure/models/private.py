@@ -5,7 +5,9 @@ Two things Opacus does not do for timm models, done here:
 * ``ModuleValidator.fix`` matches layer *types exactly*, so timm's ``BatchNormAct2d`` (a
   ``BatchNorm2d`` subclass with an activation inside, used by MobileNetV3 and RegNet) is
   neither flagged nor fixed: it would keep mixing the samples of a batch. It becomes
-  ``GroupNorm → drop → act``. Any other batch-statistics layer is refused.
+  ``GroupNorm → drop → act``. Any other batch-statistics layer is refused. A frozen
+  backbone's batch norms (adapters, DESIGN §2.5) are kept: they run in eval mode, on their
+  fixed statistics, so they mix nothing, and the pretrained normalisation survives.
 * timm's ResNet blocks add the residual in place (``x += shortcut``) on the output of a
   hooked layer, which corrupts Opacus's per-sample gradients in ``hooks`` mode. Their
   forward is swapped for an out-of-place equivalent (cheaper than ``ew`` mode), and every
@@ -101,22 +103,27 @@ def _replace_children(module: nn.Module, fn: Callable[[nn.Module], nn.Module | N
             _replace_children(child, fn)
 
 
-def _convert_batch_norms(model: nn.Module) -> None:
+def _convert_batch_norms(model: nn.Module, held: set[int]) -> None:
+    """Every batch norm → GroupNorm, except those ``held`` (ids) in eval mode by a frozen
+    backbone: they use their fixed statistics, one sample at a time already."""
     def fn(m: nn.Module) -> nn.Module | None:
+        if id(m) in held:
+            return None
         if type(m) in _PLAIN_BATCH_NORMS or type(m) is BatchNormAct2d:
             return _group_norm_for(m)
         return None
     _replace_children(model, fn)
 
 
-def _problems(model: nn.Module) -> list[str]:
+def _problems(model: nn.Module, held: set[int]) -> list[str]:
     """Every reason Opacus cannot train ``model`` privately, grouped by layer name (Opacus's
-    own validators are run per layer, as ``ModuleValidator.validate`` does, to name them)."""
+    own validators are run per layer, as ``ModuleValidator.validate`` does, to name them).
+    ``held``: ids of frozen batch norms kept in eval mode, which are no problem."""
     found: dict[str, list[str]] = {}
     for name, m in model.named_modules():
         reasons = found.setdefault(f"{name or '<model>'} ({type(m).__name__})", [])
         trainable = any(p.requires_grad for p in m.parameters(recurse=False))
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in held:
             reasons.append("keeps batch statistics, so a sample's output depends on the "
                            "other samples of its batch, and it is no BatchNorm type GroupNorm "
                            "can replace")
@@ -229,18 +236,19 @@ def recommended_grad_sample_mode(model: ClientModel) -> str:
 def make_private_model(model: ClientModel, *, client: str) -> ClientModel:
     """A copy of ``model`` that Opacus can train with exact per-sample gradients.
 
-    BatchNorm (plain or timm's BatchNormAct2d) → GroupNorm, in-place activations and timm
-    ResNet residual adds → out of place, then ``ModuleValidator.fix`` for anything else it
-    knows. Raises ``ConfigError`` naming the client and every offending layer otherwise.
+    BatchNorm (plain or timm's BatchNormAct2d) → GroupNorm (except in a frozen backbone,
+    whose batch norms stay in eval mode with their fixed statistics, DESIGN §2.5), in-place
+    activations and timm ResNet residual adds → out of place, then ``ModuleValidator.fix``
+    for anything else it knows. Raises ``ConfigError`` naming the client and every offending layer otherwise.
     Use the returned model from here on (the input is left untouched).
     """
     how = ("choose another architecture for this client (one without batch-statistics or "
            "custom stateful layers, e.g. resnet10t, regnetx_002, vit_tiny_patch16_224) or "
            "turn DP-SGD off for it")
     fixed = copy.deepcopy(model).train()
-    _convert_batch_norms(fixed)
+    _convert_batch_norms(fixed, {id(m) for m in fixed.frozen_norms()})
     fixed = ModuleValidator.fix(fixed)  # whatever else Opacus knows how to replace
-    problems = _problems(fixed)
+    problems = _problems(fixed, {id(m) for m in fixed.frozen_norms()})
     if problems:
         raise ConfigError("client " + client,
                           "DP-SGD (Opacus) cannot train this model: " + "; ".join(problems)

@@ -7,6 +7,7 @@ from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.federation.checks import load_config, parse_config
 from helpers.paths import REPO
+from helpers.tiny import tiny_config
 
 DEFAULT = REPO / "configs" / "digits.yaml"
 
@@ -155,3 +156,23 @@ def test_set_overrides_reach_the_resolved_config(tmp_path):
                  "--set", "muscle.dim=8"]) == 0
     resolved = load_config(out / "config.resolved.yaml")
     assert resolved.training.rounds == 1 and resolved.muscle.dim == 8
+
+
+def test_pretrained_and_pretrained_file_exclude_each_other():
+    raw = tiny_config().model_dump(mode="json")
+    raw["clients"][1].update(pretrained=True, pretrained_file="w.safetensors")
+    with pytest.raises(ConfigError) as exc:
+        parse_config(raw)
+    assert exc.value.field == "clients.1.pretrained_file" and "not both" in str(exc.value)
+
+
+@pytest.mark.parametrize("adapter,field", [({"rank": 0}, "clients.0.adapter.rank"),
+                                           ({"kind": "ia3"}, "clients.0.adapter.kind"),
+                                           ({"targets": []}, "clients.0.adapter.targets"),
+                                           ({"dropout": 1.0}, "clients.0.adapter.dropout")])
+def test_adapter_settings_are_validated(adapter, field):
+    raw = tiny_config().model_dump(mode="json")
+    raw["clients"][0]["adapter"] = adapter
+    with pytest.raises(ConfigError) as exc:
+        parse_config(raw)
+    assert exc.value.field == field
