@@ -36,8 +36,8 @@ def test_shipped_shapes_config_is_valid_and_sized_as_the_benchmark():
 BAD = [
     ("digit task on shapes", lambda r: r["clients"][2].update(task="digit10"), "clients.2.task",
      r"task 'digit10' is defined on the digits' labels 0\.\.9 .* use one of \['classify', 'shape'"),
-    ("too few images", lambda r: r["data"]["shapes"].update(num_images=5000),
-     "data.shapes.num_images", r"5000 images cannot hold .* expected at least 6200"),
+    ("too few images", lambda r: r["data"]["shapes"].update(num_images=4000),
+     "data.shapes.num_images", r"4000 images cannot hold .* expected at least 5000"),
     ("two channels", lambda r: r["data"]["shapes"].update(channels=2), "data.shapes.channels",
      ""),
     ("no images", lambda r: r["data"]["shapes"].update(num_images=0), "data.shapes.num_images",
@@ -109,13 +109,13 @@ def test_split_of_the_shipped_config_skews_over_shape_and_scale():
     while the test split covers every cell."""
     cfg = load_config(SHAPES)
     split = make_split(cfg)
-    assert len(split.test_y) == 2000 and len(split.public_x) == 3000
+    assert len(split.test_y) == 2000 and len(split.public_x) == 2000
     assert len(np.unique(split.test_y)) == NUM_CELLS
     for shard in split.shards:
         groups = partition_groups(np.concatenate([shard.y_train, shard.y_val]))
-        assert len(groups) == 300
+        assert len(groups) == 250
         top3 = np.sort(np.bincount(groups, minlength=12))[-3:].sum()
-        assert top3 > 300 * 3 / 12 * 1.5  # well above the 75 of a uniform shard
+        assert top3 > 250 * 3 / 12 * 1.5  # well above the 62.5 of a uniform shard
 
 
 def test_classes_partition_gives_each_client_its_groups():
