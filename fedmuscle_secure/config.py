@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedmuscle_secure.config_data import DataConfig, ShapesConfig, check_data
 from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment, default_threshold
 from fedmuscle_secure.config_yaml import parse_overrides, read_yaml, validate_model
 from fedmuscle_secure.errors import ConfigError
@@ -30,21 +31,6 @@ from fedmuscle_secure.methods import (
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Strict):
-    """Public / test / private split of one labelled image dataset (DESIGN §8)."""
-
-    dataset: Literal["digits", "cifar10", "cifar100", "image_folder"] = "digits"
-    path: str | None = None
-    image_size: int | None = Field(default=None, gt=0)
-    public_size: int = Field(default=900, gt=0)
-    test_size: int = Field(default=300, gt=0)
-    shard_size: int | None = Field(default=None, gt=1)
-    partition: Literal["dirichlet", "classes", "iid"] = "dirichlet"
-    dirichlet_alpha: float = Field(default=1.0, gt=0)
-    classes_per_client: int | None = Field(default=None, gt=0)
-    val_fraction: float = Field(default=0.2, ge=0, lt=1)
 
 
 class ProjectionConfig(_Strict):
@@ -260,7 +246,7 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             "muscle.temperature",
             "the sum form (§2.2) needs one uniform temperature and temperature_prime (scalars)",
         )
-    _check_data(cfg)
+    check_data(cfg)
     _check_pretrained(cfg)
     for key, mech in (("representation_noise", cfg.privacy.representation_noise),
                       ("dp_sgd", cfg.privacy.dp_sgd)):
@@ -290,23 +276,6 @@ def _check_sizes(cfg: ExperimentConfig) -> None:
             f"B={m.batch_size} is larger than the public set (data.public_size="
             f"{cfg.data.public_size})",
         )
-
-
-def _check_data(cfg: ExperimentConfig) -> None:
-    """A dataset other than the embedded digits needs its files, and the digit tasks are
-    defined on the digits' labels only."""
-    d = cfg.data
-    if d.dataset == "digits":
-        return
-    if d.path is None:
-        raise ConfigError("data.path", f"dataset {d.dataset!r} needs a path to its files")
-    if not Path(d.path).exists():
-        raise ConfigError("data.path", f"{d.path!r} does not exist")
-    for i, c in enumerate(cfg.clients):
-        if c.task != "classify":
-            raise ConfigError(
-                f"clients.{i}.task", f"task {c.task!r} is defined on the digits' labels 0..9 "
-                f"(DESIGN §8); with data.dataset {d.dataset!r} use 'classify'")
 
 
 def _check_pretrained(cfg: ExperimentConfig) -> None:
@@ -379,11 +348,14 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
     ``deployment`` is left out while it holds only defaults: it changes nothing a run
     computes, and so runs made before it existed still match their configs (``--resume``,
-    ``compare --import``). A client's starting-weight and adapter keys are left out while
-    unset, for the same reason: a run that starts from scratch reads as it always did."""
+    ``compare --import``); ``data.shapes`` likewise while it is null. A client's
+    starting-weight and adapter keys are left out while unset, for the same reason: a run
+    that starts from scratch reads as it always did."""
     raw = cfg.model_dump(mode="json")
     if cfg.deployment == DeploymentConfig():
         raw.pop("deployment")
+    if cfg.data.shapes is None:
+        raw["data"].pop("shapes")
     for client in raw["clients"]:
         for key, unset in _CLIENT_OPTIONAL.items():
             if client.get(key) == unset:
@@ -398,10 +370,12 @@ _CLIENT_OPTIONAL: dict[str, Any] = {"pretrained": False, "pretrained_file": None
 __all__ = [
     "BASELINES",
     "AdapterConfig",
+    "DataConfig",
     "METHODS",
     "OUTPUT_RELEASING",
     "PEER_SELECTING",
     "SILENT",
+    "ShapesConfig",
     "ExperimentConfig",
     "default_threshold",
     "dump_config",

@@ -28,6 +28,18 @@ def check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)
 
 
+def check_groups(groups: np.ndarray, n: int) -> np.ndarray:
+    """Partition groups: one integer >= 0 per sample, as int64."""
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups: expected one group per sample, shape ({n},), got {g.shape}")
+    if not np.issubdtype(g.dtype, np.integer):
+        raise ValueError(f"groups: expected integer group ids, got dtype {g.dtype}")
+    if n and int(g.min()) < 0:
+        raise ValueError(f"groups: expected group ids >= 0, got {int(g.min())}")
+    return g.astype(np.int64, copy=False)
+
+
 def check_split_config(
     *,
     n: int,

@@ -11,9 +11,11 @@ Private shards are non-IID on purpose (the Muscle setting): ``partition="dirichl
 gives label skew with per-client class proportions drawn from Dir(alpha)
 (Hsu et al., 2019, "Measuring the effects of non-identical data distribution");
 ``partition="classes"`` gives each client a fixed number of classes; ``"iid"`` is the
-control. Everything is drawn from ``np.random.default_rng(seed)``: this is an
-experiment seed (DESIGN §13.2), recorded in the run directory, never
-used for masks, keys or DP noise.
+control. A dataset with many fine labels may skew the shards over coarser *partition
+groups* instead (``groups``; the shapes benchmark's shape × scale, DESIGN §8), so the
+skew stays as strong as over the digits' ten classes. Everything is drawn from
+``np.random.default_rng(seed)``: this is an experiment seed (DESIGN §13.2), recorded in
+the run directory, never used for masks, keys or DP noise.
 
 No sample index ever lands in two parts: every draw removes what it takes from the
 pool it draws from, and the tests check disjointness on an array whose samples are
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmuscle_secure.data.split_checks import check_arrays, check_split_config
+from fedmuscle_secure.data.split_checks import check_arrays, check_groups, check_split_config
 from fedmuscle_secure.errors import ConfigError
 
 # A client needs at least this many training samples (one batch statistic, one
@@ -96,6 +98,7 @@ def federated_split(
     classes_per_client: int | None = None,
     val_fraction: float = 0.2,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> FederatedSplit:
     """Split ``(x, y)`` into test, public and ``num_clients`` disjoint private shards.
 
@@ -114,6 +117,10 @@ def federated_split(
     so consecutive clients rotate through all classes, with an equal number of
     samples per class. ``partition="iid"``: uniform equal parts.
 
+    ``groups`` (int64, one per sample; default the labels): what ``"dirichlet"`` and
+    ``"classes"`` skew over in place of the labels, and what ``classes_per_client`` counts.
+    The test split is stratified by label either way.
+
     Each shard is then shuffled and its first ``round(val_fraction·n)`` samples (at
     least 1 when ``val_fraction > 0``; Python's ``round``) become the validation part.
 
@@ -122,7 +129,9 @@ def federated_split(
     """
     x, y = check_arrays(x, y)
     num_classes = int(y.max()) + 1
-    check_split_config(n=len(y), num_classes=num_classes, num_clients=num_clients,
+    key = y if groups is None else check_groups(groups, len(y))
+    num_keys = int(key.max()) + 1
+    check_split_config(n=len(y), num_classes=num_keys, num_clients=num_clients,
                        public_size=public_size, test_size=test_size,
                        shard_size=shard_size, partition=partition,
                        dirichlet_alpha=dirichlet_alpha, classes_per_client=classes_per_client,
@@ -137,12 +146,12 @@ def federated_split(
     if partition == "iid":
         shard_idx = _iid_shards(pool, num_clients, shard_size, rng)
     elif partition == "dirichlet":
-        shard_idx = _dirichlet_shards(y, pool, num_clients, shard_size, dirichlet_alpha,
-                                      num_classes, rng)
+        shard_idx = _dirichlet_shards(key, pool, num_clients, shard_size, dirichlet_alpha,
+                                      num_keys, rng)
     else:
         assert classes_per_client is not None  # checked in check_split_config
-        shard_idx = _class_shards(y, pool, num_clients, shard_size, classes_per_client,
-                                  num_classes, rng)
+        shard_idx = _class_shards(key, pool, num_clients, shard_size, classes_per_client,
+                                  num_keys, rng)
     shards = tuple(_shard(x, y, idx, val_fraction, rng) for idx in shard_idx)
 
     test_idx = rng.permutation(test_idx)

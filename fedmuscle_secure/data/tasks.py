@@ -25,8 +25,12 @@ digits data (labels 0..9) the tasks are:
     3-way multiclass by shape: 0 = round {0, 6, 8, 9}, 1 = straight {1, 4, 7},
     2 = curved-open {2, 3, 5}; metric accuracy.
 
-``classify`` is the generic task for any dataset (CIFAR, image folders): multiclass
-over all ``num_classes`` original labels, accuracy.
+``classify`` is the generic task for any dataset (CIFAR, image folders, shapes):
+multiclass over all ``num_classes`` original labels, accuracy.
+
+The ``shapes`` benchmark's tasks (``shape``, ``scale``, ``orientation``, ``quadrant``,
+``shape_scale``, ``shape_attrs``) decode its latent cell labels; they are defined in
+:mod:`.shape_tasks`. :func:`task_dataset` says which dataset a task is defined on.
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedmuscle_secure.data.shape_tasks import SHAPE_TASK_NAMES, shape_task_table
+from fedmuscle_secure.data.shapes import NUM_CELLS
 from fedmuscle_secure.errors import ConfigError
 
-TASK_NAMES: tuple[str, ...] = ("digit10", "attributes", "coarse", "classify")
+DIGIT_TASK_NAMES: tuple[str, ...] = ("digit10", "attributes", "coarse")
+TASK_NAMES: tuple[str, ...] = (*DIGIT_TASK_NAMES, "classify", *SHAPE_TASK_NAMES)
 
 ATTRIBUTE_NAMES: tuple[str, ...] = ("even", "ge5", "prime", "closed_loop")
 _ATTRIBUTE_DIGITS: tuple[frozenset[int], ...] = (
@@ -112,6 +119,16 @@ class Task:
         return micro_f1(pred, targets)
 
 
+def task_dataset(name: str) -> str | None:
+    """The ``data.dataset`` whose labels task ``name`` is defined on; None for ``classify``,
+    which any dataset's labels serve."""
+    if name in DIGIT_TASK_NAMES:
+        return "digits"
+    if name in SHAPE_TASK_NAMES:
+        return "shapes"
+    return None
+
+
 def get_task(name: str, num_classes: int = 10) -> Task:
     """The task called ``name`` for data with ``num_classes`` original labels."""
     if name not in TASK_NAMES:
@@ -127,6 +144,8 @@ def get_task(name: str, num_classes: int = 10) -> Task:
             num_classes,
             tuple(range(num_classes)),
         )
+    if name in SHAPE_TASK_NAMES:
+        return _shape_task(name, num_classes)
     if num_classes != 10:
         raise ConfigError(
             "task",
@@ -150,6 +169,18 @@ def get_task(name: str, num_classes: int = 10) -> Task:
         )
     ids = tuple(next(g for g, s in enumerate(_COARSE_DIGITS) if d in s) for d in range(10))
     return Task("coarse", "multiclass", len(COARSE_NAMES), "accuracy", 10, ids, COARSE_NAMES)
+
+
+def _shape_task(name: str, num_classes: int) -> Task:
+    """A shapes task over all :data:`NUM_CELLS` cell labels (a split may hold fewer)."""
+    if num_classes > NUM_CELLS:
+        raise ConfigError(
+            "task", f"task {name!r} is defined on the shapes' {NUM_CELLS} latent cells and "
+            f"needs num_classes <= {NUM_CELLS}, got {num_classes}")
+    kind, table, names = shape_task_table(name)
+    if kind == "multiclass":
+        return Task(name, kind, len(names), "accuracy", NUM_CELLS, table, names)
+    return Task(name, kind, len(names), "micro_f1", NUM_CELLS, table, names)
 
 
 def _flat(a: np.ndarray | torch.Tensor) -> np.ndarray:

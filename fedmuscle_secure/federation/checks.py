@@ -18,7 +18,7 @@ import timm
 from fedmuscle_secure import config
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.encoding import FixedPointCodec
-from fedmuscle_secure.data.tasks import TASK_NAMES
+from fedmuscle_secure.data.tasks import TASK_NAMES, task_dataset
 from fedmuscle_secure.errors import ConfigError, EncodingError
 from fedmuscle_secure.federation.ckks import validate_ckks
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
@@ -60,6 +60,22 @@ def _check_models_and_tasks(cfg: ExperimentConfig) -> None:
         if c.task not in TASK_NAMES:
             raise ConfigError(f"clients.{i}.task",
                               f"unknown task {c.task!r}; expected one of {list(TASK_NAMES)}")
+        _check_task_dataset(f"clients.{i}.task", c.task, cfg.data.dataset)
+
+
+#: How a task refusal names the labels a dataset's own tasks are defined on.
+_LABELS = {"digits": "the digits' labels 0..9", "shapes": "the shapes' latent cells"}
+
+
+def _check_task_dataset(field: str, task: str, dataset: str) -> None:
+    """A dataset-specific task (DESIGN §8) runs on its own dataset only."""
+    home = task_dataset(task)
+    if home is None or home == dataset:
+        return
+    usable = [t for t in TASK_NAMES if task_dataset(t) in (None, dataset)]
+    hint = "'classify'" if usable == ["classify"] else f"one of {usable}"
+    raise ConfigError(field, f"task {task!r} is defined on {_LABELS[home]} (DESIGN §8); with "
+                             f"data.dataset {dataset!r} use {hint}")
 
 
 def _check_temperatures(cfg: ExperimentConfig) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.data import FederatedSplit, federated_split
-from fedmuscle_secure.data.source import load_dataset
+from fedmuscle_secure.data.source import load_dataset, split_groups
 
 
 def make_split(cfg: ExperimentConfig) -> FederatedSplit:
@@ -19,7 +19,8 @@ def make_split(cfg: ExperimentConfig) -> FederatedSplit:
     return federated_split(
         x, y, num_clients=len(cfg.clients), public_size=d.public_size, test_size=d.test_size,
         shard_size=d.shard_size, partition=d.partition, dirichlet_alpha=d.dirichlet_alpha,
-        classes_per_client=d.classes_per_client, val_fraction=d.val_fraction, seed=cfg.seed)
+        classes_per_client=d.classes_per_client, val_fraction=d.val_fraction, seed=cfg.seed,
+        groups=split_groups(d, y))
 
 
 def train_sizes(cfg: ExperimentConfig, split: FederatedSplit) -> dict[str, int]:

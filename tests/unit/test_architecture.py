@@ -23,8 +23,8 @@ SOURCES = {PACKAGE: REPO / "fedmuscle_secure", f"{PACKAGE}.crypto": REPO / "cryp
 GENERATED = f"{PACKAGE}.transport.wire_pb"
 
 #: The root modules that are the project's vocabulary: every layer may use them.
-VOCABULARY = {"config", "config_deployment", "config_yaml", "messages", "seeding", "models", "durable",
-              "methods", "__init__"}
+VOCABULARY = {"config", "config_data", "config_deployment", "config_yaml", "messages", "seeding",
+              "models", "durable", "methods", "__init__"}
 
 #: The deployment processes: the gRPC server and client, which build a federation member
 #: from a config (through ``federation``) and keep a run directory (through ``experiment``),

@@ -116,6 +116,11 @@ def test_shipped_grids_expand(tmp_path):
     methods = {c.method for c in paper.cells} | {i.split("__")[0] for i, _ in paper.invalid}
     assert methods == {"muscle", "muscle_sum", "pairwise", "gram", "fedhenn", "cofed", "feddf",
                        "simclr", "pseudo_label", "local"}
+    shapes = expand_file(root / "compare-shapes.yaml", allow_invalid=True)
+    assert {c.method for c in shapes.cells} | {i.split("__")[0] for i, _ in shapes.invalid} \
+        == methods
+    assert {c.config.data.dataset for c in shapes.cells} == {"shapes"}
+    assert {c.config.seed for c in shapes.cells} == set(range(10))
 
 
 def test_set_overrides_the_base_before_the_grid_and_is_checked_like_run_set(tmp_path):

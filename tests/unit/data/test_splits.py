@@ -246,3 +246,26 @@ def test_digits_images():
     from sklearn.datasets import load_digits
 
     np.testing.assert_allclose(x[5, 0] * 16, load_digits().images[5])
+
+
+def test_groups_replace_the_labels_in_the_partition_only():
+    """With ``groups`` (here: label // 10, six groups of ten labels), ``classes`` hands out
+    groups and ``dirichlet`` skews over them; the test split is still stratified by label."""
+    x, y = unique_data(2400, num_classes=60)
+    groups = y // 10
+    s = split(x, y, partition="classes", classes_per_client=2, groups=groups)
+    assert_consistent(s, y)
+    for k, shard in enumerate(s.shards):
+        held = set((np.concatenate([shard.y_train, shard.y_val]) // 10).tolist())
+        assert held == {(2 * k + j) % 6 for j in range(2)}
+    # 200 test samples over 60 equally frequent labels: 3 or 4 of each
+    assert set(np.bincount(s.test_y, minlength=60).tolist()) == {3, 4}
+    skewed = split(x, y, partition="dirichlet", dirichlet_alpha=0.05, groups=groups, seed=3)
+    for shard in skewed.shards:
+        counts = np.bincount(np.concatenate([shard.y_train, shard.y_val]) // 10, minlength=6)
+        assert counts.max() >= 0.6 * counts.sum()  # Dir(0.05) over 6 groups: one dominates
+    with pytest.raises(ConfigError, match=r"data.classes_per_client: expected an integer in "
+                                          r"\[1, 6\]"):
+        split(x, y, partition="classes", classes_per_client=7, groups=groups)
+    with pytest.raises(ValueError, match=r"groups: expected one group per sample"):
+        split(x, y, groups=groups[:-1])

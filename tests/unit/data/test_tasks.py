@@ -32,7 +32,8 @@ COARSE = {0: 0, 1: 1, 2: 2, 3: 2, 4: 1, 5: 2, 6: 0, 7: 1, 8: 0, 9: 0}
 
 
 def test_task_names():
-    assert set(TASK_NAMES) == {"digit10", "attributes", "coarse", "classify"}
+    assert set(TASK_NAMES) == {"digit10", "attributes", "coarse", "classify", "shape", "scale",
+                               "orientation", "quadrant", "shape_scale", "shape_attrs"}
 
 
 def test_attribute_table():
