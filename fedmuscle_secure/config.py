@@ -92,6 +92,9 @@ class TrainingConfig(_Strict):
     # Adam's fused kernel (one pass over every parameter, CPU and CUDA); false: PyTorch's
     # per-tensor loop. The same algorithm; float rounding differs in the last bits.
     fused_optimizer: bool = True
+    # Convolution backbones on NHWC tensors (oneDNN's fast layout on CPU), except under
+    # DP-SGD; false: NCHW. The same function; float rounding differs.
+    channels_last: bool = True
 
 
 class MuscleConfig(_Strict):

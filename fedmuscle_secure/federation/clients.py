@@ -86,12 +86,14 @@ def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch
     starting weights, with its adapters; under DP-SGD with the layers Opacus needs
     (BatchNorm → GroupNorm etc.)."""
     torch.manual_seed(derive_seed(setup.cfg.seed, c.name, "init"))
+    dp_sgd = setup.calibration is not None and bool(setup.calibration.sigma_record)
     model = build_client_model(
         model=c.model, model_kwargs=c.model_kwargs, in_chans=setup.in_chans,
         image_size=c.image_size, dim=setup.cfg.muscle.dim, num_outputs=task.num_outputs,
         projection=c.projection.kind, hidden=c.projection.hidden, field=f"clients.{i}.model",
-        weights=_weights(i, c), adapter=_adapter(c), adapter_field=f"clients.{i}.adapter")
-    if setup.calibration is not None and setup.calibration.sigma_record:
+        weights=_weights(i, c), adapter=_adapter(c), adapter_field=f"clients.{i}.adapter",
+        channels_last=setup.cfg.training.channels_last and not dp_sgd)  # Opacus: NCHW
+    if dp_sgd:
         model = make_private_model(model, client=c.name)
     return model
 

@@ -106,10 +106,12 @@ class ClientModel(nn.Module):
     def __init__(
         self, backbone: nn.Module, *, width: int, image_size: int, dim: int, num_outputs: int,
         projection: str = "mlp", hidden: int = 256, frozen_backbone: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.image_size = image_size
+        self.channels_last = channels_last  # inputs reach the backbone as NHWC
         self.frozen_backbone = frozen_backbone
         self.projection = projection_head(projection, width, hidden, dim)
         self.head = nn.Linear(width, num_outputs)
@@ -133,7 +135,10 @@ class ClientModel(nn.Module):
         return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self._resize(x))
+        x = self._resize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
 
     def represent(self, x: torch.Tensor) -> torch.Tensor:
         """z = normalize(projection(features(x))): unit-norm rows of width d."""
@@ -157,16 +162,20 @@ class ClientModel(nn.Module):
 def build_client_model(
     *, model: str, model_kwargs: dict[str, Any], in_chans: int, image_size: int, dim: int,
     num_outputs: int, projection: str, hidden: int, field: str, adapter: dict[str, Any] | None = None,
-    weights: Weights | None = None, adapter_field: str = "adapter",
+    weights: Weights | None = None, adapter_field: str = "adapter", channels_last: bool = False,
 ) -> ClientModel:
     """The client's model. ``adapter`` (an ``AdapterConfig`` as a dict) puts LoRA adapters on
-    the backbone after its starting weights are loaded; ``adapter_field`` names it in errors."""
+    the backbone after its starting weights are loaded; ``adapter_field`` names it in errors.
+    ``channels_last``: convolutions run on NHWC tensors (oneDNN's fast path on CPU; the
+    same function, float rounding differs)."""
     backbone, width = create_backbone(model, in_chans=in_chans, image_size=image_size,
                                       kwargs=model_kwargs, field=field, weights=weights)
     if adapter is not None:
         backbone = apply_lora(backbone, adapter, model=model, field=adapter_field)
-    return ClientModel(backbone, width=width, image_size=image_size, dim=dim, num_outputs=num_outputs,
-                       projection=projection, hidden=hidden, frozen_backbone=adapter is not None)
+    model = ClientModel(backbone, width=width, image_size=image_size, dim=dim,
+                        num_outputs=num_outputs, projection=projection, hidden=hidden,
+                        frozen_backbone=adapter is not None, channels_last=channels_last)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 # -- the model an organisation keeps -------------------------------------------------------
