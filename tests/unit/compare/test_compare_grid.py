@@ -105,17 +105,22 @@ def test_block_overrides_that_change_local_training_get_their_own_reference(tmp_
 def test_shipped_grids_expand(tmp_path):
     root = REPO / "configs"
     exp = expand_file(root / "compare-secure.yaml")
-    assert len([c for c in exp.cells if c.is_local]) == 9
-    # 3 DP-SGD settings x 3 seeds of local references (the curve shares the no-DP-SGD ones),
-    # 3 protections x 3 DP levels x 3 seeds, and the curve: no noise + 5 sigmas, x 3 seeds.
-    assert len(exp.cells) == 9 + 27 + 6 * 3
-    curve = [c for c in exp.cells if c.exchange == "per_batch"]
-    assert len(curve) == 6 * 3 and all(c.ref and c.ref.startswith("local__none__") for c in curve)
-    assert len({c.dp for c in curve if c.dp.startswith("client-sigma-")}) == 5
+    assert len([c for c in exp.cells if c.is_local]) == 3 * 10
+    # 3 DP-SGD settings x 10 seeds of local references (the curve shares the no-DP-SGD ones);
+    # 3 protections x 3 DP levels x 2 exchanges x 10 seeds; the curve: no noise + 5 sigmas,
+    # x 10 seeds, its no-noise cell being block 1's plain/none/per_batch cell.
+    assert len(exp.cells) == 30 + 180 + 5 * 10
+    curve = [c for c in exp.cells if c.dp.startswith("client-sigma-")]
+    assert len(curve) == 5 * 10 and all(c.ref and c.ref.startswith("local__none__") for c in curve)
+    assert len({c.dp for c in curve}) == 5
+    protected = {(c.protection, c.exchange) for c in exp.cells if c.protection != "plain"}
+    assert protected == {(p, e) for p in ("secagg", "ckks") for e in ("per_epoch", "per_batch")}
+    assert {c.config.seed for c in exp.cells} == set(range(10))
     paper = expand_file(root / "compare-paper.yaml", allow_invalid=True)
     methods = {c.method for c in paper.cells} | {i.split("__")[0] for i, _ in paper.invalid}
     assert methods == {"muscle", "muscle_sum", "pairwise", "gram", "fedhenn", "cofed", "feddf",
                        "simclr", "pseudo_label", "local"}
+    assert {c.config.seed for c in paper.cells} == set(range(10))
     shapes = expand_file(root / "compare-shapes.yaml", allow_invalid=True)
     assert {c.method for c in shapes.cells} | {i.split("__")[0] for i, _ in shapes.invalid} \
         == methods
