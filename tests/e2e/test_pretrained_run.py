@@ -19,6 +19,8 @@ from fedmuscle_secure.federation.checks import load_config
 from helpers.tiny import tiny_config
 from helpers.weights import trained_resnet
 
+pytestmark = pytest.mark.slow
+
 
 def test_a_run_with_a_pretrained_file_and_an_adapter(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
