@@ -123,7 +123,9 @@ def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
                              "in_chans": setup.in_chans, "image_size": c.image_size,
                              "dim": cfg.muscle.dim, "num_outputs": client.task.num_outputs,
                              "projection": c.projection.kind, "hidden": c.projection.hidden,
-                             "adapter": _adapter(c)}}
+                             "adapter": _adapter(c),
+                             # the layout it computed in: the kept model answers bit for bit
+                             "channels_last": bool(getattr(client.model, "channels_last", False))}}
 
 
 def _adapter(c: ClientConfig) -> dict | None:
