@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_grpc.py
 	$(PY) bench/bench_wire_limits.py
 	$(PY) bench/bench_shapes.py
+	$(PY) bench/bench_cell.py --repeats 1
 
 # Regenerate the comparison reports (DESIGN §7) in docs/results/ with one command; cells are
 # kept in runs/compare-*/cells, so an interrupted `make results` resumes where it stopped.
