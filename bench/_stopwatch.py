@@ -49,3 +49,13 @@ class Stopwatch:
         finally:
             fed.close()
         return statistics.median(walls[1:]), statistics.median(inside[1:])
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

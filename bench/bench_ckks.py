@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
-from _stopwatch import Stopwatch
+from _stopwatch import Stopwatch, median_seconds
 
 from fedmuscle_secure.crypto.ckks import (
     CkksParameters,
@@ -39,15 +37,6 @@ from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.simulator import build_federation
 
 CKKS = Stopwatch()  # encrypt, server evaluation, decrypt
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def primitives(cfg, repeats: int) -> None:
@@ -76,7 +65,7 @@ def primitives(cfg, repeats: int) -> None:
           f"scale 2^{params.global_scale_bits}, B = {b}, d = {d}, medians of {repeats} ==")
     print(f"{'operation':>28} {'ms':>8} {'values/s':>12}")
     for name, fn, values in rows:
-        t = _median_time(fn, repeats)
+        t = median_seconds(fn, repeats)
         print(f"{name:>28} {1e3 * t:>8.2f} {values / t:>12.3g}")
     nbytes = encs[0].nbytes
     print(f"ciphertext of Z: {nbytes} bytes for {b * d * 4} float32 bytes: expansion "

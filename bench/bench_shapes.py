@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+
+from _stopwatch import median_seconds
 
 from fedmuscle_secure.data.digits import load_digits_images
 from fedmuscle_secure.data.shapes import make_shapes
@@ -22,15 +22,6 @@ from fedmuscle_secure.federation.checks import load_config
 
 CASES = ((16, 1, True), (16, 1, False), (16, 3, True), (32, 1, True), (64, 1, True))
 SHIPPED = "configs/shapes.yaml"
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -46,14 +37,14 @@ def main() -> None:
         def render(n=n, size=size, channels=channels, clutter=clutter):
             make_shapes(n, seed=0, image_size=size, channels=channels, clutter=clutter)
 
-        sec = _median_seconds(render, args.repeats)
+        sec = median_seconds(render, args.repeats)
         print(f"{size:>5} {channels:>4} {clutter!s:>7} {n:>7} {n / sec:>10,.0f} "
               f"{1e6 * sec / n:>9.1f}")
     d = load_config(SHIPPED).data
-    shipped = _median_seconds(lambda: make_shapes(d.shapes.num_images, seed=d.shapes.seed,
+    shipped = median_seconds(lambda: make_shapes(d.shapes.num_images, seed=d.shapes.seed,
                                                   image_size=d.image_size,
                                                   channels=d.shapes.channels), args.repeats)
-    digits = _median_seconds(load_digits_images, args.repeats)
+    digits = median_seconds(load_digits_images, args.repeats)
     print(f"\n{SHIPPED}: {d.shapes.num_images} images rendered in {shipped:.3f} s; the "
           f"embedded digits load in {digits:.3f} s (ratio {shipped / digits:.2f}x)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
