@@ -111,9 +111,10 @@ class _MethodRun:
         r0, state = ck
         self.rows = list(state["rows"])
         self.records.run.event("resume", method=self.method, from_round=r0)
-        self.display.resumed(self.method, min(r0, self.cfg.training.rounds))
-        if state.get("finished"):
+        if state.get("finished") or r0 == FINAL:  # its closing checkpoint: nothing to redo
+            self.display.resumed(self.method, self.cfg.training.rounds)
             return None
+        self.display.resumed(self.method, min(int(r0), self.cfg.training.rounds))
         for name, cstate in state["clients"].items():
             self.fed.clients[name].load_state_dict(cstate)
         self.fed.server.load_state_dict(state["server"])
