@@ -88,7 +88,8 @@ def publish(out: Path, dest: Path) -> list[str]:
     records there are replaced, so ``dest`` holds exactly what the report was made from."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
-    for p in [out / "results.csv", out / "results.md", *sorted(out.glob("*.png"))]:
+    for p in [out / "results.csv", out / "paired.csv", out / "results.md",
+              *sorted(out.glob("*.png"))]:
         if p.is_file():
             shutil.copy2(p, dest / p.name)
             copied.append(str(dest / p.name))
