@@ -43,12 +43,14 @@ bench: $(STAMP)
 results: $(STAMP)
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-paper.yaml --publish docs/results/paper
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --publish docs/results/secure
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-default.yaml --publish docs/results/default
 
 # Rebuild the published tables and plots from the cell records committed beside them
-# (docs/results/secure/cells/), without running anything.
+# (docs/results/{secure,default}/cells/), without running anything.
 .PHONY: results-report
 results-report: $(STAMP)
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --report-only --out docs/results/secure --no-progress
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-default.yaml --report-only --out docs/results/default --no-progress
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmuscle_secure crypto server client tests bench
