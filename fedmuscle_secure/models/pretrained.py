@@ -42,7 +42,7 @@ def read_weights(path: Path, field: str) -> dict[str, torch.Tensor]:
     if path.suffix not in SUFFIXES:
         raise ConfigError(field, f"{str(path)!r}: expected a {' / '.join(SUFFIXES)} weights file")
     try:
-        state = load_state_dict(str(path))
+        state = load_state_dict(str(path), weights_only=True)  # never unpickle code
     except Exception as exc:  # noqa: BLE001 - safetensors, pickle and zip errors alike
         raise ConfigError(field, f"cannot read {str(path)!r} as a weights file "
                                  f"({type(exc).__name__}: {exc})") from None
