@@ -290,6 +290,10 @@ def _check_pretrained(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"clients.{i}.pretrained_file", "give either pretrained: true "
                               "(timm's weights from the local cache) or pretrained_file (your "
                               "own file), not both")
+        if c.adapter is not None and c.adapter.dropout > 0 and cfg.privacy.dp_sgd.enabled:
+            raise ConfigError(f"clients.{i}.adapter.dropout", "must be 0 under DP-SGD: the "
+                              "check that per-sample gradients are exact compares passes that "
+                              "would draw different dropout masks")
 
 
 def _check_baseline(cfg: ExperimentConfig) -> None:

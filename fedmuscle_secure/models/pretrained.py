@@ -100,7 +100,14 @@ def create_pretrained(name: str, state: dict[str, torch.Tensor], *, kwargs: dict
         classifiers = (classifiers,)
     drop = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
     state = {k: v for k, v in state.items() if k not in drop}
-    overlay = dict(state_dict=state, num_classes=0, label_offset=0)
+    if not state:  # timm would take an empty state dict for "none" and fetch its own
+        raise ConfigError(field, f"{str(source)!r} holds no weights of {name!r}'s backbone "
+                                 "(nothing but a classifier, or nothing)")
+    _check_first_conv(cfg, state, int(kwargs.get("in_chans", 3)), source, field)
+    # every other source timm knows is blanked: the state dict is the only place it may load
+    # from, never the hub or a URL, whatever the file holds
+    overlay = dict(state_dict=state, num_classes=0, label_offset=0, hf_hub_id=None, url=None,
+                   file=None, custom_load=False)
     kw = dict(kwargs, pretrained=True, pretrained_cfg_overlay=overlay)
     try:
         try:
@@ -110,6 +117,24 @@ def create_pretrained(name: str, state: dict[str, torch.Tensor], *, kwargs: dict
     except RuntimeError as exc:
         raise ConfigError(field, f"{str(source)!r} does not fit {name!r}: "
                                  f"{mismatch_summary(str(exc))}") from None
+    except Exception as exc:  # noqa: BLE001 - timm's loaders raise many kinds; name the file
+        raise ConfigError(field, f"timm could not load {str(source)!r} into {name!r} "
+                                 f"({type(exc).__name__}: {exc})") from None
+
+
+def _check_first_conv(cfg: Any, state: dict[str, torch.Tensor], in_chans: int, source: Path,
+                      field: str) -> None:
+    """The stem weights timm adapts to the data's channels must be a 4-D convolution over 3
+    (or already ``in_chans``) channels: anything else makes timm drop the key and load the
+    rest *non-strictly*, so a file missing every other weight would pass."""
+    names = getattr(cfg, "first_conv", None) or ()
+    for conv in (names,) if isinstance(names, str) else names:
+        w = state.get(f"{conv}.weight")
+        if w is not None and (w.ndim != 4 or w.shape[1] not in (3, in_chans)):
+            raise ConfigError(field, f"{str(source)!r}: {conv}.weight has shape "
+                                     f"{'x'.join(map(str, w.shape)) or 'scalar'}, expected a "
+                                     f"convolution over {' or '.join(map(str, sorted({3, in_chans})))} "
+                                     "input channels")
 
 
 def mismatch_summary(message: str) -> str:

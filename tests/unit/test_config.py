@@ -176,3 +176,14 @@ def test_adapter_settings_are_validated(adapter, field):
     with pytest.raises(ConfigError) as exc:
         parse_config(raw)
     assert exc.value.field == field
+
+
+def test_adapter_dropout_is_refused_under_dp_sgd_and_allowed_without():
+    raw = tiny_config().model_dump(mode="json")
+    raw["clients"][0]["adapter"] = {"dropout": 0.1}
+    parse_config(raw)  # no DP-SGD: fine
+    raw["privacy"] = {"delta": 1e-5, "dp_sgd": {"enabled": True, "noise_multiplier": 1.0,
+                                                 "expected_batch_size": 8}}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(raw)
+    assert exc.value.field == "clients.0.adapter.dropout" and "under DP-SGD" in str(exc.value)

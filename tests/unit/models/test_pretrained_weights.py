@@ -170,3 +170,26 @@ def test_pretrained_reads_the_hugging_face_cache(offline_cache):
     assert torch.allclose(got[stem], published[stem].sum(dim=1, keepdim=True))
     for key in set(got) - {stem}:
         assert torch.equal(got[key], published[key]), key
+
+
+@pytest.mark.parametrize("keep", ["classifier", "nothing"])
+def test_a_file_without_backbone_weights_is_refused_without_going_online(offline_cache, keep):
+    """timm reads an empty state dict as "no weights given" and falls back to fetching its
+    own: a file holding only a classifier (or nothing) must be an error, with no network."""
+    path = offline_cache / "head.safetensors"
+    full = _timm("resnet18", 0).state_dict()
+    save_file({k: v.contiguous() for k, v in full.items() if k.startswith("fc.")}
+              if keep == "classifier" else {}, str(path))
+    with pytest.raises(ConfigError, match="holds no weights of 'resnet18''s backbone") as err:
+        _client("resnet18", Weights(path, FIELD))
+    assert err.value.field == FIELD
+
+
+def test_a_stem_timm_cannot_adapt_is_refused_not_loaded_loosely(tmp_path):
+    """A first-convolution weight that is not a 4-D convolution over 3 channels makes timm drop
+    it and load everything else non-strictly: a file missing every other key would pass."""
+    path = tmp_path / "stem.safetensors"
+    save_file({"conv1.weight": torch.zeros(64, 27), "junk": torch.zeros(1)}, str(path))
+    with pytest.raises(ConfigError, match=r"conv1.weight has shape 64x27, expected a "
+                                          r"convolution over 1 or 3 input channels"):
+        _client("resnet18", Weights(path, FIELD))
