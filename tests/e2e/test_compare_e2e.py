@@ -76,20 +76,20 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys):
     assert "| client | model | task | metric | muscle | pairwise | local |" in md
     assert "Δ (%)" in md and "wins/losses vs local" in md and "Incomplete" not in md
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["communication.png", "delta_vs_eps.png",
-                    "per_client__plain__none__per_batch.png"]
+    assert pngs == ["communication.png", "per_client__plain__none__per_batch.png"]  # no DP
+    assert md.index("## Verdicts") < md.index("| client | model |")
 
     # report only, published without the cells
     (out / "results.md").unlink()
     pub = tmp_path / "pub"
     assert main(["compare", *common, "--report-only", "--publish", str(pub)]) == 0
-    assert sorted(p.name for p in pub.iterdir()) == sorted(["results.csv", "results.md", "cells",
-                                                           *pngs])
+    assert sorted(p.name for p in pub.iterdir()) == sorted(["results.csv", "paired.csv",
+                                                           "results.md", "cells", *pngs])
     assert (out / "results.md").read_text() == md
     # each finished cell's record, not its checkpoints/ledgers/keys
     assert sorted(p.name for p in (pub / "cells").iterdir()) == sorted([*done, *missing])
     assert sorted(p.name for p in (pub / "cells" / done[2]).iterdir()) == [
-        "cell.json", "config.resolved.yaml", "metrics.csv"]
+        "cell.json", "config.resolved.yaml", "environment.json", "metrics.csv"]
     # the published directory alone regenerates the same tables
     (pub / "results.md").unlink()
     assert main(["compare", str(grid), "--out", str(pub), "--report-only", "--no-progress"]) == 0
