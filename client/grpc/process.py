@@ -71,6 +71,7 @@ from fedmuscle_secure.config import ExperimentConfig, validate_deployable
 from fedmuscle_secure.console.deploy import ClientProgress
 from fedmuscle_secure.crypto.identity import load_private, load_public
 from fedmuscle_secure.errors import IdentityError
+from fedmuscle_secure.experiment.environment import software_environment
 from fedmuscle_secure.experiment.run import methods_of
 from fedmuscle_secure.experiment.rundir import RunDir
 from fedmuscle_secure.federation.ckks import client_ckks
@@ -198,6 +199,7 @@ class _Member:
         cfg, run, method, name = self.cfg, self.run, self.method, self.name
         if not resuming:
             start_fresh(run, cfg, run_id)
+        run.record_environment(software_environment())
         save_public(self.own, run.root / "keys", name)
         setup = federation_setup(cfg, self.split, method, record_dir=run.root,
                                  ckks_contexts=self.contexts, identities=self.identities,
