@@ -144,12 +144,14 @@ def bootstrap_two_way(g: np.ndarray, level: float = LEVEL, resamples: int = BOOT
 
 
 def _by_seed(s: Setting) -> dict[int, tuple[CellResult, CellResult | None, dict]]:
-    """seed -> (cell, its local reference, its Δ record)."""
+    """seed -> (cell, its local reference, its Δ record); (cell, None, None) for a cell whose
+    reference has not finished (a setting lists only the references it found, so they are
+    matched by id, not by position)."""
+    found = {r.id: (r, d) for r, d in zip(s.refs, s.deltas, strict=True)}
     out = {}
-    for i, cell in enumerate(s.cells):
-        ref = s.refs[i] if i < len(s.refs) else None
-        delta = s.deltas[i] if i < len(s.deltas) else {"delta_pct": math.nan}
-        out[int(cell.meta["seed"])] = (cell, ref, delta)
+    for cell in s.cells:
+        want = cell.id if cell.meta["method"] == "local" else cell.meta.get("ref")
+        out[int(cell.meta["seed"])] = (cell, *found.get(want, (None, None)))
     return out
 
 
@@ -165,11 +167,10 @@ def compare_pair(kind: str, question: str, a: Setting, b: Setting | None) -> Com
     sa = _by_seed(a)
     sb = _by_seed(b) if b is not None else {k: (v[1], v[1], {"delta_pct": 0.0})
                                             for k, v in sa.items()}
-    seeds = sorted(k for k in sa if k in sb and sb[k][0] is not None)
+    seeds = sorted(k for k in sa if k in sb and sa[k][1] is not None and sb[k][1] is not None)
     if not seeds:
         return None
-    same_ref = all(sa[s][1] is not None and sb[s][1] is not None and sa[s][1].id == sb[s][1].id
-                   for s in seeds)
+    same_ref = all(sa[s][1].id == sb[s][1].id for s in seeds)
     clients = [c for c in sa[seeds[0]][0].clients
                if all(_metric(sa[s][0], c) is not None and _metric(sb[s][0], c) is not None
                       for s in seeds)]

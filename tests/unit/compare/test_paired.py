@@ -193,3 +193,17 @@ def test_a_dp_level_against_no_dp_is_judged_on_the_metrics_not_on_the_deltas(tmp
     assert c.gain.mean == pytest.approx(-20.0, abs=1e-3)
     assert c.verdict == "resolved: m/plain/none/e better"
     assert _by_question(tmp_path)["m vs local (plain, none, e)"].primary == "delta"
+
+
+def test_a_cell_whose_local_reference_is_missing_shifts_no_other_seed(tmp_path):
+    """Seed 0's local cell has not finished: the comparison drops seed 0 and pairs every other
+    seed with its own reference (a setting lists only the references it found)."""
+    for s in range(4):
+        if s:
+            make_cell(tmp_path, f"local__none__s{s}", "local", "plain", "none", "-", s, None,
+                      {"x": 0.10 * s, "y": 0.10 * s})
+        make_cell(tmp_path, f"m__plain__none__e__s{s}", "m", "plain", "none", "e", s,
+                  f"local__none__s{s}", {"x": 0.10 * s + 0.01, "y": 0.10 * s + 0.01})
+    c = _by_question(tmp_path)["m vs local (plain, none, e)"]
+    assert c.seeds == (1, 2, 3)
+    assert c.gain.mean == pytest.approx(1.0, abs=1e-3) and c.gain.high - c.gain.low < 1e-3
