@@ -125,7 +125,7 @@ def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
                              "projection": c.projection.kind, "hidden": c.projection.hidden,
                              "adapter": _adapter(c),
                              # the layout it computed in: the kept model answers bit for bit
-                             "channels_last": bool(getattr(client.model, "channels_last", False))}}
+                             "channels_last": client.model.channels_last}}
 
 
 def _adapter(c: ClientConfig) -> dict | None:
