@@ -19,7 +19,7 @@ from fedmuscle_secure.client.protection.base import PlainReply
 from fedmuscle_secure.client.release_record import ReleaseGuard
 from fedmuscle_secure.client.settings import ClientSettings
 from fedmuscle_secure.data.tasks import Task
-from fedmuscle_secure.data.views import random_affine_view
+from fedmuscle_secure.data.views import random_view
 from fedmuscle_secure.messages import GroupOutputs, SumTerms
 from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.seeding import derive_seed
@@ -99,7 +99,7 @@ class ContrastivePhase:
 
     def _random_view(self, x: torch.Tensor) -> torch.Tensor:
         assert self._views is not None
-        return random_affine_view(x, self._views, size=self.model.image_size)
+        return random_view(x, self._views, size=self.model.image_size)
 
     def _anchor(self, idx: torch.Tensor) -> torch.Tensor:
         self.model.train()

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedmuscle_secure.config_data import DataConfig, ShapesConfig, check_data
+from fedmuscle_secure.config_data import DataConfig, ShapesConfig, TextConfig, check_data
 from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment, default_threshold
 from fedmuscle_secure.config_yaml import parse_overrides, read_yaml, validate_model
 from fedmuscle_secure.errors import ConfigError
@@ -383,6 +383,7 @@ __all__ = [
     "PEER_SELECTING",
     "SILENT",
     "ShapesConfig",
+    "TextConfig",
     "ExperimentConfig",
     "default_threshold",
     "dump_config",

@@ -35,11 +35,30 @@ class ShapesConfig(_Strict):
                       "from the experiment seed that splits it")
 
 
-class DataConfig(_Strict):
-    """Public / test / private split of one labelled image dataset (DESIGN §8)."""
+class TextConfig(_Strict):
+    """The files of ``data.dataset: text_files`` (DESIGN §8.2): labelled texts, optionally
+    unlabelled public texts, and the tokenizer every text client reads."""
 
-    dataset: Literal["digits", "shapes", "cifar10", "cifar100", "image_folder"] = "digits"
+    labelled: str = Field(description="labelled texts: a .jsonl file (one JSON object per line) "
+                          "or a .csv file with a header row")
+    public: str | None = Field(default=None, description="unlabelled public texts (.txt: one "
+                               "per line, or .jsonl / .csv with text_field); null: the public set "
+                               "is drawn from the labelled file with its labels dropped")
+    text_field: str = "text"
+    label_field: str = "label"
+    max_length: int = Field(default=64, ge=4, le=512, description="tokens per text, [CLS] and "
+                            "[SEP] included; longer texts are cut")
+    tokenizer: str = Field(default="minilm", description="'minilm' (all-MiniLM-L6-v2's "
+                           "WordPiece, from the text extra's package) or a tokenizer.json file")
+
+
+class DataConfig(_Strict):
+    """Public / test / private split of one labelled dataset of images or texts (DESIGN §8)."""
+
+    dataset: Literal["digits", "shapes", "cifar10", "cifar100", "image_folder",
+                     "text_files"] = "digits"
     shapes: ShapesConfig | None = None  # dataset 'shapes' only; null: ShapesConfig's defaults
+    text: TextConfig | None = None  # dataset 'text_files' only
     path: str | None = None
     image_size: int | None = Field(default=None, gt=0)
     public_size: int = Field(default=900, gt=0)
@@ -59,9 +78,14 @@ def check_data(cfg: ExperimentConfig) -> None:
     if d.shapes is not None and d.dataset != "shapes":
         raise ConfigError("data.shapes", f"only data.dataset 'shapes' is rendered; remove this "
                           f"section for data.dataset {d.dataset!r}")
+    if d.text is not None and d.dataset != "text_files":
+        raise ConfigError("data.text", f"only data.dataset 'text_files' reads texts; remove this "
+                          f"section for data.dataset {d.dataset!r}")
     if d.dataset == "shapes":
         _check_shapes(cfg)
-    if d.dataset in ("digits", "shapes"):
+    if d.dataset == "text_files":
+        _check_text(cfg)
+    if d.dataset in ("digits", "shapes", "text_files"):
         return
     if d.path is None:
         raise ConfigError("data.path", f"dataset {d.dataset!r} needs a path to its files")
@@ -91,3 +115,33 @@ def _check_shapes(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.shapes.num_images", f"{n} images cannot hold the test split "
                           f"({d.test_size}), the public set ({d.public_size}) and {private}: "
                           f"expected at least {need}")
+
+
+#: Suffixes of the text files (``.txt`` holds unlabelled public texts only).
+TEXT_SUFFIXES = {"labelled": (".jsonl", ".csv"), "public": (".txt", ".jsonl", ".csv")}
+
+
+def _check_text(cfg: ExperimentConfig) -> None:
+    """The texts' files exist and have a readable type; the tokenizer is MiniLM's or a file."""
+    d = cfg.data
+    if d.text is None:
+        raise ConfigError("data.text", "data.dataset 'text_files' needs a data.text section "
+                          "naming its labelled file (data.text.labelled)")
+    if d.path is not None:
+        raise ConfigError("data.path", "text files are named in data.text; remove data.path")
+    if d.image_size is not None:
+        raise ConfigError("data.image_size", "texts have no image size; remove data.image_size")
+    for part in ("labelled", "public"):
+        name = getattr(d.text, part)
+        if name is None:
+            continue
+        path = Path(name)
+        if path.suffix.lower() not in TEXT_SUFFIXES[part]:
+            raise ConfigError(f"data.text.{part}", f"{name!r}: expected a "
+                              f"{' / '.join(TEXT_SUFFIXES[part])} file")
+        if not path.is_file():
+            raise ConfigError(f"data.text.{part}", f"{name!r} does not exist")
+    tok = d.text.tokenizer
+    if tok != "minilm" and not Path(tok).is_file():
+        raise ConfigError("data.text.tokenizer", f"{tok!r}: expected 'minilm' or an existing "
+                          "tokenizer.json file")

@@ -8,7 +8,7 @@ Adaptation here: no communication; each client trains its own encoder and projec
 (the same ones the federated methods align) on the round's public batches, one optimizer
 step per batch with the contrastive-phase optimizer. SimCLR's colour/crop augmentations do
 not suit 1-channel 8×8 digits, so a view is a random affine warp (rotation, scale, shift:
-the views the other methods use, :func:`~fedmuscle_secure.data.views.random_affine_view`)
+the views the other methods use, :func:`~fedmuscle_secure.data.views.random_view`)
 plus small Gaussian pixel noise (5 % of the batch's pixel std). τ = 0.2 (the paper's
 contrastive temperature of this project, DESIGN §2.1). §8.1 found that about half of
 FedMuscle's gain on the embedded benchmark comes from this alone, so it is a baseline.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedmuscle_secure.data.views import random_affine_view
+from fedmuscle_secure.data.views import random_view
 
 __all__ = ["NOISE", "TEMPERATURE", "nt_xent", "simclr_view"]
 
@@ -39,7 +39,10 @@ def nt_xent(z1: Tensor, z2: Tensor, tau: float = TEMPERATURE) -> Tensor:
 
 
 def simclr_view(x: Tensor, generator: torch.Generator, *, size: int) -> Tensor:
-    """One random view: affine warp to the model's input size, then pixel noise."""
-    v = random_affine_view(x, generator, size=size)
+    """One random view: affine warp to the model's input size, then pixel noise (a text's
+    view is token dropout alone)."""
+    v = random_view(x, generator, size=size)
+    if not v.is_floating_point():
+        return v
     noise = torch.randn(v.shape, generator=generator, dtype=v.dtype)
     return v + NOISE * v.detach().std() * noise

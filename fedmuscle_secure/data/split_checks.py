@@ -13,10 +13,14 @@ PARTITIONS: tuple[str, ...] = ("dirichlet", "classes", "iid")
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, C, H, W), returned as float32, or token ids (N, L) of integers, returned
+    as int64; labels (N,) int64 >= 0."""
     x = np.asarray(x)
     y = np.asarray(y)
-    if x.ndim != 4:
-        raise ValueError(f"x: expected an image array of shape (N, C, H, W), got {x.shape}")
+    text = x.ndim == 2 and np.issubdtype(x.dtype, np.integer)
+    if x.ndim != 4 and not text:
+        raise ValueError(f"x: expected an image array of shape (N, C, H, W) or integer token "
+                         f"ids (N, L), got {x.shape} {x.dtype}")
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"y: expected labels of shape ({len(x)},), got {y.shape}")
     if len(y) == 0:
@@ -25,7 +29,18 @@ def check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"y: expected integer class labels, got dtype {y.dtype}")
     if int(y.min()) < 0:
         raise ValueError(f"y: expected labels >= 0, got {int(y.min())}")
-    return x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)
+    return x.astype(np.int64 if text else np.float32, copy=False), y.astype(np.int64, copy=False)
+
+
+def check_public_pool(pool: np.ndarray, x: np.ndarray, public_size: int) -> np.ndarray:
+    """Public rows of their own: shaped and typed like ``x``'s rows, enough of them."""
+    pool = np.asarray(pool)
+    if pool.shape[1:] != x.shape[1:]:
+        raise ValueError(f"public_pool: expected rows shaped {x.shape[1:]}, got {pool.shape[1:]}")
+    if len(pool) < public_size:
+        raise ConfigError("data.public_size", f"the public file holds {len(pool)} texts; "
+                          f"expected at least data.public_size = {public_size}")
+    return pool.astype(x.dtype, copy=False)
 
 
 def check_groups(groups: np.ndarray, n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Federated split of one labelled image array (DESIGN §8).
+"""Federated split of one labelled array of images or token ids (DESIGN §8).
 
 One array becomes three disjoint parts:
 
@@ -28,7 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmuscle_secure.data.split_checks import check_arrays, check_groups, check_split_config
+from fedmuscle_secure.data.split_checks import (
+    check_arrays,
+    check_groups,
+    check_public_pool,
+    check_split_config,
+)
 from fedmuscle_secure.errors import ConfigError
 
 # A client needs at least this many training samples (one batch statistic, one
@@ -44,7 +49,7 @@ class Shard:
     to its own targets (``fedmuscle_secure.data.tasks``).
     """
 
-    x_train: np.ndarray  # float32 (n, C, H, W) in [0, 1]
+    x_train: np.ndarray  # float32 (n, C, H, W) in [0, 1], or int64 token ids (n, L)
     y_train: np.ndarray  # int64 (n,)
     x_val: np.ndarray  # float32 (n_val, C, H, W)
     y_val: np.ndarray  # int64 (n_val,)
@@ -99,6 +104,7 @@ def federated_split(
     val_fraction: float = 0.2,
     seed: int,
     groups: np.ndarray | None = None,
+    public_pool: np.ndarray | None = None,
 ) -> FederatedSplit:
     """Split ``(x, y)`` into test, public and ``num_clients`` disjoint private shards.
 
@@ -121,6 +127,10 @@ def federated_split(
     ``"classes"`` skew over in place of the labels, and what ``classes_per_client`` counts.
     The test split is stratified by label either way.
 
+    ``public_pool`` (rows shaped like ``x``): the public set is drawn from it instead of
+    from ``x`` (unlabelled texts of their own file); ``x`` then holds only the test split
+    and the private pool.
+
     Each shard is then shuffled and its first ``round(val_fraction·n)`` samples (at
     least 1 when ``val_fraction > 0``; Python's ``round``) become the validation part.
 
@@ -131,8 +141,11 @@ def federated_split(
     num_classes = int(y.max()) + 1
     key = y if groups is None else check_groups(groups, len(y))
     num_keys = int(key.max()) + 1
+    if public_pool is not None:
+        public_pool = check_public_pool(public_pool, x, public_size)
     check_split_config(n=len(y), num_classes=num_keys, num_clients=num_clients,
-                       public_size=public_size, test_size=test_size,
+                       public_size=0 if public_pool is not None else public_size,
+                       test_size=test_size,
                        shard_size=shard_size, partition=partition,
                        dirichlet_alpha=dirichlet_alpha, classes_per_client=classes_per_client,
                        val_fraction=val_fraction)
@@ -140,8 +153,13 @@ def federated_split(
 
     test_idx = _stratified_sample(y, np.arange(len(y)), test_size, num_classes, rng)
     rest = np.setdiff1d(np.arange(len(y)), test_idx, assume_unique=True)
-    public_idx = rng.choice(rest, size=public_size, replace=False)
-    pool = np.setdiff1d(rest, public_idx, assume_unique=True)
+    if public_pool is None:
+        public_idx = rng.choice(rest, size=public_size, replace=False)
+        public_x = x[public_idx]
+        pool = np.setdiff1d(rest, public_idx, assume_unique=True)
+    else:
+        public_x = public_pool[rng.choice(len(public_pool), size=public_size, replace=False)]
+        pool = rest
 
     if partition == "iid":
         shard_idx = _iid_shards(pool, num_clients, shard_size, rng)
@@ -156,7 +174,7 @@ def federated_split(
 
     test_idx = rng.permutation(test_idx)
     return FederatedSplit(
-        public_x=x[public_idx],
+        public_x=public_x,
         test_x=x[test_idx],
         test_y=y[test_idx],
         shards=shards,

@@ -1,4 +1,5 @@
-"""Augmentation views of images (DESIGN §8.1: per-client random affine views helped).
+"""Augmentation views of images (DESIGN §8.1: per-client random affine views helped) and of
+texts (token dropout, DESIGN §8.2).
 
 Data, not training: the contrastive phase of every method and the ``simclr`` baseline draw
 their views from here, each from its own seeded generator.
@@ -10,6 +11,27 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+#: Share of a text's tokens a view drops (replaces by padding, which the encoder masks).
+TOKEN_DROPOUT = 0.1
+
+
+def random_view(x: torch.Tensor, generator: torch.Generator, *, size: int) -> torch.Tensor:
+    """A random view of each sample: an affine warp of an image, token dropout of a text
+    (token ids, any integer dtype)."""
+    if x.is_floating_point():
+        return random_affine_view(x, generator, size=size)
+    return token_dropout_view(x, generator)
+
+
+def token_dropout_view(ids: torch.Tensor, generator: torch.Generator, *,
+                       p: float = TOKEN_DROPOUT, pad_id: int = 0) -> torch.Tensor:
+    """Each text with every token but the first dropped with probability ``p``: set to the
+    padding id, so the encoder's attention and pooling skip it (the first token, [CLS] for
+    a BERT tokenizer, keeps every view non-empty). Padding stays padding."""
+    drop = torch.rand(ids.shape, generator=generator) < p
+    drop[:, 0] = False
+    return ids.masked_fill(drop, pad_id)
 
 
 def random_affine_view(x: torch.Tensor, generator: torch.Generator, *, size: int,

@@ -22,6 +22,7 @@ from fedmuscle_secure.data.tasks import TASK_NAMES, task_dataset
 from fedmuscle_secure.errors import ConfigError, EncodingError
 from fedmuscle_secure.federation.ckks import validate_ckks
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
+from fedmuscle_secure.models.text import TEXT_MODELS, is_text_model
 
 
 def check_layers(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -52,8 +53,11 @@ def with_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experime
 
 
 def _check_models_and_tasks(cfg: ExperimentConfig) -> None:
+    texts = cfg.data.dataset == "text_files"
     for i, c in enumerate(cfg.clients):
-        if not timm.is_model(c.model):
+        if texts or is_text_model(c.model):
+            _check_text_client(i, c, texts)
+        elif not timm.is_model(c.model):
             raise ConfigError(f"clients.{i}.model",
                               f"unknown timm model {c.model!r}; expected a name from "
                               "timm.list_models()")
@@ -61,6 +65,20 @@ def _check_models_and_tasks(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"clients.{i}.task",
                               f"unknown task {c.task!r}; expected one of {list(TASK_NAMES)}")
         _check_task_dataset(f"clients.{i}.task", c.task, cfg.data.dataset)
+
+
+def _check_text_client(i: int, c: Any, texts: bool) -> None:
+    """Texts are read by the text encoders only, and they read nothing else (DESIGN §2.6)."""
+    field = f"clients.{i}.model"
+    if not texts:
+        raise ConfigError(field, f"{c.model!r} is a text encoder; it reads data.dataset "
+                                 "'text_files', not images")
+    if not is_text_model(c.model):
+        raise ConfigError(field, f"data.dataset 'text_files' is read by the text encoders "
+                                 f"{list(TEXT_MODELS)}, not by the image model {c.model!r}")
+    if c.pretrained and c.model != "minilm":
+        raise ConfigError(f"clients.{i}.pretrained", f"{c.model!r} has no published weights; "
+                          "start it from random weights or a pretrained_file ('minilm' has them)")
 
 
 #: How a task refusal names the labels a dataset's own tasks are defined on.

@@ -92,7 +92,8 @@ def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch
         image_size=c.image_size, dim=setup.cfg.muscle.dim, num_outputs=task.num_outputs,
         projection=c.projection.kind, hidden=c.projection.hidden, field=f"clients.{i}.model",
         weights=_weights(i, c), adapter=_adapter(c), adapter_field=f"clients.{i}.adapter",
-        channels_last=setup.cfg.training.channels_last and not dp_sgd)  # Opacus: NCHW
+        channels_last=setup.cfg.training.channels_last and not dp_sgd,  # Opacus: NCHW
+        vocab_size=setup.vocab_size)
     if dp_sgd:
         model = make_private_model(model, client=c.name)
     return model
@@ -123,7 +124,7 @@ def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
                              "in_chans": setup.in_chans, "image_size": c.image_size,
                              "dim": cfg.muscle.dim, "num_outputs": client.task.num_outputs,
                              "projection": c.projection.kind, "hidden": c.projection.hidden,
-                             "adapter": _adapter(c),
+                             "adapter": _adapter(c), "vocab_size": setup.vocab_size,
                              # the layout it computed in: the kept model answers bit for bit
                              "channels_last": client.model.channels_last}}
 

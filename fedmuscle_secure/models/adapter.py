@@ -21,10 +21,12 @@ from fedmuscle_secure.errors import ConfigError
 #: Layers adapters are put on: what peft's LoRA and Opacus's per-sample gradients both handle.
 ADAPTABLE = (nn.Linear, nn.Conv2d)
 #: Default targets by architecture family, recognised by a layer name the family uses: a
-#: transformer's fused attention input projection, an MLP-Mixer's / MLP's two layers, a
-#: ResNet block's convolutions. The first family whose marker names an adaptable layer wins.
+#: transformer's fused attention input projection, a BERT encoder's query and value
+#: projections, an MLP-Mixer's / MLP's two layers, a ResNet block's convolutions. The first
+#: family whose marker names an adaptable layer wins.
 FAMILY_TARGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("qkv", ("qkv",)),
+    ("query", ("query", "value")),  # BERT text encoders (models/text.py)
     ("fc1", ("fc1", "fc2")),
     ("layer1.0.conv1", ("conv1", "conv2", "conv3")),
 )

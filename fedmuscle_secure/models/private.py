@@ -32,6 +32,7 @@ from torch import nn
 
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.models.text import PAD_ID, TextEncoder
 
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew")
 _PROBE_RTOL = 1e-6  # the probe runs in float64: a real in-place bug is O(1) wrong
@@ -138,9 +139,16 @@ def _problems(model: nn.Module, held: set[int]) -> list[str]:
 
 
 def _probe_batch(model: ClientModel) -> torch.Tensor:
+    """Three random images at the model's input size, or, for a text encoder, three rows
+    of random token ids with the first padded at its end (the padding mask is in play)."""
+    g = torch.Generator().manual_seed(0)  # a probe of the architecture: no data, no secret
+    if isinstance(model.backbone, TextEncoder):
+        vocab = model.backbone.bert.get_input_embeddings().num_embeddings
+        ids = torch.randint(1, vocab, (3, 8), generator=g)
+        ids[0, 5:] = PAD_ID
+        return ids
     conv = next((m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)), None)
     chans = conv.in_channels if conv is not None else 3
-    g = torch.Generator().manual_seed(0)  # a probe of the architecture: no data, no secret
     size = model.image_size
     return torch.randn(3, chans, size, size, generator=g, dtype=torch.float64)
 
@@ -163,10 +171,14 @@ def _gradient_mismatch(model: ClientModel, x: torch.Tensor, mode: str,
                        ) -> tuple[float, list[str]]:
     """(largest relative error, the layers whose parameters' per-sample gradients are off:
     where the error shows, which need not be the layer that causes it)."""
-    probe = copy.deepcopy(model).to(x.dtype).train()
+    dtype = x.dtype if x.is_floating_point() else torch.float64  # token ids stay integers
+    probe = copy.deepcopy(model).to(dtype).train()
+    for m in probe.modules():  # dropout draws per element, so it couples no two samples;
+        if isinstance(m, nn.Dropout):  # off here so the single and batched passes agree
+            m.p = 0.0
     if loss_fn is None:
         w = torch.randn(probe.head.out_features, generator=torch.Generator().manual_seed(1),
-                        dtype=x.dtype)
+                        dtype=dtype)
         loss_fn = lambda out, rows: (out * w).sum(-1).mean()
     named = [(n, p) for n, p in probe.named_parameters()
              if p.requires_grad and not n.startswith("projection.")]
