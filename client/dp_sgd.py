@@ -91,6 +91,17 @@ def _install_noise_fn(optimizer: torch.optim.Optimizer, noise_fn: NoiseFn) -> No
     optimizer.add_noise = types.MethodType(add_noise, optimizer)
 
 
+def _install_after_noise(optimizer: torch.optim.Optimizer, hook: Callable[[], object]) -> None:
+    """Call ``hook`` after the DPOptimizer's ``scale_grad`` (noisy mean gradient in p.grad)."""
+    scale = optimizer.scale_grad
+
+    def scale_grad(self) -> None:
+        scale()
+        hook()
+
+    optimizer.scale_grad = types.MethodType(scale_grad, optimizer)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -161,6 +172,10 @@ class DPSGDTrainer:
             noise_multiplier=config.noise_multiplier, max_grad_norm=config.max_grad_norm,
             poisson_sampling=True, grad_sample_mode=config.grad_sample_mode)
         _install_noise_fn(self._optimizer, noise_fn if noise_fn is not None else urandom_gaussian)
+        #: runs after the noise is added and the sum scaled, before the update (FedProx's
+        #: proximal gradient: it reads no private record, so it is post-processing)
+        self.after_noise: Callable[[], None] | None = None
+        _install_after_noise(self._optimizer, lambda: self.after_noise and self.after_noise())
         # Opacus's sampler fixes q = 1 / ceil(n / B) and the steps per epoch; it is never
         # iterated (it draws with torch.rand from an MT19937): the batches come from the CSPRNG
         opacus_sampler = self._loader.batch_sampler

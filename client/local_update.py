@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -11,11 +13,13 @@ from fedmuscle_secure.data.tasks import Task
 def local_update(
     model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, x: torch.Tensor,
     targets: torch.Tensor, *, epochs: int, batch_size: int, generator: torch.Generator,
+    before_step: Callable[[], None] | None = None,
 ) -> float:
     """E epochs of the task loss on the private shard; returns the last epoch's mean loss.
 
     Shuffling draws from ``generator`` (experiment randomness, seeded per round and client)
-    so a resumed run repeats an uninterrupted one exactly.
+    so a resumed run repeats an uninterrupted one exactly. ``before_step`` runs between the
+    backward pass and each optimizer step (FedProx adds its proximal gradient there).
     """
     model.train()
     n = x.shape[0]
@@ -30,6 +34,8 @@ def local_update(
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(model(x[idx]), targets[idx])
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             total += float(loss.detach()) * idx.numel()
             seen += idx.numel()

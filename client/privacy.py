@@ -119,6 +119,17 @@ class ClientPrivacy:
         self.releases += 1
         return payload
 
+    def release_weights(self, round_: int, exchange: tuple[int, int | None], w: torch.Tensor,
+                        recipient: str) -> None:
+        """Record a weight-sharing method's release (DESIGN §2.7): the egress of the shared
+        parameters. No client-level noise is added to weights (the config refuses it); under
+        DP-SGD the weights are post-processing of the LocalUpdate's recorded steps."""
+        digest, size = payload_digest(w)
+        self._log("egress", {"round": round_, "exchange": [exchange[0], exchange[1]],
+                             "recipient": recipient, "content": "weights", "sha256": digest,
+                             "bytes": size})
+        self.releases += 1
+
     # -- client level under secagg: distributed noise (DESIGN §5.1) ---------------------
     def secagg_release(self, round_: int, exchange: tuple[int, int | None], z: torch.Tensor, *,
                        threshold: int, t_collude: int) -> tuple[torch.Tensor, DpEventRecord | None]:

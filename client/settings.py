@@ -54,3 +54,5 @@ class ClientSettings:
     report: ReportPolicy  # which metrics a RoundReport may carry (DESIGN §4.4)
     plan: PlanSpec | None = None  # what a round plan must be; None: unchecked
     fused_optimizer: bool = True  # Adam's fused kernel (training.fused_optimizer)
+    weight_scope: str = "encoder"  # fedavg/fedprox: what is averaged (weight_sharing.scope)
+    fedprox_mu: float = 0.0        # fedprox's proximal strength (weight_sharing.mu)

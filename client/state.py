@@ -26,6 +26,7 @@ from fedmuscle_secure.client.release_record import ReleaseGuard, ReleaseRecord
 from fedmuscle_secure.client.report_policy import ReportGate
 from fedmuscle_secure.client.settings import ClientSettings, LabelledData
 from fedmuscle_secure.client.training import LocalTraining
+from fedmuscle_secure.client.weight_phase import WeightPhase
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.errors import PrivacyBudgetExceeded, ProtocolError
 from fedmuscle_secure.messages import (
@@ -36,7 +37,10 @@ from fedmuscle_secure.messages import (
     RoundPlan,
     RoundReport,
     SitOut,
+    WeightAverage,
+    WeightRelease,
 )
+from fedmuscle_secure.methods import WEIGHT_SHARING
 from fedmuscle_secure.models import ClientModel
 
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting, tenseal) only where configured
@@ -44,6 +48,8 @@ if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting, tenseal) only where c
     from fedmuscle_secure.client.privacy import ClientPrivacy
 
 SERVER = "server"
+#: The one exchange (epoch, batch) of a weight-sharing round.
+WEIGHT_EXCHANGE: tuple[int, None] = (0, None)
 
 
 class ClientStage(enum.Enum):
@@ -75,8 +81,13 @@ class FedMuscleClient:
         ledger = privacy.ledger if privacy is not None else None
         self.guard = ReleaseGuard(ReleaseRecord.from_ledger(ledger.entries if ledger is not None
                                                             else ()))
+        # the weight exchange of a weight-sharing method (DESIGN §2.7); None: representations
+        self.weights = (WeightPhase(model, settings.method, settings.weight_scope,
+                                    settings.fedprox_mu)
+                        if settings.method in WEIGHT_SHARING else None)
         self.training = LocalTraining(name, model, task, train=train, val=val, test=test,
-                                      settings=settings, privacy=privacy, dpsgd=dpsgd)
+                                      settings=settings, privacy=privacy, dpsgd=dpsgd,
+                                      weights=self.weights)
         self.contrastive = ContrastivePhase(name, model, task, public_x, settings, self.guard)
         self.left: dict | None = None  # {"round", "reason"} once the client has left
         self.stage = ClientStage.IDLE
@@ -150,6 +161,8 @@ class FedMuscleClient:
         if self.settings.method == "local" or plan.batches.shape[0] == 0:
             return [self._report(r)]
         self._plan = plan
+        if self.weights is not None:  # one weight exchange after the LocalUpdate
+            return [self._release_weights(r)]
         self.contrastive.begin_round(r)
         if not self.contrastive.communicates:  # nothing leaves the client
             self.contrastive.train_silently(plan.batches)
@@ -223,6 +236,11 @@ class FedMuscleClient:
             if self.privacy is not None:
                 self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
         self._sitting_out = False
+        if self.weights is not None:  # the round's one exchange is over
+            if isinstance(reply, WeightAverage):
+                self._load_weights(reply)
+            self.protection.exchange_over()
+            return [self._report(self._plan.round)]
         batches = self._plan.batches[epoch]
         self.contrastive.learn(None if aborted else reply, batches, batch, self._released,
                                self.protection.own_sq_norm)
@@ -302,6 +320,35 @@ class FedMuscleClient:
         msg, self._released = self.protection.release_message(
             self.name, r, epoch, batch, out, outputs=self.contrastive.phase is not None)
         return msg
+
+    def _release_weights(self, r: int) -> Message:
+        """The round's weight release (exchange (0, None), no public rows): the shared
+        parameters after LocalUpdate, recorded in the ledger like any release."""
+        assert self.weights is not None
+        epoch, batch, rows = WEIGHT_EXCHANGE[0], WEIGHT_EXCHANGE[1], torch.empty(0, dtype=torch.long)
+        why = self.guard.refusal(r, epoch, batch, rows)
+        if why is not None:
+            return self._sit_out(r, epoch, batch, why)
+        w = self.weights.vector()
+        if self.privacy is not None:
+            self.privacy.release_weights(r, (epoch, batch), w, recipient=SERVER)
+        self.guard.released(r, epoch, batch, rows)
+        self._exchange = (epoch, batch)
+        self.stage = ClientStage.AWAIT_REPLY
+        return WeightRelease(self.name, r, epoch, batch, self.weights.layout(), w,
+                             samples=int(self.training.train.x.shape[0]))
+
+    def _load_weights(self, reply: WeightAverage) -> None:
+        assert self.weights is not None
+        expected = (self.weights.layout(), len(self.weights.layout()))
+        if reply.w.dtype != torch.float32 or len(reply.peers) != expected[1] \
+                or reply.w.shape != (sum(n for _, n in expected[0]),) or not torch.isfinite(reply.w).all():
+            raise ProtocolError(SERVER, self.stage.value, f"WeightAverage for {self.name!r} must "
+                                f"be finite float32 of {sum(n for _, n in expected[0])} weights in "
+                                f"{expected[1]} parts; got {reply.w.dtype} {tuple(reply.w.shape)}, "
+                                f"{len(reply.peers)} parts")
+        self.weights.load(reply.w)
+        self.guard.encoder_changed()
 
     def _report(self, r: int) -> RoundReport:
         """End round ``r``: ε, counters and losses; the report gate keeps all of them and

@@ -14,6 +14,7 @@ import torch
 
 from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.client.settings import ClientSettings, LabelledData
+from fedmuscle_secure.client.weight_phase import WeightPhase
 from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.seeding import derive_seed
@@ -28,7 +29,10 @@ class LocalTraining:
 
     def __init__(self, name: str, model: ClientModel, task: Task, *, train: LabelledData,
                  val: LabelledData, test: LabelledData, settings: ClientSettings,
-                 privacy: ClientPrivacy | None, dpsgd: DPSGDTrainer | None) -> None:
+                 privacy: ClientPrivacy | None, dpsgd: DPSGDTrainer | None,
+                 weights: WeightPhase | None = None) -> None:
+        """``weights``: the weight exchange of a weight-sharing method (FedProx's proximal
+        gradient is added to every LocalUpdate step)."""
         self.name, self.model, self.task = name, model, task
         self.train, self.val, self.test = train, val, test
         self.settings = settings
@@ -36,6 +40,9 @@ class LocalTraining:
         # Its per-sample hooks are on only inside DPSGDTrainer.run, so the contrastive
         # phase pays nothing for them.
         self.dpsgd = dpsgd
+        self.weights = weights
+        if dpsgd is not None and weights is not None:
+            dpsgd.after_noise = weights.add_proximal_gradient
         self.task_optimizer = torch.optim.Adam(model.trainable_parameters(), lr=settings.lr,
                                                weight_decay=settings.weight_decay,
                                                fused=settings.fused_optimizer)
@@ -45,6 +52,8 @@ class LocalTraining:
         last epoch's mean task loss. Under DP-SGD may raise :class:`PrivacyBudgetExceeded`."""
         s = self.settings
         torch.manual_seed(derive_seed(s.seed, self.name, label, "local-modules"))
+        if self.weights is not None:
+            self.weights.begin_local_update()
         if self.dpsgd is not None:
             assert self.privacy is not None
             steps = s.local_epochs * self.dpsgd.steps_per_epoch
@@ -55,7 +64,9 @@ class LocalTraining:
         gen = torch.Generator().manual_seed(derive_seed(s.seed, self.name, label, "local"))
         return local_update(self.model, self.task_optimizer, self.task, self.train.x,
                             self.train.targets, epochs=s.local_epochs,
-                            batch_size=s.local_batch_size, generator=gen)
+                            batch_size=s.local_batch_size, generator=gen,
+                            before_step=self.weights.add_proximal_gradient
+                            if self.weights is not None else None)
 
     def evaluate(self) -> dict[str, float]:
         """``val_metric`` reads private records (the shard's held-out split) directly;

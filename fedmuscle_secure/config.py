@@ -26,6 +26,7 @@ from fedmuscle_secure.methods import (
     OUTPUT_RELEASING,
     PEER_SELECTING,
     SILENT,
+    WEIGHT_SHARING,
 )
 
 
@@ -110,6 +111,18 @@ class MuscleConfig(_Strict):
     broadcast_chunk: int | None = Field(default=None, gt=0)
 
 
+class WeightSharingConfig(_Strict):
+    """The weight-sharing methods (DESIGN §2.7): what ``fedavg`` / ``fedprox`` average and
+    FedProx's proximal strength. ``mfed`` has its own scopes (the encoder across every
+    client, the task head within each task)."""
+
+    scope: Literal["model", "encoder"] = Field(
+        default="encoder", description="fedavg/fedprox: 'model' averages backbone and task head "
+        "(every client the same task), 'encoder' the backbone only (each task head stays local)")
+    mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 is "
+                      "added to the task loss of every LocalUpdate step")
+
+
 class RepresentationNoiseConfig(_Strict):
     """Client-level DP on released representations (DESIGN §5.1): a noise multiplier σ,
     or a target ε over the whole run from which σ is calibrated."""
@@ -185,6 +198,7 @@ class ExperimentConfig(_Strict):
     clients: list[ClientConfig] = Field(min_length=2)
     training: TrainingConfig = TrainingConfig()
     muscle: MuscleConfig = MuscleConfig()
+    weight_sharing: WeightSharingConfig = WeightSharingConfig()
     protection: Literal["plain", "secagg", "ckks"] = "plain"
     secagg: SecAggConfig = SecAggConfig()
     ckks: CkksConfig = CkksConfig()
@@ -240,6 +254,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
 def check_semantics(cfg: ExperimentConfig) -> None:
     """Rules that span fields: sizes, method and protection, data paths, privacy."""
     _check_baseline(cfg)
+    _check_weight_sharing(cfg)
     _check_sizes(cfg)
     m = cfg.muscle
     if m.method == "muscle_sum" and (
@@ -316,10 +331,42 @@ def _check_baseline(cfg: ExperimentConfig) -> None:
                           "noise of §5.1 is calibrated for unit-norm rows; set it to false")
 
 
+def _check_weight_sharing(cfg: ExperimentConfig) -> None:
+    """The weight-sharing methods (§2.7) average parameters: one architecture where they
+    average, one task where the head is averaged; they run unprotected for now and release
+    no representations, so representation noise is refused."""
+    method = cfg.muscle.method
+    if method not in WEIGHT_SHARING:
+        return
+    if cfg.protection != "plain":
+        raise ConfigError("muscle.method", f"{method!r} aggregates weights in the clear for now: "
+                          f"set protection: plain (got {cfg.protection!r})")
+    if cfg.privacy.representation_noise.enabled:
+        raise ConfigError("privacy.representation_noise.enabled", f"{method!r} releases weights, "
+                          "not unit-norm representations, and the noise of §5.1 is calibrated "
+                          "for unit-norm rows; set it to false (DP-SGD, privacy.dp_sgd, covers "
+                          "the weights a client releases)")
+    first = cfg.clients[0]
+    for i, c in enumerate(cfg.clients[1:], 1):
+        if (c.model, c.model_kwargs, c.adapter) != (first.model, first.model_kwargs, first.adapter):
+            raise ConfigError(f"clients.{i}.model", f"{method!r} averages the encoder across "
+                              f"clients, so every client needs the same architecture: "
+                              f"{c.name!r} has {c.model!r} {c.model_kwargs or ''}, "
+                              f"{first.name!r} has {first.model!r} {first.model_kwargs or ''}"
+                              f"{' (or different adapters)' if c.model == first.model else ''}")
+    if method in ("fedavg", "fedprox") and cfg.weight_sharing.scope == "model":
+        for i, c in enumerate(cfg.clients[1:], 1):
+            if c.task != first.task:
+                raise ConfigError("weight_sharing.scope", f"'model' averages the task head too, "
+                                  f"so every client needs the same task: clients.{i} "
+                                  f"({c.name!r}) has {c.task!r}, clients.0 has {first.task!r}; "
+                                  "use scope 'encoder' (heads stay local) or method 'mfed'")
+
+
 def validate_deployable(cfg: ExperimentConfig) -> None:
     """Refuse what the gRPC deployment (DESIGN §6) does not carry: the baselines (their
     messages have no wire format). Raises :class:`ConfigError` naming ``muscle.method``."""
-    if cfg.muscle.method in BASELINES:
+    if cfg.muscle.method in BASELINES + WEIGHT_SHARING:
         raise ConfigError("muscle.method", f"baseline {cfg.muscle.method!r} runs in the simulator "
                           "only (fedmuscle-secure run / compare); the deployment carries "
                           "muscle, muscle_sum, pairwise and local")
@@ -355,7 +402,8 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
     ``deployment`` is left out while it holds only defaults: it changes nothing a run
     computes, and so runs made before it existed still match their configs (``--resume``,
-    ``compare --import``); ``data.shapes`` likewise while it is null. A client's
+    ``compare --import``); ``data.shapes`` and ``data.text`` likewise while they are null, and
+    ``weight_sharing`` while it holds only defaults. A client's
     starting-weight and adapter keys are left out while unset, for the same reason: a run
     that starts from scratch reads as it always did."""
     raw = cfg.model_dump(mode="json")
@@ -363,6 +411,10 @@ def dump_config(cfg: ExperimentConfig) -> str:
         raw.pop("deployment")
     if cfg.data.shapes is None:
         raw["data"].pop("shapes")
+    if cfg.data.text is None:
+        raw["data"].pop("text")
+    if cfg.weight_sharing == WeightSharingConfig():
+        raw.pop("weight_sharing")
     for client in raw["clients"]:
         for key, unset in _CLIENT_OPTIONAL.items():
             if client.get(key) == unset:
@@ -384,6 +436,7 @@ __all__ = [
     "SILENT",
     "ShapesConfig",
     "TextConfig",
+    "WeightSharingConfig",
     "ExperimentConfig",
     "default_threshold",
     "dump_config",

@@ -104,6 +104,36 @@ class GroupOutputs:
 
 
 @dataclass(frozen=True)
+class WeightRelease:
+    """Client → server (weight-sharing methods, DESIGN §2.7): the client's shared parameters
+    after its LocalUpdate, one flat float32 vector ``w``; ``parts`` names its consecutive
+    pieces and their lengths (``("backbone", P_b), ("head", P_h)``), each averaged over its
+    own group; ``samples``: the client's training-set size, FedAvg's weight."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    parts: tuple[tuple[str, int], ...]
+    w: torch.Tensor
+    samples: int
+
+
+@dataclass(frozen=True)
+class WeightAverage:
+    """Server → client: the sample-weighted mean of the parts the client shares, in the
+    layout of its :class:`WeightRelease`; ``peers[i]`` names the clients part i was averaged
+    over (the recipient included)."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peers: tuple[tuple[str, ...], ...]
+    w: torch.Tensor
+
+
+@dataclass(frozen=True)
 class PeerKernel:
     """Server → client (baseline ``fedhenn``): the global representation kernel of each of
     the nb batches, mean over Q_n of Z^m Z^mᵀ, (nb, B, B)."""
@@ -315,7 +345,7 @@ class EncryptedPeers:
 ENCRYPTED = (EncryptedRepresentations, EncryptedSumTerms, EncryptedSums, EncryptedPeers)
 
 Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | Finish
-           | SitOut | TaskOutputs | GroupOutputs | PeerKernel
+           | SitOut | TaskOutputs | GroupOutputs | PeerKernel | WeightRelease | WeightAverage
            | SecAggEnvelope
            | SumTerms | ExchangeAborted | EncryptedRepresentations | EncryptedSumTerms | EncryptedSums
            | EncryptedPeers)

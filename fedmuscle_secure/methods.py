@@ -16,7 +16,15 @@ pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
 BASELINES: tuple[str, ...] = ("gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
 """Method names (``muscle.method``) of the baselines (§2.3), ``plain`` only."""
 
-METHODS: tuple[str, ...] = MUSCLE_METHODS + BASELINES
+WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed")
+"""Methods that share weights, not representations (DESIGN §2.7): FedAvg, FedProx and M-Fed.
+They need the same architecture where they average, and release model parameters."""
+
+PART_SCOPES: dict[str, str] = {"backbone": "all", "head": "task"}
+"""The parts a weight-sharing client releases and the group each is averaged over: every
+client (``all``) or the clients with the same task (``task``)."""
+
+METHODS: tuple[str, ...] = MUSCLE_METHODS + BASELINES + WEIGHT_SHARING
 """Every method the harness runs."""
 
 SILENT: tuple[str, ...] = ("pseudo_label", "simclr")
@@ -43,4 +51,4 @@ def protection_mode(protection: str, method: str) -> Mode:
 
 
 __all__ = ["BASELINES", "METHODS", "MUSCLE_METHODS", "OUTPUT_RELEASING", "PEER_SELECTING",
-           "SILENT", "Mode", "protection_mode"]
+           "PART_SCOPES", "SILENT", "WEIGHT_SHARING", "Mode", "protection_mode"]

@@ -13,24 +13,28 @@ from fedmuscle_secure.messages import (
     Representations,
     SecAggEnvelope,
     TaskOutputs,
+    WeightRelease,
 )
 from fedmuscle_secure.records.ledger import ReceiptLog, payload_digest
 
 
 def carries_release(msg: Message) -> bool:
     """Whether ``msg`` holds a client's release (what a receipt is kept for)."""
-    return isinstance(msg, (Representations, EncryptedRepresentations, TaskOutputs)) or (
+    return isinstance(msg, (Representations, EncryptedRepresentations, TaskOutputs,
+                            WeightRelease)) or (
         isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput))
 
 
 def record_receipt(receipts: ReceiptLog,
-                   msg: Representations | EncryptedRepresentations | TaskOutputs | SecAggEnvelope,
-                   ) -> None:
+                   msg: Representations | EncryptedRepresentations | TaskOutputs | SecAggEnvelope
+                   | WeightRelease) -> None:
     """Append the receipt of release ``msg`` (digest and size of its payload) to ``receipts``."""
     if isinstance(msg, EncryptedRepresentations):
         digest, size = payload_digest(*msg.payload_parts())
     elif isinstance(msg, TaskOutputs):
         digest, size = payload_digest(msg.outputs)
+    elif isinstance(msg, WeightRelease):
+        digest, size = payload_digest(msg.w)
     else:
         digest, size = payload_digest(msg.z if isinstance(msg, Representations) else msg.body.masked)
     receipts.append(msg.client, msg.round, [msg.epoch, msg.batch], digest, size)

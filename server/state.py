@@ -35,7 +35,7 @@ from fedmuscle_secure.messages import (
     RoundReport,
     SitOut,
 )
-from fedmuscle_secure.methods import OUTPUT_RELEASING
+from fedmuscle_secure.methods import OUTPUT_RELEASING, WEIGHT_SHARING
 from fedmuscle_secure.seeding import derive_seed, public_batches
 from fedmuscle_secure.server.protection import (
     PlainServerProtection,
@@ -44,6 +44,7 @@ from fedmuscle_secure.server.protection import (
 )
 from fedmuscle_secure.server.protection.base import Release
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
+from fedmuscle_secure.server.weights import weight_averages
 
 
 class ServerStage(enum.Enum):
@@ -256,6 +257,13 @@ class FedMuscleServer:
         """Everyone's release is in: compute every client's reply (the protection's math)."""
         s = self.settings
         order = [c for c in self.active if c in self._pending]
+        if s.method in WEIGHT_SHARING:  # fedavg / fedprox / mfed: means of the shared weights
+            spaces = {c: s.output_spaces[self.index[c]] for c in order}
+            out = weight_averages(self.round + 1, epoch, batch, order, self._pending, spaces,
+                                  device=s.device)
+            self.last_selection = {m.client: sorted({p for g in m.peers for p in g} - {m.client})
+                                   for m in out}
+            return list(out)
         if s.method in OUTPUT_RELEASING:  # cofed / feddf: per output space, no peer selection
             spaces = {c: s.output_spaces[self.index[c]] for c in order}
             out = group_output_replies(s.method, self.round + 1, epoch, batch, order, self._pending,

@@ -21,10 +21,11 @@ from fedmuscle_secure.messages import (
     Representations,
     SumTerms,
     TaskOutputs,
+    WeightAverage,
 )
 
 #: The plaintext replies the contrastive step understands (DESIGN §10).
-PlainReply = PeerTerms | PeerSums | SumTerms | PeerKernel | GroupOutputs
+PlainReply = PeerTerms | PeerSums | SumTerms | PeerKernel | GroupOutputs | WeightAverage
 
 
 class ClientProtection:
@@ -33,7 +34,7 @@ class ClientProtection:
     #: True: every exchange begins with the server's setup, not with the client's release.
     server_opens_exchange: bool = False
     #: The server replies this mode accepts while a release is out.
-    reply_types: tuple[type, ...] = (PeerTerms, PeerSums, PeerKernel, GroupOutputs)
+    reply_types: tuple[type, ...] = (PeerTerms, PeerSums, PeerKernel, GroupOutputs, WeightAverage)
     #: Messages of the mode's own stages (a secure sum's), handed to the stage hooks.
     stage_types: tuple[type, ...] = ()
 

@@ -24,6 +24,7 @@ from fedmuscle_secure.data import FederatedSplit, Task, get_task
 from fedmuscle_secure.errors import ConfigError, EncodingError
 from fedmuscle_secure.federation.client_privacy import Records, client_privacy
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
+from fedmuscle_secure.methods import WEIGHT_SHARING
 from fedmuscle_secure.models import Weights, build_client_model
 from fedmuscle_secure.seeding import derive_seed
 
@@ -85,7 +86,10 @@ def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch
     """The organisation's model, seeded by the experiment seed and its name, from its
     starting weights, with its adapters; under DP-SGD with the layers Opacus needs
     (BatchNorm → GroupNorm etc.)."""
-    torch.manual_seed(derive_seed(setup.cfg.seed, c.name, "init"))
+    # weight sharing starts every client from the same weights, as FedAvg's server
+    # broadcast of w_0 does (DESIGN §2.7); otherwise each organisation's own initialisation
+    shared = setup.method in WEIGHT_SHARING
+    torch.manual_seed(derive_seed(setup.cfg.seed, "weight-sharing" if shared else c.name, "init"))
     dp_sgd = setup.calibration is not None and bool(setup.calibration.sigma_record)
     model = build_client_model(
         model=c.model, model_kwargs=c.model_kwargs, in_chans=setup.in_chans,
@@ -108,7 +112,8 @@ def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
         seed=cfg.seed, report=policy_for(cfg, setup.method),
         plan=PlanSpec(exchange=cfg.muscle.exchange, public_size=int(setup.public_x.shape[0]),
                       batch_size=cfg.muscle.batch_size, cl_epochs=tr.cl_epochs),
-        fused_optimizer=tr.fused_optimizer)
+        fused_optimizer=tr.fused_optimizer, weight_scope=cfg.weight_sharing.scope,
+        fedprox_mu=cfg.weight_sharing.mu)
 
 
 def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,

@@ -16,9 +16,11 @@ from fedmuscle_secure.messages import (
     Message,
     Representations,
     TaskOutputs,
+    WeightRelease,
 )
+from fedmuscle_secure.server.weights import check_weight_release
 
-Release = Representations | EncryptedRepresentations | TaskOutputs
+Release = Representations | EncryptedRepresentations | TaskOutputs | WeightRelease
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,11 @@ class ServerProtection:
         return []
 
     def check_release(self, msg: Release, nb: int, rows: int, method: str, stage: str) -> None:
-        """Refuse a release of the wrong shape: (nb, B, width) finite float32."""
+        """Refuse a release of the wrong shape: (nb, B, width) finite float32 (weights:
+        :func:`~fedmuscle_secure.server.weights.check_weight_release`)."""
+        if isinstance(msg, WeightRelease):
+            check_weight_release(msg, stage)
+            return
         z = msg.outputs if isinstance(msg, TaskOutputs) else msg.z
         if z.ndim != 3 or z.shape[0] != nb or z.shape[1] != rows \
                 or z.dtype != torch.float32 or not torch.isfinite(z).all():

@@ -17,8 +17,9 @@ from fedmuscle_secure.messages import (
     PeerTerms,
     Representations,
     TaskOutputs,
+    WeightRelease,
 )
-from fedmuscle_secure.methods import OUTPUT_RELEASING
+from fedmuscle_secure.methods import OUTPUT_RELEASING, WEIGHT_SHARING
 from fedmuscle_secure.server.computation import membership_matrix, peer_sums, peer_terms
 from fedmuscle_secure.server.protection.base import ReplyInputs, ServerProtection
 
@@ -27,6 +28,8 @@ class PlainServerProtection(ServerProtection):
     """No protection: representations (or, for cofed/feddf, task outputs) in the clear."""
 
     def release_types(self, method: str) -> tuple[type, ...]:
+        if method in WEIGHT_SHARING:
+            return (WeightRelease,)
         return (TaskOutputs,) if method in OUTPUT_RELEASING else (Representations,)
 
     def replies(self, inputs: ReplyInputs) -> list[Message]:

@@ -1,0 +1,76 @@
+"""A client's side of the weight-sharing methods (DESIGN §2.7): what it shares, the vector it
+releases after LocalUpdate, the average it loads back, and FedProx's proximal pull.
+
+The shared parameters are the trainable ones (a backbone with LoRA adapters shares only the
+adapters, the starting weights being the same public ones everywhere), grouped in *parts*:
+``backbone`` (averaged over every client) and, where the method averages it, ``head``
+(averaged over the clients with the same task). Buffers (batch-norm statistics) stay local,
+as FedBN keeps them; the projection head, which only the contrastive phase trains, is not
+shared. Parts are flattened in the model's own parameter order, so two clients with the same
+architecture lay them out identically.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedmuscle_secure.models import ClientModel
+
+
+def shared_parts(model: ClientModel, method: str, scope: str) -> list[tuple[str, list[nn.Parameter]]]:
+    """The parts ``method`` shares and their parameters (module docs): M-Fed and
+    ``scope: model`` share backbone and head, ``scope: encoder`` the backbone alone."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    parts = [("backbone", backbone)]
+    if method == "mfed" or scope == "model":
+        parts.append(("head", list(model.head.parameters())))
+    return parts
+
+
+class WeightPhase:
+    """Release, load and proximal term of one client (module docs)."""
+
+    def __init__(self, model: ClientModel, method: str, scope: str, mu: float) -> None:
+        self.parts = shared_parts(model, method, scope)
+        self.mu = mu if method == "fedprox" else 0.0
+        self._anchor: list[torch.Tensor] | None = None
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, ps in self.parts for p in ps]
+
+    def layout(self) -> tuple[tuple[str, int], ...]:
+        return tuple((name, sum(p.numel() for p in ps)) for name, ps in self.parts)
+
+    def vector(self) -> torch.Tensor:
+        """The shared parameters as one float32 vector (a copy)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.params]).float().cpu().contiguous()
+
+    @torch.no_grad()
+    def load(self, w: torch.Tensor) -> None:
+        """Set the shared parameters from a vector in :meth:`layout` order."""
+        expected = sum(n for _, n in self.layout())
+        if w.ndim != 1 or w.numel() != expected:
+            raise ValueError(f"expected a vector of {expected} shared weights, got {tuple(w.shape)}")
+        offset = 0
+        for p in self.params:
+            p.copy_(w[offset:offset + p.numel()].view_as(p).to(p.dtype))
+            offset += p.numel()
+
+    # -- FedProx ------------------------------------------------------------------------
+    def begin_local_update(self) -> None:
+        """FedProx: pull towards the weights the LocalUpdate starts from (the last average)."""
+        self._anchor = [p.detach().clone() for p in self.params] if self.mu > 0 else None
+
+    @torch.no_grad()
+    def add_proximal_gradient(self) -> None:
+        """p.grad += mu (p − anchor): the gradient of mu/2 ||w − w_anchor||², added after the
+        task gradient (under DP-SGD after the noise: it depends on no private record)."""
+        if self._anchor is None:
+            return
+        for p, a in zip(self.params, self._anchor, strict=True):
+            if p.grad is None:
+                p.grad = self.mu * (p - a)
+            else:
+                p.grad.add_(p - a, alpha=self.mu)

@@ -1,0 +1,73 @@
+"""The server's side of the weight-sharing methods (DESIGN §2.7): sample-weighted means of the
+clients' shared parameters, each part over its own group.
+
+A release's parts (:data:`~fedmuscle_secure.methods.PART_SCOPES`) are averaged over every releasing client
+(``backbone``) or over the releasing clients with the same task (``head``: M-Fed's
+within-task scope, and FedAvg's whole model when every client has the same task). Each
+client receives the means of its own parts, in its own layout. Pure torch on ``device``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedmuscle_secure.errors import ProtocolError
+from fedmuscle_secure.messages import WeightAverage, WeightRelease
+from fedmuscle_secure.methods import PART_SCOPES
+
+
+def check_weight_release(msg: WeightRelease, stage: str) -> None:
+    """A finite float32 vector whose length is the sum of its known parts'."""
+    names = [n for n, _ in msg.parts]
+    if not names or any(n not in PART_SCOPES for n in names) or len(set(names)) != len(names) \
+            or any(int(k) < 1 for _, k in msg.parts):
+        raise ProtocolError(msg.client, stage, f"WeightRelease parts must be distinct, known "
+                            f"({sorted(PART_SCOPES)}) and non-empty; got {list(msg.parts)}")
+    total = sum(int(k) for _, k in msg.parts)
+    w = msg.w
+    if w.dtype != torch.float32 or w.shape != (total,) or not torch.isfinite(w).all():
+        raise ProtocolError(msg.client, stage, f"WeightRelease must be finite float32 of shape "
+                            f"({total},); got {w.dtype} {tuple(w.shape)}")
+    if not isinstance(msg.samples, int) or msg.samples < 1:
+        raise ProtocolError(msg.client, stage, f"WeightRelease samples must be a positive "
+                            f"integer, got {msg.samples!r}")
+
+
+def weight_averages(r: int, epoch: int, batch: int | None, order: list[str],
+                    releases: dict[str, WeightRelease], spaces: dict[str, str], *,
+                    device: torch.device) -> list[WeightAverage]:
+    """Every releasing client's :class:`WeightAverage` (module docs). Clients that share a
+    part must give it the same length (the same architecture): otherwise ProtocolError
+    naming the client."""
+    segments: dict[str, dict[str, torch.Tensor]] = {c: {} for c in order}
+    for c in order:
+        offset = 0
+        for name, k in releases[c].parts:
+            segments[c][name] = releases[c].w[offset:offset + int(k)]
+            offset += int(k)
+    means: dict[tuple[str, str], tuple[torch.Tensor, tuple[str, ...]]] = {}
+    for c in order:
+        for name in segments[c]:
+            key = (name, "all" if PART_SCOPES[name] == "all" else spaces[c])
+            if key in means:
+                continue
+            group = tuple(m for m in order if name in segments[m]
+                          and (PART_SCOPES[name] == "all" or spaces[m] == spaces[c]))
+            sizes = {m: segments[m][name].numel() for m in group}
+            if len(set(sizes.values())) != 1:
+                odd = next(m for m in group if sizes[m] != sizes[group[0]])
+                raise ProtocolError(odd, "collecting", f"its {name} has {sizes[odd]} weights, "
+                                    f"{group[0]!r}'s {sizes[group[0]]}: averaging needs the same "
+                                    "architecture")
+            stacked = torch.stack([segments[m][name] for m in group]).to(device, torch.float64)
+            n = torch.tensor([float(releases[m].samples) for m in group], dtype=torch.float64,
+                             device=device)
+            mean = (n[:, None] * stacked).sum(0) / n.sum()
+            means[key] = (mean.float().cpu(), group)
+    out = []
+    for c in order:
+        parts = [means[(name, "all" if PART_SCOPES[name] == "all" else spaces[c])]
+                 for name, _ in releases[c].parts]
+        out.append(WeightAverage(c, r, epoch, batch, tuple(g for _, g in parts),
+                                 torch.cat([m for m, _ in parts]).contiguous()))
+    return out
