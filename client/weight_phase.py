@@ -1,5 +1,6 @@
 """A client's side of the weight-sharing methods (DESIGN §2.7): what it shares, the vector it
-releases after LocalUpdate, the average it loads back, and FedProx's proximal pull.
+releases after LocalUpdate, the average it loads back, and the proximal pulls (FedProx's on
+every shared weight, M-Fed's on the task head).
 
 The shared parameters are the trainable ones (a backbone with LoRA adapters shares only the
 adapters, the starting weights being the same public ones everywhere), grouped in *parts*:
@@ -33,7 +34,11 @@ class WeightPhase:
 
     def __init__(self, model: ClientModel, method: str, scope: str, mu: float) -> None:
         self.parts = shared_parts(model, method, scope)
-        self.mu = mu if method == "fedprox" else 0.0
+        # FedProx pulls every shared weight towards the last average; M-Fed pulls the local
+        # decoder (the task head) towards its task's global decoder
+        self.mu = mu if method in ("fedprox", "mfed") else 0.0
+        self._pulled = self.params if method == "fedprox" else \
+            [p for name, ps in self.parts if name == "head" for p in ps]
         self._anchor: list[torch.Tensor] | None = None
 
     @property
@@ -61,7 +66,7 @@ class WeightPhase:
     # -- FedProx ------------------------------------------------------------------------
     def begin_local_update(self) -> None:
         """FedProx: pull towards the weights the LocalUpdate starts from (the last average)."""
-        self._anchor = [p.detach().clone() for p in self.params] if self.mu > 0 else None
+        self._anchor = [p.detach().clone() for p in self._pulled] if self.mu > 0 else None
 
     @torch.no_grad()
     def add_proximal_gradient(self) -> None:
@@ -69,7 +74,7 @@ class WeightPhase:
         task gradient (under DP-SGD after the noise: it depends on no private record)."""
         if self._anchor is None:
             return
-        for p, a in zip(self.params, self._anchor, strict=True):
+        for p, a in zip(self._pulled, self._anchor, strict=True):
             if p.grad is None:
                 p.grad = self.mu * (p - a)
             else:

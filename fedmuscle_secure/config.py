@@ -119,8 +119,9 @@ class WeightSharingConfig(_Strict):
     scope: Literal["model", "encoder"] = Field(
         default="encoder", description="fedavg/fedprox: 'model' averages backbone and task head "
         "(every client the same task), 'encoder' the backbone only (each task head stays local)")
-    mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 is "
-                      "added to the task loss of every LocalUpdate step")
+    mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 on "
+                      "every shared weight, mfed: on the task head (towards its task's mean), in "
+                      "every LocalUpdate step")
 
 
 class RepresentationNoiseConfig(_Strict):

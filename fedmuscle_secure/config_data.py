@@ -141,6 +141,13 @@ def _check_text(cfg: ExperimentConfig) -> None:
                               f"{' / '.join(TEXT_SUFFIXES[part])} file")
         if not path.is_file():
             raise ConfigError(f"data.text.{part}", f"{name!r} does not exist")
+    if d.text.public is not None and Path(d.text.public).resolve() == Path(d.text.labelled).resolve():
+        raise ConfigError("data.text.public", f"{d.text.public!r} is the labelled file: its "
+                          "texts would be private and public at once (remove data.text.public "
+                          "to draw the public set from the labelled file, labels dropped, "
+                          "disjoint from the shards and the test split)")
+    if d.text.text_field == d.text.label_field:
+        raise ConfigError("data.text.label_field", f"{d.text.label_field!r} is also the text field")
     tok = d.text.tokenizer
     if tok != "minilm" and not Path(tok).is_file():
         raise ConfigError("data.text.tokenizer", f"{tok!r}: expected 'minilm' or an existing "

@@ -24,7 +24,8 @@ all distinct.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +65,18 @@ class FederatedSplit:
     test_y: np.ndarray  # int64 (n_test,) original labels
     shards: tuple[Shard, ...]
     num_classes: int  # number of original classes
+    source: dict = field(default_factory=dict)  # what the run records about the source
+
+    def digest(self) -> str:
+        """SHA-256 over every part's arrays: two processes (a server and its clients, a run
+        and its resume) hold the same split exactly when their digests agree."""
+        h = hashlib.sha256()
+        for a in (self.public_x, self.test_x, self.test_y,
+                  *(b for s in self.shards for b in (s.x_train, s.y_train, s.x_val, s.y_val))):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
 
     def summary(self) -> dict:
         """Sizes and per-shard label histograms, JSON-serialisable (for events.jsonl)."""
@@ -72,6 +85,8 @@ class FederatedSplit:
             return np.bincount(y, minlength=self.num_classes).astype(int).tolist()
 
         return {
+            **({"source": self.source} if self.source else {}),
+            "digest": self.digest(),
             "num_classes": int(self.num_classes),
             "public_size": len(self.public_x),
             "test_size": len(self.test_x),
@@ -105,6 +120,7 @@ def federated_split(
     seed: int,
     groups: np.ndarray | None = None,
     public_pool: np.ndarray | None = None,
+    source: dict | None = None,
 ) -> FederatedSplit:
     """Split ``(x, y)`` into test, public and ``num_clients`` disjoint private shards.
 
@@ -125,7 +141,8 @@ def federated_split(
 
     ``groups`` (int64, one per sample; default the labels): what ``"dirichlet"`` and
     ``"classes"`` skew over in place of the labels, and what ``classes_per_client`` counts.
-    The test split is stratified by label either way.
+    The test split is stratified by label either way. ``source``: what the run records
+    about the data's origin (file digests, label names), kept in the summary.
 
     ``public_pool`` (rows shaped like ``x``): the public set is drawn from it instead of
     from ``x`` (unlabelled texts of their own file); ``x`` then holds only the test split
@@ -179,6 +196,7 @@ def federated_split(
         test_y=y[test_idx],
         shards=shards,
         num_classes=num_classes,
+        source=dict(source or {}),
     )
 
 

@@ -22,7 +22,7 @@ from fedmuscle_secure.data.tasks import TASK_NAMES, task_dataset
 from fedmuscle_secure.errors import ConfigError, EncodingError
 from fedmuscle_secure.federation.ckks import validate_ckks
 from fedmuscle_secure.losses.temperatures import gamma_from_temperatures, pair_matrix
-from fedmuscle_secure.models.text import TEXT_MODELS, is_text_model
+from fedmuscle_secure.models.text import MINILM_CONFIG, TEXT_MODELS, is_text_model, text_config
 
 
 def check_layers(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -56,7 +56,7 @@ def _check_models_and_tasks(cfg: ExperimentConfig) -> None:
     texts = cfg.data.dataset == "text_files"
     for i, c in enumerate(cfg.clients):
         if texts or is_text_model(c.model):
-            _check_text_client(i, c, texts)
+            _check_text_client(i, c, texts, cfg.data.text)
         elif not timm.is_model(c.model):
             raise ConfigError(f"clients.{i}.model",
                               f"unknown timm model {c.model!r}; expected a name from "
@@ -67,8 +67,9 @@ def _check_models_and_tasks(cfg: ExperimentConfig) -> None:
         _check_task_dataset(f"clients.{i}.task", c.task, cfg.data.dataset)
 
 
-def _check_text_client(i: int, c: Any, texts: bool) -> None:
-    """Texts are read by the text encoders only, and they read nothing else (DESIGN §2.6)."""
+def _check_text_client(i: int, c: Any, texts: bool, text: Any) -> None:
+    """Texts are read by the text encoders only, and they read nothing else (DESIGN §2.6);
+    an encoder's settings fit the tokenizer and the texts' length."""
     field = f"clients.{i}.model"
     if not texts:
         raise ConfigError(field, f"{c.model!r} is a text encoder; it reads data.dataset "
@@ -79,6 +80,15 @@ def _check_text_client(i: int, c: Any, texts: bool) -> None:
     if c.pretrained and c.model != "minilm":
         raise ConfigError(f"clients.{i}.pretrained", f"{c.model!r} has no published weights; "
                           "start it from random weights or a pretrained_file ('minilm' has them)")
+    if c.model == "minilm" and text.tokenizer != "minilm":
+        raise ConfigError("data.text.tokenizer", f"clients.{i} ({c.name!r}) is 'minilm', which "
+                          "reads MiniLM's own WordPiece ids: set data.text.tokenizer to 'minilm' "
+                          "(another tokenizer of the same size would feed it other words)")
+    cfg = text_config(c.model, dict(c.model_kwargs),
+                      MINILM_CONFIG["vocab_size"] if c.model == "minilm" else 2, field)
+    if text.max_length > cfg["max_position_embeddings"]:
+        raise ConfigError("data.text.max_length", f"{text.max_length} tokens exceed clients.{i}'s "
+                          f"max_position_embeddings ({cfg['max_position_embeddings']})")
 
 
 #: How a task refusal names the labels a dataset's own tasks are defined on.

@@ -14,13 +14,13 @@ from fedmuscle_secure.data.source import load_source, split_groups
 
 def make_split(cfg: ExperimentConfig) -> FederatedSplit:
     """The public / test / private split of ``cfg``'s dataset (seeded by ``cfg.seed``)."""
-    x, y, public = load_source(cfg.data)
+    x, y, public, info = load_source(cfg.data)
     d = cfg.data
     return federated_split(
         x, y, num_clients=len(cfg.clients), public_size=d.public_size, test_size=d.test_size,
         shard_size=d.shard_size, partition=d.partition, dirichlet_alpha=d.dirichlet_alpha,
         classes_per_client=d.classes_per_client, val_fraction=d.val_fraction, seed=cfg.seed,
-        groups=split_groups(d, y), public_pool=public)
+        groups=split_groups(d, y), public_pool=public, source=info)
 
 
 def train_sizes(cfg: ExperimentConfig, split: FederatedSplit) -> dict[str, int]:

@@ -126,6 +126,15 @@ def text_config(name: str, kwargs: dict[str, Any], vocab_size: int, field: str) 
     if unknown:
         raise ConfigError(field, f"'text_transformer' takes model_kwargs "
                                  f"{sorted(TEXT_TRANSFORMER_DEFAULTS)}, got unknown {unknown}")
+    for key, value in kwargs.items():
+        if key.endswith("_prob"):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+            expected = "a probability in [0, 1)"
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            expected = "an integer >= 1"
+        if not ok:
+            raise ConfigError(field, f"model_kwargs.{key}: expected {expected}, got {value!r}")
     out = {**TEXT_TRANSFORMER_DEFAULTS, **kwargs, "vocab_size": vocab_size, "pad_token_id": PAD_ID}
     if out["hidden_size"] % out["num_attention_heads"]:
         raise ConfigError(field, f"hidden_size {out['hidden_size']} is not a multiple of "

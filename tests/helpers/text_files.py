@@ -3,6 +3,7 @@ topic the words carry, unlabelled public texts, and a word-level tokenizer for t
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -64,7 +65,7 @@ def text_config_raw(text: dict, **over) -> dict:
         "name": "text", "seed": 3,
         "data": {"dataset": "text_files", "text": {**text, "max_length": 16},
                  "public_size": 96, "test_size": 90, "val_fraction": 0.2},
-        "clients": [dict(c) for c in TEXT_CLIENTS],
+        "clients": copy.deepcopy(TEXT_CLIENTS),
         "training": {"rounds": 2, "local_epochs": 2, "local_batch_size": 16},
         "muscle": {"method": "muscle", "num_selected": 2, "batch_size": 32, "dim": 16},
         "server": {"device": "cpu"},

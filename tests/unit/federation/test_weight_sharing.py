@@ -210,3 +210,21 @@ def test_a_reply_of_the_wrong_layout_is_refused():
     with pytest.raises(ProtocolError, match="WeightAverage for 'a' must be"):
         client.handle(bad)
     assert isinstance(client.weights, WeightPhase)
+
+
+def test_mfed_pulls_only_the_task_head_towards_its_task_mean():
+    fed = _fed("mfed", weight_sharing={"scope": "encoder", "mu": 0.5})
+    phase = fed.clients["b"].weights
+    phase.begin_local_update()
+    with torch.no_grad():
+        for p in phase.params:
+            p.add_(0.01)
+    for p in phase.params:
+        p.grad = None
+    phase.add_proximal_gradient()
+    head = {id(p) for p in fed.clients["b"].model.head.parameters()}
+    for p in phase.params:
+        if id(p) in head:
+            torch.testing.assert_close(p.grad, torch.full_like(p, 0.5 * 0.01))
+        else:
+            assert p.grad is None
