@@ -56,3 +56,4 @@ class ClientSettings:
     fused_optimizer: bool = True  # Adam's fused kernel (training.fused_optimizer)
     weight_scope: str = "encoder"  # fedavg/fedprox: what is averaged (weight_sharing.scope)
     fedprox_mu: float = 0.0        # fedprox's proximal strength (weight_sharing.mu)
+    feddea_keep: float = 1.0       # feddea's share of update dimensions kept (weight_sharing.keep)

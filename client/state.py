@@ -83,7 +83,7 @@ class FedMuscleClient:
                                                             else ()))
         # the weight exchange of a weight-sharing method (DESIGN §2.7); None: representations
         self.weights = (WeightPhase(model, settings.method, settings.weight_scope,
-                                    settings.fedprox_mu)
+                                    settings.fedprox_mu, settings.feddea_keep)
                         if settings.method in WEIGHT_SHARING else None)
         self.training = LocalTraining(name, model, task, train=train, val=val, test=test,
                                       settings=settings, privacy=privacy, dpsgd=dpsgd,
@@ -329,7 +329,7 @@ class FedMuscleClient:
         why = self.guard.refusal(r, epoch, batch, rows)
         if why is not None:
             return self._sit_out(r, epoch, batch, why)
-        w = self.weights.vector()
+        w = self.weights.release()
         if self.privacy is not None:
             self.privacy.release_weights(r, (epoch, batch), w, recipient=SERVER)
         self.guard.released(r, epoch, batch, rows)

@@ -32,14 +32,17 @@ def shared_parts(model: ClientModel, method: str, scope: str) -> list[tuple[str,
 class WeightPhase:
     """Release, load and proximal term of one client (module docs)."""
 
-    def __init__(self, model: ClientModel, method: str, scope: str, mu: float) -> None:
+    def __init__(self, model: ClientModel, method: str, scope: str, mu: float,
+                 keep: float = 1.0) -> None:
         self.parts = shared_parts(model, method, scope)
+        self.keep = keep if method == "feddea" else 1.0  # FedDEA's decoupled update
         # FedProx pulls every shared weight towards the last average; M-Fed pulls the local
         # decoder (the task head) towards its task's global decoder
         self.mu = mu if method in ("fedprox", "mfed") else 0.0
         self._pulled = self.params if method == "fedprox" else \
             [p for name, ps in self.parts if name == "head" for p in ps]
         self._anchor: list[torch.Tensor] | None = None
+        self._start: torch.Tensor | None = None
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -51,6 +54,15 @@ class WeightPhase:
     def vector(self) -> torch.Tensor:
         """The shared parameters as one float32 vector (a copy)."""
         return torch.cat([p.detach().reshape(-1) for p in self.params]).float().cpu().contiguous()
+
+    def release(self) -> torch.Tensor:
+        """What the client releases: its shared parameters, or under FedDEA the LocalUpdate's
+        starting point plus its decoupled update (:func:`decoupled_update`)."""
+        w = self.vector()
+        if self.keep >= 1.0:
+            return w
+        assert self._start is not None  # FedDEA records where the LocalUpdate started
+        return (self._start + decoupled_update(w - self._start, self.keep)).contiguous()
 
     @torch.no_grad()
     def load(self, w: torch.Tensor) -> None:
@@ -65,8 +77,10 @@ class WeightPhase:
 
     # -- FedProx ------------------------------------------------------------------------
     def begin_local_update(self) -> None:
-        """FedProx: pull towards the weights the LocalUpdate starts from (the last average)."""
+        """FedProx / M-Fed: pull towards the weights the LocalUpdate starts from (the last
+        average); FedDEA: remember them, the update is measured from there."""
         self._anchor = [p.detach().clone() for p in self._pulled] if self.mu > 0 else None
+        self._start = self.vector() if self.keep < 1.0 else None
 
     @torch.no_grad()
     def add_proximal_gradient(self) -> None:
@@ -79,3 +93,18 @@ class WeightPhase:
                 p.grad = self.mu * (p - a)
             else:
                 p.grad.add_(p - a, alpha=self.mu)
+
+
+def decoupled_update(delta: torch.Tensor, keep: float) -> torch.Tensor:
+    """FedDEA's decoupling of one client's update (DESIGN §2.7): the ``keep`` share of its
+    dimensions with the largest response |Δ| (its task-relevant ones) kept, the rest set to
+    zero, and the kept ones rescaled so the update's L1 mass is unchanged; averaging such
+    updates lets each task move its own dimensions with less interference from the others."""
+    k = max(1, round(keep * delta.numel()))
+    if k >= delta.numel():
+        return delta.clone()
+    idx = torch.topk(delta.abs(), k, sorted=False).indices
+    out = torch.zeros_like(delta)
+    out[idx] = delta[idx]
+    kept = float(out.abs().sum())
+    return out * (float(delta.abs().sum()) / kept) if kept > 0 else out

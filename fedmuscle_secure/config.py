@@ -119,6 +119,9 @@ class WeightSharingConfig(_Strict):
     scope: Literal["model", "encoder"] = Field(
         default="encoder", description="fedavg/fedprox: 'model' averages backbone and task head "
         "(every client the same task), 'encoder' the backbone only (each task head stays local)")
+    keep: float = Field(default=0.3, gt=0, le=1, description="feddea: the share of each "
+                        "client's update dimensions kept (largest |update|), rescaled to the "
+                        "update's whole L1 mass")
     mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 on "
                       "every shared weight, mfed: on the task head (towards its task's mean), in "
                       "every LocalUpdate step")
@@ -355,7 +358,7 @@ def _check_weight_sharing(cfg: ExperimentConfig) -> None:
                               f"{c.name!r} has {c.model!r} {c.model_kwargs or ''}, "
                               f"{first.name!r} has {first.model!r} {first.model_kwargs or ''}"
                               f"{' (or different adapters)' if c.model == first.model else ''}")
-    if method in ("fedavg", "fedprox") and cfg.weight_sharing.scope == "model":
+    if method in ("fedavg", "fedprox", "feddea") and cfg.weight_sharing.scope == "model":
         for i, c in enumerate(cfg.clients[1:], 1):
             if c.task != first.task:
                 raise ConfigError("weight_sharing.scope", f"'model' averages the task head too, "

@@ -228,3 +228,30 @@ def test_mfed_pulls_only_the_task_head_towards_its_task_mean():
             torch.testing.assert_close(p.grad, torch.full_like(p, 0.5 * 0.01))
         else:
             assert p.grad is None
+
+
+def test_feddea_keeps_the_strongest_dimensions_and_rescales_them():
+    from fedmuscle_secure.client.weight_phase import decoupled_update
+
+    delta = torch.tensor([0.5, -0.1, 0.05, -2.0, 0.3, 0.0])
+    out = decoupled_update(delta, keep=0.5)  # 3 of 6 dimensions: |-2.0|, |0.5|, |0.3|
+    mass, kept = 2.95, 2.8
+    torch.testing.assert_close(out, torch.tensor([0.5, 0.0, 0.0, -2.0, 0.3, 0.0]) * (mass / kept))
+    assert float(out.abs().sum()) == pytest.approx(float(delta.abs().sum()))
+    assert torch.equal(decoupled_update(delta, keep=1.0), delta)
+
+
+def test_a_feddea_client_releases_its_start_plus_its_decoupled_update():
+    from fedmuscle_secure.client.weight_phase import decoupled_update
+
+    fed = _fed("feddea", weight_sharing={"scope": "encoder", "keep": 0.2})
+    client = fed.clients["c"]
+    start = client.weights.vector()
+    client.training.run(1, 1)
+    after = client.weights.vector()
+    released = client.weights.release()
+    torch.testing.assert_close(released, start + decoupled_update(after - start, 0.2))
+    moved = (released != start).sum().item()
+    assert 0 < moved <= round(0.2 * start.numel())
+    run_round(fed, 1)  # the server averages the releases as for fedavg
+    assert torch.equal(_part(fed, "a", "backbone"), _part(fed, "c", "backbone"))
