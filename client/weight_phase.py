@@ -21,10 +21,11 @@ from fedmuscle_secure.models import ClientModel
 
 def shared_parts(model: ClientModel, method: str, scope: str) -> list[tuple[str, list[nn.Parameter]]]:
     """The parts ``method`` shares and their parameters (module docs): M-Fed and
-    ``scope: model`` share backbone and head, ``scope: encoder`` the backbone alone."""
+    ``scope: model`` share backbone and head, ``scope: encoder`` and MIRA (its adapters) the
+    backbone alone."""
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     parts = [("backbone", backbone)]
-    if method == "mfed" or scope == "model":
+    if method == "mfed" or (scope == "model" and method != "mira"):
         parts.append(("head", list(model.head.parameters())))
     return parts
 

@@ -122,6 +122,8 @@ class WeightSharingConfig(_Strict):
     keep: float = Field(default=0.3, gt=0, le=1, description="feddea: the share of each "
                         "client's update dimensions kept (largest |update|), rescaled to the "
                         "update's whole L1 mass")
+    beta: float = Field(default=0.5, gt=0, le=1, description="mira: the step of each "
+                        "client's adapters towards its similarity-weighted neighbours")
     mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 on "
                       "every shared weight, mfed: on the task head (towards its task's mean), in "
                       "every LocalUpdate step")
@@ -351,6 +353,11 @@ def _check_weight_sharing(cfg: ExperimentConfig) -> None:
                           "for unit-norm rows; set it to false (DP-SGD, privacy.dp_sgd, covers "
                           "the weights a client releases)")
     first = cfg.clients[0]
+    if method == "mira":
+        for i, c in enumerate(cfg.clients):
+            if c.adapter is None:
+                raise ConfigError(f"clients.{i}.adapter", "'mira' shares LoRA adapters: give "
+                                  f"every client an adapter ({c.name!r} has none)")
     for i, c in enumerate(cfg.clients[1:], 1):
         if (c.model, c.model_kwargs, c.adapter) != (first.model, first.model_kwargs, first.adapter):
             raise ConfigError(f"clients.{i}.model", f"{method!r} averages the encoder across "

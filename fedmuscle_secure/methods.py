@@ -16,9 +16,10 @@ pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
 BASELINES: tuple[str, ...] = ("gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
 """Method names (``muscle.method``) of the baselines (§2.3), ``plain`` only."""
 
-WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea")
-"""Methods that share weights, not representations (DESIGN §2.7): FedAvg, FedProx, M-Fed and
-FedDEA. They need the same architecture where they average, and release model parameters."""
+WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "mira")
+"""Methods that share weights, not representations (DESIGN §2.7): FedAvg, FedProx, M-Fed,
+FedDEA and MIRA-style LoRA. They need the same architecture where they average, and release
+model parameters."""
 
 PART_SCOPES: dict[str, str] = {"backbone": "all", "head": "task"}
 """The parts a weight-sharing client releases and the group each is averaged over: every

@@ -44,7 +44,7 @@ from fedmuscle_secure.server.protection import (
 )
 from fedmuscle_secure.server.protection.base import Release
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
-from fedmuscle_secure.server.weights import weight_averages
+from fedmuscle_secure.server.weights import similarity_steps, weight_averages
 
 
 class ServerStage(enum.Enum):
@@ -78,6 +78,7 @@ class ServerSettings:
     protection: ServerProtection | None = None
     output_spaces: tuple[str, ...] = ()     # per client (order of ``clients``): its task name;
     #                                          cofed/feddf aggregate within one output space
+    mira_beta: float = 0.5                  # mira: the step towards the neighbours (DESIGN §2.7)
 
 
 class FedMuscleServer:
@@ -259,8 +260,12 @@ class FedMuscleServer:
         order = [c for c in self.active if c in self._pending]
         if s.method in WEIGHT_SHARING:  # fedavg / fedprox / mfed: means of the shared weights
             spaces = {c: s.output_spaces[self.index[c]] for c in order}
-            out = weight_averages(self.round + 1, epoch, batch, order, self._pending, spaces,
-                                  device=s.device)
+            if s.method == "mira":
+                out = similarity_steps(self.round + 1, epoch, batch, order, self._pending,
+                                       beta=s.mira_beta, device=s.device)
+            else:
+                out = weight_averages(self.round + 1, epoch, batch, order, self._pending, spaces,
+                                      device=s.device)
             self.last_selection = {m.client: sorted({p for g in m.peers for p in g} - {m.client})
                                    for m in out}
             return list(out)

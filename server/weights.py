@@ -71,3 +71,41 @@ def weight_averages(r: int, epoch: int, batch: int | None, order: list[str],
         out.append(WeightAverage(c, r, epoch, batch, tuple(g for _, g in parts),
                                  torch.cat([m for m, _ in parts]).contiguous()))
     return out
+
+
+def similarity_steps(r: int, epoch: int, batch: int | None, order: list[str],
+                     releases: dict[str, WeightRelease], *, beta: float,
+                     device: torch.device) -> list[WeightAverage]:
+    """MIRA-style aggregation (DESIGN §2.7): every client's adapters take a step towards its
+    neighbours', θ_k ← (1 − β) θ_k + β Σ_l a_kl θ_l, with a_kl (l ≠ k) the positive part of
+    the cosine similarity of θ_k and θ_l, normalised over l (uniform when no neighbour is
+    similar): clients whose adapters point the same way, related tasks, pull each other most.
+    One part, ``backbone`` (the adapters), the same length for every client."""
+    for c in order:
+        if [n for n, _ in releases[c].parts] != ["backbone"]:
+            raise ProtocolError(c, "collecting", f"mira releases one part, the adapters; got "
+                                f"{list(releases[c].parts)}")
+    sizes = {c: releases[c].w.numel() for c in order}
+    if len(set(sizes.values())) != 1:
+        odd = next(c for c in order if sizes[c] != sizes[order[0]])
+        raise ProtocolError(odd, "collecting", f"its adapters have {sizes[odd]} weights, "
+                            f"{order[0]!r}'s {sizes[order[0]]}: averaging needs the same architecture")
+    theta = torch.stack([releases[c].w for c in order]).to(device, torch.float64)
+    a = similarity_matrix(theta)
+    moved = (1.0 - beta) * theta + beta * (a @ theta)
+    peers = tuple(order)
+    return [WeightAverage(c, r, epoch, batch, (peers,), moved[k].float().cpu().contiguous())
+            for k, c in enumerate(order)]
+
+
+def similarity_matrix(theta: torch.Tensor) -> torch.Tensor:
+    """(N, N) a_kl: positive cosine similarity between rows, zero diagonal, rows summing to
+    1 (a row with no positive similarity: uniform over the others)."""
+    n = theta.shape[0]
+    unit = theta / theta.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    a = (unit @ unit.T).clamp(min=0.0)
+    a.fill_diagonal_(0.0)
+    off = 1.0 - torch.eye(n, dtype=theta.dtype, device=theta.device)
+    empty = a.sum(1, keepdim=True) <= 0
+    a = torch.where(empty, off, a)
+    return a / a.sum(1, keepdim=True).clamp(min=1e-12)

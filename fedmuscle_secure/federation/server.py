@@ -25,7 +25,8 @@ def build_server(cfg: ExperimentConfig, method: str, setup: FederationSetup) -> 
         batch_size=cfg.muscle.batch_size, public_size=int(setup.public_x.shape[0]),
         cl_epochs=cfg.training.cl_epochs, inv_tau=1.0 / tau, gamma=gamma, seed=cfg.seed,
         device=resolve_device(cfg.server.device),
-        output_spaces=tuple(c.task for c in cfg.clients), protection=_protection(setup)))
+        output_spaces=tuple(c.task for c in cfg.clients), protection=_protection(setup),
+        mira_beta=cfg.weight_sharing.beta))
 
 
 def _protection(setup: FederationSetup) -> ServerProtection | None:

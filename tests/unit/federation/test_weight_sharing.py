@@ -255,3 +255,51 @@ def test_a_feddea_client_releases_its_start_plus_its_decoupled_update():
     assert 0 < moved <= round(0.2 * start.numel())
     run_round(fed, 1)  # the server averages the releases as for fedavg
     assert torch.equal(_part(fed, "a", "backbone"), _part(fed, "c", "backbone"))
+
+
+def test_mira_similarity_weights():
+    """cos(θ0, θ1) > 0 and the rest < 0: θ0 and θ1 lean only on each other; θ2, similar to
+    nobody, leans on both others equally; the diagonal is zero, rows sum to 1."""
+    from fedmuscle_secure.server.weights import similarity_matrix
+
+    theta = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(similarity_matrix(theta), torch.tensor(
+        [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64))
+    three = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    a = similarity_matrix(three)
+    assert torch.all(a.diagonal() == 0) and torch.allclose(a.sum(1), torch.ones(3, dtype=a.dtype))
+    assert a[0, 1] > a[0, 2]  # θ1 is closer in angle to θ0 than θ2 is
+
+
+def test_mira_steps_each_clients_adapters_towards_its_similar_neighbours():
+    from fedmuscle_secure.server.weights import similarity_matrix
+
+    # a ViT: on a random ResNet the frozen zero-initialised block norms pass its adapters no
+    # gradient (DESIGN §2.5)
+    clients = [dict(c, model="test_vit", adapter={"rank": 2, "alpha": 4.0}) for c in SAME]
+    fed = _fed("mira", clients=clients, weight_sharing={"scope": "encoder", "beta": 0.4})
+    released = {}
+    for c, client in fed.clients.items():
+        orig = client._release_weights
+
+        def capture(r, c=c, orig=orig):
+            released[c] = orig(r)
+            return released[c]
+        client._release_weights = capture
+    heads = {c: fed.clients[c].model.head.weight.detach().clone() for c in "abc"}
+    run_round(fed, 1)
+    theta = torch.stack([released[c].w for c in "abc"]).double()
+    expected = 0.6 * theta + 0.4 * similarity_matrix(theta) @ theta
+    for k, c in enumerate("abc"):
+        assert [n for n, _ in released[c].parts] == ["backbone"]
+        torch.testing.assert_close(fed.clients[c].weights.vector(), expected[k].float(),
+                                   atol=1e-6, rtol=0)
+        assert not torch.equal(fed.clients[c].model.head.weight, heads[c])  # its own, trained
+    assert not torch.equal(fed.clients["a"].weights.vector(), fed.clients["b"].weights.vector())
+
+
+def test_mira_needs_adapters():
+    with pytest.raises(ConfigError, match="'mira' shares LoRA adapters") as err:
+        tiny_config(clients=[dict(c) for c in SAME],
+                    muscle={"method": "mira", "num_selected": 2, "batch_size": 32, "dim": 16})
+    assert err.value.field == "clients.0.adapter"
