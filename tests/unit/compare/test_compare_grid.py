@@ -126,6 +126,22 @@ def test_shipped_grids_expand(tmp_path):
         == methods
     assert {c.config.data.dataset for c in shapes.cells} == {"shapes"}
     assert {c.config.seed for c in shapes.cells} == set(range(10))
+    fmtl = expand_file(root / "compare-fmtl.yaml")
+    assert len(fmtl.cells) == 10 + 6 * 10
+    assert {c.method for c in fmtl.cells} == {"local", "muscle", "muscle_sum", "fedavg", "fedprox",
+                                              "mfed", "feddea"}
+    assert all({k.model for k in c.config.clients} == {"resnet10t"} for c in fmtl.cells)
+
+
+def test_the_heterogeneous_grid_refuses_weight_sharing_naming_the_client(tmp_path):
+    grid = (REPO / "configs" / "compare-paper.yaml").read_text().replace(
+        "method: [muscle, muscle_sum, pairwise,", "method: [fedavg, mfed, muscle, muscle_sum, pairwise,")
+    (tmp_path / "g.yaml").write_text(grid.replace("base: digits.yaml",
+                                                  f"base: {REPO / 'configs' / 'digits.yaml'}"))
+    exp = expand_file(tmp_path / "g.yaml", allow_invalid=True)
+    refused = {i.split("__")[0]: why for i, why in exp.invalid}
+    assert set(refused) == {"fedavg", "mfed"}
+    assert all("clients.1.model" in why and "same architecture" in why for why in refused.values())
 
 
 def test_set_overrides_the_base_before_the_grid_and_is_checked_like_run_set(tmp_path):
