@@ -41,9 +41,10 @@ bench: $(STAMP)
 # kept in runs/compare-*/cells, so an interrupted `make results` resumes where it stopped.
 .PHONY: results
 results: $(STAMP)
-	$(VENV)/bin/fedmuscle-secure compare configs/compare-paper.yaml --publish docs/results/paper
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-paper.yaml --skip-invalid --publish docs/results/paper
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --publish docs/results/secure
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-default.yaml --publish docs/results/default
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-fmtl.yaml --skip-invalid --publish docs/results/fmtl
 
 # Rebuild the published tables and plots from the cell records committed beside them
 # (docs/results/{secure,default}/cells/), without running anything.

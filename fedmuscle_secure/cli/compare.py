@@ -164,7 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         out.mkdir(parents=True, exist_ok=True)
     report = write_report(out, exp.spec.name, order=[c.id for c in exp.cells],
-                          expected=[c.id for c in exp.cells])
+                          expected=[c.id for c in exp.cells], refused=exp.invalid)
     info["report"] = report
     if args.publish:
         info["published"] = publish(out, args.publish)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,30 @@ def table_groups(sets: list[Setting]) -> dict[tuple[str, str, str], list[Setting
     return out
 
 
+def refused_table(refused: list[tuple[str, str]]) -> list[str]:
+    """Method × setting of the grid's refused cells (``--skip-invalid``) with the reason the
+    config check gave, one row per setting (its seeds collapsed)."""
+    if not refused:
+        return []
+    rows: dict[tuple[str, ...], tuple[list[str], str]] = {}
+    for cell_id, error in refused:
+        *setting, seed = cell_id.split("__")
+        why = re.sub(r"^grids\.\d+: ", "", error.strip().splitlines()[0])
+        seeds, first = rows.setdefault(tuple(setting), ([], why))
+        seeds.append(seed.removeprefix("s"))
+    out = ["## Refused: where a method's assumptions do not hold", "",
+           "These cells were not run: the config check refused them (`compare --skip-invalid`).",
+           "", "| method | protection | dp | exchange | seeds | why |", "|---|---|---|---|---|---|"]
+    for setting, (seeds, why) in rows.items():
+        cols = (list(setting) + ["", "", "", ""])[:4]
+        out.append(f"| {' | '.join(f'`{c}`' for c in cols)} | {len(seeds)} | "
+                   f"{why.replace('|', '/')} |")
+    return out + [""]
+
+
 def markdown(name: str, sets: list[Setting], n_cells: int, missing: list[str],
-             plots: list[str], verdicts: list[str]) -> str:
+             plots: list[str], verdicts: list[str],
+             refused: list[tuple[str, str]] | None = None) -> str:
     seeds = sorted({c.meta["seed"] for s in sets for c in s.cells})
     parts = [f"# Comparison: {name}", "",
              (f"{n_cells} finished cells, seeds {seeds}. Cells: final test metric (%) per client, "
@@ -256,6 +279,7 @@ def markdown(name: str, sets: list[Setting], n_cells: int, missing: list[str],
         if len(groups) > 1:
             parts += [f"## protection `{prot}`, dp `{dp}`, exchange `{exch}`", ""]
         parts += [poster_table(group), ""]
+    parts += refused_table(refused or [])
     parts += ["## Communication and wall time per mode", "",
               ("Per round, averaged over clients and seeds; the cell wall time is the whole cell "
               "(its last run only, if it was resumed)."), "", comm_table(sets), ""]
@@ -273,8 +297,10 @@ def markdown(name: str, sets: list[Setting], n_cells: int, missing: list[str],
 
 
 def write_report(out: str | Path, name: str, order: list[str] | None = None,
-                 expected: list[str] | None = None) -> dict[str, Any]:
-    """Write results.csv, results.md and the PNGs into ``out`` from ``out/cells``."""
+                 expected: list[str] | None = None,
+                 refused: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Write results.csv, results.md and the PNGs into ``out`` from ``out/cells``;
+    ``refused``: the grid's invalid cells (id, why), listed in results.md."""
     from fedmuscle_secure.compare.plots import write_plots
 
     out = Path(out)
@@ -286,7 +312,7 @@ def write_report(out: str | Path, name: str, order: list[str] | None = None,
     write_paired_csv(out / "paired.csv", comparisons)
     plots = write_plots(out, sets, table_groups(sets)) if cells else []
     (out / "results.md").write_text(markdown(name, sets, len(cells), missing, plots,
-                                             verdict_section(comparisons)))
+                                             verdict_section(comparisons), refused))
     return {"csv": str(out / "results.csv"), "paired": str(out / "paired.csv"),
             "markdown": str(out / "results.md"),
             "plots": [str(out / p) for p in plots], "cells": len(cells), "missing": missing}

@@ -119,29 +119,31 @@ def test_shipped_grids_expand(tmp_path):
     paper = expand_file(root / "compare-paper.yaml", allow_invalid=True)
     methods = {c.method for c in paper.cells} | {i.split("__")[0] for i, _ in paper.invalid}
     assert methods == {"muscle", "muscle_sum", "pairwise", "gram", "fedhenn", "cofed", "feddf",
-                       "simclr", "pseudo_label", "local"}
+                       "simclr", "pseudo_label", "local", "fedavg", "fedprox", "mfed", "feddea",
+                       "mira"}
+    assert {i.split("__")[0] for i, _ in paper.invalid} == {"fedavg", "fedprox", "mfed", "feddea",
+                                                            "mira"}
     assert {c.config.seed for c in paper.cells} == set(range(10))
     shapes = expand_file(root / "compare-shapes.yaml", allow_invalid=True)
     assert {c.method for c in shapes.cells} | {i.split("__")[0] for i, _ in shapes.invalid} \
-        == methods
+        == methods - {"fedavg", "fedprox", "mfed", "feddea", "mira"}
     assert {c.config.data.dataset for c in shapes.cells} == {"shapes"}
     assert {c.config.seed for c in shapes.cells} == set(range(10))
-    fmtl = expand_file(root / "compare-fmtl.yaml")
-    assert len(fmtl.cells) == 10 + 6 * 10
+    fmtl = expand_file(root / "compare-fmtl.yaml", allow_invalid=True)
+    assert len(fmtl.cells) == 10 + 6 * 10 and len(fmtl.invalid) == 4 * 10
+    assert all("protection: plain" in why for _, why in fmtl.invalid)
     assert {c.method for c in fmtl.cells} == {"local", "muscle", "muscle_sum", "fedavg", "fedprox",
                                               "mfed", "feddea"}
     assert all({k.model for k in c.config.clients} == {"resnet10t"} for c in fmtl.cells)
 
 
-def test_the_heterogeneous_grid_refuses_weight_sharing_naming_the_client(tmp_path):
-    grid = (REPO / "configs" / "compare-paper.yaml").read_text().replace(
-        "method: [muscle, muscle_sum, pairwise,", "method: [fedavg, mfed, muscle, muscle_sum, pairwise,")
-    (tmp_path / "g.yaml").write_text(grid.replace("base: digits.yaml",
-                                                  f"base: {REPO / 'configs' / 'digits.yaml'}"))
-    exp = expand_file(tmp_path / "g.yaml", allow_invalid=True)
+def test_the_heterogeneous_grid_refuses_weight_sharing_naming_the_client():
+    exp = expand_file(REPO / "configs" / "compare-paper.yaml", allow_invalid=True)
     refused = {i.split("__")[0]: why for i, why in exp.invalid}
-    assert set(refused) == {"fedavg", "mfed"}
-    assert all("clients.1.model" in why and "same architecture" in why for why in refused.values())
+    assert set(refused) == {"fedavg", "fedprox", "mfed", "feddea", "mira"}
+    assert "clients.0.adapter" in refused["mira"]
+    assert all("clients.1.model" in why and "same architecture" in why
+               for m, why in refused.items() if m != "mira")
 
 
 def test_set_overrides_the_base_before_the_grid_and_is_checked_like_run_set(tmp_path):

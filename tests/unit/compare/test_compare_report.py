@@ -94,3 +94,17 @@ def test_local_cells_with_dp_sgd_are_labelled_out_of_budget_references(synthetic
     assert "**`local` cells are out-of-budget references.**" in privacy
     assert "dp `eps8`: up to 7.500)" in privacy  # the largest client's ε of the local cell
     assert "in no federated cell's" in privacy and "never runs" in privacy
+
+
+def test_refused_cells_are_listed_once_per_setting_with_their_reason():
+    from fedmuscle_secure.compare.report import refused_table
+
+    why = "grids.1: clients.1.model: 'fedavg' averages the encoder across clients, so every client needs the same architecture\nmore"
+    lines = refused_table([(f"fedavg__plain__none__per_batch__s{s}", why) for s in range(3)]
+                          + [("mira__secagg__none__per_batch__s0", "grids.2: protection | plain")])
+    rows = [line for line in lines if line.startswith("| `")]
+    assert rows == [
+        "| `fedavg` | `plain` | `none` | `per_batch` | 3 | clients.1.model: 'fedavg' averages "
+        "the encoder across clients, so every client needs the same architecture |",
+        "| `mira` | `secagg` | `none` | `per_batch` | 1 | protection / plain |"]
+    assert refused_table([]) == []
