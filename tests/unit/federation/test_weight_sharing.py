@@ -156,17 +156,23 @@ def test_fedprox_pulls_the_local_update_towards_the_last_average(dp):
     assert drift[50.0] < 0.8 * drift[0.0], drift
 
 
-def test_the_proximal_gradient_is_the_gradient_of_the_proximal_term():
-    fed = _fed("fedprox", weight_sharing={"scope": "model", "mu": 0.3},
-               clients=[dict(c, task="digit10") for c in SAME])
-    phase = fed.clients["a"].weights
+def _proximal_after_a_shift(phase: WeightPhase, shift: float) -> WeightPhase:
+    """Start a LocalUpdate, move every shared weight by ``shift``, add the proximal gradient
+    to cleared gradients."""
     phase.begin_local_update()
     with torch.no_grad():
         for p in phase.params:
-            p.add_(0.01)
+            p.add_(shift)
     for p in phase.params:
         p.grad = None
     phase.add_proximal_gradient()
+    return phase
+
+
+def test_the_proximal_gradient_is_the_gradient_of_the_proximal_term():
+    fed = _fed("fedprox", weight_sharing={"scope": "model", "mu": 0.3},
+               clients=[dict(c, task="digit10") for c in SAME])
+    phase = _proximal_after_a_shift(fed.clients["a"].weights, 0.01)
     got = [p.grad.clone() for p in phase.params]
     loss = 0.3 / 2 * sum(((p - a) ** 2).sum() for p, a in zip(phase.params, phase._anchor,
                                                              strict=True))
@@ -214,14 +220,7 @@ def test_a_reply_of_the_wrong_layout_is_refused():
 
 def test_mfed_pulls_only_the_task_head_towards_its_task_mean():
     fed = _fed("mfed", weight_sharing={"scope": "encoder", "mu": 0.5})
-    phase = fed.clients["b"].weights
-    phase.begin_local_update()
-    with torch.no_grad():
-        for p in phase.params:
-            p.add_(0.01)
-    for p in phase.params:
-        p.grad = None
-    phase.add_proximal_gradient()
+    phase = _proximal_after_a_shift(fed.clients["b"].weights, 0.01)
     head = {id(p) for p in fed.clients["b"].model.head.parameters()}
     for p in phase.params:
         if id(p) in head:
