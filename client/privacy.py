@@ -120,14 +120,16 @@ class ClientPrivacy:
         return payload
 
     def release_weights(self, round_: int, exchange: tuple[int, int | None], w: torch.Tensor,
-                        recipient: str) -> None:
+                        samples: int, recipient: str) -> None:
         """Record a weight-sharing method's release (DESIGN §2.7): the egress of the shared
-        parameters. No client-level noise is added to weights (the config refuses it); under
-        DP-SGD the weights are post-processing of the LocalUpdate's recorded steps."""
+        parameters and of the averaging weight sent with them (``samples``: the training-set
+        size without DP, 1 under DP). No client-level noise is added to weights (the config
+        refuses it); under DP-SGD the weights are post-processing of the LocalUpdate's
+        recorded steps."""
         digest, size = payload_digest(w)
         self._log("egress", {"round": round_, "exchange": [exchange[0], exchange[1]],
-                             "recipient": recipient, "content": "weights", "sha256": digest,
-                             "bytes": size})
+                             "recipient": recipient, "content": "weights", "samples": samples,
+                             "sha256": digest, "bytes": size})
         self.releases += 1
 
     # -- client level under secagg: distributed noise (DESIGN §5.1) ---------------------

@@ -57,3 +57,4 @@ class ClientSettings:
     weight_scope: str = "encoder"  # fedavg/fedprox: what is averaged (weight_sharing.scope)
     fedprox_mu: float = 0.0        # fedprox's proximal strength (weight_sharing.mu)
     feddea_keep: float = 1.0       # feddea's share of update dimensions kept (weight_sharing.keep)
+    dp: bool = False               # any DP mechanism on (FedAvg then weighs every client 1)

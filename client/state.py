@@ -330,13 +330,15 @@ class FedMuscleClient:
         if why is not None:
             return self._sit_out(r, epoch, batch, why)
         w = self.weights.release()
+        # FedAvg weighs by training-set size; under DP that size would leave outside the
+        # accounting (it tells neighbouring datasets apart), so every client weighs 1
+        samples = 1 if self.settings.dp else int(self.training.train.x.shape[0])
         if self.privacy is not None:
-            self.privacy.release_weights(r, (epoch, batch), w, recipient=SERVER)
+            self.privacy.release_weights(r, (epoch, batch), w, samples, recipient=SERVER)
         self.guard.released(r, epoch, batch, rows)
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
-        return WeightRelease(self.name, r, epoch, batch, self.weights.layout(), w,
-                             samples=int(self.training.train.x.shape[0]))
+        return WeightRelease(self.name, r, epoch, batch, self.weights.layout(), w, samples)
 
     def _load_weights(self, reply: WeightAverage) -> None:
         assert self.weights is not None

@@ -353,18 +353,28 @@ def _check_weight_sharing(cfg: ExperimentConfig) -> None:
                           "for unit-norm rows; set it to false (DP-SGD, privacy.dp_sgd, covers "
                           "the weights a client releases)")
     first = cfg.clients[0]
+    for i, c in enumerate(cfg.clients):
+        if c.pretrained_file is not None:
+            raise ConfigError(f"clients.{i}.pretrained_file", f"{method!r} releases the shared "
+                              "weights every round, so an organisation's own starting file would "
+                              "leave it in the first release, outside the accounting; start from "
+                              "random weights or pretrained: true (public weights) on every client")
+        if c.pretrained != first.pretrained:
+            raise ConfigError(f"clients.{i}.pretrained", f"{method!r} averages weights that must "
+                              "start from the same point: set pretrained alike on every client")
     if method == "mira":
         for i, c in enumerate(cfg.clients):
             if c.adapter is None:
                 raise ConfigError(f"clients.{i}.adapter", "'mira' shares LoRA adapters: give "
                                   f"every client an adapter ({c.name!r} has none)")
     for i, c in enumerate(cfg.clients[1:], 1):
-        if (c.model, c.model_kwargs, c.adapter) != (first.model, first.model_kwargs, first.adapter):
+        if (c.model, c.model_kwargs, c.adapter, c.image_size) != \
+                (first.model, first.model_kwargs, first.adapter, first.image_size):
             raise ConfigError(f"clients.{i}.model", f"{method!r} averages the encoder across "
                               f"clients, so every client needs the same architecture: "
                               f"{c.name!r} has {c.model!r} {c.model_kwargs or ''}, "
                               f"{first.name!r} has {first.model!r} {first.model_kwargs or ''}"
-                              f"{' (or different adapters)' if c.model == first.model else ''}")
+                              f"{' (or different adapters or image_size)' if c.model == first.model else ''}")
     if method in ("fedavg", "fedprox", "feddea") and cfg.weight_sharing.scope == "model":
         for i, c in enumerate(cfg.clients[1:], 1):
             if c.task != first.task:
@@ -378,7 +388,7 @@ def validate_deployable(cfg: ExperimentConfig) -> None:
     """Refuse what the gRPC deployment (DESIGN §6) does not carry: the baselines (their
     messages have no wire format). Raises :class:`ConfigError` naming ``muscle.method``."""
     if cfg.muscle.method in BASELINES + WEIGHT_SHARING:
-        raise ConfigError("muscle.method", f"baseline {cfg.muscle.method!r} runs in the simulator "
+        raise ConfigError("muscle.method", f"method {cfg.muscle.method!r} runs in the simulator "
                           "only (fedmuscle-secure run / compare); the deployment carries "
                           "muscle, muscle_sum, pairwise and local")
 

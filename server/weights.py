@@ -9,15 +9,24 @@ client receives the means of its own parts, in its own layout. Pure torch on ``d
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import WeightAverage, WeightRelease
 from fedmuscle_secure.methods import PART_SCOPES
 
+#: The largest FedAvg weight a client may claim (its training-set size): bounds the means.
+MAX_SAMPLES = 2 ** 31
+
 
 def check_weight_release(msg: WeightRelease, stage: str) -> None:
-    """A finite float32 vector whose length is the sum of its known parts'."""
+    """The round's one weight exchange (epoch 0, whole round); a finite float32 vector whose
+    length is the sum of its known parts'; an integer weight in [1, MAX_SAMPLES]."""
+    if (msg.epoch, msg.batch) != (0, None):
+        raise ProtocolError(msg.client, stage, f"a WeightRelease belongs to exchange (epoch 0, "
+                            f"batch None), got (epoch {msg.epoch}, batch {msg.batch})")
     names = [n for n, _ in msg.parts]
     if not names or any(n not in PART_SCOPES for n in names) or len(set(names)) != len(names) \
             or any(int(k) < 1 for _, k in msg.parts):
@@ -28,9 +37,9 @@ def check_weight_release(msg: WeightRelease, stage: str) -> None:
     if w.dtype != torch.float32 or w.shape != (total,) or not torch.isfinite(w).all():
         raise ProtocolError(msg.client, stage, f"WeightRelease must be finite float32 of shape "
                             f"({total},); got {w.dtype} {tuple(w.shape)}")
-    if not isinstance(msg.samples, int) or msg.samples < 1:
-        raise ProtocolError(msg.client, stage, f"WeightRelease samples must be a positive "
-                            f"integer, got {msg.samples!r}")
+    if type(msg.samples) is not int or not 1 <= msg.samples <= MAX_SAMPLES:
+        raise ProtocolError(msg.client, stage, f"WeightRelease samples must be an integer in "
+                            f"[1, {MAX_SAMPLES}], got {msg.samples!r}")
 
 
 def weight_averages(r: int, epoch: int, batch: int | None, order: list[str],
@@ -53,12 +62,7 @@ def weight_averages(r: int, epoch: int, batch: int | None, order: list[str],
                 continue
             group = tuple(m for m in order if name in segments[m]
                           and (PART_SCOPES[name] == "all" or spaces[m] == spaces[c]))
-            sizes = {m: segments[m][name].numel() for m in group}
-            if len(set(sizes.values())) != 1:
-                odd = next(m for m in group if sizes[m] != sizes[group[0]])
-                raise ProtocolError(odd, "collecting", f"its {name} has {sizes[odd]} weights, "
-                                    f"{group[0]!r}'s {sizes[group[0]]}: averaging needs the same "
-                                    "architecture")
+            _same_sizes(name, {m: segments[m][name].numel() for m in group})
             stacked = torch.stack([segments[m][name] for m in group]).to(device, torch.float64)
             n = torch.tensor([float(releases[m].samples) for m in group], dtype=torch.float64,
                              device=device)
@@ -85,11 +89,7 @@ def similarity_steps(r: int, epoch: int, batch: int | None, order: list[str],
         if [n for n, _ in releases[c].parts] != ["backbone"]:
             raise ProtocolError(c, "collecting", f"mira releases one part, the adapters; got "
                                 f"{list(releases[c].parts)}")
-    sizes = {c: releases[c].w.numel() for c in order}
-    if len(set(sizes.values())) != 1:
-        odd = next(c for c in order if sizes[c] != sizes[order[0]])
-        raise ProtocolError(odd, "collecting", f"its adapters have {sizes[odd]} weights, "
-                            f"{order[0]!r}'s {sizes[order[0]]}: averaging needs the same architecture")
+    _same_sizes("backbone", {c: releases[c].w.numel() for c in order})
     theta = torch.stack([releases[c].w for c in order]).to(device, torch.float64)
     a = similarity_matrix(theta)
     moved = (1.0 - beta) * theta + beta * (a @ theta)
@@ -109,3 +109,16 @@ def similarity_matrix(theta: torch.Tensor) -> torch.Tensor:
     empty = a.sum(1, keepdim=True) <= 0
     a = torch.where(empty, off, a)
     return a / a.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def _same_sizes(part: str, sizes: dict[str, int]) -> None:
+    """Every client of a group gives ``part`` the same length; otherwise a ProtocolError
+    naming a client whose length differs from the most common one (the first listed on a
+    tie), so one odd client cannot get an honest one blamed."""
+    if len(set(sizes.values())) <= 1:
+        return
+    counts = Counter(sizes.values())
+    common = max(counts, key=lambda n: (counts[n], -list(sizes.values()).index(n)))
+    odd = next(m for m, n in sizes.items() if n != common)
+    raise ProtocolError(odd, "collecting", f"its {part} has {sizes[odd]} weights where the "
+                        f"group's others have {common}: averaging needs the same architecture")

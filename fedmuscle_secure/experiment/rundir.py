@@ -200,10 +200,15 @@ def _checkpoint_name(r: int | str) -> str:
 def results_config(text: str) -> str:
     """A resolved config (``dump_config``'s YAML) without its operational ``checkpoint``
     section, which changes no result: resumes and ``compare``'s cell markers compare this,
-    so a run resumed with another ``checkpoint.keep`` (or older than it) is the same run."""
+    so a run resumed with another ``checkpoint.keep`` (or older than it) is the same run.
+    A null ``data.text`` is dropped too, as :func:`~fedmuscle_secure.config.dump_config`
+    drops it, so a config that spelled it out matches one that does not."""
     raw = yaml.safe_load(text)
     if isinstance(raw, dict):
         raw.pop("checkpoint", None)
+        data = raw.get("data")
+        if isinstance(data, dict) and "text" in data and data["text"] is None:
+            data.pop("text")  # an unset text section reads as absent, as dump_config writes it
     return yaml.safe_dump(raw, sort_keys=False)
 
 

@@ -113,7 +113,8 @@ def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
         plan=PlanSpec(exchange=cfg.muscle.exchange, public_size=int(setup.public_x.shape[0]),
                       batch_size=cfg.muscle.batch_size, cl_epochs=tr.cl_epochs),
         fused_optimizer=tr.fused_optimizer, weight_scope=cfg.weight_sharing.scope,
-        fedprox_mu=cfg.weight_sharing.mu, feddea_keep=cfg.weight_sharing.keep)
+        fedprox_mu=cfg.weight_sharing.mu, feddea_keep=cfg.weight_sharing.keep,
+        dp=setup.calibration is not None)
 
 
 def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,

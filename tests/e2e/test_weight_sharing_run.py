@@ -27,8 +27,8 @@ def test_a_dp_weight_sharing_run_records_its_releases_and_audits(tmp_path, metho
         entries = [json.loads(line) for line in
                    (res.run_dir / "ledger" / f"{c}.jsonl").read_text().splitlines()]
         egress = [e["body"] for e in entries if e["kind"] == "egress"]
-        assert [(e["round"], e["exchange"], e["content"]) for e in egress] == [
-            (1, [0, None], "weights"), (2, [0, None], "weights")]
+        assert [(e["round"], e["exchange"], e["content"], e["samples"]) for e in egress] == [
+            (1, [0, None], "weights", 1), (2, [0, None], "weights", 1)]  # DP: equal weights
     receipts = (res.run_dir / "receipts.jsonl").read_text().splitlines()
     assert len(receipts) == 6
     assert main_audit([str(res.run_dir)]) == 0

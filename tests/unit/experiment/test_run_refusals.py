@@ -55,3 +55,23 @@ def test_a_failed_start_never_deletes_a_ledger_that_recorded_a_release(tmp_path)
         (run.root / "ledger" / "a.jsonl").write_text("\n".join(entries) + "\n")
         run.remove_unstarted(existed=False)
         assert run.root.exists() == kept
+
+
+def test_a_config_that_spells_out_a_null_text_section_is_the_same_run():
+    """dump_config leaves ``data.text`` out while it is null; a config written with
+    ``text: null`` (or before the key existed) compares equal for resume and cell markers."""
+    import yaml
+
+    from fedmuscle_secure.config import dump_config
+    from fedmuscle_secure.experiment.rundir import config_differences, results_config
+    from helpers.tiny import tiny_config
+
+    now = dump_config(tiny_config())
+    raw = yaml.safe_load(now)
+    assert "text" not in raw["data"]
+    raw["data"]["text"] = None
+    spelled = yaml.safe_dump(raw, sort_keys=False)
+    assert config_differences(spelled, now) == []
+    assert results_config(spelled) == results_config(now)
+    raw["data"]["text"] = {"labelled": "x.jsonl"}
+    assert config_differences(yaml.safe_dump(raw, sort_keys=False), now) == ["data.text.labelled"]

@@ -42,12 +42,16 @@ def test_each_part_is_the_sample_weighted_mean_over_its_group():
     assert out["b"].peers == (("a", "b", "c"), ("b", "c"))
 
 
-def test_a_part_of_another_size_is_refused_naming_its_client():
-    rel = {"a": _release("a", (("backbone", 2),), [1.0, 2.0], 1),
-           "b": _release("b", (("backbone", 3),), [1.0, 2.0, 3.0], 1)}
-    with pytest.raises(ProtocolError, match="'b'.*backbone has 3 weights, 'a''s 2"):
-        weight_averages(1, 0, None, ["a", "b"], rel, {"a": "t", "b": "t"},
-                        device=torch.device("cpu"))
+def test_a_part_of_another_size_is_refused_naming_the_odd_client():
+    """The odd one out is blamed, wherever it stands in the order: one malicious client
+    cannot get an honest one blamed by releasing first."""
+    for odd in "abc":
+        rel = {c: _release(c, (("backbone", 3 if c == odd else 2),), [1.0] * (3 if c == odd else 2), 1)
+               for c in "abc"}
+        with pytest.raises(ProtocolError, match=f"peer '{odd}'.*backbone has 3 weights where the "
+                                                "group's others have 2"):
+            weight_averages(1, 0, None, ["a", "b", "c"], rel, {c: "t" for c in "abc"},
+                            device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("parts, w, samples, message", [
@@ -55,11 +59,19 @@ def test_a_part_of_another_size_is_refused_naming_its_client():
     ((("backbone", 3),), [1.0, 2.0], 1, r"shape \(3,\)"),
     ((("encoder", 2),), [1.0, 2.0], 1, "distinct, known"),
     ((("backbone", 1), ("backbone", 1)), [1.0, 2.0], 1, "distinct, known"),
-    ((("backbone", 2),), [1.0, 2.0], 0, "positive integer"),
+    ((("backbone", 2),), [1.0, 2.0], 0, "an integer in"),
+    ((("backbone", 2),), [1.0, 2.0], True, "an integer in"),
+    ((("backbone", 2),), [1.0, 2.0], 10 ** 400, "an integer in"),
 ])
 def test_a_malformed_weight_release_is_refused(parts, w, samples, message):
     with pytest.raises(ProtocolError, match=message):
         check_weight_release(_release("a", parts, w, samples), "collecting")
+
+
+def test_a_weight_release_for_another_exchange_is_refused():
+    msg = WeightRelease("a", 1, 7, 3, (("backbone", 2),), torch.zeros(2), 1)
+    with pytest.raises(ProtocolError, match="belongs to exchange \\(epoch 0, batch None\\)"):
+        check_weight_release(msg, "collecting")
 
 
 def _fed(method, **over):
@@ -184,6 +196,12 @@ def test_the_proximal_gradient_is_the_gradient_of_the_proximal_term():
 @pytest.mark.parametrize("change, field, message", [
     ({"clients": [dict(SAME[0]), dict(SAME[1], model="resnet10t"), dict(SAME[2])]},
      "clients.1.model", "needs the same architecture"),
+    ({"clients": [dict(SAME[0]), dict(SAME[1], image_size=32), dict(SAME[2])]},
+     "clients.1.model", "or image_size"),
+    ({"clients": [dict(SAME[0]), dict(SAME[1], pretrained_file="w.safetensors"), dict(SAME[2])]},
+     "clients.1.pretrained_file", "would leave it in the first release"),
+    ({"clients": [dict(SAME[0], pretrained=True), dict(SAME[1]), dict(SAME[2])]},
+     "clients.1.pretrained", "set pretrained alike"),
     ({"weight_sharing": {"scope": "model"}}, "weight_sharing.scope", "same task"),
     ({"protection": "secagg", "muscle": {"method": "fedavg", "batch_size": 32, "dim": 16}},
      "muscle.method", "protection: plain"),
@@ -302,3 +320,15 @@ def test_mira_needs_adapters():
         tiny_config(clients=[dict(c) for c in SAME],
                     muscle={"method": "mira", "num_selected": 2, "batch_size": 32, "dim": 16})
     assert err.value.field == "clients.0.adapter"
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_the_averaging_weight_is_the_shard_size_without_dp_and_one_with_it(dp):
+    over = {"privacy": {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0,
+                                   "expected_batch_size": 8}}} if dp else {}
+    fed = _fed("fedavg", **over)
+    client = fed.clients["b"]
+    for msg in fed.server.start_round(1):
+        if msg.client == "b":
+            (release,) = client.handle(msg)
+    assert release.samples == (1 if dp else int(client.training.train.x.shape[0])) >= 1
