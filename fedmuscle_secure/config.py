@@ -370,10 +370,11 @@ def _check_weight_sharing(cfg: ExperimentConfig) -> None:
     for i, c in enumerate(cfg.clients[1:], 1):
         if (c.model, c.model_kwargs, c.adapter, c.image_size) != \
                 (first.model, first.model_kwargs, first.adapter, first.image_size):
+            def arch(k):
+                return f"{k.model!r}" + (f" {k.model_kwargs}" if k.model_kwargs else "")
             raise ConfigError(f"clients.{i}.model", f"{method!r} averages the encoder across "
                               f"clients, so every client needs the same architecture: "
-                              f"{c.name!r} has {c.model!r} {c.model_kwargs or ''}, "
-                              f"{first.name!r} has {first.model!r} {first.model_kwargs or ''}"
+                              f"{c.name!r} has {arch(c)}, {first.name!r} has {arch(first)}"
                               f"{' (or different adapters or image_size)' if c.model == first.model else ''}")
     if method in ("fedavg", "fedprox", "feddea") and cfg.weight_sharing.scope == "model":
         for i, c in enumerate(cfg.clients[1:], 1):
