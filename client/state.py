@@ -342,12 +342,13 @@ class FedMuscleClient:
 
     def _load_weights(self, reply: WeightAverage) -> None:
         assert self.weights is not None
-        expected = (self.weights.layout(), len(self.weights.layout()))
-        if reply.w.dtype != torch.float32 or len(reply.peers) != expected[1] \
-                or reply.w.shape != (sum(n for _, n in expected[0]),) or not torch.isfinite(reply.w).all():
+        layout = self.weights.layout()
+        total = sum(n for _, n in layout)
+        if reply.w.dtype != torch.float32 or len(reply.peers) != len(layout) \
+                or reply.w.shape != (total,) or not torch.isfinite(reply.w).all():
             raise ProtocolError(SERVER, self.stage.value, f"WeightAverage for {self.name!r} must "
-                                f"be finite float32 of {sum(n for _, n in expected[0])} weights in "
-                                f"{expected[1]} parts; got {reply.w.dtype} {tuple(reply.w.shape)}, "
+                                f"be finite float32 of {total} weights in {len(layout)} parts; "
+                                f"got {reply.w.dtype} {tuple(reply.w.shape)}, "
                                 f"{len(reply.peers)} parts")
         self.weights.load(reply.w)
         self.guard.encoder_changed()

@@ -258,8 +258,8 @@ class FedMuscleServer:
         """Everyone's release is in: compute every client's reply (the protection's math)."""
         s = self.settings
         order = [c for c in self.active if c in self._pending]
-        if s.method in WEIGHT_SHARING:  # fedavg / fedprox / mfed: means of the shared weights
-            spaces = {c: s.output_spaces[self.index[c]] for c in order}
+        spaces = {c: s.output_spaces[self.index[c]] for c in order}  # each client's task
+        if s.method in WEIGHT_SHARING:  # means (or mira's steps) of the shared weights
             if s.method == "mira":
                 out = similarity_steps(self.round + 1, epoch, batch, order, self._pending,
                                        beta=s.mira_beta, device=s.device)
@@ -270,7 +270,6 @@ class FedMuscleServer:
                                    for m in out}
             return list(out)
         if s.method in OUTPUT_RELEASING:  # cofed / feddf: per output space, no peer selection
-            spaces = {c: s.output_spaces[self.index[c]] for c in order}
             out = group_output_replies(s.method, self.round + 1, epoch, batch, order, self._pending,
                                        spaces, device=s.device)
             self.last_selection = {m.client: list(m.peers) for m in out}

@@ -54,14 +54,17 @@ def weight_averages(r: int, epoch: int, batch: int | None, order: list[str],
         for name, k in releases[c].parts:
             segments[c][name] = releases[c].w[offset:offset + int(k)]
             offset += int(k)
+    def group_of(name: str, c: str) -> tuple[str, str]:
+        """Which group client ``c``'s part ``name`` is averaged over: all, or its task's."""
+        return (name, "all" if PART_SCOPES[name] == "all" else spaces[c])
+
     means: dict[tuple[str, str], tuple[torch.Tensor, tuple[str, ...]]] = {}
     for c in order:
         for name in segments[c]:
-            key = (name, "all" if PART_SCOPES[name] == "all" else spaces[c])
+            key = group_of(name, c)
             if key in means:
                 continue
-            group = tuple(m for m in order if name in segments[m]
-                          and (PART_SCOPES[name] == "all" or spaces[m] == spaces[c]))
+            group = tuple(m for m in order if name in segments[m] and group_of(name, m) == key)
             _same_sizes(name, {m: segments[m][name].numel() for m in group})
             stacked = torch.stack([segments[m][name] for m in group]).to(device, torch.float64)
             n = torch.tensor([float(releases[m].samples) for m in group], dtype=torch.float64,
@@ -70,8 +73,7 @@ def weight_averages(r: int, epoch: int, batch: int | None, order: list[str],
             means[key] = (mean.float().cpu(), group)
     out = []
     for c in order:
-        parts = [means[(name, "all" if PART_SCOPES[name] == "all" else spaces[c])]
-                 for name, _ in releases[c].parts]
+        parts = [means[group_of(name, c)] for name, _ in releases[c].parts]
         out.append(WeightAverage(c, r, epoch, batch, tuple(g for _, g in parts),
                                  torch.cat([m for m, _ in parts]).contiguous()))
     return out

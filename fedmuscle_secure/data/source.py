@@ -9,8 +9,7 @@ from fedmuscle_secure.config import DataConfig, ShapesConfig
 from fedmuscle_secure.data.digits import load_digits_images
 from fedmuscle_secure.data.loaders import load_cifar, load_image_folder
 from fedmuscle_secure.data.shapes import make_shapes, partition_groups
-from fedmuscle_secure.data.text import load_text_data, load_tokenizer
-from fedmuscle_secure.data.text import vocab_size as text_vocab_size
+from fedmuscle_secure.data.text import load_text_data
 
 #: Image size of the rendered shapes when ``data.image_size`` is null: the clients' default.
 SHAPES_IMAGE_SIZE = 16
@@ -56,9 +55,3 @@ def split_groups(cfg: DataConfig, y: np.ndarray) -> np.ndarray | None:
     shapes' shape × scale group of each cell label; None (the labels) for other datasets."""
     return partition_groups(y) if cfg.dataset == "shapes" else None
 
-
-def vocab_size(cfg: DataConfig) -> int | None:
-    """The tokenizer's vocabulary size of a ``text_files`` config; None for images."""
-    if cfg.dataset != "text_files" or cfg.text is None:
-        return None
-    return text_vocab_size(load_tokenizer(cfg.text.tokenizer, cfg.text.max_length))

@@ -44,13 +44,13 @@ _SHOWN = 3
 class TextData:
     """A ``text_files`` dataset, tokenized: ``ids`` (N, L) int64 and ``y`` (N,) int64 class
     indices of ``label_names``; ``public_ids`` (M, L) from the public file, or None;
-    ``info``: what the run records about the source (digests, labels, duplicates)."""
+    ``info``: what the run records about the source (digests, labels, duplicates, the
+    vocabulary size the encoders' embeddings need)."""
 
     ids: np.ndarray
     y: np.ndarray
     label_names: tuple[str, ...]
     public_ids: np.ndarray | None
-    vocab_size: int
     info: dict
 
 
@@ -82,10 +82,10 @@ def load_text_data(cfg: TextConfig) -> TextData:
         _refuse_labelled_in_public(public, texts, ids, [labelled.lines[i] for i in keep],
                                    labelled.path)
         public_digest = _file_digest(texts.path)
-    info = {"labels": list(names), "duplicates_dropped": dropped,
+    info = {"labels": list(names), "duplicates_dropped": dropped, "vocab_size": vocab_size(tokenizer),
             "tokenizer_sha256": tok_digest, "labelled_sha256": _file_digest(labelled.path),
             "public_sha256": public_digest}
-    return TextData(ids, y, names, public, vocab_size(tokenizer), info)
+    return TextData(ids, y, names, public, info)
 
 
 def vocab_size(tokenizer) -> int:

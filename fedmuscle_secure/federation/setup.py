@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.identity import generate_identity
 from fedmuscle_secure.data import FederatedSplit
-from fedmuscle_secure.data.source import vocab_size
 from fedmuscle_secure.federation.ckks import CkksKeys, provision_ckks_keys, validate_ckks
 from fedmuscle_secure.federation.privacy import Calibration, calibrate, dp_enabled, identity_key
 from fedmuscle_secure.federation.secagg import SecAggParameters, secagg_parameters
@@ -110,7 +109,7 @@ def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         gamma=gamma_from_temperatures(tau, tau_p),
         public_x=torch.from_numpy(np.ascontiguousarray(split.public_x)),
         in_chans=int(split.public_x.shape[1]) if split.public_x.ndim == 4 else 1,
-        vocab_size=vocab_size(cfg.data), identities=identities,
+        vocab_size=split.source.get("vocab_size"), identities=identities,
         secagg=secagg_parameters(cfg, protection.sigma_client) if secagg else None, ckks=ckks)
 
 
