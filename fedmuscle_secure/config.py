@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedmuscle_secure.config_data import DataConfig, ShapesConfig, TextConfig, check_data
 from fedmuscle_secure.config_deployment import DeploymentConfig, check_deployment, default_threshold
+from fedmuscle_secure.config_weights import WeightSharingConfig, check_weight_sharing
 from fedmuscle_secure.config_yaml import parse_overrides, read_yaml, validate_model
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.methods import (
@@ -109,24 +110,6 @@ class MuscleConfig(_Strict):
     temperature_prime: float | list[list[float]] = 0.15
     exchange: Literal["per_batch", "per_epoch"] = "per_batch"
     broadcast_chunk: int | None = Field(default=None, gt=0)
-
-
-class WeightSharingConfig(_Strict):
-    """The weight-sharing methods (DESIGN §2.7): what ``fedavg`` / ``fedprox`` average and
-    FedProx's proximal strength. ``mfed`` has its own scopes (the encoder across every
-    client, the task head within each task)."""
-
-    scope: Literal["model", "encoder"] = Field(
-        default="encoder", description="fedavg/fedprox: 'model' averages backbone and task head "
-        "(every client the same task), 'encoder' the backbone only (each task head stays local)")
-    keep: float = Field(default=0.3, gt=0, le=1, description="feddea: the share of each "
-                        "client's update dimensions kept (largest |update|), rescaled to the "
-                        "update's whole L1 mass")
-    beta: float = Field(default=0.5, gt=0, le=1, description="mira: the step of each "
-                        "client's adapters towards its similarity-weighted neighbours")
-    mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 on "
-                      "every shared weight, mfed: on the task head (towards its task's mean), in "
-                      "every LocalUpdate step")
 
 
 class RepresentationNoiseConfig(_Strict):
@@ -260,7 +243,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
 def check_semantics(cfg: ExperimentConfig) -> None:
     """Rules that span fields: sizes, method and protection, data paths, privacy."""
     _check_baseline(cfg)
-    _check_weight_sharing(cfg)
+    check_weight_sharing(cfg)
     _check_sizes(cfg)
     m = cfg.muscle
     if m.method == "muscle_sum" and (
@@ -335,54 +318,6 @@ def _check_baseline(cfg: ExperimentConfig) -> None:
         raise ConfigError("privacy.representation_noise.enabled", f"method {method!r} releases task "
                           "outputs (predictions/logits), not unit-norm representations, and the "
                           "noise of §5.1 is calibrated for unit-norm rows; set it to false")
-
-
-def _check_weight_sharing(cfg: ExperimentConfig) -> None:
-    """The weight-sharing methods (§2.7) average parameters: one architecture where they
-    average, one task where the head is averaged; they run unprotected for now and release
-    no representations, so representation noise is refused."""
-    method = cfg.muscle.method
-    if method not in WEIGHT_SHARING:
-        return
-    if cfg.protection != "plain":
-        raise ConfigError("muscle.method", f"{method!r} aggregates weights in the clear for now: "
-                          f"set protection: plain (got {cfg.protection!r})")
-    if cfg.privacy.representation_noise.enabled:
-        raise ConfigError("privacy.representation_noise.enabled", f"{method!r} releases weights, "
-                          "not unit-norm representations, and the noise of §5.1 is calibrated "
-                          "for unit-norm rows; set it to false (DP-SGD, privacy.dp_sgd, covers "
-                          "the weights a client releases)")
-    first = cfg.clients[0]
-    for i, c in enumerate(cfg.clients):
-        if c.pretrained_file is not None:
-            raise ConfigError(f"clients.{i}.pretrained_file", f"{method!r} releases the shared "
-                              "weights every round, so an organisation's own starting file would "
-                              "leave it in the first release, outside the accounting; start from "
-                              "random weights or pretrained: true (public weights) on every client")
-        if c.pretrained != first.pretrained:
-            raise ConfigError(f"clients.{i}.pretrained", f"{method!r} averages weights that must "
-                              "start from the same point: set pretrained alike on every client")
-    if method == "mira":
-        for i, c in enumerate(cfg.clients):
-            if c.adapter is None:
-                raise ConfigError(f"clients.{i}.adapter", "'mira' shares LoRA adapters: give "
-                                  f"every client an adapter ({c.name!r} has none)")
-    for i, c in enumerate(cfg.clients[1:], 1):
-        if (c.model, c.model_kwargs, c.adapter, c.image_size) != \
-                (first.model, first.model_kwargs, first.adapter, first.image_size):
-            def arch(k):
-                return f"{k.model!r}" + (f" {k.model_kwargs}" if k.model_kwargs else "")
-            raise ConfigError(f"clients.{i}.model", f"{method!r} averages the encoder across "
-                              f"clients, so every client needs the same architecture: "
-                              f"{c.name!r} has {arch(c)}, {first.name!r} has {arch(first)}"
-                              f"{' (or different adapters or image_size)' if c.model == first.model else ''}")
-    if method in ("fedavg", "fedprox", "feddea") and cfg.weight_sharing.scope == "model":
-        for i, c in enumerate(cfg.clients[1:], 1):
-            if c.task != first.task:
-                raise ConfigError("weight_sharing.scope", f"'model' averages the task head too, "
-                                  f"so every client needs the same task: clients.{i} "
-                                  f"({c.name!r}) has {c.task!r}, clients.0 has {first.task!r}; "
-                                  "use scope 'encoder' (heads stay local) or method 'mfed'")
 
 
 def validate_deployable(cfg: ExperimentConfig) -> None:

@@ -23,7 +23,7 @@ SOURCES = {PACKAGE: REPO / "fedmuscle_secure", f"{PACKAGE}.crypto": REPO / "cryp
 GENERATED = f"{PACKAGE}.transport.wire_pb"
 
 #: The root modules that are the project's vocabulary: every layer may use them.
-VOCABULARY = {"config", "config_data", "config_deployment", "config_yaml", "messages", "seeding",
+VOCABULARY = {"config", "config_data", "config_deployment", "config_weights", "config_yaml", "messages", "seeding",
               "models", "durable", "methods", "__init__"}
 
 #: The deployment processes: the gRPC server and client, which build a federation member
