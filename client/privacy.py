@@ -161,8 +161,10 @@ class ClientPrivacy:
 
     def record_secagg_release(self, round_: int, exchange: tuple[int, int | None],
                               event: DpEventRecord | None, masked: torch.Tensor, *, group: int,
-                              threshold: int, t_collude: int, clipped_values: int) -> None:
-        """Record the release of a masked input (dp_event with the guaranteed σ, egress)."""
+                              threshold: int, t_collude: int, clipped_values: int,
+                              **content: object) -> None:
+        """Record the release of a masked input (dp_event with the guaranteed σ, egress;
+        ``content``: what the input holds beyond representations, e.g. a weight part)."""
         ex = [exchange[0], exchange[1]]
         if event is not None:
             self._record(round_, ex, event, distributed_noise={
@@ -173,7 +175,7 @@ class ClientPrivacy:
         self._log("egress", {"round": round_, "exchange": ex, "recipient": "server",
                              "protection": "secagg", "server_learns": f"sum over >= {threshold} of "
                              f"{group} clients", "clipped_values": clipped_values,
-                             "sha256": digest, "bytes": size})
+                             **content, "sha256": digest, "bytes": size})
         self.releases += 1
 
     def abort_exchange(self, round_: int, exchange: tuple[int, int | None], reason: str,

@@ -96,6 +96,7 @@ class FedMuscleClient:
         self._exchange: tuple[int, int | None] | None = None
         self._sitting_out = False
         self._released: torch.Tensor | None = None  # what was sent, (nb, B, d)
+        self._part_means: list[torch.Tensor | None] = []  # secure weight sums of the round
         self._metrics: dict[str, float] = {}
 
     @property
@@ -161,7 +162,11 @@ class FedMuscleClient:
         if self.settings.method == "local" or plan.batches.shape[0] == 0:
             return [self._report(r)]
         self._plan = plan
-        if self.weights is not None:  # one weight exchange after the LocalUpdate
+        if self.weights is not None:  # the weight exchange after the LocalUpdate
+            if self.protection.server_opens_exchange:  # secure sums, part by part (§2.7)
+                self._exchange, self._part_means = (0, 0), []
+                self.stage = ClientStage.AWAIT_REPLY
+                return []
             return [self._release_weights(r)]
         self.contrastive.begin_round(r)
         if not self.contrastive.communicates:  # nothing leaves the client
@@ -209,7 +214,10 @@ class FedMuscleClient:
         if why is not None:
             return [self._sit_out(msg.round, epoch, batch, why)]
         try:
-            advert, self._released = self.protection.begin(msg, self._representations(epoch, batch))
+            if self.weights is not None:
+                advert = self._begin_weights(msg, batch)
+            else:
+                advert, self._released = self.protection.begin(msg, self._representations(epoch, batch))
         except PrivacyBudgetExceeded as exc:
             return [self._leave(self._plan.round, str(exc))]
         return [advert]
@@ -236,10 +244,18 @@ class FedMuscleClient:
             if self.privacy is not None:
                 self.privacy.abort_exchange(reply.round, (epoch, batch), reply.reason, released=sent)
         self._sitting_out = False
-        if self.weights is not None:  # the round's one exchange is over
+        if self.weights is not None and batch is None:  # the round's one exchange is over
             if isinstance(reply, WeightAverage):
                 self._load_weights(reply)
             self.protection.exchange_over()
+            return [self._report(self._plan.round)]
+        if self.weights is not None:  # the secure sum of part ``batch`` is over
+            self._part_means.append(None if aborted else self._part_mean(reply, batch))
+            self.protection.exchange_over()
+            if batch + 1 < len(self.weights.layout()):
+                self._exchange = (0, batch + 1)
+                return []
+            self._apply_part_means()
             return [self._report(self._plan.round)]
         batches = self._plan.batches[epoch]
         self.contrastive.learn(None if aborted else reply, batches, batch, self._released,
@@ -274,8 +290,11 @@ class FedMuscleClient:
                                 f"{self.stage.value!r}; expected stage {stage.value!r}")
 
     def _rows(self, epoch: int, batch: int | None) -> torch.Tensor:
-        """The public rows exchange (epoch, batch) of the current plan covers."""
+        """The public rows exchange (epoch, batch) of the current plan covers (none for a
+        weight exchange)."""
         assert self._plan is not None
+        if self.weights is not None:
+            return torch.empty(0, dtype=torch.long)
         rows = self._plan.batches[epoch]
         return (rows if batch is None else rows[batch]).reshape(-1)
 
@@ -330,15 +349,53 @@ class FedMuscleClient:
         if why is not None:
             return self._sit_out(r, epoch, batch, why)
         w = self.weights.release()
-        # FedAvg weighs by training-set size; under DP that size would leave outside the
-        # accounting (it tells neighbouring datasets apart), so every client weighs 1
-        samples = 1 if self.settings.dp else int(self.training.train.x.shape[0])
+        samples = self._samples()
         if self.privacy is not None:
             self.privacy.release_weights(r, (epoch, batch), w, samples, recipient=SERVER)
         self.guard.released(r, epoch, batch, rows)
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
         return WeightRelease(self.name, r, epoch, batch, self.weights.layout(), w, samples)
+
+    def _samples(self) -> int:
+        """The client's FedAvg weight: its training-set size; under DP that size would leave
+        outside the accounting (it tells neighbouring datasets apart), so every client
+        weighs 1."""
+        return 1 if self.settings.dp else int(self.training.train.x.shape[0])
+
+    def _begin_weights(self, setup: Message, k: int | None) -> Message:
+        """Answer the setup of part ``k``'s secure sum with this round's update of it."""
+        assert self.weights is not None and k is not None
+        layout = self.weights.layout()
+        if not 0 <= k < len(layout):
+            raise ProtocolError(SERVER, "setup", f"a secure sum for weight part {k}; "
+                                f"{self.name!r} shares {len(layout)} parts")
+        update = self.weights.segments(self.weights.update())[k]
+        return self.protection.begin_weights(setup, layout[k][0], update, self._samples())
+
+    def _part_mean(self, reply: PlainReply, k: int) -> torch.Tensor:
+        """The mean update of part ``k`` the server decoded from its secure sum."""
+        assert self.weights is not None
+        n = self.weights.layout()[k][1]
+        if not isinstance(reply, WeightAverage) or reply.w.dtype != torch.float32 \
+                or reply.w.shape != (n,) or not torch.isfinite(reply.w).all() \
+                or len(reply.peers) != 1 or self.name not in reply.peers[0]:
+            raise ProtocolError(SERVER, self.stage.value, f"the mean update of part {k} for "
+                                f"{self.name!r} must be a WeightAverage of {n} finite float32 "
+                                f"values over a group that includes it; got {type(reply).__name__}")
+        return reply.w
+
+    def _apply_part_means(self) -> None:
+        """Every part with a mean update moves from where the LocalUpdate started by that
+        mean (the group's FedAvg step); a part whose secure sum aborted keeps this client's
+        own weights."""
+        assert self.weights is not None
+        start = self.weights.segments(self.weights.start)
+        own = self.weights.segments(self.weights.vector())
+        self.weights.load(torch.cat([o if m is None else s + m
+                                     for s, o, m in zip(start, own, self._part_means, strict=True)]))
+        self._part_means = []
+        self.guard.encoder_changed()
 
     def _load_weights(self, reply: WeightAverage) -> None:
         assert self.weights is not None

@@ -62,8 +62,7 @@ class WeightPhase:
         w = self.vector()
         if self.keep >= 1.0:
             return w
-        assert self._start is not None  # FedDEA records where the LocalUpdate started
-        return (self._start + decoupled_update(w - self._start, self.keep)).contiguous()
+        return (self.start + decoupled_update(w - self.start, self.keep)).contiguous()
 
     @torch.no_grad()
     def load(self, w: torch.Tensor) -> None:
@@ -79,9 +78,25 @@ class WeightPhase:
     # -- FedProx ------------------------------------------------------------------------
     def begin_local_update(self) -> None:
         """FedProx / M-Fed: pull towards the weights the LocalUpdate starts from (the last
-        average); FedDEA: remember them, the update is measured from there."""
+        average); every method: remember them, the round's update is measured from there
+        (FedDEA's decoupling, the secure sum's updates)."""
         self._anchor = [p.detach().clone() for p in self._pulled] if self.mu > 0 else None
-        self._start = self.vector() if self.keep < 1.0 else None
+        self._start = self.vector()
+
+    @property
+    def start(self) -> torch.Tensor:
+        """The shared parameters the round's LocalUpdate started from (float32 vector)."""
+        assert self._start is not None, "begin_local_update first"
+        return self._start
+
+    def update(self) -> torch.Tensor:
+        """The round's update of the shared parameters as released: :meth:`release` minus
+        :attr:`start` (FedDEA's decoupled update)."""
+        return self.release() - self.start
+
+    def segments(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """``w`` (in :meth:`layout` order) cut into its parts."""
+        return list(torch.split(w, [n for _, n in self.layout()]))
 
     @torch.no_grad()
     def add_proximal_gradient(self) -> None:

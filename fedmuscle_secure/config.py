@@ -27,6 +27,7 @@ from fedmuscle_secure.methods import (
     OUTPUT_RELEASING,
     PEER_SELECTING,
     SILENT,
+    SUMMED_WEIGHTS,
     WEIGHT_SHARING,
 )
 
@@ -333,9 +334,10 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
     if cfg.protection != "secagg":
         return
     n = len(cfg.clients)
-    if cfg.muscle.method not in ("muscle_sum", "local"):
+    if cfg.muscle.method not in ("muscle_sum", "local") + SUMMED_WEIGHTS:
         raise ConfigError("muscle.method", f"protection 'secagg' reveals only sums, so it trains "
-                          f"the sum form: set muscle.method to 'muscle_sum' (got {cfg.muscle.method!r})")
+                          f"the sum form, or averages weights ({', '.join(SUMMED_WEIGHTS)}): set "
+                          f"muscle.method to 'muscle_sum' or one of those (got {cfg.muscle.method!r})")
     if n < 3:
         raise ConfigError("clients", f"protection 'secagg' needs at least 3 clients (with 2, each "
                           f"would learn the other's release from the sum); got {n}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.methods import WEIGHT_SHARING
+from fedmuscle_secure.methods import SUMMED_WEIGHTS, WEIGHT_SHARING
 
 if TYPE_CHECKING:
     from fedmuscle_secure.config import ExperimentConfig
@@ -38,18 +38,31 @@ class WeightSharingConfig(_Strict):
     mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 on "
                       "every shared weight, mfed: on the task head (towards its task's mean), in "
                       "every LocalUpdate step")
+    update_clip: float = Field(default=10.0, gt=0, description="protection secagg: the L2 "
+                               "norm each client's update of each part is clipped to before the "
+                               "secure sum (bounds its fixed-point encoding; clipped updates are "
+                               "counted in the round report and the ledger)")
+    max_samples: int = Field(default=1_000_000, ge=1, le=2 ** 31, description="protection "
+                             "secagg: the largest FedAvg weight (training-set size) a client may "
+                             "put into the secure sum, a public bound of its encoding")
 
 
 def check_weight_sharing(cfg: ExperimentConfig) -> None:
     """The weight-sharing methods (§2.7) average parameters: one architecture where they
-    average, one task where the head is averaged; they run unprotected for now and release
-    no representations, so representation noise is refused."""
+    average, one task where the head is averaged; they run plain or (the weighted means)
+    through secure sums, where every averaging group needs three members; they release no
+    representations, so representation noise is refused."""
     method = cfg.muscle.method
     if method not in WEIGHT_SHARING:
         return
-    if cfg.protection != "plain":
-        raise ConfigError("muscle.method", f"{method!r} aggregates weights in the clear for now: "
-                          f"set protection: plain (got {cfg.protection!r})")
+    if cfg.protection == "ckks" or (cfg.protection == "secagg" and method not in SUMMED_WEIGHTS):
+        raise ConfigError("protection", f"{method!r} aggregates weights in the clear (plain)"
+                          f"{' or through secure sums (secagg)' if method in SUMMED_WEIGHTS else ''}"
+                          f"; got {cfg.protection!r}"
+                          + (": its step needs every client's adapters (their similarities), "
+                             "which a sum does not give" if method == "mira" else ""))
+    if cfg.protection == "secagg":
+        _check_secure_groups(cfg)
     if cfg.privacy.representation_noise.enabled:
         raise ConfigError("privacy.representation_noise.enabled", f"{method!r} releases weights, "
                           "not unit-norm representations, and the noise of §5.1 is calibrated "
@@ -86,3 +99,33 @@ def check_weight_sharing(cfg: ExperimentConfig) -> None:
                                   f"so every client needs the same task: clients.{i} "
                                   f"({c.name!r}) has {c.task!r}, clients.0 has {first.task!r}; "
                                   "use scope 'encoder' (heads stay local) or method 'mfed'")
+
+
+def averages_head(cfg: ExperimentConfig) -> bool:
+    """Whether the method averages the task head (within each task): M-Fed always,
+    FedAvg / FedProx / FedDEA with ``scope: model``."""
+    return cfg.muscle.method == "mfed" or (cfg.muscle.method in ("fedavg", "fedprox", "feddea")
+                                           and cfg.weight_sharing.scope == "model")
+
+
+def task_groups(cfg: ExperimentConfig) -> dict[str, tuple[str, ...]]:
+    """Each task's clients, in config order (the groups a task head is averaged over)."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for c in cfg.clients:
+        groups[c.task] = groups.get(c.task, ()) + (c.name,)
+    return groups
+
+
+def _check_secure_groups(cfg: ExperimentConfig) -> None:
+    """Under secagg each task head is averaged through a secure sum over its task's
+    clients: with fewer than three, a member learns the others' heads from the sum (one
+    member: the server does)."""
+    if not averages_head(cfg):
+        return
+    for task, names in task_groups(cfg).items():
+        if len(names) < 3:
+            raise ConfigError("clients", f"under secagg {cfg.muscle.method!r} averages each task's "
+                              f"head through a secure sum over that task's clients, which needs at "
+                              f"least 3; task {task!r} has {list(names)} (with fewer, a member "
+                              f"learns the others' heads from the sum); give every task three "
+                              f"clients, use scope 'encoder', or protection plain")

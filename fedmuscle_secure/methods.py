@@ -21,6 +21,11 @@ WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "mira"
 FedDEA and MIRA-style LoRA. They need the same architecture where they average, and release
 model parameters."""
 
+SUMMED_WEIGHTS: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea")
+"""Weight-sharing methods whose server step is a weighted mean (of every part, over its
+group): under ``secagg`` it is computed from secure sums of the clients' updates. MIRA's
+step needs each client's adapters (their pairwise similarities), which no sum gives."""
+
 PART_SCOPES: dict[str, str] = {"backbone": "all", "head": "task"}
 """The parts a weight-sharing client releases and the group each is averaged over: every
 client (``all``) or the clients with the same task (``task``)."""
@@ -42,9 +47,9 @@ Mode = Literal["plain", "secagg", "ckks"]
 
 def protection_mode(protection: str, method: str) -> Mode:
     """The protection ``method`` runs under in a federation configured with ``protection``:
-    secagg protects the sum form only and ckks every collaborative method; the ``local``
-    reference releases nothing, so runs plain."""
-    if protection == "secagg" and method == "muscle_sum":
+    secagg protects the sum form and the weighted means of :data:`SUMMED_WEIGHTS`, ckks every
+    collaborative method; the ``local`` reference releases nothing, so runs plain."""
+    if protection == "secagg" and (method == "muscle_sum" or method in SUMMED_WEIGHTS):
         return "secagg"
     if protection == "ckks" and method != "local":
         return "ckks"
@@ -52,4 +57,4 @@ def protection_mode(protection: str, method: str) -> Mode:
 
 
 __all__ = ["BASELINES", "METHODS", "MUSCLE_METHODS", "OUTPUT_RELEASING", "PEER_SELECTING",
-           "PART_SCOPES", "SILENT", "WEIGHT_SHARING", "Mode", "protection_mode"]
+           "PART_SCOPES", "SILENT", "SUMMED_WEIGHTS", "WEIGHT_SHARING", "Mode", "protection_mode"]

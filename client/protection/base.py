@@ -84,6 +84,11 @@ class ClientProtection:
         """Answer setup ``msg`` with representations ``z``: (the reply, own contribution)."""
         raise NotImplementedError
 
+    def begin_weights(self, msg: Message, part: str, update: torch.Tensor,
+                      samples: int) -> Message:
+        """Answer setup ``msg`` of weight part ``part``'s secure sum with ``update``."""
+        raise NotImplementedError
+
     def step(self, msg: Message) -> tuple[Message, bool]:
         """Answer a later stage: (the reply, whether it is this client's release)."""
         raise NotImplementedError

@@ -23,7 +23,7 @@ from fedmuscle_secure.crypto.secagg.messages import MaskedInput, SecAggSetup, ex
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
-from fedmuscle_secure.messages import Message, SecAggEnvelope, SumTerms
+from fedmuscle_secure.messages import Message, SecAggEnvelope, SumTerms, WeightAverage
 
 if TYPE_CHECKING:
     from fedmuscle_secure.client.privacy import ClientPrivacy
@@ -50,18 +50,32 @@ class SecAggParams(Protocol):
 
     def encoding(self, batches: int, group_size: int) -> SumEncoding: ...
 
+    def weight_encoding(self, length: int, group_size: int) -> SumEncoding: ...
+
+    def group_threshold(self, group_size: int) -> int: ...
+
+    @property
+    def update_clip(self) -> float: ...
+
+    @property
+    def max_samples(self) -> int: ...
+
 
 class SecAggClientProtection(ClientProtection):
     """One secure sum per exchange; the server opens each with a setup (module docs)."""
 
     server_opens_exchange = True
-    reply_types = (SumTerms,)
+    reply_types = (SumTerms, WeightAverage)
     stage_types = (SecAggEnvelope,)
 
     def __init__(self, name: str, identity: Ed25519PrivateKey,
                  peer_identities: Mapping[str, Ed25519PublicKey], params: SecAggParams,
-                 privacy: ClientPrivacy | None) -> None:
+                 privacy: ClientPrivacy | None,
+                 groups: Mapping[str, tuple[str, ...]] | None = None) -> None:
+        """``groups``: weight sharing (DESIGN §2.7), each shared part's configured averaging
+        group (every client, or this client's task's clients)."""
         self.name = name
+        self.groups = dict(groups or {})
         self._identity = identity
         self._peers = dict(peer_identities)
         self.params = params
@@ -74,7 +88,9 @@ class SecAggClientProtection(ClientProtection):
         self.clipped_values = 0              # over the run, reported in the ledger per release
         self.aborted_count = 0               # exchanges that ended without a sum
         self._own: OwnContribution | None = None
-        self._reported = (0, 0)              # (aborted, clipped) at the last round report
+        self._egress: dict = {}              # what the ledger says of the release in flight
+        self.clipped_updates = 0             # weight sharing: updates cut to update_clip
+        self._reported = (0, 0, 0)           # (aborted, clipped, clipped updates) at the last report
 
     # -- the state machine's hooks (ClientProtection) ------------------------------------
     @property
@@ -104,10 +120,13 @@ class SecAggClientProtection(ClientProtection):
 
     def round_metrics(self) -> dict[str, float]:
         """Exchanges aborted and coordinates clipped since the last report."""
-        aborted, clipped = self._reported
-        self._reported = (self.aborted_count, self.clipped_values)
-        return {"secagg_aborted": float(self.aborted_count - aborted),
-                "clipped_values": float(self.clipped_values - clipped)}
+        aborted, clipped, updates = self._reported
+        self._reported = (self.aborted_count, self.clipped_values, self.clipped_updates)
+        out = {"secagg_aborted": float(self.aborted_count - aborted),
+               "clipped_values": float(self.clipped_values - clipped)}
+        if self.groups:
+            out["clipped_updates"] = float(self.clipped_updates - updates)
+        return out
 
     # -- one secure sum -------------------------------------------------------------------
     def begin(self, env: Message, z: torch.Tensor) -> tuple[SecAggEnvelope, torch.Tensor]:
@@ -141,7 +160,51 @@ class SecAggClientProtection(ClientProtection):
                                      label=exchange_label(env.round, env.epoch, env.batch))
         self.masked_sent = False
         self._own = OwnContribution(own_z, own_q)
+        self._egress = {}
         return self._wrap(env, self.instance.advertise()), own_z
+
+    def begin_weights(self, env: Message, part: str, update: torch.Tensor,
+                      samples: int) -> SecAggEnvelope:
+        """Start the instance of ``env`` (a setup) for weight part ``part`` (DESIGN §2.7):
+        this client's ``update`` of the part, L2-clipped to ``update_clip``, weighted by its
+        FedAvg weight ``samples``, goes in as ``[n·Δ, n]``. The setup must be the part's:
+        its encoding, its group's threshold, members of its configured group only."""
+        assert isinstance(env, SecAggEnvelope)
+        setup = env.body
+        assert isinstance(setup, SecAggSetup)
+        group = self.groups.get(part)
+        if group is None:
+            raise ProtocolError(SERVER, "setup", f"a secure sum for weight part {part!r}, which "
+                                f"{self.name!r} does not share")
+        expected = self.params.weight_encoding(int(update.numel()), len(setup.participants))
+        t = self.params.group_threshold(len(group))
+        if env.encoding != expected or setup.threshold != t:
+            raise ProtocolError(SERVER, "setup", f"the server's encoding {env.encoding} or threshold "
+                                f"{setup.threshold} for part {part!r} differ from this client's "
+                                f"{expected}, t={t} (configs out of sync?)")
+        outside = sorted(set(setup.participants) - set(group))
+        if outside:
+            raise ProtocolError(SERVER, "setup", f"the secure sum of part {part!r} lists "
+                                f"{outside}, outside the part's group {list(group)}")
+        if not 1 <= samples <= self.params.max_samples:
+            raise ProtocolError(self.name, "setup", f"its FedAvg weight {samples} exceeds "
+                                f"weight_sharing.max_samples = {self.params.max_samples}; raise it")
+        delta = update.to(torch.float64)
+        norm = float(delta.norm())
+        clipped = norm > self.params.update_clip
+        if clipped:
+            delta = delta * (self.params.update_clip / norm)
+            self.clipped_updates += 1
+        vector, self._clipped = expected.encode(
+            (samples * delta).view(1, 1, -1), torch.full((1, 1), float(samples), dtype=torch.float64))
+        self.clipped_values += self._clipped
+        self.instance = SecAggClient(self.name, self._identity, self._peers, setup, vector,
+                                     seen_instances=self._seen,
+                                     label=exchange_label(env.round, env.epoch, env.batch))
+        self.masked_sent, self._event, self._own = False, None, None
+        self._egress = {"content": "weights", "part": part, "samples": samples,
+                        "update_norm_clipped": clipped}
+        return self._wrap(env, self.instance.advertise())
 
     def handle(self, env: SecAggEnvelope) -> SecAggEnvelope:
         if self.instance is None:
@@ -152,13 +215,15 @@ class SecAggClientProtection(ClientProtection):
             if self.privacy is not None:
                 self.privacy.record_secagg_release(
                     env.round, (env.epoch, env.batch), self._event, reply.masked,
-                    group=len(self.instance.participants), threshold=self.params.threshold,
-                    t_collude=self.params.t_collude, clipped_values=self._clipped)
+                    group=len(self.instance.participants), threshold=self.instance.threshold,
+                    t_collude=self.params.t_collude, clipped_values=self._clipped,
+                    **self._egress)
         return self._wrap(env, reply)
 
     def end(self) -> None:
         """The exchange is over (sum received or aborted): forget the instance."""
         self.instance, self._event, self.masked_sent, self._own = None, None, False, None
+        self._egress = {}
 
     def _wrap(self, env: SecAggEnvelope, body: object) -> SecAggEnvelope:
         return SecAggEnvelope(self.name, env.round, env.epoch, env.batch, body)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.config_weights import averages_head, task_groups
 from fedmuscle_secure.crypto.ckks import PublicContext
+from fedmuscle_secure.federation.clients import shared_layout
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
+from fedmuscle_secure.methods import WEIGHT_SHARING
 from fedmuscle_secure.records.ledger import ReceiptLog
 from fedmuscle_secure.server.computation import resolve_device
 from fedmuscle_secure.server.protection import (
@@ -14,6 +17,7 @@ from fedmuscle_secure.server.protection import (
     SecAggServerProtection,
     ServerProtection,
 )
+from fedmuscle_secure.server.protection.secagg_weights import SecAggWeightProtection, WeightSum
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
 
 
@@ -42,11 +46,32 @@ def _secagg_server(setup: FederationSetup) -> SecAggServerProtection:
     """The server's side of the secure sums: it verifies the organisations' key adverts
     with their public identities."""
     params = setup.secagg
+    if setup.method in WEIGHT_SHARING:
+        return _secagg_weight_server(setup)
     return SecAggServerProtection(
         threshold=params.threshold,
         identities={k: public_identity(v) for k, v in setup.identities.items()},
         encoding_for=params.encoding, tau=float(setup.tau[0, 1]), gamma=float(setup.gamma[0, 1]),
         device=resolve_device(setup.cfg.server.device))
+
+
+def _secagg_weight_server(setup: FederationSetup) -> SecAggWeightProtection:
+    """The secure sums of a weight-sharing method (DESIGN §2.7): each shared part over each
+    of its groups, with the lengths the clients' models give."""
+    cfg, params = setup.cfg, setup.secagg
+    sums = []
+    groups = [("backbone", tuple(c.name for c in cfg.clients))]
+    if averages_head(cfg):
+        groups += [("head", members) for members in task_groups(cfg).values()]
+    layouts: dict[str, dict[str, int]] = {}
+    for part, members in groups:
+        layout = layouts.setdefault(members[0], dict(shared_layout(setup, members[0])))
+        sums.append(WeightSum(part=list(layout).index(part), members=members,
+                              length=layout[part], threshold=params.group_threshold(len(members))))
+    return SecAggWeightProtection(
+        sums=sums, threshold=params.threshold,
+        identities={k: public_identity(v) for k, v in setup.identities.items()},
+        weight_encoding=params.weight_encoding, device=resolve_device(cfg.server.device))
 
 
 def _ckks_server(setup: FederationSetup) -> CkksServerProtection:

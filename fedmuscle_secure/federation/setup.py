@@ -73,6 +73,7 @@ class FederationSetup:
     public_x: torch.Tensor
     in_chans: int
     vocab_size: int | None  # the tokenizer's, when the data are texts (token ids)
+    num_classes: int        # of the labelled data (a task's output count follows from it)
     identities: dict
     secagg: SecAggParameters | None
     ckks: CkksKeys | None
@@ -109,7 +110,8 @@ def federation_setup(cfg: ExperimentConfig, split: FederatedSplit, method: str,
         gamma=gamma_from_temperatures(tau, tau_p),
         public_x=torch.from_numpy(np.ascontiguousarray(split.public_x)),
         in_chans=int(split.public_x.shape[1]) if split.public_x.ndim == 4 else 1,
-        vocab_size=split.source.get("vocab_size"), identities=identities,
+        vocab_size=split.source.get("vocab_size"), num_classes=int(split.num_classes),
+        identities=identities,
         secagg=secagg_parameters(cfg, protection.sigma_client) if secagg else None, ckks=ckks)
 
 

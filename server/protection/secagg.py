@@ -52,7 +52,7 @@ class SecAggServerProtection(ServerProtection):
         self._events: list[dict] = []     # aborts and dropouts, for events.jsonl
         self.instance: SecAggServer | None = None
         self._round = 0
-        self._queue: list[tuple[int, int | None]] = []
+        self._queue: list[tuple[int, int | None, tuple[str, ...] | None]] = []  # + members
         self._current: tuple[int, int | None, SumEncoding] | None = None
         self._dropped: set[str] = set()
         self._sat_out: set[str] = set()   # clients sitting out the current exchange only
@@ -100,29 +100,48 @@ class SecAggServerProtection(ServerProtection):
         t, nb = int(plan.shape[0]), int(plan.shape[1]) if plan.dim() > 1 else 0
         self._round, self._dropped, self._out_for_round = r, set(), set()
         if exchange == "per_batch":
-            self._queue, self._batches = [(e, b) for e in range(t) for b in range(nb)], 1
+            self._queue, self._batches = [(e, b, None) for e in range(t) for b in range(nb)], 1
         else:
-            self._queue, self._batches = [(e, None) for e in range(t)], nb
+            self._queue, self._batches = [(e, None, None) for e in range(t)], nb
         return self._begin_next(active)
+
+    # -- what an instance sums: the sum form's rows (overridden for weight parts) --------
+    def _threshold(self, members: tuple[str, ...] | None) -> int:
+        """t of an instance over ``members`` (None: every active client)."""
+        return self.threshold
+
+    def _encoding(self, epoch: int, batch: int | None, members: tuple[str, ...] | None,
+                  group_size: int) -> SumEncoding:
+        return self.encoding_for(self._batches, group_size)
+
+    def _results(self, inst: SecAggServer, enc: SumEncoding, epoch: int, batch: int | None,
+                 to: list[str]) -> list[Message]:
+        """The replies to the survivors ``to`` once an instance's sum is unmasked: the §2.2
+        terms S = U/τ and log α, computed once."""
+        u, q = enc.decode(inst.result)
+        scaled, log_alpha = sum_form_terms(u, q, tau=self.tau, gamma=self.gamma, device=self.device)
+        return [SumTerms(c, self._round, epoch, batch, inst.survivors, scaled, log_alpha) for c in to]
 
     def _begin_next(self, active: list[str]) -> list[Message]:
         out: list[Message] = []
         self.instance, self._current, self._sat_out = None, None, set()
         while self._queue:
-            epoch, batch = self._queue.pop(0)
+            epoch, batch, members = self._queue.pop(0)
+            within = [c for c in active if members is None or c in members]
             out += [ExchangeAborted(c, self._round, epoch, batch, f"{c!r} sits out the rest of "
                                     f"round {self._round} (dropped from an earlier exchange: a "
                                     "missed stage deadline or wrong shares)")
-                    for c in active if c in self._out_for_round]
-            group = [c for c in active if c not in self._dropped]
-            need = self.min_group
+                    for c in within if c in self._out_for_round]
+            group = [c for c in within if c not in self._dropped]
+            t = self._threshold(members)
+            need = min_group(t)
             if len(group) < need:
                 reason = (f"only {len(group)} clients are left for the secure sum; it needs at least "
-                          f"{need} (threshold t={self.threshold}, and never fewer than 3)")
+                          f"{need} (threshold t={t}, and never fewer than 3)")
                 out += self._abort_notices(group, epoch, batch, reason, stage="setup")
                 continue
-            enc = self.encoding_for(self._batches, len(group))
-            self.instance = SecAggServer(group, self.threshold, enc.vector_length,
+            enc = self._encoding(epoch, batch, members, len(group))
+            self.instance = SecAggServer(group, t, enc.vector_length,
                                          identities=self.identities, device=self.device,
                                          label=exchange_label(self._round, epoch, batch))
             self._current = (epoch, batch, enc)
@@ -228,11 +247,8 @@ class SecAggServerProtection(ServerProtection):
             self._events.append({"event": "secagg_dropouts", "round": self._round, "epoch": epoch,
                                 "batch": batch, "dropped": dropped})
         self._dropped |= set(dropped)
-        u, q = enc.decode(inst.result)
-        scaled, log_alpha = sum_form_terms(u, q, tau=self.tau, gamma=self.gamma, device=self.device)
-        survivors = inst.survivors
-        out: list[Message] = [SumTerms(c, self._round, epoch, batch, survivors, scaled, log_alpha)
-                              for c in survivors if c in active and c not in self._out_for_round]
+        out = self._results(inst, enc, epoch, batch, [c for c in inst.survivors if c in active
+                                                      and c not in self._out_for_round])
         out += self._sitters_told(epoch, batch, active)
         return sitting + out + self._begin_next(active)
 

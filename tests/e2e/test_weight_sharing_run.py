@@ -14,9 +14,12 @@ SAME = [{"name": n, "model": "test_resnet", "image_size": 16, "task": t}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["fedprox", "mfed"])
-def test_a_dp_weight_sharing_run_records_its_releases_and_audits(tmp_path, method):
-    cfg = tiny_config(clients=SAME, compare_local=True,
+@pytest.mark.parametrize("method, protection", [("fedprox", "plain"), ("mfed", "plain"),
+                                                ("fedprox", "secagg")])
+def test_a_dp_weight_sharing_run_records_its_releases_and_audits(tmp_path, method, protection):
+    """Under secagg the release is the masked input of the backbone's secure sum (exchange
+    (0, 0)); FedProx's default scope shares the encoder alone."""
+    cfg = tiny_config(clients=SAME, compare_local=True, protection=protection,
                       muscle={"method": method, "num_selected": 2, "batch_size": 32, "dim": 16},
                       training={"rounds": 2, "local_epochs": 1, "local_batch_size": 16},
                       privacy={"delta": 1e-5, "dp_sgd": {"enabled": True, "noise_multiplier": 1.0,
@@ -27,8 +30,11 @@ def test_a_dp_weight_sharing_run_records_its_releases_and_audits(tmp_path, metho
         entries = [json.loads(line) for line in
                    (res.run_dir / "ledger" / f"{c}.jsonl").read_text().splitlines()]
         egress = [e["body"] for e in entries if e["kind"] == "egress"]
+        exchange = [0, None] if protection == "plain" else [0, 0]
         assert [(e["round"], e["exchange"], e["content"], e["samples"]) for e in egress] == [
-            (1, [0, None], "weights", 1), (2, [0, None], "weights", 1)]  # DP: equal weights
+            (1, exchange, "weights", 1), (2, exchange, "weights", 1)]  # DP: equal weights
+        assert all(e.get("protection") == ("secagg" if protection == "secagg" else None)
+                   for e in egress)
     receipts = (res.run_dir / "receipts.jsonl").read_text().splitlines()
     assert len(receipts) == 6
     assert main_audit([str(res.run_dir)]) == 0

@@ -1,0 +1,93 @@
+"""``protection: secagg`` for the weight-sharing methods (DESIGN §2.7, §4.2): the weighted
+means of the shared parts from secure sums of the clients' updates.
+
+Each round runs one secure sum per shared part and averaging group, in a fixed order: the
+backbone over every active client (exchange (0, 0)), then the task head over each task's
+clients (exchange (0, 1), one instance per task) where the method averages it. A client
+puts in ``[n·clip(Δ), n]``: its update of the part since the round's LocalUpdate started,
+L2-clipped to ``weight_sharing.update_clip``, weighted by its FedAvg weight n; the server
+decodes Σ n·Δ and Σ n, and every survivor receives the mean update Σ n·Δ / Σ n
+(:class:`~fedmuscle_secure.messages.WeightAverage` with the survivors as its one group),
+which it adds to the weights it started from. The server never sees one client's weights,
+update or training-set size; it learns each group's mean update, which is what FedAvg
+publishes anyway.
+
+Every instance keeps the secure sum's rules (:mod:`server.protection.secagg`): a group's
+threshold is the federation's t over every client and a majority of the task's clients
+over a task; an instance that cannot reach max(3, t) members aborts and its members keep
+their own weights for that part; a client that misses a stage deadline sits out the rest
+of the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedmuscle_secure.crypto.secagg.server import SecAggServer
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
+from fedmuscle_secure.messages import ExchangeAborted, Message, WeightAverage
+from fedmuscle_secure.server.protection.secagg import SecAggServerProtection
+
+
+@dataclass(frozen=True)
+class WeightSum:
+    """One secure sum of a round: part number ``part`` (its exchange is (0, part)) over the
+    configured group ``members``, ``length`` weights, threshold ``threshold``."""
+
+    part: int
+    members: tuple[str, ...]
+    length: int
+    threshold: int
+
+
+class SecAggWeightProtection(SecAggServerProtection):
+    """The secure sums of the weight-sharing methods' rounds (module docs)."""
+
+    def __init__(self, *, sums: list[WeightSum], threshold: int,
+                 identities: Mapping[str, Ed25519PublicKey],
+                 weight_encoding: Callable[[int, int], SumEncoding],
+                 device: torch.device | str) -> None:
+        super().__init__(threshold=threshold, identities=identities,
+                         encoding_for=weight_encoding, tau=1.0, gamma=0.0, device=device)
+        keys = [(s.part, s.members) for s in sums]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"two secure sums of one part over one group: {keys}")
+        self.sums = {(s.part, s.members): s for s in sums}
+
+    def start_round(self, r: int, plan: torch.Tensor, exchange: str,
+                    active: list[str]) -> list[Message]:
+        self._round, self._dropped, self._out_for_round = r, set(), set()
+        self._queue = [(0, part, members) for part, members in self.sums]
+        self._batches = 1
+        return self._begin_next(active)
+
+    def _sum(self, batch: int | None, members: tuple[str, ...] | None) -> WeightSum:
+        assert batch is not None and members is not None
+        return self.sums[(batch, members)]
+
+    def _threshold(self, members: tuple[str, ...] | None) -> int:
+        return next(s.threshold for (_, m), s in self.sums.items() if m == members)
+
+    def _encoding(self, epoch: int, batch: int | None, members: tuple[str, ...] | None,
+                  group_size: int) -> SumEncoding:
+        return self.encoding_for(self._sum(batch, members).length, group_size)
+
+    def _results(self, inst: SecAggServer, enc: SumEncoding, epoch: int, batch: int | None,
+                 to: list[str]) -> list[Message]:
+        """Σ n·Δ / Σ n to every survivor; a sum whose total weight is not a positive count
+        (a member put in a wrong n) is told as an abort, nothing is divided by it."""
+        u, q = enc.decode(inst.result)
+        total = float(q.reshape(-1)[0])
+        if not total >= 1.0 - 1e-6:
+            reason = (f"the secure sum's total FedAvg weight is {total:g}, not a positive count: "
+                      "a member put in a wrong weight; no mean update this round")
+            self._events.append({"event": "secagg_aborted", "round": self._round, "epoch": epoch,
+                                 "batch": batch, "stage": "decode", "reason": reason})
+            return [ExchangeAborted(c, self._round, epoch, batch, reason) for c in to]
+        mean = (u.reshape(-1).to(torch.float64) / total).float().contiguous()
+        return [WeightAverage(c, self._round, epoch, batch, (tuple(inst.survivors),), mean)
+                for c in to]

@@ -1,0 +1,211 @@
+"""Weight sharing under ``protection: secagg`` (DESIGN §2.7): the group means come from secure
+sums of the clients' updates. The attacker's questions first: does the server learn only
+each group's mean update (never one client's weights or training-set size), does a client
+refuse a secure sum that is not its part's (another group, another threshold, another
+encoding), are groups too small to hide a member refused; then the accuracy claim: the
+weights each client ends the round with equal the plaintext FedAvg / M-Fed means within
+the fixed-point bound, also when a member drops out of a sum."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fedmuscle_secure.crypto.secagg.messages import SecAggSetup, ShareInbox
+from fedmuscle_secure.errors import ConfigError, ProtocolError
+from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.messages import (
+    ExchangeAborted,
+    RoundReport,
+    SecAggEnvelope,
+    WeightAverage,
+    WeightRelease,
+)
+from fedmuscle_secure.simulator import build_federation
+from helpers.tiny import tiny_config
+
+SIX = [{"name": n, "model": "test_resnet", "image_size": 8, "task": t}
+       for n, t in (("a", "digit10"), ("b", "coarse"), ("c", "digit10"), ("d", "coarse"),
+                    ("e", "digit10"), ("f", "coarse"))]
+
+
+def _cfg(method="mfed", protection="secagg", clients=SIX, **over):
+    return tiny_config(clients=[dict(c) for c in clients], protection=protection,
+                       data={"public_size": 64, "test_size": 30, "shard_size": 16,
+                             "val_fraction": 0.25},
+                       muscle={"method": method, "num_selected": 2, "batch_size": 32, "dim": 16},
+                       training={"rounds": 1, "local_epochs": 1, "local_batch_size": 16}, **over)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Six small models train in one process; on a shared 2-core machine two intra-op
+    threads wait on each other. Restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _round(fed, hold=lambda client, msg: False):
+    """One round, as the simulator drives it; messages ``hold`` selects are never delivered,
+    and whenever nothing else moves the server's stage deadline passes. Returns every
+    message each client received and the WeightReleases (plain) that left."""
+    received = {c: [] for c in fed.clients}
+    releases = {}
+    queue = deque(fed.server.start_round(1))
+    while True:
+        while queue:
+            msg = queue.popleft()
+            if hold(msg.client, msg):
+                continue
+            received[msg.client].append(msg)
+            for rep in fed.clients[msg.client].handle(msg):
+                if isinstance(rep, WeightRelease):
+                    releases[rep.client] = rep
+                queue.extend(fed.server.handle(rep))
+        if fed.server.round_complete:
+            return received, releases
+        out = fed.server.close_stage("test deadline")
+        assert out, "the round is stuck"
+        queue.extend(out)
+
+
+def _weights(fed):
+    return {c: cl.weights.vector() for c, cl in fed.clients.items()}
+
+
+def _fixed_point_bound(fed, part, group_size, total):
+    """The most a decoded mean may differ from the exact one: each member's encoded value
+    is rounded to half a unit of its codec, the group sum by ``group_size`` halves, divided
+    by the total FedAvg weight."""
+    enc = fed.server.protection.encoding_for(part, group_size)
+    return group_size * 0.5 * 2.0 ** -enc.z_codec.frac_bits / total
+
+
+def _float32_bound(*tensors):
+    """float32 rounding of the start + mean (a few ulps of the largest magnitude)."""
+    return 8 * 2.0 ** -24 * max(float(t.abs().max()) for t in tensors)
+
+
+def _expected(releases, members, part_slice):
+    n = torch.tensor([float(releases[m].samples) for m in members], dtype=torch.float64)
+    w = torch.stack([releases[m].w[part_slice].double() for m in members])
+    return (n[:, None] * w).sum(0) / n.sum(), float(n.sum())
+
+
+@pytest.mark.parametrize("drop", [None, "d"])
+def test_secure_means_equal_the_plaintext_means_within_the_fixed_point_bound(drop):
+    """M-Fed over two tasks of three: the backbone averaged over all six, each head over its
+    task. Both runs train identically up to the exchange; the plain run's releases give the
+    exact means. With ``drop``, d withholds its masked inputs (it stops after receiving its
+    shares): the backbone sum recovers without it; its task's head sum, left with two
+    members, does not run (a sum of two would show each the other's head), so b and f keep
+    their own heads; d keeps its own weights for the round."""
+    cfg_plain, cfg_secure = _cfg(protection="plain"), _cfg()
+    split = make_split(cfg_plain)
+    plain, secure = build_federation(cfg_plain, split, "mfed"), build_federation(cfg_secure, split, "mfed")
+    _, releases = _round(plain)
+    hold = (lambda c, m: c == drop and isinstance(m, SecAggEnvelope) and isinstance(m.body, ShareInbox))
+    received, _ = _round(secure, hold)
+    assert secure.server.round == 1
+    layout = secure.clients["a"].weights.layout()
+    nb = layout[0][1]
+    backbone, head = slice(0, nb), slice(nb, nb + layout[1][1])
+    everyone = [c for c in "abcdef" if c != drop]
+    mean_b, total_b = _expected(releases, everyone, backbone)
+    got = _weights(secure)
+    bound_b = _fixed_point_bound(secure, nb, len(everyone), total_b)
+    for task_members in ("ace", "bdf"):
+        members = [c for c in task_members if c != drop]
+        mean_h, total_h = _expected(releases, members, head)
+        bound_h = _fixed_point_bound(secure, layout[1][1], len(members), total_h)
+        for c in members:
+            assert (got[c][backbone].double() - mean_b).abs().max() <= bound_b + _float32_bound(mean_b)
+            sums = [(m.batch, m.peers) for m in received[c] if isinstance(m, WeightAverage)]
+            if len(members) >= 3:
+                assert (got[c][head].double() - mean_h).abs().max() <= bound_h + _float32_bound(mean_h)
+                assert sums == [(0, (tuple(everyone),)), (1, (tuple(members),))]
+            else:  # too few left for a secure sum: told so, its own head kept
+                assert torch.equal(got[c][head], releases[c].w[head])
+                assert sums == [(0, (tuple(everyone),))]
+                assert [m.batch for m in received[c] if isinstance(m, ExchangeAborted)] == [1]
+    if drop is not None:  # it sat the round out with its own weights, and said so
+        assert torch.equal(got[drop], releases[drop].w)
+        assert [m.batch for m in received[drop] if isinstance(m, ExchangeAborted)] == [0, 1]
+        assert [(e["event"], e["batch"]) for e in secure.server.protection.events] == [
+            ("secagg_dropouts", 0), ("secagg_aborted", 1)]
+    plain.close(), secure.close()
+
+
+def test_the_server_sees_masked_inputs_only_and_the_ledger_says_what_left(tmp_path):
+    """The curious server's view: every message a client sends during the exchange is a
+    stage of a secure sum, none carries its weights or its training-set size in the clear;
+    the client's ledger records each part's masked input as a secagg egress."""
+    cfg = _cfg(method="fedavg", clients=SIX[:3] + SIX[4:5])
+    split = make_split(cfg)
+    fed = build_federation(cfg, split, "fedavg", record_dir=tmp_path)
+    sent = []
+    queue = deque(fed.server.start_round(1))
+    while queue:
+        msg = queue.popleft()
+        for rep in fed.clients[msg.client].handle(msg):
+            sent.append(rep)
+            queue.extend(fed.server.handle(rep))
+    assert {type(m) for m in sent} == {SecAggEnvelope, RoundReport}
+    assert not any(isinstance(m, WeightRelease) for m in sent)
+    egress = [e["body"] for e in fed.clients["a"].privacy.ledger.entries if e["kind"] == "egress"]
+    assert [(e["exchange"], e["protection"], e["content"], e["part"]) for e in egress] == [
+        ([0, 0], "secagg", "weights", "backbone")]
+    assert egress[0]["server_learns"] == "sum over >= 3 of 4 clients"
+    fed.close()
+
+
+@pytest.mark.parametrize("forge, message", [
+    ("participants", "outside the part's group"),
+    ("threshold", "threshold 3 for part 'head' differ"),
+    ("encoding", "encoding .* for part 'head' differ"),
+])
+def test_a_client_refuses_a_secure_sum_that_is_not_its_parts(forge, message):
+    """An active server opens a head sum over members of another task (to average across
+    tasks, or to build a small group it can difference), with a lower threshold, or with
+    an encoding of another length: the client refuses before anything of its own is
+    encoded."""
+    cfg = _cfg()
+    fed = build_federation(cfg, make_split(cfg), "mfed")
+    client = fed.clients["a"]
+    to_a = [m for m in fed.server.start_round(1) if m.client == "a"]
+    assert client.handle(to_a[0]) == []  # the plan: LocalUpdate, then wait for the setups
+    body: SecAggSetup = next(m for m in to_a if isinstance(m, SecAggEnvelope)).body  # to forge from
+    enc = fed.server.protection.encoding_for(client.weights.layout()[1][1], 3)
+    body = replace(body, participants=("a", "c", "e"), threshold=2, vector_length=enc.vector_length)
+    if forge == "participants":
+        body = replace(body, participants=("a", "b", "c"))
+    elif forge == "threshold":
+        body = replace(body, threshold=3)
+    else:
+        enc = replace(enc, dim=enc.dim + 1)
+    # the backbone sum happened (or not): the client now waits for its head's
+    client._exchange, client._part_means = (0, 1), [None]
+    forged = SecAggEnvelope("a", 1, 0, 1, body, enc)
+    with pytest.raises(ProtocolError, match=message):
+        client.handle(forged)
+    assert client.protection.instance is None
+    fed.close()
+
+
+def test_groups_too_small_to_hide_a_member_are_refused():
+    """Under secagg each averaged head needs three clients of its task: with two, each
+    learns the other's head from the sum; with one, the server does."""
+    two = [dict(c, task="digit10" if c["name"] in "ab" else "coarse") for c in SIX[:5]]
+    with pytest.raises(ConfigError, match="task 'digit10' has \\['a', 'b'\\]"):
+        _cfg(clients=two)
+    _cfg(clients=two, method="fedavg")  # the encoder alone: one group of five
+    with pytest.raises(ConfigError, match="'mira' aggregates weights in the clear \\(plain\\); "
+                                          "got 'secagg': its step needs every client's adapters"):
+        _cfg(method="mira", clients=[dict(c, adapter={"kind": "lora", "rank": 2}) for c in SIX])
+    with pytest.raises(ConfigError, match="or through secure sums \\(secagg\\); got 'ckks'"):
+        _cfg(method="fedavg", protection="ckks")
