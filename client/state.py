@@ -462,11 +462,15 @@ class FedMuscleClient:
             state["privacy"] = self.privacy.state_dict()
         if self.dpsgd is not None:
             state["dpsgd"] = self.dpsgd.state_dict()
+        if self.weights is not None and self.weights.coupled_head:
+            state["weight_phase"] = self.weights.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.round = int(state["round"])
         self.model.load_state_dict(state["model"])
+        if "weight_phase" in state and self.weights is not None:
+            self.weights.load_state_dict(state["weight_phase"])
         self.training.task_optimizer.load_state_dict(state["task_optimizer"])
         self.contrastive.optimizer.load_state_dict(state["cl_optimizer"])
         self.left = state.get("left") or (self.privacy.left_in_ledger()

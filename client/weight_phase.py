@@ -20,12 +20,12 @@ from fedmuscle_secure.models import ClientModel
 
 
 def shared_parts(model: ClientModel, method: str, scope: str) -> list[tuple[str, list[nn.Parameter]]]:
-    """The parts ``method`` shares and their parameters (module docs): M-Fed and
+    """The parts ``method`` shares and their parameters (module docs): M-Fed, MOCHA and
     ``scope: model`` share backbone and head, ``scope: encoder`` and MIRA (its adapters) the
     backbone alone."""
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     parts = [("backbone", backbone)]
-    if method == "mfed" or (scope == "model" and method != "mira"):
+    if method in ("mfed", "mocha") or (scope == "model" and method != "mira"):
         parts.append(("head", list(model.head.parameters())))
     return parts
 
@@ -38,8 +38,11 @@ class WeightPhase:
         self.parts = shared_parts(model, method, scope)
         self.keep = keep if method == "feddea" else 1.0  # FedDEA's decoupled update
         # FedProx pulls every shared weight towards the last average; M-Fed pulls the local
-        # decoder (the task head) towards its task's global decoder
-        self.mu = mu if method in ("fedprox", "mfed") else 0.0
+        # decoder (the task head) towards its task's global decoder, MOCHA the head towards
+        # the combination of the related clients' heads its task relationship gives
+        self.mu = mu if method in ("fedprox", "mfed", "mocha") else 0.0
+        self.coupled_head = method == "mocha"  # the reply's head is a target, not a mean
+        self._target: list[torch.Tensor] | None = None
         self._pulled = self.params if method == "fedprox" else \
             [p for name, ps in self.parts if name == "head" for p in ps]
         self._anchor: list[torch.Tensor] | None = None
@@ -66,21 +69,41 @@ class WeightPhase:
 
     @torch.no_grad()
     def load(self, w: torch.Tensor) -> None:
-        """Set the shared parameters from a vector in :meth:`layout` order."""
+        """Set the shared parameters from a vector in :meth:`layout` order; under MOCHA the
+        head's segment is not loaded but kept as the target the next LocalUpdate pulls the
+        head towards."""
         expected = sum(n for _, n in self.layout())
         if w.ndim != 1 or w.numel() != expected:
             raise ValueError(f"expected a vector of {expected} shared weights, got {tuple(w.shape)}")
-        offset = 0
-        for p in self.params:
-            p.copy_(w[offset:offset + p.numel()].view_as(p).to(p.dtype))
-            offset += p.numel()
+        offset, target = 0, []
+        for name, ps in self.parts:
+            for p in ps:
+                value = w[offset:offset + p.numel()].view_as(p).to(p.dtype)
+                if self.coupled_head and name == "head":
+                    target.append(value.clone())
+                else:
+                    p.copy_(value)
+                offset += p.numel()
+        if self.coupled_head:
+            self._target = target
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps beyond the model: MOCHA's head target."""
+        return {"target": None if self._target is None else [t.clone() for t in self._target]}
+
+    def load_state_dict(self, state: dict) -> None:
+        target = state.get("target")
+        self._target = None if target is None else [t.clone() for t in target]
 
     # -- FedProx ------------------------------------------------------------------------
     def begin_local_update(self) -> None:
         """FedProx / M-Fed: pull towards the weights the LocalUpdate starts from (the last
         average); every method: remember them, the round's update is measured from there
         (FedDEA's decoupling, the secure sum's updates)."""
-        self._anchor = [p.detach().clone() for p in self._pulled] if self.mu > 0 else None
+        if self.coupled_head:  # MOCHA: towards the last target (none before the first)
+            self._anchor = self._target if self.mu > 0 else None
+        else:
+            self._anchor = [p.detach().clone() for p in self._pulled] if self.mu > 0 else None
         self._start = self.vector()
 
     @property

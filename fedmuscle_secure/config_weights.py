@@ -36,7 +36,8 @@ class WeightSharingConfig(_Strict):
     beta: float = Field(default=0.5, gt=0, le=1, description="mira: the step of each "
                         "client's adapters towards its similarity-weighted neighbours")
     mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 on "
-                      "every shared weight, mfed: on the task head (towards its task's mean), in "
+                      "every shared weight, mfed: on the task head (towards its task's mean), "
+                      "mocha: on the task head (towards its task-relationship target), in "
                       "every LocalUpdate step")
     update_clip: float = Field(default=10.0, gt=0, description="protection secagg: the L2 "
                                "norm each client's update of each part is clipped to before the "
@@ -60,7 +61,9 @@ def check_weight_sharing(cfg: ExperimentConfig) -> None:
                           f"{' or through secure sums (secagg)' if method in SUMMED_WEIGHTS else ''}"
                           f"; got {cfg.protection!r}"
                           + (": its step needs every client's adapters (their similarities), "
-                             "which a sum does not give" if method == "mira" else ""))
+                             "which a sum does not give" if method == "mira" else "")
+                          + (": its task relationship Ω needs every client's head, which a "
+                             "sum does not give" if method == "mocha" else ""))
     if cfg.protection == "secagg":
         _check_secure_groups(cfg)
     if cfg.privacy.representation_noise.enabled:
@@ -92,6 +95,13 @@ def check_weight_sharing(cfg: ExperimentConfig) -> None:
                               f"clients, so every client needs the same architecture: "
                               f"{c.name!r} has {arch(c)}, {first.name!r} has {arch(first)}"
                               f"{' (or different adapters or image_size)' if c.model == first.model else ''}")
+    if method == "mocha":
+        for i, c in enumerate(cfg.clients):
+            if c.task != first.task:
+                raise ConfigError(f"clients.{i}.task", "'mocha' couples one linear model per "
+                                  "client in one space (its tasks share a label space and a "
+                                  f"model dimension): every client needs the same task; "
+                                  f"{c.name!r} has {c.task!r}, {first.name!r} has {first.task!r}")
     if method in ("fedavg", "fedprox", "feddea") and cfg.weight_sharing.scope == "model":
         for i, c in enumerate(cfg.clients[1:], 1):
             if c.task != first.task:

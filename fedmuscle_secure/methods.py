@@ -16,15 +16,16 @@ pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
 BASELINES: tuple[str, ...] = ("gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
 """Method names (``muscle.method``) of the baselines (§2.3), ``plain`` only."""
 
-WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "mira")
+WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "mira", "mocha")
 """Methods that share weights, not representations (DESIGN §2.7): FedAvg, FedProx, M-Fed,
-FedDEA and MIRA-style LoRA. They need the same architecture where they average, and release
+FedDEA, MIRA-style LoRA and MOCHA. They need the same architecture where they average, and release
 model parameters."""
 
 SUMMED_WEIGHTS: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea")
 """Weight-sharing methods whose server step is a weighted mean (of every part, over its
 group): under ``secagg`` it is computed from secure sums of the clients' updates. MIRA's
-step needs each client's adapters (their pairwise similarities), which no sum gives."""
+step needs each client's adapters (their pairwise similarities), and MOCHA's Ω each
+client's head, which no sum gives."""
 
 PART_SCOPES: dict[str, str] = {"backbone": "all", "head": "task"}
 """The parts a weight-sharing client releases and the group each is averaged over: every

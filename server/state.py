@@ -44,7 +44,7 @@ from fedmuscle_secure.server.protection import (
 )
 from fedmuscle_secure.server.protection.base import Release
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
-from fedmuscle_secure.server.weights import similarity_steps, weight_averages
+from fedmuscle_secure.server.weights import mocha_steps, similarity_steps, weight_averages
 
 
 class ServerStage(enum.Enum):
@@ -259,10 +259,13 @@ class FedMuscleServer:
         s = self.settings
         order = [c for c in self.active if c in self._pending]
         spaces = {c: s.output_spaces[self.index[c]] for c in order}  # each client's task
-        if s.method in WEIGHT_SHARING:  # means (or mira's steps) of the shared weights
+        if s.method in WEIGHT_SHARING:  # means (mira's, mocha's steps) of the shared weights
             if s.method == "mira":
                 out = similarity_steps(self.round + 1, epoch, batch, order, self._pending,
                                        beta=s.mira_beta, device=s.device)
+            elif s.method == "mocha":
+                out = mocha_steps(self.round + 1, epoch, batch, order, self._pending,
+                                  device=s.device)
             else:
                 out = weight_averages(self.round + 1, epoch, batch, order, self._pending, spaces,
                                       device=s.device)

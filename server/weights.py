@@ -100,6 +100,58 @@ def similarity_steps(r: int, epoch: int, batch: int | None, order: list[str],
             for k, c in enumerate(order)]
 
 
+def mocha_steps(r: int, epoch: int, batch: int | None, order: list[str],
+                releases: dict[str, WeightRelease], *, device: torch.device) -> list[WeightAverage]:
+    """MOCHA-style aggregation (DESIGN §2.7): the backbone (the shared features) is the
+    sample-weighted mean over every client, as FedAvg's; the task heads, one linear model
+    per client in one space, are coupled through the learned task relationship Ω
+    (:func:`task_relationship`): each client receives, in its head's place, the head that
+    minimises the regulariser tr(W Ω⁻¹ Wᵀ) with the others' heads held fixed
+    (:func:`mocha_targets`), which its next LocalUpdate pulls its own head towards."""
+    for c in order:
+        if [n for n, _ in releases[c].parts] != ["backbone", "head"]:
+            raise ProtocolError(c, "collecting", f"mocha releases two parts, backbone and head; "
+                                f"got {list(releases[c].parts)}")
+    nb = {c: int(releases[c].parts[0][1]) for c in order}
+    _same_sizes("backbone", nb)
+    _same_sizes("head", {c: releases[c].w.numel() - nb[c] for c in order})
+    w = torch.stack([releases[c].w for c in order]).to(device, torch.float64)
+    n = torch.tensor([float(releases[c].samples) for c in order], dtype=torch.float64,
+                     device=device)
+    k = nb[order[0]]
+    backbone = (n[:, None] * w[:, :k]).sum(0) / n.sum()
+    targets = mocha_targets(w[:, k:])
+    peers = tuple(order)
+    return [WeightAverage(c, r, epoch, batch, (peers, peers),
+                          torch.cat([backbone, targets[i]]).float().cpu().contiguous())
+            for i, c in enumerate(order)]
+
+
+def task_relationship(heads: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """MOCHA's Ω step (Smith et al., NeurIPS 2017, after Zhang & Yeung 2010): for the (m, p)
+    matrix of the clients' linear models (one row each), Ω = (W Wᵀ)^½ / tr((W Wᵀ)^½), the
+    minimiser of tr(W Ω⁻¹ Wᵀ) over Ω ⪰ 0 with tr Ω = 1. Returns (Ω, Ω⁻¹); the inverse keeps
+    eigenvalues of Ω above ``floor`` times the largest (a rank-deficient W, e.g. two
+    identical heads, has no inverse: its null directions are the floor's)."""
+    gram = heads @ heads.T
+    gram = (gram + gram.T) / 2
+    vals, vecs = torch.linalg.eigh(gram)
+    root = vals.clamp(min=0.0).sqrt()
+    total = root.sum().clamp(min=1e-300)
+    omega = (vecs * (root / total)) @ vecs.T
+    lam = (root / total).clamp(min=floor * float((root / total).max().clamp(min=1e-300)))
+    return omega, (vecs / lam) @ vecs.T
+
+
+def mocha_targets(heads: torch.Tensor) -> torch.Tensor:
+    """(m, p) per client k: argmin over w_k of tr(W Ω⁻¹ Wᵀ) with the other rows fixed,
+    −Σ_{l≠k} (Ω⁻¹)_kl w_l / (Ω⁻¹)_kk: the combination of the related clients' heads that
+    the task-relationship regulariser pulls client k's head towards."""
+    _, prec = task_relationship(heads)
+    off = prec - torch.diag(torch.diagonal(prec))
+    return -(off @ heads) / torch.diagonal(prec)[:, None]
+
+
 def similarity_matrix(theta: torch.Tensor) -> torch.Tensor:
     """(N, N) a_kl: positive cosine similarity between rows, zero diagonal, rows summing to
     1 (a row with no positive similarity: uniform over the others)."""

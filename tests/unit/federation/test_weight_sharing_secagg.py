@@ -40,14 +40,7 @@ def _cfg(method="mfed", protection="secagg", clients=SIX, **over):
                        training={"rounds": 1, "local_epochs": 1, "local_batch_size": 16}, **over)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Six small models train in one process; on a shared 2-core machine two intra-op
-    threads wait on each other. Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _round(fed, hold=lambda client, msg: False):
