@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fedmuscle_secure.crypto.secagg.messages import min_group
 from fedmuscle_secure.dp.accounting import DpEventRecord, PrivacyAccountant
 from fedmuscle_secure.dp.noise import clip_rows, gaussian_release, representation_sensitivity
 from fedmuscle_secure.errors import PrivacyBudgetExceeded
@@ -173,8 +174,8 @@ class ClientPrivacy:
                 "threshold": threshold, "t_collude": t_collude, "group": group})
         digest, size = payload_digest(masked)
         self._log("egress", {"round": round_, "exchange": ex, "recipient": "server",
-                             "protection": "secagg", "server_learns": f"sum over >= {threshold} of "
-                             f"{group} clients", "clipped_values": clipped_values,
+                             "protection": "secagg", "server_learns": f"sum over >= "
+                             f"{min_group(threshold)} of {group} clients", "clipped_values": clipped_values,
                              **content, "sha256": digest, "bytes": size})
         self.releases += 1
 

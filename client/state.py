@@ -371,7 +371,7 @@ class FedMuscleClient:
             raise ProtocolError(SERVER, "setup", f"a secure sum for weight part {k}; "
                                 f"{self.name!r} shares {len(layout)} parts")
         update = self.weights.segments(self.weights.update())[k]
-        return self.protection.begin_weights(setup, layout[k][0], update, self._samples())
+        return self.protection.begin_weights(setup, layout[k][0], update)
 
     def _part_mean(self, reply: PlainReply, k: int) -> torch.Tensor:
         """The mean update of part ``k`` the server decoded from its secure sum."""
@@ -383,6 +383,7 @@ class FedMuscleClient:
             raise ProtocolError(SERVER, self.stage.value, f"the mean update of part {k} for "
                                 f"{self.name!r} must be a WeightAverage of {n} finite float32 "
                                 f"values over a group that includes it; got {type(reply).__name__}")
+        self.protection.check_mean_update(self.weights.layout()[k][0], reply.w)
         return reply.w
 
     def _apply_part_means(self) -> None:

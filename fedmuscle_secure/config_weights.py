@@ -39,13 +39,11 @@ class WeightSharingConfig(_Strict):
                       "every shared weight, mfed: on the task head (towards its task's mean), "
                       "mocha: on the task head (towards its task-relationship target), in "
                       "every LocalUpdate step")
-    update_clip: float = Field(default=10.0, gt=0, description="protection secagg: the L2 "
-                               "norm each client's update of each part is clipped to before the "
-                               "secure sum (bounds its fixed-point encoding; clipped updates are "
-                               "counted in the round report and the ledger)")
-    max_samples: int = Field(default=1_000_000, ge=1, le=2 ** 31, description="protection "
-                             "secagg: the largest FedAvg weight (training-set size) a client may "
-                             "put into the secure sum, a public bound of its encoding")
+    update_clip: float = Field(default=10.0, gt=0, le=1e6, description="protection secagg: "
+                               "the L2 norm each client's update of each part is clipped to "
+                               "before the secure sum (bounds its fixed-point encoding and what "
+                               "one member can move the mean by; clipped updates are counted in "
+                               "the round report and the ledger)")
 
 
 def check_weight_sharing(cfg: ExperimentConfig) -> None:

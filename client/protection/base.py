@@ -84,10 +84,12 @@ class ClientProtection:
         """Answer setup ``msg`` with representations ``z``: (the reply, own contribution)."""
         raise NotImplementedError
 
-    def begin_weights(self, msg: Message, part: str, update: torch.Tensor,
-                      samples: int) -> Message:
+    def begin_weights(self, msg: Message, part: str, update: torch.Tensor) -> Message:
         """Answer setup ``msg`` of weight part ``part``'s secure sum with ``update``."""
         raise NotImplementedError
+
+    def check_mean_update(self, part: str, mean: torch.Tensor) -> None:
+        """Refuse a mean update of ``part`` that no honest sum gives (ProtocolError)."""
 
     def step(self, msg: Message) -> tuple[Message, bool]:
         """Answer a later stage: (the reply, whether it is this client's release)."""

@@ -10,6 +10,7 @@ the point from which the server can learn a sum that contains it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import MaskedInput, SecAggSetup, exchange_label
-from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding, mean_update_bound
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import Message, SecAggEnvelope, SumTerms, WeightAverage
@@ -56,9 +57,6 @@ class SecAggParams(Protocol):
 
     @property
     def update_clip(self) -> float: ...
-
-    @property
-    def max_samples(self) -> int: ...
 
 
 class SecAggClientProtection(ClientProtection):
@@ -134,7 +132,9 @@ class SecAggClientProtection(ClientProtection):
         returns the advertisement and the own contribution (decoded) for leave-one-out."""
         assert isinstance(env, SecAggEnvelope)
         setup = env.body
-        assert isinstance(setup, SecAggSetup)
+        if not isinstance(setup, SecAggSetup):
+            raise ProtocolError(SERVER, "setup", f"expected a SecAggSetup to open the secure "
+                                f"sum, got {type(setup).__name__}")
         nb = int(z.shape[0])
         expected = self.params.encoding(nb, len(setup.participants))
         if env.encoding != expected or setup.threshold != self.params.threshold:
@@ -163,15 +163,17 @@ class SecAggClientProtection(ClientProtection):
         self._egress = {}
         return self._wrap(env, self.instance.advertise()), own_z
 
-    def begin_weights(self, env: Message, part: str, update: torch.Tensor,
-                      samples: int) -> SecAggEnvelope:
+    def begin_weights(self, env: Message, part: str, update: torch.Tensor) -> SecAggEnvelope:
         """Start the instance of ``env`` (a setup) for weight part ``part`` (DESIGN §2.7):
-        this client's ``update`` of the part, L2-clipped to ``update_clip``, weighted by its
-        FedAvg weight ``samples``, goes in as ``[n·Δ, n]``. The setup must be the part's:
-        its encoding, its group's threshold, members of its configured group only."""
+        this client's ``update`` of the part, L2-clipped to ``update_clip``, goes in as
+        ``[Δ, 1]`` (every client weighs 1: a private weight inside the sums would follow
+        from two sums whose groups differ by one client). The setup must be the part's: its
+        encoding, its group's threshold, members of its configured group only."""
         assert isinstance(env, SecAggEnvelope)
         setup = env.body
-        assert isinstance(setup, SecAggSetup)
+        if not isinstance(setup, SecAggSetup):
+            raise ProtocolError(SERVER, "setup", f"expected a SecAggSetup to open the secure sum "
+                                f"of part {part!r}, got {type(setup).__name__}")
         group = self.groups.get(part)
         if group is None:
             raise ProtocolError(SERVER, "setup", f"a secure sum for weight part {part!r}, which "
@@ -186,25 +188,37 @@ class SecAggClientProtection(ClientProtection):
         if outside:
             raise ProtocolError(SERVER, "setup", f"the secure sum of part {part!r} lists "
                                 f"{outside}, outside the part's group {list(group)}")
-        if not 1 <= samples <= self.params.max_samples:
-            raise ProtocolError(self.name, "setup", f"its FedAvg weight {samples} exceeds "
-                                f"weight_sharing.max_samples = {self.params.max_samples}; raise it")
         delta = update.to(torch.float64)
         norm = float(delta.norm())
+        if not math.isfinite(norm):
+            raise ProtocolError(self.name, "setup", f"its update of part {part!r} is not finite "
+                                "(training diverged: lower the learning rate); nothing released")
         clipped = norm > self.params.update_clip
         if clipped:
             delta = delta * (self.params.update_clip / norm)
             self.clipped_updates += 1
-        vector, self._clipped = expected.encode(
-            (samples * delta).view(1, 1, -1), torch.full((1, 1), float(samples), dtype=torch.float64))
+        vector, self._clipped = expected.encode(delta.view(1, 1, -1),
+                                                torch.ones((1, 1), dtype=torch.float64))
         self.clipped_values += self._clipped
         self.instance = SecAggClient(self.name, self._identity, self._peers, setup, vector,
                                      seen_instances=self._seen,
                                      label=exchange_label(env.round, env.epoch, env.batch))
         self.masked_sent, self._event, self._own = False, None, None
-        self._egress = {"content": "weights", "part": part, "samples": samples,
+        self._egress = {"content": "weights", "part": part, "samples": 1,
                         "update_norm_clipped": clipped}
         return self._wrap(env, self.instance.advertise())
+
+    def check_mean_update(self, part: str, mean: torch.Tensor) -> None:
+        """The mean of updates clipped to ``update_clip`` has at most that norm (to the
+        encoding's rounding): a larger one was not made by honest members and the server
+        (a member's forged input, a server pushing weights), and is refused."""
+        norm = float(mean.double().norm())
+        bound = mean_update_bound(self.params.update_clip)
+        if not norm <= bound:
+            raise ProtocolError(SERVER, "reply", f"the mean update of part {part!r} has norm "
+                                f"{norm:.6g}, above weight_sharing.update_clip = "
+                                f"{self.params.update_clip:g}: no mean of clipped updates is; "
+                                "refusing it")
 
     def handle(self, env: SecAggEnvelope) -> SecAggEnvelope:
         if self.instance is None:

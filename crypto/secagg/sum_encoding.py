@@ -18,6 +18,12 @@ from fedmuscle_secure.crypto.encoding import FixedPointCodec
 from fedmuscle_secure.errors import EncodingError
 
 
+def mean_update_bound(clip: float) -> float:
+    """The largest L2 norm a mean of updates each clipped to ``clip`` may show after the
+    encoding's rounding and float32 (DESIGN §2.7): ``clip`` plus a relative 10⁻⁵."""
+    return clip * (1.0 + 1e-5)
+
+
 @dataclass(frozen=True)
 class SumEncoding:
     """(nb, B, d) rows and (nb, B) squared norms of ``group_size`` clients → one int64 vector."""

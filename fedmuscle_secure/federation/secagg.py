@@ -91,9 +91,7 @@ class SecAggParameters:
     rows: int               # B
     value_clip: float | None
     frac_bits: int | None
-    clients: int = 0        # N, the configured organisations
     update_clip: float = 1.0     # weight sharing: the L2 bound of one part's update
-    max_samples: int = 1         # weight sharing: the largest FedAvg weight
 
     def encoding(self, batches: int, group_size: int) -> SumEncoding:
         clip = self.value_clip or (1.0 + _MARGIN + NOISE_CLIP_SDS * self.share_std)
@@ -103,17 +101,18 @@ class SecAggParameters:
 
     def weight_encoding(self, length: int, group_size: int) -> SumEncoding:
         """The encoding of one weight part's secure sum (DESIGN §2.7): a client's
-        ``[n·clip(Δ), n]`` as one row of ``length`` values (each at most max_samples ·
-        update_clip in magnitude) and its "squared norm" slot holding n."""
+        ``[clip(Δ), 1]`` as one row of ``length`` values (each at most update_clip in
+        magnitude) and its "squared norm" slot holding its count, 1."""
         return SumEncoding(batches=1, rows=1, dim=length, group_size=group_size,
-                           value_clip=float(self.max_samples) * self.update_clip,
-                           sq_norm_clip=float(self.max_samples), frac_bits=self.frac_bits)
+                           value_clip=self.update_clip, sq_norm_clip=1.0,
+                           frac_bits=self.frac_bits)
 
     def group_threshold(self, group_size: int) -> int:
         """t of a secure sum over a configured group of ``group_size`` clients: the
-        federation's t over all N, a majority of the group over a task's clients (2t > group
-        size, as §4.2 requires of every instance)."""
-        return self.threshold if group_size >= self.clients else default_threshold(group_size)
+        federation's t, or every member where the group has fewer than t (a task's clients).
+        Never lower than the configured t: a smaller one would let fewer colluders reconstruct
+        a member's masks, and an equivocating server split a small group's survivor views."""
+        return min(group_size, self.threshold)
 
     @property
     def expected_sq_norm(self) -> float:
@@ -131,9 +130,8 @@ def secagg_parameters(cfg: ExperimentConfig, sigma_client: float | None) -> SecA
         std = sigma_client / math.sqrt(t - t_collude) * representation_sensitivity(cfg.muscle.batch_size)
     params = SecAggParameters(threshold=t, t_collude=t_collude, share_std=std,
                               dim=cfg.muscle.dim, rows=cfg.muscle.batch_size, value_clip=s.clip,
-                              frac_bits=s.frac_bits, clients=n,
-                              update_clip=cfg.weight_sharing.update_clip,
-                              max_samples=cfg.weight_sharing.max_samples)
+                              frac_bits=s.frac_bits,
+                              update_clip=cfg.weight_sharing.update_clip)
     if s.clip is not None:
         _check_clip(cfg, s.clip, std)
     return params

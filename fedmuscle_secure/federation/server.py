@@ -71,7 +71,8 @@ def _secagg_weight_server(setup: FederationSetup) -> SecAggWeightProtection:
     return SecAggWeightProtection(
         sums=sums, threshold=params.threshold,
         identities={k: public_identity(v) for k, v in setup.identities.items()},
-        weight_encoding=params.weight_encoding, device=resolve_device(cfg.server.device))
+        weight_encoding=params.weight_encoding, update_clip=params.update_clip,
+        device=resolve_device(cfg.server.device))
 
 
 def _ckks_server(setup: FederationSetup) -> CkksServerProtection:

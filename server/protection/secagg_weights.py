@@ -1,22 +1,24 @@
-"""``protection: secagg`` for the weight-sharing methods (DESIGN §2.7, §4.2): the weighted
-means of the shared parts from secure sums of the clients' updates.
+"""``protection: secagg`` for the weight-sharing methods (DESIGN §2.7, §4.2): the means of
+the shared parts from secure sums of the clients' updates.
 
 Each round runs one secure sum per shared part and averaging group, in a fixed order: the
 backbone over every active client (exchange (0, 0)), then the task head over each task's
 clients (exchange (0, 1), one instance per task) where the method averages it. A client
-puts in ``[n·clip(Δ), n]``: its update of the part since the round's LocalUpdate started,
-L2-clipped to ``weight_sharing.update_clip``, weighted by its FedAvg weight n; the server
-decodes Σ n·Δ and Σ n, and every survivor receives the mean update Σ n·Δ / Σ n
-(:class:`~fedmuscle_secure.messages.WeightAverage` with the survivors as its one group),
-which it adds to the weights it started from. The server never sees one client's weights,
-update or training-set size; it learns each group's mean update, which is what FedAvg
-publishes anyway.
+puts in ``[clip(Δ), 1]``: its update of the part since the round's LocalUpdate started,
+L2-clipped to ``weight_sharing.update_clip``, and a count of 1. Every client weighs 1: the
+same private weight (a training-set size) inside every sum would follow from any two sums
+whose groups differ by one client, e.g. after a dropout. The server decodes Σ Δ and the
+count, checks both (a count other than the survivors' number, or a mean beyond the clip,
+shows a forged input: the sum is dropped, ``secagg_invalid_sum``), and every survivor
+receives the mean update (:class:`~fedmuscle_secure.messages.WeightAverage` with the
+survivors as its one group), which it adds to the weights it started from. The server
+never sees one client's weights or update; it learns each group's mean update, which is
+what FedAvg publishes anyway.
 
 Every instance keeps the secure sum's rules (:mod:`server.protection.secagg`): a group's
-threshold is the federation's t over every client and a majority of the task's clients
-over a task; an instance that cannot reach max(3, t) members aborts and its members keep
-their own weights for that part; a client that misses a stage deadline sits out the rest
-of the round.
+threshold is the federation's t, or every member of a task with fewer than t clients; an
+instance that cannot reach max(3, t) members aborts and its members keep their own weights
+for that part; a client that misses a stage deadline sits out the rest of the round.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
-from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding, mean_update_bound
 from fedmuscle_secure.messages import ExchangeAborted, Message, WeightAverage
 from fedmuscle_secure.server.protection.secagg import SecAggServerProtection
 
@@ -49,7 +51,7 @@ class SecAggWeightProtection(SecAggServerProtection):
 
     def __init__(self, *, sums: list[WeightSum], threshold: int,
                  identities: Mapping[str, Ed25519PublicKey],
-                 weight_encoding: Callable[[int, int], SumEncoding],
+                 weight_encoding: Callable[[int, int], SumEncoding], update_clip: float,
                  device: torch.device | str) -> None:
         super().__init__(threshold=threshold, identities=identities,
                          encoding_for=weight_encoding, tau=1.0, gamma=0.0, device=device)
@@ -57,6 +59,7 @@ class SecAggWeightProtection(SecAggServerProtection):
         if len(set(keys)) != len(keys):
             raise ValueError(f"two secure sums of one part over one group: {keys}")
         self.sums = {(s.part, s.members): s for s in sums}
+        self.update_clip = update_clip
 
     def start_round(self, r: int, plan: torch.Tensor, exchange: str,
                     active: list[str]) -> list[Message]:
@@ -78,16 +81,24 @@ class SecAggWeightProtection(SecAggServerProtection):
 
     def _results(self, inst: SecAggServer, enc: SumEncoding, epoch: int, batch: int | None,
                  to: list[str]) -> list[Message]:
-        """Σ n·Δ / Σ n to every survivor; a sum whose total weight is not a positive count
-        (a member put in a wrong n) is told as an abort, nothing is divided by it."""
+        """Σ Δ / count to every survivor. Every honest member puts in a count of 1 and an
+        update of norm at most ``update_clip``: a count other than the survivors' number, or
+        a mean beyond the clip, shows a member's forged input; the sum is then told as an
+        abort (nobody can be named: the inputs are masked) and every member keeps its own
+        weights for the part."""
         u, q = enc.decode(inst.result)
-        total = float(q.reshape(-1)[0])
-        if not total >= 1.0 - 1e-6:
-            reason = (f"the secure sum's total FedAvg weight is {total:g}, not a positive count: "
-                      "a member put in a wrong weight; no mean update this round")
-            self._events.append({"event": "secagg_aborted", "round": self._round, "epoch": epoch,
-                                 "batch": batch, "stage": "decode", "reason": reason})
+        count = float(q.reshape(-1)[0])
+        mean = u.reshape(-1).to(torch.float64) / max(count, 1.0)
+        survivors = len(inst.survivors)
+        norm = float(mean.norm())
+        if abs(count - survivors) > 1e-6 or not norm <= mean_update_bound(self.update_clip):
+            reason = (f"the secure sum is not one of clipped updates (count {count:g} for "
+                      f"{survivors} members, mean update norm {norm:.6g} against the clip "
+                      f"{self.update_clip:g}): a member's input was forged; no mean update "
+                      "this round")
+            self._events.append({"event": "secagg_invalid_sum", "round": self._round,
+                                 "epoch": epoch, "batch": batch, "reason": reason})
             return [ExchangeAborted(c, self._round, epoch, batch, reason) for c in to]
-        mean = (u.reshape(-1).to(torch.float64) / total).float().contiguous()
+        mean = mean.float().contiguous()
         return [WeightAverage(c, self._round, epoch, batch, (tuple(inst.survivors),), mean)
                 for c in to]

@@ -1,10 +1,11 @@
 """Weight sharing under ``protection: secagg`` (DESIGN §2.7): the group means come from secure
 sums of the clients' updates. The attacker's questions first: does the server learn only
-each group's mean update (never one client's weights or training-set size), does a client
-refuse a secure sum that is not its part's (another group, another threshold, another
-encoding), are groups too small to hide a member refused; then the accuracy claim: the
-weights each client ends the round with equal the plaintext FedAvg / M-Fed means within
-the fixed-point bound, also when a member drops out of a sum."""
+each group's mean update (never one client's weights, nor its training-set size, which two
+sums differing by one client would give), does a client refuse a secure sum that is not its
+part's (another group, a lower threshold, another encoding) and a mean no honest sum gives,
+is a member's forged input caught, are groups too small to hide a member refused; then the
+accuracy claim: the weights each client ends the round with equal the plaintext means
+(every client weighing 1) within the fixed-point bound, also when a member drops out."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from fedmuscle_secure.messages import (
     WeightAverage,
     WeightRelease,
 )
+from fedmuscle_secure.server.protection.secagg_weights import SecAggWeightProtection
 from fedmuscle_secure.simulator import build_federation
 from helpers.tiny import tiny_config
 
@@ -85,16 +87,17 @@ def _float32_bound(*tensors):
 
 
 def _expected(releases, members, part_slice):
-    n = torch.tensor([float(releases[m].samples) for m in members], dtype=torch.float64)
+    """The plain releases' mean over ``members``, every client weighing 1 (as under secagg),
+    and the count it is divided by."""
     w = torch.stack([releases[m].w[part_slice].double() for m in members])
-    return (n[:, None] * w).sum(0) / n.sum(), float(n.sum())
+    return w.mean(0), float(len(members))
 
 
 @pytest.mark.parametrize("drop", [None, "d"])
 def test_secure_means_equal_the_plaintext_means_within_the_fixed_point_bound(drop):
     """M-Fed over two tasks of three: the backbone averaged over all six, each head over its
     task. Both runs train identically up to the exchange; the plain run's releases give the
-    exact means. With ``drop``, d withholds its masked inputs (it stops after receiving its
+    exact means (each client weighing 1, as under secagg). With ``drop``, d withholds its masked inputs (it stops after receiving its
     shares): the backbone sum recovers without it; its task's head sum, left with two
     members, does not run (a sum of two would show each the other's head), so b and f keep
     their own heads; d keeps its own weights for the round."""
@@ -159,12 +162,14 @@ def test_the_server_sees_masked_inputs_only_and_the_ledger_says_what_left(tmp_pa
 
 @pytest.mark.parametrize("forge, message", [
     ("participants", "outside the part's group"),
-    ("threshold", "threshold 3 for part 'head' differ"),
+    ("threshold", "threshold 2 for part 'head' differ"),
     ("encoding", "encoding .* for part 'head' differ"),
 ])
 def test_a_client_refuses_a_secure_sum_that_is_not_its_parts(forge, message):
     """An active server opens a head sum over members of another task (to average across
-    tasks, or to build a small group it can difference), with a lower threshold, or with
+    tasks, or to build a small group it can difference), with a threshold below the
+    federation's (t = 4 of six: a task of three needs all three, so fewer colluders cannot
+    rebuild a member's masks nor an equivocating server split its survivors' views), or with
     an encoding of another length: the client refuses before anything of its own is
     encoded."""
     cfg = _cfg()
@@ -174,11 +179,11 @@ def test_a_client_refuses_a_secure_sum_that_is_not_its_parts(forge, message):
     assert client.handle(to_a[0]) == []  # the plan: LocalUpdate, then wait for the setups
     body: SecAggSetup = next(m for m in to_a if isinstance(m, SecAggEnvelope)).body  # to forge from
     enc = fed.server.protection.encoding_for(client.weights.layout()[1][1], 3)
-    body = replace(body, participants=("a", "c", "e"), threshold=2, vector_length=enc.vector_length)
+    body = replace(body, participants=("a", "c", "e"), threshold=3, vector_length=enc.vector_length)
     if forge == "participants":
         body = replace(body, participants=("a", "b", "c"))
     elif forge == "threshold":
-        body = replace(body, threshold=3)
+        body = replace(body, threshold=2)
     else:
         enc = replace(enc, dim=enc.dim + 1)
     # the backbone sum happened (or not): the client now waits for its head's
@@ -202,3 +207,79 @@ def test_groups_too_small_to_hide_a_member_are_refused():
         _cfg(method="mira", clients=[dict(c, adapter={"kind": "lora", "rank": 2}) for c in SIX])
     with pytest.raises(ConfigError, match="or through secure sums \\(secagg\\); got 'ckks'"):
         _cfg(method="fedavg", protection="ckks")
+
+
+def test_the_sums_carry_no_training_set_size(monkeypatch):
+    """Clients with different training-set sizes: every sum's count is the number of its
+    members, so two sums whose groups differ by one client (a head sum after a dropout, a
+    later round) tell the server nothing but that the client was there."""
+    cfg = _cfg(method="fedavg", clients=SIX[:4])
+    split = make_split(cfg)
+    fed = build_federation(cfg, split, "fedavg")
+    for k, c in enumerate("abcd"):  # 12, 10, 8, 6 training records
+        tr = fed.clients[c].training.train
+        fed.clients[c].training.train = type(tr)(tr.x[:12 - 2 * k], tr.targets[:12 - 2 * k])
+    counts = []
+    original = SecAggWeightProtection._results
+
+    def spy(self, inst, enc, epoch, batch, to):
+        counts.append((float(enc.decode(inst.result)[1].reshape(-1)[0]), len(inst.survivors)))
+        return original(self, inst, enc, epoch, batch, to)
+
+    monkeypatch.setattr(SecAggWeightProtection, "_results", spy)
+    _round(fed)
+    assert counts == [(4.0, 4)]
+    fed.close()
+
+
+@pytest.mark.parametrize("slots", ["values", "count"])
+def test_a_members_forged_input_is_caught_and_nobody_applies_it(slots):
+    """A member replaces its encoded input with huge values (or a count that is not 1): the
+    mean would move every model arbitrarily far. The decoded sum is not one of clipped
+    updates, so the server drops it (``secagg_invalid_sum``) and every member keeps its own
+    weights."""
+    cfg = _cfg(method="fedavg", clients=SIX[:4])
+    fed = build_federation(cfg, make_split(cfg), "fedavg")
+    evil = fed.clients["d"].protection
+    begin = evil.begin_weights
+
+    def forged(env, part, update):
+        advert = begin(env, part, update)
+        v = evil.instance._vector.clone()  # changed after the client's own checks
+        if slots == "values":
+            v[:-1] += 2 ** 58  # about 2 per coordinate, far beyond a clipped update
+        else:
+            v[-1] += v[-1]  # a count of 2: it would weigh twice
+        evil.instance._vector = v
+        return advert
+
+    evil.begin_weights = forged
+    before = _weights(fed)
+    received, _ = _round(fed)
+    assert [e["event"] for e in fed.server.protection.events] == ["secagg_invalid_sum"]
+    for c in "abc":
+        assert not any(isinstance(m, WeightAverage) for m in received[c])
+        assert [m.batch for m in received[c] if isinstance(m, ExchangeAborted)] == [0]
+        assert not torch.equal(_weights(fed)[c], before[c])  # its own LocalUpdate, kept
+    fed.close()
+
+
+def test_a_client_refuses_a_mean_update_beyond_the_clip_and_a_diverged_update():
+    """An active server pushes weights of its choosing as the mean update: no mean of
+    updates clipped to C has a norm above C, so the client refuses it. A client whose own
+    training diverged releases nothing and says why."""
+    cfg = _cfg(method="fedavg", clients=SIX[:4], weight_sharing={"update_clip": 0.5})
+    fed = build_federation(cfg, make_split(cfg), "fedavg")
+    a = fed.clients["a"]
+    n = a.weights.layout()[0][1]
+    push = torch.full((n,), 1.0 / n ** 0.5)  # norm 1 > 0.5
+    with pytest.raises(ProtocolError, match="norm 1, above weight_sharing.update_clip = 0.5"):
+        a.protection.check_mean_update("backbone", push)
+    a.protection.check_mean_update("backbone", push * 0.5)  # at the clip: accepted
+    to_a = [m for m in fed.server.start_round(1) if m.client == "a"]
+    a.handle(to_a[0])
+    setup = next(m for m in to_a if isinstance(m, SecAggEnvelope))
+    with pytest.raises(ProtocolError, match="peer 'a'.*update of part 'backbone' is not finite"):
+        a.protection.begin_weights(setup, "backbone", torch.full((n,), float("nan")))
+    assert a.protection.instance is None
+    fed.close()
