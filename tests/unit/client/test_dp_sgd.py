@@ -1,6 +1,7 @@
 """DP-SGD in LocalUpdate (DESIGN §5.2): exact per-sample gradients for every shipped
-architecture, Poisson-sampled noisy training, the caller's noise source, clipping, the
-contrastive phase around it, and refusal of models Opacus cannot train privately."""
+architecture, Poisson-sampled noisy training, the caller's noise source, clipping, and
+refusal of models Opacus cannot train privately (whole epochs of every architecture around
+the contrastive phase: tests/e2e/test_dp_sgd_epochs.py)."""
 
 from __future__ import annotations
 
@@ -23,24 +24,11 @@ from fedmuscle_secure.client.dp_sgd import (
     recommended_grad_sample_mode,
     urandom_gaussian,
 )
-from fedmuscle_secure.data.tasks import get_task
 from fedmuscle_secure.errors import ConfigError
-from fedmuscle_secure.models import ClientModel, build_client_model
-
-# the architectures of configs/digits.yaml
-SHIPPED = {
-    "resnet10t": {},
-    "mobilenetv3_small_050": {},
-    "vit_tiny_patch16_224": {"patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3},
-    "regnetx_002": {},
-}
-TASK = get_task("digit10")
-
-
-def _build(name: str) -> ClientModel:
-    torch.manual_seed(0)
-    return build_client_model(model=name, model_kwargs=SHIPPED[name], in_chans=1, image_size=16,
-                              dim=16, num_outputs=10, projection="mlp", hidden=32, field="x")
+from fedmuscle_secure.models import ClientModel
+from helpers.dp_sgd_models import SHIPPED, TASK
+from helpers.dp_sgd_models import build_model as _build
+from helpers.dp_sgd_models import random_batch as _data
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,12 +45,6 @@ def _one_torch_thread():
 def private_models() -> dict[str, ClientModel]:
     """One private form per architecture; tests deep-copy before they train."""
     return {name: make_private_model(_build(name), client=name) for name in SHIPPED}
-
-
-def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 8, 8, generator=g)
-    return x, TASK.targets(torch.randint(0, 10, (n,), generator=g))
 
 
 def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -169,52 +151,6 @@ def test_layer_with_wrong_per_sample_gradients_is_refused():
 
 
 # ---------------------------------------------------------------- training
-
-
-def _contrastive_step(model: ClientModel) -> None:
-    """What the contrastive phase does: any loss on represent(public x), own optimizer."""
-    encoder = model.encoder_parameters()
-    before = [p.detach().clone() for p in encoder]
-    opt = torch.optim.Adam(encoder, lr=1e-2)
-    opt.zero_grad()
-    model.represent(torch.rand(8, 1, 8, 8))[:, 0].sum().backward()
-    opt.step()
-    assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, encoder, strict=True))
-
-
-def _trainer(model: ClientModel, n: int, batch: int) -> DPSGDTrainer:
-    x, y = _data(n)
-    config = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch,
-                         grad_sample_mode=recommended_grad_sample_mode(model))
-    return DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=1e-4, config=config)
-
-
-@pytest.mark.parametrize("name", list(SHIPPED))
-def test_two_epochs_then_a_contrastive_step(name, private_models):
-    model = copy.deepcopy(private_models[name])
-    trainer = _trainer(model, 60, 32)
-    assert trainer.steps_per_epoch == round(1 / trainer.sample_rate) == 2  # ceil(60 / 32)
-    loss, steps = trainer.run(2)
-    assert steps == 2 * trainer.steps_per_epoch
-    assert math.isfinite(loss)
-    # run() leaves the per-sample hooks off: the contrastive phase needs nothing else
-    assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
-    _contrastive_step(model)
-
-
-@pytest.mark.parametrize("name", ["regnetx_002", "vit_tiny_patch16_224"])  # hooks / functorch
-def test_dp_epoch_contrastive_step_dp_epoch(name, private_models):
-    model = copy.deepcopy(private_models[name])
-    trainer = _trainer(model, 30, 15)
-    trainer.run(1)
-    trainer.disable_per_sample_hooks()
-    _contrastive_step(model)
-    trainer.enable_per_sample_hooks()
-    before = model.head.weight.detach().clone()
-    loss, steps = trainer.run(1)
-    assert steps == trainer.steps_per_epoch and math.isfinite(loss)
-    assert not torch.equal(before, model.head.weight)
 
 
 def test_noise_comes_from_noise_fn_with_std_sigma_c(private_models):

@@ -1,6 +1,7 @@
 """A client releases at most once per exchange (DESIGN §4.4), in every mode.
 
-Attacks reproduced here, in the in-process simulator (the gRPC restart path is in
+Attacks reproduced here, in the in-process simulator (the re-run of a whole round in every
+mode is in ``tests/e2e/test_release_once_rerun.py``, the gRPC restart path in
 ``tests/e2e/test_grpc.py``):
 
 * a server that crashed (or says it did) after it had every client's release of an
@@ -17,17 +18,15 @@ Attacks reproduced here, in the in-process simulator (the gRPC restart path is i
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 
 import pytest
 import torch
 
-from fedmuscle_secure.crypto.secagg.messages import MaskedInput
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import (
-    EncryptedRepresentations,
     ExchangeAborted,
     PeerSums,
     Representations,
@@ -37,66 +36,9 @@ from fedmuscle_secure.messages import (
 )
 from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.release_once import release_config as _config
+from helpers.release_once import release_of as _release_of
 from helpers.round_driver import drive, restart, snapshot
-from helpers.tiny import tiny_config
-
-FOUR = [
-    {"name": "a", "model": "test_resnet", "image_size": 8, "task": "coarse"},
-    {"name": "b", "model": "test_resnet", "image_size": 8, "task": "attributes"},
-    {"name": "c", "model": "test_resnet", "image_size": 8, "task": "digit10"},
-    {"name": "d", "model": "test_resnet", "image_size": 8, "task": "digit10"},
-]
-
-
-def _config(protection: str, exchange: str = "per_epoch"):
-    return tiny_config(**{"muscle.method": "muscle_sum", "muscle.exchange": exchange,
-                          "protection": protection, "compare_local": False, "clients": FOUR,
-                          "training.rounds": 2, "training.cl_epochs": 2,
-                          "data.public_size": 64})
-
-
-def _release_of(msg) -> tuple | None:
-    """(client, round, epoch, batch) of a message that carries a release, else None."""
-    if isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput) or isinstance(
-            msg, (Representations, EncryptedRepresentations)):
-        return (msg.client, msg.round, msg.epoch, msg.batch)
-    return None
-
-
-@pytest.mark.parametrize("protection", ["plain", "secagg", "ckks"])
-def test_a_rerun_round_gets_no_second_release(tmp_path, protection):
-    """Crash once the server holds every client's release of (round 2, epoch 0): after the
-    restart each of them sits out that exchange and the rest of the round (LocalUpdate,
-    seeded, could rebuild the encoder it released from), and the round finishes. Each
-    ledger has exactly one egress per exchange."""
-    cfg = _config(protection)
-    split = make_split(cfg)
-    fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path)
-    run_round(fed, 1)
-    state = snapshot(fed)
-    first: list = []
-
-    def all_released_epoch0(msg, fed) -> bool:
-        got = {x[0] for m in first if (x := _release_of(m)) and x[1:] == (2, 0, None)}
-        return got == set(fed.clients)
-
-    assert not drive(fed, 2, stop=all_released_epoch0, seen=first)
-    fed = restart(cfg, split, tmp_path, fed, state, "muscle_sum")
-    second: list = []
-    assert drive(fed, 2, seen=second)  # the re-run round finishes
-    again = [x for m in second if (x := _release_of(m))]
-    assert not [x for x in again if x[1:] == (2, 0, None)], "a second release of (2, 0)"
-    assert not again, f"releases in a re-run round: {again}"
-    assert sorted((m.client, m.epoch) for m in second if isinstance(m, SitOut)) == \
-        [(c, e) for c in sorted(fed.clients) for e in (0, 1)]
-    fed.close()
-    for name in fed.clients:
-        entries, _ = read_entries(tmp_path / "ledger" / f"{name}.jsonl")
-        per_exchange = Counter((e["body"]["round"], *e["body"]["exchange"])
-                               for e in entries if e["kind"] == "egress")
-        assert per_exchange and set(per_exchange.values()) == {1}, per_exchange
-        assert [(e["body"]["round"], e["body"]["exchange"]) for e in entries
-                if e["kind"] == "sit_out"] == [(2, [0, None]), (2, [1, None])]
 
 
 def test_a_partly_released_exchange_runs_with_the_others_only(tmp_path):

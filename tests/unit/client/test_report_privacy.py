@@ -7,8 +7,10 @@ round, the exact share of correct predictions on each client's held-out private 
 training loss (``task_loss``); under client-level noise also ``cl_loss``/``test_metric``
 (computed from the un-noised model, around noise of std ~121 on the releases) and under
 secagg the client's own clipped-coordinate count (``clipped_values``, from its noisy share
-alone, before any sum). These tests drive the simulator and inspect exactly the messages
-the server receives.
+alone, before any sum). The tests that drive the simulator under each DP setting and
+inspect exactly the messages the server receives are in
+tests/e2e/test_report_privacy_run.py; here, the deployed server's rows and summary when
+metrics are kept, and the setting's default.
 """
 
 from __future__ import annotations
@@ -19,64 +21,9 @@ import math
 import pytest
 
 from fedmuscle_secure.federation.split import make_split
-from fedmuscle_secure.messages import Finish, RoundReport
+from fedmuscle_secure.messages import RoundReport
 from fedmuscle_secure.simulator import build_federation
-from helpers.report_privacy import (
-    CLIENT_LEVEL,
-    FROM_THE_MODEL,
-    PRIVATE,
-    RECORD_LEVEL,
-    SECAGG,
-    ledger_reports,
-    report_config,
-    round_as_the_server_sees_it,
-)
-
-
-@pytest.mark.parametrize("privacy,over,withheld", [
-    (RECORD_LEVEL, {}, PRIVATE),
-    (CLIENT_LEVEL, {}, PRIVATE | FROM_THE_MODEL - {"clipped_values"}),
-    ({**RECORD_LEVEL, **CLIENT_LEVEL}, {}, PRIVATE | FROM_THE_MODEL - {"clipped_values"}),
-    (CLIENT_LEVEL, SECAGG, PRIVATE | FROM_THE_MODEL),
-], ids=["record-level", "client-level", "both", "secagg-client-level"])
-def test_server_reading_reports_under_dp_gets_nothing_the_accounting_does_not_cover(
-        tmp_path, privacy, over, withheld):
-    cfg = report_config(privacy, **over)
-    fed, received, rows = round_as_the_server_sees_it(cfg, tmp_path)
-    for name, report in received.items():
-        # the attack: what reached the server
-        assert not withheld & set(report.metrics), (name, sorted(report.metrics))
-        assert set(report.withheld) == withheld & set(rows[name])
-        assert {"eps_record", "eps_client"} <= set(report.metrics)  # accounting still leaves
-        if withheld == PRIVATE:  # record-level only: the DP model on public data may leave
-            assert {"test_metric", "cl_loss"} <= set(report.metrics)
-        # the client's own rows are complete, with its own values
-        kept = fed.clients[name].report_gate.kept[1]
-        assert withheld & set(rows[name]) == withheld & set(kept)
-        for metric in withheld & set(kept):
-            assert rows[name][metric] == kept[metric] or math.isnan(kept[metric])
-        assert not math.isnan(rows[name]["val_metric"])
-        # its ledger says what left
-        (entry,) = ledger_reports(tmp_path, name)
-        assert entry["round"] == 1 and entry["sent"] == sorted(report.metrics)
-        assert entry["withheld"] == sorted(report.withheld)
-        assert entry["report_private_metrics"] is False
-
-
-def test_every_metric_a_client_computes_is_classified():
-    """A metric added later without a class would be withheld (fail closed); this keeps the
-    classification complete for what the client computes today, in every protected mode."""
-    from fedmuscle_secure.messages import METRIC_SOURCES
-
-    for privacy, over in [(RECORD_LEVEL, SECAGG), (CLIENT_LEVEL, {})]:
-        cfg = report_config(privacy, **over)
-        fed, received, _ = round_as_the_server_sees_it(cfg, None)  # no ledger: no files
-        for name, client in fed.clients.items():
-            closing = client.handle(Finish(name, 2))[0]  # the deployment's final report
-            for report in (received[name], closing):
-                computed = {*report.metrics, *report.withheld}
-                assert computed == set(client.report_gate.kept[report.round])
-                assert computed <= set(METRIC_SOURCES), computed - set(METRIC_SOURCES)
+from helpers.report_privacy import CLIENT_LEVEL, RECORD_LEVEL, SECAGG, report_config
 
 
 def test_deployed_server_marks_kept_metrics_not_reported_and_organisations_keep_theirs(tmp_path):

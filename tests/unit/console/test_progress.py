@@ -25,17 +25,7 @@ from fedmuscle_secure.console.progress import (
 from fedmuscle_secure.console.rounds import PhaseTracker, epsilon_text
 from fedmuscle_secure.messages import Finish, PeerSums, RoundPlan
 from helpers.clock import Clock
-
-CLEAR = "\r\x1b[K"
-
-
-class Terminal(io.StringIO):
-    """A stream that says it is a terminal (what the bar is drawn on)."""
-
-    def isatty(self) -> bool:
-        if self.closed:  # as a real file's
-            raise ValueError("I/O operation on closed file")
-        return True
+from helpers.terminal import CLEAR, Terminal
 
 
 def test_terminal_detection(monkeypatch):

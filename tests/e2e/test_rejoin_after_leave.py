@@ -12,6 +12,8 @@ and the others finish; its ledger shows no spending after the leave.
 
 from __future__ import annotations
 
+import pytest
+
 from fedmuscle_secure.dp.accounting import DpEventRecord, independent_epsilon
 from fedmuscle_secure.dp.noise import representation_sensitivity
 from fedmuscle_secure.federation.checks import parse_config
@@ -21,6 +23,8 @@ from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round
 from helpers.round_driver import drive, restart, snapshot
 from helpers.tiny import tiny_config
+
+pytestmark = pytest.mark.slow
 
 
 def _config():

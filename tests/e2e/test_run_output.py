@@ -1,20 +1,24 @@
 """What ``run`` prints while it goes: one plain line per round (r/R, the whole run's count,
 rate and ETA) when stdout is not a terminal, never a carriage return; one bar over every
 method (the local reference included) with the batch of the current phase on a terminal;
---quiet and -v."""
+--quiet and -v. Whole runs of the tiny config; the display's pieces are in
+tests/unit/console/test_progress.py."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 import yaml
-from test_progress import CLEAR, Terminal
 
 from fedmuscle_secure.cli.main import main
 from fedmuscle_secure.console.rounds import RunProgress
 from fedmuscle_secure.experiment.run import methods_of, run_experiment
+from helpers.terminal import CLEAR, Terminal
 from helpers.tiny import tiny_config
+
+pytestmark = pytest.mark.slow
 
 ROUND_LINE = re.compile(r"^(\w+) round (\d+)/(\d+)  .*run (\d+)/(\d+) rounds .*ETA ", re.MULTILINE)
 
