@@ -383,7 +383,7 @@ class FedMuscleClient:
             raise ProtocolError(SERVER, self.stage.value, f"the mean update of part {k} for "
                                 f"{self.name!r} must be a WeightAverage of {n} finite float32 "
                                 f"values over a group that includes it; got {type(reply).__name__}")
-        self.protection.check_mean_update(self.weights.layout()[k][0], reply.w)
+        self.protection.check_mean_update(self.weights.layout()[k][0], reply.w, reply.peers[0])
         return reply.w
 
     def _apply_part_means(self) -> None:

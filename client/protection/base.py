@@ -88,7 +88,8 @@ class ClientProtection:
         """Answer setup ``msg`` of weight part ``part``'s secure sum with ``update``."""
         raise NotImplementedError
 
-    def check_mean_update(self, part: str, mean: torch.Tensor) -> None:
+    def check_mean_update(self, part: str, mean: torch.Tensor,
+                          peers: tuple[str, ...]) -> None:
         """Refuse a mean update of ``part`` that no honest sum gives (ProtocolError)."""
 
     def step(self, msg: Message) -> tuple[Message, bool]:

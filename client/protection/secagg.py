@@ -20,7 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
-from fedmuscle_secure.crypto.secagg.messages import MaskedInput, SecAggSetup, exchange_label
+from fedmuscle_secure.crypto.secagg.messages import (
+    MaskedInput,
+    SecAggSetup,
+    exchange_label,
+    min_group,
+)
 from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding, mean_update_bound
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
@@ -196,22 +201,35 @@ class SecAggClientProtection(ClientProtection):
         clipped = norm > self.params.update_clip
         if clipped:
             delta = delta * (self.params.update_clip / norm)
-            self.clipped_updates += 1
-        vector, self._clipped = expected.encode(delta.view(1, 1, -1),
-                                                torch.ones((1, 1), dtype=torch.float64))
-        self.clipped_values += self._clipped
+        vector, values = expected.encode(delta.view(1, 1, -1),
+                                         torch.ones((1, 1), dtype=torch.float64))
         self.instance = SecAggClient(self.name, self._identity, self._peers, setup, vector,
                                      seen_instances=self._seen,
                                      label=exchange_label(env.round, env.epoch, env.batch))
+        self._clipped = values  # counted once the setup is accepted
+        self.clipped_values += values
+        self.clipped_updates += int(clipped)
         self.masked_sent, self._event, self._own = False, None, None
         self._egress = {"content": "weights", "part": part, "samples": 1,
                         "update_norm_clipped": clipped}
         return self._wrap(env, self.instance.advertise())
 
-    def check_mean_update(self, part: str, mean: torch.Tensor) -> None:
-        """The mean of updates clipped to ``update_clip`` has at most that norm (to the
-        encoding's rounding): a larger one was not made by honest members and the server
-        (a member's forged input, a server pushing weights), and is refused."""
+    def check_mean_update(self, part: str, mean: torch.Tensor,
+                          peers: tuple[str, ...]) -> None:
+        """A mean update is the result of this client's secure sum: it answered the sum's
+        setup and sent its masked input, ``peers`` (the survivors) are members of that sum,
+        at least max(3, t) of them, this client among them; and a mean of updates clipped to
+        ``update_clip`` has at most that norm (to the encoding's rounding). Otherwise it was
+        not made by honest members and the server (a reply with no sum behind it, a member's
+        forged input, a server pushing weights) and is refused."""
+        inst = self.instance
+        if inst is None or not self.masked_sent or self.name not in peers \
+                or not set(peers) <= set(inst.participants) or len(set(peers)) != len(peers) \
+                or len(peers) < min_group(inst.threshold):
+            raise ProtocolError(SERVER, "reply", f"a mean update of part {part!r} over "
+                                f"{list(peers)} that no secure sum of this client's gave (it "
+                                "must follow this client's masked input and name at least "
+                                "max(3, t) of the sum's members, this client included)")
         norm = float(mean.double().norm())
         bound = mean_update_bound(self.params.update_clip)
         if not norm <= bound:

@@ -52,6 +52,10 @@ class SumEncoding:
         return FixedPointCodec.for_clients(clip=self.sq_norm_clip, num_clients=self.group_size,
                                            frac_bits=self.frac_bits)
 
+    def check(self) -> None:
+        """Raise :class:`EncodingError` unless the group's sum of both parts fits int64."""
+        self.z_codec, self.q_codec  # noqa: B018 (building a codec validates it)
+
     @property
     def vector_length(self) -> int:
         return self.batches * self.rows * (self.dim + 1)

@@ -147,6 +147,8 @@ def _secagg_client(setup: FederationSetup, name: str, privacy) -> SecAggClientPr
     cfg, params = setup.cfg, setup.secagg
     try:
         params.encoding(cfg.data.public_size // cfg.muscle.batch_size, len(cfg.clients))
+        if setup.method in WEIGHT_SHARING:
+            params.weight_encoding(1, len(cfg.clients)).check()
     except EncodingError as exc:
         raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
     peers = {k: public_identity(v) for k, v in setup.identities.items() if k != name}

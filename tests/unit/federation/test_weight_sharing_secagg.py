@@ -265,17 +265,24 @@ def test_a_members_forged_input_is_caught_and_nobody_applies_it(slots):
 
 
 def test_a_client_refuses_a_mean_update_beyond_the_clip_and_a_diverged_update():
-    """An active server pushes weights of its choosing as the mean update: no mean of
-    updates clipped to C has a norm above C, so the client refuses it. A client whose own
-    training diverged releases nothing and says why."""
+    """An active server replaces the mean of a real secure sum with weights of its choosing:
+    no mean of updates clipped to C has a norm above C, so the client refuses it. A client
+    whose own training diverged releases nothing and says why."""
     cfg = _cfg(method="fedavg", clients=SIX[:4], weight_sharing={"update_clip": 0.5})
     fed = build_federation(cfg, make_split(cfg), "fedavg")
     a = fed.clients["a"]
     n = a.weights.layout()[0][1]
-    push = torch.full((n,), 1.0 / n ** 0.5)  # norm 1 > 0.5
+    queue = deque(fed.server.start_round(1))
     with pytest.raises(ProtocolError, match="norm 1, above weight_sharing.update_clip = 0.5"):
-        a.protection.check_mean_update("backbone", push)
-    a.protection.check_mean_update("backbone", push * 0.5)  # at the clip: accepted
+        while queue:
+            msg = queue.popleft()
+            if isinstance(msg, WeightAverage) and msg.client == "a":
+                msg = replace(msg, w=torch.full((n,), 1.0 / n ** 0.5))  # norm 1 > 0.5
+            for rep in fed.clients[msg.client].handle(msg):
+                queue.extend(fed.server.handle(rep))
+    fed.close()
+    fed = build_federation(cfg, make_split(cfg), "fedavg")
+    a = fed.clients["a"]
     to_a = [m for m in fed.server.start_round(1) if m.client == "a"]
     a.handle(to_a[0])
     setup = next(m for m in to_a if isinstance(m, SecAggEnvelope))
@@ -283,3 +290,31 @@ def test_a_client_refuses_a_mean_update_beyond_the_clip_and_a_diverged_update():
         a.protection.begin_weights(setup, "backbone", torch.full((n,), float("nan")))
     assert a.protection.instance is None
     fed.close()
+
+
+@pytest.mark.parametrize("peers, setup_first", [
+    (("a", "b", "c", "d"), False),   # no secure sum behind it: nothing was sent
+    (("a", "b"), True),              # a "sum" of two
+    (("a", "b", "c", "x"), True),    # a member from outside the sum
+])
+def test_a_mean_update_with_no_sum_of_this_clients_behind_it_is_refused(peers, setup_first):
+    """An active server pushes a vector below the clip as a "mean update": with no setup,
+    before the client's masked input left, or naming a group no sum of it had."""
+    cfg = _cfg(method="fedavg", clients=SIX[:4])
+    fed = build_federation(cfg, make_split(cfg), "fedavg")
+    a = fed.clients["a"]
+    to_a = [m for m in fed.server.start_round(1) if m.client == "a"]
+    a.handle(to_a[0])
+    if setup_first:
+        a.handle(next(m for m in to_a if isinstance(m, SecAggEnvelope)))
+    n = a.weights.layout()[0][1]
+    push = WeightAverage("a", 1, 0, 0, (peers,), torch.full((n,), 1e-4))
+    with pytest.raises(ProtocolError, match="no secure sum of this client's gave"):
+        a.handle(push)
+    fed.close()
+
+
+def test_an_encoding_that_cannot_hold_the_weight_sums_is_refused_when_the_federation_is_built():
+    cfg = _cfg(method="fedavg", clients=SIX, secagg={"frac_bits": 58})
+    with pytest.raises(ConfigError, match="secagg: no safe fixed-point encoding"):
+        build_federation(cfg, make_split(cfg), "fedavg")
