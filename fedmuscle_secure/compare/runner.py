@@ -18,7 +18,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -148,22 +150,38 @@ def pending_cells(cells: list[Cell], out: Path) -> tuple[list[Cell], list[str], 
 
 def _leave_interrupts_to_the_parent() -> None:
     """In a worker: ignore Ctrl-C (the terminal sends it to every process of the group);
-    the parent stops the workers, so a cell stops without a traceback per worker."""
-    import signal
-
+    the parent stops the workers, so a cell stops without a traceback per worker. On Linux
+    the worker also ends when the parent dies however it dies (``kill -9`` included): a
+    worker left behind would go on computing, and writing, a cell with the code it loaded."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
 def _stop_workers_on_interrupt():
-    """On Ctrl-C in the parent, end the workers at once (an interrupted cell resumes from
-    its last checkpoint on the next run) instead of waiting for their cells to finish."""
+    """On Ctrl-C or a termination signal (``kill``) in the parent, end the workers at once
+    (an interrupted cell resumes from its last checkpoint on the next run) instead of
+    waiting for their cells to finish."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     except KeyboardInterrupt:
         for worker in multiprocessing.active_children():
             worker.terminate()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_cells(cells: list[Cell], out: str | Path, *, jobs: int | None = None,
