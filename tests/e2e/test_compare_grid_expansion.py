@@ -6,22 +6,13 @@ overrides are in tests/unit/compare/test_compare_grid.py."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from fedmuscle_secure.compare.grid import expand_file
 from fedmuscle_secure.errors import ConfigError
+from helpers.compare_cells import write_grid
 from helpers.paths import REPO
-from helpers.tiny import tiny_config
 
 pytestmark = pytest.mark.slow
-
-
-def write_grid(tmp_path, grid, base=None):
-    base = base or tiny_config(**{"training.rounds": 1}).model_dump(mode="json")
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump({"name": "g", "base": "base.yaml", **grid}))
-    return path
 
 
 DP = {"none": {}, "rec8": {"privacy": {"dp_sgd": {"enabled": True, "target_epsilon": 8.0}}},

@@ -14,29 +14,17 @@ import torch
 from fedmuscle_secure.client.dp_sgd import (
     DPSGDConfig,
     DPSGDTrainer,
-    make_private_model,
     recommended_grad_sample_mode,
 )
 from fedmuscle_secure.models import ClientModel
-from helpers.dp_sgd_models import SHIPPED, TASK, build_model, random_batch
+from helpers.dp_sgd_models import SHIPPED, TASK, private_forms, random_batch
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Per-sample gradients are many small per-layer ops; on a shared 2-core machine two
-    intra-op threads wait on each other (measured 20x slower under load). Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
 def private_models() -> dict[str, ClientModel]:
-    """One private form per architecture; tests deep-copy before they train."""
-    return {name: make_private_model(build_model(name), client=name) for name in SHIPPED}
+    return private_forms()
 
 
 def _contrastive_step(model: ClientModel) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from fedmuscle_secure.experiment.rundir import RunDir
+from helpers.tiny import tiny_config
 
 META = {"x": ("resnet10t", "digit10", "accuracy"), "y": ("test_vit", "attributes", "micro_f1")}
 
@@ -28,3 +31,12 @@ def make_cell(out, cid, method, protection, dp, exchange, seed, ref, final, eps=
     (d / "cell.json").write_text(json.dumps({
         "id": cid, "method": method, "protection": protection, "dp": dp, "exchange": exchange,
         "seed": seed, "ref": ref, "status": "done", "wall_time_s": wall}))
+
+
+def write_grid(tmp_path, grid, base=None):
+    """A grid file over a tiny base config (one round unless ``base`` is given)."""
+    base = base or tiny_config(**{"training.rounds": 1}).model_dump(mode="json")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "base": "base.yaml", **grid}))
+    return path

@@ -25,6 +25,13 @@ def build_model(name: str) -> ClientModel:
                               dim=16, num_outputs=10, projection="mlp", hidden=32, field="x")
 
 
+def private_forms() -> dict[str, ClientModel]:
+    """One private form (Opacus' layers) per architecture; tests deep-copy before they train."""
+    from fedmuscle_secure.client.dp_sgd import make_private_model
+
+    return {name: make_private_model(build_model(name), client=name) for name in SHIPPED}
+
+
 def random_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, 8, 8, generator=g)

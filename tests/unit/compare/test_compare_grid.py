@@ -10,15 +10,8 @@ import yaml
 
 from fedmuscle_secure.compare.grid import expand_file, load_grid
 from fedmuscle_secure.errors import ConfigError
+from helpers.compare_cells import write_grid
 from helpers.tiny import tiny_config
-
-
-def write_grid(tmp_path, grid, base=None):
-    base = base or tiny_config(**{"training.rounds": 1}).model_dump(mode="json")
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump({"name": "g", "base": "base.yaml", **grid}))
-    return path
 
 
 @pytest.mark.parametrize("grid, field", [
