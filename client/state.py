@@ -255,7 +255,9 @@ class FedMuscleClient:
             if batch + 1 < len(self.weights.layout()):
                 self._exchange = (0, batch + 1)
                 return []
-            self._apply_part_means()
+            self.weights.apply_mean_updates(self._part_means)
+            self._part_means = []
+            self.guard.encoder_changed()
             return [self._report(self._plan.round)]
         batches = self._plan.batches[epoch]
         self.contrastive.learn(None if aborted else reply, batches, batch, self._released,
@@ -385,18 +387,6 @@ class FedMuscleClient:
                                 f"values over a group that includes it; got {type(reply).__name__}")
         self.protection.check_mean_update(self.weights.layout()[k][0], reply.w, reply.peers[0])
         return reply.w
-
-    def _apply_part_means(self) -> None:
-        """Every part with a mean update moves from where the LocalUpdate started by that
-        mean (the group's FedAvg step); a part whose secure sum aborted keeps this client's
-        own weights."""
-        assert self.weights is not None
-        start = self.weights.segments(self.weights.start)
-        own = self.weights.segments(self.weights.vector())
-        self.weights.load(torch.cat([o if m is None else s + m
-                                     for s, o, m in zip(start, own, self._part_means, strict=True)]))
-        self._part_means = []
-        self.guard.encoder_changed()
 
     def _load_weights(self, reply: WeightAverage) -> None:
         assert self.weights is not None

@@ -121,6 +121,14 @@ class WeightPhase:
         """``w`` (in :meth:`layout` order) cut into its parts."""
         return list(torch.split(w, [n for _, n in self.layout()]))
 
+    def apply_mean_updates(self, means: list[torch.Tensor | None]) -> None:
+        """The secure sums' step (DESIGN §2.7): every part with a mean update moves from
+        :attr:`start` by that mean (its group's FedAvg step); a part whose sum aborted
+        (None) keeps this client's own weights."""
+        start, own = self.segments(self.start), self.segments(self.vector())
+        self.load(torch.cat([o if m is None else s + m
+                             for s, o, m in zip(start, own, means, strict=True)]))
+
     @torch.no_grad()
     def add_proximal_gradient(self) -> None:
         """p.grad += mu (p − anchor): the gradient of mu/2 ||w − w_anchor||², added after the

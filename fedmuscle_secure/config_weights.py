@@ -124,6 +124,16 @@ def task_groups(cfg: ExperimentConfig) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def averaging_groups(cfg: ExperimentConfig) -> list[tuple[str, tuple[str, ...]]]:
+    """Every (part, clients) a weighted-mean method averages over (DESIGN §2.7): the
+    backbone over every client, then, where the head is averaged, each task's head over
+    that task's clients; under secagg each is one secure sum, in this order."""
+    groups = [("backbone", tuple(c.name for c in cfg.clients))]
+    if averages_head(cfg):
+        groups += [("head", members) for members in task_groups(cfg).values()]
+    return groups
+
+
 def _check_secure_groups(cfg: ExperimentConfig) -> None:
     """Under secagg each task head is averaged through a secure sum over its task's
     clients: with fewer than three, a member learns the others' heads from the sum (one

@@ -67,9 +67,7 @@ def weight_averages(r: int, epoch: int, batch: int | None, order: list[str],
             group = tuple(m for m in order if name in segments[m] and group_of(name, m) == key)
             _same_sizes(name, {m: segments[m][name].numel() for m in group})
             stacked = torch.stack([segments[m][name] for m in group]).to(device, torch.float64)
-            n = torch.tensor([float(releases[m].samples) for m in group], dtype=torch.float64,
-                             device=device)
-            mean = (n[:, None] * stacked).sum(0) / n.sum()
+            mean = _sample_weighted_mean(stacked, [releases[m].samples for m in group])
             means[key] = (mean.float().cpu(), group)
     out = []
     for c in order:
@@ -116,10 +114,8 @@ def mocha_steps(r: int, epoch: int, batch: int | None, order: list[str],
     _same_sizes("backbone", nb)
     _same_sizes("head", {c: releases[c].w.numel() - nb[c] for c in order})
     w = torch.stack([releases[c].w for c in order]).to(device, torch.float64)
-    n = torch.tensor([float(releases[c].samples) for c in order], dtype=torch.float64,
-                     device=device)
     k = nb[order[0]]
-    backbone = (n[:, None] * w[:, :k]).sum(0) / n.sum()
+    backbone = _sample_weighted_mean(w[:, :k], [releases[c].samples for c in order])
     targets = mocha_targets(w[:, k:])
     peers = tuple(order)
     return [WeightAverage(c, r, epoch, batch, (peers, peers),
@@ -163,6 +159,12 @@ def similarity_matrix(theta: torch.Tensor) -> torch.Tensor:
     empty = a.sum(1, keepdim=True) <= 0
     a = torch.where(empty, off, a)
     return a / a.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def _sample_weighted_mean(rows: torch.Tensor, samples: list[int]) -> torch.Tensor:
+    """FedAvg's mean of the (m, P) ``rows``, each weighted by its client's FedAvg weight."""
+    n = torch.tensor([float(s) for s in samples], dtype=rows.dtype, device=rows.device)
+    return (n[:, None] * rows).sum(0) / n.sum()
 
 
 def _same_sizes(part: str, sizes: dict[str, int]) -> None:

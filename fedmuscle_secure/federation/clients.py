@@ -20,7 +20,7 @@ from fedmuscle_secure.client.settings import ClientSettings, LabelledData, PlanS
 from fedmuscle_secure.client.state import FedMuscleClient
 from fedmuscle_secure.client.weight_phase import WeightPhase
 from fedmuscle_secure.config import ClientConfig, ExperimentConfig
-from fedmuscle_secure.config_weights import averages_head, task_groups
+from fedmuscle_secure.config_weights import averaging_groups
 from fedmuscle_secure.crypto.ckks import SecretContext
 from fedmuscle_secure.data import FederatedSplit, Task, get_task
 from fedmuscle_secure.errors import ConfigError, EncodingError
@@ -153,8 +153,9 @@ def _secagg_client(setup: FederationSetup, name: str, privacy) -> SecAggClientPr
         raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
     peers = {k: public_identity(v) for k, v in setup.identities.items() if k != name}
     return SecAggClientProtection(name, setup.identities[name], peers, params, privacy,
-                                  groups=weight_groups(cfg, name) if setup.method in WEIGHT_SHARING
-                                  else None)
+                                  groups={part: members for part, members in averaging_groups(cfg)
+                                          if name in members}
+                                  if setup.method in WEIGHT_SHARING else None)
 
 
 def shared_layout(setup: FederationSetup, name: str) -> tuple[tuple[str, int], ...]:
@@ -166,16 +167,6 @@ def shared_layout(setup: FederationSetup, name: str) -> tuple[tuple[str, int], .
         model = _model(setup, i, c, get_task(c.task, setup.num_classes))
     ws = setup.cfg.weight_sharing
     return WeightPhase(model, setup.method, ws.scope, ws.mu, ws.keep).layout()
-
-
-def weight_groups(cfg: ExperimentConfig, name: str) -> dict[str, tuple[str, ...]]:
-    """Each part client ``name`` shares and the clients it is averaged over (DESIGN §2.7):
-    the backbone over every client, the task head (where averaged) over its task's."""
-    groups = {"backbone": tuple(c.name for c in cfg.clients)}
-    if averages_head(cfg):
-        task = _spec(cfg, name)[1].task
-        groups["head"] = task_groups(cfg)[task]
-    return groups
 
 
 def _ckks_client(setup: FederationSetup, name: str) -> CkksClientProtection:

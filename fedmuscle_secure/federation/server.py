@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.config_weights import averages_head, task_groups
+from fedmuscle_secure.config_weights import averaging_groups
 from fedmuscle_secure.crypto.ckks import PublicContext
 from fedmuscle_secure.federation.clients import shared_layout
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
@@ -60,12 +60,11 @@ def _secagg_weight_server(setup: FederationSetup) -> SecAggWeightProtection:
     of its groups, with the lengths the clients' models give."""
     cfg, params = setup.cfg, setup.secagg
     sums = []
-    groups = [("backbone", tuple(c.name for c in cfg.clients))]
-    if averages_head(cfg):
-        groups += [("head", members) for members in task_groups(cfg).values()]
-    layouts: dict[str, dict[str, int]] = {}
-    for part, members in groups:
-        layout = layouts.setdefault(members[0], dict(shared_layout(setup, members[0])))
+    layouts: dict[str, dict[str, int]] = {}  # one model built per client whose layout is read
+    for part, members in averaging_groups(cfg):
+        if members[0] not in layouts:
+            layouts[members[0]] = dict(shared_layout(setup, members[0]))
+        layout = layouts[members[0]]
         sums.append(WeightSum(part=list(layout).index(part), members=members,
                               length=layout[part], threshold=params.group_threshold(len(members))))
     return SecAggWeightProtection(

@@ -97,15 +97,20 @@ class SecAggServerProtection(ServerProtection):
         return self.handle(msg, active)
 
     def start_round(self, r: int, plan: torch.Tensor, exchange: str, active: list[str]) -> list[Message]:
-        t, nb = int(plan.shape[0]), int(plan.shape[1]) if plan.dim() > 1 else 0
         self._round, self._dropped, self._out_for_round = r, set(), set()
-        if exchange == "per_batch":
-            self._queue, self._batches = [(e, b, None) for e in range(t) for b in range(nb)], 1
-        else:
-            self._queue, self._batches = [(e, None, None) for e in range(t)], nb
+        self._queue, self._batches = self._round_queue(plan, exchange)
         return self._begin_next(active)
 
     # -- what an instance sums: the sum form's rows (overridden for weight parts) --------
+    def _round_queue(self, plan: torch.Tensor, exchange: str,
+                     ) -> tuple[list[tuple[int, int | None, tuple[str, ...] | None]], int]:
+        """The round's secure sums in order, as (epoch, batch, members; None: every active
+        client), and the batches each covers: one sum per CL epoch, or per batch."""
+        t, nb = int(plan.shape[0]), int(plan.shape[1]) if plan.dim() > 1 else 0
+        if exchange == "per_batch":
+            return [(e, b, None) for e in range(t) for b in range(nb)], 1
+        return [(e, None, None) for e in range(t)], nb
+
     def _threshold(self, members: tuple[str, ...] | None) -> int:
         """t of an instance over ``members`` (None: every active client)."""
         return self.threshold

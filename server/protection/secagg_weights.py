@@ -61,12 +61,10 @@ class SecAggWeightProtection(SecAggServerProtection):
         self.sums = {(s.part, s.members): s for s in sums}
         self.update_clip = update_clip
 
-    def start_round(self, r: int, plan: torch.Tensor, exchange: str,
-                    active: list[str]) -> list[Message]:
-        self._round, self._dropped, self._out_for_round = r, set(), set()
-        self._queue = [(0, part, members) for part, members in self.sums]
-        self._batches = 1
-        return self._begin_next(active)
+    def _round_queue(self, plan: torch.Tensor, exchange: str,
+                     ) -> tuple[list[tuple[int, int | None, tuple[str, ...] | None]], int]:
+        """Every part's sum over each of its groups, exchange (0, part), whatever the plan."""
+        return [(0, part, members) for part, members in self.sums], 1
 
     def _sum(self, batch: int | None, members: tuple[str, ...] | None) -> WeightSum:
         assert batch is not None and members is not None
