@@ -16,13 +16,11 @@ from collections import Counter
 
 import pytest
 
-from fedmuscle_secure.federation.split import make_split
 from fedmuscle_secure.messages import SitOut
 from fedmuscle_secure.records.ledger import read_entries
-from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.release_once import crash_and_rerun_round_2
 from helpers.release_once import release_config as _config
 from helpers.release_once import release_of as _release_of
-from helpers.round_driver import drive, restart, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -33,21 +31,11 @@ def test_a_rerun_round_gets_no_second_release(tmp_path, protection):
     restart each of them sits out that exchange and the rest of the round (LocalUpdate,
     seeded, could rebuild the encoder it released from), and the round finishes. Each
     ledger has exactly one egress per exchange."""
-    cfg = _config(protection)
-    split = make_split(cfg)
-    fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path)
-    run_round(fed, 1)
-    state = snapshot(fed)
-    first: list = []
-
-    def all_released_epoch0(msg, fed) -> bool:
+    def all_released_epoch0(first, fed) -> bool:
         got = {x[0] for m in first if (x := _release_of(m)) and x[1:] == (2, 0, None)}
         return got == set(fed.clients)
 
-    assert not drive(fed, 2, stop=all_released_epoch0, seen=first)
-    fed = restart(cfg, split, tmp_path, fed, state, "muscle_sum")
-    second: list = []
-    assert drive(fed, 2, seen=second)  # the re-run round finishes
+    fed, _, second = crash_and_rerun_round_2(_config(protection), tmp_path, all_released_epoch0)
     again = [x for m in second if (x := _release_of(m))]
     assert not [x for x in again if x[1:] == (2, 0, None)], "a second release of (2, 0)"
     assert not again, f"releases in a re-run round: {again}"

@@ -36,30 +36,22 @@ from fedmuscle_secure.messages import (
 )
 from fedmuscle_secure.records.ledger import read_entries
 from fedmuscle_secure.simulator import build_federation, run_round
+from helpers.release_once import crash_and_rerun_round_2
 from helpers.release_once import release_config as _config
 from helpers.release_once import release_of as _release_of
-from helpers.round_driver import drive, restart, snapshot
+from helpers.round_driver import drive
 
 
 def test_a_partly_released_exchange_runs_with_the_others_only(tmp_path):
     """Crash after a and b released (round 2, batch 0) but before c and d did (per_batch,
     plain): after the restart a and b sit it out, c and d release it once, and every
     client's round ends."""
-    cfg = _config("plain", exchange="per_batch")
-    split = make_split(cfg)
-    fed = build_federation(cfg, split, "muscle_sum", record_dir=tmp_path)
-    run_round(fed, 1)
-    state = snapshot(fed)
-    first: list = []
-
-    def two_released(msg, fed) -> bool:
+    def two_released(first, fed) -> bool:
         return len([m for m in first if _release_of(m) and _release_of(m)[1:] == (2, 0, 0)]) == 2
 
-    assert not drive(fed, 2, stop=two_released, seen=first)
+    fed, first, second = crash_and_rerun_round_2(_config("plain", exchange="per_batch"),
+                                                  tmp_path, two_released)
     early = {m.client for m in first if _release_of(m)}
-    fed = restart(cfg, split, tmp_path, fed, state, "muscle_sum")
-    second: list = []
-    assert drive(fed, 2, seen=second)
     assert {m.client for m in second if isinstance(m, SitOut)} == early
     assert {x[0] for m in second if (x := _release_of(m)) and x[1:] == (2, 0, 0)} == \
         set(fed.clients) - early
