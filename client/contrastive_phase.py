@@ -22,13 +22,14 @@ from fedmuscle_secure.data.tasks import Task
 from fedmuscle_secure.data.views import random_view
 from fedmuscle_secure.messages import GroupOutputs, SumTerms
 from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.models.mixture import MixtureModel
 from fedmuscle_secure.seeding import derive_seed
 
 
 class ContrastivePhase:
     """Views, anchors and steps of the contrastive phase (module docs)."""
 
-    def __init__(self, name: str, model: ClientModel, task: Task, public_x: torch.Tensor,
+    def __init__(self, name: str, model: ClientModel | MixtureModel, task: Task, public_x: torch.Tensor,
                  settings: ClientSettings, guard: ReleaseGuard) -> None:
         self.name, self.model, self.task = name, model, task
         self.public_x = public_x

@@ -14,12 +14,15 @@ def local_update(
     model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, x: torch.Tensor,
     targets: torch.Tensor, *, epochs: int, batch_size: int, generator: torch.Generator,
     before_step: Callable[[], None] | None = None,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """E epochs of the task loss on the private shard; returns the last epoch's mean loss.
 
     Shuffling draws from ``generator`` (experiment randomness, seeded per round and client)
     so a resumed run repeats an uninterrupted one exactly. ``before_step`` runs between the
     backward pass and each optimizer step (FedProx adds its proximal gradient there).
+    ``batch_loss``: the loss of the batch of row indices it is given, in place of the task
+    loss of ``model`` (FedEM's responsibility-weighted loss of its components).
     """
     model.train()
     n = x.shape[0]
@@ -32,7 +35,8 @@ def local_update(
             if idx.numel() < 2 and n >= 2:  # BatchNorm cannot train on one row
                 continue
             optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(model(x[idx]), targets[idx])
+            loss = task.loss(model(x[idx]), targets[idx]) if batch_loss is None \
+                else batch_loss(idx)
             loss.backward()
             if before_step is not None:
                 before_step()

@@ -42,6 +42,7 @@ from fedmuscle_secure.messages import (
 )
 from fedmuscle_secure.methods import WEIGHT_SHARING
 from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.models.mixture import MixtureModel
 
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting, tenseal) only where configured
     from fedmuscle_secure.client.dp_sgd import DPSGDTrainer
@@ -61,7 +62,7 @@ class ClientStage(enum.Enum):
 class FedMuscleClient:
     """One organization's side: LocalUpdate, release Z^n, one step per server reply."""
 
-    def __init__(self, name: str, model: ClientModel, task: Task, *, train: LabelledData,
+    def __init__(self, name: str, model: ClientModel | MixtureModel, task: Task, *, train: LabelledData,
                  val: LabelledData, test: LabelledData, public_x: torch.Tensor,
                  settings: ClientSettings, privacy: ClientPrivacy | None = None,
                  dpsgd: DPSGDTrainer | None = None,

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fedmuscle_secure.client.fedem import expectation_step, weighted_nll
 from fedmuscle_secure.client.local_update import evaluate, local_update
 from fedmuscle_secure.client.settings import ClientSettings, LabelledData
 from fedmuscle_secure.client.weight_phase import WeightPhase
 from fedmuscle_secure.data.tasks import Task
+from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.models.mixture import MixtureModel
 from fedmuscle_secure.seeding import derive_seed
 
 if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting) only where DP is configured
@@ -27,7 +30,7 @@ if TYPE_CHECKING:  # heavy imports (opacus, dp-accounting) only where DP is conf
 class LocalTraining:
     """LocalUpdate (plain or DP-SGD) and evaluation of one client's task model."""
 
-    def __init__(self, name: str, model: ClientModel, task: Task, *, train: LabelledData,
+    def __init__(self, name: str, model: ClientModel | MixtureModel, task: Task, *, train: LabelledData,
                  val: LabelledData, test: LabelledData, settings: ClientSettings,
                  privacy: ClientPrivacy | None, dpsgd: DPSGDTrainer | None,
                  weights: WeightPhase | None = None) -> None:
@@ -40,6 +43,9 @@ class LocalTraining:
         # Its per-sample hooks are on only inside DPSGDTrainer.run, so the contrastive
         # phase pays nothing for them.
         self.dpsgd = dpsgd
+        if dpsgd is not None and isinstance(model, MixtureModel):
+            raise ConfigError("privacy.dp_sgd.enabled", "FedEM's mixture trains outside DP-SGD "
+                              "(config_weights.check_weight_sharing refuses it)")
         self.weights = weights
         if dpsgd is not None and weights is not None:
             dpsgd.after_noise = weights.add_proximal_gradient
@@ -66,7 +72,18 @@ class LocalTraining:
                             self.train.targets, epochs=s.local_epochs,
                             batch_size=s.local_batch_size, generator=gen,
                             before_step=self.weights.add_proximal_gradient
-                            if self.weights is not None else None)
+                            if self.weights is not None else None,
+                            batch_loss=self._mixture_loss())
+
+    def _mixture_loss(self):
+        """FedEM (:mod:`~fedmuscle_secure.client.fedem`): the E-step and π's M-step on the
+        training set, then the components' responsibility-weighted loss for the LocalUpdate;
+        None for one model (its task loss)."""
+        if not isinstance(self.model, MixtureModel):
+            return None
+        model, task, x, targets = self.model, self.task, self.train.x, self.train.targets
+        q = expectation_step(model, task, x, targets)
+        return lambda idx: weighted_nll(model, task, x[idx], targets[idx], q[idx])
 
     def evaluate(self) -> dict[str, float]:
         """``val_metric`` reads private records (the shard's held-out split) directly;

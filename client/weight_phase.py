@@ -17,23 +17,28 @@ import torch
 from torch import nn
 
 from fedmuscle_secure.models import ClientModel
+from fedmuscle_secure.models.mixture import MixtureModel
 
 
-def shared_parts(model: ClientModel, method: str, scope: str) -> list[tuple[str, list[nn.Parameter]]]:
-    """The parts ``method`` shares and their parameters (module docs): M-Fed, MOCHA and
-    ``scope: model`` share backbone and head, ``scope: encoder`` and MIRA (its adapters) the
-    backbone alone."""
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+def shared_parts(model: ClientModel | MixtureModel, method: str,
+                 scope: str) -> list[tuple[str, list[nn.Parameter]]]:
+    """The parts ``method`` shares and their parameters (module docs): M-Fed, MOCHA, FedEM
+    and ``scope: model`` share backbone and head, ``scope: encoder`` and MIRA (its adapters)
+    the backbone alone. A FedEM mixture shares every component's: each part holds that part
+    of component 1, then of component 2, ..., so a mean of the parts is each component's
+    mean."""
+    members = list(model.components) if isinstance(model, MixtureModel) else [model]
+    backbone = [p for m in members for p in m.backbone.parameters() if p.requires_grad]
     parts = [("backbone", backbone)]
-    if method in ("mfed", "mocha") or (scope == "model" and method != "mira"):
-        parts.append(("head", list(model.head.parameters())))
+    if method in ("mfed", "mocha", "fedem") or (scope == "model" and method != "mira"):
+        parts.append(("head", [p for m in members for p in m.head.parameters()]))
     return parts
 
 
 class WeightPhase:
     """Release, load and proximal term of one client (module docs)."""
 
-    def __init__(self, model: ClientModel, method: str, scope: str, mu: float,
+    def __init__(self, model: ClientModel | MixtureModel, method: str, scope: str, mu: float,
                  keep: float = 1.0) -> None:
         self.parts = shared_parts(model, method, scope)
         self.keep = keep if method == "feddea" else 1.0  # FedDEA's decoupled update

@@ -39,6 +39,8 @@ class WeightSharingConfig(_Strict):
                       "every shared weight, mfed: on the task head (towards its task's mean), "
                       "mocha: on the task head (towards its task-relationship target), in "
                       "every LocalUpdate step")
+    components: int = Field(default=3, ge=2, le=16, description="fedem: K, the number of "
+                            "shared component models each client's data is a mixture of")
     update_clip: float = Field(default=10.0, gt=0, le=1e6, description="protection secagg: "
                                "the L2 norm each client's update of each part is clipped to "
                                "before the secure sum (bounds its fixed-point encoding and what "
@@ -93,13 +95,20 @@ def check_weight_sharing(cfg: ExperimentConfig) -> None:
                               f"clients, so every client needs the same architecture: "
                               f"{c.name!r} has {arch(c)}, {first.name!r} has {arch(first)}"
                               f"{' (or different adapters or image_size)' if c.model == first.model else ''}")
-    if method == "mocha":
+    if method in _ONE_TASK:
         for i, c in enumerate(cfg.clients):
             if c.task != first.task:
-                raise ConfigError(f"clients.{i}.task", "'mocha' couples one linear model per "
-                                  "client in one space (its tasks share a label space and a "
-                                  f"model dimension): every client needs the same task; "
-                                  f"{c.name!r} has {c.task!r}, {first.name!r} has {first.task!r}")
+                raise ConfigError(f"clients.{i}.task", f"{_ONE_TASK[method]}: every client "
+                                  f"needs the same task; {c.name!r} has {c.task!r}, "
+                                  f"{first.name!r} has {first.task!r}")
+    if method == "fedem" and cfg.privacy.dp_sgd.enabled:
+        raise ConfigError("privacy.dp_sgd.enabled", "'fedem' reads every private record outside "
+                          "DP-SGD's steps: its E-step weighs each record by responsibilities "
+                          "that depend on π, the mean over all records, so a record's weight in "
+                          "the clipped, noised gradient depends on the other records (DP-SGD's "
+                          "analysis assumes a fixed loss), and π itself shapes the released "
+                          "components; K components also take K times the steps on the same "
+                          "records. Set it to false (FedEM runs without DP for now)")
     if method in ("fedavg", "fedprox", "feddea") and cfg.weight_sharing.scope == "model":
         for i, c in enumerate(cfg.clients[1:], 1):
             if c.task != first.task:
@@ -109,10 +118,20 @@ def check_weight_sharing(cfg: ExperimentConfig) -> None:
                                   "use scope 'encoder' (heads stay local) or method 'mfed'")
 
 
+_ONE_TASK: dict[str, str] = {
+    "mocha": "'mocha' couples one linear model per client in one space (its tasks share a "
+             "label space and a model dimension)",
+    "fedem": "'fedem' learns K component models of one label space, each client's data a "
+             "mixture of the same underlying distributions (\"each local data distribution is "
+             "a mixture of unknown underlying distributions\")",
+}
+"""The methods whose assumptions need one task on every client, and why (their papers)."""
+
+
 def averages_head(cfg: ExperimentConfig) -> bool:
-    """Whether the method averages the task head (within each task): M-Fed always,
-    FedAvg / FedProx / FedDEA with ``scope: model``."""
-    return cfg.muscle.method == "mfed" or (cfg.muscle.method in ("fedavg", "fedprox", "feddea")
+    """Whether the method averages the task head (within each task): M-Fed and FedEM (its
+    components' heads) always, FedAvg / FedProx / FedDEA with ``scope: model``."""
+    return cfg.muscle.method in ("mfed", "fedem") or (cfg.muscle.method in ("fedavg", "fedprox", "feddea")
                                            and cfg.weight_sharing.scope == "model")
 
 

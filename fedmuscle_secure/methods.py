@@ -16,10 +16,11 @@ pairwise InfoNCE (γ = 0); ``local``: no collaboration (Δ reference)."""
 BASELINES: tuple[str, ...] = ("gram", "fedhenn", "pseudo_label", "cofed", "feddf", "simclr")
 """Method names (``muscle.method``) of the baselines (§2.3), ``plain`` only."""
 
-WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "mira", "mocha")
+WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "mira", "mocha",
+                                   "fedem")
 """Methods that share weights, not representations (DESIGN §2.7): FedAvg, FedProx, M-Fed,
-FedDEA, MIRA-style LoRA and MOCHA. They need the same architecture where they average, and release
-model parameters."""
+FedDEA, MIRA-style LoRA, MOCHA and FedEM. They need the same architecture where they average,
+and release model parameters."""
 
 SUMMED_WEIGHTS: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea")
 """Weight-sharing methods whose server step is a weighted mean (of every part, over its

@@ -259,7 +259,9 @@ class FedMuscleServer:
         s = self.settings
         order = [c for c in self.active if c in self._pending]
         spaces = {c: s.output_spaces[self.index[c]] for c in order}  # each client's task
-        if s.method in WEIGHT_SHARING:  # means (mira's, mocha's steps) of the shared weights
+        # means (mira's, mocha's steps) of the shared weights; FedEM's K components are
+        # stacked in each part, so FedAvg's mean of a part is each component's mean
+        if s.method in WEIGHT_SHARING:
             if s.method == "mira":
                 out = similarity_steps(self.round + 1, epoch, batch, order, self._pending,
                                        beta=s.mira_beta, device=s.device)

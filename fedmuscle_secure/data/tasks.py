@@ -104,6 +104,15 @@ class Task:
             return F.cross_entropy(logits, targets.long())
         return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
 
+    def nll(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) per-sample negative log-likelihood −log p(y | x): the cross-entropy
+        (multiclass), or the BCE summed over the outputs (multilabel: independent Bernoulli
+        outputs). FedEM's responsibilities and weighted loss read it (DESIGN §2.7)."""
+        if self.kind == "multiclass":
+            return F.cross_entropy(logits, targets.long(), reduction="none")
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype),
+                                                  reduction="none").sum(-1)
+
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """Argmax class id (multiclass) or int64 0/1 per output at logit > 0 (multilabel)."""
         logits = torch.as_tensor(logits)

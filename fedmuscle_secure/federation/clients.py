@@ -27,7 +27,8 @@ from fedmuscle_secure.errors import ConfigError, EncodingError
 from fedmuscle_secure.federation.client_privacy import Records, client_privacy
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
 from fedmuscle_secure.methods import WEIGHT_SHARING
-from fedmuscle_secure.models import Weights, build_client_model
+from fedmuscle_secure.models import ClientModel, Weights, build_client_model
+from fedmuscle_secure.models.mixture import MixtureModel
 from fedmuscle_secure.seeding import derive_seed
 
 
@@ -91,18 +92,37 @@ def _model(setup: FederationSetup, i: int, c: ClientConfig, task: Task) -> torch
     # weight sharing starts every client from the same weights, as FedAvg's server
     # broadcast of w_0 does (DESIGN §2.7); otherwise each organisation's own initialisation
     shared = setup.method in WEIGHT_SHARING
+    if setup.method == "fedem":  # K components, each its own start (the same on every client)
+        return MixtureModel([_component(setup, i, c, task, k)
+                             for k in range(setup.cfg.weight_sharing.components)],
+                            multilabel=task.kind == "multilabel")
     torch.manual_seed(derive_seed(setup.cfg.seed, "weight-sharing" if shared else c.name, "init"))
     dp_sgd = setup.calibration is not None and bool(setup.calibration.sigma_record)
-    model = build_client_model(
+    model = _build(setup, i, c, task, channels_last=not dp_sgd)  # Opacus: NCHW
+    if dp_sgd:
+        model = make_private_model(model, client=c.name)
+    return model
+
+
+def _component(setup: FederationSetup, i: int, c: ClientConfig, task: Task, k: int) -> ClientModel:
+    """FedEM's component ``k``: seeded by the experiment seed and k alone, so every client
+    starts from the same K models and the K differ (identical components would get equal
+    responsibilities and never separate). FedEM is refused under DP-SGD."""
+    torch.manual_seed(derive_seed(setup.cfg.seed, "weight-sharing", "init", "component", k))
+    return _build(setup, i, c, task, channels_last=True)
+
+
+def _build(setup: FederationSetup, i: int, c: ClientConfig, task: Task, *,
+           channels_last: bool) -> ClientModel:
+    """One model of the organisation's configured architecture, from the current random
+    state; NHWC where ``training.channels_last`` asks and ``channels_last`` allows."""
+    return build_client_model(
         model=c.model, model_kwargs=c.model_kwargs, in_chans=setup.in_chans,
         image_size=c.image_size, dim=setup.cfg.muscle.dim, num_outputs=task.num_outputs,
         projection=c.projection.kind, hidden=c.projection.hidden, field=f"clients.{i}.model",
         weights=_weights(i, c), adapter=_adapter(c), adapter_field=f"clients.{i}.adapter",
-        channels_last=setup.cfg.training.channels_last and not dp_sgd,  # Opacus: NCHW
+        channels_last=setup.cfg.training.channels_last and channels_last,
         vocab_size=setup.vocab_size)
-    if dp_sgd:
-        model = make_private_model(model, client=c.name)
-    return model
 
 
 def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
@@ -124,9 +144,13 @@ def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
     """What :func:`~fedmuscle_secure.models.save_final` records beside an organisation's
     final weights: the arguments :func:`build_client` gave ``build_client_model`` (not the
     starting weights: ``final.pt`` holds every weight), whether DP-SGD changed its layers,
-    and the task and metric the model serves."""
+    the task and metric the model serves, and for FedEM the mixture (``final.pt`` holds its
+    K components and π)."""
     c = next(spec for spec in cfg.clients if spec.name == name)
-    return {"client": name, "round": client.round, "task": c.task, "metric": client.task.metric,
+    mixture = ({"mixture": {"components": len(client.model.components),
+                            "multilabel": client.model.multilabel}}
+               if isinstance(client.model, MixtureModel) else {})  # FedEM's K components and π
+    return {**mixture, "client": name, "round": client.round, "task": c.task, "metric": client.task.metric,
             "dp_sgd": client.dpsgd is not None,
             "architecture": {"model": c.model, "model_kwargs": dict(c.model_kwargs),
                              "in_chans": setup.in_chans, "image_size": c.image_size,

@@ -26,6 +26,7 @@ from torch import nn
 from fedmuscle_secure.durable import write_atomic
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models.adapter import apply_lora
+from fedmuscle_secure.models.mixture import MixtureModel
 from fedmuscle_secure.models.pretrained import cached_weights, create_pretrained, read_weights
 from fedmuscle_secure.models.text import create_text_backbone, is_text_model, minilm_state
 
@@ -217,7 +218,7 @@ FINAL_WEIGHTS, FINAL_SPEC = "final.pt", "final.json"
 class FinalModel:
     """What :func:`load_final` returns: the model, ready for inference, and its record."""
 
-    model: ClientModel
+    model: nn.Module       # a ClientModel, or FedEM's MixtureModel of them
     spec: dict[str, Any]   # architecture, task and metric, as :func:`save_final` wrote them
 
 
@@ -239,25 +240,37 @@ def load_final(path: str | Path) -> FinalModel:
     """The model :func:`save_final` wrote (``path``: its ``final.pt`` or the folder), in eval
     mode on the CPU. The weights are read with ``weights_only=True``; the architecture is
     rebuilt from ``final.json`` (a model trained with DP-SGD gets the same normalisation
-    layers it was trained with)."""
+    layers it was trained with; a FedEM client's is its mixture of K components)."""
     path = Path(path)
     weights = path / FINAL_WEIGHTS if path.is_dir() else path
     record = weights.with_name(FINAL_SPEC)
     try:
         spec = json.loads(record.read_text())
-        arch = spec["architecture"]
-        model = build_client_model(field=f"{record}: architecture", **arch)
+        mixture = spec.get("mixture")
+        if mixture is None:
+            model = _final_model(spec, record)
+        else:  # FedEM (DESIGN §2.7): its K components and the client's π
+            model = MixtureModel([_final_model(spec, record)
+                                  for _ in range(int(mixture["components"]))],
+                                 multilabel=bool(mixture["multilabel"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(str(record), f"not a final-model record ({type(exc).__name__}: {exc}); "
                                        "expected the final.json written beside final.pt") from None
-    if spec.get("dp_sgd"):
-        # deferred: opacus is heavy, and models.private imports this package
-        from fedmuscle_secure.models.private import make_private_model
-
-        model = make_private_model(model, client=str(spec.get("client", "?")))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ConfigError(str(weights), f"cannot load the final weights: {exc}") from None
     return FinalModel(model.eval(), spec)
+
+
+def _final_model(spec: dict[str, Any], record: Path) -> nn.Module:
+    """One model of the recorded architecture (a model trained with DP-SGD with the
+    normalisation layers it was trained with)."""
+    model = build_client_model(field=f"{record}: architecture", **spec["architecture"])
+    if spec.get("dp_sgd"):
+        # deferred: opacus is heavy, and models.private imports this package
+        from fedmuscle_secure.models.private import make_private_model
+
+        model = make_private_model(model, client=str(spec.get("client", "?")))
+    return model
