@@ -22,11 +22,12 @@ WEIGHT_SHARING: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "mira"
 FedDEA, MIRA-style LoRA, MOCHA and FedEM. They need the same architecture where they average,
 and release model parameters."""
 
-SUMMED_WEIGHTS: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea")
+SUMMED_WEIGHTS: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "fedem")
 """Weight-sharing methods whose server step is a weighted mean (of every part, over its
-group): under ``secagg`` it is computed from secure sums of the clients' updates. MIRA's
-step needs each client's adapters (their pairwise similarities), and MOCHA's Ω each
-client's head, which no sum gives."""
+group): under ``secagg`` it is computed from secure sums of the clients' updates (FedEM's
+parts hold its K components, so a part's mean is each component's). MIRA's step needs each
+client's adapters (their pairwise similarities), and MOCHA's Ω each client's head, which no
+sum gives."""
 
 PART_SCOPES: dict[str, str] = {"backbone": "all", "head": "task"}
 """The parts a weight-sharing client releases and the group each is averaged over: every

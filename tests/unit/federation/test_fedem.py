@@ -3,13 +3,15 @@ E-step's responsibilities are π_k exp(−ℓ_k) normalised over k; π's M-step 
 component's gradient is the responsibility-weighted gradient of its loss; the server's step
 is each component's sample-weighted mean over the clients; the client predicts with the
 π-weighted mixture of the components' probabilities (not of their logits); a run goes end
-to end, resumes from its checkpoint as if never stopped, and keeps its mixture; where its
+to end, resumes from its checkpoint as if never stopped, and keeps its mixture; under
+secagg each component is the plaintext mean within the fixed-point bound; where its
 assumptions fail it is refused."""
 
 from __future__ import annotations
 
 import io
 import math
+from collections import deque
 
 import pytest
 import torch
@@ -229,7 +231,6 @@ def test_the_model_an_organisation_keeps_is_its_mixture(tmp_path):
 @pytest.mark.parametrize(("over", "field", "message"), [
     ({"clients": [dict(SAME_TASK[0]), dict(SAME_TASK[1], task="coarse"), dict(SAME_TASK[2])]},
      "clients.1.task", "every client needs the same task"),
-    ({"protection": "secagg"}, "protection", "in the clear"),
     ({"protection": "ckks"}, "protection", "in the clear"),
     ({"privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}},
      "privacy.representation_noise.enabled", "releases weights"),
@@ -242,3 +243,36 @@ def test_fedem_is_refused_where_its_assumptions_fail(over, field, message):
     with pytest.raises(ConfigError, match=message) as err:
         _cfg(**over)
     assert err.value.field == field
+
+
+def test_under_secagg_each_component_is_the_plaintext_mean_within_the_fixed_point_bound():
+    """The same round plain and through secure sums (DESIGN §2.7): both train identically up
+    to the exchange; under secagg every client ends the round with each component the mean
+    of the plain releases (every client weighing 1, as under secagg) to within the
+    fixed-point bound, and its π its own."""
+    cfg_plain, cfg_secure = _cfg(), _cfg(protection="secagg")
+    split = make_split(cfg_plain)
+    plain, secure = build_federation(cfg_plain, split, "fedem"), build_federation(cfg_secure, split, "fedem")
+    releases = {}
+    queue = deque(plain.server.start_round(1))
+    while queue:
+        msg = queue.popleft()
+        for rep in plain.clients[msg.client].handle(msg):
+            if isinstance(rep, WeightRelease):
+                releases[rep.client] = rep
+            queue.extend(plain.server.handle(rep))
+    run_round(secure, 1)
+    assert secure.server.protection.events == []  # no dropout, no forged sum
+    layout = secure.clients["a"].weights.layout()
+    offset = 0
+    for part, n in layout:
+        exact = torch.stack([releases[c].w[offset:offset + n].double() for c in "abc"]).mean(0)
+        enc = secure.server.protection.encoding_for(n, 3)
+        bound = 3 * 0.5 * 2.0 ** -enc.z_codec.frac_bits / 3 + 8 * 2.0 ** -24 * float(exact.abs().max())
+        for c in "abc":
+            got = secure.clients[c].weights.vector()[offset:offset + n].double()
+            assert float((got - exact).abs().max()) <= bound, (part, c)
+        offset += n
+    for c in "abc":
+        torch.testing.assert_close(secure.clients[c].model.pi, plain.clients[c].model.pi)
+    plain.close(), secure.close()
