@@ -77,23 +77,24 @@ def test_shipped_grids_expand(tmp_path):
     methods = {c.method for c in paper.cells} | {i.split("__")[0] for i, _ in paper.invalid}
     assert methods == {"muscle", "muscle_sum", "pairwise", "gram", "fedhenn", "cofed", "feddf",
                        "simclr", "pseudo_label", "local", "fedavg", "fedprox", "mfed", "feddea",
-                       "mira", "mocha"}
+                       "mira", "mocha", "fedem"}
     assert {i.split("__")[0] for i, _ in paper.invalid} == {"fedavg", "fedprox", "mfed", "feddea",
-                                                            "mira", "mocha"}
+                                                            "mira", "mocha", "fedem"}
     assert {c.config.seed for c in paper.cells} == set(range(10))
     shapes = expand_file(root / "compare-shapes.yaml", allow_invalid=True)
     assert {c.method for c in shapes.cells} | {i.split("__")[0] for i, _ in shapes.invalid} \
-        == methods - {"fedavg", "fedprox", "mfed", "feddea", "mira", "mocha"}
+        == methods - {"fedavg", "fedprox", "mfed", "feddea", "mira", "mocha", "fedem"}
     assert {c.config.data.dataset for c in shapes.cells} == {"shapes"}
     assert {c.config.seed for c in shapes.cells} == set(range(10))
     fmtl = expand_file(root / "compare-fmtl.yaml", allow_invalid=True)
     # the weighted means also under secagg (M-Fed refused there: tasks of one and two
-    # clients), mocha refused (three tasks where it needs one)
-    assert len(fmtl.cells) == 10 + 6 * 10 + 3 * 10 and len(fmtl.invalid) == 2 * 10
+    # clients), mocha and fedem refused (three tasks where they need one)
+    assert len(fmtl.cells) == 10 + 6 * 10 + 3 * 10 and len(fmtl.invalid) == 3 * 10
     refused = {i.split("__")[0] + "/" + i.split("__")[1]: why for i, why in fmtl.invalid}
-    assert set(refused) == {"mfed/secagg", "mocha/plain"}
+    assert set(refused) == {"mfed/secagg", "mocha/plain", "fedem/plain"}
     assert "task 'coarse' has ['hospital-a']" in refused["mfed/secagg"]
     assert "every client needs the same task" in refused["mocha/plain"]
+    assert "every client needs the same task" in refused["fedem/plain"]
     assert {(c.method, c.protection) for c in fmtl.cells if c.protection == "secagg"} == {
         ("fedavg", "secagg"), ("fedprox", "secagg"), ("feddea", "secagg")}
     assert {c.method for c in fmtl.cells} == {"local", "muscle", "muscle_sum", "fedavg", "fedprox",
@@ -104,7 +105,7 @@ def test_shipped_grids_expand(tmp_path):
 def test_the_heterogeneous_grid_refuses_weight_sharing_naming_the_client():
     exp = expand_file(REPO / "configs" / "compare-paper.yaml", allow_invalid=True)
     refused = {i.split("__")[0]: why for i, why in exp.invalid}
-    assert set(refused) == {"fedavg", "fedprox", "mfed", "feddea", "mira", "mocha"}
+    assert set(refused) == {"fedavg", "fedprox", "mfed", "feddea", "mira", "mocha", "fedem"}
     assert "clients.0.adapter" in refused["mira"]
     assert all("clients.1.model" in why and "same architecture" in why
                for m, why in refused.items() if m != "mira")
