@@ -19,7 +19,13 @@ import torch
 
 from fedmuscle_secure.crypto.secagg.messages import min_group
 from fedmuscle_secure.dp.accounting import DpEventRecord, PrivacyAccountant
-from fedmuscle_secure.dp.noise import clip_rows, gaussian_release, representation_sensitivity
+from fedmuscle_secure.dp.noise import (
+    clip_rows,
+    csprng_normal,
+    gaussian_release,
+    representation_sensitivity,
+    update_sensitivity,
+)
 from fedmuscle_secure.errors import PrivacyBudgetExceeded
 from fedmuscle_secure.records.ledger import Ledger, payload_digest
 
@@ -34,6 +40,7 @@ class PrivacySettings:
     max_grad_norm: float
     record_budget: float | None
     client_budget: float | None
+    update_clip: float | None = None  # set: sigma_client is noise on weight updates clipped to it
 
 
 class ClientPrivacy:
@@ -120,17 +127,66 @@ class ClientPrivacy:
         self.releases += 1
         return payload
 
+    # -- client level: weight updates (DP-FedAvg, DESIGN §2.7) -------------------------
+    @property
+    def noises_updates(self) -> bool:
+        """Whether this client adds client-level noise to its weight updates."""
+        return self.settings.sigma_client is not None and self.settings.update_clip is not None
+
+    def _update_event(self, parts: int) -> DpEventRecord:
+        """``parts`` updates, each clipped to C, each one Gaussian mechanism of sensitivity
+        2C (:func:`~fedmuscle_secure.dp.noise.update_sensitivity`) at the run's σ."""
+        assert self.settings.sigma_client is not None and self.settings.update_clip is not None
+        return DpEventRecord(guarantee=CLIENT, mechanism="gaussian",
+                             noise_multiplier=self.settings.sigma_client, sample_rate=1.0,
+                             steps=parts, sensitivity=update_sensitivity(self.settings.update_clip),
+                             neighbouring="replace_client_dataset")
+
+    def noisy_updates(self, round_: int, exchange: tuple[int, int | None],
+                      updates: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``protection: plain`` with update noise: every part's update L2-clipped to C,
+        then N(0, (σ·2C)²) per coordinate; admitted before anything is drawn (may raise
+        :class:`PrivacyBudgetExceeded`, recording the refusal) and recorded as one event of
+        ``len(updates)`` steps. float64 out."""
+        event = self._update_event(len(updates))
+        self._admit(round_, event, f"release of {len(updates)} weight update(s)")
+        std = event.noise_multiplier * event.sensitivity
+        out, cut = [], 0
+        for u in updates:
+            clipped, n = clip_rows(u.to(torch.float64).reshape(1, -1), self.settings.update_clip)
+            cut += n
+            out.append(clipped.reshape(-1) + csprng_normal(u.shape, std=std, dtype=torch.float64))
+        self._record(round_, [exchange[0], exchange[1]], event, updates_clipped=cut)
+        return out
+
+    def secagg_update_share(self, round_: int, exchange: tuple[int, int | None],
+                            update: torch.Tensor, *, threshold: int, t_collude: int,
+                            ) -> tuple[torch.Tensor, DpEventRecord | None, int]:
+        """``protection: secagg``: this client's share of the distributed noise on its
+        ``update`` (already clipped to C), σ/√(t − t_c) · 2C per coordinate for a sum of
+        threshold t where at most t_c = min(t_collude, t − 1) members collude (DESIGN
+        §5.1). Admitted here, recorded with the masked input (:meth:`record_secagg_release`
+        with the returned event and t_c). Without update noise: ``update``, None."""
+        t_c = min(t_collude, threshold - 1)
+        if not self.noises_updates:
+            return update, None, t_c
+        event = self._update_event(1)
+        self._admit(round_, event, "secure-sum release of a weight update")
+        std = share_noise_multiplier(event.noise_multiplier, threshold, t_c) * event.sensitivity
+        noisy = update.to(torch.float64) + csprng_normal(update.shape, std=std, dtype=torch.float64)
+        return noisy, event, t_c
+
     def release_weights(self, round_: int, exchange: tuple[int, int | None], w: torch.Tensor,
-                        samples: int, recipient: str) -> None:
+                        samples: int, recipient: str, **content: object) -> None:
         """Record a weight-sharing method's release (DESIGN §2.7): the egress of the shared
         parameters and of the averaging weight sent with them (``samples``: the training-set
-        size without DP, 1 under DP). No client-level noise is added to weights (the config
-        refuses it); under DP-SGD the weights are post-processing of the LocalUpdate's
-        recorded steps."""
+        size without DP, 1 under DP). With update noise the weights are the last average
+        plus noised updates (:meth:`noisy_updates`, recorded before); under DP-SGD they are
+        post-processing of the LocalUpdate's recorded steps."""
         digest, size = payload_digest(w)
         self._log("egress", {"round": round_, "exchange": [exchange[0], exchange[1]],
                              "recipient": recipient, "content": "weights", "samples": samples,
-                             "sha256": digest, "bytes": size})
+                             **content, "sha256": digest, "bytes": size})
         self.releases += 1
 
     # -- client level under secagg: distributed noise (DESIGN §5.1) ---------------------

@@ -103,7 +103,7 @@ def reports_private_metrics(cfg: ExperimentConfig) -> bool:
     p = cfg.privacy
     if p.report_private_metrics is not None:
         return p.report_private_metrics
-    return not (p.dp_sgd.enabled or p.representation_noise.enabled)
+    return not (p.dp_sgd.enabled or p.client_noise is not None)
 
 
 def policy_for(cfg: ExperimentConfig, method: str) -> ReportPolicy:
@@ -111,7 +111,7 @@ def policy_for(cfg: ExperimentConfig, method: str) -> ReportPolicy:
     p = cfg.privacy
     return ReportPolicy(report_private=reports_private_metrics(cfg),
                         record_level=p.dp_sgd.enabled,
-                        client_level=p.representation_noise.enabled and method != "local")
+                        client_level=p.client_noise is not None and method != "local")
 
 
 class ReportGate:

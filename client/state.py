@@ -354,7 +354,18 @@ class FedMuscleClient:
         w = self.weights.release()
         samples = self._samples()
         if self.privacy is not None:
-            self.privacy.release_weights(r, (epoch, batch), w, samples, recipient=SERVER)
+            content = {}
+            if self.privacy.noises_updates:  # DP-FedAvg: the last average + noised updates
+                start = self.weights.start
+                try:
+                    noisy = self.privacy.noisy_updates(r, (epoch, batch),
+                                                       self.weights.segments(w - start))
+                except PrivacyBudgetExceeded as exc:
+                    return self._leave(r, str(exc))
+                w = (start.to(torch.float64) + torch.cat(noisy)).float().contiguous()
+                content = {"update_noise": True}
+            self.privacy.release_weights(r, (epoch, batch), w, samples, recipient=SERVER,
+                                         **content)
         self.guard.released(r, epoch, batch, rows)
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY

@@ -122,6 +122,17 @@ class RepresentationNoiseConfig(_Strict):
     target_epsilon: float | None = Field(default=None, gt=0)
 
 
+class UpdateNoiseConfig(_Strict):
+    """Client-level DP on released weight updates (DP-FedAvg, DESIGN §2.7, §5.1): each
+    part's update is clipped to ``weight_sharing.update_clip`` C and Gaussian noise of std
+    σ·2C is added (under secagg distributed over the members); a noise multiplier σ, or a
+    target ε over the whole run from which σ is calibrated."""
+
+    enabled: bool = False
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    target_epsilon: float | None = Field(default=None, gt=0)
+
+
 class DpSgdConfig(_Strict):
     """Record-level DP-SGD in LocalUpdate (DESIGN §5.2), with Opacus."""
 
@@ -135,12 +146,22 @@ class DpSgdConfig(_Strict):
 class PrivacyConfig(_Strict):
     delta: float = Field(default=1e-5, gt=0, lt=1)
     representation_noise: RepresentationNoiseConfig = RepresentationNoiseConfig()
+    update_noise: UpdateNoiseConfig = UpdateNoiseConfig()
     dp_sgd: DpSgdConfig = DpSgdConfig()
     budget: BudgetConfig = BudgetConfig()
     report_private_metrics: bool | None = Field(
         default=None, description="send the server metrics no DP mechanism covers (validation "
         "metric, training loss, ...; DESIGN §4.4); null: off whenever any DP is on, on without "
         "DP (fedmuscle_secure.client.report_policy)")
+
+    @property
+    def client_noise(self) -> RepresentationNoiseConfig | UpdateNoiseConfig | None:
+        """The client-level noise mechanism that is on (the config allows one): noise on
+        released representations or, for the weight-sharing methods, on weight updates."""
+        for mech in (self.representation_noise, self.update_noise):
+            if mech.enabled:
+                return mech
+        return None
 
 
 class SecAggConfig(_Strict):
@@ -257,7 +278,7 @@ def check_semantics(cfg: ExperimentConfig) -> None:
     check_data(cfg)
     _check_pretrained(cfg)
     for key, mech in (("representation_noise", cfg.privacy.representation_noise),
-                      ("dp_sgd", cfg.privacy.dp_sgd)):
+                      ("update_noise", cfg.privacy.update_noise), ("dp_sgd", cfg.privacy.dp_sgd)):
         if mech.enabled and (mech.noise_multiplier is None) == (mech.target_epsilon is None):
             raise ConfigError(f"privacy.{key}",
                               "enabled: give exactly one of noise_multiplier or target_epsilon")

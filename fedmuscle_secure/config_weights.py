@@ -41,19 +41,22 @@ class WeightSharingConfig(_Strict):
                       "every LocalUpdate step")
     components: int = Field(default=3, ge=2, le=16, description="fedem: K, the number of "
                             "shared component models each client's data is a mixture of")
-    update_clip: float = Field(default=10.0, gt=0, le=1e6, description="protection secagg: "
-                               "the L2 norm each client's update of each part is clipped to "
-                               "before the secure sum (bounds its fixed-point encoding and what "
-                               "one member can move the mean by; clipped updates are counted in "
-                               "the round report and the ledger)")
+    update_clip: float = Field(default=10.0, gt=0, le=1e6, description="protection secagg, "
+                               "and privacy.update_noise: the L2 norm each client's update of "
+                               "each part is clipped to before the secure sum or the noise "
+                               "(bounds its fixed-point encoding, what one member can move the "
+                               "mean by, and the client-level sensitivity 2C; clipped updates "
+                               "are counted in the round report and the ledger)")
 
 
 def check_weight_sharing(cfg: ExperimentConfig) -> None:
     """The weight-sharing methods (§2.7) average parameters: one architecture where they
     average, one task where the head is averaged; they run plain or (the weighted means)
     through secure sums, where every averaging group needs three members; they release no
-    representations, so representation noise is refused."""
+    representations, so representation noise is refused (update noise, DP-FedAvg's, is
+    theirs: :func:`check_update_noise`)."""
     method = cfg.muscle.method
+    check_update_noise(cfg)
     if method not in WEIGHT_SHARING:
         return
     if cfg.protection == "ckks" or (cfg.protection == "secagg" and method not in SUMMED_WEIGHTS):
@@ -69,8 +72,13 @@ def check_weight_sharing(cfg: ExperimentConfig) -> None:
     if cfg.privacy.representation_noise.enabled:
         raise ConfigError("privacy.representation_noise.enabled", f"{method!r} releases weights, "
                           "not unit-norm representations, and the noise of §5.1 is calibrated "
-                          "for unit-norm rows; set it to false (DP-SGD, privacy.dp_sgd, covers "
-                          "the weights a client releases)")
+                          "for unit-norm rows; set it to false (privacy.update_noise puts "
+                          "client-level noise on weight updates, privacy.dp_sgd covers records)")
+    if cfg.privacy.update_noise.enabled and method not in SUMMED_WEIGHTS:
+        raise ConfigError("privacy.update_noise.enabled", f"{method!r} does not release an "
+                          "update from the last average (its clients keep weights the server "
+                          "never averaged), so noise calibrated to one clipped update does not "
+                          f"bound what it releases; update noise is for {list(SUMMED_WEIGHTS)}")
     first = cfg.clients[0]
     for i, c in enumerate(cfg.clients):
         if c.pretrained_file is not None:
@@ -126,6 +134,27 @@ _ONE_TASK: dict[str, str] = {
              "a mixture of unknown underlying distributions\")",
 }
 """The methods whose assumptions need one task on every client, and why (their papers)."""
+
+
+def check_update_noise(cfg: ExperimentConfig) -> None:
+    """Noise on weight updates (DP-FedAvg) is for the weight-sharing methods' weighted means
+    only: every other method releases representations (``privacy.representation_noise``)."""
+    if cfg.privacy.update_noise.enabled and cfg.muscle.method not in WEIGHT_SHARING:
+        raise ConfigError("privacy.update_noise.enabled", f"{cfg.muscle.method!r} releases no "
+                          "weight updates; client-level noise on what it releases is "
+                          "privacy.representation_noise")
+    if cfg.privacy.update_noise.enabled and cfg.protection == "ckks":
+        raise ConfigError("privacy.update_noise.enabled", "noise on weight updates runs plain "
+                          "or under secagg (distributed noise shares); not under ckks")
+    if cfg.privacy.update_noise.enabled and cfg.privacy.representation_noise.enabled:
+        raise ConfigError("privacy.update_noise.enabled", "one client-level mechanism per run: "
+                          "representation_noise and update_noise are both on")
+
+
+def update_parts(cfg: ExperimentConfig) -> int:
+    """How many parts a weighted-mean client releases per round (each one clipped update):
+    the backbone, and the task head where it is averaged."""
+    return 1 + int(averages_head(cfg))
 
 
 def averages_head(cfg: ExperimentConfig) -> bool:

@@ -26,7 +26,7 @@ from fedmuscle_secure.crypto.secagg.messages import (
     exchange_label,
     min_group,
 )
-from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding, mean_update_bound
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.dp.noise import clip_rows
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import Message, SecAggEnvelope, SumTerms, WeightAverage
@@ -62,6 +62,8 @@ class SecAggParams(Protocol):
 
     @property
     def update_clip(self) -> float: ...
+
+    def mean_update_bound(self, length: int, members: int) -> float: ...
 
 
 class SecAggClientProtection(ClientProtection):
@@ -201,6 +203,11 @@ class SecAggClientProtection(ClientProtection):
         clipped = norm > self.params.update_clip
         if clipped:
             delta = delta * (self.params.update_clip / norm)
+        event = None
+        if self.privacy is not None:  # update noise: this client's share (DESIGN §5.1)
+            delta, event, _ = self.privacy.secagg_update_share(
+                env.round, (env.epoch, env.batch), delta, threshold=t,
+                t_collude=self.params.t_collude)
         vector, values = expected.encode(delta.view(1, 1, -1),
                                          torch.ones((1, 1), dtype=torch.float64))
         self.instance = SecAggClient(self.name, self._identity, self._peers, setup, vector,
@@ -209,7 +216,7 @@ class SecAggClientProtection(ClientProtection):
         self._clipped = values  # counted once the setup is accepted
         self.clipped_values += values
         self.clipped_updates += int(clipped)
-        self.masked_sent, self._event, self._own = False, None, None
+        self.masked_sent, self._event, self._own = False, event, None
         self._egress = {"content": "weights", "part": part, "samples": 1,
                         "update_norm_clipped": clipped}
         return self._wrap(env, self.instance.advertise())
@@ -231,11 +238,12 @@ class SecAggClientProtection(ClientProtection):
                                 "must follow this client's masked input and name at least "
                                 "max(3, t) of the sum's members, this client included)")
         norm = float(mean.double().norm())
-        bound = mean_update_bound(self.params.update_clip)
+        bound = self.params.mean_update_bound(int(mean.numel()), len(peers))
         if not norm <= bound:
             raise ProtocolError(SERVER, "reply", f"the mean update of part {part!r} has norm "
-                                f"{norm:.6g}, above weight_sharing.update_clip = "
-                                f"{self.params.update_clip:g}: no mean of clipped updates is; "
+                                f"{norm:.6g}, above {bound:.6g} (weight_sharing.update_clip = "
+                                f"{self.params.update_clip:g}, plus the tail of the update "
+                                "noise where it is on): no mean of clipped updates is; "
                                 "refusing it")
 
     def handle(self, env: SecAggEnvelope) -> SecAggEnvelope:
@@ -248,7 +256,8 @@ class SecAggClientProtection(ClientProtection):
                 self.privacy.record_secagg_release(
                     env.round, (env.epoch, env.batch), self._event, reply.masked,
                     group=len(self.instance.participants), threshold=self.instance.threshold,
-                    t_collude=self.params.t_collude, clipped_values=self._clipped,
+                    t_collude=min(self.params.t_collude, self.instance.threshold - 1),
+                    clipped_values=self._clipped,
                     **self._egress)
         return self._wrap(env, reply)
 

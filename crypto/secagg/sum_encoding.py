@@ -17,11 +17,18 @@ import torch
 from fedmuscle_secure.crypto.encoding import FixedPointCodec
 from fedmuscle_secure.errors import EncodingError
 
+#: Standard deviations of slack above √length in the norm of a Gaussian noise vector: a
+#: length-P vector of N(0, s²) coordinates has norm above s·(√P + k) with probability at
+#: most exp(−k²/2) (Lipschitz concentration), 2·10⁻²² at k = 10.
+NOISE_NORM_SDS = 10.0
 
-def mean_update_bound(clip: float) -> float:
+
+def mean_update_bound(clip: float, noise_std: float = 0.0, length: int = 0) -> float:
     """The largest L2 norm a mean of updates each clipped to ``clip`` may show after the
-    encoding's rounding and float32 (DESIGN §2.7): ``clip`` plus a relative 10⁻⁵."""
-    return clip * (1.0 + 1e-5)
+    encoding's rounding and float32 (DESIGN §2.7): ``clip`` plus a relative 10⁻⁵, plus,
+    where the members add noise (DESIGN §5.1), the norm a ``length``-vector of the mean's
+    noise, per-coordinate std ``noise_std``, stays below but with probability 2·10⁻²²."""
+    return clip * (1.0 + 1e-5) + noise_std * (length ** 0.5 + NOISE_NORM_SDS)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def import_cells(cells: list, out: Path, sources: list[Path]) -> list[str]:
         for c in cells:
             here, there = out / "cells" / c.id, src / "cells" / c.id
             m = _done(there)
-            if c.id in taken or _done(here) or not m or not same_config(m, c):
+            if c.id in taken or _done(here) or not m or not same_config(m, c, there):
                 continue
             shutil.rmtree(here, ignore_errors=True)
             _copy_record(there, here)

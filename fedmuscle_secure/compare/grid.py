@@ -151,6 +151,7 @@ def _local_raw(cell_raw: dict[str, Any], seed: int) -> dict[str, Any]:
     raw["protection"] = "plain"
     priv = raw.setdefault("privacy", {})
     priv["representation_noise"] = {"enabled": False}
+    priv["update_noise"] = {"enabled": False}
     if isinstance(priv.get("budget"), dict):
         priv["budget"].pop("client_epsilon", None)
     raw["seed"] = seed

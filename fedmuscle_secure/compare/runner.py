@@ -30,7 +30,12 @@ from typing import Any
 from fedmuscle_secure.compare.grid import Cell
 from fedmuscle_secure.config import dump_config
 from fedmuscle_secure.durable import write_atomic
-from fedmuscle_secure.experiment.rundir import RunDir, config_digest, results_config
+from fedmuscle_secure.experiment.rundir import (
+    RunDir,
+    config_differences,
+    config_digest,
+    results_config,
+)
 
 MARKER = "cell.json"
 THREADS_PER_CELL = 2
@@ -51,10 +56,20 @@ def threads_for(jobs: int) -> int:
     return max(1, cpu_count() // max(1, jobs))
 
 
-def same_config(marker: dict[str, Any], cell: Cell) -> bool:
+def same_config(marker: dict[str, Any], cell: Cell, cell_dir: Path) -> bool:
     """Whether a cell's marker was written for exactly this cell's config (its results part:
-    ``checkpoint.keep`` changes nothing a marker vouches for)."""
-    return marker.get("config_sha256") == config_sha(dump_config(cell.config))
+    ``checkpoint.keep`` changes nothing a marker vouches for), or for the config recorded in
+    ``cell_dir`` that reads as this one under today's schema (a setting added since, at its
+    default: :func:`~fedmuscle_secure.experiment.rundir.resolved_today`)."""
+    text = dump_config(cell.config)
+    if marker.get("config_sha256") == config_sha(text):
+        return True
+    try:
+        recorded = (cell_dir / "config.resolved.yaml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return marker.get("config_sha256") == config_sha(recorded) and \
+        not config_differences(recorded, text)
 
 
 def config_sha(text: str) -> str:
@@ -138,7 +153,7 @@ def pending_cells(cells: list[Cell], out: Path) -> tuple[list[Cell], list[str], 
     for c in cells:
         m = read_marker(out / "cells" / c.id)
         if m and m.get("status") == "done":
-            if not same_config(m, c):
+            if not same_config(m, c, out / "cells" / c.id):
                 stale[c.id] = (f"finished with another config; delete {out / 'cells' / c.id} "
                                "to run it again")
             else:

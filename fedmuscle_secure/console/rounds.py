@@ -62,10 +62,10 @@ class PhaseTracker:
 
 def dp_guarantees(cfg: ExperimentConfig, method: str) -> tuple[str, ...]:
     """The guarantees whose ε a round line shows: ``record`` with DP-SGD, ``client`` with
-    representation noise (never for the ``local`` reference, which releases nothing)."""
+    representation or update noise (never for the ``local`` reference, which releases nothing)."""
     p = cfg.privacy
     out = ("record",) if p.dp_sgd.enabled else ()
-    if p.representation_noise.enabled and method != "local":
+    if p.client_noise is not None and method != "local":
         out += ("client",)
     return out
 

@@ -22,6 +22,7 @@ from fedmuscle_secure.dp.noise import (
     csprng_normal,
     gaussian_release,
     representation_sensitivity,
+    update_sensitivity,
 )
 from fedmuscle_secure.dp.sampling import CsprngPoissonSampler, poisson_mask
 
@@ -43,4 +44,5 @@ __all__ = [
     "independent_epsilon_pld",
     "poisson_mask",
     "representation_sensitivity",
+    "update_sensitivity",
 ]

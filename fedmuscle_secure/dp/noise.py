@@ -28,6 +28,7 @@ __all__ = [
     "csprng_normal",
     "gaussian_release",
     "representation_sensitivity",
+    "update_sensitivity",
 ]
 
 _KEY_BYTES = 32      # ChaCha20 key
@@ -115,6 +116,16 @@ def representation_sensitivity(rows: int) -> float:
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
         raise ValueError(f"rows must be a positive int, got {rows!r}")
     return 2.0 * math.sqrt(int(rows))
+
+
+def update_sensitivity(clip: float) -> float:
+    """L2 sensitivity 2C of one weight update clipped to norm C (DESIGN §2.7, §5.1): a
+    client replacing its whole private dataset can move its update anywhere in the ball of
+    radius C, i.e. by at most 2C."""
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) \
+            or clip <= 0:
+        raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
+    return 2.0 * float(clip)
 
 
 def clip_rows(z: torch.Tensor, max_norm: float = 1.0) -> tuple[torch.Tensor, int]:

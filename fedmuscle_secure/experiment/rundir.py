@@ -228,9 +228,28 @@ def config_differences(recorded: str, resolved: str) -> list[str]:
             return out
         return {prefix.rstrip("."): node}
 
-    a = flat(yaml.safe_load(results_config(recorded)) or {})
-    b = flat(yaml.safe_load(results_config(resolved)) or {})
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))
+    def differences(old: str) -> list[str]:
+        a = flat(yaml.safe_load(results_config(old)) or {})
+        b = flat(yaml.safe_load(results_config(resolved)) or {})
+        return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))
+
+    keys = differences(recorded)
+    if keys and (today := resolved_today(recorded)) is not None:
+        keys = differences(today)
+    return keys
+
+
+def resolved_today(recorded: str) -> str | None:
+    """A recorded resolved config read again under today's schema (None if it no longer
+    reads): a setting added since then takes its default, which is what the recorded run
+    did, so a run (or a finished ``compare`` cell) stays the same run across a release
+    that adds a setting. A setting whose meaning changed must change its name."""
+    from fedmuscle_secure.config import dump_config, parse_config
+
+    try:
+        return dump_config(parse_config(yaml.safe_load(recorded), source="recorded config"))
+    except (ConfigError, yaml.YAMLError, TypeError, ValueError):
+        return None
 
 
 def config_digest(text: str, length: int = 16) -> str:

@@ -114,10 +114,10 @@ def _privacy_table(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     if not finals:
         return ""
     explain = ("Record-level ε: DP-SGD in LocalUpdate, with respect to one private record. "
-               "Client-level ε: noise on released representations, with respect to a client's "
-               "whole dataset. 0 means the mechanism is off (no guarantee of that kind, not a "
+               "Client-level ε: noise on released representations (or, for weight-sharing "
+               "methods, weight updates), with respect to a client's whole dataset. 0 means the mechanism is off (no guarantee of that kind, not a "
                "perfect one). Recomputable from the ledgers with `fedmuscle-secure audit`.")
-    header = ("| method | client | ε record-level | σ DP-SGD | ε client-level | σ representations "
+    header = ("| method | client | ε record-level | σ DP-SGD | ε client-level | σ client-level "
               "| releases | left the federation |")
     lines = [f"## Privacy (δ = {p.delta:g})", "", explain, "", header,
              "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -134,11 +134,15 @@ def _privacy_table(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> str:
     dp_text = _given(("noise multiplier", dp.noise_multiplier), ("target ε", dp.target_epsilon),
                      ("clip", dp.max_grad_norm), ("expected batch", dp.expected_batch_size))
     rn_text = _given(("noise multiplier", rn.noise_multiplier), ("target ε", rn.target_epsilon))
+    un = p.update_noise
+    un_text = _given(("noise multiplier", un.noise_multiplier), ("target ε", un.target_epsilon))
     budgets = _given(("record ε ≤", p.budget.record_epsilon), ("client ε ≤", p.budget.client_epsilon))
     lines += ["", f"DP-SGD: {'on' if dp.enabled else 'off'}"
               + (f" ({dp_text})" if dp.enabled else "")
               + f"; representation noise: {'on' if rn.enabled else 'off'}"
               + (f" ({rn_text})" if rn.enabled else "")
+              + (f"; update noise: on ({un_text}, update clip "
+                 f"{cfg.weight_sharing.update_clip:g})" if un.enabled else "")
               + f"; budgets: {budgets or 'none set'}."]
     return "\n".join(lines)
 
@@ -218,7 +222,7 @@ def _local_reference_note(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> 
     """The ``local`` reference trains a second model on the same private shards and is in
     no ledger: under DP it is outside every budget, and the summary says so."""
     p = cfg.privacy
-    if not (p.dp_sgd.enabled or p.representation_noise.enabled):
+    if not (p.dp_sgd.enabled or p.client_noise is not None):
         return ""
 
     def eps(method: str) -> float:

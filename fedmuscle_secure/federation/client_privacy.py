@@ -37,7 +37,8 @@ def client_privacy(setup: FederationSetup, spec: ClientConfig, model, task: Task
     settings = PrivacySettings(
         delta=p.delta, sigma_client=sigma_client if setup.method != "local" else None,
         sigma_record=setup.protection.sigma_record(spec.name), max_grad_norm=p.dp_sgd.max_grad_norm,
-        record_budget=budget.record_epsilon, client_budget=budget.client_epsilon)
+        record_budget=budget.record_epsilon, client_budget=budget.client_epsilon,
+        update_clip=setup.cfg.weight_sharing.update_clip if p.update_noise.enabled else None)
     ledger = None
     if records.record_dir is not None:
         ledger = _open_ledger(setup, spec, settings, records)

@@ -2,7 +2,8 @@
 
 Calibration happens here, once, before any data is touched: a target ε becomes a noise
 multiplier for the whole run (representation noise: every released batch of every round;
-DP-SGD: every step of every LocalUpdate, the closing one included), exactly as Opacus's
+update noise: every part's update of every round; DP-SGD: every step of every
+LocalUpdate, the closing one included), exactly as Opacus's
 ``make_private_with_epsilon`` does for one training run.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmuscle_secure.config import ExperimentConfig
+from fedmuscle_secure.config_weights import update_parts
 from fedmuscle_secure.crypto.identity import generate_identity, load_private
 from fedmuscle_secure.dp.accounting import calibrate_noise_multiplier
 from fedmuscle_secure.records.identity_files import save_identity
@@ -28,7 +30,7 @@ class Calibration:
 
 def dp_enabled(cfg: ExperimentConfig) -> bool:
     p = cfg.privacy
-    return p.representation_noise.enabled or p.dp_sgd.enabled
+    return p.client_noise is not None or p.dp_sgd.enabled
 
 
 def poisson_batches(train_rows: int, expected_batch_size: int) -> int:
@@ -40,12 +42,15 @@ def poisson_batches(train_rows: int, expected_batch_size: int) -> int:
 def calibrate(cfg: ExperimentConfig, train_sizes: dict[str, int]) -> Calibration:
     """σ of every mechanism for the whole run; ``train_sizes``: each client's private rows."""
     p, tr = cfg.privacy, cfg.training
-    releases = tr.rounds * tr.cl_epochs * (cfg.data.public_size // cfg.muscle.batch_size)
-    rep = p.representation_noise
+    if p.update_noise.enabled:  # one clipped, noised update per shared part and round
+        releases = tr.rounds * update_parts(cfg)
+    else:  # one Gaussian mechanism per released batch of representations
+        releases = tr.rounds * tr.cl_epochs * (cfg.data.public_size // cfg.muscle.batch_size)
+    noise = p.client_noise
     sigma_client = None
-    if rep.enabled:
-        sigma_client = rep.noise_multiplier or calibrate_noise_multiplier(
-            target_epsilon=rep.target_epsilon, delta=p.delta, sample_rate=1.0, steps=releases)
+    if noise is not None:
+        sigma_client = noise.noise_multiplier or calibrate_noise_multiplier(
+            target_epsilon=noise.target_epsilon, delta=p.delta, sample_rate=1.0, steps=releases)
     sigmas, rates = _sigmas_record(cfg, train_sizes) if p.dp_sgd.enabled else ({}, {})
     return Calibration(sigma_client, sigmas, rates, releases)
 

@@ -27,8 +27,9 @@ import math
 from dataclasses import dataclass
 
 from fedmuscle_secure.config import ExperimentConfig, default_threshold
-from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
-from fedmuscle_secure.dp.noise import representation_sensitivity
+from fedmuscle_secure.config_weights import update_parts
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding, mean_update_bound
+from fedmuscle_secure.dp.noise import representation_sensitivity, update_sensitivity
 from fedmuscle_secure.errors import ConfigError
 
 #: Released coordinates are clipped at 1 (unit rows) plus this many standard deviations
@@ -92,6 +93,9 @@ class SecAggParameters:
     value_clip: float | None
     frac_bits: int | None
     update_clip: float = 1.0     # weight sharing: the L2 bound of one part's update
+    update_share_std: float = 0.0  # weight sharing: per-coordinate std of one noise share
+    update_releases: int = 1     # weight sharing: updates every client puts in over the run
+    delta: float = 1e-5
 
     def encoding(self, batches: int, group_size: int) -> SumEncoding:
         clip = self.value_clip or (1.0 + _MARGIN + NOISE_CLIP_SDS * self.share_std)
@@ -101,11 +105,24 @@ class SecAggParameters:
 
     def weight_encoding(self, length: int, group_size: int) -> SumEncoding:
         """The encoding of one weight part's secure sum (DESIGN §2.7): a client's
-        ``[clip(Δ), 1]`` as one row of ``length`` values (each at most update_clip in
-        magnitude) and its "squared norm" slot holding its count, 1."""
+        ``[clip(Δ) + noise, 1]`` as one row of ``length`` values and its "squared norm"
+        slot holding its count, 1. Each value is at most update_clip in magnitude, plus k
+        standard deviations of the noise share where update noise is on, k as for
+        representations (module docs: every coordinate of the run, here N·R·parts·length,
+        clipped with probability at most δ/100 together, and k never below 10)."""
+        clip = self.update_clip
+        if self.update_share_std > 0:
+            k = max(NOISE_CLIP_SDS, min_clip_sds(self.update_releases * length, self.delta))
+            clip = self.update_clip * (1.0 + _MARGIN) + k * self.update_share_std
         return SumEncoding(batches=1, rows=1, dim=length, group_size=group_size,
-                           value_clip=self.update_clip, sq_norm_clip=1.0,
-                           frac_bits=self.frac_bits)
+                           value_clip=clip, sq_norm_clip=1.0, frac_bits=self.frac_bits)
+
+    def mean_update_bound(self, length: int, members: int) -> float:
+        """The largest norm a mean of ``members`` honest updates of a ``length``-weight
+        part shows: the clip, plus the tail of its noise (std share/√members per
+        coordinate) where update noise is on (:func:`mean_update_bound`)."""
+        return mean_update_bound(self.update_clip, self.update_share_std / math.sqrt(members),
+                                 length)
 
     def group_threshold(self, group_size: int) -> int:
         """t of a secure sum over a configured group of ``group_size`` clients: the
@@ -125,13 +142,20 @@ def secagg_parameters(cfg: ExperimentConfig, sigma_client: float | None) -> SecA
     n = len(cfg.clients)
     t = s.threshold or default_threshold(n)
     t_collude = s.t_collude if s.t_collude is not None else t - 1
-    std = 0.0
-    if sigma_client is not None:
+    std = update_std = 0.0
+    ws = cfg.weight_sharing
+    if sigma_client is not None and cfg.privacy.update_noise.enabled:
+        # the largest share a client may add (all but one member of a sum colluding): it
+        # sizes the encoding and the mean's bound; each sum's share is its own (client side)
+        update_std = sigma_client * update_sensitivity(ws.update_clip)
+    elif sigma_client is not None:
         std = sigma_client / math.sqrt(t - t_collude) * representation_sensitivity(cfg.muscle.batch_size)
     params = SecAggParameters(threshold=t, t_collude=t_collude, share_std=std,
                               dim=cfg.muscle.dim, rows=cfg.muscle.batch_size, value_clip=s.clip,
-                              frac_bits=s.frac_bits,
-                              update_clip=cfg.weight_sharing.update_clip)
+                              frac_bits=s.frac_bits, update_clip=ws.update_clip,
+                              update_share_std=update_std,
+                              update_releases=n * cfg.training.rounds * update_parts(cfg),
+                              delta=cfg.privacy.delta)
     if s.clip is not None:
         _check_clip(cfg, s.clip, std)
     return params

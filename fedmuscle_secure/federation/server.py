@@ -70,7 +70,7 @@ def _secagg_weight_server(setup: FederationSetup) -> SecAggWeightProtection:
     return SecAggWeightProtection(
         sums=sums, threshold=params.threshold,
         identities={k: public_identity(v) for k, v in setup.identities.items()},
-        weight_encoding=params.weight_encoding, update_clip=params.update_clip,
+        weight_encoding=params.weight_encoding, mean_bound=params.mean_update_bound,
         device=resolve_device(cfg.server.device))
 
 

@@ -224,7 +224,7 @@ def check_config_against_geneses(run_dir: Path, present: dict[str, dict | None],
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return  # configured_clients has reported it
     shared_budget = privacy.get("budget") or {}
-    rep, sgd = privacy.get("representation_noise") or {}, privacy.get("dp_sgd") or {}
+    sgd = privacy.get("dp_sgd") or {}
     for client, genesis in sorted(present.items()):
         if genesis is None or client not in specs:
             continue
@@ -239,10 +239,12 @@ def check_config_against_geneses(run_dir: Path, present: dict[str, dict | None],
         if sgd.get("enabled") and sgd.get("noise_multiplier") is not None:
             said["DP-SGD noise multiplier"] = sgd["noise_multiplier"]
             signed["DP-SGD noise multiplier"] = sigmas.get("record")
-        if (rep.get("enabled") and rep.get("noise_multiplier") is not None
-                and sigmas.get("client") is not None):  # the local reference releases nothing
-            said["representation noise multiplier"] = rep["noise_multiplier"]
-            signed["representation noise multiplier"] = sigmas.get("client")
+        for key, what in (("representation_noise", "representation"), ("update_noise", "update")):
+            mech = privacy.get(key) or {}
+            if (mech.get("enabled") and mech.get("noise_multiplier") is not None
+                    and sigmas.get("client") is not None):  # the local reference releases nothing
+                said[f"{what} noise multiplier"] = mech["noise_multiplier"]
+                signed[f"{what} noise multiplier"] = sigmas.get("client")
         for what, value in said.items():
             if value != signed[what]:
                 report.failures.append(fail(

@@ -30,7 +30,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedmuscle_secure.crypto.secagg.server import SecAggServer
-from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding, mean_update_bound
+from fedmuscle_secure.crypto.secagg.sum_encoding import SumEncoding
 from fedmuscle_secure.messages import ExchangeAborted, Message, WeightAverage
 from fedmuscle_secure.server.protection.secagg import SecAggServerProtection
 
@@ -51,15 +51,15 @@ class SecAggWeightProtection(SecAggServerProtection):
 
     def __init__(self, *, sums: list[WeightSum], threshold: int,
                  identities: Mapping[str, Ed25519PublicKey],
-                 weight_encoding: Callable[[int, int], SumEncoding], update_clip: float,
-                 device: torch.device | str) -> None:
+                 weight_encoding: Callable[[int, int], SumEncoding],
+                 mean_bound: Callable[[int, int], float], device: torch.device | str) -> None:
         super().__init__(threshold=threshold, identities=identities,
                          encoding_for=weight_encoding, tau=1.0, gamma=0.0, device=device)
         keys = [(s.part, s.members) for s in sums]
         if len(set(keys)) != len(keys):
             raise ValueError(f"two secure sums of one part over one group: {keys}")
         self.sums = {(s.part, s.members): s for s in sums}
-        self.update_clip = update_clip
+        self.mean_bound = mean_bound  # (length, members) -> the largest honest mean's norm
 
     def _round_queue(self, plan: torch.Tensor, exchange: str,
                      ) -> tuple[list[tuple[int, int | None, tuple[str, ...] | None]], int]:
@@ -80,19 +80,20 @@ class SecAggWeightProtection(SecAggServerProtection):
     def _results(self, inst: SecAggServer, enc: SumEncoding, epoch: int, batch: int | None,
                  to: list[str]) -> list[Message]:
         """Σ Δ / count to every survivor. Every honest member puts in a count of 1 and an
-        update of norm at most ``update_clip``: a count other than the survivors' number, or
-        a mean beyond the clip, shows a member's forged input; the sum is then told as an
-        abort (nobody can be named: the inputs are masked) and every member keeps its own
-        weights for the part."""
+        update of norm at most ``update_clip`` (plus its noise share under update noise): a
+        count other than the survivors' number, or a mean beyond ``mean_bound``, shows a
+        member's forged input; the sum is then told as an abort (nobody can be named: the
+        inputs are masked) and every member keeps its own weights for the part."""
         u, q = enc.decode(inst.result)
         count = float(q.reshape(-1)[0])
         mean = u.reshape(-1).to(torch.float64) / max(count, 1.0)
         survivors = len(inst.survivors)
         norm = float(mean.norm())
-        if abs(count - survivors) > 1e-6 or not norm <= mean_update_bound(self.update_clip):
+        bound = self.mean_bound(int(mean.numel()), survivors)
+        if abs(count - survivors) > 1e-6 or not norm <= bound:
             reason = (f"the secure sum is not one of clipped updates (count {count:g} for "
-                      f"{survivors} members, mean update norm {norm:.6g} against the clip "
-                      f"{self.update_clip:g}): a member's input was forged; no mean update "
+                      f"{survivors} members, mean update norm {norm:.6g} against the bound "
+                      f"{bound:.6g}): a member's input was forged; no mean update "
                       "this round")
             self._events.append({"event": "secagg_invalid_sum", "round": self._round,
                                  "epoch": epoch, "batch": batch, "reason": reason})

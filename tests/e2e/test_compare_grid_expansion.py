@@ -62,11 +62,14 @@ def test_expansion_product_local_dedup_and_references(tmp_path):
 def test_shipped_grids_expand(tmp_path):
     root = REPO / "configs"
     exp = expand_file(root / "compare-secure.yaml")
-    assert len([c for c in exp.cells if c.is_local]) == 3 * 10
-    # 3 DP-SGD settings x 10 seeds of local references (the curve shares the no-DP-SGD ones);
-    # 3 protections x 3 DP levels x 2 exchanges x 10 seeds; the curve: no noise + 5 sigmas,
-    # x 10 seeds, its no-noise cell being block 1's plain/none/per_batch cell.
-    assert len(exp.cells) == 30 + 180 + 5 * 10
+    assert len([c for c in exp.cells if c.is_local]) == 2 * 10
+    # 2 DP-SGD settings (none, epsilon 8) x 10 seeds of local references (the curve shares
+    # the no-DP-SGD ones); 3 protections x (2 exchanges without DP + per_epoch under DP-SGD)
+    # x 10 seeds; the curve: no noise + 5 sigmas, x 10 seeds, its no-noise cell being
+    # block 1's plain/none/per_batch cell.
+    assert len(exp.cells) == 20 + 3 * 3 * 10 + 5 * 10
+    assert {(c.dp, c.exchange) for c in exp.cells if c.dp == "record-eps8" and not c.is_local} \
+        == {("record-eps8", "per_epoch")}
     curve = [c for c in exp.cells if c.dp.startswith("client-sigma-")]
     assert len(curve) == 5 * 10 and all(c.ref and c.ref.startswith("local__none__") for c in curve)
     assert len({c.dp for c in curve}) == 5

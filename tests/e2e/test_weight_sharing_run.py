@@ -38,3 +38,26 @@ def test_a_dp_weight_sharing_run_records_its_releases_and_audits(tmp_path, metho
     receipts = (res.run_dir / "receipts.jsonl").read_text().splitlines()
     assert len(receipts) == 6
     assert main_audit([str(res.run_dir)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protection", ["plain", "secagg"])
+def test_an_update_noise_run_accounts_every_release_and_audits(tmp_path, protection):
+    """DP-FedAvg (client-level noise on the clipped updates): every weight release follows
+    its client-level dp_event, the final ε is what audit recomputes, and audit passes."""
+    cfg = tiny_config(clients=SAME, compare_local=False, protection=protection,
+                      muscle={"method": "fedavg", "num_selected": 2, "batch_size": 32, "dim": 16},
+                      training={"rounds": 2, "local_epochs": 1, "local_batch_size": 16},
+                      weight_sharing={"update_clip": 1.0},
+                      privacy={"delta": 1e-5, "update_noise": {"enabled": True,
+                                                               "target_epsilon": 20.0}})
+    res = run_experiment(cfg, tmp_path / "run", progress=False)
+    for c in ("a", "b", "c"):
+        entries = [json.loads(line) for line in
+                   (res.run_dir / "ledger" / f"{c}.jsonl").read_text().splitlines()]
+        kinds = [(e["kind"], e["body"].get("round")) for e in entries
+                 if e["kind"] in ("dp_event", "egress")]
+        assert kinds == [("dp_event", 1), ("egress", 1), ("dp_event", 2), ("egress", 2)]
+        eps = [e["body"]["epsilon_rdp"] for e in entries if e["kind"] == "epsilon"]
+        assert 0 < eps[-1] <= 20.0 * (1 + 1e-6)
+    assert main_audit([str(res.run_dir)]) == 0

@@ -75,3 +75,36 @@ def test_a_config_that_spells_out_a_null_text_section_is_the_same_run():
     assert results_config(spelled) == results_config(now)
     raw["data"]["text"] = {"labelled": "x.jsonl"}
     assert config_differences(yaml.safe_dump(raw, sort_keys=False), now) == ["data.text.labelled"]
+
+
+def test_a_config_recorded_before_a_setting_existed_is_the_same_run_and_the_same_cell(tmp_path):
+    """A release that adds a setting (here ``privacy.update_noise``, as if the recorded
+    config predates it) must not turn every finished run and ``compare`` cell into another
+    config: the recorded config is read again under today's schema, where the new setting
+    takes its default. A recorded value that differs still differs."""
+    import yaml
+
+    from fedmuscle_secure.compare.grid import Cell
+    from fedmuscle_secure.compare.runner import config_sha, same_config
+    from fedmuscle_secure.config import dump_config
+    from fedmuscle_secure.experiment.rundir import config_differences
+
+    cfg = tiny_config()
+    now = dump_config(cfg)
+    raw = yaml.safe_load(now)
+    del raw["privacy"]["update_noise"]
+    older = yaml.safe_dump(raw, sort_keys=False)
+    assert config_differences(older, now) == []
+    cell_dir = tmp_path / "cell"
+    cell_dir.mkdir()
+    (cell_dir / "config.resolved.yaml").write_text(older)
+    cell = Cell(id="c", method="muscle", protection="plain", dp="none", exchange="per_batch",
+                seed=7, config=cfg, ref=None)
+    assert config_sha(older) != config_sha(now)
+    assert same_config({"config_sha256": config_sha(older)}, cell, cell_dir)
+    assert not same_config({"config_sha256": "0" * 16}, cell, cell_dir)  # marker of another file
+    raw["training"]["rounds"] = 99
+    other = yaml.safe_dump(raw, sort_keys=False)
+    (cell_dir / "config.resolved.yaml").write_text(other)
+    assert config_differences(other, now) == ["training.rounds"]
+    assert not same_config({"config_sha256": config_sha(other)}, cell, cell_dir)

@@ -1,0 +1,199 @@
+"""Client-level DP on weight updates (DP-FedAvg; DESIGN §2.7, §5.1): ``privacy.update_noise``.
+
+The attacker is the server (or anyone who reads what left a client): from a release it
+should learn one client's update only through Gaussian noise of std σ·2C per coordinate,
+C the update clip, 2C the sensitivity of a clipped update under replacement of the client's
+whole dataset; under secagg, through the honest members' shares of that noise in every sum
+it can unmask. The tests compare a noised federation with a noise-free one trained from the
+same seeds, so the noise itself is observed, and check that what is recorded (one event per
+part and round, sensitivity 2C, the σ used, the shares' parameters) is what was drawn."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fedmuscle_secure.dp.accounting import PrivacyAccountant, calibrate_noise_multiplier
+from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.federation.split import make_split
+from fedmuscle_secure.messages import Leave
+from fedmuscle_secure.simulator import build_federation
+from helpers.tiny import tiny_config
+from helpers.weight_rounds import SIX, one_round
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIGMA, CLIP = 0.5, 0.05
+
+
+def _cfg(method="fedavg", protection="plain", clients=SIX[:4], noise=None, **over):
+    noise = {"enabled": True, "noise_multiplier": SIGMA} if noise is None else noise
+    privacy = {"delta": 1e-5, "update_noise": noise, **over.pop("privacy", {})}
+    return tiny_config(clients=[dict(c) for c in clients], protection=protection,
+                       data={"public_size": 64, "test_size": 30, "shard_size": 16,
+                             "val_fraction": 0.25},
+                       muscle={"method": method, "num_selected": 2, "batch_size": 32, "dim": 16},
+                       training={"rounds": 1, "local_epochs": 1, "local_batch_size": 16,
+                                 **over.pop("training", {})},
+                       weight_sharing={"update_clip": CLIP, **over.pop("weight_sharing", {})},
+                       privacy=privacy, **over)
+
+
+def _std_within(x: torch.Tensor, std: float, rel: float = 0.06) -> None:
+    """``x`` looks like i.i.d. N(0, std²): its sample std within ``rel`` (over 6 standard
+    errors for the sizes here) and its mean within 6 standard errors of 0."""
+    n = x.numel()
+    assert n > 2000
+    got = float(x.double().std())
+    assert abs(got / std - 1) < rel, (got, std)
+    assert abs(float(x.double().mean())) < 6 * std / math.sqrt(n)
+
+
+def _ledger_events(fed, client):
+    ledger = fed.clients[client].privacy.ledger
+    return [e["body"] for e in ledger.entries if e["kind"] == "dp_event"]
+
+
+def test_a_plain_release_is_the_last_average_plus_the_clipped_update_plus_noise_of_std_sigma_2c(tmp_path):
+    """The same federation without noise gives each client's exact update Δ; the noised
+    release minus (start + clip(Δ, C)) must be the noise: std σ·2C, mean 0, independent
+    between clients. One client-level event per round, steps = the parts released."""
+    quiet = _cfg(noise={"enabled": False})
+    noisy = _cfg()
+    split = make_split(quiet)
+    _, exact = one_round(build_federation(quiet, split, "fedavg"))
+    fed = build_federation(noisy, split, "fedavg", record_dir=tmp_path)
+    _, released = one_round(fed)
+    noises = {}
+    for c, rel in released.items():
+        start = fed.clients[c].weights.start.double()
+        delta = exact[c].w.double() - start
+        assert float(delta.norm()) > CLIP  # the clip is exercised
+        clipped = delta * (CLIP / float(delta.norm()))
+        noises[c] = rel.w.double() - start - clipped
+        _std_within(noises[c], SIGMA * 2 * CLIP)
+        events = _ledger_events(fed, c)
+        assert [(e["guarantee"], e["mechanism"], e["steps"], e["sensitivity"],
+                 e["noise_multiplier"], e["updates_clipped"]) for e in events] == [
+            ("client", "gaussian", 1, 2 * CLIP, SIGMA, 1)]
+        assert rel.samples == 1  # under DP every client weighs 1
+    a, b = noises["a"], noises["b"]
+    corr = float((a - a.mean()) @ (b - b.mean()) / (a.std() * b.std() * (a.numel() - 1)))
+    assert abs(corr) < 6 / math.sqrt(a.numel())
+
+
+def test_the_recorded_epsilon_is_the_gaussian_mechanisms_over_rounds_and_parts(tmp_path):
+    """M-Fed releases two parts (backbone, task head): two Gaussian mechanisms of
+    multiplier σ per round. The client's ε after the round is an independent accountant's
+    over two such events; a target ε is met over rounds × parts."""
+    cfg = _cfg(method="mfed", clients=SIX)
+    fed = build_federation(cfg, make_split(cfg), "mfed", record_dir=tmp_path)
+    one_round(fed)
+    acc = PrivacyAccountant(guarantee="client", delta=1e-5)
+    for e in _ledger_events(fed, "a"):
+        assert e["steps"] == 2
+    from fedmuscle_secure.dp.events import DpEventRecord
+    acc.record_event(DpEventRecord(guarantee="client", mechanism="gaussian",
+                                   noise_multiplier=SIGMA, sample_rate=1.0, steps=2,
+                                   sensitivity=2 * CLIP, neighbouring="replace_client_dataset"))
+    assert fed.clients["a"].privacy.accountants["client"].report().epsilon == \
+        pytest.approx(acc.report().epsilon, rel=1e-9)
+    target = _cfg(method="mfed", clients=SIX, noise={"enabled": True, "target_epsilon": 4.0},
+                  training={"rounds": 3})
+    fed = build_federation(target, make_split(target), "mfed")
+    sigma = fed.clients["a"].privacy.settings.sigma_client
+    assert sigma == pytest.approx(calibrate_noise_multiplier(
+        target_epsilon=4.0, delta=1e-5, sample_rate=1.0, steps=3 * 2))
+
+
+def test_under_secagg_each_member_adds_its_share_and_the_mean_carries_the_honest_shares(tmp_path):
+    """Six clients, t = 4, t_collude = 1: any unmaskable sum holds at least three honest
+    shares, so each member adds σ/√3 · 2C. The secure mean minus the noise-free plaintext
+    mean is the members' summed shares over the count: std σ/√3 · 2C / √6. The ledger says
+    which share was drawn and why."""
+    over = {"secagg": {"threshold": 4, "t_collude": 1}}
+    quiet, secure = _cfg(noise={"enabled": False}, clients=SIX, **over), \
+        _cfg(protection="secagg", clients=SIX, **over)
+    split = make_split(quiet)
+    _, exact = one_round(build_federation(quiet, split, "fedavg"))
+    fed = build_federation(secure, split, "fedavg", record_dir=tmp_path)
+    starts = {c: cl.weights.vector().double() for c, cl in fed.clients.items()}
+    one_round(fed)
+    updates = []
+    for c in "abcdef":
+        delta = exact[c].w.double() - starts[c]
+        updates.append(delta * min(1.0, CLIP / float(delta.norm())))
+    mean_exact = torch.stack(updates).mean(0)
+    got = fed.clients["a"].weights.vector().double() - starts["a"]
+    share = SIGMA / math.sqrt(3) * 2 * CLIP
+    _std_within(got - mean_exact, share / math.sqrt(6))
+    for e in _ledger_events(fed, "a"):
+        assert e["distributed_noise"] == {"share_noise_multiplier": pytest.approx(SIGMA / math.sqrt(3)),
+                                          "threshold": 4, "t_collude": 1, "group": 6}
+        assert (e["sensitivity"], e["noise_multiplier"], e["steps"]) == (2 * CLIP, SIGMA, 1)
+
+
+def test_a_head_sum_below_t_asks_every_member_for_the_whole_noise(tmp_path):
+    """M-Fed under secagg with t = 4 over two tasks of three: a head sum's threshold is its
+    task's three clients, and at most two of them (t − 1 = 3 capped at threshold − 1) may
+    collude, so the head's share is the full σ·2C; the recorded share says so."""
+    cfg = _cfg(method="mfed", protection="secagg", clients=SIX, secagg={"threshold": 4})
+    fed = build_federation(cfg, make_split(cfg), "mfed", record_dir=tmp_path)
+    one_round(fed)
+    heads = [e for e in _ledger_events(fed, "a") if e["exchange"] == [0, 1]]
+    assert [h["distributed_noise"] for h in heads] == [
+        {"share_noise_multiplier": pytest.approx(SIGMA), "threshold": 3, "t_collude": 2,
+         "group": 3}]
+
+
+def test_a_client_over_its_client_budget_leaves_before_releasing(tmp_path):
+    """The budget is asked before any noise is drawn: a client whose first release would
+    exceed client_epsilon records the refusal, releases nothing and leaves."""
+    cfg = _cfg(privacy={"budget": {"client_epsilon": 0.01}})
+    fed = build_federation(cfg, make_split(cfg), "fedavg", record_dir=tmp_path)
+    sent = []
+    for msg in fed.server.start_round(1):
+        sent += fed.clients[msg.client].handle(msg)
+    assert all(isinstance(m, Leave) for m in sent) and len(sent) == 4
+    kinds = [e["kind"] for e in fed.clients["a"].privacy.ledger.entries]
+    assert "refusal" in kinds and "egress" not in kinds and "dp_event" not in kinds
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"method": "mira"}, "privacy.update_noise.enabled"),
+    ({"method": "mocha"}, "privacy.update_noise.enabled"),
+    ({"method": "muscle_sum"}, "privacy.update_noise.enabled"),
+    ({"protection": "ckks"}, "privacy.update_noise.enabled"),
+    ({"privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}},
+     "privacy.update_noise.enabled"),
+    ({"noise": {"enabled": True}}, "privacy.update_noise"),
+])
+def test_update_noise_is_refused_where_it_does_not_bound_the_release(over, field):
+    """MIRA and MOCHA release weights that are not an update from a public average; the
+    representation methods release representations; CKKS weight sums carry no noise
+    shares; one client-level mechanism per run; σ or a target ε must be given."""
+    over = dict(over)
+    method = over.pop("method", "fedavg")
+    clients = SIX[:4] if method != "mocha" else [dict(c, task="digit10") for c in SIX[:4]]
+    if method == "mira":
+        clients = [dict(c, adapter={"kind": "lora", "rank": 2}) for c in clients]
+    with pytest.raises(ConfigError) as err:
+        _cfg(method=method, clients=clients, **over)
+    assert err.value.field == field
+
+
+def test_the_ledger_of_a_noised_run_replays_to_the_same_epsilon(tmp_path):
+    """What the accountant spent is what the ledger holds: a restart rebuilds the same ε
+    from the dp_event entries."""
+    cfg = _cfg()
+    fed = build_federation(cfg, make_split(cfg), "fedavg", record_dir=tmp_path)
+    one_round(fed)
+    priv = fed.clients["b"].privacy
+    eps = priv.accountants["client"].report().epsilon
+    lines = (tmp_path / "ledger" / "b.jsonl").read_text().splitlines()
+    assert any(json.loads(x)["kind"] == "dp_event" for x in lines)
+    priv.load_state_dict(priv.state_dict())
+    assert priv.accountants["client"].report().epsilon == pytest.approx(eps, rel=1e-12)
