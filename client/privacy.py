@@ -54,6 +54,7 @@ class ClientPrivacy:
                             CLIENT: PrivacyAccountant(guarantee=CLIENT, delta=settings.delta)}
         self.releases = 0
         self.clipped_rows = 0
+        self.clipped_updates = 0  # update noise: parts cut to the clip (never in the ledger)
 
     def _budget(self, guarantee: str) -> float | None:
         return self.settings.record_budget if guarantee == RECORD else self.settings.client_budget
@@ -151,12 +152,14 @@ class ClientPrivacy:
         event = self._update_event(len(updates))
         self._admit(round_, event, f"release of {len(updates)} weight update(s)")
         std = event.noise_multiplier * event.sensitivity
-        out, cut = [], 0
+        out = []
         for u in updates:
             clipped, n = clip_rows(u.to(torch.float64).reshape(1, -1), self.settings.update_clip)
-            cut += n
+            # counted here, never in the ledger: whether an update was cut is a fact about
+            # the data that carries no noise
+            self.clipped_updates += n
             out.append(clipped.reshape(-1) + csprng_normal(u.shape, std=std, dtype=torch.float64))
-        self._record(round_, [exchange[0], exchange[1]], event, updates_clipped=cut)
+        self._record(round_, [exchange[0], exchange[1]], event)
         return out
 
     def secagg_update_share(self, round_: int, exchange: tuple[int, int | None],

@@ -355,14 +355,15 @@ class FedMuscleClient:
         samples = self._samples()
         if self.privacy is not None:
             content = {}
-            if self.privacy.noises_updates:  # DP-FedAvg: the last average + noised updates
-                start = self.weights.start
+            if self.privacy.noises_updates:  # DP-FedAvg: what the server knows + a noised update
+                known = self.weights.known
                 try:
                     noisy = self.privacy.noisy_updates(r, (epoch, batch),
-                                                       self.weights.segments(w - start))
+                                                       self.weights.segments(w - known))
                 except PrivacyBudgetExceeded as exc:
                     return self._leave(r, str(exc))
-                w = (start.to(torch.float64) + torch.cat(noisy)).float().contiguous()
+                w = (known.to(torch.float64) + torch.cat(noisy)).float().contiguous()
+                self.weights.mark_known(w)
                 content = {"update_noise": True}
             self.privacy.release_weights(r, (epoch, batch), w, samples, recipient=SERVER,
                                          **content)
@@ -411,6 +412,7 @@ class FedMuscleClient:
                                 f"got {reply.w.dtype} {tuple(reply.w.shape)}, "
                                 f"{len(reply.peers)} parts")
         self.weights.load(reply.w)
+        self.weights.mark_known(reply.w)
         self.guard.encoder_changed()
 
     def _report(self, r: int) -> RoundReport:

@@ -52,6 +52,9 @@ class WeightPhase:
             [p for name, ps in self.parts if name == "head" for p in ps]
         self._anchor: list[torch.Tensor] | None = None
         self._start: torch.Tensor | None = None
+        # the shared weights the server knows this client to hold: the common starting
+        # point, then the last average it loaded or its own last (noised) release
+        self._known = self.vector()
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -92,13 +95,30 @@ class WeightPhase:
         if self.coupled_head:
             self._target = target
 
+    @property
+    def known(self) -> torch.Tensor:
+        """The shared weights the server knows this client to hold (float32 vector): where a
+        release under update noise is measured from (DESIGN §2.7), so what leaves beyond
+        what the server has is one clipped, noised update, whatever happened since (an
+        average never received, empty plans, a sat-out round)."""
+        return self._known
+
+    def mark_known(self, w: torch.Tensor) -> None:
+        """The server now knows ``w`` as this client's shared weights (an average it sent,
+        or this client's own release)."""
+        self._known = w.detach().float().cpu().clone().contiguous()
+
     def state_dict(self) -> dict:
-        """What a checkpoint keeps beyond the model: MOCHA's head target."""
-        return {"target": None if self._target is None else [t.clone() for t in self._target]}
+        """What a checkpoint keeps beyond the model: MOCHA's head target and the weights
+        the server knows."""
+        return {"target": None if self._target is None else [t.clone() for t in self._target],
+                "known": self._known.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         target = state.get("target")
         self._target = None if target is None else [t.clone() for t in target]
+        if state.get("known") is not None:
+            self._known = state["known"].clone()
 
     # -- FedProx ------------------------------------------------------------------------
     def begin_local_update(self) -> None:

@@ -217,8 +217,9 @@ class SecAggClientProtection(ClientProtection):
         self.clipped_values += values
         self.clipped_updates += int(clipped)
         self.masked_sent, self._event, self._own = False, event, None
-        self._egress = {"content": "weights", "part": part, "samples": 1,
-                        "update_norm_clipped": clipped}
+        self._egress = {"content": "weights", "part": part, "samples": 1}
+        if event is None:  # with update noise, whether Δ was cut is data without noise
+            self._egress["update_norm_clipped"] = clipped
         return self._wrap(env, self.instance.advertise())
 
     def check_mean_update(self, part: str, mean: torch.Tensor,

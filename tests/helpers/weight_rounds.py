@@ -10,23 +10,25 @@ SIX = [{"name": n, "model": "test_resnet", "image_size": 8, "task": t}
                     ("e", "digit10"), ("f", "coarse"))]
 
 
-def one_round(fed, hold=lambda client, msg: False):
-    """One round, as the simulator drives it; messages ``hold`` selects are never delivered,
-    and whenever nothing else moves the server's stage deadline passes. Returns every
-    message each client received and the WeightReleases (plain) that left."""
+def one_round(fed, hold=lambda client, msg: False, round_: int = 1, tamper=None):
+    """Round ``round_``, as the simulator drives it; messages ``hold`` selects are never
+    delivered, ``tamper(msg)`` (an active server) gives what is delivered instead of a
+    server message, and whenever nothing else moves the server's stage deadline passes.
+    Returns every message each client received and the WeightReleases (plain) that left."""
     received = {c: [] for c in fed.clients}
     releases = {}
-    queue = deque(fed.server.start_round(1))
+    queue = deque(fed.server.start_round(round_))
     while True:
         while queue:
             msg = queue.popleft()
             if hold(msg.client, msg):
                 continue
-            received[msg.client].append(msg)
-            for rep in fed.clients[msg.client].handle(msg):
-                if isinstance(rep, WeightRelease):
-                    releases[rep.client] = rep
-                queue.extend(fed.server.handle(rep))
+            for m in (tamper(msg) if tamper is not None else [msg]):
+                received[m.client].append(m)
+                for rep in fed.clients[m.client].handle(m):
+                    if isinstance(rep, WeightRelease):
+                        releases[rep.client] = rep
+                    queue.extend(fed.server.handle(rep))
         if fed.server.round_complete:
             return received, releases
         out = fed.server.close_stage("test deadline")

@@ -77,8 +77,8 @@ def test_a_plain_release_is_the_last_average_plus_the_clipped_update_plus_noise_
         _std_within(noises[c], SIGMA * 2 * CLIP)
         events = _ledger_events(fed, c)
         assert [(e["guarantee"], e["mechanism"], e["steps"], e["sensitivity"],
-                 e["noise_multiplier"], e["updates_clipped"]) for e in events] == [
-            ("client", "gaussian", 1, 2 * CLIP, SIGMA, 1)]
+                 e["noise_multiplier"]) for e in events] == [
+            ("client", "gaussian", 1, 2 * CLIP, SIGMA)]
         assert rel.samples == 1  # under DP every client weighs 1
     a, b = noises["a"], noises["b"]
     corr = float((a - a.mean()) @ (b - b.mean()) / (a.std() * b.std() * (a.numel() - 1)))
@@ -197,3 +197,103 @@ def test_the_ledger_of_a_noised_run_replays_to_the_same_epsilon(tmp_path):
     assert any(json.loads(x)["kind"] == "dp_event" for x in lines)
     priv.load_state_dict(priv.state_dict())
     assert priv.accountants["client"].report().epsilon == pytest.approx(eps, rel=1e-12)
+
+
+# -- what the server knows: a release never carries an update it has not seen noised ------
+
+def _noise_off(monkeypatch):
+    """The client's noise draws as zeros, so a release's deterministic part can be read."""
+    import fedmuscle_secure.client.privacy as client_privacy
+    monkeypatch.setattr(client_privacy, "csprng_normal",
+                        lambda shape, std, dtype=torch.float64, **kw: torch.zeros(shape, dtype=dtype))
+
+
+def _beyond_known(release: torch.Tensor, known: torch.Tensor) -> float:
+    return float((release.double() - known.double()).norm())
+
+
+def test_after_an_aborted_exchange_the_next_release_is_measured_from_the_clients_own_release(
+        tmp_path, monkeypatch):
+    """An active server answers a's release with ExchangeAborted (an honest one does when a
+    lone client released): a keeps its own weights, un-noised and unclipped. Its next
+    release must be its last release (which the server holds) plus one clipped update, not
+    its own weights plus one: that would hand the server the first update unclipped under
+    the second round's noise alone."""
+    from fedmuscle_secure.messages import ExchangeAborted, WeightAverage
+    _noise_off(monkeypatch)
+    cfg = _cfg(training={"rounds": 2})
+    fed = build_federation(cfg, make_split(cfg), "fedavg", record_dir=tmp_path)
+
+    def abort_a(msg):
+        if msg.client == "a" and isinstance(msg, WeightAverage):
+            return [ExchangeAborted("a", msg.round, msg.epoch, msg.batch, "aborted")]
+        return [msg]
+
+    _, first = one_round(fed, tamper=abort_a)
+    own = fed.clients["a"].weights.vector()
+    assert _beyond_known(own, first["a"].w) > 2 * CLIP  # beyond anything one clip explains
+    _, second = one_round(fed, round_=2)
+    assert _beyond_known(second["a"].w, first["a"].w) <= CLIP * (1 + 1e-5)
+
+
+def test_after_empty_plans_the_release_is_one_clipped_update_from_the_common_start(
+        tmp_path, monkeypatch):
+    """A server that sends a empty plans (an honest one does while fewer than two clients
+    are active) lets it train for rounds without releasing; its first release is then the
+    common starting weights plus one clipped update, whatever it trained since."""
+    from fedmuscle_secure.messages import RoundPlan, WeightRelease
+    _noise_off(monkeypatch)
+    cfg = _cfg(training={"rounds": 3})
+    fed = build_federation(cfg, make_split(cfg), "fedavg", record_dir=tmp_path)
+    a = fed.clients["a"]
+    w0 = a.weights.vector()
+    assert torch.equal(w0, fed.clients["b"].weights.vector())  # the common start
+    for r in (1, 2, 3):
+        full = fed.server.public_batches(r)
+        out = a.handle(RoundPlan("a", r, cfg.muscle.exchange, full[:0] if r < 3 else full))
+    release = next(m for m in out if isinstance(m, WeightRelease))
+    assert _beyond_known(a.weights.vector(), w0) > 3 * CLIP
+    assert _beyond_known(release.w, w0) <= CLIP * (1 + 1e-5)
+
+
+def test_after_a_restart_that_sits_out_a_round_the_next_release_is_measured_from_the_last_average(
+        tmp_path, monkeypatch):
+    """Round 2 crashes after every release reached the server; on --resume each client sits
+    the re-run round out and keeps its own weights. Round 3's release must be measured from
+    the round-1 average (what the checkpoint says the server knows), not from them."""
+    from fedmuscle_secure.messages import WeightRelease
+    from fedmuscle_secure.simulator import run_round
+    from helpers.round_driver import drive, restart, snapshot
+    _noise_off(monkeypatch)
+    cfg = _cfg(training={"rounds": 3})
+    split = make_split(cfg)
+    fed = build_federation(cfg, split, "fedavg", record_dir=tmp_path)
+    seen = []
+    run_round(fed, 1)
+    average = fed.clients["a"].weights.known.clone()
+    state = snapshot(fed)
+    drive(fed, 2, stop=lambda rep, f: isinstance(rep, WeightRelease) and rep.client == "d",
+          seen=seen)
+    fed = restart(cfg, split, tmp_path, fed, state, "fedavg")
+    assert drive(fed, 2)
+    kinds = [e["kind"] for e in fed.clients["a"].privacy.ledger.entries]
+    assert "sit_out" in kinds
+    assert _beyond_known(fed.clients["a"].weights.vector(), average) > 3 * CLIP
+    got = []
+    drive(fed, 3, seen=got)
+    release = next(m for m in got if isinstance(m, WeightRelease) and m.client == "a")
+    assert _beyond_known(release.w, average) <= CLIP * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("protection", ["plain", "secagg"])
+def test_the_ledger_does_not_say_whether_an_update_was_clipped(tmp_path, protection):
+    """Whether a client's update exceeded the clip is a fact about its data with no noise on
+    it; the ledger (shown to auditors) must not carry it under update noise."""
+    cfg = _cfg(protection=protection, clients=SIX if protection == "secagg" else SIX[:4])
+    fed = build_federation(cfg, make_split(cfg), "fedavg", record_dir=tmp_path)
+    one_round(fed)
+    for c in fed.clients:
+        bodies = [e["body"] for e in fed.clients[c].privacy.ledger.entries
+                  if e["kind"] in ("dp_event", "egress")]
+        assert bodies and not any("clip" in key and key != "clipped_values"
+                                  for body in bodies for key in body)
