@@ -11,7 +11,7 @@ same way under the record-level guarantee.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,17 +120,19 @@ class ClientPrivacy:
         self.releases += 1
         return payload
 
-    def release_weights(self, round_: int, exchange: tuple[int, int | None], w: torch.Tensor,
-                        samples: int, recipient: str) -> None:
-        """Record a weight-sharing method's release (DESIGN §2.7): the egress of the shared
-        parameters and of the averaging weight sent with them (``samples``: the training-set
-        size without DP, 1 under DP). No client-level noise is added to weights (the config
-        refuses it); under DP-SGD the weights are post-processing of the LocalUpdate's
-        recorded steps."""
-        digest, size = payload_digest(w)
+    def release_weights(self, round_: int, exchange: tuple[int, int | None],
+                        payload: Sequence[torch.Tensor | bytes], samples: int, recipient: str,
+                        **content: object) -> None:
+        """Record a weight-sharing method's release (DESIGN §2.7): the egress of what left
+        (``payload``: the shared parameters, or under ckks one part's ciphertexts) and of the
+        averaging weight sent with them (``samples``: the training-set size without DP, 1
+        under DP and in every sum); ``content``: what else the ledger says of it (the part,
+        the protection). No client-level noise is added to weights (the config refuses it);
+        under DP-SGD the weights are post-processing of the LocalUpdate's recorded steps."""
+        digest, size = payload_digest(*payload)
         self._log("egress", {"round": round_, "exchange": [exchange[0], exchange[1]],
                              "recipient": recipient, "content": "weights", "samples": samples,
-                             "sha256": digest, "bytes": size})
+                             **content, "sha256": digest, "bytes": size})
         self.releases += 1
 
     # -- client level under secagg: distributed noise (DESIGN §5.1) ---------------------

@@ -23,7 +23,8 @@ model parameters."""
 
 SUMMED_WEIGHTS: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea")
 """Weight-sharing methods whose server step is a weighted mean (of every part, over its
-group): under ``secagg`` it is computed from secure sums of the clients' updates. MIRA's
+group): under ``secagg`` it is computed from secure sums of the clients' updates, under
+``ckks`` from encrypted sums of them. MIRA's
 step needs each client's adapters (their pairwise similarities), and MOCHA's Ω each
 client's head, which no sum gives."""
 
@@ -49,7 +50,8 @@ Mode = Literal["plain", "secagg", "ckks"]
 def protection_mode(protection: str, method: str) -> Mode:
     """The protection ``method`` runs under in a federation configured with ``protection``:
     secagg protects the sum form and the weighted means of :data:`SUMMED_WEIGHTS`, ckks every
-    collaborative method; the ``local`` reference releases nothing, so runs plain."""
+    collaborative method the config lets it carry (the Muscle losses and those means); the
+    ``local`` reference releases nothing, so runs plain."""
     if protection == "secagg" and (method == "muscle_sum" or method in SUMMED_WEIGHTS):
         return "secagg"
     if protection == "ckks" and method != "local":
