@@ -11,12 +11,13 @@ same way under the record-level guarantee.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from fedmuscle_secure.client.weight_phase import clip_update
 from fedmuscle_secure.crypto.secagg.messages import min_group
 from fedmuscle_secure.dp.accounting import DpEventRecord, PrivacyAccountant
 from fedmuscle_secure.dp.noise import (
@@ -144,8 +145,9 @@ class ClientPrivacy:
                              neighbouring="replace_client_dataset")
 
     def noisy_updates(self, round_: int, exchange: tuple[int, int | None],
-                      updates: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``protection: plain`` with update noise: every part's update L2-clipped to C,
+                      updates: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """``protection: plain`` with update noise: every part's update (name, values)
+        L2-clipped to C (a non-finite one is a ProtocolError: nothing leaves),
         then N(0, (σ·2C)²) per coordinate; admitted before anything is drawn (may raise
         :class:`PrivacyBudgetExceeded`, recording the refusal) and recorded as one event of
         ``len(updates)`` steps. float64 out."""
@@ -153,12 +155,12 @@ class ClientPrivacy:
         self._admit(round_, event, f"release of {len(updates)} weight update(s)")
         std = event.noise_multiplier * event.sensitivity
         out = []
-        for u in updates:
-            clipped, n = clip_rows(u.to(torch.float64).reshape(1, -1), self.settings.update_clip)
+        for part, u in updates:
+            clipped, cut = clip_update(self.client, part, u, self.settings.update_clip, "release")
             # counted here, never in the ledger: whether an update was cut is a fact about
             # the data that carries no noise
-            self.clipped_updates += n
-            out.append(clipped.reshape(-1) + csprng_normal(u.shape, std=std, dtype=torch.float64))
+            self.clipped_updates += int(cut)
+            out.append(clipped + csprng_normal(u.shape, std=std, dtype=torch.float64))
         self._record(round_, [exchange[0], exchange[1]], event)
         return out
 
@@ -179,14 +181,17 @@ class ClientPrivacy:
         noisy = update.to(torch.float64) + csprng_normal(update.shape, std=std, dtype=torch.float64)
         return noisy, event, t_c
 
-    def release_weights(self, round_: int, exchange: tuple[int, int | None], w: torch.Tensor,
-                        samples: int, recipient: str, **content: object) -> None:
-        """Record a weight-sharing method's release (DESIGN §2.7): the egress of the shared
-        parameters and of the averaging weight sent with them (``samples``: the training-set
-        size without DP, 1 under DP). With update noise the weights are the last average
-        plus noised updates (:meth:`noisy_updates`, recorded before); under DP-SGD they are
+    def release_weights(self, round_: int, exchange: tuple[int, int | None],
+                        payload: Sequence[torch.Tensor | bytes], samples: int, recipient: str,
+                        **content: object) -> None:
+        """Record a weight-sharing method's release (DESIGN §2.7): the egress of what left
+        (``payload``: the shared parameters, or under ckks one part's ciphertexts) and of the
+        averaging weight sent with them (``samples``: the training-set size without DP, 1
+        under DP and in every sum); ``content``: what else the ledger says of it (the part,
+        the protection). With update noise the weights are the known weights plus noised
+        updates (:meth:`noisy_updates`, recorded before); under DP-SGD they are
         post-processing of the LocalUpdate's recorded steps."""
-        digest, size = payload_digest(w)
+        digest, size = payload_digest(*payload)
         self._log("egress", {"round": round_, "exchange": [exchange[0], exchange[1]],
                              "recipient": recipient, "content": "weights", "samples": samples,
                              **content, "sha256": digest, "bytes": size})

@@ -164,11 +164,11 @@ class FedMuscleClient:
             return [self._report(r)]
         self._plan = plan
         if self.weights is not None:  # the weight exchange after the LocalUpdate
-            if self.protection.server_opens_exchange:  # secure sums, part by part (§2.7)
-                self._exchange, self._part_means = (0, 0), []
-                self.stage = ClientStage.AWAIT_REPLY
-                return []
-            return [self._release_weights(r)]
+            if not self.protection.weight_parts:
+                return [self._release_weights(r)]
+            self._exchange, self._part_means = (0, 0), []  # one sum per part (§2.7)
+            self.stage = ClientStage.AWAIT_REPLY
+            return [] if self.protection.server_opens_exchange else [self._release_part(r, 0)]
         self.contrastive.begin_round(r)
         if not self.contrastive.communicates:  # nothing leaves the client
             self.contrastive.train_silently(plan.batches)
@@ -255,7 +255,8 @@ class FedMuscleClient:
             self.protection.exchange_over()
             if batch + 1 < len(self.weights.layout()):
                 self._exchange = (0, batch + 1)
-                return []
+                return [] if self.protection.server_opens_exchange else \
+                    [self._release_part(self._plan.round, batch + 1)]
             self.weights.apply_mean_updates(self._part_means)
             self._part_means = []
             self.guard.encoder_changed()
@@ -357,20 +358,42 @@ class FedMuscleClient:
             content = {}
             if self.privacy.noises_updates:  # DP-FedAvg: what the server knows + a noised update
                 known = self.weights.known
+                parts = [name for name, _ in self.weights.layout()]
                 try:
-                    noisy = self.privacy.noisy_updates(r, (epoch, batch),
-                                                       self.weights.segments(w - known))
+                    noisy = self.privacy.noisy_updates(
+                        r, (epoch, batch), list(zip(parts, self.weights.segments(w - known),
+                                                    strict=True)))
                 except PrivacyBudgetExceeded as exc:
                     return self._leave(r, str(exc))
                 w = (known.to(torch.float64) + torch.cat(noisy)).float().contiguous()
                 self.weights.mark_known(w)
                 content = {"update_noise": True}
-            self.privacy.release_weights(r, (epoch, batch), w, samples, recipient=SERVER,
+            self.privacy.release_weights(r, (epoch, batch), [w], samples, recipient=SERVER,
                                          **content)
         self.guard.released(r, epoch, batch, rows)
         self._exchange = (epoch, batch)
         self.stage = ClientStage.AWAIT_REPLY
         return WeightRelease(self.name, r, epoch, batch, self.weights.layout(), w, samples)
+
+    def _release_part(self, r: int, k: int) -> Message:
+        """The release of shared part ``k`` (exchange (0, k), no public rows) with this
+        round's update of it, sealed by the protection (ckks: encrypted), recorded in the
+        ledger like any release; or a sit-out."""
+        assert self.weights is not None
+        rows = torch.empty(0, dtype=torch.long)
+        why = self.guard.refusal(r, 0, k, rows)
+        if why is not None:
+            return self._sit_out(r, 0, k, why)
+        part = self.weights.layout()[k][0]
+        msg, content = self.protection.seal_weights(
+            r, k, part, self.weights.segments(self.weights.update())[k])
+        if self.privacy is not None:
+            self.privacy.release_weights(r, (0, k), msg.payload_parts(), 1, recipient=SERVER,
+                                         **content)
+        self.guard.released(r, 0, k, rows)
+        self._exchange = (0, k)
+        self.stage = ClientStage.AWAIT_REPLY
+        return msg
 
     def _samples(self) -> int:
         """The client's FedAvg weight: its training-set size; under DP that size would leave

@@ -13,9 +13,12 @@ architecture lay them out identically.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.models import ClientModel
 from fedmuscle_secure.models.mixture import MixtureModel
 
@@ -180,3 +183,18 @@ def decoupled_update(delta: torch.Tensor, keep: float) -> torch.Tensor:
     out[idx] = delta[idx]
     kept = float(out.abs().sum())
     return out * (float(delta.abs().sum()) / kept) if kept > 0 else out
+
+
+def clip_update(client: str, part: str, update: torch.Tensor, clip: float,
+                stage: str) -> tuple[torch.Tensor, bool]:
+    """What a client puts into a sum of updates (DESIGN §2.7, secagg and ckks): its update
+    of ``part``, float64, L2-clipped to ``clip`` (``weight_sharing.update_clip``), and
+    whether it was clipped. A non-finite update (training diverged) is a ProtocolError
+    naming the client at ``stage``: nothing is released."""
+    delta = update.to(torch.float64)
+    norm = float(delta.norm())
+    if not math.isfinite(norm):
+        raise ProtocolError(client, stage, f"its update of part {part!r} is not finite "
+                            "(training diverged: lower the learning rate); nothing released")
+    clipped = norm > clip
+    return (delta * (clip / norm) if clipped else delta), clipped

@@ -283,7 +283,7 @@ def check_semantics(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"privacy.{key}",
                               "enabled: give exactly one of noise_multiplier or target_epsilon")
     _check_secagg(cfg)
-    if cfg.protection == "ckks" and m.method not in MUSCLE_METHODS:
+    if cfg.protection == "ckks" and m.method not in MUSCLE_METHODS + SUMMED_WEIGHTS:
         raise ConfigError("muscle.method", f"unsupported under ckks: {m.method!r}")
     check_deployment(cfg)
     if cfg.data.partition == "classes" and cfg.data.classes_per_client is None:

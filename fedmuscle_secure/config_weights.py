@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from fedmuscle_secure.config import ExperimentConfig
 
 
+#: The fewest members a sum of weight updates may have, under secagg and under ckks: with
+#: two, each member learns the other's update from the sum (with one, the server, under
+#: secagg; under ckks every client holds the secret key).
+MIN_SUM_GROUP = 3
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,34 +47,34 @@ class WeightSharingConfig(_Strict):
                       "every LocalUpdate step")
     components: int = Field(default=3, ge=2, le=16, description="fedem: K, the number of "
                             "shared component models each client's data is a mixture of")
-    update_clip: float = Field(default=10.0, gt=0, le=1e6, description="protection secagg, "
-                               "and privacy.update_noise: the L2 norm each client's update of "
-                               "each part is clipped to before the secure sum or the noise "
-                               "(bounds its fixed-point encoding, what one member can move the "
-                               "mean by, and the client-level sensitivity 2C; clipped updates "
-                               "are counted in the round report and the ledger)")
+    update_clip: float = Field(default=10.0, gt=0, le=1e6, description="protection secagg "
+                               "and ckks, and privacy.update_noise: the L2 norm each client's "
+                               "update of each part is clipped to before the sum or the noise "
+                               "(bounds its encoding, what one member can move the mean by, "
+                               "and the client-level sensitivity 2C; clipped updates are "
+                               "counted in the round report, and in the ledger without update "
+                               "noise)")
 
 
 def check_weight_sharing(cfg: ExperimentConfig) -> None:
     """The weight-sharing methods (§2.7) average parameters: one architecture where they
     average, one task where the head is averaged; they run plain or (the weighted means)
-    through secure sums, where every averaging group needs three members; they release no
-    representations, so representation noise is refused (update noise, DP-FedAvg's, is
-    theirs: :func:`check_update_noise`)."""
+    through secure or encrypted sums, where every averaging group needs
+    :data:`MIN_SUM_GROUP` members; they release no representations, so representation
+    noise is refused (update noise, DP-FedAvg's, is theirs: :func:`check_update_noise`)."""
     method = cfg.muscle.method
     check_update_noise(cfg)
     if method not in WEIGHT_SHARING:
         return
-    if cfg.protection == "ckks" or (cfg.protection == "secagg" and method not in SUMMED_WEIGHTS):
+    if cfg.protection != "plain" and method not in SUMMED_WEIGHTS:
         raise ConfigError("protection", f"{method!r} aggregates weights in the clear (plain)"
-                          f"{' or through secure sums (secagg)' if method in SUMMED_WEIGHTS else ''}"
                           f"; got {cfg.protection!r}"
                           + (": its step needs every client's adapters (their similarities), "
                              "which a sum does not give" if method == "mira" else "")
                           + (": its task relationship Ω needs every client's head, which a "
                              "sum does not give" if method == "mocha" else ""))
-    if cfg.protection == "secagg":
-        _check_secure_groups(cfg)
+    if cfg.protection in ("secagg", "ckks"):
+        _check_sum_groups(cfg)
     if cfg.privacy.representation_noise.enabled:
         raise ConfigError("privacy.representation_noise.enabled", f"{method!r} releases weights, "
                           "not unit-norm representations, and the noise of §5.1 is calibrated "
@@ -175,23 +181,32 @@ def task_groups(cfg: ExperimentConfig) -> dict[str, tuple[str, ...]]:
 def averaging_groups(cfg: ExperimentConfig) -> list[tuple[str, tuple[str, ...]]]:
     """Every (part, clients) a weighted-mean method averages over (DESIGN §2.7): the
     backbone over every client, then, where the head is averaged, each task's head over
-    that task's clients; under secagg each is one secure sum, in this order."""
+    that task's clients; under secagg and ckks each is one sum, in this order."""
     groups = [("backbone", tuple(c.name for c in cfg.clients))]
     if averages_head(cfg):
         groups += [("head", members) for members in task_groups(cfg).values()]
     return groups
 
 
-def _check_secure_groups(cfg: ExperimentConfig) -> None:
-    """Under secagg each task head is averaged through a secure sum over its task's
-    clients: with fewer than three, a member learns the others' heads from the sum (one
-    member: the server does)."""
+def _check_sum_groups(cfg: ExperimentConfig) -> None:
+    """Under secagg and ckks each part is averaged through a sum over its group (every
+    client, or a task's clients): with fewer than :data:`MIN_SUM_GROUP` members, a member
+    learns the others' updates from the sum (one member: under secagg the server does, under
+    ckks every client holds the secret key and the sum is the member's own update)."""
+    what = {"secagg": "a secure sum", "ckks": "an encrypted sum (every client holds the CKKS "
+            "secret key)"}[cfg.protection]
+    if len(cfg.clients) < MIN_SUM_GROUP:
+        raise ConfigError("clients", f"under {cfg.protection} {cfg.muscle.method!r} averages the "
+                          f"backbone through {what} over every client, which needs at least "
+                          f"{MIN_SUM_GROUP}; got {len(cfg.clients)} (with two, each learns the "
+                          "other's update from the sum)")
     if not averages_head(cfg):
         return
     for task, names in task_groups(cfg).items():
-        if len(names) < 3:
-            raise ConfigError("clients", f"under secagg {cfg.muscle.method!r} averages each task's "
-                              f"head through a secure sum over that task's clients, which needs at "
-                              f"least 3; task {task!r} has {list(names)} (with fewer, a member "
-                              f"learns the others' heads from the sum); give every task three "
-                              f"clients, use scope 'encoder', or protection plain")
+        if len(names) < MIN_SUM_GROUP:
+            raise ConfigError("clients", f"under {cfg.protection} {cfg.muscle.method!r} averages "
+                              f"each task's head through {what} over that task's clients, which "
+                              f"needs at least {MIN_SUM_GROUP}; task {task!r} has {list(names)} "
+                              f"(with fewer, a member learns the others' heads from the sum); "
+                              f"give every task {MIN_SUM_GROUP} clients, use scope 'encoder', or "
+                              "protection plain")

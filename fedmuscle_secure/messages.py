@@ -342,13 +342,50 @@ class EncryptedPeers:
     matrices: tuple
 
 
-ENCRYPTED = (EncryptedRepresentations, EncryptedSumTerms, EncryptedSums, EncryptedPeers)
+@dataclass(frozen=True)
+class EncryptedWeightUpdate:
+    """Client → server under ``ckks``, weight sharing (DESIGN §2.7): for exchange (0, k),
+    shared part ``part`` of ``length`` weights, Enc([clip(Δ), 1]): the client's update of the
+    part since its LocalUpdate started, L2-clipped, and a count of 1, ``length`` + 1 values
+    packed N/2 per ciphertext (:func:`~fedmuscle_secure.crypto.ckks.encrypt_vector`)."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    part: str
+    length: int
+    update: object
+
+    def payload_parts(self) -> list[bytes]:
+        """The ciphertext bytes in order: what the egress and receipt digests cover."""
+        return list(self.update.ciphertexts)
+
+
+@dataclass(frozen=True)
+class EncryptedWeightSum:
+    """Server → client under ``ckks``, weight sharing: Enc([Σ Δ_m, Σ 1]) over the members
+    ``peers[0]`` of the recipient's group for part ``part`` (the recipient included), in the
+    layout of its :class:`EncryptedWeightUpdate`; the client divides by the count."""
+
+    client: str
+    round: int
+    epoch: int
+    batch: int | None
+    peers: tuple[tuple[str, ...], ...]
+    part: str
+    length: int
+    total: object
+
+
+ENCRYPTED = (EncryptedRepresentations, EncryptedSumTerms, EncryptedSums, EncryptedPeers,
+             EncryptedWeightUpdate, EncryptedWeightSum)
 
 Message = (RoundPlan | Representations | PeerTerms | PeerSums | RoundReport | Leave | Finish
            | SitOut | TaskOutputs | GroupOutputs | PeerKernel | WeightRelease | WeightAverage
            | SecAggEnvelope
            | SumTerms | ExchangeAborted | EncryptedRepresentations | EncryptedSumTerms | EncryptedSums
-           | EncryptedPeers)
+           | EncryptedPeers | EncryptedWeightUpdate | EncryptedWeightSum)
 
 
 def _encrypted_bytes(value: object) -> int:

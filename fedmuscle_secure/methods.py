@@ -24,10 +24,10 @@ and release model parameters."""
 
 SUMMED_WEIGHTS: tuple[str, ...] = ("fedavg", "fedprox", "mfed", "feddea", "fedem")
 """Weight-sharing methods whose server step is a weighted mean (of every part, over its
-group): under ``secagg`` it is computed from secure sums of the clients' updates (FedEM's
-parts hold its K components, so a part's mean is each component's). MIRA's step needs each
-client's adapters (their pairwise similarities), and MOCHA's Ω each client's head, which no
-sum gives."""
+group): under ``secagg`` it is computed from secure sums of the clients' updates, under
+``ckks`` from encrypted sums of them (FedEM's parts hold its K components, so a part's mean
+is each component's). MIRA's step needs each client's adapters (their pairwise
+similarities), and MOCHA's Ω each client's head, which no sum gives."""
 
 PART_SCOPES: dict[str, str] = {"backbone": "all", "head": "task"}
 """The parts a weight-sharing client releases and the group each is averaged over: every
@@ -51,7 +51,8 @@ Mode = Literal["plain", "secagg", "ckks"]
 def protection_mode(protection: str, method: str) -> Mode:
     """The protection ``method`` runs under in a federation configured with ``protection``:
     secagg protects the sum form and the weighted means of :data:`SUMMED_WEIGHTS`, ckks every
-    collaborative method; the ``local`` reference releases nothing, so runs plain."""
+    collaborative method the config lets it carry (the Muscle losses and those means); the
+    ``local`` reference releases nothing, so runs plain."""
     if protection == "secagg" and (method == "muscle_sum" or method in SUMMED_WEIGHTS):
         return "secagg"
     if protection == "ckks" and method != "local":

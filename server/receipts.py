@@ -9,6 +9,7 @@ from __future__ import annotations
 from fedmuscle_secure.crypto.secagg.messages import MaskedInput
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
+    EncryptedWeightUpdate,
     Message,
     Representations,
     SecAggEnvelope,
@@ -21,15 +22,15 @@ from fedmuscle_secure.records.ledger import ReceiptLog, payload_digest
 def carries_release(msg: Message) -> bool:
     """Whether ``msg`` holds a client's release (what a receipt is kept for)."""
     return isinstance(msg, (Representations, EncryptedRepresentations, TaskOutputs,
-                            WeightRelease)) or (
+                            WeightRelease, EncryptedWeightUpdate)) or (
         isinstance(msg, SecAggEnvelope) and isinstance(msg.body, MaskedInput))
 
 
 def record_receipt(receipts: ReceiptLog,
                    msg: Representations | EncryptedRepresentations | TaskOutputs | SecAggEnvelope
-                   | WeightRelease) -> None:
+                   | WeightRelease | EncryptedWeightUpdate) -> None:
     """Append the receipt of release ``msg`` (digest and size of its payload) to ``receipts``."""
-    if isinstance(msg, EncryptedRepresentations):
+    if isinstance(msg, (EncryptedRepresentations, EncryptedWeightUpdate)):
         digest, size = payload_digest(*msg.payload_parts())
     elif isinstance(msg, TaskOutputs):
         digest, size = payload_digest(msg.outputs)

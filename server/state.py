@@ -42,9 +42,8 @@ from fedmuscle_secure.server.protection import (
     ReplyInputs,
     ServerProtection,
 )
-from fedmuscle_secure.server.protection.base import Release
+from fedmuscle_secure.server.protection.base import Release, WeightInputs
 from fedmuscle_secure.server.selection import select_peers, selection_tensor
-from fedmuscle_secure.server.weights import mocha_steps, similarity_steps, weight_averages
 
 
 class ServerStage(enum.Enum):
@@ -262,18 +261,12 @@ class FedMuscleServer:
         # means (mira's, mocha's steps) of the shared weights; FedEM's K components are
         # stacked in each part, so FedAvg's mean of a part is each component's mean
         if s.method in WEIGHT_SHARING:
-            if s.method == "mira":
-                out = similarity_steps(self.round + 1, epoch, batch, order, self._pending,
-                                       beta=s.mira_beta, device=s.device)
-            elif s.method == "mocha":
-                out = mocha_steps(self.round + 1, epoch, batch, order, self._pending,
-                                  device=s.device)
-            else:
-                out = weight_averages(self.round + 1, epoch, batch, order, self._pending, spaces,
-                                      device=s.device)
-            self.last_selection = {m.client: sorted({p for g in m.peers for p in g} - {m.client})
-                                   for m in out}
-            return list(out)
+            out = self.protection.weight_replies(WeightInputs(
+                method=s.method, round=self.round + 1, epoch=epoch, batch=batch, order=order,
+                releases=self._pending, spaces=spaces, beta=s.mira_beta, device=s.device))
+            self.last_selection = {m.client: sorted({p for g in getattr(m, "peers", ())
+                                                     for p in g} - {m.client}) for m in out}
+            return out
         if s.method in OUTPUT_RELEASING:  # cofed / feddf: per output space, no peer selection
             out = group_output_replies(s.method, self.round + 1, epoch, batch, order, self._pending,
                                        spaces, device=s.device)

@@ -33,6 +33,9 @@ class ClientProtection:
 
     #: True: every exchange begins with the server's setup, not with the client's release.
     server_opens_exchange: bool = False
+    #: True: a weight-sharing round sums each shared part's update in its own exchange
+    #: (0, k) (DESIGN §2.7: secagg, ckks); False: one release of every shared weight.
+    weight_parts: bool = False
     #: The server replies this mode accepts while a release is out.
     reply_types: tuple[type, ...] = (PeerTerms, PeerSums, PeerKernel, GroupOutputs, WeightAverage)
     #: Messages of the mode's own stages (a secure sum's), handed to the stage hooks.
@@ -86,6 +89,12 @@ class ClientProtection:
 
     def begin_weights(self, msg: Message, part: str, update: torch.Tensor) -> Message:
         """Answer setup ``msg`` of weight part ``part``'s secure sum with ``update``."""
+        raise NotImplementedError
+
+    def seal_weights(self, r: int, k: int, part: str,
+                     update: torch.Tensor) -> tuple[Message, dict[str, object]]:
+        """The release of weight part ``part`` (exchange (0, ``k``)) with this round's
+        ``update`` of it, and what the ledger's egress entry says of it beyond its digest."""
         raise NotImplementedError
 
     def check_mean_update(self, part: str, mean: torch.Tensor,

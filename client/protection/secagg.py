@@ -10,7 +10,6 @@ the point from which the server can learn a sum that contains it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -19,6 +18,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedmuscle_secure.client.protection.base import ClientProtection
+from fedmuscle_secure.client.weight_phase import clip_update
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
 from fedmuscle_secure.crypto.secagg.messages import (
     MaskedInput,
@@ -70,6 +70,7 @@ class SecAggClientProtection(ClientProtection):
     """One secure sum per exchange; the server opens each with a setup (module docs)."""
 
     server_opens_exchange = True
+    weight_parts = True
     reply_types = (SumTerms, WeightAverage)
     stage_types = (SecAggEnvelope,)
 
@@ -195,14 +196,7 @@ class SecAggClientProtection(ClientProtection):
         if outside:
             raise ProtocolError(SERVER, "setup", f"the secure sum of part {part!r} lists "
                                 f"{outside}, outside the part's group {list(group)}")
-        delta = update.to(torch.float64)
-        norm = float(delta.norm())
-        if not math.isfinite(norm):
-            raise ProtocolError(self.name, "setup", f"its update of part {part!r} is not finite "
-                                "(training diverged: lower the learning rate); nothing released")
-        clipped = norm > self.params.update_clip
-        if clipped:
-            delta = delta * (self.params.update_clip / norm)
+        delta, clipped = clip_update(self.name, part, update, self.params.update_clip, "setup")
         event = None
         if self.privacy is not None:  # update noise: this client's share (DESIGN §5.1)
             delta, event, _ = self.privacy.secagg_update_share(

@@ -12,6 +12,7 @@ packed ciphertext layout, client encrypt/decrypt and the server's evaluation ops
     enc_s = scale(public, add(public, group_z), 1 / tau)           # server, per Q_n
     enc_r = sq_norm_minus(public, add(public, group_z), add(public, group_q))
     r = -gamma / 2 * decrypt_row_values(secret, enc_r)             # client
+    enc_w = encrypt_vector(secret, w)              # a flat vector, N/2 values per ciphertext
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from fedmuscle_secure.crypto.ckks.ops import (
     add,
     decrypt_matrix,
     decrypt_row_values,
+    decrypt_vector,
     encrypt_matrix,
     encrypt_row_values,
+    encrypt_vector,
+    fresh_error_bound,
     scale,
     sq_norm_minus,
+    vector_layout,
 )
 
 __all__ = [
@@ -48,8 +53,12 @@ __all__ = [
     "add",
     "decrypt_matrix",
     "decrypt_row_values",
+    "decrypt_vector",
     "encrypt_matrix",
     "encrypt_row_values",
+    "encrypt_vector",
+    "fresh_error_bound",
     "scale",
     "sq_norm_minus",
+    "vector_layout",
 ]

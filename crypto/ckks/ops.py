@@ -46,10 +46,14 @@ __all__ = [
     "add",
     "decrypt_matrix",
     "decrypt_row_values",
+    "decrypt_vector",
     "encrypt_matrix",
     "encrypt_row_values",
+    "encrypt_vector",
+    "fresh_error_bound",
     "scale",
     "sq_norm_minus",
+    "vector_layout",
 ]
 
 _TENSEAL_ERRORS = (ValueError, RuntimeError, TypeError)
@@ -233,6 +237,55 @@ def decrypt_matrix(ctx: SecretContext, enc: EncryptedMatrix) -> torch.Tensor:
 def decrypt_row_values(ctx: SecretContext, enc: EncryptedRowValues) -> torch.Tensor:
     """Decrypt to a (B,) float64 tensor: the row-start slots only, the rest is ignored."""
     return _decrypt_padded(ctx, enc, "decrypt_row_values")[:, 0].clone()
+
+
+def vector_layout(length: int, params: CkksParameters) -> RowLayout:
+    """A flat vector of ``length`` values packed N/2 per ciphertext: a (⌈length / (N/2)⌉, N/2)
+    matrix, one row per ciphertext, the last row zero-padded."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise EncodingError(f"vector_layout: length must be a positive int, got {length!r}")
+    return RowLayout.for_shape(-(-length // params.slots), params.slots, params)
+
+
+def encrypt_vector(ctx: SecretContext, v: torch.Tensor) -> EncryptedMatrix:
+    """Encrypt a (L,) vector in :func:`vector_layout` (N/2 values per ciphertext)."""
+    ctx = _require_secret(ctx, "encrypt_vector")
+    x = _check_values(v, 1, ctx.params, "encrypt_vector")
+    layout = vector_layout(int(x.shape[0]), ctx.params)
+    padded = torch.zeros(layout.rows * layout.row_stride, dtype=torch.float64)
+    padded[: x.shape[0]] = x
+    return EncryptedMatrix(layout, _encrypt_padded(ctx, padded.view(layout.rows, -1), layout))
+
+
+def decrypt_vector(ctx: SecretContext, enc: EncryptedMatrix, length: int) -> torch.Tensor:
+    """Decrypt a vector of ``length`` values packed by :func:`encrypt_vector` (float64); its
+    layout must be the one ``length`` gives."""
+    ctx = _require_secret(ctx, "decrypt_vector")
+    if enc.layout != vector_layout(length, ctx.params):
+        raise EncodingError(f"decrypt_vector: layout {enc.layout} is not that of a vector of "
+                            f"{length} values")
+    return _decrypt_padded(ctx, enc, "decrypt_vector").reshape(-1)[:length].clone()
+
+
+#: The standard deviation of SEAL's error distribution (``seal/util/globals.h``); SEAL
+#: samples the secret key uniformly from {-1, 0, 1}, so its Hamming weight h is at most N.
+SEAL_NOISE_STD = 3.2
+
+
+def fresh_error_bound(params: CkksParameters, magnitude: float = 0.0) -> float:
+    """The most one slot of a decrypted, freshly encrypted CKKS vector differs from the value
+    put in, in value units, at these parameters (high probability, as CKKS's analysis states
+    it): B_clean = 8√2·σN + 6σ√N + 16σ√(hN) of Cheon, Kim, Kim and Song (ASIACRYPT 2017,
+    Lemma 1) with σ = :data:`SEAL_NOISE_STD` and h ≤ N, plus the encoder's rounding of N
+    coefficients by at most 1/2 each (N/2 in the canonical embedding), over the scale Δ;
+    plus the float64 decoding of slots of at most ``magnitude`` (N coefficients each exact to
+    a relative 2⁻⁵² of 2·magnitude·Δ, with room for the FFT: N·magnitude·2⁻⁴⁸).
+
+    The sum of k fresh ciphertexts (additions add no noise of their own) differs by at most
+    k times the first term: at the default N = 8192, Δ = 2⁴⁰ a fresh slot is within 6.6e-7."""
+    n, sigma = params.poly_modulus_degree, SEAL_NOISE_STD
+    b_clean = 8 * math.sqrt(2) * sigma * n + 6 * sigma * math.sqrt(n) + 16 * sigma * n
+    return (b_clean + n / 2) / 2.0**params.global_scale_bits + n * magnitude * 2.0**-48
 
 
 # --- shared: loading received bytes ------------------------------------------------------

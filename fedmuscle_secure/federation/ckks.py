@@ -17,6 +17,7 @@ from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.crypto.ckks import CkksParameters, PublicContext, SecretContext
 from fedmuscle_secure.dp.noise import representation_sensitivity
 from fedmuscle_secure.errors import ConfigError
+from fedmuscle_secure.methods import SUMMED_WEIGHTS
 
 #: Where ``provision ckks`` writes the contexts under its output (certs) directory.
 CKKS_DIR = "ckks"
@@ -37,8 +38,14 @@ def validate_ckks(cfg: ExperimentConfig, *, noise_std: float) -> CkksParameters:
     """Validate the CKKS parameters for this config (raises :class:`ConfigError` naming
     them) and return them: a row padded to a power of two per slot block, depth 1, and the
     largest value ||U||² of M rows whose coordinates carry noise up to 6 sd (``noise_std``
-    per coordinate; 0 for unit rows without noise)."""
+    per coordinate; 0 for unit rows without noise). The weighted means of the
+    weight-sharing methods only add ciphertexts (depth 0) whose slots hold at most N
+    updates' coordinates, each within ``weight_sharing.update_clip``, or the count N."""
     params = CkksParameters(**cfg.ckks.model_dump())
+    if cfg.muscle.method in SUMMED_WEIGHTS:  # sums of N updates clipped to update_clip (§2.7)
+        n, clip = len(cfg.clients), cfg.weight_sharing.update_clip
+        params.validate(packed_length=1, depth=0, max_abs_value=n * max(clip, 1.0))
+        return params
     d = cfg.muscle.dim
     m = cfg.muscle.num_selected
     params.validate(packed_length=1 << (d - 1).bit_length(), depth=1,

@@ -177,9 +177,8 @@ def _secagg_client(setup: FederationSetup, name: str, privacy) -> SecAggClientPr
         raise ConfigError("secagg", f"no safe fixed-point encoding: {exc}") from None
     peers = {k: public_identity(v) for k, v in setup.identities.items() if k != name}
     return SecAggClientProtection(name, setup.identities[name], peers, params, privacy,
-                                  groups={part: members for part, members in averaging_groups(cfg)
-                                          if name in members}
-                                  if setup.method in WEIGHT_SHARING else None)
+                                  groups=_groups(cfg, name) if setup.method in WEIGHT_SHARING
+                                  else None)
 
 
 def shared_layout(setup: FederationSetup, name: str) -> tuple[tuple[str, int], ...]:
@@ -195,5 +194,14 @@ def shared_layout(setup: FederationSetup, name: str) -> tuple[tuple[str, int], .
 
 def _ckks_client(setup: FederationSetup, name: str) -> CkksClientProtection:
     params, secret_bytes, _ = setup.ckks
-    return CkksClientProtection(name, SecretContext.from_bytes(secret_bytes, params), method=setup.method,
-                      clients=setup.client_names, tau=setup.tau, gamma=setup.gamma)
+    weights = setup.method in WEIGHT_SHARING
+    return CkksClientProtection(
+        name, SecretContext.from_bytes(secret_bytes, params), method=setup.method,
+        clients=setup.client_names, tau=setup.tau, gamma=setup.gamma,
+        groups=_groups(setup.cfg, name) if weights else None,
+        update_clip=setup.cfg.weight_sharing.update_clip if weights else None)
+
+
+def _groups(cfg: ExperimentConfig, name: str) -> dict[str, tuple[str, ...]]:
+    """Each part client ``name`` shares and the group it is averaged over (DESIGN §2.7)."""
+    return {part: members for part, members in averaging_groups(cfg) if name in members}

@@ -17,6 +17,7 @@ from fedmuscle_secure.server.protection import (
     SecAggServerProtection,
     ServerProtection,
 )
+from fedmuscle_secure.server.protection.ckks_weights import CkksWeightProtection, PartGroup
 from fedmuscle_secure.server.protection.secagg_weights import SecAggWeightProtection, WeightSum
 from fedmuscle_secure.server.state import FedMuscleServer, ServerSettings
 
@@ -55,18 +56,28 @@ def _secagg_server(setup: FederationSetup) -> SecAggServerProtection:
         device=resolve_device(setup.cfg.server.device))
 
 
+def _part_groups(setup: FederationSetup) -> list[PartGroup]:
+    """Every configured averaging group of a weight-sharing method (DESIGN §2.7) with the
+    number of its part in the clients' layout and the part's length, from the model of the
+    group's first client (one model built per client whose layout is read)."""
+    layouts: dict[str, dict[str, int]] = {}
+    out = []
+    for part, members in averaging_groups(setup.cfg):
+        if members[0] not in layouts:
+            layouts[members[0]] = dict(shared_layout(setup, members[0]))
+        layout = layouts[members[0]]
+        out.append(PartGroup(part=list(layout).index(part), name=part, members=members,
+                             length=layout[part]))
+    return out
+
+
 def _secagg_weight_server(setup: FederationSetup) -> SecAggWeightProtection:
     """The secure sums of a weight-sharing method (DESIGN §2.7): each shared part over each
     of its groups, with the lengths the clients' models give."""
     cfg, params = setup.cfg, setup.secagg
-    sums = []
-    layouts: dict[str, dict[str, int]] = {}  # one model built per client whose layout is read
-    for part, members in averaging_groups(cfg):
-        if members[0] not in layouts:
-            layouts[members[0]] = dict(shared_layout(setup, members[0]))
-        layout = layouts[members[0]]
-        sums.append(WeightSum(part=list(layout).index(part), members=members,
-                              length=layout[part], threshold=params.group_threshold(len(members))))
+    sums = [WeightSum(part=g.part, members=g.members, length=g.length,
+                      threshold=params.group_threshold(len(g.members)))
+            for g in _part_groups(setup)]
     return SecAggWeightProtection(
         sums=sums, threshold=params.threshold,
         identities={k: public_identity(v) for k, v in setup.identities.items()},
@@ -74,10 +85,12 @@ def _secagg_weight_server(setup: FederationSetup) -> SecAggWeightProtection:
         device=resolve_device(cfg.server.device))
 
 
-def _ckks_server(setup: FederationSetup) -> CkksServerProtection:
+def _ckks_server(setup: FederationSetup) -> ServerProtection:
     params, _, public_bytes = setup.ckks
-    return CkksServerProtection(PublicContext.from_bytes(public_bytes, params), float(setup.tau[0, 1]),
-                          setup.cfg.ckks.galois_keys)
+    context = PublicContext.from_bytes(public_bytes, params)
+    if setup.method in WEIGHT_SHARING:  # encrypted sums of each part's updates (§2.7)
+        return CkksWeightProtection(context, _part_groups(setup))
+    return CkksServerProtection(context, float(setup.tau[0, 1]), setup.cfg.ckks.galois_keys)
 
 
 def open_receipts(record_dir: Path | None) -> ReceiptLog | None:

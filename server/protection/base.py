@@ -13,14 +13,21 @@ import torch
 from fedmuscle_secure.errors import ProtocolError
 from fedmuscle_secure.messages import (
     EncryptedRepresentations,
+    EncryptedWeightUpdate,
     Message,
     Representations,
     TaskOutputs,
     WeightRelease,
 )
-from fedmuscle_secure.server.weights import check_weight_release
+from fedmuscle_secure.server.weights import (
+    check_weight_release,
+    mocha_steps,
+    similarity_steps,
+    weight_averages,
+)
 
-Release = Representations | EncryptedRepresentations | TaskOutputs | WeightRelease
+Release = (Representations | EncryptedRepresentations | TaskOutputs | WeightRelease
+           | EncryptedWeightUpdate)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,22 @@ class ReplyInputs:
     selections: list[torch.Tensor]
     inv_tau: torch.Tensor
     gamma: torch.Tensor
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class WeightInputs:
+    """One weight exchange whose releases are all in (DESIGN §2.7): ``order`` the releasing
+    clients (active order), ``spaces`` each one's task, ``beta`` MIRA's step."""
+
+    method: str
+    round: int
+    epoch: int
+    batch: int | None
+    order: list[str]
+    releases: dict[str, Release]
+    spaces: dict[str, str]
+    beta: float
     device: torch.device
 
 
@@ -99,3 +122,14 @@ class ServerProtection:
     def replies(self, inputs: ReplyInputs) -> list[Message]:
         """Every releasing client's reply for one exchange."""
         raise NotImplementedError
+
+    def weight_replies(self, inputs: WeightInputs) -> list[Message]:
+        """Every releasing client's reply for one weight exchange: by default the server
+        step on the weights in the clear (:mod:`~fedmuscle_secure.server.weights`)."""
+        i = inputs
+        args = (i.round, i.epoch, i.batch, i.order, i.releases)
+        if i.method == "mira":
+            return list(similarity_steps(*args, beta=i.beta, device=i.device))
+        if i.method == "mocha":
+            return list(mocha_steps(*args, device=i.device))
+        return list(weight_averages(*args, i.spaces, device=i.device))

@@ -1,5 +1,6 @@
 """Weight-sharing methods in `run`, end to end (DESIGN §2.7): a DP-SGD FedProx run whose
-weight releases are in every client's ledger and the server's receipts, and audit passes."""
+weight releases are in every client's ledger and the server's receipts, and audit passes
+(plain, secagg, ckks)."""
 
 import json
 
@@ -15,10 +16,11 @@ SAME = [{"name": n, "model": "test_resnet", "image_size": 16, "task": t}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, protection", [("fedprox", "plain"), ("mfed", "plain"),
-                                                ("fedprox", "secagg")])
+                                                ("fedprox", "secagg"), ("fedprox", "ckks")])
 def test_a_dp_weight_sharing_run_records_its_releases_and_audits(tmp_path, method, protection):
     """Under secagg the release is the masked input of the backbone's secure sum (exchange
-    (0, 0)); FedProx's default scope shares the encoder alone."""
+    (0, 0)), under ckks its encrypted update for the backbone's sum (exchange (0, 0));
+    FedProx's default scope shares the encoder alone."""
     cfg = tiny_config(clients=SAME, compare_local=True, protection=protection,
                       muscle={"method": method, "num_selected": 2, "batch_size": 32, "dim": 16},
                       training={"rounds": 2, "local_epochs": 1, "local_batch_size": 16},
@@ -33,8 +35,8 @@ def test_a_dp_weight_sharing_run_records_its_releases_and_audits(tmp_path, metho
         exchange = [0, None] if protection == "plain" else [0, 0]
         assert [(e["round"], e["exchange"], e["content"], e["samples"]) for e in egress] == [
             (1, exchange, "weights", 1), (2, exchange, "weights", 1)]  # DP: equal weights
-        assert all(e.get("protection") == ("secagg" if protection == "secagg" else None)
-                   for e in egress)
+        assert all(e.get("protection") == (None if protection == "plain" else protection)
+                   and e.get("part", "backbone") == "backbone" for e in egress)
     receipts = (res.run_dir / "receipts.jsonl").read_text().splitlines()
     assert len(receipts) == 6
     assert main_audit([str(res.run_dir)]) == 0

@@ -203,8 +203,8 @@ def test_the_proximal_gradient_is_the_gradient_of_the_proximal_term():
     ({"clients": [dict(SAME[0], pretrained=True), dict(SAME[1]), dict(SAME[2])]},
      "clients.1.pretrained", "set pretrained alike"),
     ({"weight_sharing": {"scope": "model"}}, "weight_sharing.scope", "same task"),
-    ({"protection": "ckks", "muscle": {"method": "fedavg", "batch_size": 32, "dim": 16}},
-     "protection", "in the clear \\(plain\\) or through secure sums \\(secagg\\); got 'ckks'"),
+    ({"protection": "ckks", "muscle": {"method": "mocha", "batch_size": 32, "dim": 16}},
+     "protection", "in the clear \\(plain\\); got 'ckks': its task relationship"),
     ({"privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 0.1}}},
      "privacy.representation_noise.enabled", "releases weights"),
 ])

@@ -37,10 +37,14 @@ from fedmuscle_secure.crypto.ckks import (
     add,
     decrypt_matrix,
     decrypt_row_values,
+    decrypt_vector,
     encrypt_matrix,
     encrypt_row_values,
+    encrypt_vector,
+    fresh_error_bound,
     scale,
     sq_norm_minus,
+    vector_layout,
 )
 from fedmuscle_secure.crypto.ckks.envelope import build_envelope, parse_envelope
 from fedmuscle_secure.errors import ConfigError, EncodingError
@@ -378,3 +382,37 @@ def test_envelope_round_trip_property(sizes, cts, scale_) -> None:
 def test_envelope_rejects_malformed(data: bytes) -> None:
     with pytest.raises(EncodingError, match="CKKSVectorProto"):
         parse_envelope(data)
+
+
+# --- flat vectors (weight updates, DESIGN §2.7) --------------------------------------------
+
+
+def test_a_vector_spans_ciphertexts_of_half_n_values_in_order(secret: SecretContext,
+                                                             public: PublicContext) -> None:
+    """A vector longer than N/2 fills ciphertexts in order, the last zero-padded; a sum of
+    three decrypts to the exact sum within three fresh errors (the bound CKKS's analysis
+    gives), while a value one slot off errs by about 1."""
+    n = PARAMS.slots * 2 + 5
+    v = torch.arange(n, dtype=torch.float64) % 7 - 3.0
+    enc = [encrypt_vector(secret, v * (k + 1)) for k in range(3)]
+    assert enc[0].layout == vector_layout(n, PARAMS) and len(enc[0].ciphertexts) == 3
+    got = decrypt_vector(secret, add(public, enc), n)
+    bound = 3 * fresh_error_bound(PARAMS, magnitude=3.0)
+    assert got.shape == (n,) and (got - 6 * v).abs().max() <= bound
+    assert raw_slots(secret, enc[0].ciphertexts[2])[5:].abs().max() <= fresh_error_bound(PARAMS)
+
+
+def test_the_fresh_error_bound_is_cheon_et_al_at_the_default_parameters() -> None:
+    """B_clean = 8√2σN + 6σ√N + 16σN (h = N) plus N/2 of rounding, over Δ = 2⁴⁰: 6.6e-7."""
+    assert 6.5e-7 < fresh_error_bound(PARAMS) < 6.6e-7
+    assert fresh_error_bound(PARAMS, magnitude=1.0) - fresh_error_bound(PARAMS) == \
+        pytest.approx(8192 * 2.0**-48)
+
+
+def test_a_vector_of_another_length_is_refused_before_decrypting(secret: SecretContext) -> None:
+    enc = encrypt_vector(secret, torch.ones(10))
+    assert decrypt_vector(secret, enc, 4000).shape == (4000,)  # one ciphertext either way
+    with pytest.raises(EncodingError, match="not that of a vector of 5000 values"):
+        decrypt_vector(secret, enc, 5000)
+    with pytest.raises(EncodingError, match="positive int"):
+        vector_layout(0, PARAMS)
