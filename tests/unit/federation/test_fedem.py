@@ -20,6 +20,7 @@ from torch import nn
 
 from fedmuscle_secure.client.fedem import expectation_step, responsibilities, weighted_nll
 from fedmuscle_secure.client.weight_phase import WeightPhase
+from fedmuscle_secure.crypto.ckks import fresh_error_bound
 from fedmuscle_secure.data.tasks import get_task
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.federation.clients import final_model_spec
@@ -231,7 +232,6 @@ def test_the_model_an_organisation_keeps_is_its_mixture(tmp_path):
 @pytest.mark.parametrize(("over", "field", "message"), [
     ({"clients": [dict(SAME_TASK[0]), dict(SAME_TASK[1], task="coarse"), dict(SAME_TASK[2])]},
      "clients.1.task", "every client needs the same task"),
-    ({"protection": "ckks"}, "protection", "in the clear"),
     ({"privacy": {"representation_noise": {"enabled": True, "noise_multiplier": 1.0}}},
      "privacy.representation_noise.enabled", "releases weights"),
     ({"privacy": {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}}},
@@ -245,12 +245,14 @@ def test_fedem_is_refused_where_its_assumptions_fail(over, field, message):
     assert err.value.field == field
 
 
-def test_under_secagg_each_component_is_the_plaintext_mean_within_the_fixed_point_bound():
-    """The same round plain and through secure sums (DESIGN §2.7): both train identically up
-    to the exchange; under secagg every client ends the round with each component the mean
-    of the plain releases (every client weighing 1, as under secagg) to within the
-    fixed-point bound, and its π its own."""
-    cfg_plain, cfg_secure = _cfg(), _cfg(protection="secagg")
+@pytest.mark.parametrize("protection", ["secagg", "ckks"])
+def test_under_protection_each_component_is_the_plaintext_mean_within_the_encoding_bound(
+        protection):
+    """The same round plain and through secure or encrypted sums (DESIGN §2.7): both train
+    identically up to the exchange; every client ends the round with each component the
+    mean of the plain releases (every client weighing 1, as in every sum) to within the
+    encoding's bound (fixed point, or CKKS's derived error), and its π its own."""
+    cfg_plain, cfg_secure = _cfg(), _cfg(protection=protection)
     split = make_split(cfg_plain)
     plain, secure = build_federation(cfg_plain, split, "fedem"), build_federation(cfg_secure, split, "fedem")
     releases = {}
@@ -267,8 +269,13 @@ def test_under_secagg_each_component_is_the_plaintext_mean_within_the_fixed_poin
     offset = 0
     for part, n in layout:
         exact = torch.stack([releases[c].w[offset:offset + n].double() for c in "abc"]).mean(0)
-        enc = secure.server.protection.encoding_for(n, 3)
-        bound = 3 * 0.5 * 2.0 ** -enc.z_codec.frac_bits / 3 + 8 * 2.0 ** -24 * float(exact.abs().max())
+        if protection == "secagg":
+            enc = secure.server.protection.encoding_for(n, 3)
+            coding = 3 * 0.5 * 2.0 ** -enc.z_codec.frac_bits / 3
+        else:  # a sum of 3 fresh encryptions over a count of 3: the fresh bound per slot
+            coding = fresh_error_bound(secure.clients["a"].protection.context.params,
+                                       magnitude=secure.clients["a"].protection.update_clip)
+        bound = coding + 8 * 2.0 ** -24 * float(exact.abs().max())
         for c in "abc":
             got = secure.clients[c].weights.vector()[offset:offset + n].double()
             assert float((got - exact).abs().max()) <= bound, (part, c)
