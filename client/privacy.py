@@ -56,6 +56,7 @@ class ClientPrivacy:
         self.releases = 0
         self.clipped_rows = 0
         self.clipped_updates = 0  # update noise: parts cut to the clip (never in the ledger)
+        self.nonfinite_updates = 0  # update noise: diverged updates released as zero + noise
 
     def _budget(self, guarantee: str) -> float | None:
         return self.settings.record_budget if guarantee == RECORD else self.settings.client_budget
@@ -154,32 +155,40 @@ class ClientPrivacy:
         event = self._update_event(len(updates))
         self._admit(round_, event, f"release of {len(updates)} weight update(s)")
         std = event.noise_multiplier * event.sensitivity
-        out = []
-        for part, u in updates:
-            clipped, cut = clip_update(self.client, part, u, self.settings.update_clip, "release")
-            # counted here, never in the ledger: whether an update was cut is a fact about
-            # the data that carries no noise
-            self.clipped_updates += int(cut)
-            out.append(clipped + csprng_normal(u.shape, std=std, dtype=torch.float64))
+        out = [self._clipped_update(part, u) + csprng_normal(u.shape, std=std, dtype=torch.float64)
+               for part, u in updates]
         self._record(round_, [exchange[0], exchange[1]], event)
         return out
 
-    def secagg_update_share(self, round_: int, exchange: tuple[int, int | None],
+    def _clipped_update(self, part: str, update: torch.Tensor) -> torch.Tensor:
+        """Under update noise: ``update`` L2-clipped to C, float64; a non-finite update
+        (training diverged, or a server's crafted average made it) counts as zero, so the
+        client still releases noise alone: whether and what it releases must not depend on
+        its data, and an error would tell. Both facts are counted here, never in the ledger
+        or a report (they carry no noise)."""
+        u = update.to(torch.float64)
+        if not bool(torch.isfinite(u).all()):
+            self.nonfinite_updates += 1
+            return torch.zeros_like(u)
+        clipped, cut = clip_update(self.client, part, u, self.settings.update_clip, "release")
+        self.clipped_updates += int(cut)
+        return clipped
+
+    def secagg_update_share(self, round_: int, exchange: tuple[int, int | None], part: str,
                             update: torch.Tensor, *, threshold: int, t_collude: int,
-                            ) -> tuple[torch.Tensor, DpEventRecord | None, int]:
-        """``protection: secagg``: this client's share of the distributed noise on its
-        ``update`` (already clipped to C), σ/√(t − t_c) · 2C per coordinate for a sum of
-        threshold t where at most t_c = min(t_collude, t − 1) members collude (DESIGN
-        §5.1). Admitted here, recorded with the masked input (:meth:`record_secagg_release`
-        with the returned event and t_c). Without update noise: ``update``, None."""
+                            ) -> tuple[torch.Tensor, DpEventRecord]:
+        """``protection: secagg`` with update noise: ``update`` clipped to C (a non-finite
+        one as zero: :meth:`_clipped_update`) plus this client's share of the distributed
+        noise, σ/√(t − t_c) · 2C per coordinate for a sum of threshold t where at most
+        t_c = min(t_collude, t − 1) members collude (DESIGN §5.1). Admitted here, recorded
+        with the masked input (:meth:`record_secagg_release` with the returned event)."""
         t_c = min(t_collude, threshold - 1)
-        if not self.noises_updates:
-            return update, None, t_c
         event = self._update_event(1)
         self._admit(round_, event, "secure-sum release of a weight update")
         std = share_noise_multiplier(event.noise_multiplier, threshold, t_c) * event.sensitivity
-        noisy = update.to(torch.float64) + csprng_normal(update.shape, std=std, dtype=torch.float64)
-        return noisy, event, t_c
+        noisy = self._clipped_update(part, update) + csprng_normal(update.shape, std=std,
+                                                                   dtype=torch.float64)
+        return noisy, event
 
     def release_weights(self, round_: int, exchange: tuple[int, int | None],
                         payload: Sequence[torch.Tensor | bytes], samples: int, recipient: str,

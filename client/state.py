@@ -490,7 +490,7 @@ class FedMuscleClient:
             state["privacy"] = self.privacy.state_dict()
         if self.dpsgd is not None:
             state["dpsgd"] = self.dpsgd.state_dict()
-        if self.weights is not None and self.weights.coupled_head:
+        if self.weights is not None:  # MOCHA's target; the weights the server knows
             state["weight_phase"] = self.weights.state_dict()
         return state
 

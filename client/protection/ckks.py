@@ -161,8 +161,9 @@ class CkksClientProtection(ClientProtection):
         """The group's mean update from its encrypted sum: only the sum of the part this
         client released last, in that part's layout, over members of its configured group;
         its decrypted count must be the number of members named (a single member's
-        ciphertext passed off as a sum counts 1). The count is then known exactly (CKKS's
-        error is far below 1/2) and the sum divided by it."""
+        ciphertext passed off as a sum counts 1). The count is then known exactly (the config
+        keeps CKKS's error on it below 1/4: ``federation.ckks.COUNT_MARGIN``) and the sum
+        divided by it. No decrypted value appears in an error: it would leave the client."""
         sealed = self._sealed
         want = (reply.round, reply.batch, reply.part, reply.length)
         if sealed is None or sealed != want:
@@ -184,11 +185,13 @@ class CkksClientProtection(ClientProtection):
             raise ProtocolError(SERVER, "reply", f"the encrypted sum of part {reply.part!r} "
                                 f"is not a ciphertext of this federation: {exc}") from None
         count, members = float(total[-1]), len(peers)
-        if not (members >= 1 and abs(count - members) <= self._slot_error(members)):
+        if not (members >= 1 and round(count) == members
+                and abs(count - members) <= self._slot_error(members)):
+            # no decrypted value in the message: it would leave the client in logs
             raise ProtocolError(SERVER, "reply", f"the encrypted sum of part {reply.part!r} "
-                                f"counts {count:.6g} updates but names {members} members "
-                                f"{list(peers)}: not a sum over the members it names (one "
-                                "member's ciphertext passed off as a sum?); refusing it")
+                                f"does not count the {members} members it names {list(peers)}: "
+                                "not a sum over them (one member's ciphertext passed off as a "
+                                "sum, or a member's malformed input); refusing it")
         mean = (total[:-1] / members).float().contiguous()
         return WeightAverage(reply.client, reply.round, reply.epoch, reply.batch, reply.peers,
                              mean)
@@ -213,10 +216,10 @@ class CkksClientProtection(ClientProtection):
         bound = mean_update_bound(self.update_clip) \
             + math.sqrt(mean.numel()) * self._slot_error(len(peers)) / len(peers)
         if not norm <= bound:
-            raise ProtocolError(SERVER, "reply", f"the mean update of part {part!r} has norm "
-                                f"{norm:.6g}, above weight_sharing.update_clip = "
-                                f"{self.update_clip:g} (with CKKS's error, {bound:.6g}): no "
-                                "mean of clipped updates is; refusing it")
+            raise ProtocolError(SERVER, "reply", f"the mean update of part {part!r} is above "
+                                f"weight_sharing.update_clip = {self.update_clip:g} (with "
+                                f"CKKS's error, {bound:.6g}): no mean of clipped updates is "
+                                "(a forged sum, or a member's malformed input); refusing it")
 
     def exchange_over(self) -> None:
         self._sealed = None

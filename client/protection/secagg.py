@@ -196,12 +196,15 @@ class SecAggClientProtection(ClientProtection):
         if outside:
             raise ProtocolError(SERVER, "setup", f"the secure sum of part {part!r} lists "
                                 f"{outside}, outside the part's group {list(group)}")
-        delta, clipped = clip_update(self.name, part, update, self.params.update_clip, "setup")
         event = None
-        if self.privacy is not None:  # update noise: this client's share (DESIGN §5.1)
-            delta, event, _ = self.privacy.secagg_update_share(
-                env.round, (env.epoch, env.batch), delta, threshold=t,
+        if self.privacy is not None and self.privacy.noises_updates:  # its share (§5.1)
+            delta, event = self.privacy.secagg_update_share(
+                env.round, (env.epoch, env.batch), part, update, threshold=t,
                 t_collude=self.params.t_collude)
+            clipped = False  # counted by the privacy officer, never in the ledger
+        else:
+            delta, clipped = clip_update(self.name, part, update, self.params.update_clip,
+                                         "setup")
         vector, values = expected.encode(delta.view(1, 1, -1),
                                          torch.ones((1, 1), dtype=torch.float64))
         self.instance = SecAggClient(self.name, self._identity, self._peers, setup, vector,

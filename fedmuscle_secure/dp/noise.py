@@ -28,6 +28,7 @@ __all__ = [
     "csprng_normal",
     "gaussian_release",
     "representation_sensitivity",
+    "truncation_delta",
     "update_sensitivity",
 ]
 
@@ -35,6 +36,7 @@ _KEY_BYTES = 32      # ChaCha20 key
 _COUNTER_BYTES = 4   # cryptography's ChaCha20 "nonce" is 4-byte block counter || 12-byte nonce
 _NONCE_BYTES = 12
 _MANTISSA_BITS = 53  # float64 resolution of a uniform in (0, 1)
+_TAIL_LEVELS = 20    # words a radius uniform may take: 2^(-53·20) is still a float64
 
 
 def chacha20_words(count: int) -> np.ndarray:
@@ -60,6 +62,26 @@ def _uniform_open(words: np.ndarray) -> np.ndarray:
     return (k + 1.0) * (2.0 ** -_MANTISSA_BITS)
 
 
+def _tail_uniform(words: np.ndarray) -> np.ndarray:
+    """:func:`_uniform_open`'s uniforms, with their smallest values refined: where a word's
+    top 53 bits are all zero (probability 2⁻⁵³) a fresh word gives the next 53 bits, and so
+    on for up to :data:`_TAIL_LEVELS` words, so u reaches 2^(−53·levels) (float64 holds it)
+    instead of stopping at 2⁻⁵³. Box–Muller's radius √(−2 ln u) then reaches
+    :data:`MAX_DRAW_SDS` ≈ 38.3 standard deviations instead of 8.57: a Gaussian cut that far
+    out is one no realistic noise multiplier notices (:func:`truncation_delta`)."""
+    u = _uniform_open(words)
+    idx = np.flatnonzero((words >> np.uint64(64 - _MANTISSA_BITS)) == 0)
+    scale = 2.0 ** -_MANTISSA_BITS
+    for _ in range(_TAIL_LEVELS - 1):
+        if idx.size == 0:
+            break
+        k = (chacha20_words(idx.size) >> np.uint64(64 - _MANTISSA_BITS)).astype(np.float64)
+        u[idx] = (k + 1.0) * (2.0 ** -_MANTISSA_BITS) * scale
+        idx = idx[k == 0.0]
+        scale *= 2.0 ** -_MANTISSA_BITS
+    return u
+
+
 def _check_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
     try:
         dims = tuple(shape)
@@ -80,8 +102,9 @@ def csprng_normal(
 ) -> torch.Tensor:
     """I.i.d. N(0, std²) samples of ``shape`` from OS entropy (DESIGN §5.1).
 
-    The normals are computed in float64 (Box–Muller on 53-bit uniforms, so the largest
-    magnitude is √(2·53·ln 2) ≈ 8.57 std), scaled by ``std`` and only then cast to ``dtype``.
+    The normals are computed in float64 (Box–Muller; the radius's uniform refined below
+    2⁻⁵³ by :func:`_tail_uniform`, so the largest magnitude is :data:`MAX_DRAW_SDS` ≈ 38.3
+    std), scaled by ``std`` and only then cast to ``dtype``.
     ``std == 0`` returns zeros without drawing entropy; a negative or non-finite ``std``
     raises :class:`ValueError`.
     """
@@ -97,14 +120,38 @@ def csprng_normal(
         return torch.zeros(dims, dtype=dtype, device=device)
 
     pairs = (n + 1) // 2
-    u = _uniform_open(chacha20_words(2 * pairs))
-    radius = np.sqrt(-2.0 * np.log(u[:pairs]))
+    words = chacha20_words(2 * pairs)
+    u = _uniform_open(words)
+    radius = np.sqrt(-2.0 * np.log(_tail_uniform(words[:pairs])))
     angle = (2.0 * math.pi) * u[pairs:]
     normals = np.empty(2 * pairs, dtype=np.float64)
     normals[:pairs] = radius * np.cos(angle)
     normals[pairs:] = radius * np.sin(angle)
     normals = normals[:n] * float(std)
     return torch.from_numpy(normals).reshape(dims).to(device=device, dtype=dtype)
+
+
+#: The largest |draw| of :func:`csprng_normal`, in standard deviations: Box–Muller's radius
+#: √(−2 ln u) at the smallest uniform, 2^(−53·20) (:func:`_tail_uniform`): 38.3. The noise
+#: is a Gaussian cut there, which the accountant does not model (:func:`truncation_delta`).
+MAX_DRAW_SDS = math.sqrt(2.0 * _MANTISSA_BITS * _TAIL_LEVELS * math.log(2.0))
+
+
+def truncation_delta(noise_multiplier: float, releases: int, coordinates: int) -> float:
+    """The δ that :func:`csprng_normal`'s cut at :data:`MAX_DRAW_SDS` adds to ``releases``
+    Gaussian mechanisms of multiplier σ, each over at most ``coordinates`` coordinates.
+
+    On two neighbouring datasets the outputs' supports differ only where a coordinate's
+    draw lies within the shift of the cut; on their common support the density ratio is the
+    Gaussian's. The shift is at most 1/σ standard deviations in total (L2 sensitivity), so
+    per release that event has probability at most P(Z > T − 1/σ) + coordinates · P(Z > T),
+    T = MAX_DRAW_SDS (the worst case puts the whole shift on one coordinate); over the run
+    the probabilities add to δ."""
+    def tail(x: float) -> float:
+        return 0.5 * math.erfc(x / math.sqrt(2.0))
+
+    t = MAX_DRAW_SDS
+    return releases * (tail(t - 1.0 / noise_multiplier) + coordinates * tail(t))
 
 
 def representation_sensitivity(rows: int) -> float:

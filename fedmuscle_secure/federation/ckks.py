@@ -14,10 +14,37 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fedmuscle_secure.config import ExperimentConfig
-from fedmuscle_secure.crypto.ckks import CkksParameters, PublicContext, SecretContext
+from fedmuscle_secure.crypto.ckks import (
+    CkksParameters,
+    PublicContext,
+    SecretContext,
+    fresh_error_bound,
+)
 from fedmuscle_secure.dp.noise import representation_sensitivity
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.methods import SUMMED_WEIGHTS
+
+#: The weight sums' count slot must decrypt to within this of an integer (DESIGN §2.7).
+COUNT_MARGIN = 0.25
+#: ... and CKKS's error may widen the clip a mean of updates is held to by at most this
+#: share of the clip (over the √length coordinates of a part).
+NORM_MARGIN = 0.01
+
+
+def check_weight_precision(cfg: ExperimentConfig, params: CkksParameters,
+                           lengths: list[int]) -> None:
+    """The CKKS error of a mean of updates over a part of each of ``lengths`` must widen
+    the clip by at most :data:`NORM_MARGIN` of it (√length · error per coordinate), or a
+    server could push a mean well beyond the clip that every check accepts."""
+    clip = cfg.weight_sharing.update_clip
+    e = len(cfg.clients) * fresh_error_bound(params, magnitude=max(clip, 1.0))
+    for length in lengths:
+        if length ** 0.5 * e > NORM_MARGIN * clip:
+            raise ConfigError("ckks.global_scale_bits", f"{params.global_scale_bits}: CKKS's "
+                              f"error over a part of {length} weights ({length ** 0.5 * e:.3g} in "
+                              f"norm) is above {NORM_MARGIN:g} of weight_sharing.update_clip = "
+                              f"{clip:g}; raise it (default 40)")
+
 
 #: Where ``provision ckks`` writes the contexts under its output (certs) directory.
 CKKS_DIR = "ckks"
@@ -43,8 +70,17 @@ def validate_ckks(cfg: ExperimentConfig, *, noise_std: float) -> CkksParameters:
     updates' coordinates, each within ``weight_sharing.update_clip``, or the count N."""
     params = CkksParameters(**cfg.ckks.model_dump())
     if cfg.muscle.method in SUMMED_WEIGHTS:  # sums of N updates clipped to update_clip (§2.7)
+        # additions only: no Galois keys (with them the server could rotate one member's
+        # coordinates into the count slot of a "sum")
+        params = CkksParameters(**{**cfg.ckks.model_dump(), "galois_keys": False})
         n, clip = len(cfg.clients), cfg.weight_sharing.update_clip
         params.validate(packed_length=1, depth=0, max_abs_value=n * max(clip, 1.0))
+        error = n * fresh_error_bound(params, magnitude=max(clip, 1.0))
+        if not error < COUNT_MARGIN:
+            raise ConfigError("ckks.global_scale_bits", f"{params.global_scale_bits}: a sum of "
+                              f"{n} updates decrypts its count to within {error:.3g}, not below "
+                              f"{COUNT_MARGIN}, so a client could not tell a sum over its members "
+                              "from one member's ciphertext; raise it (default 40)")
         return params
     d = cfg.muscle.dim
     m = cfg.muscle.num_selected

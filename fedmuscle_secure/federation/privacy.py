@@ -17,6 +17,8 @@ from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.config_weights import update_parts
 from fedmuscle_secure.crypto.identity import generate_identity, load_private
 from fedmuscle_secure.dp.accounting import calibrate_noise_multiplier
+from fedmuscle_secure.dp.noise import MAX_DRAW_SDS, truncation_delta
+from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.records.identity_files import save_identity
 
 
@@ -31,6 +33,28 @@ class Calibration:
 def dp_enabled(cfg: ExperimentConfig) -> bool:
     p = cfg.privacy
     return p.client_noise is not None or p.dp_sgd.enabled
+
+
+#: Coordinates one release may hold, for the cut-Gaussian allowance (:func:`check_truncation`):
+#: a model of up to 10⁹ weights.
+MAX_RELEASE_COORDINATES = 10 ** 9
+#: The share of δ the noise generator's cut may take.
+TRUNCATION_DELTA_FRACTION = 0.01
+
+
+def check_truncation(field: str, sigma: float, releases: int, delta: float) -> None:
+    """The noise is a Gaussian cut at :data:`~fedmuscle_secure.dp.noise.MAX_DRAW_SDS`
+    standard deviations; the δ that adds (:func:`~fedmuscle_secure.dp.noise.truncation_delta`)
+    must stay below δ/100 over the run, which sets a floor on σ (about 0.4 for a few
+    hundred releases at δ = 10⁻⁵). Below it a release could be one the neighbouring dataset
+    cannot produce, outside the recorded (ε, δ): a ConfigError naming ``field``."""
+    extra = truncation_delta(sigma, releases, MAX_RELEASE_COORDINATES)
+    if extra > TRUNCATION_DELTA_FRACTION * delta:
+        raise ConfigError(field, f"noise multiplier {sigma:.4g} over {releases} releases is too "
+                          f"small for the noise generator, whose draws stop at "
+                          f"{MAX_DRAW_SDS:.2f} standard deviations: that cut adds {extra:.3g} "
+                          f"to δ = {delta:g} (at most {TRUNCATION_DELTA_FRACTION:g} of it is "
+                          "allowed); use a larger noise multiplier or a smaller target_epsilon")
 
 
 def poisson_batches(train_rows: int, expected_batch_size: int) -> int:
@@ -51,6 +75,8 @@ def calibrate(cfg: ExperimentConfig, train_sizes: dict[str, int]) -> Calibration
     if noise is not None:
         sigma_client = noise.noise_multiplier or calibrate_noise_multiplier(
             target_epsilon=noise.target_epsilon, delta=p.delta, sample_rate=1.0, steps=releases)
+        field = "update_noise" if p.update_noise.enabled else "representation_noise"
+        check_truncation(f"privacy.{field}", sigma_client, releases, p.delta)
     sigmas, rates = _sigmas_record(cfg, train_sizes) if p.dp_sgd.enabled else ({}, {})
     return Calibration(sigma_client, sigmas, rates, releases)
 
@@ -70,6 +96,7 @@ def _sigmas_record(cfg: ExperimentConfig, train_sizes: dict[str, int]
         steps = updates * tr.local_epochs * batches
         sigmas[name] = p.dp_sgd.noise_multiplier or calibrate_noise_multiplier(
             target_epsilon=p.dp_sgd.target_epsilon, delta=p.delta, sample_rate=q, steps=steps)
+        check_truncation("privacy.dp_sgd", sigmas[name], steps, p.delta)
     return sigmas, rates
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from fedmuscle_secure.config import ExperimentConfig
 from fedmuscle_secure.config_weights import averaging_groups
 from fedmuscle_secure.crypto.ckks import PublicContext
+from fedmuscle_secure.federation.ckks import check_weight_precision
 from fedmuscle_secure.federation.clients import shared_layout
 from fedmuscle_secure.federation.setup import FederationSetup, public_identity
 from fedmuscle_secure.methods import WEIGHT_SHARING
@@ -89,7 +90,9 @@ def _ckks_server(setup: FederationSetup) -> ServerProtection:
     params, _, public_bytes = setup.ckks
     context = PublicContext.from_bytes(public_bytes, params)
     if setup.method in WEIGHT_SHARING:  # encrypted sums of each part's updates (§2.7)
-        return CkksWeightProtection(context, _part_groups(setup))
+        groups = _part_groups(setup)
+        check_weight_precision(setup.cfg, params, [g.length for g in groups])
+        return CkksWeightProtection(context, groups)
     return CkksServerProtection(context, float(setup.tau[0, 1]), setup.cfg.ckks.galois_keys)
 
 

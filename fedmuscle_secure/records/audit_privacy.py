@@ -220,6 +220,7 @@ def check_privacy(client: str, ordered: list[dict], genesis: dict | None,
     """ε recomputation and budget rules (module docstring); returns
     {(round, guarantee): table cells}."""
     events = _events(client, ordered, report)
+    _check_declared_sigma(client, events, _declared(genesis, "noise_multiplier"), report)
     check_accounted_egress(client, ordered,
                            _declared(genesis, "noise_multiplier").get("client") is not None,
                            report)
@@ -245,6 +246,22 @@ def check_privacy(client: str, ordered: list[dict], genesis: dict | None,
         _check_trailing(client, g, events.get(g, []), last_epsilon.get(g, -1), budgets.get(g),
                         delta, report)
     return cells
+
+
+def _check_declared_sigma(client: str, events: dict, declared: dict, report: AuditReport) -> None:
+    """Every dp_event's noise multiplier is the one the genesis declares for its guarantee:
+    the client draws its noise at the declared σ, so an event with another σ accounts for
+    noise that was not drawn (a larger one would report a smaller ε)."""
+    for g, entries in events.items():
+        sigma = declared.get(g)
+        if not _is_number(sigma):
+            continue
+        for seq, _, record in entries:
+            if record.noise_multiplier != sigma:
+                report.failures.append(fail(
+                    "epsilon_mismatch", client, seq, f"{g}-level dp_event with noise "
+                    f"multiplier {record.noise_multiplier:g} where the genesis declares "
+                    f"{sigma:g}: the event does not describe the noise the client draws"))
 
 
 def _check_trailing(client: str, g: str, events: list[tuple[int, int, Any]], after: int,

@@ -39,7 +39,7 @@ def test_text_clients_under_protection_and_dp_audit(tmp_path, protection, method
                                    "dp_sgd": {"enabled": True, "noise_multiplier": 1.0,
                                               "expected_batch_size": 8},
                                    "representation_noise": {"enabled": True,
-                                                            "noise_multiplier": 0.01}})
+                                                            "noise_multiplier": 0.1}})
     res = run_experiment(parse_config(raw), tmp_path / "run", progress=False)
     assert set(res.final[method]) == {"a", "b", "c"}
     with open(res.run_dir / "metrics.csv") as f:

@@ -66,10 +66,33 @@ def test_cdf_at_quantiles_dkw(big_sample):
         assert abs(empirical - p) <= eps, (p, empirical)
 
 
-def test_tails_are_bounded_by_53_bit_uniforms(big_sample):
-    # The smallest uniform is 2^-53, so |z| ≤ σ·√(2·53·ln 2) ≈ 8.57σ; no inf/nan.
+def test_tails_are_bounded_by_the_refined_uniforms(big_sample):
+    # The smallest radius uniform is 2^(-53·20), so |z| ≤ σ·√(2·1060·ln 2) ≈ 38.3σ; no inf/nan.
     assert torch.isfinite(big_sample).all()
-    assert big_sample.abs().max().item() <= STD * math.sqrt(2 * 53 * math.log(2))
+    assert noise.MAX_DRAW_SDS == pytest.approx(math.sqrt(2 * 53 * 20 * math.log(2)))
+    assert big_sample.abs().max().item() <= STD * noise.MAX_DRAW_SDS
+
+
+def test_a_radius_uniform_with_53_zero_bits_is_refined_below_2_to_the_minus_53(monkeypatch):
+    """A Gaussian cut at 8.57 sd (53-bit uniforms) makes a release at a small noise
+    multiplier one the neighbouring dataset cannot produce; the radius's uniform keeps
+    drawing words where the top 53 bits are all zero, so the cut moves to 38.3 sd."""
+    refills = iter([np.array([0, 7 << 11], dtype=np.uint64), np.array([3 << 11], dtype=np.uint64)])
+    monkeypatch.setattr(noise, "chacha20_words", lambda count: next(refills)[:count])
+    words = np.array([0, 0, 5 << 11], dtype=np.uint64)
+    u = noise._tail_uniform(words)
+    assert u[1] == 8 * 2.0 ** -106          # second word 7: (7 + 1) / 2^106
+    assert u[0] == 4 * 2.0 ** -159          # second word 0, third word 3: (3 + 1) / 2^159
+    assert u[2] == 6 * 2.0 ** -53           # untouched
+
+
+def test_the_cut_adds_a_delta_that_sets_a_floor_on_sigma():
+    """truncation_delta: negligible for σ ≥ 0.04 over 140 releases of 10⁹ coordinates,
+    certain failure (≥ 1 per release) once 1/σ passes the cut."""
+    assert noise.truncation_delta(0.04, 140, 10 ** 9) < 1e-30
+    assert noise.truncation_delta(0.02, 140, 10 ** 9) > 1
+    assert noise.truncation_delta(0.03, 1, 1) == pytest.approx(
+        0.5 * math.erfc((noise.MAX_DRAW_SDS - 1 / 0.03) / math.sqrt(2)), rel=1e-9)
 
 
 # --------------------------------------------------------------------------- independence

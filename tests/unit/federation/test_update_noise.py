@@ -269,12 +269,15 @@ def test_after_a_restart_that_sits_out_a_round_the_next_release_is_measured_from
     split = make_split(cfg)
     fed = build_federation(cfg, split, "fedavg", record_dir=tmp_path)
     seen = []
+    w0 = fed.clients["a"].weights.known.clone()
     run_round(fed, 1)
     average = fed.clients["a"].weights.known.clone()
     state = snapshot(fed)
     drive(fed, 2, stop=lambda rep, f: isinstance(rep, WeightRelease) and rep.client == "d",
           seen=seen)
     fed = restart(cfg, split, tmp_path, fed, state, "fedavg")
+    assert torch.equal(fed.clients["a"].weights.known, average)  # restored, not the start
+    assert not torch.equal(average, w0)
     assert drive(fed, 2)
     kinds = [e["kind"] for e in fed.clients["a"].privacy.ledger.entries]
     assert "sit_out" in kinds
@@ -297,3 +300,63 @@ def test_the_ledger_does_not_say_whether_an_update_was_clipped(tmp_path, protect
                   if e["kind"] in ("dp_event", "egress")]
         assert bodies and not any("clip" in key and key != "clipped_values"
                                   for body in bodies for key in body)
+
+
+@pytest.mark.parametrize("protection", ["plain", "secagg"])
+def test_a_diverged_update_is_released_as_noise_alone_not_refused(tmp_path, monkeypatch, protection):
+    """A server's crafted average can make training overflow on some datasets and not on
+    others; if the client then refused to release, whether it released would tell them
+    apart with certainty. Under update noise a non-finite update counts as zero: the client
+    releases noise alone, records the event as usual, and counts the incident at home."""
+    if protection == "plain":
+        _noise_off(monkeypatch)
+    clients = SIX if protection == "secagg" else SIX[:4]
+    cfg = _cfg(protection=protection, clients=clients)
+    fed = build_federation(cfg, make_split(cfg), "fedavg", record_dir=tmp_path)
+    a = fed.clients["a"]
+    w0 = a.weights.known.clone()
+    monkeypatch.setattr(a.weights, "release", lambda: torch.full_like(w0, math.nan))
+    _, released = one_round(fed)
+    assert a.privacy.nonfinite_updates == 1
+    kinds = [e["kind"] for e in a.privacy.ledger.entries if e["kind"] in ("dp_event", "egress")]
+    assert kinds == ["dp_event", "egress"]
+    assert all(torch.isfinite(cl.weights.vector()).all() for cl in fed.clients.values())
+    if protection == "plain":
+        assert torch.equal(released["a"].w, w0)  # what the server knew + 0 + noise (off here)
+
+
+@pytest.mark.parametrize("key, sigma", [("update_noise", 0.02),
+                                        ("representation_noise", 0.01)])
+def test_a_noise_multiplier_below_the_generators_cut_is_refused(key, sigma):
+    """Draws stop at 38.3 standard deviations; at σ = 0.02 a release's draw lies within the
+    mechanism's shift of that cut with certainty, a release the neighbouring dataset could
+    not produce: no (ε, δ) holds, so the run is refused naming the mechanism."""
+    from fedmuscle_secure.federation.setup import decide_protection
+    method = "fedavg" if key == "update_noise" else "muscle_sum"
+    cfg = _cfg(method=method, noise={"enabled": False},
+               privacy={key: {"enabled": True, "noise_multiplier": sigma}})
+    with pytest.raises(ConfigError) as err:
+        decide_protection(cfg, method)
+    assert err.value.field == f"privacy.{key}" and "38.33 standard deviations" in str(err.value)
+    ok = _cfg(method=method, noise={"enabled": False},
+              privacy={key: {"enabled": True, "noise_multiplier": 0.05}})
+    assert decide_protection(ok, method).sigma_client == 0.05
+
+
+def test_audit_fails_a_dp_event_whose_sigma_is_not_the_declared_one(tmp_path):
+    """A client (or its software) that records its releases at another σ than it draws at
+    would report a smaller ε; the genesis declares the σ, and audit holds every event to it."""
+    from fedmuscle_secure.records.audit import audit_ledger_file
+    cfg = _cfg()
+    fed = build_federation(cfg, make_split(cfg), "fedavg", record_dir=tmp_path)
+    one_round(fed)
+    ledger = tmp_path / "ledger" / "a.jsonl"
+    clean = audit_ledger_file(ledger, public_key=tmp_path / "keys" / "a.pub", no_receipts=True)
+    assert [f.kind for f in clean.failures if f.kind == "epsilon_mismatch"] == []
+    event = next(e["body"] for e in fed.clients["a"].privacy.ledger.entries
+                 if e["kind"] == "dp_event")
+    fed.clients["a"].privacy.ledger.append("dp_event", {**event, "round": 2,
+                                                        "noise_multiplier": 40.0})
+    report = audit_ledger_file(ledger, public_key=tmp_path / "keys" / "a.pub", no_receipts=True)
+    assert any(f.kind == "epsilon_mismatch" and "genesis declares 0.5" in f.message
+               for f in report.failures)

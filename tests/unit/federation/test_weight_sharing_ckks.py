@@ -191,7 +191,8 @@ def test_one_members_ciphertext_passed_off_as_the_sum_is_refused_by_its_count():
     fed = build_federation(cfg, make_split(cfg), "fedavg")
     err = _intercept(fed, "a", lambda s, rel: replace(s, total=rel["b"].update))
     assert (err.peer, err.stage) == ("server", "reply")
-    assert "counts 1 updates but names 4 members" in str(err)
+    assert "does not count the 4 members it names" in str(err)
+    assert "counts 1" not in str(err)  # no decrypted value leaves in the message
     assert fed.clients["a"].weights.vector().ne(fed.clients["b"].weights.vector()).any()
     fed.close()
 
@@ -233,7 +234,7 @@ def test_a_mean_update_beyond_the_clip_is_refused_and_a_diverged_update_is_not_r
             [torch.full((n,), 4.0 / n ** 0.5), torch.tensor([4.0])])))  # mean of norm 1
 
     err = _intercept(fed, "a", push)
-    assert "norm 1, above weight_sharing.update_clip = 0.5" in str(err)
+    assert "is above weight_sharing.update_clip = 0.5" in str(err)
     fed.close()
     fed = build_federation(cfg, make_split(cfg), "fedavg")
     a = fed.clients["a"]
@@ -310,3 +311,26 @@ def test_a_clip_the_ckks_parameters_cannot_hold_summed_is_refused_with_the_confi
     with pytest.raises(ConfigError, match="ckks.coeff_mod_bit_sizes\\[0\\].*values up to 600000"):
         _cfg(method="fedavg", weight_sharing={"update_clip": 1e5})
     _cfg(method="fedavg", weight_sharing={"update_clip": 1e4})  # 6·10⁴ < 2¹⁸
+
+
+@pytest.mark.parametrize("scale, message", [(21, "decrypts its count to within"),
+                                            (28, "CKKS's error over a part of")])
+def test_a_scale_too_small_for_the_checks_is_refused(scale, message):
+    """At a small CKKS scale the decrypted count is no longer an integer to within 1/4, so
+    one member's ciphertext passed off as a sum of three passes the count check; a little
+    larger, and CKKS's error over a whole part widens the clip a mean is held to by more
+    than 1 %. Both are refused before anything is encrypted, naming the scale."""
+    with pytest.raises(ConfigError) as err:  # at parse time or when the sums are sized
+        cfg = _cfg(method="fedavg", clients=SIX[:3],
+                   ckks={"coeff_mod_bit_sizes": [60, scale, 60], "global_scale_bits": scale})
+        build_federation(cfg, make_split(cfg), "fedavg")
+    assert err.value.field == "ckks.global_scale_bits" and message in str(err.value)
+
+
+def test_the_weight_sums_context_has_no_galois_keys():
+    """Weight sums only add ciphertexts; Galois keys would let the server rotate one
+    member's coordinates into the count slot of a "sum"."""
+    cfg = _cfg(method="fedavg", clients=SIX[:3])
+    fed = build_federation(cfg, make_split(cfg), "fedavg")
+    assert not fed.server.protection.context._ts.has_galois_keys()
+    assert not fed.clients["a"].protection.context._ts.has_galois_keys()
