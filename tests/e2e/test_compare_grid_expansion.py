@@ -102,6 +102,11 @@ def test_shipped_grids_expand(tmp_path):
         ("fedavg", "secagg"), ("fedprox", "secagg"), ("feddea", "secagg")}
     assert {c.method for c in fmtl.cells} == {"local", "muscle", "muscle_sum", "fedavg", "fedprox",
                                               "mfed", "feddea"}
+    # one architecture and one task: every weight-sharing method runs, plain and secure
+    shapes = expand_file(root / "compare-fmtl-shapes.yaml")
+    assert len(shapes.cells) == 10 + 8 * 10 + 5 * 10 and not shapes.invalid
+    assert {c.method for c in shapes.cells if c.protection == "plain"} == {
+        "local", "muscle", "muscle_sum", "fedavg", "fedprox", "mfed", "feddea", "mocha", "fedem"}
     assert all({k.model for k in c.config.clients} == {"resnet10t"} for c in fmtl.cells)
 
 
