@@ -16,7 +16,6 @@ per-sample gradients) by :mod:`fedmuscle_secure.models.private`.
 from __future__ import annotations
 
 import math
-import os
 import types
 import warnings
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmuscle_secure.data.tasks import Task
+from fedmuscle_secure.dp.noise import csprng_normal
 from fedmuscle_secure.dp.sampling import CsprngPoissonSampler
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel
@@ -51,22 +51,11 @@ _VMAP_WARNING = "There is a performance drop because we have not yet implemented
 # --------------------------------------------------------------------------- noise
 
 
-def urandom_gaussian(shape: tuple[int, ...], std: float) -> torch.Tensor:
-    """N(0, std²) samples from OS entropy (Box–Muller on 53-bit uniforms, float64).
-
-    The default noise source when the caller passes no ``noise_fn``: never the experiment
-    seed, never torch's global generator (DESIGN §13.2).
-    """
-    n = math.prod(shape)
-    if n == 0:
-        return torch.zeros(shape, dtype=torch.float64)
-    pairs = (n + 1) // 2
-    bits = torch.frombuffer(bytearray(os.urandom(16 * pairs)), dtype=torch.int64)
-    u = ((bits & ((1 << 53) - 1)).to(torch.float64) + 1.0) * 2.0 ** -53  # in (0, 1]
-    radius = torch.sqrt(-2.0 * torch.log(u[:pairs]))
-    angle = 2.0 * math.pi * u[pairs:]
-    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:n]
-    return (z * std).reshape(shape)
+def csprng_gaussian(shape: tuple[int, ...], std: float) -> torch.Tensor:
+    """N(0, std²) float64 samples from the CSPRNG (:func:`~fedmuscle_secure.dp.noise.csprng_normal`,
+    whose Gaussian reaches 38 sd): the default noise source when the caller passes no
+    ``noise_fn``, never the experiment seed, never torch's global generator (DESIGN §13.2)."""
+    return csprng_normal(shape, std=std, dtype=torch.float64)
 
 
 def _install_noise_fn(optimizer: torch.optim.Optimizer, noise_fn: NoiseFn) -> None:
@@ -158,6 +147,7 @@ class DPSGDTrainer:
         self.model = model
         self.task = task
         self.config = config
+        self.nonfinite_samples = 0  # records whose gradient overflowed, contributing zero
         self._x, self._targets = x, targets
         # the task forward never reaches the projection: it is not the DP optimizer's business
         self._params = [p for n, p in model.named_parameters()
@@ -171,7 +161,7 @@ class DPSGDTrainer:
             module=model, optimizer=adam, data_loader=loader,
             noise_multiplier=config.noise_multiplier, max_grad_norm=config.max_grad_norm,
             poisson_sampling=True, grad_sample_mode=config.grad_sample_mode)
-        _install_noise_fn(self._optimizer, noise_fn if noise_fn is not None else urandom_gaussian)
+        _install_noise_fn(self._optimizer, noise_fn if noise_fn is not None else csprng_gaussian)
         #: runs after the noise is added and the sum scaled, before the update (FedProx's
         #: proximal gradient: it reads no private record, so it is post-processing)
         self.after_noise: Callable[[], None] | None = None
@@ -233,8 +223,29 @@ class DPSGDTrainer:
             loss = self.task.loss(self._module(self._x[rows]), self._targets[rows])
             loss.backward()
             summed = float(loss.detach()) * len(idx)
+            self._zero_nonfinite_samples()
         self._optimizer.step()
         return summed
+
+    def _zero_nonfinite_samples(self) -> None:
+        """A record whose per-sample gradient is not finite (its forward pass overflowed, e.g.
+        on weights a server crafted) contributes zero: Opacus would clip it to C/inf · inf =
+        NaN and make the whole noised sum, and the model, NaN, so whether one record is in
+        the shard would show. Zero is a per-record value of norm ≤ C like any clipped
+        gradient, so the step's sensitivity is unchanged. Counted in ``nonfinite_samples``."""
+        bad = None
+        for p in self._params:
+            gs = getattr(p, "grad_sample", None)
+            if isinstance(gs, torch.Tensor) and gs.numel():
+                row = ~torch.isfinite(gs.reshape(gs.shape[0], -1)).all(dim=1)
+                bad = row if bad is None else bad | row
+        if bad is None or not bool(bad.any()):
+            return
+        for p in self._params:
+            gs = getattr(p, "grad_sample", None)
+            if isinstance(gs, torch.Tensor) and gs.numel():
+                gs[bad] = 0.0
+        self.nonfinite_samples += int(bad.sum())
 
     def disable_per_sample_hooks(self) -> None:
         """Take Opacus's hooks off the model: passes outside :meth:`run` (the contrastive

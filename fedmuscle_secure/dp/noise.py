@@ -141,17 +141,17 @@ def truncation_delta(noise_multiplier: float, releases: int, coordinates: int) -
     """The δ that :func:`csprng_normal`'s cut at :data:`MAX_DRAW_SDS` adds to ``releases``
     Gaussian mechanisms of multiplier σ, each over at most ``coordinates`` coordinates.
 
-    On two neighbouring datasets the outputs' supports differ only where a coordinate's
-    draw lies within the shift of the cut; on their common support the density ratio is the
-    Gaussian's. The shift is at most 1/σ standard deviations in total (L2 sensitivity), so
-    per release that event has probability at most P(Z > T − 1/σ) + coordinates · P(Z > T),
-    T = MAX_DRAW_SDS (the worst case puts the whole shift on one coordinate); over the run
+    Box–Muller draws coordinates in pairs whose radius stops at T = MAX_DRAW_SDS: each pair
+    lies in a disk of radius T. On two neighbouring datasets the outputs' supports differ
+    only where a pair lies within its shift of the disk's edge; on their common support the
+    density ratio is the Gaussian's. The shift is at most 1/σ standard deviations in total
+    (L2 sensitivity), so per release that event has probability at most
+    P(R > T − 1/σ) + coordinates · P(R > T), R a 2-D standard normal's radius,
+    P(R > r) = exp(−r²/2) (the worst case puts the whole shift on one pair); over the run
     the probabilities add to δ."""
-    def tail(x: float) -> float:
-        return 0.5 * math.erfc(x / math.sqrt(2.0))
-
     t = MAX_DRAW_SDS
-    return releases * (tail(t - 1.0 / noise_multiplier) + coordinates * tail(t))
+    edge = max(t - 1.0 / noise_multiplier, 0.0)
+    return releases * (math.exp(-edge * edge / 2.0) + coordinates * math.exp(-t * t / 2.0))
 
 
 def representation_sensitivity(rows: int) -> float:

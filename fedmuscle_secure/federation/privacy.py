@@ -45,7 +45,7 @@ TRUNCATION_DELTA_FRACTION = 0.01
 def check_truncation(field: str, sigma: float, releases: int, delta: float) -> None:
     """The noise is a Gaussian cut at :data:`~fedmuscle_secure.dp.noise.MAX_DRAW_SDS`
     standard deviations; the δ that adds (:func:`~fedmuscle_secure.dp.noise.truncation_delta`)
-    must stay below δ/100 over the run, which sets a floor on σ (about 0.4 for a few
+    must stay below δ/100 over the run, which sets a floor on σ (about 0.03 for a few
     hundred releases at δ = 10⁻⁵). Below it a release could be one the neighbouring dataset
     cannot produce, outside the recorded (ε, δ): a ConfigError naming ``field``."""
     extra = truncation_delta(sigma, releases, MAX_RELEASE_COORDINATES)

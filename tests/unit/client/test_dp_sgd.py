@@ -19,10 +19,10 @@ from fedmuscle_secure.client.dp_sgd import (
     MODE_ATTR,
     DPSGDConfig,
     DPSGDTrainer,
+    csprng_gaussian,
     make_private_model,
     per_sample_gradient_error,
     recommended_grad_sample_mode,
-    urandom_gaussian,
 )
 from fedmuscle_secure.errors import ConfigError
 from fedmuscle_secure.models import ClientModel
@@ -300,13 +300,13 @@ def test_poisson_batches_cannot_be_replayed_from_captured_generator_state(privat
 
 def test_default_noise_is_gaussian_from_os_entropy():
     torch.manual_seed(0)
-    a = urandom_gaussian((100_000,), 2.0)
+    a = csprng_gaussian((100_000,), 2.0)
     torch.manual_seed(0)
-    b = urandom_gaussian((100_000,), 2.0)
+    b = csprng_gaussian((100_000,), 2.0)
     assert not torch.equal(a, b)
     assert abs(float(a.mean())) < 0.05 and float(a.std()) == pytest.approx(2.0, rel=0.02)
-    assert urandom_gaussian((3, 5), 1.0).shape == (3, 5)
-    assert urandom_gaussian((7,), 1.0).shape == (7,)
+    assert csprng_gaussian((3, 5), 1.0).shape == (3, 5)
+    assert csprng_gaussian((7,), 1.0).shape == (7,)
 
 
 def test_state_dict_round_trip(private_models):
@@ -349,3 +349,33 @@ def test_trainer_requires_a_private_model_and_an_exact_mode(private_models):
         DPSGDTrainer(vit, TASK, x, y, lr=1e-3, weight_decay=0.0,
                      config=DPSGDConfig(1.0, 1.0, expected_batch_size=5, grad_sample_mode="ew"))
     assert info.value.field == "dp_sgd.grad_sample_mode" and "'hooks'" in str(info.value)
+
+
+def test_a_record_whose_gradient_overflows_contributes_zero(private_models, monkeypatch):
+    """An active server can send weights on which one record's forward pass overflows;
+    Opacus would clip its inf gradient to NaN and poison the whole noised sum, so whether
+    that record is in the shard would show as a NaN model. The record contributes zero
+    instead: the step equals the step without it (zero noise here to compare)."""
+    x, y = _data(4)
+    x[1] = 1e38  # overflows in the first convolution
+    out, grads = {}, []
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        grads.append(torch.cat([p.grad.reshape(-1) for g in self.param_groups
+                                for p in g["params"] if p.grad is not None]).clone())
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    for label, rows in (("with", [0, 1, 2, 3]), ("without", [0, 2, 3])):
+        model = copy.deepcopy(private_models["regnetx_002"])
+        trainer = DPSGDTrainer(model, TASK, x, y, lr=1e-3, weight_decay=0.0,
+                               noise_fn=lambda shape, std: torch.zeros(shape),
+                               config=DPSGDConfig(1.0, 1.0, expected_batch_size=4))
+        trainer.sampler = [rows]
+        trainer.run(1)
+        out[label] = (torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+                      trainer.nonfinite_samples)
+    assert (out["with"][1], out["without"][1]) == (1, 0)
+    assert torch.isfinite(out["with"][0]).all() and torch.isfinite(grads[0]).all()
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)  # the same clipped sum
