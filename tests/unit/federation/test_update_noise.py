@@ -360,3 +360,21 @@ def test_audit_fails_a_dp_event_whose_sigma_is_not_the_declared_one(tmp_path):
     report = audit_ledger_file(ledger, public_key=tmp_path / "keys" / "a.pub", no_receipts=True)
     assert any(f.kind == "epsilon_mismatch" and "genesis declares 0.5" in f.message
                for f in report.failures)
+
+
+def test_fedem_under_update_noise_clips_all_components_of_a_part_together(tmp_path, monkeypatch):
+    """FedEM's parts stack its K components: one clip to C over all of them per part, two
+    parts (backbone, heads), one event of two steps; the release is the known weights plus
+    at most C per part (noise off to read it), and π never leaves."""
+    _noise_off(monkeypatch)
+    clients = [dict(c, task="digit10") for c in SIX[:3]]
+    cfg = _cfg(method="fedem", clients=clients)
+    fed = build_federation(cfg, make_split(cfg), "fedem", record_dir=tmp_path)
+    a = fed.clients["a"]
+    w0 = a.weights.known.clone()
+    _, released = one_round(fed)
+    (e,) = _ledger_events(fed, "a")
+    assert (e["steps"], e["sensitivity"], e["noise_multiplier"]) == (2, 2 * CLIP, SIGMA)
+    for part in a.weights.segments(released["a"].w.double() - w0.double()):
+        assert float(part.norm()) <= CLIP * (1 + 1e-5)
+    assert released["a"].w.numel() == sum(n for _, n in a.weights.layout())  # no π in it
