@@ -10,6 +10,7 @@ from fedmuscle_secure.client.dp_sgd import DPSGDConfig, DPSGDTrainer, recommende
 from fedmuscle_secure.client.privacy import ClientPrivacy, PrivacySettings
 from fedmuscle_secure.client.settings import LabelledData
 from fedmuscle_secure.config import ClientConfig
+from fedmuscle_secure.config_weights import update_parts
 from fedmuscle_secure.crypto.identity import public_pem
 from fedmuscle_secure.data import Task
 from fedmuscle_secure.dp.noise import csprng_normal
@@ -70,7 +71,10 @@ def _open_ledger(setup: FederationSetup, spec: ClientConfig, settings: PrivacySe
             "budget": {"record": budget.record_epsilon, "client": budget.client_epsilon},
             "noise_multiplier": {"record": settings.sigma_record,
                                  "client": settings.sigma_client},
-            "max_grad_norm": p.dp_sgd.max_grad_norm if settings.sigma_record else None})
+            "max_grad_norm": p.dp_sgd.max_grad_norm if settings.sigma_record else None,
+            **({"update_noise": {"clip": settings.update_clip, "parts": update_parts(cfg)}}
+               if settings.update_clip is not None and settings.sigma_client is not None
+               else {})})
     return ledger
 
 

@@ -221,6 +221,8 @@ def check_privacy(client: str, ordered: list[dict], genesis: dict | None,
     {(round, guarantee): table cells}."""
     events = _events(client, ordered, report)
     _check_declared_sigma(client, events, _declared(genesis, "noise_multiplier"), report)
+    _check_update_events(client, events.get("client", []), (genesis or {}).get("update_noise"),
+                         ordered, report)
     check_accounted_egress(client, ordered,
                            _declared(genesis, "noise_multiplier").get("client") is not None,
                            report)
@@ -262,6 +264,29 @@ def _check_declared_sigma(client: str, events: dict, declared: dict, report: Aud
                     "epsilon_mismatch", client, seq, f"{g}-level dp_event with noise "
                     f"multiplier {record.noise_multiplier:g} where the genesis declares "
                     f"{sigma:g}: the event does not describe the noise the client draws"))
+
+
+def _check_update_events(client: str, events: list, declared: Any, ordered: list[dict],
+                         report: AuditReport) -> None:
+    """Under update noise (the genesis declares its clip C and the parts a release holds)
+    every client-level event is a release of clipped updates: sensitivity 2C, and as many
+    steps as parts it covers, all of them for a plain release (exchange (0, None)), one for
+    a secure sum's (exchange (0, part)). Fewer steps or another sensitivity would account
+    for less than was released."""
+    if not isinstance(declared, dict) or not _is_number(declared.get("clip")) \
+            or not isinstance(declared.get("parts"), int):
+        return
+    exchanges = {e["seq"]: e["body"].get("exchange") for e in ordered if e["kind"] == "dp_event"}
+    for seq, _, record in events:
+        exchange = exchanges.get(seq)
+        steps = declared["parts"] if isinstance(exchange, list) and exchange[1:] == [None] else 1
+        if record.sensitivity != 2 * declared["clip"] or record.steps != steps:
+            report.failures.append(fail(
+                "epsilon_mismatch", client, seq, f"update-noise dp_event with sensitivity "
+                f"{record.sensitivity:g} and {record.steps} step(s) where the genesis declares "
+                f"clip {declared['clip']:g} (sensitivity {2 * declared['clip']:g}) and "
+                f"{steps} part(s) for its exchange {exchange}: it accounts for less than "
+                "was released"))
 
 
 def _check_trailing(client: str, g: str, events: list[tuple[int, int, Any]], after: int,

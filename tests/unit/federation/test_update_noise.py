@@ -378,3 +378,26 @@ def test_fedem_under_update_noise_clips_all_components_of_a_part_together(tmp_pa
     for part in a.weights.segments(released["a"].w.double() - w0.double()):
         assert float(part.norm()) <= CLIP * (1 + 1e-5)
     assert released["a"].w.numel() == sum(n for _, n in a.weights.layout())  # no π in it
+
+
+@pytest.mark.parametrize("field, value", [("steps", 1), ("sensitivity", CLIP)])
+def test_audit_fails_an_update_noise_event_that_accounts_for_less_than_was_released(
+        tmp_path, field, value):
+    """M-Fed releases two parts per round; an event of one step, or of sensitivity C
+    instead of 2C, would report a smaller ε. The genesis declares the clip and the parts,
+    and audit holds every client-level event to them."""
+    from fedmuscle_secure.records.audit import audit_ledger_file
+    cfg = _cfg(method="mfed", clients=SIX)
+    fed = build_federation(cfg, make_split(cfg), "mfed", record_dir=tmp_path)
+    one_round(fed)
+    ledger = tmp_path / "ledger" / "a.jsonl"
+    genesis = fed.clients["a"].privacy.ledger.entries[0]["body"]
+    assert genesis["update_noise"] == {"clip": CLIP, "parts": 2}
+    clean = audit_ledger_file(ledger, public_key=tmp_path / "keys" / "a.pub", no_receipts=True)
+    assert [f for f in clean.failures if f.kind == "epsilon_mismatch"] == []
+    event = next(e["body"] for e in fed.clients["a"].privacy.ledger.entries
+                 if e["kind"] == "dp_event")
+    fed.clients["a"].privacy.ledger.append("dp_event", {**event, "round": 2, field: value})
+    report = audit_ledger_file(ledger, public_key=tmp_path / "keys" / "a.pub", no_receipts=True)
+    assert any(f.kind == "epsilon_mismatch" and "accounts for less" in f.message
+               for f in report.failures)
