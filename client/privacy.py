@@ -148,8 +148,8 @@ class ClientPrivacy:
     def noisy_updates(self, round_: int, exchange: tuple[int, int | None],
                       updates: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
         """``protection: plain`` with update noise: every part's update (name, values)
-        L2-clipped to C (a non-finite one is a ProtocolError: nothing leaves),
-        then N(0, (σ·2C)²) per coordinate; admitted before anything is drawn (may raise
+        L2-clipped to C (a non-finite one as zero: :meth:`_clipped_update`), then
+        N(0, (σ·2C)²) per coordinate; admitted before anything is drawn (may raise
         :class:`PrivacyBudgetExceeded`, recording the refusal) and recorded as one event of
         ``len(updates)`` steps. float64 out."""
         event = self._update_event(len(updates))
@@ -182,7 +182,7 @@ class ClientPrivacy:
         noise, σ/√(t − t_c) · 2C per coordinate for a sum of threshold t where at most
         t_c = min(t_collude, t − 1) members collude (DESIGN §5.1). Admitted here, recorded
         with the masked input (:meth:`record_secagg_release` with the returned event)."""
-        t_c = min(t_collude, threshold - 1)
+        t_c = collusion_allowance(t_collude, threshold)
         event = self._update_event(1)
         self._admit(round_, event, "secure-sum release of a weight update")
         std = share_noise_multiplier(event.noise_multiplier, threshold, t_c) * event.sensitivity
@@ -321,6 +321,12 @@ class ClientPrivacy:
                 self.accountants[event.guarantee].record_event(event)
             elif entry["kind"] == "egress":
                 self.releases += 1
+
+
+def collusion_allowance(t_collude: int, threshold: int) -> int:
+    """The colluders a sum of threshold t must tolerate: ``secagg.t_collude``, at most
+    t − 1 (a head sum over a task smaller than t has a lower threshold; DESIGN §5.1)."""
+    return min(t_collude, threshold - 1)
 
 
 def share_noise_multiplier(sigma: float, threshold: int, t_collude: int) -> float:

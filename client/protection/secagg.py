@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedmuscle_secure.client.privacy import collusion_allowance
 from fedmuscle_secure.client.protection.base import ClientProtection
 from fedmuscle_secure.client.weight_phase import clip_update
 from fedmuscle_secure.crypto.secagg.client import SecAggClient
@@ -254,7 +255,8 @@ class SecAggClientProtection(ClientProtection):
                 self.privacy.record_secagg_release(
                     env.round, (env.epoch, env.batch), self._event, reply.masked,
                     group=len(self.instance.participants), threshold=self.instance.threshold,
-                    t_collude=min(self.params.t_collude, self.instance.threshold - 1),
+                    t_collude=collusion_allowance(self.params.t_collude,
+                                                  self.instance.threshold),
                     clipped_values=self._clipped,
                     **self._egress)
         return self._wrap(env, reply)
