@@ -31,13 +31,20 @@ COUNT_MARGIN = 0.25
 NORM_MARGIN = 0.01
 
 
+def weight_sum_error(cfg: ExperimentConfig, params: CkksParameters) -> float:
+    """The most one slot of a weight sum over every client may decrypt off by: N fresh
+    encryptions of values at most max(update_clip, 1) (the count slot holds 1)."""
+    return len(cfg.clients) * fresh_error_bound(
+        params, magnitude=max(cfg.weight_sharing.update_clip, 1.0))
+
+
 def check_weight_precision(cfg: ExperimentConfig, params: CkksParameters,
                            lengths: list[int]) -> None:
     """The CKKS error of a mean of updates over a part of each of ``lengths`` must widen
     the clip by at most :data:`NORM_MARGIN` of it (√length · error per coordinate), or a
     server could push a mean well beyond the clip that every check accepts."""
     clip = cfg.weight_sharing.update_clip
-    e = len(cfg.clients) * fresh_error_bound(params, magnitude=max(clip, 1.0))
+    e = weight_sum_error(cfg, params)
     for length in lengths:
         if length ** 0.5 * e > NORM_MARGIN * clip:
             raise ConfigError("ckks.global_scale_bits", f"{params.global_scale_bits}: CKKS's "
@@ -75,7 +82,7 @@ def validate_ckks(cfg: ExperimentConfig, *, noise_std: float) -> CkksParameters:
         params = CkksParameters(**{**cfg.ckks.model_dump(), "galois_keys": False})
         n, clip = len(cfg.clients), cfg.weight_sharing.update_clip
         params.validate(packed_length=1, depth=0, max_abs_value=n * max(clip, 1.0))
-        error = n * fresh_error_bound(params, magnitude=max(clip, 1.0))
+        error = weight_sum_error(cfg, params)
         if not error < COUNT_MARGIN:
             raise ConfigError("ckks.global_scale_bits", f"{params.global_scale_bits}: a sum of "
                               f"{n} updates decrypts its count to within {error:.3g}, not below "
