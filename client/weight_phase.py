@@ -171,12 +171,17 @@ class WeightPhase:
 
 
 def decoupled_update(delta: torch.Tensor, keep: float) -> torch.Tensor:
-    """FedDEA's decoupling of one client's update (DESIGN §2.7): the ``keep`` share of its
-    dimensions with the largest response |Δ| (its task-relevant ones) kept, the rest set to
-    zero, and the kept ones rescaled so the update's L1 mass is unchanged; averaging such
-    updates lets each task move its own dimensions with less interference from the others."""
-    k = max(1, round(keep * delta.numel()))
-    if k >= delta.numel():
+    """FedDEA's decoupling of one client's update (DESIGN §2.7): of the dimensions the update
+    moves (Δ ≠ 0), the ``keep`` share with the largest response |Δ| (its task-relevant ones)
+    is kept, the rest set to zero, and the kept ones rescaled so the update's L1 mass is
+    unchanged; averaging such updates lets each task move its own dimensions with less
+    interference from the others. The share is of the moving dimensions, not of all: a
+    part's coordinates that no gradient reaches (a 3 × 3 convolution on a 1 × 1 feature map
+    trains its centre tap only) are not the task's to keep, and counting them would make a
+    share below the moving fraction keep every moving coordinate, which is FedAvg."""
+    moving = int(torch.count_nonzero(delta))
+    k = max(1, round(keep * moving))
+    if k >= moving:
         return delta.clone()
     idx = torch.topk(delta.abs(), k, sorted=False).indices
     out = torch.zeros_like(delta)

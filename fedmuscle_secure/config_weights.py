@@ -36,9 +36,9 @@ class WeightSharingConfig(_Strict):
     scope: Literal["model", "encoder"] = Field(
         default="encoder", description="fedavg/fedprox: 'model' averages backbone and task head "
         "(every client the same task), 'encoder' the backbone only (each task head stays local)")
-    keep: float = Field(default=0.3, gt=0, le=1, description="feddea: the share of each "
-                        "client's update dimensions kept (largest |update|), rescaled to the "
-                        "update's whole L1 mass")
+    keep: float = Field(default=0.3, gt=0, le=1, description="feddea: the share of the "
+                        "dimensions each client's update moves that it keeps (largest "
+                        "|update|), rescaled to the update's whole L1 mass")
     beta: float = Field(default=0.5, gt=0, le=1, description="mira: the step of each "
                         "client's adapters towards its similarity-weighted neighbours")
     mu: float = Field(default=0.01, ge=0, description="fedprox: mu/2 ||w - w_global||^2 on "

@@ -250,12 +250,27 @@ def test_mfed_pulls_only_the_task_head_towards_its_task_mean():
 def test_feddea_keeps_the_strongest_dimensions_and_rescales_them():
     from fedmuscle_secure.client.weight_phase import decoupled_update
 
-    delta = torch.tensor([0.5, -0.1, 0.05, -2.0, 0.3, 0.0])
-    out = decoupled_update(delta, keep=0.5)  # 3 of 6 dimensions: |-2.0|, |0.5|, |0.3|
+    delta = torch.tensor([0.5, -0.1, 0.05, -2.0, 0.3, 0.0, 0.0])
+    out = decoupled_update(delta, keep=0.6)  # 3 of the 5 moving dimensions: |-2|, |0.5|, |0.3|
     mass, kept = 2.95, 2.8
-    torch.testing.assert_close(out, torch.tensor([0.5, 0.0, 0.0, -2.0, 0.3, 0.0]) * (mass / kept))
+    torch.testing.assert_close(out, torch.tensor([0.5, 0.0, 0.0, -2.0, 0.3, 0.0, 0.0])
+                               * (mass / kept))
     assert float(out.abs().sum()) == pytest.approx(float(delta.abs().sum()))
     assert torch.equal(decoupled_update(delta, keep=1.0), delta)
+
+
+def test_feddea_keep_is_a_share_of_the_dimensions_that_move():
+    """A part where most coordinates never move (kernel taps no gradient reaches): keep 0.3
+    keeps 30 % of the moving ones, so FedDEA is not FedAvg there."""
+    from fedmuscle_secure.client.weight_phase import decoupled_update
+
+    delta = torch.zeros(1000)
+    delta[:200] = torch.linspace(0.01, 2.0, 200)  # 20 % of the coordinates move
+    out = decoupled_update(delta, keep=0.3)
+    assert int(torch.count_nonzero(out)) == 60
+    assert torch.equal(out[:200] != 0, torch.arange(200) >= 140)  # the 60 largest
+    assert float(out.abs().sum()) == pytest.approx(float(delta.abs().sum()))
+    assert torch.equal(decoupled_update(torch.zeros(5), keep=0.3), torch.zeros(5))
 
 
 def test_a_feddea_client_releases_its_start_plus_its_decoupled_update():
@@ -269,7 +284,7 @@ def test_a_feddea_client_releases_its_start_plus_its_decoupled_update():
     released = client.weights.release()
     torch.testing.assert_close(released, start + decoupled_update(after - start, 0.2))
     moved = (released != start).sum().item()
-    assert 0 < moved <= round(0.2 * start.numel())
+    assert 0 < moved <= round(0.2 * int(torch.count_nonzero(after - start)))
     run_round(fed, 1)  # the server averages the releases as for fedavg
     assert torch.equal(_part(fed, "a", "backbone"), _part(fed, "c", "backbone"))
 
