@@ -145,7 +145,7 @@ def communication(path: Path, sets: list[Setting]) -> None:
     a1.bar([x - 0.2 for x in xs], sent, 0.4, label="sent")
     a1.bar([x + 0.2 for x in xs], recv, 0.4, label="received")
     a1.set_yscale("log")
-    a1.set_ylabel("MB per client per round (log scale; 0 drawn at 1e-4)")
+    a1.set_ylabel("MB per client per round\n(log scale; 0 drawn at 1e-4)")
     a1.set_title("Traffic per client per round (mean over clients and seeds)", fontsize=9)
     a1.legend(fontsize=8)
     a2.bar(xs, wall, 0.6, yerr=wall_ci, capsize=2)
