@@ -45,15 +45,19 @@ results: $(STAMP)
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --publish docs/results/secure
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-default.yaml --publish docs/results/default
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-fmtl.yaml --skip-invalid --publish docs/results/fmtl
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-shapes.yaml --publish docs/results/shapes
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-fmtl-shapes.yaml --skip-invalid --publish docs/results/fmtl-shapes
 
 # Rebuild the published tables and plots from the cell records committed beside them
-# (docs/results/{paper,secure,default,fmtl}/cells/), without running anything.
+# (docs/results/*/cells/), without running anything.
 .PHONY: results-report
 results-report: $(STAMP)
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-paper.yaml --skip-invalid --report-only --out docs/results/paper --no-progress
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-secure.yaml --report-only --out docs/results/secure --no-progress
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-default.yaml --report-only --out docs/results/default --no-progress
 	$(VENV)/bin/fedmuscle-secure compare configs/compare-fmtl.yaml --skip-invalid --report-only --out docs/results/fmtl --no-progress
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-shapes.yaml --report-only --out docs/results/shapes --no-progress
+	$(VENV)/bin/fedmuscle-secure compare configs/compare-fmtl-shapes.yaml --skip-invalid --report-only --out docs/results/fmtl-shapes --no-progress
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmuscle_secure crypto server client tests bench
