@@ -32,7 +32,7 @@ from fedmuscle_secure.crypto.ckks import (
     encrypt_matrix,
     encrypt_row_values,
     encrypt_vector,
-    fresh_error_bound,
+    update_sum_error_bound,
     vector_layout,
 )
 from fedmuscle_secure.crypto.secagg.sum_encoding import mean_update_bound
@@ -152,10 +152,9 @@ class CkksClientProtection(ClientProtection):
     def _slot_error(self, members: int) -> float:
         """The most one decrypted slot of a sum over ``members`` fresh encryptions of
         values at most ``update_clip`` in magnitude differs from the exact sum
-        (:func:`~fedmuscle_secure.crypto.ckks.fresh_error_bound`)."""
+        (:func:`~fedmuscle_secure.crypto.ckks.update_sum_error_bound`)."""
         assert self.update_clip is not None
-        return members * fresh_error_bound(self.context.params,
-                                           magnitude=max(self.update_clip, 1.0))
+        return update_sum_error_bound(self.context.params, members, self.update_clip)
 
     def _open_weight_sum(self, reply: EncryptedWeightSum) -> WeightAverage:
         """The group's mean update from its encrypted sum: only the sum of the part this

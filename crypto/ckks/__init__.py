@@ -38,6 +38,7 @@ from fedmuscle_secure.crypto.ckks.ops import (
     fresh_error_bound,
     scale,
     sq_norm_minus,
+    update_sum_error_bound,
     vector_layout,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "encrypt_row_values",
     "encrypt_vector",
     "fresh_error_bound",
+    "update_sum_error_bound",
     "scale",
     "sq_norm_minus",
     "vector_layout",

@@ -51,6 +51,7 @@ __all__ = [
     "encrypt_row_values",
     "encrypt_vector",
     "fresh_error_bound",
+    "update_sum_error_bound",
     "scale",
     "sq_norm_minus",
     "vector_layout",
@@ -287,6 +288,14 @@ def fresh_error_bound(params: CkksParameters, magnitude: float = 0.0) -> float:
     b_clean = 8 * math.sqrt(2) * sigma * n + 6 * sigma * math.sqrt(n) + 16 * sigma * n
     return (b_clean + n / 2) / 2.0**params.global_scale_bits + n * magnitude * 2.0**-48
 
+
+
+def update_sum_error_bound(params: CkksParameters, members: int, update_clip: float) -> float:
+    """The most one decrypted slot of a sum of ``members`` fresh encryptions of a clipped
+    update and its count differs from the exact sum: each slot holds at most
+    max(``update_clip``, 1) (the count slot holds 1), and additions add no noise of their
+    own, so ``members`` times :func:`fresh_error_bound` at that magnitude."""
+    return members * fresh_error_bound(params, magnitude=max(update_clip, 1.0))
 
 # --- shared: loading received bytes ------------------------------------------------------
 

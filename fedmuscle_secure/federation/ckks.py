@@ -18,7 +18,7 @@ from fedmuscle_secure.crypto.ckks import (
     CkksParameters,
     PublicContext,
     SecretContext,
-    fresh_error_bound,
+    update_sum_error_bound,
 )
 from fedmuscle_secure.dp.noise import representation_sensitivity
 from fedmuscle_secure.errors import ConfigError
@@ -34,8 +34,7 @@ NORM_MARGIN = 0.01
 def weight_sum_error(cfg: ExperimentConfig, params: CkksParameters) -> float:
     """The most one slot of a weight sum over every client may decrypt off by: N fresh
     encryptions of values at most max(update_clip, 1) (the count slot holds 1)."""
-    return len(cfg.clients) * fresh_error_bound(
-        params, magnitude=max(cfg.weight_sharing.update_clip, 1.0))
+    return update_sum_error_bound(params, len(cfg.clients), cfg.weight_sharing.update_clip)
 
 
 def check_weight_precision(cfg: ExperimentConfig, params: CkksParameters,
