@@ -183,11 +183,10 @@ def decoupled_update(delta: torch.Tensor, keep: float) -> torch.Tensor:
     k = max(1, round(keep * moving))
     if k >= moving:
         return delta.clone()
-    idx = torch.topk(delta.abs(), k, sorted=False).indices
+    idx = torch.topk(delta.abs(), k, sorted=False).indices  # k < moving: every one moves
     out = torch.zeros_like(delta)
     out[idx] = delta[idx]
-    kept = float(out.abs().sum())
-    return out * (float(delta.abs().sum()) / kept) if kept > 0 else out
+    return out * (float(delta.abs().sum()) / float(out.abs().sum()))
 
 
 def clip_update(client: str, part: str, update: torch.Tensor, clip: float,
