@@ -36,7 +36,7 @@ class ContrastivePhase:
         self.settings = settings
         self.guard = guard  # told when the encoder changes (a new release may follow)
         # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
-        self.phase = public_phase(settings.method)
+        self.phase = public_phase(settings.method, partnered=settings.partnered)
         # Baselines that train on labels/logits of the public data move the head too; a
         # frozen backbone (adapters, DESIGN §2.5) stays out of either optimizer.
         params = model.trainable_parameters() if self.phase is not None and self.phase.trains_head \

@@ -58,3 +58,5 @@ class ClientSettings:
     fedprox_mu: float = 0.0        # fedprox's proximal strength (weight_sharing.mu)
     feddea_keep: float = 1.0       # feddea's share of update dimensions kept (weight_sharing.keep)
     dp: bool = False               # any DP mechanism on (FedAvg then weighs every client 1)
+    partnered: bool = True         # cofed/feddf: another organisation's task shares this
+    #                                client's output space (without one it releases nothing)

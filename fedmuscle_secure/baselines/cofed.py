@@ -16,9 +16,11 @@ agrees (vote share > 1/2 for a class; for an attribute ≠ 1/2), as CoFED keeps 
 agreed labels. The client then takes one step of its task loss (encoder + head, the
 contrastive-phase optimizer over the whole model, cf. :mod:`.pseudo_label`) on the kept
 labels, on its training view of the batch. A client whose task no one else shares (its
-group is itself) falls back to its own confident predictions, exactly the
-``pseudo_label`` rule, rather than skipping the phase; CoFED has no such case (its clients
-all share one label space). Releases are task outputs, not unit-norm representations, so
+group would be itself) falls back to its own confident predictions, exactly the
+``pseudo_label`` rule, rather than skipping the phase, and releases nothing: its vote would
+only come back to it (:func:`~fedmuscle_secure.baselines.phases.public_phase`); one whose
+partners have all left votes alone the same way. CoFED has no such case (its clients all
+share one label space). Releases are task outputs, not unit-norm representations, so
 representation noise (DESIGN §5.1) is refused for this method.
 """
 

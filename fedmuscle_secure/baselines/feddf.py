@@ -13,7 +13,9 @@ KL(teacher_T ‖ student_T)·T² at T = 3 (FedDF distils at T = 1 with many serv
 step per batch here, and a softer target carries more of the teacher's ranking); for a
 multi-label head the KL is per attribute between Bernoulli distributions. It trains the
 encoder and the head with the contrastive-phase optimizer (cf. :mod:`.pseudo_label`).
-A client with no partner does nothing in that phase. Releases are logits, not unit-norm
+A client whose output space no other organisation shares has no ensemble to distil from:
+it releases nothing and takes no step (:func:`~fedmuscle_secure.baselines.phases.public_phase`),
+so it trains as ``local`` does. Releases are logits, not unit-norm
 representations, so representation noise (DESIGN §5.1) is refused for this method.
 """
 

@@ -3,7 +3,8 @@
 A :class:`PublicPhase` tells the client state machine (``client/state.py``) what the
 method does per public batch: release nothing and take a local step (``simclr``,
 ``pseudo_label``), or release task outputs and take a step from the server's group reply
-(``cofed``, ``feddf``). Representation-releasing baselines (``gram``, ``fedhenn``) need no
+(``cofed``, ``feddf``; a client whose output space has no other member releases nothing,
+:func:`public_phase`). Representation-releasing baselines (``gram``, ``fedhenn``) need no
 phase object: they follow FedMuscle's path and only differ in the loss
 (:func:`~fedmuscle_secure.client.contrastive.contrastive_loss`).
 """
@@ -102,15 +103,34 @@ class FeddfPhase(PublicPhase):
         return feddf.distillation_loss(task, model(batch.train_x), reply.mean[index])
 
 
+class UnpartneredFeddfPhase(PublicPhase):
+    """FedDF for a client whose output space no other organisation shares: there is no
+    ensemble to distil from, so it releases nothing and takes no step."""
+
+    communicates = False
+    trains_head = True
+
+    def local_loss(self, model: ClientModel, task: Task, batch: PublicBatch) -> Tensor | None:
+        return None
+
+
 _PHASES: dict[str, type[PublicPhase]] = {
     "simclr": SimclrPhase, "pseudo_label": PseudoLabelPhase, "cofed": CofedPhase,
     "feddf": FeddfPhase,
 }
+# An output-space method's client with no partner in its space (DESIGN §2.3): CoFED's vote
+# would be its own prediction, so it takes CoFED's fallback, pseudo-labelling, without a
+# release; FedDF's ensemble would be empty. Neither sends anything no one would use.
+_UNPARTNERED: dict[str, type[PublicPhase]] = {
+    "cofed": PseudoLabelPhase, "feddf": UnpartneredFeddfPhase,
+}
 
 
-def public_phase(method: str) -> PublicPhase | None:
-    """The phase object of ``method``, or None for the representation-releasing methods."""
-    cls = _PHASES.get(method)
+def public_phase(method: str, *, partnered: bool = True) -> PublicPhase | None:
+    """The phase object of ``method``, or None for the representation-releasing methods.
+    ``partnered``: whether another organisation's task shares this client's output space
+    (only ``cofed`` and ``feddf`` read it)."""
+    cls = _PHASES.get(method) if partnered else _UNPARTNERED.get(method, _PHASES.get(method))
     return cls() if cls is not None else None
 
 

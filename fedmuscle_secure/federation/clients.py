@@ -136,7 +136,8 @@ def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
                       batch_size=cfg.muscle.batch_size, cl_epochs=tr.cl_epochs),
         fused_optimizer=tr.fused_optimizer, weight_scope=cfg.weight_sharing.scope,
         fedprox_mu=cfg.weight_sharing.mu, feddea_keep=cfg.weight_sharing.keep,
-        dp=setup.calibration is not None)
+        dp=setup.calibration is not None,
+        partnered=sum(o.task == c.task for o in cfg.clients) > 1)
 
 
 def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,
