@@ -36,7 +36,9 @@ class ContrastivePhase:
         self.settings = settings
         self.guard = guard  # told when the encoder changes (a new release may follow)
         # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
-        self.phase = public_phase(settings.method, partnered=settings.partnered)
+        # (cofed/feddf: the partnered form; the round's members may make it the unpartnered
+        # one, which trains the same parameters, begin_round)
+        self.phase = public_phase(settings.method)
         # Baselines that train on labels/logits of the public data move the head too; a
         # frozen backbone (adapters, DESIGN §2.5) stays out of either optimizer.
         params = model.trainable_parameters() if self.phase is not None and self.phase.trains_head \
@@ -53,9 +55,13 @@ class ContrastivePhase:
         """False for the baselines whose phase sends nothing (e.g. simclr)."""
         return self.phase is None or self.phase.communicates
 
-    def begin_round(self, r: int) -> None:
-        """Seed the round's views and the phase's module randomness."""
+    def begin_round(self, r: int, members: tuple[str, ...]) -> None:
+        """Seed the round's views and the phase's module randomness; an output-space
+        baseline takes its unpartnered form when none of ``members`` (the round plan's)
+        shares its output space."""
         s = self.settings
+        if self.phase is not None:
+            self.phase = public_phase(s.method, partnered=any(p in members for p in s.output_partners))
         self._views = torch.Generator().manual_seed(derive_seed(s.seed, self.name, r, "views"))
         torch.manual_seed(derive_seed(s.seed, self.name, r, "cl-modules"))
 

@@ -58,5 +58,6 @@ class ClientSettings:
     fedprox_mu: float = 0.0        # fedprox's proximal strength (weight_sharing.mu)
     feddea_keep: float = 1.0       # feddea's share of update dimensions kept (weight_sharing.keep)
     dp: bool = False               # any DP mechanism on (FedAvg then weighs every client 1)
-    partnered: bool = True         # cofed/feddf: another organisation's task shares this
-    #                                client's output space (without one it releases nothing)
+    #: cofed/feddf: the other organisations configured with this client's task (its output
+    #: space); it releases only in rounds whose plan names one of them (DESIGN §2.3)
+    output_partners: tuple[str, ...] = ()

@@ -169,7 +169,7 @@ class FedMuscleClient:
             self._exchange, self._part_means = (0, 0), []  # one sum per part (§2.7)
             self.stage = ClientStage.AWAIT_REPLY
             return [] if self.protection.server_opens_exchange else [self._release_part(r, 0)]
-        self.contrastive.begin_round(r)
+        self.contrastive.begin_round(r, plan.members)
         if not self.contrastive.communicates:  # nothing leaves the client
             self.contrastive.train_silently(plan.batches)
             return [self._report(r)]

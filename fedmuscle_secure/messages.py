@@ -21,13 +21,17 @@ class RoundPlan:
     """Server → client: start round r; the public batches of every CL epoch.
 
     ``batches``: (T, nb, B) int64 public indices, drawn from the server's round seed so
-    every client encodes the same rows in the same order.
+    every client encodes the same rows in the same order. ``members``: the clients the
+    round starts with (the active ones, this one included); a ``cofed``/``feddf`` client
+    releases only while a member shares its output space (DESIGN §2.3). Empty: not stated,
+    and such a client counts no partner.
     """
 
     client: str
     round: int
     exchange: str
     batches: torch.Tensor
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

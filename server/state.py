@@ -123,7 +123,9 @@ class FedMuscleServer:
             self._plan = self._plan[:0]
         self._pending, self._sitting, self.reports = {}, {}, {}
         self.stage = ServerStage.COLLECTING
-        plans: list[Message] = [RoundPlan(c, r, self.settings.exchange, self._plan) for c in self.active]
+        members = tuple(self.active)
+        plans: list[Message] = [RoundPlan(c, r, self.settings.exchange, self._plan, members)
+                                for c in self.active]
         return plans + self.protection.start_round(r, self._plan, self.settings.exchange, self.active)
 
     @property

@@ -137,7 +137,7 @@ def _settings(setup: FederationSetup, c: ClientConfig) -> ClientSettings:
         fused_optimizer=tr.fused_optimizer, weight_scope=cfg.weight_sharing.scope,
         fedprox_mu=cfg.weight_sharing.mu, feddea_keep=cfg.weight_sharing.keep,
         dp=setup.calibration is not None,
-        partnered=sum(o.task == c.task for o in cfg.clients) > 1)
+        output_partners=tuple(o.name for o in cfg.clients if o.task == c.task and o.name != c.name))
 
 
 def final_model_spec(cfg: ExperimentConfig, name: str, setup: FederationSetup,

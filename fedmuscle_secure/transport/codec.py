@@ -166,7 +166,8 @@ _LAYOUT = {"layout": _nested(RowLayout), "ciphertexts": BYTES_TUPLE}
 
 #: Every dataclass that travels, field by field (proto fields carry the same names).
 _SPECS: dict[type, dict[str, Kind]] = {
-    RoundPlan: {"client": IDENTITY, "round": SCALAR, "exchange": SCALAR, "batches": TENSOR},
+    RoundPlan: {"client": IDENTITY, "round": SCALAR, "exchange": SCALAR, "batches": TENSOR,
+                "members": NAMES},
     Representations: {**_EXCHANGE, "z": TENSOR},
     PeerTerms: {**_EXCHANGE, "peers": GROUPS, "scaled_peers": TENSOR, "log_alpha_pairs": TENSOR},
     PeerSums: {**_EXCHANGE, "peers": GROUPS, "peer_sum": TENSOR, "peer_sq_norm_sum": TENSOR,

@@ -113,7 +113,8 @@ def message_bounds(cfg: ExperimentConfig, ckks: CkksParameters | None = None) ->
     pairs = m * (m - 1) // 2
     per_matrix, ciphertext = _ckks_sizes(cfg, ckks)
     bounds = {
-        "RoundPlan": cfg.training.cl_epochs * (cfg.data.public_size // b) * b * _ELEMENT,
+        "RoundPlan": cfg.training.cl_epochs * (cfg.data.public_size // b) * b * _ELEMENT
+        + n * _KEY_ENTRY,
         "Representations": nb * b * d * _ELEMENT,
         "PeerTerms": nb * (m * b * d + pairs * b * b) * _ELEMENT,
         "PeerSums/SumTerms": nb * b * (d + 1) * _ELEMENT,

@@ -45,7 +45,8 @@ def unit_rows(*shape: int) -> torch.Tensor:
 # --- plain protocol messages ---------------------------------------------------------------
 
 PLAIN = {
-    "round_plan": RoundPlan("c1", 3, "per_batch", torch.randint(0, 500, (2, 3, 8), generator=GEN)),
+    "round_plan": RoundPlan("c1", 3, "per_batch", torch.randint(0, 500, (2, 3, 8), generator=GEN),
+                            ("c1", "c2", "c3")),
     "representations_per_epoch": Representations("c1", 3, 1, None, unit_rows(3, 8, 5)),
     "representations_batch_0": Representations("c2", 3, 1, 0, unit_rows(1, 8, 5)),
     "peer_terms": PeerTerms("c1", 3, 0, 4, (("c2", "c3"),), randn(1, 2, 8, 5),

@@ -31,16 +31,18 @@ class Metric(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("client", "round", "exchange", "batches")
+    __slots__ = ("client", "round", "exchange", "batches", "members")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     client: str
     round: int
     exchange: str
     batches: Tensor
-    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., exchange: _Optional[str] = ..., batches: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, client: _Optional[str] = ..., round: _Optional[int] = ..., exchange: _Optional[str] = ..., batches: _Optional[_Union[Tensor, _Mapping]] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Representations(_message.Message):
     __slots__ = ("client", "round", "epoch", "batch", "z")

@@ -118,3 +118,26 @@ def test_a_client_without_partner_releases_nothing_and_learns_what_its_fallback_
     assert finals[method]["bytes_sent"] == 0
     for key in ("test_metric", "val_metric", "task_loss"):
         assert finals[method][key] == finals[same_as][key], key
+
+
+@pytest.mark.parametrize("method", ["cofed", "feddf"])
+def test_a_client_whose_partner_left_stops_releasing_from_the_next_round(method, split, tmp_path,
+                                                                          monkeypatch):
+    """c leaves at round 1's plan; b (digit10) then has no partner among the members the
+    round-2 plan names, so it releases nothing and takes the unpartnered form (CoFED's
+    fallback steps, FedDF's none) instead of sending predictions nobody receives."""
+    monkeypatch.setattr(pseudo_label, "THRESHOLD", 0.0)
+    fed = build_federation(baseline_config(method, **{"training.rounds": 2}), split, method,
+                           record_dir=tmp_path)
+    c = fed.clients["c"]
+    c.handle = lambda msg: [c._leave(msg.round, "the operator stopped c")]
+    sent = []
+    _spy(fed.clients["b"], sent)
+    try:
+        run_round(fed, 1)
+        sent.clear()
+        metrics = run_round(fed, 2)
+    finally:
+        fed.close()
+    assert set(sent) == {RoundReport} and metrics["b"]["bytes_sent"] == 0
+    assert metrics["b"]["cl_steps"] == (NB if method == "cofed" else 0)

@@ -229,7 +229,8 @@ def test_every_repeated_field_of_the_schema_has_its_cap():
                 todo.append(f.message_type)
     assert set(CAPS) <= repeated
     assert repeated - set(CAPS) == {
-        ("Names", "names"), ("SumTerms", "peers"), ("SecAggSetup", "participants"),
+        ("Names", "names"), ("RoundPlan", "members"), ("SumTerms", "peers"),
+        ("SecAggSetup", "participants"),
         ("KeyBook", "adverts"), ("ShareInbox", "ciphertexts"), ("EncryptedShares", "ciphertexts"),
         ("UnmaskRequest", "survivors"), ("UnmaskRequest", "dropped"),
         ("UnmaskRequest", "signatures"), ("ConsistencyCheck", "survivors"),
