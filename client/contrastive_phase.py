@@ -36,8 +36,8 @@ class ContrastivePhase:
         self.settings = settings
         self.guard = guard  # told when the encoder changes (a new release may follow)
         # Baselines that release outputs or nothing (DESIGN §2.3); None: representations.
-        # (cofed/feddf: the partnered form; the round's members may make it the unpartnered
-        # one, which trains the same parameters, begin_round)
+        # cofed/feddf: the partnered form until begin_round reads the round's members; either
+        # form trains the same parameters, so the optimizer below fits both.
         self.phase = public_phase(settings.method)
         # Baselines that train on labels/logits of the public data move the head too; a
         # frozen backbone (adapters, DESIGN §2.5) stays out of either optimizer.

@@ -59,8 +59,8 @@ __all__ = [
     "encrypt_row_values",
     "encrypt_vector",
     "fresh_error_bound",
-    "update_sum_error_bound",
     "scale",
     "sq_norm_minus",
+    "update_sum_error_bound",
     "vector_layout",
 ]

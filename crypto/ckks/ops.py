@@ -51,9 +51,9 @@ __all__ = [
     "encrypt_row_values",
     "encrypt_vector",
     "fresh_error_bound",
-    "update_sum_error_bound",
     "scale",
     "sq_norm_minus",
+    "update_sum_error_bound",
     "vector_layout",
 ]
 
@@ -289,13 +289,13 @@ def fresh_error_bound(params: CkksParameters, magnitude: float = 0.0) -> float:
     return (b_clean + n / 2) / 2.0**params.global_scale_bits + n * magnitude * 2.0**-48
 
 
-
 def update_sum_error_bound(params: CkksParameters, members: int, update_clip: float) -> float:
     """The most one decrypted slot of a sum of ``members`` fresh encryptions of a clipped
     update and its count differs from the exact sum: each slot holds at most
     max(``update_clip``, 1) (the count slot holds 1), and additions add no noise of their
     own, so ``members`` times :func:`fresh_error_bound` at that magnitude."""
     return members * fresh_error_bound(params, magnitude=max(update_clip, 1.0))
+
 
 # --- shared: loading received bytes ------------------------------------------------------
 
